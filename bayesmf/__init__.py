@@ -1,0 +1,1 @@
+"""bayesmf: probabilistic and Bayesian matrix factorization with honest uncertainty."""

@@ -1,0 +1,46 @@
+"""Inference methods. Every method has the signature
+
+    fit_<name>(train: Ratings, spec: ModelSpec, *, seed: int = 0,
+               progress: bool = False, **options) -> Posterior
+
+and is registered in :data:`METHODS` by import path, so a backend (JAX, NumPyro, PyMC)
+is imported only when its method is used. Each method validates its own ``options``
+with :func:`check_options` (one place per method).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bayesmf.errors import SpecError
+
+__all__ = ["METHODS", "get_method", "check_options"]
+
+#: method name -> "module:function"
+METHODS: dict[str, str] = {
+    "map": "bayesmf.infer.map:fit_map",
+    "gibbs": "bayesmf.infer.gibbs:fit_gibbs",
+    "nuts": "bayesmf.infer.nuts:fit_nuts",
+    "svi": "bayesmf.infer.svi:fit_svi",
+    "pymc-nuts": "bayesmf.infer.pymc:fit_pymc_nuts",
+    "pymc-advi": "bayesmf.infer.pymc:fit_pymc_advi",
+}
+
+
+def get_method(name: str):
+    """Return the fit function of a method, with a clear error for unknown names."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise SpecError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    mod, fn = METHODS[name].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def check_options(method: str, options: dict, defaults: dict) -> dict:
+    """Merge ``options`` over ``defaults``; unknown keys raise :class:`SpecError`."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise SpecError(f"method {method!r} got unknown option(s) {unknown}; "
+                        f"it accepts {sorted(defaults)}")
+    out = dict(defaults)
+    out.update(options)
+    return out

@@ -1,0 +1,182 @@
+r"""The model specification: one definition of the math, validated once.
+
+Likelihood over the **observed** entries :math:`(u, i) \in \Omega` only:
+
+.. math::
+
+    r_{ui} \sim \mathcal N\!\left(\mu + b_u + b_i + U_u^\top V_i,\; \tau^{-1}\right)
+
+* :math:`\mu` global mean (switch ``global_mean``), :math:`b_u`, :math:`b_i` user and item
+  biases (switches ``user_bias``, ``item_bias``), :math:`U \in \mathbb R^{N\times k}`,
+  :math:`V \in \mathbb R^{M\times k}` latent factors of rank :math:`k` (``rank``; ``rank=0``
+  is the bias-only baseline), :math:`\tau` the noise precision (``noise="learned"`` or
+  ``"fixed"`` at ``noise_precision``).
+
+**PMF (MAP)** minimises the negative log posterior with fixed Gaussian priors
+(Salakhutdinov & Mnih 2007, biases as in Koren, Bell & Volinsky 2009):
+
+.. math::
+
+    \tfrac{\tau}{2}\sum_{(u,i)\in\Omega}(r_{ui}-\hat r_{ui})^2
+    + \tfrac{\lambda_U}{2}\lVert U\rVert^2 + \tfrac{\lambda_V}{2}\lVert V\rVert^2
+    + \tfrac{\lambda_{b_u}}{2}\lVert b_u\rVert^2 + \tfrac{\lambda_{b_i}}{2}\lVert b_i\rVert^2
+
+where the ``reg_*`` strengths are expressed per unit noise precision, i.e. the solver
+minimises :math:`\sum (r-\hat r)^2 + \text{reg\_factors}(\lVert U\rVert^2+\lVert V\rVert^2)
++ \text{reg\_bias}(\lVert b_u\rVert^2+\lVert b_i\rVert^2)` (the classic ridge form), and
+:math:`\lambda = \tau\cdot\text{reg}`.
+
+**BPMF** (Salakhutdinov & Mnih 2008) puts hierarchical priors on the same parameters
+(:class:`BayesPriors`): :math:`U_u \sim \mathcal N(\mu_U, \Lambda_U^{-1})` with
+:math:`(\mu_U,\Lambda_U)\sim\mathcal{NW}(\mu_0, \beta_0, W_0, \nu_0)` (same for items),
+:math:`b_u \sim \mathcal N(0, \sigma_{b_u}^2)` with
+:math:`\sigma_{b_u}^{-2} \sim \mathrm{Gamma}(a_b, b_b)`, :math:`\tau\sim\mathrm{Gamma}(a_\tau,b_\tau)`
+and a flat (or wide Gaussian) prior on :math:`\mu`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from bayesmf.errors import SpecError
+
+__all__ = ["ModelSpec", "BayesPriors"]
+
+
+def _positive(name, value, allow_zero=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name} must be a number, got {value!r}") from None
+    if not (v > 0 or (allow_zero and v == 0)) or v != v or v == float("inf"):
+        raise SpecError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class BayesPriors:
+    """Hyperpriors of the Bayesian model (BPMF with biases).
+
+    * factors: Normal-Wishart :math:`(\\mu_0=0, \\beta_0, W_0 = w_0 I, \\nu_0)`;
+      ``nu0=None`` means :math:`\\nu_0 = k` (the paper's choice).
+    * biases: :math:`b \\sim N(0, 1/\\lambda_b)`, :math:`\\lambda_b \\sim \\mathrm{Gamma}(a_b, b_b)`.
+    * noise: :math:`\\tau \\sim \\mathrm{Gamma}(a_\\tau, b_\\tau)` (shape, rate).
+    * global mean: :math:`\\mu \\sim N(m_\\mu, 1/\\lambda_\\mu)`; ``lambda_mu=0`` is flat.
+    """
+
+    beta0: float = 2.0
+    w0: float = 1.0
+    nu0: float | None = None
+    bias_a: float = 1.0
+    bias_b: float = 1.0
+    noise_a: float = 1.0
+    noise_b: float = 1.0
+    mu_mean: float = 0.0
+    lambda_mu: float = 0.0
+
+    def __post_init__(self):
+        for n in ("beta0", "w0", "bias_a", "bias_b", "noise_a", "noise_b"):
+            _positive(n, getattr(self, n))
+        _positive("lambda_mu", self.lambda_mu, allow_zero=True)
+        if self.nu0 is not None:
+            _positive("nu0", self.nu0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Frozen, validated description of the model (shared by every inference method).
+
+    Parameters
+    ----------
+    rank : int
+        Number of latent factors ``k`` (``0`` for the bias-only model).
+    global_mean, user_bias, item_bias : bool
+        Include :math:`\\mu`, :math:`b_u`, :math:`b_i`.
+    noise : {"learned", "fixed"}
+        Learn :math:`\\tau` or keep it at ``noise_precision``.
+    noise_precision : float
+        Initial / fixed noise precision :math:`\\tau` (1/variance of a rating).
+    reg_factors, reg_bias : float
+        MAP ridge strengths (per unit noise precision) for factors and biases.
+    init_scale : float
+        Standard deviation of the random initial factors.
+    priors : BayesPriors
+        Hyperpriors for the Bayesian methods.
+    likelihood : str
+        ``"gaussian"`` (others to come).
+    """
+
+    rank: int = 10
+    global_mean: bool = True
+    user_bias: bool = True
+    item_bias: bool = True
+    noise: str = "learned"
+    noise_precision: float = 1.0
+    reg_factors: float = 0.05
+    reg_bias: float = 0.05
+    init_scale: float = 0.1
+    priors: BayesPriors = field(default_factory=BayesPriors)
+    likelihood: str = "gaussian"
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int):
+            try:
+                import numpy as np
+
+                if isinstance(self.rank, np.integer):
+                    object.__setattr__(self, "rank", int(self.rank))
+                else:
+                    raise TypeError
+            except TypeError:
+                raise SpecError(f"rank must be an integer, got {self.rank!r}") from None
+        if self.rank < 0:
+            raise SpecError(f"rank must be >= 0, got {self.rank}")
+        if self.rank > 10_000:
+            raise SpecError(f"rank {self.rank} is unreasonably large (max 10000)")
+        for n in ("global_mean", "user_bias", "item_bias"):
+            if not isinstance(getattr(self, n), bool):
+                raise SpecError(f"{n} must be True or False, got {getattr(self, n)!r}")
+        if self.noise not in ("learned", "fixed"):
+            raise SpecError(f"noise must be 'learned' or 'fixed', got {self.noise!r}")
+        if self.likelihood != "gaussian":
+            raise SpecError(f"likelihood {self.likelihood!r} is not supported (only 'gaussian')")
+        _positive("noise_precision", self.noise_precision)
+        _positive("reg_factors", self.reg_factors, allow_zero=True)
+        _positive("reg_bias", self.reg_bias, allow_zero=True)
+        _positive("init_scale", self.init_scale, allow_zero=True)
+        if not isinstance(self.priors, BayesPriors):
+            raise SpecError("priors must be a BayesPriors instance")
+        if self.rank == 0 and not (self.user_bias or self.item_bias or self.global_mean):
+            raise SpecError("rank=0 with no mean and no biases is an empty model")
+
+    def check_data(self, n_users: int, n_items: int, nnz: int) -> None:
+        """Reject ranks the data cannot support: ``k`` must not exceed ``min(users, items)``."""
+        if self.rank > min(n_users, n_items):
+            raise SpecError(
+                f"rank {self.rank} is larger than the data supports: min(users={n_users}, "
+                f"items={n_items}) = {min(n_users, n_items)}"
+            )
+        n_params = self.rank * (n_users + n_items)
+        if n_params > 0 and nnz < 1:
+            raise SpecError("no observations to fit")
+
+    def replace(self, **changes) -> "ModelSpec":
+        """A copy with some fields changed (re-validated)."""
+        if "priors" in changes and isinstance(changes["priors"], dict):
+            changes["priors"] = BayesPriors(**changes["priors"])
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        pri = d.pop("priors", None)
+        if isinstance(pri, dict):
+            d["priors"] = BayesPriors(**pri)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise SpecError(f"unknown spec field(s): {sorted(unknown)}")
+        return cls(**d)
