@@ -90,6 +90,7 @@ class Ratings:
         if not _validated:
             user, item, rating, timestamp = self._check_arrays(
                 user, item, rating, timestamp, users, items)
+            _resolve_duplicates(user, item, rating, timestamp, "raise", users, items)
         for a in (user, item, rating) + ((timestamp,) if timestamp is not None else ()):
             a.setflags(write=False)
         object.__setattr__(self, "user", user)
@@ -123,11 +124,18 @@ class Ratings:
         if timestamp is not None:
             timestamp = np.asarray(timestamp)
             if timestamp.dtype.kind == "M":
+                if np.isnat(timestamp).any():
+                    raise DataError(f"{int(np.isnat(timestamp).sum())} timestamp(s) are NaT")
                 timestamp = timestamp.astype("datetime64[s]").astype(np.int64)
             if timestamp.ndim != 1 or len(timestamp) != n or timestamp.dtype.kind not in "iuf":
                 raise DataError("timestamp must be a numeric 1-D array with one value per rating")
-            timestamp = timestamp.astype(np.int64)
-        return user.astype(np.int32), item.astype(np.int32), rating, timestamp
+            if timestamp.dtype.kind == "f" and not np.isfinite(timestamp).all():
+                raise DataError(f"{int((~np.isfinite(timestamp)).sum())} timestamp(s) are "
+                                "NaN or infinite")
+            timestamp = timestamp.astype(np.int64)  # always a copy: never freeze caller data
+        # copies, so that freezing them (setflags) never touches the caller's arrays
+        return (user.astype(np.int32), item.astype(np.int32),
+                np.array(rating, dtype=np.float64, copy=True), timestamp)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -300,6 +308,8 @@ class Ratings:
                           unknown: str = "raise") -> "Ratings":
         """Re-encode onto other vocabularies (e.g. to align a test set with a model).
         ``unknown="drop"`` drops rows with ids outside them."""
+        if unknown not in ("raise", "drop"):
+            raise DataError(f"unknown= must be 'raise' or 'drop', got {unknown!r}")
         u, ku = users.encode(self.users.decode(self.user), unknown="mask")
         i, ki = items.encode(self.items.decode(self.item), unknown="mask")
         keep = ku & ki

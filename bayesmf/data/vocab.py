@@ -29,11 +29,23 @@ _VALID_KINDS = "iub"  # signed/unsigned ints, and bool is rejected below
 
 
 def _as_id_array(ids, name: str) -> np.ndarray:
-    """Coerce raw ids to a 1-D numpy array of int64 or str (object), rejecting junk."""
+    """Coerce raw ids to a 1-D numpy array of int64 or str (object), rejecting junk.
+
+    Python sequences (lists, tuples) are inspected element-wise through an object array,
+    so ``["a", 1]`` is rejected as mixed instead of silently becoming ``["a", "1"]``
+    and ``[True, 2]`` is rejected instead of becoming ``[1, 2]``.
+    """
     if isinstance(ids, (pd.Series, pd.Index)):
         arr = ids.to_numpy()
+    elif isinstance(ids, np.ndarray):
+        arr = ids
+    elif isinstance(ids, (str, bytes)):
+        arr = np.asarray([ids], dtype=object)
     else:
-        arr = np.asarray(ids if not isinstance(ids, (str, bytes)) else [ids])
+        try:
+            arr = np.asarray(ids, dtype=object)
+        except ValueError as exc:  # ragged nested sequences
+            raise DataError(f"{name} ids must be a flat sequence of integers or strings") from exc
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
@@ -41,29 +53,51 @@ def _as_id_array(ids, name: str) -> np.ndarray:
     if arr.dtype.kind == "b":
         raise DataError(f"{name} ids must be integers or strings, got booleans")
     if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{name} ids do not fit in int64")
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "f":
-        if arr.size and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
-            raise DataError(
-                f"{name} ids are floats that are not whole numbers (or NaN); "
-                "ids must be integers or strings"
-            )
-        return arr.astype(np.int64)
-    if arr.dtype.kind in "UST":
-        return arr.astype(object)
+        return _whole_floats(arr, name)
+    if arr.dtype.kind in "US":
+        return arr.astype(str).astype(object)
     if arr.dtype.kind == "O":
         if arr.size == 0:
             return arr.astype(np.int64)
-        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in arr):
-            return arr.astype(np.int64)
-        if all(isinstance(x, str) for x in arr):
+        kind = pd.api.types.infer_dtype(arr, skipna=False)
+        if kind == "integer":
+            try:
+                return arr.astype(np.int64)
+            except OverflowError as exc:
+                raise DataError(f"{name} ids do not fit in int64") from exc
+        if kind == "string":
             return arr
-        bad = next(x for x in arr if not isinstance(x, (str, int, np.integer)) or isinstance(x, bool))
+        if kind == "floating":
+            return _whole_floats(arr.astype(np.float64), name)
+        bad = next(
+            (x for x in arr
+             if not isinstance(x, (str, int, np.integer)) or isinstance(x, (bool, np.bool_))),
+            None,
+        )
+        if bad is None:  # only ints and strs, mixed
+            bad = next(x for x in arr if isinstance(x, str))
+            raise DataError(
+                f"{name} ids must be all integers or all strings, not a mix (found the "
+                f"string {bad!r} among integers)"
+            )
         raise DataError(
             f"{name} ids must be all integers or all strings; found {bad!r} of type "
             f"{type(bad).__name__}"
         )
     raise DataError(f"{name} ids must be integers or strings, got dtype {arr.dtype}")
+
+
+def _whole_floats(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.size and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
+        raise DataError(
+            f"{name} ids are floats that are not whole numbers (or NaN); "
+            "ids must be integers or strings"
+        )
+    return arr.astype(np.int64)
 
 
 class Vocabulary:
