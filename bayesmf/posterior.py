@@ -42,7 +42,7 @@ from scipy.special import logsumexp, ndtr, ndtri
 from bayesmf.data.ratings import Ratings, RatingScale
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
-from bayesmf.model.likelihood import Params
+from bayesmf.model.params import Params
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["Posterior", "TrainInfo", "Prediction", "PARAM_NAMES"]

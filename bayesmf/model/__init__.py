@@ -1,6 +1,9 @@
-"""The shared model: specification and likelihood."""
+"""The shared model: specification, parameters and (pure JAX) likelihood.
 
-from bayesmf.model.likelihood import Params, log_likelihood, predict_mean
+``bayesmf.model.likelihood`` imports JAX; import it explicitly where needed.
+"""
+
+from bayesmf.model.params import Params, zeros_params
 from bayesmf.model.spec import BayesPriors, ModelSpec
 
-__all__ = ["ModelSpec", "BayesPriors", "Params", "predict_mean", "log_likelihood"]
+__all__ = ["ModelSpec", "BayesPriors", "Params", "zeros_params"]

@@ -13,32 +13,12 @@ These functions work on one parameter set; ``jax.vmap`` them over draws.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax.numpy as jnp
-import numpy as np
+
+from bayesmf.model.params import Params, zeros_params
 
 __all__ = ["Params", "predict_mean", "log_likelihood", "pointwise_log_likelihood",
            "sse", "zeros_params"]
-
-
-class Params(NamedTuple):
-    """One parameter set. Shapes: ``mu ()``, ``bu (N,)``, ``bi (M,)``, ``U (N,k)``,
-    ``V (M,k)``, ``tau ()``. Draw collections add leading ``(chain, draw)`` axes."""
-
-    mu: jnp.ndarray
-    bu: jnp.ndarray
-    bi: jnp.ndarray
-    U: jnp.ndarray
-    V: jnp.ndarray
-    tau: jnp.ndarray
-
-
-def zeros_params(n_users: int, n_items: int, rank: int, dtype=np.float32,
-                 tau: float = 1.0) -> Params:
-    return Params(np.zeros((), dtype), np.zeros(n_users, dtype), np.zeros(n_items, dtype),
-                  np.zeros((n_users, rank), dtype), np.zeros((n_items, rank), dtype),
-                  np.asarray(tau, dtype))
 
 
 def predict_mean(p: Params, users, items):

@@ -1,0 +1,242 @@
+"""The friendly facade: :class:`BayesMF`.
+
+The constructor only stores settings (scikit-learn style); :meth:`BayesMF.fit` builds the
+validated :class:`~bayesmf.model.spec.ModelSpec`, calls the chosen inference method and
+stores the resulting :class:`~bayesmf.posterior.Posterior` in ``posterior_``. Everything
+else (predict, evaluate, recommend, save) delegates to the posterior and the
+backend-free ``evaluate`` / ``recommend`` packages.
+
+Example
+-------
+>>> import bayesmf
+>>> ml = bayesmf.datasets.load_movielens("latest-small")        # doctest: +SKIP
+>>> model = bayesmf.BayesMF(method="gibbs", rank=10, num_samples=200).fit(ml.ratings)  # doctest: +SKIP
+>>> model.predict(pairs_df)                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import DataError, NotFittedError, SpecError
+from bayesmf.infer import get_method
+from bayesmf.model.spec import BayesPriors, ModelSpec
+from bayesmf.posterior import Posterior
+
+__all__ = ["BayesMF", "as_ratings", "load"]
+
+_SPEC_FIELDS = ("rank", "global_mean", "user_bias", "item_bias", "noise", "noise_precision",
+                "reg_factors", "reg_bias", "init_scale")
+
+
+def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
+               rating_col: str = "rating", duplicates: str = "raise") -> Ratings:
+    """Accept a :class:`Ratings` or a DataFrame with user/item/rating columns."""
+    if isinstance(data, Ratings):
+        return data
+    if isinstance(data, pd.DataFrame):
+        return Ratings.from_dataframe(data, user_col, item_col, rating_col,
+                                      duplicates=duplicates)
+    raise DataError(f"expected a Ratings container or a pandas DataFrame with columns "
+                    f"{user_col!r}, {item_col!r}, {rating_col!r}; got {type(data).__name__}")
+
+
+class BayesMF:
+    """Matrix factorization with biases, fitted by MAP or full Bayesian inference.
+
+    Model (observed entries only): ``r_ui ~ N(mu + b_u + b_i + U_u . V_i, 1/tau)``.
+
+    Parameters
+    ----------
+    method : {"map", "gibbs", "nuts", "svi", "pymc-nuts", "pymc-advi"}
+        Inference method (see :data:`bayesmf.infer.METHODS`).
+    rank : int
+        Number of latent factors (0 = biases only).
+    global_mean, user_bias, item_bias, noise, noise_precision, reg_factors, reg_bias, init_scale
+        Model switches and MAP regularisation, see :class:`~bayesmf.model.spec.ModelSpec`.
+    priors : BayesPriors or dict, optional
+        Hyperpriors of the Bayesian methods.
+    seed : int
+        Random seed; same data + settings + seed give identical results.
+    progress : bool
+        Show a progress bar while fitting.
+    **options
+        Method options, e.g. ``num_samples``, ``num_warmup``, ``num_chains``, ``thin``
+        (MCMC), ``solver``, ``max_iter`` (MAP), ``num_steps``, ``guide``, ``batch_size``
+        (SVI). Unknown options raise :class:`~bayesmf.errors.SpecError` at ``fit``.
+
+    Attributes
+    ----------
+    posterior_ : Posterior
+        The fitted posterior (MAP: one draw).
+    fit_seconds_ : float
+        Wall time of the last fit.
+    """
+
+    def __init__(self, method: str = "map", rank: int = 10, *, global_mean: bool = True,
+                 user_bias: bool = True, item_bias: bool = True, noise: str = "learned",
+                 noise_precision: float = 1.0, reg_factors: float | None = None,
+                 reg_bias: float | None = None, init_scale: float = 0.1,
+                 priors: BayesPriors | dict | None = None, seed: int = 0,
+                 progress: bool = False, **options):
+        self.method = method
+        self.rank = rank
+        self.global_mean = global_mean
+        self.user_bias = user_bias
+        self.item_bias = item_bias
+        self.noise = noise
+        self.noise_precision = noise_precision
+        self.reg_factors = reg_factors
+        self.reg_bias = reg_bias
+        self.init_scale = init_scale
+        self.priors = priors
+        self.seed = seed
+        self.progress = progress
+        self.options = options
+
+    # ------------------------------------------------------------------ configuration
+    def get_params(self) -> dict:
+        p = {n: getattr(self, n) for n in ("method",) + _SPEC_FIELDS + ("seed", "progress")}
+        p["priors"] = self.priors
+        p.update(self.options)
+        return p
+
+    def make_spec(self) -> ModelSpec:
+        """The validated model specification for the current settings."""
+        kw = {n: getattr(self, n) for n in _SPEC_FIELDS if getattr(self, n) is not None}
+        if self.priors is not None:
+            kw["priors"] = (BayesPriors(**self.priors) if isinstance(self.priors, dict)
+                            else self.priors)
+        return ModelSpec(**kw)
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"BayesMF(method={self.method!r}, rank={self.rank!r}, seed={self.seed!r}{opts})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data, *, user_col: str = "user", item_col: str = "item",
+            rating_col: str = "rating") -> "BayesMF":
+        """Fit to ratings (a :class:`Ratings` or a DataFrame); returns ``self``."""
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise SpecError(f"seed must be an integer, got {self.seed!r}")
+        fit_fn = get_method(self.method)
+        spec = self.make_spec()
+        train = as_ratings(data, user_col=user_col, item_col=item_col, rating_col=rating_col)
+        spec.check_data(train.n_users, train.n_items, train.nnz)
+        t0 = time.perf_counter()
+        post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
+                      **self.options)
+        self.fit_seconds_ = time.perf_counter() - t0
+        post.attrs.setdefault("estimator", _jsonable_params(self.get_params()))
+        post.attrs.setdefault("fit_seconds", self.fit_seconds_)
+        self.posterior_ = post
+        return self
+
+    @property
+    def posterior(self) -> Posterior:
+        try:
+            return self.posterior_
+        except AttributeError:
+            raise NotFittedError("this BayesMF instance is not fitted yet; call fit() first "
+                                 "or load a saved model with bayesmf.load()") from None
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "posterior_")
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, pairs, *, interval: float = 0.9, clip: bool = False,
+                unknown: str = "fallback", user_col: str = "user",
+                item_col: str = "item") -> pd.DataFrame:
+        """Predictive mean, std and central interval for (user, item) pairs.
+
+        ``pairs`` is a DataFrame with user and item columns (raw ids), a Ratings
+        container, or a ``(users, items)`` tuple. Returns a DataFrame with columns
+        ``user, item, mean, std, std_param, lower, upper, known_user, known_item``;
+        ``std`` includes observation noise, ``std_param`` does not (for MAP it is 0).
+        Unknown ids get the population fallback and are flagged (``unknown="raise"``
+        raises instead).
+        """
+        post = self.posterior
+        users, items = _pairs(pairs, user_col, item_col)
+        pred = post.predict(users, items, interval=interval, clip=clip, unknown=unknown)
+        df = pred.to_frame()
+        df.attrs["uncertainty"] = pred.uncertainty
+        df.attrs["interval"] = interval
+        return df
+
+    def evaluate(self, test, **kwargs) -> dict:
+        """Rating (and ranking) metrics on held-out ratings; see
+        :func:`bayesmf.evaluate.evaluate`."""
+        from bayesmf import evaluate as ev
+
+        return ev.evaluate(self.posterior, as_ratings(test), **kwargs)
+
+    def recommend(self, users, n: int = 10, strategy: str = "mean", **kwargs) -> pd.DataFrame:
+        """Top-``n`` items per user; see :func:`bayesmf.recommend.recommend`."""
+        from bayesmf import recommend as rec
+
+        return rec.recommend(self.posterior, users, n=n, strategy=strategy, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> "BayesMF":
+        """Write the fitted model to a netCDF file (see :mod:`bayesmf.io`)."""
+        from bayesmf import io
+
+        io.save(self.posterior, path)
+        return self
+
+    @classmethod
+    def from_posterior(cls, posterior: Posterior) -> "BayesMF":
+        params = dict(posterior.attrs.get("estimator", {}))
+        params.pop("priors", None)
+        method = params.pop("method", posterior.method)
+        spec = posterior.spec
+        for n in _SPEC_FIELDS:
+            params[n] = getattr(spec, n)
+        est = cls(method=method, priors=spec.priors, **params)
+        est.posterior_ = posterior
+        return est
+
+
+def load(path) -> BayesMF:
+    """Load a model saved with :meth:`BayesMF.save` (or ``bayesmf fit --out``)."""
+    from bayesmf import io
+
+    return BayesMF.from_posterior(io.load(path))
+
+
+def _pairs(pairs, user_col, item_col):
+    if isinstance(pairs, Ratings):
+        return pairs.users.decode(pairs.user), pairs.items.decode(pairs.item)
+    if isinstance(pairs, pd.DataFrame):
+        missing = [c for c in (user_col, item_col) if c not in pairs.columns]
+        if missing:
+            raise DataError(f"missing column(s) {missing}; the frame has {list(pairs.columns)}")
+        return pairs[user_col].to_numpy(), pairs[item_col].to_numpy()
+    if isinstance(pairs, tuple) and len(pairs) == 2:
+        return np.asarray(pairs[0]), np.asarray(pairs[1])
+    raise DataError("pairs must be a DataFrame with user/item columns, a Ratings container "
+                    f"or a (users, items) tuple; got {type(pairs).__name__}")
+
+
+def _jsonable_params(p: dict) -> dict:
+    out = {}
+    for k, v in p.items():
+        if isinstance(v, BayesPriors):
+            from dataclasses import asdict
+
+            v = asdict(v)
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (str, int, float, bool, dict, list)) or v is None:
+            out[k] = v
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        else:
+            out[k] = repr(v)
+    return out
