@@ -1,6 +1,33 @@
-"""Data layer: vocabularies, the ratings container, filters and splits."""
+"""Data layer: vocabularies, the ratings container, filters and splits.
 
+Datasets (MovieLens loaders, the packaged ``ml-latest-small``) live in
+:mod:`bayesmf.datasets`.
+"""
+
+from bayesmf.data.filters import FilterResult, kcore
 from bayesmf.data.ratings import RatingScale, Ratings
+from bayesmf.data.split import (
+    KFold,
+    Split,
+    SplitInfo,
+    kfold,
+    random_split,
+    temporal_split,
+    user_split,
+)
 from bayesmf.data.vocab import Vocabulary
 
-__all__ = ["Vocabulary", "Ratings", "RatingScale"]
+__all__ = [
+    "Vocabulary",
+    "Ratings",
+    "RatingScale",
+    "kcore",
+    "FilterResult",
+    "Split",
+    "SplitInfo",
+    "KFold",
+    "random_split",
+    "user_split",
+    "temporal_split",
+    "kfold",
+]
