@@ -24,10 +24,13 @@ so the predictive mean is :math:`\bar m`, and the predictive variance splits int
 noise** :math:`\overline{\tau_s^{-1}}`. For known pairs :math:`v_s=0`.
 
 Unknown ids (``unknown="fallback"``): an unknown user is treated as a random member of
-the training population -- per draw its bias and factors are replaced by their population
-moments, giving :math:`m_s = \mu_s + \bar b_{u,s} + b_{i,s} + \bar U_s^\top V_{i,s}` and
-:math:`v_s = \mathrm{Var}_u(b_{u,s}) + V_{i,s}^\top \mathrm{Cov}_u(U_s) V_{i,s}`
-(symmetrically for unknown items; both unknown uses both population moments). These rows
+the training population -- per draw its augmented vector :math:`a_u=[b_u, U_u]` is
+replaced by the population mean and covariance :math:`(\bar a_s, \Sigma_s)`, giving
+:math:`m_s = \mu_s + b_{i,s} + \bar a_s^\top x_{i,s}` and
+:math:`v_s = x_{i,s}^\top \Sigma_s x_{i,s}` with :math:`x_{i,s} = [1, V_{i,s}]`
+(symmetrically for unknown items; both unknown treats user and item as independent
+population members). The fallback mean and variance equal the moments of the mixture of
+known-user predictions over users, so it is exactly as uncertain as "some user". These rows
 are flagged ``known_user=False`` / ``known_item=False``.
 """
 
@@ -39,6 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp, ndtr, ndtri
 
+from bayesmf._memory import check_allocation, max_pairs_per_block
 from bayesmf.data.ratings import Ratings, RatingScale
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
@@ -140,6 +144,11 @@ class Posterior:
         missing = [n for n in PARAM_NAMES if n not in draws]
         if missing:
             raise SpecError(f"posterior draws miss {missing}")
+        # arrays that are not numpy yet (JAX device arrays, lists) are copied to host
+        copied = sum(int(getattr(v, "nbytes", 0)) for v in draws.values()
+                     if not isinstance(v, np.ndarray))
+        if copied:
+            check_allocation(copied, "copying the posterior draws to host memory")
         d = {k: np.asarray(v) for k, v in draws.items()}
         C, D = d["mu"].shape[:2] if d["mu"].ndim >= 2 else (None, None)
         if C is None:
@@ -210,6 +219,11 @@ class Posterior:
         """A posterior restricted to some chains / draws (slices or index arrays)."""
         cs = slice(None) if chains is None else chains
         ds = slice(None) if draws is None else draws
+        if not (isinstance(cs, slice) and isinstance(ds, slice)):  # fancy index -> copy
+            nc = len(range(self.n_chains)[cs]) if isinstance(cs, slice) else np.size(cs)
+            nd_ = len(range(self.n_draws)[ds]) if isinstance(ds, slice) else np.size(ds)
+            check_allocation(self.nbytes() * nc * nd_ // max(self.n_samples, 1),
+                             f"selecting {nc} chain(s) x {nd_} draw(s) of the posterior")
         nd = {k: np.asarray(v)[cs][:, ds] for k, v in self.draws.items()}
         ss = {k: np.asarray(v)[cs][:, ds] for k, v in self.sample_stats.items()
               if np.ndim(v) >= 2}
@@ -244,22 +258,36 @@ class Posterior:
 
     # ------------------------------------------------------------------ predictive core
     def _population_moments(self):
-        """Per-draw population mean/var of user & item biases and mean/cov of factors."""
+        """Per draw, the population mean and covariance of the augmented user vectors
+        ``a_u = [b_u, U_u]`` and item vectors ``a_i = [b_i, V_i]`` (shapes ``(S, k+1)`` and
+        ``(S, k+1, k+1)``), used for the unknown-id fallback."""
         if not hasattr(self, "_pop_cache"):
+            S, k = self.n_samples, self.spec.rank
+            check_allocation(
+                2 * S * max(len(self.users), len(self.items)) * max(k, 1) * 8,
+                "population moments of the factors (unknown-id fallback)",
+                hint="thin the posterior (Posterior.thin) or keep fewer draws")
             out = {}
             for side, b, F in (("user", "bu", "U"), ("item", "bi", "V")):
-                bb = self.flat(b).astype(np.float64)
-                FF = self.flat(F).astype(np.float64)
-                mF = FF.mean(axis=1)
-                Fc = FF - mF[:, None, :]
-                cov = np.einsum("snk,snl->skl", Fc, Fc) / max(FF.shape[1], 1)
-                out[side] = (bb.mean(axis=1), bb.var(axis=1), mF, cov)
+                A = np.concatenate([self.flat(b)[..., None], self.flat(F)],
+                                   axis=-1).astype(np.float64)  # S, n, k+1
+                mean = A.mean(axis=1)
+                Ac = A - mean[:, None, :]
+                cov = np.einsum("snk,snl->skl", Ac, Ac) / max(A.shape[1], 1)
+                out[side] = (mean, cov)
             self._pop_cache = out
         return self._pop_cache
 
     def pair_moments(self, u, i, known_user=None, known_item=None):
         """Per-draw conditional mean ``m (S, n)`` and extra variance ``v (S, n)`` of
         the noise-free rating for index pairs (``-1``/unknown rows use the fallback).
+
+        With ``a_u = [b_u, U_u]``, ``x_u = [1, U_u]`` (and the same for items), a pair
+        with an unknown user has ``m = mu + b_i + abar_u . x_i`` and
+        ``v = x_i^T Cov(a_u) x_i``; both unknown (user and item independent members of
+        their populations) gives ``m = mu + bbar_u + bbar_i + Ubar . Vbar`` and
+        ``v = Var b_u + Var b_i + tr(C_U C_V) + Ubar^T C_V Ubar + Vbar^T C_U Vbar
+        + 2 Cov(b_u, U) . Vbar + 2 Cov(b_i, V) . Ubar``.
 
         Memory: materialises ``S x n`` float64 arrays; callers chunk over pairs.
         """
@@ -273,47 +301,46 @@ class Posterior:
         v = np.zeros((S, n))
         uu = np.where(ku, u, 0)
         ii = np.where(ki, i, 0)
-        bu = self.flat("bu")[:, uu].astype(np.float64)
-        bi = self.flat("bi")[:, ii].astype(np.float64)
         k = self.spec.rank
-        all_known = bool(ku.all() and ki.all())
-        if all_known:
-            m += bu + bi
+        both = ku & ki
+        if both.any():
+            ub, ib = uu[both], ii[both]
+            m[:, both] += (self.flat("bu")[:, ub] + self.flat("bi")[:, ib]).astype(np.float64)
             if k:
-                m += _rowdot(self.flat("U"), self.flat("V"), uu, ii)
+                m[:, both] += _rowdot(self.flat("U"), self.flat("V"), ub, ib)
+        if both.all():
             return m, v
-        pop = self._population_moments()
-        bu_mean, bu_var, U_mean, U_cov = pop["user"]
-        bi_mean, bi_var, V_mean, V_cov = pop["item"]
-        m += np.where(ku, bu, bu_mean[:, None]) + np.where(ki, bi, bi_mean[:, None])
-        v += np.where(ku, 0.0, bu_var[:, None]) + np.where(ki, 0.0, bi_var[:, None])
-        if k:
-            Uf, Vf = self.flat("U"), self.flat("V")
-            both = ku & ki
-            if both.any():
-                m[:, both] += _rowdot(Uf, Vf, uu[both], ii[both])
-            cu = ~ku & ki  # unknown user, known item
-            if cu.any():
-                Vi = Vf[:, ii[cu]].astype(np.float64)  # S, n', k
-                m[:, cu] += np.einsum("sk,snk->sn", U_mean, Vi)
-                v[:, cu] += np.einsum("snk,skl,snl->sn", Vi, U_cov, Vi)
-            ci = ku & ~ki
-            if ci.any():
-                Uu = Uf[:, uu[ci]].astype(np.float64)
-                m[:, ci] += np.einsum("sk,snk->sn", V_mean, Uu)
-                v[:, ci] += np.einsum("snk,skl,snl->sn", Uu, V_cov, Uu)
-            cb = ~ku & ~ki
-            if cb.any():
-                m[:, cb] += np.einsum("sk,sk->s", U_mean, V_mean)[:, None]
-                extra = (np.einsum("skl,slk->s", U_cov, V_cov)
-                         + np.einsum("sk,skl,sl->s", U_mean, V_cov, U_mean)
-                         + np.einsum("sk,skl,sl->s", V_mean, U_cov, V_mean))
-                v[:, cb] += extra[:, None]
+        pop_u_mean, pop_u_cov = self._population_moments()["user"]
+        pop_i_mean, pop_i_cov = self._population_moments()["item"]
+        for sel, known_side, kidx, pmean, pcov, b_name, F_name in (
+                (~ku & ki, "item", ii, pop_u_mean, pop_u_cov, "bi", "V"),
+                (ku & ~ki, "user", uu, pop_i_mean, pop_i_cov, "bu", "U")):
+            if not sel.any():
+                continue
+            idx = kidx[sel]
+            x = np.concatenate([np.ones((S, len(idx), 1)),
+                                self.flat(F_name)[:, idx].astype(np.float64)], axis=-1)
+            m[:, sel] += self.flat(b_name)[:, idx].astype(np.float64)
+            m[:, sel] += np.einsum("sk,snk->sn", pmean, x)
+            v[:, sel] += np.einsum("snk,skl,snl->sn", x, pcov, x)
+        cb = ~ku & ~ki
+        if cb.any():
+            bu_m, U_m = pop_u_mean[:, 0], pop_u_mean[:, 1:]
+            bi_m, V_m = pop_i_mean[:, 0], pop_i_mean[:, 1:]
+            CU, CV = pop_u_cov[:, 1:, 1:], pop_i_cov[:, 1:, 1:]
+            mean = bu_m + bi_m + np.einsum("sk,sk->s", U_m, V_m)
+            var = (pop_u_cov[:, 0, 0] + pop_i_cov[:, 0, 0]
+                   + np.einsum("skl,slk->s", CU, CV)
+                   + np.einsum("sk,skl,sl->s", U_m, CV, U_m)
+                   + np.einsum("sk,skl,sl->s", V_m, CU, V_m)
+                   + 2 * np.einsum("sk,sk->s", pop_u_cov[:, 0, 1:], V_m)
+                   + 2 * np.einsum("sk,sk->s", pop_i_cov[:, 0, 1:], U_m))
+            m[:, cb] += mean[:, None]
+            v[:, cb] += var[:, None]
         return m, v
 
     def _chunks(self, n: int):
-        S = self.n_samples
-        step = max(1, _BLOCK_ELEMS // max(1, S * max(self.spec.rank, 1)))
+        step = max_pairs_per_block(self.n_samples, self.spec.rank, _BLOCK_ELEMS)
         for a in range(0, n, step):
             yield slice(a, min(n, a + step))
 
@@ -387,6 +414,11 @@ class Posterior:
         """Draws of future ratings ``(S', pairs)`` from the posterior predictive
         (one rating per posterior draw; ``n`` resamples draws with replacement)."""
         u, i, ku, ki = self.encode_pairs(users, items, unknown)
+        rows = self.n_samples if n is None else int(n)
+        check_allocation(3 * 8 * max(rows, self.n_samples) * len(u),
+                         f"{rows} predictive draws for {len(u)} pairs",
+                         hint="ask for fewer draws (n=...), thin the posterior or pass "
+                              "fewer pairs per call")
         m, sd = self.predictive_components(u, i, ku, ki)
         rng = np.random.default_rng(seed)
         if n is not None:
