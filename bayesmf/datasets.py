@@ -1,0 +1,611 @@
+"""Datasets: MovieLens loaders and a generic rating-file reader.
+
+MovieLens (GroupLens Research, University of Minnesota; cite F. M. Harper and J. A. Konstan,
+"The MovieLens Datasets: History and Context", ACM TiiS 5(4), 2015) comes in the variants
+``"100k"``, ``"1m"``, ``"10m"``, ``"20m"``, ``"25m"`` and ``"latest-small"``.
+
+* ``"latest-small"`` (2018-09 snapshot) **ships inside the package**
+  (``bayesmf/_data/ml-latest-small.zip``: ``ratings.csv``, ``movies.csv`` and its licence
+  ``README.txt``), as its licence allows redistribution under the same terms. It is never
+  downloaded, so it works offline.
+* The other variants may not be redistributed; :func:`load_movielens` reads them from an
+  official GroupLens archive or its extracted folder that you point to with ``path=``, or
+  from the cache folder, downloading the official zip there on first use.
+
+Cache folder (first match): the ``data_home=`` argument, the ``BAYESMF_DATA`` environment
+variable (read at call time), else the per-user cache folder
+(``$XDG_CACHE_HOME/bayesmf`` or ``~/.cache/bayesmf`` on Linux,
+``~/Library/Caches/bayesmf`` on macOS, ``%LOCALAPPDATA%\\bayesmf\\Cache`` on Windows;
+computed here rather than with ``platformdirs``, which is not a dependency).
+
+Integrity of downloads. GroupLens publishes an MD5 file next to each benchmark archive
+(``ml-100k.zip.md5`` and so on); those MD5 values are hard-coded here and checked after
+every download (``latest-small`` has none: it changes over time, and it is packaged anyway).
+GroupLens publishes no SHA-256, so the SHA-256 of the archive is **recorded on first
+download** (``<archive>.sha256`` next to it) and checked on every later load from the cache
+(trust on first use). A mismatch raises :class:`~bayesmf.errors.DataError` and leaves the
+files for you to inspect or delete. Archives you pass with ``path=`` are read as they are.
+
+The licence text of each dataset is returned as ``MovieLens.license``; read it before use
+(research use, citation required, no commercial use, no redistribution of the benchmark
+variants).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import importlib.resources
+import importlib.util
+import io
+import logging
+import lzma
+import os
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.data.split import Split, _info
+from bayesmf.data.vocab import Vocabulary
+from bayesmf.errors import DataError
+
+__all__ = [
+    "MovieLens",
+    "MOVIELENS_VARIANTS",
+    "load_movielens",
+    "load_movielens_fold",
+    "load_ratings_source",
+    "get_data_home",
+]
+
+log = logging.getLogger(__name__)
+
+_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
+
+_ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+
+_ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+
+
+@dataclass(frozen=True)
+class _Variant:
+    key: str
+    name: str  # folder name used by GroupLens and in the cache
+    archive: str  # zip file name at _BASE_URL
+    md5: str | None  # published by GroupLens as <archive>.md5
+    ratings: str  # file name inside the archive
+    movies: str
+    fmt: str  # "tab" (u.data), "dat" ('::'), "csv"
+
+
+_MOVIELENS: dict[str, _Variant] = {
+    "100k": _Variant("100k", "ml-100k", "ml-100k.zip", "0e33842e24a9c977be4e0107933c0723",
+                     "u.data", "u.item", "tab"),
+    "1m": _Variant("1m", "ml-1m", "ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906",
+                   "ratings.dat", "movies.dat", "dat"),
+    "10m": _Variant("10m", "ml-10M100K", "ml-10m.zip", "ce571fd55effeba0271552578f2648bd",
+                    "ratings.dat", "movies.dat", "dat"),
+    "20m": _Variant("20m", "ml-20m", "ml-20m.zip", "cd245b17a1ae2cc31bb14903e1204af3",
+                    "ratings.csv", "movies.csv", "csv"),
+    "25m": _Variant("25m", "ml-25m", "ml-25m.zip", "6b51fb2759a8657d3bfcbfc42b592ada",
+                    "ratings.csv", "movies.csv", "csv"),
+    "latest-small": _Variant("latest-small", "ml-latest-small", "ml-latest-small.zip", None,
+                             "ratings.csv", "movies.csv", "csv"),
+}
+
+MOVIELENS_VARIANTS: tuple[str, ...] = tuple(_MOVIELENS)
+
+
+# ============================================================================ result type
+@dataclass(frozen=True, repr=False)
+class MovieLens:
+    """A loaded MovieLens dataset.
+
+    Attributes
+    ----------
+    name : str
+        GroupLens name, e.g. ``"ml-100k"``.
+    ratings : Ratings
+        All ratings, with timestamps (unix seconds); raw ids are the MovieLens ids.
+    movies : pandas.DataFrame
+        Display metadata indexed by raw item id (index name ``"item"``), columns
+        ``title`` and ``genres`` (``|``-separated). It may list movies without ratings.
+    license : str
+        The dataset's own README (licence and citation terms).
+    source : str
+        Where it was read from.
+    """
+
+    name: str
+    ratings: Ratings
+    movies: pd.DataFrame
+    license: str
+    source: str
+
+    def __repr__(self) -> str:
+        return f"MovieLens({self.name}, {self.ratings!r}, movies={len(self.movies)})"
+
+    def titles(self, items) -> np.ndarray:
+        """Titles of raw item ids (object array; ``None`` where the id is not listed)."""
+        ids = pd.Index(np.asarray(items).ravel())
+        out = self.movies["title"].reindex(ids).to_numpy(dtype=object)
+        return np.where(pd.isna(out), None, out)
+
+    def with_titles(self, frame: pd.DataFrame, item_col: str = "item") -> pd.DataFrame:
+        """A copy of ``frame`` with ``title`` and ``genres`` columns looked up from
+        ``frame[item_col]`` (raw item ids); unknown ids get missing values."""
+        if item_col not in frame.columns:
+            raise DataError(f"missing column {item_col!r}; the frame has {list(frame.columns)}")
+        meta = self.movies.reindex(pd.Index(frame[item_col].to_numpy()))
+        out = frame.copy()
+        out["title"] = meta["title"].to_numpy()
+        out["genres"] = meta["genres"].to_numpy()
+        return out
+
+
+# ============================================================================ file access
+class _Source:
+    """Read members of a MovieLens zip archive or folder by base name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.is_dir():
+            self._zip = None
+            self._names = {p.name: p for p in sorted(path.rglob("*"), key=lambda p: len(p.parts))
+                           if p.is_file()}
+        else:
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError(f"{path} is not a readable zip archive: {exc}") from exc
+            names = sorted((n for n in self._zip.namelist() if not n.endswith("/")),
+                           key=lambda n: n.count("/"))
+            self._names = {}
+            for n in names:
+                self._names.setdefault(n.rsplit("/", 1)[-1], n)
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def has(self, name: str) -> bool:
+        return name in self._names
+
+    def find(self, prefix: str) -> str | None:
+        for n in self._names:
+            if n.lower().startswith(prefix.lower()):
+                return n
+        return None
+
+    def read(self, name: str) -> bytes:
+        if name not in self._names:
+            raise DataError(f"{self.path} has no file {name!r} (it has "
+                            f"{sorted(self._names)[:20]})")
+        if self._zip is None:
+            return self._names[name].read_bytes()
+        return self._zip.read(self._names[name])
+
+
+def _decode(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
+def _read_ratings(src: _Source, v: _Variant, name: str | None = None) -> pd.DataFrame:
+    name = name or v.ratings
+    raw = src.read(name)
+    cols = ["user", "item", "rating", "timestamp"]
+    dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}
+    try:
+        if v.fmt == "csv":
+            df = pd.read_csv(io.BytesIO(raw), header=0, names=cols, dtype=dtypes)
+        else:
+            if v.fmt == "dat":
+                raw = raw.replace(b"::", b"\t")
+            df = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, names=cols, dtype=dtypes,
+                             quoting=csv.QUOTE_NONE)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot parse {name} in {src.path} as MovieLens {v.key} "
+                        f"ratings: {exc}") from exc
+    return df
+
+
+def _read_movies(src: _Source, v: _Variant) -> pd.DataFrame:
+    if not src.has(v.movies):
+        return pd.DataFrame({"title": pd.Series(dtype=object), "genres": pd.Series(dtype=object)},
+                            index=pd.Index([], dtype=np.int64, name="item"))
+    text = _decode(src.read(v.movies))
+    if v.fmt == "csv":
+        m = pd.read_csv(io.StringIO(text), dtype={"movieId": np.int64, "title": str,
+                                                  "genres": str})
+        m = m.rename(columns={"movieId": "item"})
+    elif v.fmt == "dat":
+        m = pd.read_csv(io.StringIO(text.replace("::", "\t")), sep="\t", header=None,
+                        names=["item", "title", "genres"], quoting=csv.QUOTE_NONE,
+                        dtype={"item": np.int64, "title": str, "genres": str})
+    else:  # ml-100k u.item: id|title|release|video release|imdb url|19 genre flags
+        m = pd.read_csv(io.StringIO(text), sep="|", header=None, quoting=csv.QUOTE_NONE,
+                        dtype=str, keep_default_na=False)
+        flags = m.iloc[:, 5:5 + len(_ML100K_GENRES)].to_numpy() == "1"
+        genres = ["|".join(g for g, f in zip(_ML100K_GENRES, row) if f) for row in flags]
+        m = pd.DataFrame({"item": m[0].astype(np.int64), "title": m[1], "genres": genres})
+    return m.set_index("item")[["title", "genres"]]
+
+
+def _read_license(src: _Source) -> str:
+    name = src.find("README")
+    return _decode(src.read(name)) if name else ""
+
+
+def _ratings_from_frame(df: pd.DataFrame, user_vocab=None, item_vocab=None) -> Ratings:
+    return Ratings.from_arrays(df["user"].to_numpy(), df["item"].to_numpy(),
+                               df["rating"].to_numpy(), df["timestamp"].to_numpy(),
+                               user_vocab=user_vocab, item_vocab=item_vocab)
+
+
+# ============================================================================ cache
+def get_data_home(data_home: str | os.PathLike | None = None) -> Path:
+    """The cache folder for downloaded datasets (see the module docstring); not created."""
+    if data_home is not None:
+        return Path(data_home).expanduser()
+    env = os.environ.get("BAYESMF_DATA")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform.startswith("win"):
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "bayesmf" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "bayesmf"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg if xdg else Path.home() / ".cache") / "bayesmf"
+
+
+def _file_digests(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _download(url: str, dest: Path, md5: str | None) -> None:
+    """Stream ``url`` to ``dest`` (atomically), check the published MD5 and record the
+    SHA-256 next to it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    log.info("downloading %s to %s", url, dest)
+    h_md5, h_sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(chunk)
+                h_md5.update(chunk)
+                h_sha.update(chunk)
+    except OSError as exc:  # URLError, HTTPError, timeouts and disk errors are OSErrors
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"downloading {url} failed: {exc}. Download it yourself and pass "
+                        f"path=, or put it at {dest}") from exc
+    if md5 is not None and h_md5.hexdigest() != md5:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"checksum mismatch for {url}: md5 {h_md5.hexdigest()}, expected the "
+                        f"published {md5}; the download was discarded")
+    os.replace(tmp, dest)
+    dest.with_name(dest.name + ".sha256").write_text(h_sha.hexdigest() + "\n")
+
+
+def _verify_cached(zip_path: Path, v: _Variant) -> None:
+    sidecar = zip_path.with_name(zip_path.name + ".sha256")
+    md5, sha = _file_digests(zip_path)
+    if sidecar.exists():
+        expected = sidecar.read_text().strip()
+        if sha != expected:
+            raise DataError(f"the cached archive {zip_path} is corrupted or was replaced: "
+                            f"sha256 {sha}, recorded {expected} at download; delete both "
+                            f"files to download it again")
+        return
+    if v.md5 is not None and md5 != v.md5:
+        raise DataError(f"the cached archive {zip_path} does not match the published "
+                        f"checksum (md5 {md5}, expected {v.md5}); delete it to download "
+                        f"it again")
+    sidecar.write_text(sha + "\n")
+
+
+def _locate(v: _Variant, path: Path) -> Path:
+    """A zip archive, a dataset folder, or a folder holding either (e.g. a cache)."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist (expected the MovieLens {v.key} zip archive "
+                        f"{v.archive} or its extracted folder {v.name}/)")
+    if path.is_file():
+        return path
+    if (path / v.ratings).is_file():
+        return path
+    for cand in (path / v.name, path / v.name.lower(), path / v.archive):
+        if cand.exists() and (cand.is_file() or (cand / v.ratings).is_file()):
+            return cand
+    raise DataError(f"{path} holds neither {v.ratings} nor {v.name}/ nor {v.archive} "
+                    f"(MovieLens {v.key})")
+
+
+def _variant(variant: str) -> _Variant:
+    if not isinstance(variant, str):
+        raise DataError(f"variant must be a string, got {type(variant).__name__}")
+    key = variant.strip().lower()
+    key = key[3:] if key.startswith("ml-") else key
+    key = {"10m100k": "10m"}.get(key, key)
+    if key not in _MOVIELENS:
+        raise DataError(f"unknown MovieLens variant {variant!r}; choose one of "
+                        f"{list(MOVIELENS_VARIANTS)}")
+    return _MOVIELENS[key]
+
+
+def _open_variant(v: _Variant, data_home, path, download) -> _Source:
+    if path is not None:
+        return _Source(_locate(v, Path(path).expanduser()))
+    if v.key == "latest-small":
+        return _packaged_source()
+    home = get_data_home(data_home)
+    folder = home / v.name
+    if (folder / v.ratings).is_file():
+        return _Source(folder)
+    zip_path = home / v.archive
+    if zip_path.is_file():
+        _verify_cached(zip_path, v)
+        return _Source(zip_path)
+    if not download:
+        raise DataError(f"MovieLens {v.key} is not in the cache folder {home} and "
+                        f"download=False; pass path= to a local copy of {v.archive}")
+    _download(_BASE_URL + v.archive, zip_path, v.md5)
+    return _Source(zip_path)
+
+
+def _packaged_source() -> _Source:
+    res = importlib.resources.files("bayesmf").joinpath("_data/ml-latest-small.zip")
+    if not res.is_file():  # pragma: no cover - broken installation
+        raise DataError("the packaged ml-latest-small.zip is missing from this installation")
+    with importlib.resources.as_file(res) as p:
+        # as_file yields the real file for ordinary installs; copy to memory otherwise
+        data = Path(p).read_bytes()
+    src = _Source.__new__(_Source)
+    src.path = Path("bayesmf/_data/ml-latest-small.zip")
+    src._zip = zipfile.ZipFile(io.BytesIO(data))
+    src._names = {n.rsplit("/", 1)[-1]: n for n in src._zip.namelist() if not n.endswith("/")}
+    return src
+
+
+# ============================================================================ loaders
+def load_movielens(variant: str = "latest-small", *, data_home=None, path=None,
+                   download: bool = True) -> MovieLens:
+    """Load a MovieLens dataset as :class:`MovieLens` (ratings with timestamps, movie
+    titles and genres, licence text).
+
+    Parameters
+    ----------
+    variant : {"100k", "1m", "10m", "20m", "25m", "latest-small"}
+        ``"ml-100k"`` style names are accepted too.
+    data_home : path, optional
+        Cache folder (default: ``BAYESMF_DATA`` or the per-user cache, see module doc).
+        It may hold the official zip (``ml-100k.zip``) or its extracted folder.
+    path : path, optional
+        A local official zip archive, its extracted folder, or a folder holding either.
+        Read as is (no checksum), never downloads.
+    download : bool, default True
+        Download the official archive into the cache when it is not there.
+        ``"latest-small"`` is packaged and never downloaded.
+
+    Raises
+    ------
+    DataError
+        Unknown variant, missing files with ``download=False``, a failed download, a
+        checksum mismatch, or unparsable files.
+    """
+    v = _variant(variant)
+    with _open_variant(v, data_home, path, download) as src:
+        df = _read_ratings(src, v)
+        movies = _read_movies(src, v)
+        lic = _read_license(src)
+        where = str(src.path)
+    return MovieLens(v.name, _ratings_from_frame(df), movies, lic, where)
+
+
+def load_movielens_fold(variant: str = "100k", fold: str = "u1", *, path=None,
+                        data_home=None, download: bool = True) -> Split:
+    """One of the official ML-100K train/test splits as a :class:`Split`.
+
+    ``fold`` is ``"u1"`` .. ``"u5"`` (the five 80/20 folds whose test sets partition
+    ``u.data``) or ``"ua"`` / ``"ub"`` (exactly 10 test ratings per user). Train and test
+    share vocabularies built from both files (all 943 users and 1,682 items).
+    Unpacks as ``train, test = load_movielens_fold("100k", "u1", path=...)``.
+    """
+    v = _variant(variant)
+    if v.key != "100k":
+        raise DataError(f"official train/test folds exist only for MovieLens 100k, not "
+                        f"{variant!r}")
+    if fold not in _ML100K_FOLDS:
+        raise DataError(f"unknown ML-100K fold {fold!r}; choose one of {list(_ML100K_FOLDS)}")
+    with _open_variant(v, data_home, path, download) as src:
+        base = _read_ratings(src, v, f"{fold}.base")
+        test = _read_ratings(src, v, f"{fold}.test")
+    uv = Vocabulary.from_raw(np.concatenate([base["user"].to_numpy(), test["user"].to_numpy()]),
+                             "user")
+    iv = Vocabulary.from_raw(np.concatenate([base["item"].to_numpy(), test["item"].to_numpy()]),
+                             "item")
+    tr = _ratings_from_frame(base, uv, iv)
+    te = _ratings_from_frame(test, uv, iv)
+    return Split(tr, te, _info(tr, te, "official", None, None))
+
+
+# ============================================================================ generic source
+_ALIASES = {
+    "user": ("user", "userid", "user_id", "uid", "customer", "customer_id"),
+    "item": ("item", "movieid", "item_id", "itemid", "movie_id", "iid", "artistid",
+             "product", "product_id"),
+    "rating": ("rating", "score", "weight", "value", "stars"),
+    "timestamp": ("timestamp", "time", "ts", "datetime", "date"),
+}
+
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _resolve_col(columns, wanted: str, default: str) -> str:
+    """``wanted`` if present; for the default name, a case-insensitive known alias."""
+    if wanted in columns or wanted != default:
+        return wanted
+    lower = {str(c).lower(): c for c in columns}
+    for alias in _ALIASES[default]:
+        if alias in lower:
+            return lower[alias]
+    return wanted
+
+
+def _head_line(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _COMPRESSED:
+        with _COMPRESSED[suffix](path, "rb") as fh:
+            line = fh.readline(65536)
+    elif suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            if len(names) != 1:
+                raise DataError(f"{path} must hold exactly one file, it holds {len(names)}")
+            with z.open(names[0]) as fh:
+                line = fh.readline(65536)
+    else:
+        with open(path, "rb") as fh:
+            line = fh.readline(65536)
+    return _decode(line).rstrip("\r\n")
+
+
+def _read_table(path: Path, user_col, item_col, rating_col) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        if not (importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")):
+            raise DataError(f"reading the Parquet file {path} needs pyarrow "
+                            "(pip install pyarrow) or fastparquet")
+        return pd.read_parquet(path)
+    head = _head_line(path)
+    if not head.strip():
+        raise DataError(f"{path} is empty")
+    if "::" in head:
+        sep = "::"
+    else:
+        sep = next((s for s in ("\t", ",", ";", "|") if s in head), None)
+        if sep is None:
+            sep = r"\s+" if len(head.split()) > 1 else ","
+    fields = head.split(sep) if sep != r"\s+" else head.split()
+    headerless = all(_is_number(f) for f in fields)
+    names = None
+    if headerless:
+        if len(fields) < 3:
+            raise DataError(f"{path} has {len(fields)} column(s) and no header; need "
+                            "user, item and rating columns")
+        names = [user_col, item_col, rating_col, "timestamp"][:len(fields)]
+        names += [f"column{j}" for j in range(len(names), len(fields))]
+    try:
+        if sep == "::":
+            opener = _COMPRESSED.get(suffix, open)
+            with opener(path, "rb") as fh:
+                raw = fh.read().replace(b"::", b"\t")
+            return pd.read_csv(io.BytesIO(raw), sep="\t", header=None if headerless else 0,
+                               names=names, quoting=csv.QUOTE_NONE)
+        return pd.read_csv(path, sep=sep, header=None if headerless else 0, names=names,
+                           engine="c")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot parse {path}: {exc}") from exc
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def load_ratings_source(source, *, user_col: str = "user", item_col: str = "item",
+                        rating_col: str = "rating", timestamp_col: str | None = "auto",
+                        duplicates: str = "raise", data_home=None,
+                        download: bool = True) -> Ratings:
+    """Ratings from a dataset name or a rating file (used by ``bayesmf data info``).
+
+    ``source`` is either
+
+    * ``"movielens:VARIANT"`` (e.g. ``"movielens:latest-small"``, ``"movielens:100k"``),
+      optionally ``"movielens:100k@PATH"`` where ``PATH`` is the official zip, its
+      extracted folder, or a folder holding either (a cache folder); without ``@PATH`` the
+      cache (``data_home``) is used and downloads follow ``download``; the column
+      arguments do not apply;
+    * a path to a delimited text file (``.csv``, ``.tsv``, ``.dat``, ``u.data`` style,
+      optionally ``.gz``/``.bz2``/``.xz``/single-file ``.zip``; separator sniffed from the
+      first line among ``::``, tab, ``,``, ``;``, ``|``, whitespace) or a Parquet file
+      (needs pyarrow). A file whose first line is all numbers has no header; its columns
+      are taken as user, item, rating[, timestamp].
+
+    With the default column names, common spellings are recognised case-insensitively
+    (``userId``/``user_id``, ``movieId``/``item_id``, ``score``, ``time`` ...). A text
+    timestamp column is parsed as dates (UTC).
+
+    Raises
+    ------
+    DataError
+        Unknown dataset, missing file, unsupported format, missing columns or invalid
+        ratings (duplicates raise unless ``duplicates="last"|"first"|"mean"``).
+    """
+    if isinstance(source, str) and source.lower().startswith("movielens:"):
+        spec = source.split(":", 1)[1]
+        variant, _, at = spec.partition("@")
+        if not variant:
+            raise DataError(f"{source!r}: name a MovieLens variant, one of "
+                            f"{list(MOVIELENS_VARIANTS)}")
+        ml = load_movielens(variant, data_home=data_home, path=at or None, download=download)
+        return ml.ratings
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"source must be 'movielens:VARIANT' or a file path, got "
+                        f"{type(source).__name__}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        hint = (" (dataset names look like 'movielens:100k')"
+                if ":" in str(source) or not path.suffix else "")
+        raise DataError(f"no such file: {str(source)!r}{hint}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass a ratings file (CSV/TSV/Parquet) or "
+                        "'movielens:VARIANT@FOLDER'")
+    df = _read_table(path, user_col, item_col, rating_col)
+    user_col = _resolve_col(df.columns, user_col, "user")
+    item_col = _resolve_col(df.columns, item_col, "item")
+    rating_col = _resolve_col(df.columns, rating_col, "rating")
+    if timestamp_col == "auto":
+        t = _resolve_col(df.columns, "timestamp", "timestamp")
+        timestamp_col = t if t in df.columns else None
+    if timestamp_col is not None and timestamp_col in df.columns:
+        col = df[timestamp_col]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col)):
+            try:
+                parsed = pd.to_datetime(col, utc=True)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"timestamp column {timestamp_col!r} is neither numbers nor "
+                                f"dates: {exc}") from exc
+            df = df.assign(**{timestamp_col: parsed.dt.tz_convert(None)})
+    return Ratings.from_dataframe(df, user_col=user_col, item_col=item_col,
+                                  rating_col=rating_col, timestamp_col=timestamp_col,
+                                  duplicates=duplicates)
