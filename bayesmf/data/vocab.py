@@ -25,7 +25,7 @@ from bayesmf.errors import DataError, UnknownIdError
 
 __all__ = ["Vocabulary"]
 
-_VALID_KINDS = "iub"  # signed/unsigned ints, and bool is rejected below
+_MISSING = object()
 
 
 def _as_id_array(ids, name: str) -> np.ndarray:
@@ -76,9 +76,9 @@ def _as_id_array(ids, name: str) -> np.ndarray:
         bad = next(
             (x for x in arr
              if not isinstance(x, (str, int, np.integer)) or isinstance(x, (bool, np.bool_))),
-            None,
+            _MISSING,
         )
-        if bad is None:  # only ints and strs, mixed
+        if bad is _MISSING:  # only ints and strs, mixed
             bad = next(x for x in arr if isinstance(x, str))
             raise DataError(
                 f"{name} ids must be all integers or all strings, not a mix (found the "
