@@ -53,6 +53,8 @@ def _numeric_values(values, name: str = "rating") -> np.ndarray:
         raise DataError(f"{name} values must be one-dimensional, got shape {arr.shape}")
     if arr.dtype.kind == "b":
         raise DataError(f"{name} values must be numeric, got booleans")
+    if arr.dtype.kind == "c":
+        raise DataError(f"{name} values must be real numbers, got dtype {arr.dtype}")
     if arr.dtype.kind not in "iuf":
         try:
             conv = pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(np.float64)
@@ -62,7 +64,7 @@ def _numeric_values(values, name: str = "rating") -> np.ndarray:
             bad = arr[:0] if conv is None else arr[np.isnan(conv)][:5]
             raise DataError(
                 f"{name} values must be numeric; got dtype {arr.dtype} with non-numeric "
-                f"entries such as {list(bad)!r}"
+                f"entries such as {bad.tolist()!r}"
             )
         arr = conv
     arr = arr.astype(np.float64, copy=False)
@@ -371,6 +373,7 @@ def _resolve_duplicates(user, item, rating, timestamp, policy, users, items):
     if policy == "raise":
         first = order[1:][dup_next][:5]
         pairs = [(users.ids[user[j]], items.ids[item[j]]) for j in first]
+        pairs = [tuple(x.item() if isinstance(x, np.generic) else x for x in p) for p in pairs]
         raise DataError(
             f"{int(dup_next.sum())} duplicate (user, item) pair(s), e.g. {pairs}; "
             "pass duplicates='last', 'first' or 'mean' to resolve them"
