@@ -1,0 +1,7 @@
+"""Recommendation from a posterior: strategies, top-n, similar items, fold-in (backend-free)."""
+
+from bayesmf.recommend.strategies import STRATEGIES, Strategy, make_strategy
+from bayesmf.recommend.topk import approx_error, recommend, recommend_indices
+
+__all__ = ["recommend", "recommend_indices", "approx_error", "make_strategy", "Strategy",
+           "STRATEGIES"]
