@@ -1,5 +1,54 @@
-"""Evaluation: rating metrics, ranking metrics and calibration (backend-free)."""
+"""Evaluation of a posterior on held-out ratings: rating, calibration and ranking metrics
+(backend-free: numpy/scipy only).
 
-from bayesmf.evaluate.rating import mae, rmse
+:func:`evaluate` is the one-call entry used by the estimator and the CLI.
+"""
 
-__all__ = ["rmse", "mae"]
+from __future__ import annotations
+
+from bayesmf.evaluate.calibration import (calibration, coverage_curve, pit_histogram,
+                                          pit_values)
+from bayesmf.evaluate.protocols import build_task, rank_task, ranking_evaluate
+from bayesmf.evaluate.ranking import mean_metrics, ranking_metrics, ranks_from_scores
+from bayesmf.evaluate.rating import (coverage_from_pit, gaussian_crps, mae, mixture_crps,
+                                     mixture_logpdf, mixture_pit, rating_metrics, rmse)
+
+__all__ = ["evaluate", "rmse", "mae", "gaussian_crps", "mixture_crps", "mixture_logpdf",
+           "mixture_pit", "coverage_from_pit", "rating_metrics", "pit_values",
+           "coverage_curve", "pit_histogram", "calibration", "ranking_metrics",
+           "mean_metrics", "ranks_from_scores", "build_task", "rank_task",
+           "ranking_evaluate"]
+
+
+def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
+             relevance_threshold: float = 4.0, ranking: bool = True, protocol: str = "full",
+             draws: bool = False, seed: int = 0, strategy: str = "mean",
+             n_negatives: int = 100, sampling: str = "uniform", clip: bool = True,
+             max_draws: int | None = 50, approx=None, widths: bool = True) -> dict:
+    """All metrics of ``posterior`` on the held-out ``test`` ratings, as a JSON-able dict.
+
+    Rating metrics (:func:`~bayesmf.evaluate.rating.rating_metrics`): ``rmse``, ``mae``
+    (clipped predictive mean), ``nlpd`` (mixture log density), ``crps`` (closed form for
+    the Gaussian mixture), ``coverage`` and ``interval_width`` per central-interval level,
+    ``calibration_error``. Ranking metrics (``ranking=True``; protocol ``"full"`` or
+    ``"sampled"``, relevance ``rating >= relevance_threshold``) under ``"ranking"``:
+    ``precision@k``, ``recall@k``, ``hit_rate@k``, ``ndcg@k``, ``map@k``, ``mrr@k``,
+    ``auc``. ``draws=True`` adds, for every metric, its distribution over posterior draws
+    (``{"mean", "lower", "upper"}``, 90% interval) under ``"draws"``.
+    """
+    out = {"method": posterior.method, "n_samples": int(posterior.n_samples)}
+    out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
+                              widths=widths))
+    if ranking:
+        try:
+            out["ranking"] = ranking_evaluate(
+                posterior, test, k, protocol, relevance_threshold=relevance_threshold,
+                n_negatives=n_negatives, sampling=sampling, seed=seed, strategy=strategy,
+                draws=draws, max_draws=max_draws, approx=approx)
+        except Exception as exc:  # noqa: BLE001 - only the "no relevant item" case
+            from bayesmf.errors import DataError
+
+            if not isinstance(exc, DataError):
+                raise
+            out["ranking"] = {"protocol": protocol, "k": int(k), "skipped": str(exc)}
+    return out
