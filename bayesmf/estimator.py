@@ -182,6 +182,11 @@ class BayesMF:
 
         return rec.recommend(self.posterior, users, n=n, strategy=strategy, **kwargs)
 
+    def to_datatree(self, **kwargs):
+        """The posterior as an ArviZ 1.x ``xarray.DataTree``; see
+        :func:`bayesmf.diagnostics.to_datatree` (e.g. ``log_likelihood=train`` for LOO)."""
+        return self.posterior.to_datatree(**kwargs)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> "BayesMF":
         """Write the fitted model to a netCDF file (see :mod:`bayesmf.io`)."""

@@ -238,6 +238,12 @@ class Posterior:
     def nbytes(self) -> int:
         return int(sum(v.nbytes for v in self.draws.values()))
 
+    def to_datatree(self, **kwargs):
+        """An ArviZ 1.x ``xarray.DataTree``; see :func:`bayesmf.diagnostics.to_datatree`."""
+        from bayesmf.diagnostics import to_datatree
+
+        return to_datatree(self, **kwargs)
+
     # ------------------------------------------------------------------ id handling
     def encode_pairs(self, users, items, unknown: str = "fallback"):
         """Raw ids -> (u_idx, i_idx, known_user, known_item). ``unknown`` is

@@ -221,3 +221,12 @@ def test_diagnose_rejects_point_estimates(data):
         diagnose(mapped)
     with pytest.raises(SpecError, match="biases"):
         diagnose(make_posterior(r, t, chains=2, draws=10), biases="some")
+
+
+def test_posterior_and_estimator_delegate(mixed):
+    from bayesmf.estimator import BayesMF
+
+    dt = mixed.to_datatree(factors=False)
+    assert set(dt["posterior"].data_vars) >= {"mu", "tau"} and "U" not in dt["posterior"]
+    dt2 = BayesMF.from_posterior(mixed).to_datatree()
+    assert "U" in dt2["posterior"]
