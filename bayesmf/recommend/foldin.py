@@ -1,0 +1,391 @@
+r"""Fold-in: the posterior of a *new* user (or item) given the other side's draws, no refit.
+
+For each posterior draw :math:`s` the model is linear-Gaussian in the new user's augmented
+vector :math:`a=[b_u, U_u]\in\mathbb R^{k+1}` (just :math:`U_u` without a user bias): with
+the user's ratings :math:`y_j` of items :math:`i_j` and :math:`z_{j,s}=[1, V_{i_j,s}]`,
+
+.. math::
+
+    y_j \mid a \sim \mathcal N(\mu_s + b_{i_j,s} + z_{j,s}^\top a,\ \tau_s^{-1}),\qquad
+    a \sim \mathcal N(m_{0,s},\ P_{0,s}^{-1})
+
+so :math:`a\mid y, \text{draw } s` is exactly Gaussian with
+
+.. math::
+
+    P_s = P_{0,s} + \tau_s Z_s^\top Z_s,\qquad
+    \hat a_s = P_s^{-1}\big(P_{0,s}m_{0,s} + \tau_s Z_s^\top(y-\mu_s-b_{i,s})\big).
+
+This is the BPMF Gibbs conditional of one user (Salakhutdinov & Mnih 2008) and, for MAP,
+the ALS/ridge user update. The **prior** :math:`(m_0, P_0)` per draw (``prior=``):
+
+* ``"hyper"``: the draw's hyperparameters ``mu_U``, ``Lambda_U`` and ``lambda_bu``
+  (bias prior mean 0; when ``lambda_bu`` is absent, the population variance of
+  :math:`b_u` in that draw);
+* ``"ridge"``: the MAP prior of :class:`~bayesmf.model.spec.ModelSpec`:
+  :math:`m_0=0`, :math:`P_0=\tau_s\,\mathrm{diag}(\text{reg\_bias},\text{reg\_factors} I)`;
+* ``"population"``: the draw's population mean and covariance of :math:`[b_u, U_u]` over
+  the training users -- the same moments as the posterior's unknown-id fallback, so a user
+  with no ratings folds in to exactly the fallback;
+* ``"auto"`` (default): ``"hyper"`` when ``mu_U``/``Lambda_U`` are among the draws, else
+  ``"ridge"`` for a point estimate (one draw), else ``"population"``.
+
+``mode="sample"`` (default with more than one draw) draws :math:`a_s\sim\mathcal N(\hat a_s,
+P_s^{-1})` once per posterior draw (seeded per user id: independent of the other users in
+the call); ``mode="mean"`` keeps :math:`\hat a_s` (default for a point estimate, where it
+is the exact MAP fold-in; it drops the conditional spread :math:`P_s^{-1}`, which is
+kept in :attr:`FoldedUsers.cond_cov`). Either way the result has one value per posterior draw and is
+used exactly like a trained user (:meth:`FoldedUsers.predict`,
+:meth:`FoldedUsers.recommend`, or :meth:`FoldedUsers.append_to` for a new
+:class:`~bayesmf.posterior.Posterior`). Items are folded in symmetrically
+(:func:`fold_in_item`, hyperparameters ``mu_V``, ``Lambda_V``, ``lambda_bi``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bayesmf.errors import DataError, SpecError
+from bayesmf.posterior import Posterior, TrainInfo
+from bayesmf.recommend.strategies import id_keys
+from bayesmf.recommend.topk import UserBlock
+
+__all__ = ["fold_in", "fold_in_item", "FoldedUsers", "FoldedItems", "conditional_gaussian"]
+
+_SIDES = {
+    "user": dict(bias="bu", F="U", other_bias="bi", other_F="V", mu="mu_U", Lam="Lambda_U",
+                 lam_b="lambda_bu", has_bias="user_bias"),
+    "item": dict(bias="bi", F="V", other_bias="bu", other_F="U", mu="mu_V", Lam="Lambda_V",
+                 lam_b="lambda_bi", has_bias="item_bias"),
+}
+
+
+def conditional_gaussian(Z, y, tau, P0, m0):
+    r"""Per-draw Gaussian conditional of a linear-Gaussian model.
+
+    ``Z (S, n, d)``, ``y (S, n)`` residual targets, ``tau (S,)``, prior precision
+    ``P0 (S, d, d)`` and mean ``m0 (S, d)``. Returns ``(mean (S, d), chol (S, d, d))``
+    with :math:`P = P_0 + \tau Z^\top Z = LL^\top`, mean :math:`P^{-1}(P_0m_0+\tau Z^\top y)`.
+    """
+    tau = np.asarray(tau, np.float64)
+    P = P0 + tau[:, None, None] * np.einsum("snd,sne->sde", Z, Z)
+    h = np.einsum("sde,se->sd", P0, m0) + tau[:, None] * np.einsum("snd,sn->sd", Z, y)
+    L = np.linalg.cholesky(P)
+    mean = np.linalg.solve(P, h[..., None])[..., 0]
+    return mean, L
+
+
+def _parse_ratings(ratings, id_col, other_col, default_id):
+    """-> DataFrame with columns [id_col, other_col, 'rating']."""
+    if isinstance(ratings, dict):
+        df = pd.DataFrame({other_col: list(ratings.keys()), "rating": list(ratings.values())})
+        df[id_col] = default_id
+    elif isinstance(ratings, pd.Series):
+        df = pd.DataFrame({other_col: ratings.index.to_numpy(), "rating": ratings.to_numpy()})
+        df[id_col] = default_id
+    elif isinstance(ratings, pd.DataFrame):
+        if other_col not in ratings.columns or "rating" not in ratings.columns:
+            raise DataError(f"fold-in ratings need columns {other_col!r} and 'rating' "
+                            f"(and optionally {id_col!r}); got {list(ratings.columns)}")
+        df = ratings[[c for c in (id_col, other_col, "rating") if c in ratings.columns]].copy()
+        if id_col not in df.columns:
+            df[id_col] = default_id
+    else:
+        raise DataError("fold-in ratings must be a dict {id: rating}, a Series or a DataFrame")
+    r = pd.to_numeric(df["rating"], errors="coerce").to_numpy(np.float64)
+    if not np.all(np.isfinite(r)):
+        raise DataError("fold-in ratings contain NaN/inf or non-numeric values")
+    df["rating"] = r
+    if df.duplicated([id_col, other_col]).any():
+        raise DataError(f"duplicate ({id_col}, {other_col}) pairs in the fold-in ratings")
+    return df
+
+
+def _prior(post, side, prior, S, k):
+    cfg = _SIDES[side]
+    use_bias = getattr(post.spec, cfg["has_bias"])
+    d = k + 1 if use_bias else k
+    if prior == "auto":
+        if cfg["mu"] in post.draws and cfg["Lam"] in post.draws:
+            prior = "hyper"
+        elif post.n_samples == 1:
+            prior = "ridge"
+        else:
+            prior = "population"
+    P0 = np.zeros((S, d, d))
+    m0 = np.zeros((S, d))
+    tau = post.flat("tau").astype(np.float64)
+    off = 1 if use_bias else 0
+    if prior == "hyper":
+        if cfg["mu"] not in post.draws or cfg["Lam"] not in post.draws:
+            raise SpecError(f"prior='hyper' needs draws {cfg['mu']!r} and {cfg['Lam']!r}")
+        if k:
+            m0[:, off:] = post.flat(cfg["mu"]).reshape(S, k)
+            P0[:, off:, off:] = post.flat(cfg["Lam"]).reshape(S, k, k)
+        if use_bias:
+            if cfg["lam_b"] in post.draws:
+                P0[:, 0, 0] = post.flat(cfg["lam_b"]).reshape(S)
+            else:
+                P0[:, 0, 0] = 1.0 / np.maximum(post.flat(cfg["bias"]).var(axis=1), 1e-12)
+    elif prior == "ridge":
+        if k:
+            P0[:, off:, off:] = (tau * post.spec.reg_factors)[:, None, None] * np.eye(k)
+        if use_bias:
+            P0[:, 0, 0] = tau * post.spec.reg_bias
+        P0 += 1e-10 * np.eye(d)  # reg = 0 with no ratings stays solvable
+    elif prior == "population":
+        mean, cov = post._population_moments()[side]  # over [b, F]
+        sel = slice(None) if use_bias else slice(1, None)
+        C = cov[:, sel, sel] + 1e-9 * np.eye(d)
+        P0 = np.linalg.inv(C)
+        m0 = mean[:, sel].copy()
+    else:
+        raise SpecError(f"prior must be 'auto', 'hyper', 'ridge' or 'population', got {prior!r}")
+    return prior, use_bias, d, P0, m0
+
+
+class _Folded:
+    """Shared machinery of :class:`FoldedUsers` / :class:`FoldedItems`."""
+
+    side = "user"
+
+    def __init__(self, posterior, raw, b, F, mean, chol, rated, info):
+        self.posterior = posterior
+        self.raw = np.asarray(raw)
+        self.b = b            # (S, n)
+        self.F = F            # (S, n, k)
+        self.cond_mean = mean  # (S, n, d)
+        self.cond_chol = chol  # (S, n, d, d)
+        self.rated = rated    # list of (other-side index array, ratings)
+        self.info = info
+        self.known = np.ones(len(self.raw), bool)
+
+    def __len__(self):
+        return len(self.raw)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n={len(self)}, draws={self.b.shape[0]}, "
+                f"prior={self.info['prior']!r}, mode={self.info['mode']!r})")
+
+    @property
+    def cond_cov(self):
+        """Per-draw conditional covariance ``(S, n, d, d)`` of ``[b, F]`` (``F`` only
+        without a bias)."""
+        Linv = np.linalg.inv(self.cond_chol)
+        return np.einsum("snji,snjk->snik", Linv, Linv)
+
+    def _components(self, other_idx):
+        """``(m, sd)`` each ``(S, n, len(other_idx))`` (sd includes the noise)."""
+        p = self.posterior
+        o = _SIDES[self.side]
+        ob = p.flat(o["other_bias"])[:, other_idx].astype(np.float64)
+        m = p.flat("mu").astype(np.float64)[:, None, None] + self.b[:, :, None] + ob[:, None, :]
+        if p.spec.rank:
+            OF = p.flat(o["other_F"])[:, other_idx].astype(np.float64)
+            m = m + np.einsum("snk,sjk->snj", self.F, OF)
+        return m, np.sqrt(np.broadcast_to(p.noise_var()[:, None, None], m.shape))
+
+    def _predict(self, other_raw, other_vocab, interval):
+        from bayesmf.recommend.strategies import mixture_quantile
+
+        other_raw = np.atleast_1d(np.asarray(other_raw))
+        oi = other_vocab.encode(other_raw).astype(np.int64)
+        m, sd = self._components(oi)
+        a = (1 - interval) / 2
+        mean = m.mean(axis=0)
+        pv = m.var(axis=0)
+        nv = float(self.posterior.noise_var().mean())
+        lo = mixture_quantile(m, sd, a)
+        hi = mixture_quantile(m, sd, 1 - a)
+        n, J = mean.shape
+        other = "item" if self.side == "user" else "user"
+        return pd.DataFrame({
+            self.side: np.repeat(self.raw, J), other: np.tile(other_raw, n),
+            "mean": mean.ravel(), "std": np.sqrt(pv + nv).ravel(),
+            "std_param": np.sqrt(pv).ravel(), "lower": lo.ravel(), "upper": hi.ravel()})
+
+
+class FoldedUsers(_Folded):
+    """New users folded into a posterior: per-draw ``b (S, n)`` and ``F (S, n, k)``.
+
+    Usable wherever a trained user is: :meth:`predict`, :meth:`recommend` (also accepted
+    as ``users=`` by :func:`bayesmf.recommend.recommend`; the items they rated are their
+    "seen" items), :meth:`append_to`.
+    """
+
+    side = "user"
+
+    # --- the user-source protocol of bayesmf.recommend.topk
+    def block(self, scorer, rows):
+        return UserBlock(self.b[:, rows], self.F[:, rows].astype(scorer.V.dtype),
+                         np.zeros(len(rows), bool))
+
+    def seen(self, rows):
+        rr = np.concatenate([np.full(len(self.rated[r][0]), j) for j, r in enumerate(rows)]
+                            + [np.zeros(0, np.int64)]).astype(np.int64)
+        it = np.concatenate([self.rated[r][0] for r in rows] + [np.zeros(0, np.int64)])
+        return rr, it.astype(np.int64)
+
+    def keys(self, rows):
+        return id_keys(self.raw[rows])
+
+    # --- use
+    def predict(self, items, interval: float = 0.9) -> pd.DataFrame:
+        """Predictive ``mean, std, std_param, lower, upper`` of every (new user, item)."""
+        return self._predict(items, self.posterior.items, interval)
+
+    def recommend(self, n: int = 10, strategy: str = "mean", **kwargs) -> pd.DataFrame:
+        """:func:`bayesmf.recommend.recommend` for these users."""
+        from bayesmf.recommend.topk import recommend
+
+        return recommend(self.posterior, self, n, strategy, **kwargs)
+
+    def append_to(self, posterior: Posterior | None = None) -> Posterior:
+        """A new :class:`Posterior` with these users appended (vocabulary, draws, and
+        their ratings added to the training pairs/counts; the global mean is kept)."""
+        p = self.posterior if posterior is None else posterior
+        clash = [x for x in self.raw.tolist() if x in p.users]
+        if clash:
+            raise DataError(f"user id(s) already in the posterior: {clash[:5]}")
+        return _append(p, "user", self.raw, self.b, self.F, self.rated)
+
+
+class FoldedItems(_Folded):
+    """New items folded into a posterior: per-draw ``b (S, n)`` (item bias), ``F (S, n, k)``."""
+
+    side = "item"
+
+    def predict(self, users, interval: float = 0.9) -> pd.DataFrame:
+        """Predictive ``mean, std, std_param, lower, upper`` of every (new item, user)."""
+        return self._predict(users, self.posterior.users, interval)
+
+    def append_to(self, posterior: Posterior | None = None) -> Posterior:
+        """A new :class:`Posterior` with these items appended (recommendable by
+        :func:`bayesmf.recommend.recommend`)."""
+        p = self.posterior if posterior is None else posterior
+        clash = [x for x in self.raw.tolist() if x in p.items]
+        if clash:
+            raise DataError(f"item id(s) already in the posterior: {clash[:5]}")
+        return _append(p, "item", self.raw, self.b, self.F, self.rated)
+
+
+def _append(p: Posterior, side, raw, b, F, rated):
+    C, D = p.n_chains, p.n_draws
+    n = len(raw)
+    cfg = _SIDES[side]
+    d = dict(p.draws)
+    d[cfg["bias"]] = np.concatenate([p.draws[cfg["bias"]],
+                                     b.reshape(C, D, n).astype(p.draws[cfg["bias"]].dtype)], axis=2)
+    d[cfg["F"]] = np.concatenate([p.draws[cfg["F"]],
+                                  F.reshape(C, D, n, -1).astype(p.draws[cfg["F"]].dtype)], axis=2)
+    t = p.train
+    N, M = len(p.users), len(p.items)
+    csr = sp.csr_matrix((np.ones(len(t.seen_indices)), t.seen_indices, t.seen_indptr), shape=(N, M))
+    rows = np.concatenate([np.full(len(r[0]), j) for j, r in enumerate(rated)] + [np.zeros(0)])
+    cols = np.concatenate([r[0] for r in rated] + [np.zeros(0)])
+    if side == "user":
+        users = p.users.extend(raw)
+        items = p.items
+        add = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, M))
+        csr = sp.vstack([csr, add]).tocsr()
+        uc = np.concatenate([t.user_counts, [len(r[0]) for r in rated]]).astype(np.int64)
+        ic = t.item_counts + np.bincount(cols.astype(np.int64), minlength=M)
+    else:
+        users = p.users
+        items = p.items.extend(raw)
+        add = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, N)).T
+        csr = sp.hstack([csr, add]).tocsr()
+        uc = t.user_counts + np.bincount(cols.astype(np.int64), minlength=N)
+        ic = np.concatenate([t.item_counts, [len(r[0]) for r in rated]]).astype(np.int64)
+    csr.sort_indices()
+    train = TrainInfo(t.scale, t.global_mean, int(t.n_train + len(rows)), uc.astype(np.int64),
+                      ic.astype(np.int64), csr.indptr.astype(np.int64),
+                      csr.indices.astype(np.int32), dict(t.extra, folded_in=side))
+    return Posterior(d, p.spec, users, items, train, p.method, p.sample_stats, None,
+                     dict(p.attrs, folded_in=int(n)))
+
+
+def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
+    cfg = _SIDES[side]
+    other = "item" if side == "user" else "user"
+    other_vocab = posterior.items if side == "user" else posterior.users
+    df = _parse_ratings(ratings, side, other, new_id)
+    if mode is None:
+        mode = "mean" if posterior.n_samples == 1 else "sample"
+    if mode not in ("sample", "mean"):
+        raise SpecError(f"mode must be 'sample' or 'mean', got {mode!r}")
+    if unknown not in ("ignore", "raise"):
+        raise SpecError(f"unknown= must be 'ignore' or 'raise', got {unknown!r}")
+    S, k = posterior.n_samples, posterior.spec.rank
+    prior, use_bias, dd, P0, m0 = _prior(posterior, side, prior, S, k)
+    mu = posterior.flat("mu").astype(np.float64)
+    tau = posterior.flat("tau").astype(np.float64)
+    ob = posterior.flat(cfg["other_bias"])
+    oF = posterior.flat(cfg["other_F"])
+    ids = pd.unique(df[side].to_numpy())
+    if len(ids) == 0:  # no ratings at all: one user/item with the prior only
+        ids = np.array([new_id])
+    n = len(ids)
+    b = np.zeros((S, n))
+    F = np.zeros((S, n, k))
+    means = np.zeros((S, n, dd))
+    chols = np.zeros((S, n, dd, dd))
+    rated = []
+    dropped = 0
+    keys = id_keys(ids)
+    for j, uid in enumerate(ids):
+        sub = df[df[side].to_numpy() == uid]
+        if unknown == "raise":
+            oi = other_vocab.encode(sub[other].to_numpy())
+            kn = np.ones(len(oi), bool)
+        else:
+            oi, kn = other_vocab.encode(sub[other].to_numpy(), unknown="mask")
+        dropped += int((~kn).sum())
+        oi = oi[kn].astype(np.int64)
+        y = sub["rating"].to_numpy()[kn]
+        Z = np.empty((S, len(oi), dd))
+        if use_bias:
+            Z[..., 0] = 1.0
+        if k:
+            Z[..., dd - k:] = oF[:, oi].astype(np.float64)
+        res = y[None, :] - mu[:, None] - ob[:, oi].astype(np.float64)
+        mean, L = conditional_gaussian(Z, res, tau, P0, m0)
+        if mode == "sample":
+            rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
+            z = rng.standard_normal((S, dd))
+            a = mean + np.linalg.solve(np.swapaxes(L, 1, 2), z[..., None])[..., 0]
+        else:
+            a = mean
+        if use_bias:
+            b[:, j] = a[:, 0]
+        if k:
+            F[:, j] = a[:, dd - k:]
+        means[:, j], chols[:, j] = mean, L
+        order = np.argsort(oi)
+        rated.append((oi[order], y[order]))
+    info = {"prior": prior, "mode": mode, "seed": int(seed), "dropped_unknown": dropped}
+    cls = FoldedUsers if side == "user" else FoldedItems
+    return cls(posterior, ids, b, F, means, chols, rated, info)
+
+
+def fold_in(posterior, ratings, user="new_user", *, mode=None, prior="auto", seed=0,
+            unknown="ignore") -> FoldedUsers:
+    """Fold new users into ``posterior`` without refitting (see the module docs).
+
+    ``ratings``: a dict ``{item_id: rating}`` or a Series indexed by item id (one user,
+    id ``user``), or a DataFrame with columns ``item, rating`` (one user) or
+    ``user, item, rating`` (several). Items unknown to the posterior are ignored
+    (counted in ``info["dropped_unknown"]``; ``unknown="raise"`` rejects them). A user
+    with no usable rating gets the prior -- for ``prior="population"`` the posterior's
+    unknown-user fallback.
+    """
+    return _fold(posterior, "user", ratings, user, mode, prior, seed, unknown)
+
+
+def fold_in_item(posterior, ratings, item="new_item", *, mode=None, prior="auto", seed=0,
+                 unknown="ignore") -> FoldedItems:
+    """Fold new items in from their ratings ``{user_id: rating}`` (or a Series / a
+    DataFrame with ``user, rating`` [and ``item``]); symmetric to :func:`fold_in`."""
+    return _fold(posterior, "item", ratings, item, mode, prior, seed, unknown)
