@@ -159,22 +159,24 @@ class MovieLens:
 class _Source:
     """Read members of a MovieLens zip archive or folder by base name."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fileobj=None):
+        """``path``: an extracted dataset folder (its files are read directly) or a zip
+        archive (members found by base name in any folder, shallowest first);
+        ``fileobj``: the archive's bytes as a file object, ``path`` then only labels it."""
         self.path = path
-        if path.is_dir():
+        if fileobj is None and path.is_dir():
             self._zip = None
-            self._names = {p.name: p for p in sorted(path.rglob("*"), key=lambda p: len(p.parts))
-                           if p.is_file()}
-        else:
-            try:
-                self._zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"{path} is not a readable zip archive: {exc}") from exc
-            names = sorted((n for n in self._zip.namelist() if not n.endswith("/")),
-                           key=lambda n: n.count("/"))
-            self._names = {}
-            for n in names:
-                self._names.setdefault(n.rsplit("/", 1)[-1], n)
+            self._names = {p.name: p for p in sorted(path.iterdir()) if p.is_file()}
+            return
+        try:
+            self._zip = zipfile.ZipFile(path if fileobj is None else fileobj)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path} is not a readable zip archive: {exc}") from exc
+        names = sorted((n for n in self._zip.namelist() if not n.endswith("/")),
+                       key=lambda n: n.count("/"))
+        self._names = {}
+        for n in names:
+            self._names.setdefault(n.rsplit("/", 1)[-1], n)
 
     def close(self):
         if self._zip is not None:
@@ -305,7 +307,7 @@ def _download(url: str, dest: Path, md5: str | None) -> None:
     except OSError as exc:  # URLError, HTTPError, timeouts and disk errors are OSErrors
         tmp.unlink(missing_ok=True)
         raise DataError(f"downloading {url} failed: {exc}. Download it yourself and pass "
-                        f"path=, or put it at {dest}") from exc
+                        f"path= (CLI: 'movielens:VARIANT@PATH'), or put it at {dest}") from exc
     if md5 is not None and h_md5.hexdigest() != md5:
         tmp.unlink(missing_ok=True)
         raise DataError(f"checksum mismatch for {url}: md5 {h_md5.hexdigest()}, expected the "
@@ -383,14 +385,9 @@ def _packaged_source() -> _Source:
     res = importlib.resources.files("bayesmf").joinpath("_data/ml-latest-small.zip")
     if not res.is_file():  # pragma: no cover - broken installation
         raise DataError("the packaged ml-latest-small.zip is missing from this installation")
-    with importlib.resources.as_file(res) as p:
-        # as_file yields the real file for ordinary installs; copy to memory otherwise
-        data = Path(p).read_bytes()
-    src = _Source.__new__(_Source)
-    src.path = Path("bayesmf/_data/ml-latest-small.zip")
-    src._zip = zipfile.ZipFile(io.BytesIO(data))
-    src._names = {n.rsplit("/", 1)[-1]: n for n in src._zip.namelist() if not n.endswith("/")}
-    return src
+    # read into memory: works for ordinary installs and zipped/importer-based ones alike
+    data = res.read_bytes()
+    return _Source(Path("bayesmf/_data/ml-latest-small.zip"), fileobj=io.BytesIO(data))
 
 
 # ============================================================================ loaders

@@ -278,8 +278,8 @@ def test_cached_archive_without_record_checks_published_md5(remote, tmp_path, mo
 
 def test_download_failure_and_download_false(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "_BASE_URL", (tmp_path / "nowhere").as_uri() + "/")
-    with pytest.raises(DataError, match=r"downloading file:.*ml-1m.zip failed: .* pass path=, "
-                                        r"or put it at"):
+    with pytest.raises(DataError, match=r"downloading file:.*ml-1m.zip failed: .* pass path= "
+                                        r"\(CLI: .movielens:VARIANT@PATH.\), or put it at"):
         load_movielens("1m", data_home=tmp_path / "c")
     assert not list((tmp_path / "c").glob("*"))
     with pytest.raises(DataError, match=r"MovieLens 20m is not in the cache folder .* and "
