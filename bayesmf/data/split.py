@@ -10,8 +10,9 @@ Randomness comes from ``numpy.random.default_rng(seed)``: the same ``seed`` give
 split on every platform. ``seed`` may also be a ``numpy.random.Generator`` (advanced: the
 split then consumes draws from it) or ``None`` (fresh OS entropy, not reproducible).
 
-All functions are vectorized over rows: per-user work is done by sorting (``lexsort`` by
-user then a random key or timestamp) and ranking rows within their user's run.
+All functions are vectorized over rows: per-user work is done by sorting (stable argsort
+by user of a random permutation or of the time order) and ranking rows within their
+user's run.
 
 =================  ==========================================================
 :func:`random_split`     a random fraction of all rows goes to test
@@ -154,11 +155,14 @@ def _check_count(k, name, minimum=1):
     return int(k)
 
 
-def _rank_within_user(user: np.ndarray, key: np.ndarray, n_users: int):
-    """Sort rows by (user, key, row) and return ``order`` and each sorted row's 0-based
-    position within its user's run, plus the per-user counts."""
+def _rank_within_user(user: np.ndarray, secondary: np.ndarray, n_users: int):
+    """Order rows by user, then by the row permutation ``secondary`` (a random permutation
+    or a stable time order), and return ``order``, each sorted row's 0-based position
+    within its user's run, and the per-user counts.
+
+    Two stable integer argsorts: much faster than ``np.lexsort`` on millions of rows."""
     n = len(user)
-    order = np.lexsort((np.arange(n), key, user))
+    order = secondary[np.argsort(user[secondary], kind="stable")]
     counts = np.bincount(user, minlength=n_users)
     start = np.cumsum(counts) - counts
     pos = np.arange(n) - start[user[order]]
@@ -198,7 +202,7 @@ def user_split(ratings: Ratings, test_fraction: float | None = None, *,
         raise DataError("user_split needs exactly one of test_fraction= or n_test=")
     min_train = _check_count(min_train, "min_train", 0)
     rng, s = _rng(seed)
-    order, pos, counts = _rank_within_user(ratings.user, rng.random(ratings.nnz),
+    order, pos, counts = _rank_within_user(ratings.user, rng.permutation(ratings.nnz),
                                            ratings.n_users)
     if test_fraction is not None:
         f = _check_fraction(test_fraction)
@@ -265,7 +269,8 @@ def temporal_split(ratings: Ratings, *, last_k: int | None = None, cutoff=None,
     if last_k is not None:
         k = _check_count(last_k, "last_k")
         min_train = _check_count(min_train, "min_train", 0)
-        order, pos, counts = _rank_within_user(ratings.user, ts, ratings.n_users)
+        order, pos, counts = _rank_within_user(ratings.user, np.argsort(ts, kind="stable"),
+                                               ratings.n_users)
         u_sorted = ratings.user[order]
         from_end = counts[u_sorted] - 1 - pos
         k_u = np.clip(np.full(ratings.n_users, k), 0, np.maximum(counts - min_train, 0))
@@ -288,7 +293,7 @@ def temporal_split(ratings: Ratings, *, last_k: int | None = None, cutoff=None,
     if n < 2:
         raise DataError("a split needs at least 2 ratings")
     n_test = min(max(int(round(f * n)), 1), n - 1)
-    order = np.lexsort((np.arange(n), ts))
+    order = np.argsort(ts, kind="stable")
     mask = np.zeros(n, dtype=bool)
     mask[order[n - n_test:]] = True
     return Split.from_mask(ratings, mask, "temporal")
@@ -344,7 +349,7 @@ def kfold(ratings: Ratings, k: int = 5, *, seed=0, per_user: bool = False) -> KF
     rng, s = _rng(seed)
     assignment = np.empty(n, dtype=np.int32)
     if per_user:
-        order, pos, _ = _rank_within_user(ratings.user, rng.random(n), ratings.n_users)
+        order, pos, _ = _rank_within_user(ratings.user, rng.permutation(n), ratings.n_users)
         offset = rng.integers(0, k, size=ratings.n_users)
         assignment[order] = (pos + offset[ratings.user[order]]) % k
     else:
