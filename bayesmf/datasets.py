@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.data.ratings import Ratings
-from bayesmf.data.split import Split, _info
+from bayesmf.data.split import Split
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError
 
@@ -449,7 +449,7 @@ def load_movielens_fold(variant: str = "100k", fold: str = "u1", *, path=None,
                              "item")
     tr = _ratings_from_frame(base, uv, iv)
     te = _ratings_from_frame(test, uv, iv)
-    return Split(tr, te, _info(tr, te, "official", None, None))
+    return Split.from_pair(tr, te, "official")
 
 
 # ============================================================================ generic source

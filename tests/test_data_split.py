@@ -1,5 +1,6 @@
 """Splits: exact partitions, shared vocabularies, per-method guarantees, errors."""
 
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
@@ -267,6 +268,13 @@ def test_split_checks_vocabularies_and_masks():
     with pytest.raises(DataError, match="the custom split leaves the training set empty"):
         Split.from_mask(r, np.ones(400, bool))
     assert repr(s).startswith("Split(random: train=320, test=80")
+    again = Split.from_pair(s.train, s.test, "mine")
+    assert again.info == dataclasses.replace(s.info, method="mine", seed=None)
+    odd = Ratings.from_indices([0], [0], [1.0], r.users, Vocabulary(["other"], "item"))
+    with pytest.raises(DataError, match="item vocabularies differ between train and test"):
+        Split.from_pair(s.train, odd, "x")
+    with pytest.raises(DataError, match="Split.from_pair expects two Ratings"):
+        Split.from_pair(s.train, None)
 
 
 def test_no_dense_matrix_on_huge_vocabularies():

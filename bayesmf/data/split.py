@@ -98,6 +98,17 @@ class Split:
                 f"unseen item={i.test_unseen_items})")
 
     @classmethod
+    def from_pair(cls, train: Ratings, test: Ratings, method: str = "custom",
+                  seed: int | None = None, fold: int | None = None) -> "Split":
+        """Wrap an existing train/test pair (same vocabularies required), computing the
+        unseen-user/item counts of :class:`SplitInfo`."""
+        if not isinstance(train, Ratings) or not isinstance(test, Ratings):
+            raise DataError("Split.from_pair expects two Ratings")
+        Vocabulary.ensure_same(train.users, test.users, "between train and test")
+        Vocabulary.ensure_same(train.items, test.items, "between train and test")
+        return cls(train, test, _info(train, test, method, seed, fold))
+
+    @classmethod
     def from_mask(cls, ratings: Ratings, test_mask, method: str = "custom",
                   seed: int | None = None, fold: int | None = None) -> "Split":
         """Split ``ratings`` by a boolean mask (``True`` = test row)."""
