@@ -203,8 +203,9 @@ class Vocabulary:
             kind_v = "strings" if self.is_string else "integers"
             kind_a = "strings" if arr.dtype == object else "integers"
             if unknown == "raise":
+                bad = pd.unique(arr)
                 raise UnknownIdError(
-                    self.name, arr[:10].tolist(), len(arr)
+                    self.name, bad[:10].tolist(), len(bad)
                 ) from DataError(f"{self.name} vocabulary holds {kind_v}, got {kind_a}")
         idx = self._index.get_indexer(arr).astype(np.int32)
         known = idx >= 0
