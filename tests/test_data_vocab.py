@@ -72,8 +72,8 @@ def test_unknown_mask_returns_minus_one():
 
 def test_wrong_kind_of_id_is_unknown():
     v = Vocabulary([1, 2], "user")
-    with pytest.raises(UnknownIdError, match=r"unknown user id\(s\): '1'"):
-        v.encode(["1"])
+    with pytest.raises(UnknownIdError, match=r"^1 unknown user id\(s\): '1'$"):
+        v.encode(["1", "1"])
     idx, known = v.encode(["1", "2"], unknown="mask")
     assert (idx == -1).all() and not known.any()
 
