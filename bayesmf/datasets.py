@@ -197,13 +197,18 @@ class _Source:
                 return n
         return None
 
-    def read(self, name: str) -> bytes:
+    def open(self, name: str):
+        """A binary file object for a member (streamed, not loaded into memory)."""
         if name not in self._names:
             raise DataError(f"{self.path} has no file {name!r} (it has "
                             f"{sorted(self._names)[:20]})")
         if self._zip is None:
-            return self._names[name].read_bytes()
-        return self._zip.read(self._names[name])
+            return open(self._names[name], "rb")
+        return self._zip.open(self._names[name])
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as fh:
+            return fh.read()
 
 
 def _decode(b: bytes) -> str:
@@ -215,17 +220,20 @@ def _decode(b: bytes) -> str:
 
 def _read_ratings(src: _Source, v: _Variant, name: str | None = None) -> pd.DataFrame:
     name = name or v.ratings
-    raw = src.read(name)
     cols = ["user", "item", "rating", "timestamp"]
     dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}
     try:
-        if v.fmt == "csv":
-            df = pd.read_csv(io.BytesIO(raw), header=0, names=cols, dtype=dtypes)
-        else:
-            if v.fmt == "dat":
-                raw = raw.replace(b"::", b"\t")
+        if v.fmt == "dat":  # '::' needs the slow python engine; rewrite it as tabs instead
+            raw = src.read(name).replace(b"::", b"\t")
             df = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, names=cols, dtype=dtypes,
                              quoting=csv.QUOTE_NONE)
+        else:  # streamed from the archive: the 25M csv is never held as one byte string
+            with src.open(name) as fh:
+                if v.fmt == "csv":
+                    df = pd.read_csv(fh, header=0, names=cols, dtype=dtypes)
+                else:
+                    df = pd.read_csv(fh, sep="\t", header=None, names=cols, dtype=dtypes,
+                                     quoting=csv.QUOTE_NONE)
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot parse {name} in {src.path} as MovieLens {v.key} "
                         f"ratings: {exc}") from exc

@@ -433,3 +433,17 @@ def test_lastfm_play_counts_via_aliases():
     r = load_ratings_source(path)  # userID, artistID, weight
     assert (r.nnz, r.n_users, r.n_items) == (92_834, 1_892, 17_632)
     assert r.rating.max() == 352_698
+
+
+def test_unparsable_movielens_file(tmp_path):
+    arch = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(arch, "w") as z:
+        z.writestr("ml-100k/u.data", "1\t2\tthree\t4\n")
+    with pytest.raises(DataError, match=r"cannot parse u.data in .*ml-100k.zip as MovieLens "
+                                        r"100k ratings"):
+        load_movielens("100k", path=arch)
+    folder = tmp_path / "ml-25m"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.5,99\n")
+    ml = load_movielens("25m", path=tmp_path)  # extracted folder, no movies.csv/README
+    assert ml.ratings.nnz == 1 and len(ml.movies) == 0 and ml.license == ""
