@@ -46,8 +46,10 @@ import os
 import sys
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -90,7 +92,7 @@ class _Variant:
     fmt: str  # "tab" (u.data), "dat" ('::'), "csv"
 
 
-_MOVIELENS: dict[str, _Variant] = {
+_MOVIELENS: Mapping[str, _Variant] = MappingProxyType({
     "100k": _Variant("100k", "ml-100k", "ml-100k.zip", "0e33842e24a9c977be4e0107933c0723",
                      "u.data", "u.item", "tab"),
     "1m": _Variant("1m", "ml-1m", "ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906",
@@ -103,7 +105,7 @@ _MOVIELENS: dict[str, _Variant] = {
                     "ratings.csv", "movies.csv", "csv"),
     "latest-small": _Variant("latest-small", "ml-latest-small", "ml-latest-small.zip", None,
                              "ratings.csv", "movies.csv", "csv"),
-}
+})
 
 MOVIELENS_VARIANTS: tuple[str, ...] = tuple(_MOVIELENS)
 

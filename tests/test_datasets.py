@@ -220,11 +220,16 @@ def _fake_ml100k(folder: Path) -> tuple[Path, str]:
     return arch, hashlib.md5(arch.read_bytes()).hexdigest()
 
 
+def _set_md5(monkeypatch, md5):
+    table = {**ds._MOVIELENS, "100k": dataclasses.replace(ds._MOVIELENS["100k"], md5=md5)}
+    monkeypatch.setattr(ds, "_MOVIELENS", table)
+
+
 @pytest.fixture
 def remote(tmp_path, monkeypatch):
     arch, md5 = _fake_ml100k(tmp_path / "remote")
     monkeypatch.setattr(ds, "_BASE_URL", (tmp_path / "remote").as_uri() + "/")
-    monkeypatch.setitem(ds._MOVIELENS, "100k", dataclasses.replace(ds._MOVIELENS["100k"], md5=md5))
+    _set_md5(monkeypatch, md5)
     return arch
 
 
@@ -253,8 +258,7 @@ def test_download_verify_cache(remote, tmp_path, monkeypatch):
 
 
 def test_download_bad_checksum_discards(remote, tmp_path, monkeypatch):
-    monkeypatch.setitem(ds._MOVIELENS, "100k",
-                        dataclasses.replace(ds._MOVIELENS["100k"], md5="0" * 32))
+    _set_md5(monkeypatch, "0" * 32)
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"checksum mismatch for file:.*ml-100k.zip: md5 "
                                         r"[0-9a-f]{32}, expected the published 0{32}; the "
