@@ -1,0 +1,190 @@
+r"""Variational inference with NumPyro SVI (method ``"svi"``).
+
+Fits a guide :math:`q_\phi(\theta)` to the model of :mod:`bayesmf.infer.numpyro_model` by
+maximising the ELBO
+
+.. math::
+
+    \mathcal L(\phi) = \mathbb E_{q_\phi}\!\left[\tfrac{|\Omega|}{|B|}\sum_{(u,i)\in B}
+    \log p(r_{ui}\mid\theta) + \log p(\theta) - \log q_\phi(\theta)\right]
+
+with Adam (optax), where :math:`B` is a minibatch of observed entries
+(``batch_size``; all entries when ``None``). Guides: ``"normal"`` -- ``AutoNormal``
+(mean-field Gaussian in the unconstrained space; known to under-state posterior variance,
+so predictive intervals are typically too narrow) and ``"lowrank"`` --
+``AutoLowRankMultivariateNormal`` (Gaussian with covariance
+:math:`D + W W^\top`, ``W`` of rank ``guide_rank``).
+
+**Convergence**: the ELBO is averaged over consecutive windows of ``window`` steps
+(smoothing the stochastic estimates); the run stops when the relative change between two
+consecutive window means, :math:`|\bar{\mathcal L}_t - \bar{\mathcal L}_{t-1}| /
+|\bar{\mathcal L}_t|`, stays below ``tol`` for ``patience`` windows in a row, or after
+``num_steps`` steps. ``attrs["converged"]``, ``attrs["steps"]`` and the window-mean ELBO
+trace ``attrs["elbo_trace"]`` record what happened.
+
+The returned :class:`~bayesmf.posterior.Posterior` holds ``num_samples`` draws from the
+fitted guide (one "chain"), pushed through the model's deterministic sites.
+
+Options: ``guide`` ("normal"), ``guide_rank`` (None: NumPyro's default), ``num_steps``
+(20000, the maximum), ``learning_rate`` (0.01), ``batch_size`` (None), ``num_samples``
+(500), ``tol`` (1e-4), ``window`` (100), ``patience`` (2), ``num_particles`` (1),
+``init_scale`` (0.1, initial guide scale), ``centered`` (False), ``factor_prior``
+("wishart").
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import SpecError
+from bayesmf.infer import check_options
+from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
+from bayesmf.model.spec import ModelSpec
+from bayesmf.posterior import Posterior, TrainInfo
+
+__all__ = ["fit_svi", "DEFAULTS", "GUIDES"]
+
+GUIDES = ("normal", "lowrank")
+DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=0.01,
+                batch_size=None, num_samples=500, tol=1e-4, window=100, patience=2,
+                num_particles=1, init_scale=0.1, centered=False, factor_prior="wishart")
+
+
+def _pos_int(name, v, minimum=1, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _pos_float(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) or v == float("inf"):
+        raise SpecError(f"{name} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _validate(o: dict, nnz: int) -> dict:
+    if o["guide"] not in GUIDES:
+        raise SpecError(f"guide must be one of {GUIDES}, got {o['guide']!r}")
+    if o["factor_prior"] not in FACTOR_PRIORS:
+        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
+    if not isinstance(o["centered"], bool):
+        raise SpecError(f"centered must be True or False, got {o['centered']!r}")
+    o["guide_rank"] = _pos_int("guide_rank", o["guide_rank"], allow_none=True)
+    o["num_steps"] = _pos_int("num_steps", o["num_steps"])
+    o["num_samples"] = _pos_int("num_samples", o["num_samples"])
+    o["window"] = _pos_int("window", o["window"])
+    o["patience"] = _pos_int("patience", o["patience"])
+    o["num_particles"] = _pos_int("num_particles", o["num_particles"])
+    o["batch_size"] = _pos_int("batch_size", o["batch_size"], allow_none=True)
+    if o["batch_size"] is not None and o["batch_size"] >= nnz:
+        o["batch_size"] = None  # a batch as large as the data is the full data
+    o["learning_rate"] = _pos_float("learning_rate", o["learning_rate"])
+    o["tol"] = _pos_float("tol", o["tol"])
+    o["init_scale"] = _pos_float("init_scale", o["init_scale"])
+    return o
+
+
+def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
+            **options) -> Posterior:
+    """Fit a NumPyro autoguide by stochastic VI and return guide draws as a Posterior.
+
+    ``native`` holds ``{"model", "guide", "params", "svi", "losses", "model_args",
+    "offset"}`` (``losses``: the per-step loss = negative ELBO estimate).
+    """
+    o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_median
+    from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+    from numpyro.optim import optax_to_numpyro
+
+    data = model_data(train, spec)
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+                        centered=o["centered"], factor_prior=o["factor_prior"],
+                        batch_size=o["batch_size"])
+    init = init_to_median(num_samples=15)
+    if o["guide"] == "normal":
+        guide = AutoNormal(model, init_loc_fn=init, init_scale=o["init_scale"])
+    else:
+        kw = {} if o["guide_rank"] is None else {"rank": o["guide_rank"]}
+        guide = AutoLowRankMultivariateNormal(model, init_loc_fn=init,
+                                              init_scale=o["init_scale"], **kw)
+    optim = optax_to_numpyro(optax.adam(o["learning_rate"]))
+    svi = SVI(model, guide, optim, loss=Trace_ELBO(num_particles=o["num_particles"]))
+    args = tuple(jnp.asarray(a) for a in data.args)
+    key = jax.random.PRNGKey(int(seed))
+    k_init, k_draw = jax.random.split(key)
+
+    t0 = time.perf_counter()
+    state = svi.init(k_init, *args)
+    W = o["window"]
+
+    @jax.jit
+    def run_window(state):
+        def body(s, _):
+            s, loss = svi.update(s, *args)
+            return s, loss
+        return jax.lax.scan(body, state, None, length=W)
+
+    n_windows = -(-o["num_steps"] // W)
+    losses, means = [], []
+    converged, streak = False, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_windows * W, desc="svi", unit="step")
+    for w in range(n_windows):
+        state, ls = run_window(state)
+        ls = np.asarray(ls, np.float64)
+        losses.append(ls)
+        means.append(float(np.mean(ls)))
+        if bar is not None:
+            bar.update(W)
+            bar.set_postfix(elbo=f"{-means[-1]:.4g}")
+        if not np.isfinite(means[-1]):
+            break
+        if w > 0:
+            rel = abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-12)
+            streak = streak + 1 if rel < o["tol"] else 0
+            if streak >= o["patience"]:
+                converged = True
+                break
+    if bar is not None:
+        bar.close()
+    t1 = time.perf_counter()
+    losses = np.concatenate(losses)
+    if not np.all(np.isfinite(losses[-W:])):
+        raise FloatingPointError(
+            "SVI diverged (non-finite ELBO); lower learning_rate or init_scale")
+    params = svi.get_params(state)
+
+    sites = ["mu", "bu", "bi", "U", "V", "tau", "lambda_bu", "lambda_bi",
+             "mu_U", "Lambda_U", "mu_V", "Lambda_V"]
+    pred = Predictive(model, guide=guide, params=params, num_samples=o["num_samples"],
+                      return_sites=sites, parallel=False)
+    samples = pred(k_draw, *args)
+    samples = {n: np.asarray(v)[None] for n, v in samples.items()}  # (1, D, ...)
+    draws = draws_from_samples(samples, spec, data.n_users, data.n_items, data.offset)
+    t2 = time.perf_counter()
+    attrs = {
+        "seed": int(seed),
+        "settings": dict(o),
+        "backend": "numpyro",
+        "offset": data.offset,
+        "converged": bool(converged),
+        "steps": int(len(losses)),
+        "final_elbo": float(-means[-1]),
+        "elbo_trace": [float(-m) for m in means],
+        "elbo_trace_window": W,
+        "timings": {"fit_s": t1 - t0, "draws_s": t2 - t1, "total_s": t2 - t0},
+    }
+    native = {"model": model, "guide": guide, "params": params, "svi": svi,
+              "losses": losses, "model_args": args, "offset": data.offset}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "svi", {}, native, attrs)
