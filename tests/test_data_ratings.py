@@ -239,7 +239,7 @@ rows = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4),
                 min_size=1, max_size=40)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(rows=rows, policy=st.sampled_from(["last", "first", "mean"]))
 def test_duplicate_policies_match_pandas_groupby(rows, policy):
     df = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
@@ -257,7 +257,7 @@ def test_duplicate_policies_match_pandas_groupby(rows, policy):
 
 
 # ---------------------------------------------------------------- round trip
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     data=st.data(),
     kind=st.sampled_from(["int", "str"]),

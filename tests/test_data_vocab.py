@@ -15,7 +15,7 @@ any_ids = st.one_of(int_ids, str_ids)
 
 
 # ---------------------------------------------------------------- properties
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(ids=any_ids, data=st.data())
 def test_encode_decode_round_trip(ids, data):
     v = Vocabulary(ids, "user")
