@@ -154,3 +154,43 @@ def test_sbc_gibbs_fast():
     assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()
     bad = sbc.run_sbc("gibbs", GIBBS_SPEC, transform=sbc.narrowed(0.5), **kw)
     assert not bad.passes(0.001), bad.table().to_string()
+
+
+@pytest.mark.slow  # ~30 s of CPU: NumPyro compiles its Gamma samplers
+@pytest.mark.parametrize("factor_prior", ["wishart", "diag"])
+def test_simulation_is_the_numpyro_models_prior(factor_prior):
+    """SBC simulates each method's OWN prior: the simulator and the NumPyro model's prior
+    predictive agree in distribution (two-sample KS on every hyperparameter and a rating)."""
+    pytest.importorskip("numpyro")
+    import jax
+    from numpyro.infer import Predictive
+
+    from bayesmf.infer.numpyro_model import build_model
+
+    spec = ModelSpec(rank=2, priors=PRIORS)
+    u, i = sbc.observed_pattern(4, 3, 0.5, 0)
+    n = 2000
+    model = build_model(spec, 4, 3, offset=0.0, factor_prior=factor_prior)
+    pp = Predictive(model, num_samples=n)(jax.random.PRNGKey(0), jax.numpy.asarray(u),
+                                          jax.numpy.asarray(i))
+    rng = np.random.default_rng(5)
+    sims = [sbc.simulate(spec, u, i, 4, 3, rng, factor_prior) for _ in range(n)]
+    ours = {
+        "mu": [t["mu"] for t, _ in sims], "tau": [t["tau"] for t, _ in sims],
+        "lambda_bi": [t["lambda_bi"] for t, _ in sims],
+        "Lambda_U00": [t["Lambda_U"][0, 0] for t, _ in sims],
+        "Lambda_V01": [t["Lambda_V"][0, 1] for t, _ in sims],
+        "mu_U0": [t["mu_U"][0] for t, _ in sims], "U10": [t["U"][1, 0] for t, _ in sims],
+        "bu2": [t["bu"][2] for t, _ in sims], "r0": [y[0] for _, y in sims],
+    }
+    theirs = {
+        "mu": pp["mu"], "tau": pp["tau"], "lambda_bi": pp["lambda_bi"],
+        "Lambda_U00": pp["Lambda_U"][:, 0, 0], "Lambda_V01": pp["Lambda_V"][:, 0, 1],
+        "mu_U0": pp["mu_U"][:, 0], "U10": pp["U"][:, 1, 0], "bu2": pp["bu"][:, 2],
+        "r0": pp["r"][:, 0],
+    }
+    from scipy import stats
+
+    for name in ours:
+        p = stats.ks_2samp(np.asarray(ours[name]), np.asarray(theirs[name])).pvalue
+        assert p > 1e-4, (name, p)
