@@ -1,0 +1,653 @@
+r"""BPMF by blocked Gibbs sampling (Salakhutdinov & Mnih 2008, with biases), on JAX.
+
+Model (the shared :class:`~bayesmf.model.spec.ModelSpec`, hyperpriors from
+:class:`~bayesmf.model.spec.BayesPriors`; :math:`\Omega` the observed pairs, :math:`n=|\Omega|`,
+``N`` users, ``M`` items, rank ``k``):
+
+.. math::
+
+    r_{ui} &\sim \mathcal N(\mu + b_u + b_i + U_u^\top V_i,\ \tau^{-1}),
+        \qquad (u,i)\in\Omega \\
+    U_u &\sim \mathcal N(\mu_U, \Lambda_U^{-1}),\quad
+    (\mu_U, \Lambda_U) \sim \mathcal{NW}(\mu_0 = 0, \beta_0, W_0 = w_0 I, \nu_0)
+    \quad(\text{same for } V_i) \\
+    b_u &\sim \mathcal N(0, \lambda_{b_u}^{-1}),\quad
+    \lambda_{b_u} \sim \mathrm{Gamma}(a_b, b_b) \quad(\text{same for } b_i) \\
+    \tau &\sim \mathrm{Gamma}(a_\tau, b_\tau),\qquad
+    \mu \sim \mathcal N(m_\mu, \lambda_\mu^{-1})\ (\lambda_\mu = 0:\ \text{flat})
+
+(Gamma in shape/rate form; :math:`\nu_0 = k` when ``nu0`` is None.) Switched-off terms
+(``user_bias=False``...) are held at zero; ``noise="fixed"`` holds
+:math:`\tau` at ``noise_precision``.
+
+Full conditionals, in the order of one sweep
+---------------------------------------------
+1. **Normal-Wishart hyperparameters** of the users (items alike), with
+   :math:`\bar U = \frac1N\sum_u U_u`, :math:`S = \sum_u (U_u-\bar U)(U_u-\bar U)^\top`:
+
+   .. math::
+
+       \beta_N = \beta_0 + N,\ \ \nu_N = \nu_0 + N,\ \
+       \mu_N = \frac{\beta_0\mu_0 + N\bar U}{\beta_N},\ \
+       W_N^{-1} = W_0^{-1} + S + \frac{\beta_0 N}{\beta_N}(\bar U-\mu_0)(\bar U-\mu_0)^\top
+
+   :math:`\Lambda_U \sim \mathcal W(W_N, \nu_N)` (Bartlett decomposition) and
+   :math:`\mu_U \mid \Lambda_U \sim \mathcal N(\mu_N, (\beta_N\Lambda_U)^{-1})`.
+2. **Bias precisions**:
+   :math:`\lambda_{b_u} \sim \mathrm{Gamma}(a_b + N/2,\ b_b + \tfrac12\sum_u b_u^2)`
+   (items alike).
+3. **User rows** (bias and factors jointly, a Bayesian linear regression on the design
+   :math:`x_i = [1, V_i]`): with :math:`z_u = [b_u, U_u]`,
+   :math:`y_{ui} = r_{ui} - \mu - b_i`,
+
+   .. math::
+
+       P_u = \begin{pmatrix}\lambda_{b_u} & 0\\ 0 & \Lambda_U\end{pmatrix}
+             + \tau\sum_{i\in\Omega_u} x_i x_i^\top,\qquad
+       h_u = \begin{pmatrix}0\\ \Lambda_U\mu_U\end{pmatrix}
+             + \tau\sum_{i\in\Omega_u} y_{ui}\, x_i,\qquad
+       z_u \sim \mathcal N(P_u^{-1}h_u,\ P_u^{-1})
+
+   (the constant column is dropped without user biases, the ``V`` block at rank 0),
+   solved for all users at once by :func:`bayesmf.infer._rowblocks.solve_rows`.
+4. **Item rows**: the same with the roles swapped (:math:`x_u = [1, U_u]`,
+   :math:`y_{ui} = r_{ui} - \mu - b_u`, the new :math:`b_u, U`).
+5. **Global mean**: with :math:`s_{ui} = r_{ui} - b_u - b_i - U_u^\top V_i`,
+
+   .. math::
+
+       \mu \sim \mathcal N\!\left(\frac{\lambda_\mu m_\mu + \tau\sum s_{ui}}
+       {\lambda_\mu + \tau n},\ \frac{1}{\lambda_\mu + \tau n}\right)
+
+6. **Noise precision**:
+   :math:`\tau \sim \mathrm{Gamma}(a_\tau + n/2,\ b_\tau + \tfrac12\sum(r_{ui}-\hat r_{ui})^2)`.
+
+Each sweep also records the train RMSE and the log likelihood of the new state.
+
+Kernel, drivers, determinism
+----------------------------
+:class:`BPMFGibbs` is a pure functional kernel: ``init(key) -> GibbsState`` and
+``step(key, state) -> (state, info)``. :func:`fit_gibbs` runs sweep ``t`` (0-based,
+warm-up included) of chain ``c`` with ``fold_in(chain_key_c, t)``, where the chain keys
+are ``split(PRNGKey(seed), num_chains)`` (the convention of
+:mod:`bayesmf.infer.checkpoint`). One compiled ``fori_loop`` advances the chains over any
+range of sweeps, writing kept draws into preallocated float32 buffers, so chunking for
+the progress bar never changes the result nor recompiles. Kept sweeps are
+``t = num_warmup + j * thin`` for ``j < num_samples``. Identical seeds give bit-identical
+draws on CPU.
+
+Streaming predictions (option ``predict_pairs=(u_idx, i_idx)``): at every kept draw
+the noise-free prediction :math:`m_s` of each pair is folded into a Welford mean /
+variance and :math:`1/\tau_s` into a running mean; the result (predictive mean,
+parameter variance, mean noise variance) is in ``posterior.attrs["streamed_predictions"]``
+(JSON lists; :func:`streamed_predictions` returns arrays). With ``store_draws=False``
+the factor draws are not kept: the returned :class:`~bayesmf.posterior.Posterior`
+holds only the **final state of each chain** (``D = 1``) and the kept traces of the
+scalar and hyper quantities go to ``posterior.attrs["traces"]``; use the streamed
+summaries for predictions of the requested pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import SpecError
+from bayesmf.infer import check_options
+from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, solve_rows
+from bayesmf.model.spec import ModelSpec
+
+__all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs",
+           "streamed_predictions", "sample_normal_wishart", "DEFAULTS"]
+
+#: options of :func:`fit_gibbs` and their defaults
+DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_draws=True,
+                predict_pairs=None, dtype="float32", chain_method="vectorized",
+                progress_every=None, max_width=128)
+
+
+class GibbsState(NamedTuple):
+    """State of one chain (everything the next sweep needs). Switched-off terms are 0."""
+
+    mu: jnp.ndarray         # ()
+    bu: jnp.ndarray         # (N,)
+    bi: jnp.ndarray         # (M,)
+    U: jnp.ndarray          # (N, k)
+    V: jnp.ndarray          # (M, k)
+    tau: jnp.ndarray        # ()
+    mu_U: jnp.ndarray       # (k,)
+    Lambda_U: jnp.ndarray   # (k, k)
+    mu_V: jnp.ndarray       # (k,)
+    Lambda_V: jnp.ndarray   # (k, k)
+    lambda_bu: jnp.ndarray  # ()
+    lambda_bi: jnp.ndarray  # ()
+
+
+class GibbsData(NamedTuple):
+    """Training data in device form (a pytree, passed as a jit argument)."""
+
+    user: jnp.ndarray     # (n,) int32
+    item: jnp.ndarray     # (n,) int32
+    rating: jnp.ndarray   # (n,) float
+    ublocks: RowBlocks    # rows = users, cols = items
+    iblocks: RowBlocks    # rows = items, cols = users
+
+
+class _Cfg(NamedTuple):
+    """Static (hashable) settings of the kernel."""
+
+    n_users: int
+    n_items: int
+    nnz: int
+    k: int
+    global_mean: bool
+    user_bias: bool
+    item_bias: bool
+    learn_noise: bool
+    noise_precision: float
+    beta0: float
+    w0: float
+    nu0: float
+    bias_a: float
+    bias_b: float
+    noise_a: float
+    noise_b: float
+    mu_mean: float
+    lambda_mu: float
+    init_scale: float
+    data_mean: float
+
+
+def _sum(x):
+    """Two-level float sum (rows of 4096) to limit float32 round-off on long vectors."""
+    n = x.shape[0]
+    b = 4096
+    if n <= b:
+        return jnp.sum(x)
+    pad = (-n) % b
+    return jnp.sum(jnp.sum(jnp.pad(x, (0, pad)).reshape(-1, b), axis=1))
+
+
+def sample_normal_wishart(key, F, beta0, nu0, w0):
+    r"""Draw :math:`(\mu, \Lambda)` from the Normal-Wishart conditional given rows ``F (n, k)``
+    (prior :math:`\mu_0 = 0`, :math:`W_0 = w_0 I`); see step 1 of the module docs.
+
+    Bartlett: with :math:`W_N^{-1} = CC^\top` and :math:`A` lower triangular,
+    :math:`A_{jj}^2 \sim \chi^2_{\nu_N - j}`, :math:`A_{jl}\sim\mathcal N(0,1)` (:math:`j>l`),
+    :math:`\Lambda = BB^\top` with :math:`B = C^{-\top}A`; then
+    :math:`\mu = \mu_N + \beta_N^{-1/2} C A^{-\top}\varepsilon`.
+    """
+    n, k = F.shape
+    dt = F.dtype
+    kw, kd, km = jax.random.split(key, 3)
+    Fbar = jnp.mean(F, axis=0)
+    Fc = F - Fbar
+    S = Fc.T @ Fc
+    beta_n = beta0 + n
+    nu_n = nu0 + n
+    mu_n = (n * Fbar) / beta_n
+    Winv = jnp.eye(k, dtype=dt) / w0 + S + (beta0 * n / beta_n) * jnp.outer(Fbar, Fbar)
+    Winv = 0.5 * (Winv + Winv.T)
+    C = jnp.linalg.cholesky(Winv)
+    df = nu_n - jnp.arange(k, dtype=dt)
+    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, df / 2.0, dtype=dt))
+    A = jnp.tril(jax.random.normal(kw, (k, k), dt), -1) + jnp.diag(diag)
+    B = lax.linalg.triangular_solve(C, A, left_side=True, lower=True, transpose_a=True)
+    Lam = B @ B.T
+    eps = jax.random.normal(km, (k,), dt)
+    w = lax.linalg.triangular_solve(A, eps[:, None], left_side=True, lower=True,
+                                    transpose_a=True)[:, 0]
+    mu = mu_n + (C @ w) / jnp.sqrt(jnp.asarray(beta_n, dt))
+    return mu, 0.5 * (Lam + Lam.T)
+
+
+def _gamma_precision(key, a, b, dt):
+    """Draw from Gamma(shape a, rate b)."""
+    return jax.random.gamma(key, jnp.asarray(a, dt), dtype=dt) / b
+
+
+def _side_prior(k, with_bias, lam_b, Lam, mu_f, dt):
+    """``blockdiag(lambda_b, Lambda)`` and ``[0, Lambda mu]`` for the joint bias+factor row."""
+    blocks, shift = [], []
+    if with_bias:
+        blocks.append(jnp.reshape(lam_b, (1, 1)).astype(dt))
+        shift.append(jnp.zeros((1,), dt))
+    if k:
+        blocks.append(Lam)
+        shift.append(Lam @ mu_f)
+    d = sum(b.shape[0] for b in blocks)
+    P = jnp.zeros((d, d), dt)
+    o = 0
+    for b in blocks:
+        P = lax.dynamic_update_slice(P, b, (o, o))
+        o += b.shape[0]
+    return P, jnp.concatenate(shift)
+
+
+def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
+    """One full Gibbs sweep (module docs, steps 1-6)."""
+    dt = s.U.dtype
+    k = cfg.k
+    kUh, kVh, kbu, kbi, kU, kV, kmu, ktau = jax.random.split(key, 8)
+    mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
+    if k:
+        mu_U, Lam_U = sample_normal_wishart(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0)
+        mu_V, Lam_V = sample_normal_wishart(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0)
+    lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
+    if cfg.user_bias:
+        lam_bu = _gamma_precision(kbu, cfg.bias_a + cfg.n_users / 2,
+                                  cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu), dt)
+    if cfg.item_bias:
+        lam_bi = _gamma_precision(kbi, cfg.bias_a + cfg.n_items / 2,
+                                  cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi), dt)
+    r, u, i = data.rating, data.user, data.item
+    bu, bi, U, V, mu, tau = s.bu, s.bi, s.U, s.V, s.mu, s.tau
+
+    def side(key, blocks, with_bias, other_F, other_b, lam_b, Lam, mu_f, n_rows):
+        cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
+        X = jnp.concatenate(cols, axis=1)
+        y = r - mu - other_b
+        P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+        Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
+        b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
+        F = Z[:, int(with_bias):]
+        return b, F
+
+    if cfg.user_bias or k:
+        bu_new, U_new = side(kU, data.ublocks, cfg.user_bias, V, bi[i], lam_bu, Lam_U, mu_U,
+                             cfg.n_users)
+        bu = bu_new
+        if k:
+            U = U_new
+    if cfg.item_bias or k:
+        bi_new, V_new = side(kV, data.iblocks, cfg.item_bias, U, bu[u], lam_bi, Lam_V, mu_V,
+                             cfg.n_items)
+        bi = bi_new
+        if k:
+            V = V_new
+    s_res = r - bu[u] - bi[i]
+    if k:
+        s_res = s_res - jnp.sum(U[u] * V[i], axis=1)
+    n = cfg.nnz
+    if cfg.global_mean:
+        prec = cfg.lambda_mu + tau * n
+        mean = (cfg.lambda_mu * cfg.mu_mean + tau * _sum(s_res)) / prec
+        mu = (mean + jax.random.normal(kmu, (), dt) / jnp.sqrt(prec)).astype(dt)
+    e = s_res - mu
+    sse = _sum(e * e)
+    if cfg.learn_noise:
+        tau = _gamma_precision(ktau, cfg.noise_a + n / 2, cfg.noise_b + 0.5 * sse, dt)
+    new = GibbsState(mu, bu, bi, U, V, tau, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
+    info = {"train_rmse": jnp.sqrt(sse / n),
+            "log_likelihood": 0.5 * n * (jnp.log(tau) - math.log(2 * math.pi)) - 0.5 * tau * sse}
+    return new, info
+
+
+def _init(cfg: _Cfg, key, dt, init_scale=None, mu=None, tau=None) -> GibbsState:
+    k = cfg.k
+    sc = cfg.init_scale if init_scale is None else float(init_scale)
+    k1, k2 = jax.random.split(key)
+    U = sc * jax.random.normal(k1, (cfg.n_users, k), dt)
+    V = sc * jax.random.normal(k2, (cfg.n_items, k), dt)
+    m = (cfg.data_mean if cfg.global_mean else 0.0) if mu is None else float(mu)
+    t = cfg.noise_precision if tau is None else float(tau)
+    z = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
+    return GibbsState(jnp.asarray(m, dt), z(cfg.n_users), z(cfg.n_items), U, V,
+                      jnp.asarray(t, dt), z(k), jnp.eye(k, dtype=dt), z(k), jnp.eye(k, dtype=dt),
+                      jnp.ones((), dt), jnp.ones((), dt))
+
+
+class BPMFGibbs:
+    """The pure BPMF Gibbs kernel bound to one training set and spec.
+
+    ``init(key, *, init_scale=None, mu=None, tau=None) -> GibbsState`` draws random
+    factors ``N(0, init_scale^2)`` (default ``spec.init_scale``), zero biases, ``mu`` at
+    the training mean and ``tau`` at ``spec.noise_precision``;
+    ``step(key, state) -> (state, info)`` is one sweep (jit/vmap/scan-able; ``info`` has
+    ``train_rmse`` and ``log_likelihood``).
+    """
+
+    def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128):
+        if not isinstance(train, Ratings):
+            raise SpecError(f"train must be a Ratings container, got {type(train).__name__}")
+        if not isinstance(spec, ModelSpec):
+            raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise SpecError(f"dtype must be float32 or float64, got {dtype!r}")
+        if dt == np.float64 and not jax.config.jax_enable_x64:
+            raise SpecError("dtype='float64' needs jax_enable_x64 (set it yourself: "
+                            "jax.config.update('jax_enable_x64', True))")
+        spec.check_data(train.n_users, train.n_items, train.nnz)
+        self.spec, self.dtype = spec, dt
+        pri = spec.priors
+        k = spec.rank
+        self.cfg = _Cfg(
+            n_users=train.n_users, n_items=train.n_items, nnz=train.nnz, k=k,
+            global_mean=spec.global_mean, user_bias=spec.user_bias, item_bias=spec.item_bias,
+            learn_noise=spec.noise == "learned", noise_precision=float(spec.noise_precision),
+            beta0=float(pri.beta0), w0=float(pri.w0),
+            nu0=float(k if pri.nu0 is None else pri.nu0),
+            bias_a=float(pri.bias_a), bias_b=float(pri.bias_b), noise_a=float(pri.noise_a),
+            noise_b=float(pri.noise_b), mu_mean=float(pri.mu_mean),
+            lambda_mu=float(pri.lambda_mu), init_scale=float(spec.init_scale),
+            data_mean=float(train.mean))
+        if k and self.cfg.nu0 <= k - 1:
+            raise SpecError(f"nu0 must exceed rank - 1 = {k - 1}, got {self.cfg.nu0}")
+        u = np.asarray(train.user, np.int32)
+        i = np.asarray(train.item, np.int32)
+        self.data = GibbsData(
+            jnp.asarray(u), jnp.asarray(i), jnp.asarray(np.asarray(train.rating, dt)),
+            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
+                                        max_width=max_width)),
+            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
+                                        max_width=max_width)))
+
+    def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
+        return _init(self.cfg, key, self.dtype, init_scale, mu, tau)
+
+    def step(self, key, state: GibbsState):
+        return _step(self.cfg, self.data, key, state)
+
+
+def _to_device(b: RowBlocks) -> RowBlocks:
+    return RowBlocks(tuple(jnp.asarray(x) for x in b.seg_row),
+                     tuple(jnp.asarray(x) for x in b.seg_cols),
+                     tuple(jnp.asarray(x) for x in b.seg_obs),
+                     jnp.asarray(b.degree), jnp.asarray(b.n_other))
+
+
+# ----------------------------------------------------------------------------- NumPyro
+def _numpyro_kernel_base():
+    from numpyro.infer.mcmc import MCMCKernel
+
+    return MCMCKernel
+
+
+class BPMFKernelState(NamedTuple):
+    """State of :class:`BPMFGibbsKernel`: ``z`` the parameter dict (the sample field)."""
+
+    i: jnp.ndarray
+    z: dict
+    gibbs: GibbsState
+    rng_key: jnp.ndarray
+
+
+def _make_numpyro_kernel():
+    MCMCKernel = _numpyro_kernel_base()
+
+    class BPMFGibbsKernel(MCMCKernel):
+        """NumPyro :class:`~numpyro.infer.mcmc.MCMCKernel` running the BPMF Gibbs sweep::
+
+            mcmc = numpyro.infer.MCMC(BPMFGibbsKernel(train, spec), num_warmup=100,
+                                      num_samples=200)
+            mcmc.run(jax.random.PRNGKey(0))
+            mcmc.get_samples()["U"]   # (200, N, k)
+
+        Samples: ``mu, bu, bi, U, V, tau, mu_U, Lambda_U, mu_V, Lambda_V, lambda_bu,
+        lambda_bi`` (already constrained, so ``postprocess_fn`` is the identity).
+        """
+
+        sample_field = "z"
+
+        def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32",
+                     max_width=128):
+            self.gibbs = BPMFGibbs(train, spec, dtype=dtype, max_width=max_width)
+
+        @property
+        def model(self):
+            return None
+
+        def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+            k_init, k_run = jax.random.split(rng_key)
+            gs = self.gibbs.init(k_init)
+            if init_params is not None:
+                gs = gs._replace(**{n: jnp.asarray(v, self.gibbs.dtype)
+                                    for n, v in dict(init_params).items()})
+            return BPMFKernelState(jnp.zeros((), jnp.int32), gs._asdict(), gs, k_run)
+
+        def sample(self, state, model_args, model_kwargs):
+            k_next, k_step = jax.random.split(state.rng_key)
+            gs, _ = self.gibbs.step(k_step, state.gibbs)
+            return BPMFKernelState(state.i + 1, gs._asdict(), gs, k_next)
+
+        def postprocess_fn(self, model_args, model_kwargs):
+            return lambda z: z
+
+    return BPMFGibbsKernel
+
+
+def __getattr__(name):
+    # the NumPyro adapter is built lazily so importing this module never imports numpyro
+    if name == "BPMFGibbsKernel":
+        cls = _make_numpyro_kernel()
+        globals()["BPMFGibbsKernel"] = cls
+        return cls
+    raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------------- driver
+_DRAW_NAMES_FULL = ("mu", "bu", "bi", "U", "V", "tau", "mu_U", "Lambda_U", "mu_V", "Lambda_V",
+                    "lambda_bu", "lambda_bi")
+_DRAW_NAMES_SMALL = ("mu", "tau", "mu_U", "Lambda_U", "mu_V", "Lambda_V", "lambda_bu",
+                     "lambda_bi")
+
+
+class _Acc(NamedTuple):
+    """Welford accumulators for streamed pair predictions of one chain."""
+
+    n: jnp.ndarray       # () kept draws so far
+    mean: jnp.ndarray    # (P,)
+    m2: jnp.ndarray      # (P,)
+    nv: jnp.ndarray      # () running mean of 1/tau
+
+
+def _make_advance(cfg: _Cfg, names: tuple, warmup: int, thin: int, n_kept: int):
+    """``advance(data, pairs, state, bufs, acc, key, t0, t1)``: sweeps ``t0 <= t < t1`` of
+    one chain; kept sweeps write their draw into ``bufs[name][j]`` and update ``acc``."""
+
+    def advance(data, pairs, state, bufs, acc, key, t0, t1):
+        def body(t, carry):
+            state, bufs, acc, info = carry
+            state, info = _step(cfg, data, jax.random.fold_in(key, t), state)
+            rel = t - warmup
+            keep = (rel >= 0) & (rel % thin == 0) & (rel // thin < n_kept)
+
+            def write(args):
+                bufs, acc = args
+                j = rel // thin
+                vals = {**state._asdict(), **info}
+                bufs = {n: lax.dynamic_update_index_in_dim(b, vals[n].astype(b.dtype), j, 0)
+                        for n, b in bufs.items()}
+                if pairs is not None:
+                    pu, pi = pairs
+                    m = state.mu + state.bu[pu] + state.bi[pi]
+                    if cfg.k:
+                        m = m + jnp.sum(state.U[pu] * state.V[pi], axis=1)
+                    n1 = acc.n + 1
+                    d = m - acc.mean
+                    mean = acc.mean + d / n1
+                    acc = _Acc(n1, mean, acc.m2 + d * (m - mean),
+                               acc.nv + (1.0 / state.tau - acc.nv) / n1)
+                return bufs, acc
+
+            bufs, acc = lax.cond(keep, write, lambda a: a, (bufs, acc))
+            return state, bufs, acc, info
+
+        info0 = {"train_rmse": jnp.zeros((), state.U.dtype),
+                 "log_likelihood": jnp.zeros((), state.U.dtype)}
+        return lax.fori_loop(t0, t1, body, (state, bufs, acc, info0))
+
+    return advance
+
+
+def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
+              **options):
+    """Fit BPMF by Gibbs sampling; returns a :class:`~bayesmf.posterior.Posterior`.
+
+    Options (validated by :func:`bayesmf.infer.check_options`):
+
+    ``num_samples`` (200) kept draws per chain; ``num_warmup`` (100) discarded sweeps;
+    ``num_chains`` (1); ``thin`` (1) sweeps per kept draw; ``store_draws`` (True) keep
+    all parameter draws (False: only final state + scalar/hyper traces, see module docs);
+    ``predict_pairs`` (None) ``(u_idx, i_idx)`` integer index arrays whose predictive
+    mean/variance is streamed; ``dtype`` ("float32"); ``chain_method`` ("vectorized":
+    vmap over chains | "sequential"); ``progress_every`` (None: about 50 progress updates)
+    sweeps per compiled call; ``max_width`` (128) segment width of the row blocks.
+
+    ``attrs`` record the seed, settings, ``compile_seconds`` (tracing + XLA compile, not
+    in the sweep time), ``sampling_seconds`` and ``seconds_per_sweep`` (sampling wall
+    time / sweeps, all chains together).
+    """
+    from bayesmf.posterior import Posterior, TrainInfo
+
+    opts = check_options("gibbs", options, DEFAULTS)
+    S = _pos_int("num_samples", opts["num_samples"], 1)
+    W = _pos_int("num_warmup", opts["num_warmup"], 0)
+    C = _pos_int("num_chains", opts["num_chains"], 1)
+    T = _pos_int("thin", opts["thin"], 1)
+    if opts["chain_method"] not in ("vectorized", "sequential"):
+        raise SpecError("chain_method must be 'vectorized' or 'sequential', "
+                        f"got {opts['chain_method']!r}")
+    if not isinstance(opts["store_draws"], bool):
+        raise SpecError(f"store_draws must be True or False, got {opts['store_draws']!r}")
+    n_iter = W + (S - 1) * T + 1
+    kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"])
+    cfg, dt = kern.cfg, kern.dtype
+    pairs = None
+    if opts["predict_pairs"] is not None:
+        pu, pi = (np.asarray(a) for a in opts["predict_pairs"])
+        if (pu.ndim != 1 or pu.shape != pi.shape or pu.dtype.kind not in "iu"
+                or pi.dtype.kind not in "iu"):
+            raise SpecError("predict_pairs must be two equal-length 1-d integer index arrays")
+        if pu.size and (pu.min() < 0 or pu.max() >= cfg.n_users or pi.min() < 0
+                        or pi.max() >= cfg.n_items):
+            raise SpecError("predict_pairs indices fall outside the training vocabularies")
+        pairs = (jnp.asarray(pu, jnp.int32), jnp.asarray(pi, jnp.int32))
+    names = _DRAW_NAMES_FULL if opts["store_draws"] else _DRAW_NAMES_SMALL
+    names = names + ("train_rmse", "log_likelihood")
+
+    keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
+    state = jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
+    # buffers (C, S, ...) and accumulators (C, ...)
+    shapes = {**{n: v.shape[1:] for n, v in state._asdict().items()},
+              "train_rmse": (), "log_likelihood": ()}
+    bufs = {n: jnp.zeros((C, S) + tuple(shapes[n]), dt) for n in names}
+    P = 0 if pairs is None else int(pairs[0].shape[0])
+    acc = _Acc(jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),
+               jnp.zeros((C,), dt))
+
+    adv = _make_advance(cfg, names, W, T, S)
+    if opts["chain_method"] == "vectorized":
+        f = jax.vmap(adv, in_axes=(None, None, 0, 0, 0, 0, None, None))
+        fn = jax.jit(f, donate_argnums=(3, 4))
+        t_c = time.perf_counter()
+        compiled = fn.lower(kern.data, pairs, state, bufs, acc, keys, 0, 1).compile()
+        compile_s = time.perf_counter() - t_c
+
+        def run(state, bufs, acc, t0, t1):
+            return compiled(kern.data, pairs, state, bufs, acc, keys, t0, t1)
+    else:
+        fn = jax.jit(adv, donate_argnums=(3, 4))
+        one = lambda x: jax.tree_util.tree_map(lambda a: a[0], x)  # noqa: E731
+        t_c = time.perf_counter()
+        compiled = fn.lower(kern.data, pairs, one(state), one(bufs), one(acc), keys[0],
+                            0, 1).compile()
+        compile_s = time.perf_counter() - t_c
+
+        def run(state, bufs, acc, t0, t1):
+            outs = []
+            for c in range(C):
+                pick = lambda x: jax.tree_util.tree_map(lambda a: a[c], x)  # noqa: E731,B023
+                outs.append(compiled(kern.data, pairs, pick(state), pick(bufs), pick(acc),
+                                     keys[c], t0, t1))
+            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
+    every = opts["progress_every"]
+    if every is None:
+        every = max(1, -(-n_iter // 50)) if progress else n_iter
+    every = _pos_int("progress_every", every, 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_iter, desc=f"gibbs x{C}", unit="sweep")
+    t_s = time.perf_counter()
+    t = 0
+    while t < n_iter:
+        t1 = min(n_iter, t + every)
+        state, bufs, acc, info = run(state, bufs, acc, t, t1)
+        if bar is not None:
+            rm = np.asarray(info["train_rmse"])
+            bar.set_postfix(train_rmse=f"{float(rm.mean()):.4f}",
+                            phase="warmup" if t1 <= W else "sampling")
+            bar.update(t1 - t)
+        t = t1
+    jax.block_until_ready(bufs)
+    sample_s = time.perf_counter() - t_s
+    if bar is not None:
+        bar.close()
+
+    host = {n: np.asarray(b) for n, b in bufs.items()}
+    attrs = {
+        "seed": int(seed), "sampler": "bpmf-gibbs",
+        "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
+                     "store_draws": opts["store_draws"], "dtype": str(dt),
+                     "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
+                     "n_sweeps": n_iter},
+        "compile_seconds": compile_s, "sampling_seconds": sample_s,
+        "seconds_per_sweep": sample_s / n_iter,
+        "kept_sweeps": "num_warmup + j * thin, j < num_samples",
+    }
+    if pairs is not None:
+        n = np.asarray(acc.n, np.float64)[:, None]  # (C,1)
+        cm = np.asarray(acc.mean, np.float64)
+        m2 = np.asarray(acc.m2, np.float64)
+        tot = n.sum()
+        mean = (n * cm).sum(0) / tot
+        # pooled variance over all chains' draws: within + between chain parts
+        var = (m2.sum(0) + (n * (cm - mean) ** 2).sum(0)) / tot
+        nv = float((np.asarray(acc.nv, np.float64) * n[:, 0]).sum() / tot)
+        attrs["streamed_predictions"] = {
+            "user": np.asarray(pairs[0]).tolist(), "item": np.asarray(pairs[1]).tolist(),
+            "mean": mean.tolist(), "var_param": var.tolist(), "noise_var": nv,
+            "n_draws": int(tot)}
+    stats = {"train_rmse": host.pop("train_rmse"), "log_likelihood": host.pop("log_likelihood")}
+    if opts["store_draws"]:
+        draws = host
+    else:
+        attrs["traces"] = {n: v.tolist() for n, v in host.items()}
+        attrs["traces"].update({n: v.tolist() for n, v in stats.items()})
+        attrs["draws_kept"] = "final state of each chain only (store_draws=False)"
+        draws = {n: np.asarray(v)[:, None] for n, v in state._asdict().items()}
+        stats = {n: v[:, -1:] for n, v in stats.items()}
+    draws = {n: np.asarray(v, np.float32) for n, v in draws.items()}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "gibbs", sample_stats=stats, attrs=attrs)
+
+
+def streamed_predictions(posterior) -> dict:
+    """The streamed pair summaries of a Gibbs fit as arrays: ``user, item`` (indices),
+    ``mean``, ``var_param`` (variance over draws of the noise-free prediction),
+    ``noise_var`` (mean of ``1/tau``), ``var`` (= var_param + noise_var), ``std``."""
+    sp = posterior.attrs.get("streamed_predictions")
+    if sp is None:
+        raise SpecError("this posterior has no streamed predictions (fit with predict_pairs=)")
+    out = {n: np.asarray(sp[n]) for n in ("user", "item", "mean", "var_param")}
+    out["noise_var"] = float(sp["noise_var"])
+    out["var"] = out["var_param"] + out["noise_var"]
+    out["std"] = np.sqrt(out["var"])
+    return out
+
+
+def _pos_int(name, v, minimum):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < minimum:
+        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
