@@ -1,0 +1,525 @@
+r"""PMF by maximum a posteriori (MAP): alternating least squares and full-batch gradient
+solvers of one objective.
+
+Objective
+---------
+With the Gaussian likelihood and fixed zero-mean Gaussian priors of
+:class:`~bayesmf.model.spec.ModelSpec` (prior precisions :math:`\tau\lambda`), the negative
+log posterior is, up to the factor :math:`\tau/2` and a constant, the ridge objective
+
+.. math::
+
+    J(\theta) = \sum_{(u,i)\in\Omega} \bigl(r_{ui} - \mu - b_u - b_i - U_u^\top V_i\bigr)^2
+      + \lambda_f\bigl(\lVert U\rVert_F^2 + \lVert V\rVert_F^2\bigr)
+      + \lambda_b\bigl(\lVert b_u\rVert^2 + \lVert b_i\rVert^2\bigr)
+
+with :math:`\lambda_f` = ``spec.reg_factors`` and :math:`\lambda_b` = ``spec.reg_bias``;
+:math:`\mu` is not penalised (flat prior). Switched-off terms are fixed at zero, ``rank=0``
+is the bias-only baseline. :func:`map_objective` is the one implementation of
+:math:`J`; every solver reports it and the gradient solvers differentiate it.
+
+Solvers (option ``solver``)
+---------------------------
+``"als"`` (default) -- block coordinate descent with exact block minimisers, so :math:`J`
+never increases. One sweep is
+
+1. :math:`\mu \leftarrow \frac1{|\Omega|}\sum_\Omega (r_{ui} - b_u - b_i - U_u^\top V_i)`;
+2. per user, jointly for :math:`z_u = (b_u, U_u)` with the augmented design
+   :math:`x_i = (1, V_i)` and targets :math:`y_{ui} = r_{ui} - \mu - b_i`:
+
+   .. math::
+
+       z_u = \Bigl(\Lambda + \sum_{i\in I_u} x_i x_i^\top\Bigr)^{-1}
+             \sum_{i\in I_u} y_{ui}\, x_i,\qquad
+       \Lambda = \mathrm{diag}(\lambda_b, \lambda_f I_k)
+
+   (the mode of the Gaussian full conditional that the Gibbs sampler draws from, solved
+   by the shared :func:`bayesmf.infer._rowblocks.solve_rows` with :math:`\tau = 1`);
+3. :math:`\mu` again, then the same update per item with :math:`x_u = (1, U_u)`,
+   :math:`y_{ui} = r_{ui} - \mu - b_u`.
+
+Without a bias the leading ``1`` column is dropped. A zero regularisation strength is
+floored at ``1e-6`` inside the ALS solves so rows with fewer observations than unknowns
+stay solvable.
+
+``"lbfgs"`` -- L-BFGS with a zoom line search (:func:`optax.lbfgs`) on :math:`J` over the
+active parameters, full batch. ``"adam"`` -- full-batch Adam on :math:`J / |\Omega|`
+(``learning_rate``, default ``0.05``), for comparison and for very large data.
+
+Stopping: ALS stops when the relative decrease of :math:`J` in one sweep falls below
+``tol``; the gradient solvers when it falls below ``tol`` over a window of 5 iterations.
+With ``validation_fraction > 0`` a random fraction of the training ratings (drawn from
+``seed``) is held out, the fit uses the rest, and the iterate with the lowest validation
+RMSE is returned once it has not improved for ``patience`` iterations.
+
+Noise: :math:`\tau` does not change the minimiser. With ``spec.noise == "learned"`` the
+returned :math:`\tau` is the maximum-likelihood estimate from the training residuals,
+:math:`\hat\tau = |\Omega| / \sum_\Omega (r_{ui}-\hat r_{ui})^2` (optimistic: training
+residuals are smaller than test residuals); otherwise ``spec.noise_precision``.
+
+Compiled step functions are cached per process, keyed by the shapes of the data, so
+refitting data of the same size (cross-validation folds, hyperparameter searches, ridge
+strengths are traced values) pays the XLA compile only once; ``attrs["timings"]``
+reports the compile time separately.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import SpecError
+from bayesmf.infer import check_options
+from bayesmf.model.likelihood import Params, predict_mean, sse
+from bayesmf.model.spec import ModelSpec
+from bayesmf.posterior import Posterior, TrainInfo
+
+__all__ = ["fit_map", "map_objective", "DEFAULTS", "SOLVERS"]
+
+SOLVERS = ("als", "lbfgs", "adam")
+
+#: options of :func:`fit_map`; ``None`` means "the solver's own default" (see
+#: :data:`_SOLVER_DEFAULTS`).
+DEFAULTS = {
+    "solver": "als",
+    "max_iter": None,
+    "tol": None,
+    "validation_fraction": 0.0,
+    "patience": 5,
+    "learning_rate": None,
+}
+
+_SOLVER_DEFAULTS = {
+    "als": {"max_iter": 50, "tol": 1e-3},
+    "lbfgs": {"max_iter": 500, "tol": 1e-5},
+    "adam": {"max_iter": 2000, "tol": 1e-6, "learning_rate": 0.05},
+}
+_GRAD_WINDOW = 5
+_REG_FLOOR = 1e-6
+_CACHE_MAX = 64
+_DTYPE = jnp.float32
+
+
+# ----------------------------------------------------------------------------- objective
+def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias):
+    r"""The MAP (ridge) objective :math:`J(\theta)` of the module docstring:
+    ``sse + reg_factors * (|U|^2 + |V|^2) + reg_bias * (|bu|^2 + |bi|^2)``."""
+    penalty_f = jnp.sum(p.U * p.U) + jnp.sum(p.V * p.V)
+    penalty_b = jnp.sum(p.bu * p.bu) + jnp.sum(p.bi * p.bi)
+    return sse(p, users, items, ratings) + reg_factors * penalty_f + reg_bias * penalty_b
+
+
+class _Layout(NamedTuple):
+    """Static (hashable) shape of the model: which terms are active, and the sizes."""
+
+    use_mu: bool
+    use_bu: bool
+    use_bi: bool
+    rank: int
+    n_users: int
+    n_items: int
+
+
+class _Obs(NamedTuple):
+    users: jnp.ndarray
+    items: jnp.ndarray
+    ratings: jnp.ndarray
+
+
+def _expand(x: dict, lay: _Layout) -> Params:
+    """Active-parameter dict -> full :class:`Params` (switched-off terms are zeros)."""
+    z = functools.partial(jnp.zeros, dtype=_DTYPE)
+    return Params(
+        x["mu"] if lay.use_mu else z(()),
+        x["bu"] if lay.use_bu else z((lay.n_users,)),
+        x["bi"] if lay.use_bi else z((lay.n_items,)),
+        x["U"] if lay.rank else z((lay.n_users, 0)),
+        x["V"] if lay.rank else z((lay.n_items, 0)),
+        jnp.ones((), _DTYPE),
+    )
+
+
+def _active(p: Params, lay: _Layout) -> dict:
+    x = {}
+    if lay.use_mu:
+        x["mu"] = p.mu
+    if lay.use_bu:
+        x["bu"] = p.bu
+    if lay.use_bi:
+        x["bi"] = p.bi
+    if lay.rank:
+        x["U"], x["V"] = p.U, p.V
+    return x
+
+
+# ----------------------------------------------------------------------------- compile cache
+_CACHE: dict = {}
+
+
+def _compiled(fn, static: dict, *args):
+    """AOT-compiled ``fn(*args, **static)``, cached by (function, static values, argument
+    tree, shapes and dtypes). Returns ``(executable, compile_seconds)``; the seconds are 0
+    on a cache hit."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    key = (fn.__qualname__, tuple(sorted(static.items())), tree,
+           tuple((np.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
+                 for a in leaves))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit, 0.0
+    t0 = time.perf_counter()
+    exe = jax.jit(functools.partial(fn, **static)).lower(*args).compile()
+    dt = time.perf_counter() - t0
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = exe
+    return exe, dt
+
+
+# ----------------------------------------------------------------------------- ALS
+def _side_solve(blocks, other, bias_other, y_base, rows_of_obs_other, use_bias, rank,
+                reg_f, reg_b):
+    """Ridge solve of one side: per row ``(b, F)`` given the other side's factors."""
+    from bayesmf.infer._rowblocks import solve_rows
+
+    n_other = other.shape[0]
+    cols, diag = [], []
+    if use_bias:
+        cols.append(jnp.ones((n_other, 1), _DTYPE))
+        diag.append(jnp.reshape(reg_b, (1,)))
+    if rank:
+        cols.append(other)
+        diag.append(jnp.full((rank,), reg_f, _DTYPE))
+    X = jnp.concatenate(cols, axis=1)
+    d = X.shape[1]
+    prior = jnp.diag(jnp.maximum(jnp.concatenate(diag).astype(_DTYPE), _REG_FLOOR))
+    y = y_base - bias_other[rows_of_obs_other]
+    Z = solve_rows(blocks, X, y, jnp.ones((), _DTYPE), prior, jnp.zeros((d,), _DTYPE))
+    b = Z[:, 0] if use_bias else None
+    F = Z[:, 1:] if use_bias else Z
+    return b, F
+
+
+def _mu_update(p: Params, obs: _Obs, lay: _Layout) -> Params:
+    if not lay.use_mu:
+        return p
+    rest = predict_mean(p._replace(mu=jnp.zeros((), _DTYPE)), obs.users, obs.items)
+    return p._replace(mu=jnp.mean(obs.ratings - rest))
+
+
+def _recenter(p: Params, name: str, lay: _Layout) -> Params:
+    """Move the mean of one bias vector into mu: predictions are unchanged and the
+    penalty ``reg_bias * |b - c|^2`` is minimised at ``c = mean(b)``, so J cannot increase.
+    This exact step along the direction (mu + c, b - c) removes the slowest mode of
+    plain ALS (trading the mean between mu and the biases)."""
+    if not lay.use_mu:
+        return p
+    b = getattr(p, name)
+    c = jnp.mean(b)
+    return p._replace(mu=p.mu + c, **{name: b - c})
+
+
+def _als_sweep(p: Params, obs: _Obs, ublocks, iblocks, reg_f, reg_b, *, lay: _Layout):
+    """One ALS sweep (mu, users, mu, items; bias re-centring after each side); returns
+    the new params and J after it."""
+    p = _mu_update(p, obs, lay)
+    if lay.use_bu or lay.rank:
+        b, F = _side_solve(ublocks, p.V, p.bi, obs.ratings - p.mu, obs.items,
+                           lay.use_bu, lay.rank, reg_f, reg_b)
+        p = p._replace(bu=b if lay.use_bu else p.bu, U=F)
+        if lay.use_bu:
+            p = _recenter(p, "bu", lay)
+    p = _mu_update(p, obs, lay)
+    if lay.use_bi or lay.rank:
+        b, F = _side_solve(iblocks, p.U, p.bu, obs.ratings - p.mu, obs.users,
+                           lay.use_bi, lay.rank, reg_f, reg_b)
+        p = p._replace(bi=b if lay.use_bi else p.bi, V=F)
+        if lay.use_bi:
+            p = _recenter(p, "bi", lay)
+    return p, map_objective(p, *obs, reg_f, reg_b)
+
+
+# ----------------------------------------------------------------------------- gradient
+_LBFGS = optax.lbfgs()
+
+
+def _adam(learning_rate):
+    return optax.adam(learning_rate)
+
+
+_ADAM = optax.inject_hyperparams(_adam)
+
+
+def _grad_init(x: dict, lr, *, solver: str):
+    if solver == "lbfgs":
+        return _LBFGS.init(x)
+    return _ADAM(learning_rate=lr).init(x)
+
+
+def _grad_step(x: dict, state, obs: _Obs, reg_f, reg_b, *, solver: str, lay: _Layout):
+    """One full-batch step; returns (x_new, state_new, J(x_new) if known else J(x_old))."""
+    def fun(z):
+        return map_objective(_expand(z, lay), *obs, reg_f, reg_b)
+
+    if solver == "lbfgs":
+        value, grad = optax.value_and_grad_from_state(fun)(x, state=state)
+        updates, state = _LBFGS.update(grad, state, x, value=value, grad=grad, value_fn=fun)
+        x = optax.apply_updates(x, updates)
+        return x, state, optax.tree_utils.tree_get(state, "value")
+    n = obs.ratings.shape[0]
+    value, grad = jax.value_and_grad(lambda z: fun(z) / n)(x)
+    updates, state = _ADAM(learning_rate=0.0).update(grad, state, x)
+    x = optax.apply_updates(x, updates)
+    return x, state, value * n
+
+
+# ----------------------------------------------------------------------------- helpers
+def _rmse(p: Params, obs: _Obs):
+    r = obs.ratings - predict_mean(p, obs.users, obs.items)
+    return jnp.sqrt(jnp.mean(r * r))
+
+
+def _objective_only(p: Params, obs: _Obs, reg_f, reg_b):
+    return map_objective(p, *obs, reg_f, reg_b)
+
+
+def _init_params(key, lay: _Layout, mu0: float, init_scale: float) -> Params:
+    ku, kv = jax.random.split(key)
+    k = lay.rank
+    U = init_scale * jax.random.normal(ku, (lay.n_users, k), _DTYPE)
+    V = init_scale * jax.random.normal(kv, (lay.n_items, k), _DTYPE)
+    return Params(jnp.asarray(mu0 if lay.use_mu else 0.0, _DTYPE),
+                  jnp.zeros((lay.n_users,), _DTYPE), jnp.zeros((lay.n_items,), _DTYPE),
+                  U, V, jnp.ones((), _DTYPE))
+
+
+def _check(opts: dict) -> dict:
+    solver = opts["solver"]
+    if solver not in SOLVERS:
+        raise SpecError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    out = dict(opts)
+    for name, val in _SOLVER_DEFAULTS[solver].items():
+        if out.get(name) is None:
+            out[name] = val
+    mi = out["max_iter"]
+    if isinstance(mi, bool) or not isinstance(mi, (int, np.integer)) or mi < 1:
+        raise SpecError(f"max_iter must be a positive integer, got {mi!r}")
+    out["max_iter"] = int(mi)
+    tol = out["tol"]
+    if not isinstance(tol, (int, float, np.floating)) or isinstance(tol, bool) \
+            or not (tol >= 0) or not math.isfinite(tol):
+        raise SpecError(f"tol must be a finite number >= 0, got {tol!r}")
+    vf = out["validation_fraction"]
+    if not isinstance(vf, (int, float, np.floating)) or isinstance(vf, bool) \
+            or not (0.0 <= vf < 1.0):
+        raise SpecError(f"validation_fraction must be in [0, 1), got {vf!r}")
+    pat = out["patience"]
+    if isinstance(pat, bool) or not isinstance(pat, (int, np.integer)) or pat < 1:
+        raise SpecError(f"patience must be a positive integer, got {pat!r}")
+    lr = out["learning_rate"]
+    if solver == "adam":
+        if not isinstance(lr, (int, float, np.floating)) or isinstance(lr, bool) \
+                or not (lr > 0) or not math.isfinite(lr):
+            raise SpecError(f"learning_rate must be a finite number > 0, got {lr!r}")
+    elif lr is not None:
+        raise SpecError(f"learning_rate applies to solver='adam' only (got solver={solver!r})")
+    return out
+
+
+def _validation_mask(nnz: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the ``round(fraction * nnz)`` held-out ratings (drawn from ``seed``)."""
+    is_val = np.zeros(nnz, bool)
+    n_val = int(round(fraction * nnz))
+    is_val[np.random.default_rng(seed).choice(nnz, n_val, replace=False)] = True
+    return is_val
+
+
+def _obs(user, item, rating) -> _Obs:
+    return _Obs(jnp.asarray(user, jnp.int32), jnp.asarray(item, jnp.int32),
+                jnp.asarray(rating, _DTYPE))
+
+
+# ----------------------------------------------------------------------------- main
+def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
+            **options) -> Posterior:
+    """Fit PMF (with the biases and mean of ``spec``) by MAP.
+
+    Parameters
+    ----------
+    train : Ratings
+    spec : ModelSpec
+        ``rank``, switches, ``reg_factors``, ``reg_bias``, ``init_scale``, ``noise``.
+    seed : int
+        Seeds the initial factors (:math:`U, V \\sim N(0, \\text{init\\_scale}^2)`,
+        biases start at 0 and :math:`\\mu` at the training mean) and the validation split.
+    progress : bool
+        Show a tqdm progress bar with the objective.
+    **options
+        ``solver`` (``"als"`` | ``"lbfgs"`` | ``"adam"``), ``max_iter``, ``tol``,
+        ``validation_fraction``, ``patience``, ``learning_rate`` (adam); see
+        :data:`DEFAULTS` and the module docstring.
+
+    Returns
+    -------
+    Posterior
+        One draw (``chain=1, draw=1``) of ``mu, bu, bi, U, V, tau``. ``sample_stats``:
+        ``objective``, ``objective_trace`` (per iteration), ``n_iter``, ``converged``,
+        ``train_rmse`` (and ``val_rmse_trace`` with validation). ``attrs``: solver,
+        settings, iterations, convergence, stopping reason and timings (``setup_s``,
+        ``compile_s``, ``iterate_s``, ``total_s``).
+    """
+    t_start = time.perf_counter()
+    if not isinstance(train, Ratings):
+        raise SpecError(f"train must be a Ratings, got {type(train).__name__}")
+    if not isinstance(spec, ModelSpec):
+        raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    opts = _check(check_options("map", options, DEFAULTS))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise SpecError(f"seed must be an integer, got {seed!r}")
+    spec.check_data(train.n_users, train.n_items, train.nnz)
+    solver = opts["solver"]
+    lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
+                  train.n_users, train.n_items)
+
+    # --- data (and the validation split)
+    user, item, rating = train.user, train.item, train.rating
+    val = None
+    if opts["validation_fraction"] > 0:
+        n_val = int(round(opts["validation_fraction"] * train.nnz))
+        if n_val < 1 or n_val >= train.nnz:
+            raise SpecError(f"validation_fraction={opts['validation_fraction']} leaves "
+                            f"{n_val} of {train.nnz} ratings for validation")
+        is_val = _validation_mask(train.nnz, opts["validation_fraction"], seed)
+        val = _obs(user[is_val], item[is_val], rating[is_val])
+        user, item, rating = user[~is_val], item[~is_val], rating[~is_val]
+    obs = _obs(user, item, rating)
+    reg_f = jnp.asarray(spec.reg_factors, _DTYPE)
+    reg_b = jnp.asarray(spec.reg_bias, _DTYPE)
+    key = jax.random.PRNGKey(int(seed))
+    p = _init_params(key, lay, float(np.mean(rating)), spec.init_scale)
+
+    compile_s = 0.0
+    if solver == "als":
+        from bayesmf.infer._rowblocks import build_row_blocks
+
+        ublocks = build_row_blocks(np.asarray(user), np.asarray(item), lay.n_users,
+                                   n_other=lay.n_items)
+        iblocks = build_row_blocks(np.asarray(item), np.asarray(user), lay.n_items,
+                                   n_other=lay.n_users)
+        step, dt = _compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f, reg_b)
+        compile_s += dt
+        state = None
+    else:
+        lr = jnp.asarray(opts["learning_rate"] or 0.0, _DTYPE)
+        x = _active(p, lay)
+        init, dt = _compiled(_grad_init, {"solver": solver}, x, lr)
+        compile_s += dt
+        state = init(x, lr)
+        step, dt = _compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs,
+                             reg_f, reg_b)
+        compile_s += dt
+    objective_fn, dt = _compiled(_objective_only, {}, p, obs, reg_f, reg_b)
+    compile_s += dt
+    rmse_fn = None
+    if val is not None:
+        rmse_fn, dt = _compiled(_rmse, {}, p, val)
+        compile_s += dt
+    t_iter = time.perf_counter()
+
+    # --- iterate
+    trace = [float(objective_fn(p, obs, reg_f, reg_b))]
+    val_trace, best, best_val, since_best = [], None, np.inf, 0
+    converged, reason, n_iter = False, "max_iter", 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=opts["max_iter"], desc=f"map/{solver}", leave=False)
+    try:
+        for n_iter in range(1, opts["max_iter"] + 1):
+            if solver == "als":
+                p, J = step(p, obs, ublocks, iblocks, reg_f, reg_b)
+            else:
+                x, state, J = step(x, state, obs, reg_f, reg_b)
+                p = _expand(x, lay)
+            J = float(J)
+            if not math.isfinite(J):
+                raise FloatingPointError(
+                    f"map/{solver}: the objective became {J} at iteration {n_iter}; "
+                    "lower learning_rate / init_scale or raise the regularisation")
+            trace.append(J)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(objective=f"{J:.6g}")
+            if rmse_fn is not None:
+                v = float(rmse_fn(p, val))
+                val_trace.append(v)
+                if v < best_val:
+                    best, best_val, since_best = p, v, 0
+                else:
+                    since_best += 1
+                    if since_best >= opts["patience"]:
+                        reason = "early_stopping"
+                        break
+            w = 1 if solver == "als" else _GRAD_WINDOW
+            if len(trace) > w:
+                ref = trace[-1 - w]
+                if ref - trace[-1] <= opts["tol"] * abs(ref):
+                    converged, reason = True, "tol"
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best is not None:
+        p = best
+    final_obj = float(objective_fn(p, obs, reg_f, reg_b))
+    t_done = time.perf_counter()
+
+    # --- result
+    P = {k: np.asarray(v, np.float32) for k, v in p._asdict().items()}
+    n_fit = len(rating)
+    sse_train = float(np.sum((np.asarray(rating, np.float64) - np.asarray(
+        predict_mean(p, obs.users, obs.items), np.float64)) ** 2))
+    if spec.noise == "learned":
+        tau = n_fit / max(sse_train, 1e-12 * n_fit)
+    else:
+        tau = spec.noise_precision
+    P["tau"] = np.float32(tau)
+    draws = {k: np.asarray(v)[None, None] for k, v in P.items()}
+    trace_arr = np.asarray(trace, np.float64)
+    stats = {
+        "objective": np.array([[final_obj]]),
+        "objective_trace": trace_arr[None, None],
+        "n_iter": np.array([[n_iter]], np.int64),
+        "converged": np.array([[converged]]),
+        "train_rmse": np.array([[math.sqrt(sse_train / n_fit)]]),
+    }
+    if val is not None:
+        stats["val_rmse_trace"] = np.asarray(val_trace, np.float64)[None, None]
+    t_end = time.perf_counter()
+    attrs = {
+        "seed": int(seed),
+        "solver": solver,
+        "options": {k: v for k, v in opts.items()},
+        "iterations": int(n_iter),
+        "converged": bool(converged),
+        "stop_reason": reason,
+        "objective": final_obj,
+        "objective_initial": float(trace_arr[0]),
+        "timings": {"setup_s": t_iter - t_start - compile_s, "compile_s": compile_s,
+                    "iterate_s": t_done - t_iter, "total_s": t_end - t_start},
+    }
+    if val is not None:
+        attrs["validation"] = {"n_val": int(val.ratings.shape[0]), "n_fit": int(n_fit),
+                               "best_rmse": float(best_val),
+                               "best_iteration": int(np.argmin(val_trace)) + 1}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "map", stats, None, attrs)
