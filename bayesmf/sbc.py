@@ -60,7 +60,8 @@ from bayesmf.errors import SpecError
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["observed_pattern", "simulate", "quantities", "rank_of", "uniformity_tests",
-           "ecdf_envelope", "run_sbc", "SBCResult", "narrowed", "rank_histogram_text"]
+           "ecdf_envelope", "run_sbc", "SBCResult", "narrowed", "rank_histogram_text",
+           "GibbsBatch"]
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -254,6 +255,9 @@ class SBCResult:
     seconds: float
     transform: str | None = None
     tests: dict = field(default_factory=dict)
+    #: per quantity: the thinned draws ``(n_rep, L)`` and true values ``(n_rep,)``
+    draws: dict = field(default_factory=dict, repr=False)
+    truths: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if not self.tests:
@@ -288,6 +292,25 @@ class SBCResult:
                          "sd_rank": float(np.std(r)) / self.L})
         return pd.DataFrame(rows)
 
+    def transformed(self, transform: Callable, seed: int = 0) -> "SBCResult":
+        """Ranks of the same fits after ``transform`` of each replication's draws
+        (e.g. the negative control :func:`narrowed`), without refitting."""
+        if not self.draws:
+            raise SpecError("this SBCResult kept no draws to transform")
+        rng = np.random.default_rng(seed)
+        ranks: dict = {n: [] for n in self.draws}
+        new_draws: dict = {n: [] for n in self.draws}
+        for rep in range(self.n_rep):
+            q = transform({n: d[rep] for n, d in self.draws.items()})
+            for n, v in q.items():
+                ranks[n].append(rank_of(float(self.truths[n][rep]), v, rng))
+                new_draws[n].append(v)
+        return SBCResult(self.method, self.L, {n: np.asarray(r) for n, r in ranks.items()},
+                         self.spec, self.settings, self.seconds,
+                         getattr(transform, "__name__", "transformed"),
+                         draws={n: np.asarray(v) for n, v in new_draws.items()},
+                         truths=self.truths)
+
     def histograms(self, bins: int = 10) -> str:
         return "\n".join(rank_histogram_text(r, self.L, bins, n)
                          for n, r in self.ranks.items())
@@ -303,6 +326,70 @@ def rank_histogram_text(ranks, L: int, bins: int = 10, label: str = "") -> str:
     ratio = obs / exp
     glyph = "".join(" ▁▂▃▄▅▆▇█"[min(8, int(round(x * 4)))] for x in ratio)
     return f"{label:>12} |{glyph}| {bars}  (expected ~{exp.mean():.1f}/bin)"
+
+
+class GibbsBatch:
+    """Fit all SBC replications at once with the Gibbs kernel
+    (:class:`bayesmf.infer.gibbs.BPMFGibbs`), ``vmap``-ed over the datasets: the
+    replications share the observed pattern (hence the row blocks), only the ratings
+    differ, so one compilation serves all of them. Each replication runs one chain of
+    ``num_warmup + num_samples * thin`` sweeps from the kernel's ``init`` (sweep ``t``
+    uses ``fold_in(key, t)``, as :func:`~bayesmf.infer.gibbs.fit_gibbs` does) and keeps
+    ``num_samples`` draws. Pass an instance as ``method`` to :func:`run_sbc`."""
+
+    batched = True
+    __name__ = "gibbs"
+
+    def __init__(self, num_samples: int = 100, num_warmup: int = 50, thin: int = 1):
+        self.num_samples, self.num_warmup, self.thin = num_samples, num_warmup, thin
+
+    def __call__(self, datasets, spec, seeds) -> list:
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        from bayesmf.infer.gibbs import BPMFGibbs
+
+        kern = BPMFGibbs(datasets[0], spec)
+        dt = kern.dtype
+        ys = jnp.asarray(np.stack([d.rating for d in datasets]).astype(dt))
+        means = jnp.asarray(np.array([d.mean for d in datasets]), dt)
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+        W, S, T = self.num_warmup, self.num_samples, self.thin
+        n_iter = W + S * T
+        keep_names = ("mu", "bu", "bi", "U", "V", "tau")
+
+        def one(key, y, mean):
+            data = kern.data._replace(rating=y)
+            st = kern.init(jax.random.fold_in(key, 2**31 - 1))
+            if spec.global_mean:
+                st = st._replace(mu=mean)
+
+            def body(s, t):
+                s, _ = _bound_step(kern, data, jax.random.fold_in(key, t), s)
+                return s, tuple(getattr(s, n) for n in keep_names)
+
+            _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
+            return tuple(o[W::T][:S] for o in out)
+
+        t0 = time.perf_counter()
+        fn = jax.jit(jax.vmap(one)).lower(keys, ys, means).compile()
+        t1 = time.perf_counter()
+        outs = fn(keys, ys, means)
+        jax.block_until_ready(outs)
+        self.timings = {"compile_s": t1 - t0, "run_s": time.perf_counter() - t1}
+        outs = [np.asarray(o) for o in outs]
+        return [{n: outs[j][r] for j, n in enumerate(keep_names)}
+                for r in range(len(datasets))]
+
+
+def _bound_step(kern, data, key, state):
+    """``kern.step`` with the kernel's data replaced (a shallow copy, traced data)."""
+    import copy
+
+    k2 = copy.copy(kern)
+    k2.data = data
+    return k2.step(key, state)
 
 
 def run_sbc(method, spec: ModelSpec, *, n_rep: int = 100, n_users: int = 8,
@@ -360,28 +447,47 @@ def run_sbc(method, spec: ModelSpec, *, n_rep: int = 100, n_users: int = 8,
     unobs = [(u, i) for u in range(n_users) for i in range(n_items) if (u, i) not in seen]
     pairs = (obs[: max(1, n_pairs - n_pairs // 2)] + unobs[: n_pairs // 2])[:n_pairs]
     ranks: dict = {}
+    kept_draws: dict = {}
+    kept_truth: dict = {}
     t0 = time.perf_counter()
+    sims = [simulate(spec, u_idx, i_idx, n_users, n_items, rng, factor_prior)
+            for _ in range(n_rep)]
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=n_rep)]
+    datasets = [Ratings.from_indices(u_idx, i_idx, y, users, items) for _, y in sims]
+    if getattr(method, "batched", False):
+        fitted = method(datasets, spec, seeds)  # list of flat-draw dicts
+    else:
+        fitted = None
     for rep in range(n_rep):
-        truth, y = simulate(spec, u_idx, i_idx, n_users, n_items, rng, factor_prior)
-        ratings = Ratings.from_indices(u_idx, i_idx, y, users, items)
-        post = fit(ratings, spec, int(rng.integers(0, 2**31 - 1)))
-        S = post.n_samples
+        truth = sims[rep][0]
+        if fitted is None:
+            post = fit(datasets[rep], spec, seeds[rep])
+            flat = {n: post.flat(n) for n in ("mu", "bu", "bi", "U", "V", "tau")}
+        else:
+            flat = fitted[rep]
+        S = len(flat["mu"])
         if S < L:
             raise SpecError(f"SBC with L={L} needs at least {L} posterior draws; "
                             f"{name} returned {S}")
         pick = np.round(np.linspace(0, S - 1, L)).astype(int)
-        flat = {n: post.flat(n)[pick] for n in ("mu", "bu", "bi", "U", "V", "tau")}
+        flat = {n: np.asarray(v)[pick] for n, v in flat.items()}
         q_draws = quantities(flat, spec, pairs, n_bias)
         if transform is not None:
             q_draws = transform(q_draws)
         q_true = quantities(truth, spec, pairs, n_bias)
         for n, v in q_draws.items():
             ranks.setdefault(n, []).append(rank_of(float(q_true[n]), v, rng))
+            kept_draws.setdefault(n, []).append(np.asarray(v, float))
+            kept_truth.setdefault(n, []).append(float(q_true[n]))
         if progress is not None:
             progress(rep + 1, n_rep)
     settings = dict(n_rep=n_rep, n_users=n_users, n_items=n_items, density=density, L=L,
                     n_obs=len(u_idx), pairs=pairs, seed=seed, options=options,
                     factor_prior=factor_prior)
+    if fitted is not None and hasattr(method, "timings"):
+        settings["timings"] = dict(method.timings)
     return SBCResult(name, L, {n: np.asarray(r) for n, r in ranks.items()}, spec,
                      settings, time.perf_counter() - t0,
-                     getattr(transform, "__name__", None) if transform else None)
+                     getattr(transform, "__name__", None) if transform else None,
+                     draws={n: np.asarray(v) for n, v in kept_draws.items()},
+                     truths={n: np.asarray(v) for n, v in kept_truth.items()})
