@@ -1,0 +1,107 @@
+"""The CLI contract, end to end in subprocesses (a later process loads the model file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesmf.cli import main
+
+
+def _run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "bayesmf.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    """A small planted low-rank-plus-bias data set with string user ids."""
+    rng = np.random.default_rng(0)
+    n_u, n_i, k = 40, 30, 2
+    U, V = rng.normal(size=(n_u, k)), rng.normal(size=(n_i, k))
+    bu, bi = rng.normal(0, 0.3, n_u), rng.normal(0, 0.3, n_i)
+    mask = rng.random((n_u, n_i)) < 0.5
+    uu, ii = np.nonzero(mask)
+    r = 3 + bu[uu] + bi[ii] + np.sum(U[uu] * V[ii], 1) + rng.normal(0, 0.3, len(uu))
+    df = pd.DataFrame({"uid": [f"user{u}" for u in uu], "movie": ii + 1000,
+                       "stars": np.round(np.clip(r, 1, 5), 1)})
+    d = tmp_path_factory.mktemp("cli")
+    perm = rng.permutation(len(df))
+    train, test = df.iloc[perm[60:]], df.iloc[perm[:60]]
+    train.to_csv(d / "train.csv", index=False)
+    test.to_csv(d / "test.csv", index=False)
+    return d
+
+
+def test_data_info_packaged_json(capsys):
+    assert main(["data", "info", "movielens:latest-small", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["ratings"], info["users"], info["items"]) == (100836, 610, 9724)
+
+
+def test_fit_predict_evaluate_round_trip(small_csv):
+    d = small_csv
+    cols = ["--user-col", "uid", "--item-col", "movie", "--rating-col", "stars"]
+    out = _run("fit", d / "train.csv", "--method", "map", "--rank", 2, "--seed", 3,
+               "--out", d / "m.nc", *cols)
+    assert "saved" in out.stdout
+    pairs = pd.read_csv(d / "test.csv")[["uid", "movie"]]
+    pairs.loc[len(pairs)] = ["newcomer", 1000]
+    pairs.to_csv(d / "pairs.csv", index=False)
+    _run("predict", d / "m.nc", d / "pairs.csv", "--out", d / "pred.csv",
+         "--interval", 0.8, "--user-col", "uid", "--item-col", "movie")
+    pred = pd.read_csv(d / "pred.csv")
+    assert list(pred.columns) == ["user", "item", "mean", "std", "lower", "upper",
+                                  "known_user", "known_item"]
+    assert len(pred) == len(pairs)
+    assert np.isfinite(pred[["mean", "std", "lower", "upper"]].to_numpy()).all()
+    assert (pred["lower"] < pred["mean"]).all() and (pred["mean"] < pred["upper"]).all()
+    assert not pred["known_user"].iloc[-1] and pred["known_user"].iloc[:-1].all()
+    # the same predictions from the Python API on the reloaded file
+    import bayesmf
+
+    model = bayesmf.load(d / "m.nc")
+    api = model.predict(pairs, user_col="uid", item_col="movie", interval=0.8)
+    np.testing.assert_allclose(api["mean"].to_numpy(), pred["mean"].to_numpy(), rtol=1e-6)
+    ev = _run("evaluate", d / "m.nc", d / "test.csv", "--json", "--no-ranking", *cols)
+    metrics = json.loads(ev.stdout)
+    test = pd.read_csv(d / "test.csv")
+    direct = model.predict(test, user_col="uid", item_col="movie")
+    rmse = np.sqrt(np.mean((np.clip(direct["mean"], 1, 5) - test["stars"]) ** 2))
+    assert metrics["rmse"] == pytest.approx(rmse, rel=1e-3)
+
+
+def test_recommend_cli(small_csv):
+    d = small_csv
+    if not (d / "m.nc").exists():
+        pytest.skip("needs the model from the round-trip test")
+    _run("recommend", d / "m.nc", "--users", "user1,user2", "--n", 3, "--out", d / "recs.csv")
+    recs = pd.read_csv(d / "recs.csv")
+    assert set(recs["user"]) == {"user1", "user2"}
+    assert recs.groupby("user").size().tolist() == [3, 3]
+    train = pd.read_csv(d / "train.csv")
+    seen = set(zip(train["uid"], train["movie"]))
+    assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"]))
+
+
+def test_bad_input_exit_code_2(small_csv, tmp_path):
+    proc = _run("fit", tmp_path / "missing.csv", "--out", tmp_path / "x.nc", check=False)
+    assert proc.returncode == 2 and "error" in proc.stderr
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(b"not a model")
+    proc = _run("predict", bad, small_csv / "test.csv", "--user-col", "uid",
+                "--item-col", "movie", check=False)
+    assert proc.returncode == 2 and "not a readable bayesmf model" in proc.stderr
+    proc = _run("fit", small_csv / "train.csv", "--user-col", "uid", "--item-col", "movie",
+                "--rating-col", "stars", "--rank", 1000, "--out", tmp_path / "y.nc",
+                check=False)
+    assert proc.returncode == 2 and "rank 1000 is larger than the data supports" in proc.stderr
