@@ -29,9 +29,10 @@ The caches of ``"lowrank"`` and ``"mean-factors"`` live on the posterior object
 (``posterior._recommend_cache``), like its population-moment cache.
 
 **Selection.** Per chunk, exact top-``n`` with ties broken by the lower item index: the
-candidates are split in blocks of ``w`` items, the ``n`` blocks with the largest maxima
-necessarily contain the top ``n`` (each of them holds an element at least as large as any
-element elsewhere), and only those ``n*w`` values are sorted.
+candidates are split in ``J/w`` strided blocks of ``w`` items, the ``n`` blocks with the
+largest maxima necessarily contain the top ``n`` (each of them holds an element at least
+as large as any element elsewhere), and only those ``n*w`` values are partitioned
+(:func:`topn_indices`).
 """
 
 from __future__ import annotations
@@ -56,42 +57,64 @@ def topn_indices(scores: np.ndarray, n: int):
 
     ``-inf`` marks excluded entries. Returns ``(idx, vals, valid)``, each ``(c, n)``;
     ``idx`` is ``-1`` and ``valid`` False where a row has fewer than ``n`` finite entries.
+
+    Blocks are strided (block ``b`` holds columns ``b, b+nb, b+2nb, ...``) so that the
+    block maxima are one vectorised ``maximum`` over contiguous rows; the ``n`` blocks with
+    the largest maxima contain the top ``n`` (each of them holds an element at least as
+    large as any element outside them). Rows whose block maxima tie at the threshold, or
+    whose candidates tie at the ``n``-th value, are sorted in full (stable).
     """
     scores = np.asarray(scores)
     c, J = scores.shape
     n = int(n)
+    fdt = scores.dtype if scores.dtype.kind == "f" else np.float64
     out_idx = np.full((c, n), -1, np.int64)
-    out_val = np.full((c, n), -np.inf, scores.dtype if scores.dtype.kind == "f" else np.float64)
+    out_val = np.full((c, n), -np.inf, fdt)
     if c == 0 or J == 0 or n == 0:
         return out_idx, out_val, np.zeros((c, n), bool)
     w = _BLOCK_W
     nb = J // w
     if nb <= 2 * n:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-        vals = np.take_along_axis(scores, order, axis=1)
         m = order.shape[1]
-        out_idx[:, :m], out_val[:, :m] = order, vals
+        out_idx[:, :m] = order
+        out_val[:, :m] = np.take_along_axis(scores, order, axis=1)
     else:
-        bm = scores[:, :nb * w].reshape(c, nb, w).max(axis=2)
-        if nb * w < J:  # tail block
+        main = scores[:, :nb * w].reshape(c, w, nb)
+        bm = main.max(axis=1)  # (c, nb): max over the strided block b
+        tail = J - nb * w
+        if tail:
             bm = np.concatenate([bm, scores[:, nb * w:].max(axis=1, keepdims=True)], axis=1)
         nbt = bm.shape[1]
-        part = np.argpartition(bm, nbt - n, axis=1)
-        blk = np.sort(part[:, nbt - n:], axis=1)  # n blocks with the largest maxima
-        th = np.take_along_axis(bm, part[:, nbt - n:nbt - n + 1], axis=1)[:, 0]
+        part = np.argpartition(bm, nbt - n, axis=1)[:, nbt - n:]  # n best blocks
+        th = np.take_along_axis(bm, part, axis=1).min(axis=1)
         tied = ((bm >= th[:, None]).sum(axis=1) > n) & np.isfinite(th)
-        pos = (blk[:, :, None] * w + np.arange(w)).reshape(c, n * w)
-        inside = pos < J
-        vals = np.take_along_axis(scores, np.minimum(pos, J - 1), axis=1)
-        vals = np.where(inside, vals, -np.inf)
-        order = np.argsort(-vals, axis=1, kind="stable")[:, :n]
-        out_idx = np.take_along_axis(pos, order, axis=1)
-        out_val = np.take_along_axis(vals, order, axis=1)
-        if tied.any():  # ties of block maxima at the threshold: sort those rows fully
-            r = np.flatnonzero(tied)
-            o = np.argsort(-scores[r], axis=1, kind="stable")[:, :n]
-            out_idx[r] = o
-            out_val[r] = np.take_along_axis(scores[r], o, axis=1)
+        # columns of the chosen blocks (the tail block nb holds nb*w .. J-1)
+        cols = part[:, :, None] + nb * np.arange(w)[None, None, :]
+        if tail:
+            is_tail = part == nb
+            tcols = nb * w + np.minimum(np.arange(w), tail - 1)
+            cols = np.where(is_tail[:, :, None], tcols[None, None, :], cols)
+        cols = cols.reshape(c, n * w)
+        flat = scores.reshape(-1) if scores.flags.c_contiguous else np.ascontiguousarray(scores).reshape(-1)
+        vals = flat[cols + (np.arange(c, dtype=np.int64) * J)[:, None]]  # faster than take_along_axis
+        if tail:  # duplicated tail columns (tail < w) must not count twice
+            dup = np.repeat(is_tail, w, axis=1) & (np.tile(np.arange(w), n)[None, :] >= tail)
+            vals = np.where(dup, -np.inf, vals)
+        sel = np.argpartition(-vals, n - 1, axis=1)[:, :n]
+        sv = np.take_along_axis(vals, sel, axis=1)
+        sc = np.take_along_axis(cols, sel, axis=1)
+        o = np.lexsort((sc, -sv), axis=1)
+        out_idx = np.take_along_axis(sc, o, axis=1)
+        out_val = np.take_along_axis(sv, o, axis=1)
+        # a tie at the n-th value may hide a lower column index among the candidates
+        vn = out_val[:, -1]
+        tie_n = (vals == vn[:, None]).sum(axis=1) > (out_val == vn[:, None]).sum(axis=1)
+        redo = np.flatnonzero(tied | (tie_n & np.isfinite(vn)))
+        if redo.size:
+            o = np.argsort(-scores[redo], axis=1, kind="stable")[:, :n]
+            out_idx[redo] = o
+            out_val[redo] = np.take_along_axis(scores[redo], o, axis=1)
     valid = np.isfinite(out_val) & (out_val > -np.inf)
     out_idx = np.where(valid, out_idx, -1)
     return out_idx, out_val, valid
@@ -214,6 +237,28 @@ class Scorer:
             v = v + block.pop[None, :, None] * self.q_items()[:, cols]
         return m, v
 
+    def pair_summary(self, block: UserBlock, cols):
+        """Predictive mean, parameter variance ``Var_s(m_s) + mean_s(v_s)`` of per-row
+        columns ``cols (c, n)``, streaming over draws (no ``S x c x n x k`` gather)."""
+        cols = np.asarray(cols, np.int64)
+        c, n = cols.shape
+        acc = np.zeros((c, n))
+        acc2 = np.zeros((c, n))
+        rows = np.arange(c)[:, None]
+        for s in range(self.S):
+            m = self.mu[s] + block.b[s][:, None] + self.bi[s][cols]
+            if self.k:
+                Vg = self.V[s][cols]  # c, n, k (gather from one draw's item matrix)
+                m = m + np.einsum("ck,cnk->cn", block.F[s], Vg, dtype=np.float64)
+            acc += m
+            acc2 += m * m
+        mean = acc / self.S
+        var = np.maximum(acc2 / self.S - mean * mean, 0.0)
+        if block.pop.any():
+            var = var + block.pop[:, None] * self.q_items()[:, cols].mean(axis=0)
+        del rows
+        return mean, var
+
     # ---------------------------------------------------------------- mean scores
     def _item_aug(self):
         """``[V~, base_i]`` with ``V~ = [V_1..V_S]`` ``(J, kS)`` and the item part of the
@@ -295,9 +340,37 @@ class Scorer:
             if int(chunk_size) < 1:
                 raise SpecError("chunk_size must be >= 1")
             return int(chunk_size)
-        if self.st.name == "mean":
-            return max(1, min(4096, self.work_elems // max(self.J, 1)))
+        if self.st.name == "mean":  # ~2M float32 scores per chunk: stays in cache-ish sizes
+            return max(16, min(1024, (self.work_elems // 2) // max(self.J, 1)))
         return max(1, self.work_elems // max(self.S * self.J, 1))
+
+
+def _run_parallel(fn, starts, n_jobs):
+    """``fn(a)`` for every chunk start, in ``n_jobs`` threads (numpy releases the GIL in
+    the GEMM and the selection). Output slices are disjoint, so no locking is needed."""
+    import os
+
+    if n_jobs is None:
+        n_jobs = min(os.cpu_count() or 1, 8)
+    n_jobs = max(1, min(int(n_jobs), len(starts)))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS keeps its own threads
+        threadpool_limits = None
+    ctx = threadpool_limits(1, "blas") if (threadpool_limits and n_jobs > 1) else None
+    try:
+        if n_jobs == 1:
+            for a in starts:
+                fn(a)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(n_jobs) as ex:
+                for _ in ex.map(fn, starts):
+                    pass
+    finally:
+        if ctx is not None:
+            ctx.restore_original_limits()
 
 
 def _cache(post, key, fn):
@@ -308,7 +381,7 @@ def _cache(post, key, fn):
 
 
 def _lowrank_factors(post, r: int, oversample: int = 16, power_iters: int = 2, seed: int = 0,
-                     chunk: int = 4096):
+                     chunk: int = 1024, n_jobs=None):
     """Randomized SVD ``V~ ~= Q W`` of the stacked item draws and the users' projected
     rows ``X = (1/S) U~ W^T`` (all float32). Returns dict(Q, W, X, rank, sv)."""
     S, k = post.n_samples, post.spec.rank
@@ -329,9 +402,13 @@ def _lowrank_factors(post, r: int, oversample: int = 16, power_iters: int = 2, s
     del Vt
     Uf = post.flat("U")
     X = np.empty((N, r), np.float32)
-    for a in range(0, N, chunk):
+    WT = np.ascontiguousarray(W.T)
+
+    def proj(a):
         Ut = Uf[:, a:a + chunk].transpose(1, 0, 2).reshape(-1, S * k).astype(np.float32)
-        X[a:a + chunk] = (Ut @ W.T) * np.float32(1.0 / S)
+        X[a:a + chunk] = (Ut @ WT) * np.float32(1.0 / S)
+
+    _run_parallel(proj, list(range(0, N, chunk)), n_jobs)
     return {"Q": Qr, "W": W, "X": X, "rank": r, "sv": sv}
 
 
@@ -422,7 +499,7 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
                       candidates=None, exclude=None, seed=None, quantile=None,
                       threshold=4.0, utility=None, chunk_size=None, approx=None,
                       approx_rank=None, noise=True, quantile_method="mixture",
-                      unknown="fallback", uncertainty=True, **strategy_kw):
+                      unknown="fallback", uncertainty=True, n_jobs=None, **strategy_kw):
     """Like :func:`recommend` but returns ``(source, TopN)`` with item *indices*."""
     if int(n) < 1:
         raise SpecError(f"n must be >= 1, got {n}")
@@ -449,7 +526,18 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
         mean, std, stdp = (np.full((nU, n), np.nan) for _ in range(3))
     step = sc.chunk_rows(chunk_size)
     nv_mean = float(sc.nv.mean())
-    for a in range(0, nU, step):
+    # warm every lazy cache before chunks may run in parallel threads
+    if st.name == "mean":
+        sc._item_aug()
+        if sc.approx is not None and isinstance(src, _PosteriorUsers) and src.known.any():
+            sc._user_rows(None, src.idx[:1], np.ones(1, bool))
+            sc.user_const_known(src.idx[:1])
+    if isinstance(src, _PosteriorUsers) and not src.known.all():
+        sc.q_items()
+    if st.name == "thompson":
+        src.keys(np.arange(0))
+
+    def run_chunk(a):
         rows = np.arange(a, min(nU, a + step))
         light = (st.name == "mean" and sc.approx is not None and not uncertainty
                  and isinstance(src, _PosteriorUsers) and src.known[rows].all())
@@ -472,6 +560,7 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
         if excl_pos is not None and len(excl_pos):
             s[:, excl_pos] = -np.inf
         idx, vals, valid = topn_indices(s, n)
+        del s
         vals = vals.astype(np.float64)
         if const is not None:
             vals = vals + const[:, None]
@@ -480,11 +569,13 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
         item_idx = idx if items_idx is None else np.where(valid, items_idx[np.maximum(idx, 0)], -1)
         out_items[rows] = item_idx
         if uncertainty:
-            m, v = sc.pair_components(block, np.maximum(idx, 0))
-            pv = m.var(axis=0) + v.mean(axis=0)
-            mean[rows] = np.where(valid, m.mean(axis=0), np.nan)
+            mm, pv = sc.pair_summary(block, np.maximum(idx, 0))
+            mean[rows] = np.where(valid, mm, np.nan)
             stdp[rows] = np.where(valid, np.sqrt(pv), np.nan)
             std[rows] = np.where(valid, np.sqrt(pv + nv_mean), np.nan)
+
+    starts = list(range(0, nU, step))
+    _run_parallel(run_chunk, starts, n_jobs)
     return src, TopN(out_items, out_scores, out_valid, mean, std, stdp)
 
 
@@ -492,7 +583,7 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
               candidates=None, exclude=None, seed=None, quantile=None, threshold=4.0,
               utility=None, chunk_size=None, approx=None, approx_rank=None, noise=True,
               quantile_method="mixture", unknown="fallback", uncertainty=True,
-              **strategy_kw) -> pd.DataFrame:
+              n_jobs=None, **strategy_kw) -> pd.DataFrame:
     """Top-``n`` items for each user, as raw ids, with the score and its uncertainty.
 
     Parameters
@@ -521,7 +612,12 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
         Mean strategy only: exact posterior mean (default) or a documented fast mode.
     uncertainty : bool
         Add the predictive ``mean``, ``std`` (parameter + noise) and ``std_param``
-        (parameter only) of each recommended pair, computed exactly from the draws.
+        (parameter only) of each recommended pair, computed exactly from the draws
+        (costs a gather of ``draws x users x n x rank``; ``False`` fills NaN).
+    n_jobs : int, optional
+        Worker threads over user chunks (default: the number of CPUs, at most 8). Each
+        thread runs single-threaded BLAS (via ``threadpoolctl`` when installed), which
+        avoids BLAS threads competing with the selection work.
 
     Returns
     -------
@@ -533,7 +629,7 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
         exclude=exclude, seed=seed, quantile=quantile, threshold=threshold, utility=utility,
         chunk_size=chunk_size, approx=approx, approx_rank=approx_rank, noise=noise,
         quantile_method=quantile_method, unknown=unknown, uncertainty=uncertainty,
-        **strategy_kw)
+        n_jobs=n_jobs, **strategy_kw)
     nU, nn = res.items.shape
     urow, rank0 = np.nonzero(res.valid)
     items_raw = src.item_ids(res.items[urow, rank0]) if hasattr(src, "item_ids") else \

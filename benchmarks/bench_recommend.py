@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""Top-10 recommendation for every user: bayesmf vs implicit, time and peak memory.
+
+Two models:
+
+* **ml1m-part**: the train split of ``peers.load_split("ml1m-part")`` (487,650 ratings,
+  90/10 split, seed 0), fitted here by bayesmf's BPMF Gibbs sampler (rank 32, 40 warm-up
+  sweeps, 100 kept draws; cached in ``--cache``) -- or ``--fit map`` for MAP.
+* **synthetic**: 70,000 users x 10,000 items, rank 32, 100 draws (float32), ~50 seen
+  items per user (Zipf popularity); see ``benchmarks/_synth_model.py``.
+
+For each, every user gets a top-10 list with exclude-seen:
+
+* ``bayesmf exact``: the exact posterior mean ``(1/S) sum_s U_s V_s^T`` (GEMM of inner
+  dimension ``k*S``). On the synthetic model this is timed on a user subset and
+  extrapolated linearly (marked ``extrapolated``).
+* ``bayesmf lowrank``: randomized-SVD compression of the stacked item draws (rank
+  ``k*chains + 8``), one-off preparation timed separately, cached on the posterior.
+* ``bayesmf mean-factors``: ``Ubar Vbar^T`` (+ biases).
+* ``implicit``: ``implicit.cpu.als.AlternatingLeastSquares.recommend(userids,
+  user_items, N=10, filter_already_liked_items=True)`` with ``user_factors = [Ubar, 1]``
+  and ``item_factors = [Vbar, mean(mu) + mean(b_i)]`` -- the same scores as
+  ``mean-factors`` (the user constant does not change a ranking); the lists are compared.
+  implicit runs under ``threadpool_limits(1, "blas")`` as its docs advise.
+
+Timings: median of ``--repeats`` runs, each method interleaved in the same loop (the
+machine is shared). Memory: peak RSS above the pre-call RSS, sampled every 5 ms by a
+thread (psutil), and in a separate run the tracemalloc peak (Python + numpy heap).
+``recommend_indices`` (index arrays) is the timed call; building the raw-id DataFrame
+(``recommend``) is timed once on top.
+
+    python benchmarks/bench_recommend.py            # both models, 3 repeats
+    python benchmarks/bench_recommend.py --quick    # 7,000 x 1,000 synthetic only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the folder that holds shared/ and the project
+sys.path.insert(0, str(HERE))
+
+from bayesmf.recommend import approx_error, recommend, recommend_indices  # noqa: E402
+from bayesmf.recommend.topk import _cache  # noqa: E402
+
+
+class PeakRSS:
+    """Peak resident set size above the value at ``__enter__`` (bytes), 5 ms sampling."""
+
+    def __init__(self, interval=0.005):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+
+    def __enter__(self):
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(self.interval)
+
+        self._t = threading.Thread(target=run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.delta = self.peak - self.base
+
+
+def tracemalloc_peak(fn):
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def implicit_model(post):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    Ubar = _cache(post, ("meanU",), lambda: post.flat("U").mean(axis=0, dtype=np.float64).astype(np.float32))
+    Vbar = _cache(post, ("meanV",), lambda: post.flat("V").mean(axis=0, dtype=np.float64).astype(np.float32))
+    base = (post.flat("mu").mean() + post.flat("bi").mean(axis=0)).astype(np.float32)
+    N = len(post.users)
+    m = AlternatingLeastSquares(factors=Ubar.shape[1] + 1, random_state=0)
+    m.user_factors = np.ascontiguousarray(np.hstack([Ubar, np.ones((N, 1), np.float32)]))
+    m.item_factors = np.ascontiguousarray(np.hstack([Vbar, base[:, None]]))
+    t = post.train
+    ui = sp.csr_matrix((np.ones(len(t.seen_indices), np.float32), t.seen_indices,
+                        t.seen_indptr), shape=(N, len(post.items)))
+    return m, ui
+
+
+def run_implicit(m, ui, users):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        return m.recommend(users, ui[users], N=10, filter_already_liked_items=True)
+
+
+def bench_model(name, post, repeats, exact_users=None, n_jobs=None):
+    N = len(post.users)
+    users = np.arange(N)
+    res = {"model": name, "users": N, "items": len(post.items), "rank": post.spec.rank,
+           "draws": post.n_samples, "chains": post.n_chains,
+           "train_pairs": int(post.train.n_train), "posterior_GB": post.nbytes() / 1e9}
+    # one-off preparations (timed, then cached)
+    t0 = time.perf_counter()
+    recommend_indices(post, users[:1], 10, approx="lowrank", uncertainty=False)
+    res["lowrank_prepare_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recommend_indices(post, users[:1], 10, approx="mean-factors", uncertainty=False)
+    res["mean_factors_prepare_s"] = time.perf_counter() - t0
+    model, ui = implicit_model(post)
+    run_implicit(model, ui, users[:10])
+    methods = {
+        "bayesmf mean-factors": lambda: recommend_indices(post, None, 10, approx="mean-factors",
+                                                          uncertainty=False, n_jobs=n_jobs),
+        "bayesmf lowrank": lambda: recommend_indices(post, None, 10, approx="lowrank",
+                                                     uncertainty=False, n_jobs=n_jobs),
+        "implicit (same factors as mean-factors)": lambda: run_implicit(model, ui, users),
+    }
+    ex_users = None if exact_users is None or exact_users >= N else \
+        np.sort(np.random.default_rng(0).choice(N, exact_users, replace=False))
+    methods["bayesmf exact"] = (lambda: recommend_indices(
+        post, None if ex_users is None else post.users.ids[ex_users], 10,
+        uncertainty=False, n_jobs=n_jobs))
+    times = {k: [] for k in methods}
+    mem = {k: 0 for k in methods}
+    outs = {}
+    for _ in range(repeats):
+        for k, fn in methods.items():
+            with PeakRSS() as pr:
+                t0 = time.perf_counter()
+                outs[k] = fn()
+                times[k].append(time.perf_counter() - t0)
+            mem[k] = max(mem[k], pr.delta)
+    table = []
+    for k in methods:
+        med = float(np.median(times[k]))
+        scale = 1.0
+        if k == "bayesmf exact" and ex_users is not None:
+            scale = N / len(ex_users)
+        table.append({"method": k, "median_s": med * scale, "all_s": [t * scale for t in times[k]],
+                      "extrapolated": scale != 1.0, "users_timed": N if scale == 1 else len(ex_users),
+                      "peak_rss_delta_MB": mem[k] / 2**20})
+    # tracemalloc peak (separate, untimed)
+    for row in table:
+        k = row["method"]
+        if k.startswith("bayesmf"):
+            row["tracemalloc_peak_MB"] = tracemalloc_peak(methods[k]) / 2**20
+    # the DataFrame on top (raw ids)
+    t0 = time.perf_counter()
+    df = recommend(post, None, 10, approx="mean-factors", uncertainty=False, n_jobs=n_jobs)
+    res["dataframe_mean_factors_s"] = time.perf_counter() - t0
+    res["dataframe_rows"] = len(df)
+    # uncertainty columns (exact predictive mean/std of the 10 chosen pairs) on a subset
+    sub = users[: min(N, 5000)]
+    t0 = time.perf_counter()
+    recommend_indices(post, post.users.ids[sub], 10, approx="mean-factors", uncertainty=True,
+                      n_jobs=n_jobs)
+    res["uncertainty_columns_s_per_1000_users"] = (time.perf_counter() - t0) / len(sub) * 1000
+    # agreement
+    ids_impl = outs["implicit (same factors as mean-factors)"][0]
+    mf = outs["bayesmf mean-factors"][1].items
+    res["implicit_vs_mean_factors_same_item_fraction"] = float((ids_impl == mf).mean())
+    res["implicit_vs_mean_factors_same_set_fraction"] = float(np.mean(
+        [len(np.intersect1d(a, b)) / 10 for a, b in zip(ids_impl, mf)]))
+    res["approx_error"] = {a: approx_error(post, a, n_users=500, n=10)
+                           for a in ("lowrank", "mean-factors")}
+    res["table"] = table
+    return res
+
+
+def load_ml1m(cache: Path, fit: str):
+    from bayesmf import io
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.data.vocab import Vocabulary
+    from bayesmf.model.spec import ModelSpec
+
+    if cache.exists():
+        post = io.load(cache)
+        return post, f"loaded {cache.name}"
+    sys.path.insert(0, str(ROOT / "shared" / "bench"))
+    from peers import load_split
+
+    spl = load_split("ml1m-part")
+    users = Vocabulary(np.arange(spl.n_users), "user")
+    items = Vocabulary(np.arange(spl.n_items), "item")
+    tr = Ratings.from_indices(spl.train[0], spl.train[1], spl.train[2], users, items)
+    t0 = time.perf_counter()
+    if fit == "gibbs":
+        from bayesmf.infer.gibbs import fit_gibbs
+
+        post = fit_gibbs(tr, ModelSpec(rank=32), seed=0, num_warmup=40, num_samples=100)
+    else:
+        from bayesmf.infer.map import fit_map
+
+        post = fit_map(tr, ModelSpec(rank=32), seed=0)
+    how = f"fitted by {fit} in {time.perf_counter() - t0:.0f} s"
+    io.save(post, cache)
+    return post, how
+
+
+def write_md(results, path: Path, env: dict):
+    lines = ["# Top-10 recommendation for every user (exclude seen)", "",
+             f"Machine: {env['cpu']}, {env['cores']} cores; load average before/after: "
+             f"{env['load_before']} / {env['load_after']} (shared machine: compare ratios "
+             "within one run). Command: `" + env["command"] + "`.", "",
+             "Time: median over repeats of `recommend_indices` (index arrays). Memory: peak "
+             "RSS above the pre-call RSS (psutil, 5 ms sampling) and the tracemalloc peak "
+             "(separate run).", ""]
+    for r in results:
+        lines += [f"## {r['model']}", "",
+                  f"{r['users']:,} users x {r['items']:,} items, rank {r['rank']}, "
+                  f"{r['draws']} draws ({r['chains']} chain(s)), {r['train_pairs']:,} seen "
+                  f"pairs, posterior {r['posterior_GB']:.2f} GB. {r.get('source', '')}", "",
+                  "| method | time (s) | peak RSS delta (MB) | tracemalloc peak (MB) | note |",
+                  "|---|---|---|---|---|"]
+        for row in r["table"]:
+            note = f"extrapolated from {row['users_timed']:,} users" if row["extrapolated"] else ""
+            tm = row.get("tracemalloc_peak_MB")
+            lines.append(f"| {row['method']} | {row['median_s']:.2f} | "
+                         f"{row['peak_rss_delta_MB']:.0f} | {'' if tm is None else f'{tm:.0f}'} | {note} |")
+        ae = r["approx_error"]
+        lines += ["",
+                  f"- one-off preparation: lowrank {r['lowrank_prepare_s']:.2f} s (randomized SVD, "
+                  f"cached), mean-factors {r['mean_factors_prepare_s']:.2f} s",
+                  f"- raw-id DataFrame (`recommend`, mean-factors): {r['dataframe_mean_factors_s']:.2f} s "
+                  f"for {r['dataframe_rows']:,} rows",
+                  f"- exact predictive mean/std columns (`uncertainty=True`): "
+                  f"{r['uncertainty_columns_s_per_1000_users']:.3f} s per 1,000 users",
+                  f"- implicit vs bayesmf mean-factors (same factors): same item at the same rank "
+                  f"{r['implicit_vs_mean_factors_same_item_fraction']:.4f}, same top-10 set "
+                  f"{r['implicit_vs_mean_factors_same_set_fraction']:.4f}",
+                  "- error against the exact posterior mean (500 random users): "
+                  + "; ".join(f"{a}: score RMSE {e['score_rmse']:.2e} "
+                              f"({e['relative_rmse']:.2e} of the score sd), top-10 overlap "
+                              f"{e['top10_overlap']:.3f}" for a, e in ae.items()), ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small synthetic model only")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-ml1m", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--fit", choices=["gibbs", "map"], default="gibbs")
+    ap.add_argument("--cache", default="/tmp/bayesmf_bench_ml1m_gibbs32.nc")
+    ap.add_argument("--exact-users", type=int, default=2000,
+                    help="users timed for the exact mode on the synthetic model")
+    ap.add_argument("--n-jobs", type=int, default=None)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args(argv)
+    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "load_before": [round(x, 1) for x in os.getloadavg()],
+           "command": "python benchmarks/bench_recommend.py " + " ".join(argv or sys.argv[1:]),
+           "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import implicit
+
+        env["implicit"] = implicit.__version__
+    except ImportError:
+        sys.exit("install implicit (pip install implicit) to run this benchmark")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            env["cpu"] = next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    results = []
+    if not a.skip_ml1m and not a.quick:
+        if (ROOT / "shared" / "data" / "ml-1m").exists():
+            post, how = load_ml1m(Path(a.cache), a.fit)
+            r = bench_model("ml1m-part train split", post, a.repeats, None, a.n_jobs)
+            r["source"] = f"Posterior: bayesmf {post.method} ({how})."
+            results.append(r)
+            print(json.dumps(r["table"], indent=1), flush=True)
+        else:
+            print("shared/data/ml-1m not found: skipping ml1m-part")
+    if not a.skip_synthetic:
+        from _synth_model import synthetic_posterior
+
+        kw = dict(n_users=7000, n_items=1000) if a.quick else {}
+        t0 = time.perf_counter()
+        post = synthetic_posterior(**kw)
+        r = bench_model("synthetic", post, a.repeats, a.exact_users, a.n_jobs)
+        r["source"] = f"Synthetic draws built in {time.perf_counter() - t0:.0f} s."
+        results.append(r)
+        print(json.dumps(r["table"], indent=1), flush=True)
+    env["load_after"] = [round(x, 1) for x in os.getloadavg()]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "recommend_quick" if a.quick else "recommend"
+    (out / f"{name}.json").write_text(json.dumps({"env": env, "results": results}, indent=1,
+                                                 default=float))
+    write_md(results, out / f"{name}.md", env)
+    print(f"wrote {out / name}.md/.json")
+
+
+if __name__ == "__main__":
+    main()
