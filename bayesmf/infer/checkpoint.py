@@ -139,11 +139,19 @@ def _host(x) -> np.ndarray:
 
 
 def iteration_keys(key, start: int, n: int):
-    """Keys of iterations ``start .. start+n-1``: ``fold_in(key, t)`` stacked on axis 0."""
+    """Keys of iterations ``start .. start+n-1``: ``fold_in(key, t)`` stacked on axis 0.
+
+    ``key`` may also be a batch of keys, one per chain (raw ``(C, 2)`` or typed
+    ``(C,)``, e.g. ``split(PRNGKey(seed), C)``): the result is then ``(n, C, ...)`` with
+    ``keys[t - start, c] = fold_in(key[c], t)``, the convention of
+    :func:`bayesmf.infer.gibbs.fit_gibbs`."""
     import jax
     import jax.numpy as jnp
 
     ts = jnp.arange(int(start), int(start) + int(n), dtype=jnp.uint32)
+    batched = key.ndim >= (1 if _is_typed_key(key) else 2)
+    if batched:
+        return jax.vmap(lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(key))(ts)
     return jax.vmap(lambda t: jax.random.fold_in(key, t))(ts)
 
 
