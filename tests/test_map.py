@@ -286,6 +286,12 @@ def test_bad_options_raise(data, opts, match):
         fit_map(data.train, SPEC, **opts)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_bad_seed_raises(data, seed):
+    with pytest.raises(SpecError, match="seed"):
+        fit_map(data.train, SPEC, seed=seed)
+
+
 def test_early_stopping_returns_the_best_validation_iterate(data):
     # weak regularisation + high rank overfits: validation RMSE turns up and stops the run
     spec = SPEC.replace(rank=8, reg_factors=0.05, reg_bias=0.05)

@@ -400,8 +400,8 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     if not isinstance(spec, ModelSpec):
         raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     opts = _check(check_options("map", options, DEFAULTS))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise SpecError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     spec.check_data(train.n_users, train.n_items, train.nnz)
     solver = opts["solver"]
     lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
