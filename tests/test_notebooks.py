@@ -78,3 +78,27 @@ def test_01_quickstart(tmp_path, monkeypatch, jax_cache):
     text = "".join(str(out.get("data", {}).get("text/plain", "")) for _, out in outputs_of(nb))
     assert "Gibbs" in text and "title" in text
 
+
+
+def _text(nb):
+    parts = []
+    for _, out in outputs_of(nb):
+        parts.append(str(out.get("text", "")))
+        parts.append(str(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def test_02_diagnostics(tmp_path, monkeypatch, jax_cache):
+    nb = execute(NOTEBOOKS / "02_diagnostics.ipynb", tmp_path, monkeypatch, jax_cache)
+    assert _images(nb) >= 5  # trace, rank, R-hat boxes, rootogram, LOO comparison
+    text = _text(nb)
+    assert "NonIdentifiableWarning" in text  # the raw-factor warning is shown
+    assert "elpd" in text and "gibbs rank" in text
+
+
+def test_03_uncertainty_recommendations(tmp_path, monkeypatch, jax_cache):
+    nb = execute(NOTEBOOKS / "03_uncertainty_recommendations.ipynb", tmp_path, monkeypatch,
+                 jax_cache)
+    assert _images(nb) >= 4  # strategy scatter, Thompson shares, calibration, metric draws
+    text = _text(nb)
+    assert "upper (q=0.9)" in text and "thompson" in text
