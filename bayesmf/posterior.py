@@ -301,6 +301,8 @@ class Posterior:
         i = np.asarray(i, np.int64)
         ku = (u >= 0) if known_user is None else np.asarray(known_user, bool)
         ki = (i >= 0) if known_item is None else np.asarray(known_item, bool)
+        _check_index_range(u, ku, len(self.users), "user")
+        _check_index_range(i, ki, len(self.items), "item")
         S, n = self.n_samples, len(u)
         mu = self.flat("mu").astype(np.float64)
         m = np.broadcast_to(mu[:, None], (S, n)).copy()
@@ -476,6 +478,20 @@ class Posterior:
         u, ku = self.users.encode(ratings.users.decode(ratings.user), unknown="mask")
         i, ki = self.items.encode(ratings.items.decode(ratings.item), unknown="mask")
         return u, i, ku, ki, ratings.rating
+
+
+def _check_index_range(idx, known, n: int, side: str) -> None:
+    """Index-level entry points need indices of THIS posterior's vocabularies."""
+    if len(idx) != len(known):
+        raise DataError(f"{side} indices and their known-mask differ in length")
+    k = idx[known]
+    if k.size and (k.min() < 0 or k.max() >= n):
+        bad = k[(k < 0) | (k >= n)]
+        raise DataError(
+            f"{side} index {int(bad[0])} is outside this model's {side} vocabulary "
+            f"(0..{n - 1}); index arrays must be encoded with Posterior.{side}s (use raw "
+            f"ids with predict(), or Ratings.with_vocabularies(posterior.users, "
+            f"posterior.items))")
 
 
 def _rowdot(Uf, Vf, u, i):
