@@ -227,11 +227,10 @@ class Scorer:
         """``(m, v)`` each ``(S, c, n)`` for per-row columns ``cols (c, n)`` (>= 0);
         ``v`` is the extra (fallback) variance without the noise."""
         cols = np.asarray(cols, np.int64)
-        bi = self.bi[:, cols]  # S, c, n
-        m = self.mu[:, None, None] + block.b[:, :, None] + bi
+        m = self.mu[:, None, None] + block.b[:, :, None] + self.bi[:, cols]  # S, c, n
         if self.k:
-            Vg = self.V[:, cols]  # S, c, n, k
-            m = m + np.einsum("sck,scnk->scn", block.F, Vg, dtype=np.float64)
+            for s in range(self.S):  # per draw: gathers from one cache-sized item matrix
+                m[s] += np.einsum("ck,cnk->cn", block.F[s], self.V[s][cols], dtype=np.float64)
         v = np.zeros_like(m)
         if block.pop.any():
             v = v + block.pop[None, :, None] * self.q_items()[:, cols]
