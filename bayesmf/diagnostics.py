@@ -250,7 +250,7 @@ def to_datatree(posterior: Posterior, *, log_likelihood=False, posterior_predict
         coords["factor"] = np.arange(k)
         coords["factor_"] = np.arange(k)
     for name, arr in posterior.draws.items():
-        if not factors and name in _FACTOR_VARS:
+        if (not factors or k == 0) and name in _FACTOR_VARS:
             continue
         a = np.asarray(arr)
         data["posterior"][name] = a
@@ -331,7 +331,9 @@ def _probe_pairs(posterior: Posterior, n_probe: int, rng):
     tr = posterior.train
     N, M = len(posterior.users), len(posterior.items)
     n_seen = min(n_probe - n_probe // 2, int(tr.n_train))
-    pos = rng.choice(int(tr.n_train), size=n_seen, replace=False) if n_seen else np.array([], int)
+    # distinct training rows without materialising a permutation of all of them
+    pos = np.unique(rng.integers(0, int(tr.n_train), size=4 * n_seen + 8))
+    pos = rng.permutation(pos)[:n_seen]
     su = np.searchsorted(tr.seen_indptr, pos, side="right") - 1
     si = tr.seen_indices[pos]
     n_rand = n_probe - n_seen
@@ -425,18 +427,28 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
         pu = posterior.users.encode(ru).astype(np.int64)
         pi = posterior.items.encode(ri).astype(np.int64)
 
-    cols: list[np.ndarray] = []  # each (C, D)
-    kinds: list[str] = []
-    names: list[str] = []
+    rows: list[pd.DataFrame] = []
 
     def add(kind, name, arr):
-        a = np.asarray(arr, np.float64).reshape(C, D, -1)
+        """Diagnose the columns of ``arr`` (C, D, n) in blocks (bounded memory)."""
+        arr = np.asarray(arr).reshape(C, D, -1)
         nm = [name] if isinstance(name, str) else list(name)
-        if a.shape[2] != len(nm):
+        if arr.shape[2] != len(nm):
             raise AssertionError("internal: names and columns disagree")
-        cols.append(a)
-        kinds.extend([kind] * len(nm))
-        names.extend(nm)
+        step = max(1, (1 << 22) // (C * D))
+        for a in range(0, len(nm), step):
+            X = arr[:, :, a:a + step].astype(np.float64)
+            with warnings.catch_warnings():
+                # constant quantities (e.g. a fixed bias) give nan diagnostics, not noise
+                warnings.simplefilter("ignore", RuntimeWarning)
+                rhat = np.asarray(azs.rhat(X, chain_axis=0, draw_axis=1), float)
+                ess_b = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="bulk"), float)
+                ess_t = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="tail",
+                                           prob=(0.05, 0.95)), float)
+            rows.append(pd.DataFrame({
+                "kind": kind, "quantity": nm[a:a + step], "mean": X.mean(axis=(0, 1)),
+                "sd": X.reshape(C * D, -1).std(axis=0, ddof=1),
+                "rhat": rhat, "ess_bulk": ess_b, "ess_tail": ess_t}))
 
     m, _ = posterior.pair_moments(pu, pi)  # (S, n) -- known pairs, v = 0
     add("prediction", [f"pred[{a}, {b}]" for a, b in zip(_label(uids, pu), _label(iids, pi))],
@@ -480,20 +492,8 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
             add("raw factor", [f"V[{x}, {j}]" for x in _label(iids, ii) for j in ks],
                 np.asarray(dr["V"][:, :, ii], np.float64).reshape(C, D, -1))
 
-    X = np.concatenate(cols, axis=2)
-    with warnings.catch_warnings():
-        # constant quantities (e.g. a fixed bias) give nan diagnostics, not noise
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = np.asarray(azs.rhat(X, chain_axis=0, draw_axis=1), float)
-        ess_b = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="bulk"), float)
-        ess_t = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="tail",
-                                   prob=(0.05, 0.95)), float)
+    df = pd.concat(rows, ignore_index=True)
     ess_min = ESS_MIN_PER_CHAIN * C
-    flag = (rhat > RHAT_MAX) | (ess_b < ess_min) | (ess_t < ess_min)
-    df = pd.DataFrame({
-        "kind": kinds, "quantity": names,
-        "mean": X.mean(axis=(0, 1)), "sd": X.reshape(C * D, -1).std(axis=0, ddof=1),
-        "rhat": rhat, "ess_bulk": ess_b, "ess_tail": ess_t, "flag": flag,
-    })
+    df["flag"] = (df["rhat"] > RHAT_MAX) | (df["ess_bulk"] < ess_min) | (df["ess_tail"] < ess_min)
     df.attrs.update(rhat_max=RHAT_MAX, ess_min=ess_min, chains=C, draws=D)
     return df

@@ -230,3 +230,24 @@ def test_posterior_and_estimator_delegate(mixed):
     assert set(dt["posterior"].data_vars) >= {"mu", "tau"} and "U" not in dt["posterior"]
     dt2 = BayesMF.from_posterior(mixed).to_datatree()
     assert "U" in dt2["posterior"]
+
+
+def test_bias_only_model(data):
+    from bayesmf.model.spec import ModelSpec
+    from bayesmf.posterior import Posterior, TrainInfo
+
+    r, _ = data
+    rng = np.random.default_rng(0)
+    C, D, N, M = 2, 30, r.n_users, r.n_items
+    d = dict(mu=3.5 + 0.01 * rng.standard_normal((C, D)),
+             bu=0.1 * rng.standard_normal((C, D, N)), bi=0.1 * rng.standard_normal((C, D, M)),
+             U=np.zeros((C, D, N, 0)), V=np.zeros((C, D, M, 0)),
+             tau=1 + 0.01 * rng.random((C, D)))
+    p = Posterior(d, ModelSpec(rank=0), r.users, r.items, TrainInfo.from_ratings(r), "x")
+    dt = to_datatree(p, log_likelihood=r)
+    assert "U" not in dt["posterior"] and "bu" in dt["posterior"]
+    df = diagnose(p, n_probe=10)
+    assert set(df.kind) == {"prediction", "global", "bias"}
+    # predictions of a bias-only model are mu + b_u + b_i, draw by draw
+    row = df[df.kind == "prediction"].iloc[0]
+    assert np.isfinite(row["rhat"]) and row["rhat"] < 1.2

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-TINY = ["--max-users", "25", "--rank", "2", "--reg", "1.0"]
+TINY = ["--max-users", "25", "--rank", "2"]
 
 
 def run(script, *args, stdin=None, check=True, timeout=300):
