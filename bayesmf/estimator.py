@@ -127,6 +127,7 @@ class BayesMF:
         spec = self.make_spec()
         train = as_ratings(data, user_col=user_col, item_col=item_col, rating_col=rating_col)
         spec.check_data(train.n_users, train.n_items, train.nnz)
+        _check_draws_memory(self.method, fit_fn, spec, train, self.options)
         t0 = time.perf_counter()
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
                       **self.options)
@@ -213,6 +214,36 @@ def load(path) -> BayesMF:
     from bayesmf import io
 
     return BayesMF.from_posterior(io.load(path))
+
+
+def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
+    """Refuse, before any work, a fit whose kept draws would exceed the memory limit
+    (:func:`bayesmf._memory.check_allocation`): ``chains x kept draws x ((N + M)(k + 1)
+    + hyperparameters)`` float32 values, from the options over the method's ``DEFAULTS``."""
+    import sys
+
+    from bayesmf._memory import check_allocation, draws_bytes, format_bytes
+
+    from bayesmf.infer import METHODS
+
+    module = METHODS[method].split(":")[0] if method in METHODS else fit_fn.__module__
+    defaults = getattr(sys.modules.get(module), "DEFAULTS", None)
+    if not isinstance(defaults, dict) or "num_samples" not in defaults:
+        return  # point estimates (MAP): one draw
+    o = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
+    try:
+        S = int(o["num_samples"])
+        C = int(o.get("num_chains", 1))
+        thin = int(o.get("thin", 1)) if method in ("nuts", "pymc-nuts") else 1
+    except (TypeError, ValueError):
+        return  # invalid values are reported by the method's own validation
+    if S < 1 or C < 1 or thin < 1 or o.get("store_draws", True) is False:
+        return
+    S = -(-S // thin)
+    nb = draws_bytes(C, S, train.n_users, train.n_items, spec.rank)
+    check_allocation(nb, f"the {method} posterior draws ({C} chain(s) x {S} draws x "
+                     f"({train.n_users:,} users + {train.n_items:,} items) x rank "
+                     f"{spec.rank}, {format_bytes(nb)} as float32)")
 
 
 def _pairs(pairs, user_col, item_col):

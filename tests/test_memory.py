@@ -168,3 +168,37 @@ def test_jax_draws_copied_to_host_are_checked(monkeypatch):
         Posterior(draws, post.spec, post.users, post.items, post.train, "test")
     monkeypatch.delenv(mem.ENV_VAR)
     Posterior(draws, post.spec, post.users, post.items, post.train, "test")
+
+
+# ----------------------------------------------------------------------- estimator wiring
+def test_estimator_refuses_oversized_draws_before_fitting(monkeypatch):
+    """BayesMF.fit checks chains x draws x (N+M) x (k+1) x 4 bytes against the limit
+    before the method runs (nothing is compiled or sampled)."""
+    import bayesmf
+    from bayesmf.infer import METHODS
+
+    if "gibbs" not in METHODS:
+        pytest.skip("no gibbs")
+    pytest.importorskip("bayesmf.infer.gibbs")
+    _, r = _posterior()
+    df = r.to_dataframe()
+    calls = []
+    monkeypatch.setattr("bayesmf.infer.gibbs.fit_gibbs",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setenv(mem.ENV_VAR, "1MB")
+    need = mem.draws_bytes(4, 2000, r.n_users, r.n_items, 3)
+    assert need > 10**6
+    with pytest.raises(MemoryLimitError, match=r"the gibbs posterior draws \(4 chain\(s\) x "
+                                               r"2000 draws x .* x rank 3.*thin"):
+        bayesmf.BayesMF("gibbs", rank=3, num_samples=2000, num_chains=4).fit(df)
+    assert not calls
+    # thinning (NUTS keeps num_samples // thin) and store_draws=False count
+    monkeypatch.setattr("bayesmf.infer.nuts.fit_nuts",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(StopIteration))
+    with pytest.raises(MemoryLimitError, match="4 chain.s. x 2000 draws"):
+        bayesmf.BayesMF("nuts", rank=3, num_samples=2000, num_chains=4).fit(df)
+    with pytest.raises(StopIteration):  # passes the check with thin=100 -> 20 draws
+        bayesmf.BayesMF("nuts", rank=3, num_samples=2000, num_chains=4, thin=100).fit(df)
+    monkeypatch.delenv(mem.ENV_VAR)
+    with pytest.raises(StopIteration):  # normal sizes pass
+        bayesmf.BayesMF("nuts", rank=3, num_samples=2000, num_chains=4).fit(df)
