@@ -113,7 +113,19 @@ def main(argv=None):
     ap.add_argument("--vi-steps", type=int, default=5000)
     ap.add_argument("--ml1m-batch", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mark-not-run", action="append", default=[], metavar="KEY=REASON",
+                    help="record a method as not run (with the reason) and rewrite the table")
     args = ap.parse_args(argv)
+    if args.mark_not_run:
+        jpath = RESULTS / "backends.json"
+        store = json.loads(jpath.read_text()) if jpath.exists() else {"ml100k-u1": {}}
+        for kv in args.mark_not_run:
+            key, reason = kv.split("=", 1)
+            ds = "ml1m-part" if key == "svi-ml1m" else "ml100k-u1"
+            store.setdefault(ds, {})[key] = {"method": key, "not_run": reason}
+        jpath.write_text(json.dumps(store, indent=1, default=str))
+        write_markdown(store, RESULTS / "backends.md")
+        return
 
     from bayesmf.model.spec import ModelSpec
 
