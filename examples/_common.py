@@ -42,10 +42,11 @@ def small_subset(ratings, max_users: int | None, min_item: int = 5):
     return kcore(ratings.subset(keep), min_user=2, min_item=min_item).ratings
 
 
-def method_options(method: str, samples: int, warmup: int, chains: int) -> dict:
+def method_options(method: str, samples: int, warmup: int, chains: int,
+                   steps: int | None = None) -> dict:
     """Sampler settings for the MCMC/VI methods (MAP takes none of them)."""
     if method == "map":
         return {}
     if method in ("svi", "pymc-advi"):
-        return {"num_samples": samples}
+        return {"num_samples": samples, **({"num_steps": steps} if steps else {})}
     return {"num_samples": samples, "num_warmup": warmup, "num_chains": chains}

@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=200, help="posterior draws per chain")
     p.add_argument("--warmup", type=int, default=100, help="burn-in / warm-up draws")
     p.add_argument("--chains", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps of the variational methods (svi, pymc-advi)")
     p.add_argument("--split", default="random", choices=["random", "user", "temporal"])
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--k", type=int, default=10, help="cut-off of the ranking metrics")
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
 
     kw = {} if a.reg is None else {"reg_factors": a.reg, "reg_bias": a.reg}
     model = bayesmf.BayesMF(method=a.method, rank=a.rank, seed=a.seed, **kw,
-                            **method_options(a.method, a.samples, a.warmup, a.chains))
+                            **method_options(a.method, a.samples, a.warmup, a.chains, a.steps))
     t0 = time.perf_counter()
     model.fit(sp.train)
     print(f"fitted {model!r} in {time.perf_counter() - t0:.1f} s: {model.posterior!r}")

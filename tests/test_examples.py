@@ -133,3 +133,13 @@ def test_fit_evaluate_on_shared_ml100k(tmp_path):
               tmp_path / "m.json").stdout
     assert "ml-100k" in out
     assert json.loads((tmp_path / "m.json").read_text())["rmse"] < 3
+
+
+@pytest.mark.slow
+def test_fit_evaluate_gibbs(tmp_path):
+    out = run("fit_evaluate_movielens.py", *TINY, "--method", "gibbs", "--samples", "30",
+              "--warmup", "10", "--chains", "2", "--no-ranking", "--json",
+              tmp_path / "m.json").stdout
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["method"] == "gibbs" and m["n_samples"] == 60
+    assert "parameter + noise" in out and "ranking" not in m

@@ -9,6 +9,7 @@ launches the native kernel with ``sys.executable``), with the Agg matplotlib bac
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def execute(path: Path, tmp_path: Path, monkeypatch, jax_cache):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax_cache)
+    # find this environment's python3 kernelspec before any user-level one (which could
+    # point to another interpreter); jupyter_client runs its "python" as sys.executable
+    monkeypatch.setenv("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
@@ -88,6 +92,7 @@ def _text(nb):
     return "\n".join(parts)
 
 
+@pytest.mark.slow  # two Gibbs compiles and PSIS-LOO of two models: ~1 min more than 01/03
 def test_02_diagnostics(tmp_path, monkeypatch, jax_cache):
     nb = execute(NOTEBOOKS / "02_diagnostics.ipynb", tmp_path, monkeypatch, jax_cache)
     assert _images(nb) >= 5  # trace, rank, R-hat boxes, rootogram, LOO comparison
