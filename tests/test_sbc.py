@@ -199,3 +199,15 @@ def test_simulation_is_the_numpyro_models_prior(factor_prior):
     for name in ours:
         p = stats.ks_2samp(np.asarray(ours[name]), np.asarray(theirs[name])).pvalue
         assert p > 1e-4, (name, p)
+
+
+@pytest.mark.slow  # one NUTS compilation for all replications: ~2-4 min on 2 cores
+def test_sbc_nuts_batched():
+    """SBC of NumPyro NUTS on the NumPyro model (fit_nuts's model and prior), vmapped over
+    100 replications; the narrowed negative control fails."""
+    pytest.importorskip("numpyro")
+    nb = sbc.NutsBatch(num_samples=100, num_warmup=100)
+    res = sbc.run_sbc(nb, GIBBS_SPEC, n_rep=100, n_users=8, n_items=6, density=0.5, L=19,
+                      seed=3)
+    assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()
+    assert not res.transformed(sbc.narrowed(0.5)).passes(0.001)
