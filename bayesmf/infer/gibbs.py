@@ -52,14 +52,17 @@ Full conditionals, in the order of one sweep
    solved for all users at once by :func:`bayesmf.infer._rowblocks.solve_rows`.
 4. **Item rows**: the same with the roles swapped (:math:`x_u = [1, U_u]`,
    :math:`y_{ui} = r_{ui} - \mu - b_u`, the new :math:`b_u, U`).
-5. **Global mean**: with :math:`s_{ui} = r_{ui} - b_u - b_i - U_u^\top V_i`,
+5. **Translation moves** (with a global mean and biases):
+   :math:`(\mu, b_u) \to (\mu + c, b_u - c)` with :math:`c` from its Gaussian
+   conditional (:func:`translation_move`), then the same for the item biases.
+6. **Global mean**: with :math:`s_{ui} = r_{ui} - b_u - b_i - U_u^\top V_i`,
 
    .. math::
 
        \mu \sim \mathcal N\!\left(\frac{\lambda_\mu m_\mu + \tau\sum s_{ui}}
        {\lambda_\mu + \tau n},\ \frac{1}{\lambda_\mu + \tau n}\right)
 
-6. **Noise precision**:
+7. **Noise precision**:
    :math:`\tau \sim \mathrm{Gamma}(a_\tau + n/2,\ b_\tau + \tfrac12\sum(r_{ui}-\hat r_{ui})^2)`.
 
 Each sweep also records the train RMSE and the log likelihood of the new state.
@@ -105,7 +108,8 @@ from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, solve_rows
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs",
-           "streamed_predictions", "sample_normal_wishart", "DEFAULTS"]
+           "streamed_predictions", "sample_normal_wishart", "bias_precision_draw", "rows_draw",
+           "mu_draw", "tau_draw", "translation_move", "standard_gamma", "DEFAULTS"]
 
 #: options of :func:`fit_gibbs` and their defaults
 DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_draws=True,
@@ -175,7 +179,7 @@ def _sum(x):
     return jnp.sum(jnp.sum(jnp.pad(x, (0, pad)).reshape(-1, b), axis=1))
 
 
-def sample_normal_wishart(key, F, beta0, nu0, w0):
+def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
     r"""Draw :math:`(\mu, \Lambda)` from the Normal-Wishart conditional given rows ``F (n, k)``
     (prior :math:`\mu_0 = 0`, :math:`W_0 = w_0 I`); see step 1 of the module docs.
 
@@ -183,6 +187,8 @@ def sample_normal_wishart(key, F, beta0, nu0, w0):
     :math:`A_{jj}^2 \sim \chi^2_{\nu_N - j}`, :math:`A_{jl}\sim\mathcal N(0,1)` (:math:`j>l`),
     :math:`\Lambda = BB^\top` with :math:`B = C^{-\top}A`; then
     :math:`\mu = \mu_N + \beta_N^{-1/2} C A^{-\top}\varepsilon`.
+    ``chi2`` optionally supplies the ``k`` draws :math:`\chi^2_{\nu_N - j}` (the sweep
+    draws all its Gamma variates in one batched call).
     """
     n, k = F.shape
     dt = F.dtype
@@ -196,8 +202,9 @@ def sample_normal_wishart(key, F, beta0, nu0, w0):
     Winv = jnp.eye(k, dtype=dt) / w0 + S + (beta0 * n / beta_n) * jnp.outer(Fbar, Fbar)
     Winv = 0.5 * (Winv + Winv.T)
     C = jnp.linalg.cholesky(Winv)
-    df = nu_n - jnp.arange(k, dtype=dt)
-    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, df / 2.0, dtype=dt))
+    if chi2 is None:
+        chi2 = 2.0 * standard_gamma(kd, (nu_n - jnp.arange(k, dtype=dt)) / 2.0, dt)
+    diag = jnp.sqrt(chi2)
     A = jnp.tril(jax.random.normal(kw, (k, k), dt), -1) + jnp.diag(diag)
     B = lax.linalg.triangular_solve(C, A, left_side=True, lower=True, transpose_a=True)
     Lam = B @ B.T
@@ -208,9 +215,45 @@ def sample_normal_wishart(key, F, beta0, nu0, w0):
     return mu, 0.5 * (Lam + Lam.T)
 
 
+def standard_gamma(key, shape, dtype=jnp.float32):
+    r"""Exact Gamma(``shape``, rate 1) variates (vector ``shape``) by Marsaglia & Tsang (2000).
+
+    For :math:`a \ge 1`: :math:`d = a - 1/3`, :math:`c = 1/\sqrt{9d}`; propose
+    :math:`x\sim\mathcal N(0,1)`, :math:`v=(1+cx)^3`, accept when :math:`v>0` and
+    :math:`\log u < x^2/2 + d - dv + d\log v` (:math:`u\sim U(0,1)`); return :math:`dv`.
+    For :math:`a<1`, :math:`G_a = G_{a+1} U^{1/a}`. A ``while_loop`` repeats the proposal
+    for the entries not yet accepted (acceptance > 95% per round). Written out because
+    ``jax.random.gamma`` costs seconds of XLA compile time in every sampler that uses it.
+    """
+    a = jnp.asarray(shape, dtype)
+    small = a < 1
+    aa = jnp.where(small, a + 1, a)
+    d = aa - 1.0 / 3.0
+    c = 1.0 / jnp.sqrt(9.0 * d)
+    k_loop, k_boost = jax.random.split(key)
+
+    def cond(carry):
+        return ~jnp.all(carry[1])
+
+    def body(carry):
+        out, done, i = carry
+        kx, ku = jax.random.split(jax.random.fold_in(k_loop, i))
+        x = jax.random.normal(kx, a.shape, dtype)
+        u = jax.random.uniform(ku, a.shape, dtype, minval=jnp.finfo(dtype).tiny)
+        v = (1.0 + c * x) ** 3
+        vv = jnp.where(v > 0, v, 1.0)
+        ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * vv + d * jnp.log(vv))
+        take = ok & ~done
+        return jnp.where(take, d * vv, out), done | ok, i + 1
+
+    out, _, _ = lax.while_loop(cond, body, (jnp.zeros_like(a), jnp.zeros(a.shape, bool), 0))
+    ub = jax.random.uniform(k_boost, a.shape, dtype, minval=jnp.finfo(dtype).tiny)
+    return jnp.where(small, out * ub ** (1.0 / jnp.where(small, a, 1.0)), out)
+
+
 def _gamma_precision(key, a, b, dt):
     """Draw from Gamma(shape a, rate b)."""
-    return jax.random.gamma(key, jnp.asarray(a, dt), dtype=dt) / b
+    return standard_gamma(key, jnp.asarray(a, dt), dt) / b
 
 
 def _side_prior(k, with_bias, lam_b, Lam, mu_f, dt):
@@ -231,59 +274,112 @@ def _side_prior(k, with_bias, lam_b, Lam, mu_f, dt):
     return P, jnp.concatenate(shift)
 
 
+def bias_precision_draw(key, b, a0, b0):
+    r"""Step 2: :math:`\lambda_b \sim \mathrm{Gamma}(a_0 + n/2,\ b_0 + \tfrac12\sum b^2)`."""
+    return _gamma_precision(key, a0 + b.shape[0] / 2, b0 + 0.5 * jnp.sum(b * b), b.dtype)
+
+
+def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f):
+    r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
+    factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
+    prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
+    ``b`` is zeros without the bias column, ``F`` has ``k`` columns."""
+    dt = y.dtype
+    n_rows = blocks.degree.shape[0]
+    cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
+    X = jnp.concatenate(cols, axis=1)
+    P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+    Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
+    b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
+    return b, Z[:, int(with_bias):]
+
+
+def mu_draw(key, s_res, tau, lambda_mu, mu_mean):
+    r"""Step 6: :math:`\mu \sim \mathcal N((\lambda_\mu m_\mu + \tau\sum s)/(\lambda_\mu
+    + \tau n),\ 1/(\lambda_\mu + \tau n))` with ``s_res = r - b_u - b_i - U.V``."""
+    dt = s_res.dtype
+    prec = lambda_mu + tau * s_res.shape[0]
+    mean = (lambda_mu * mu_mean + tau * _sum(s_res)) / prec
+    return (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
+
+
+def tau_draw(key, sse, n, a0, b0, dt):
+    r"""Step 7: :math:`\tau \sim \mathrm{Gamma}(a_\tau + n/2,\ b_\tau + \mathrm{SSE}/2)`."""
+    return _gamma_precision(key, a0 + n / 2, b0 + 0.5 * sse, dt)
+
+
+def translation_move(key, mu, b, lam_b, lambda_mu, mu_mean):
+    r"""Step 5: exact group move along the likelihood-flat ridge
+    :math:`(\mu, b) \to (\mu + c, b - c)`.
+
+    The likelihood does not change, the Jacobian is 1 (a translation, Liu & Sabatti 2000),
+    so :math:`c` is drawn from the prior terms alone:
+
+    .. math::
+
+        c \sim \mathcal N\!\left(\frac{\lambda_b\sum_j b_j - \lambda_\mu(\mu - m_\mu)}
+        {\lambda_\mu + n_b\lambda_b},\ \frac{1}{\lambda_\mu + n_b\lambda_b}\right)
+
+    Without it, :math:`\mu` and the biases trade off only through their weak priors and a
+    chain started far away drifts back very slowly."""
+    dt = b.dtype
+    prec = lambda_mu + b.shape[0] * lam_b
+    mean = (lam_b * jnp.sum(b) - lambda_mu * (mu - mu_mean)) / prec
+    c = (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
+    return mu + c, b - c
+
+
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
-    """One full Gibbs sweep (module docs, steps 1-6)."""
+    """One full Gibbs sweep (module docs, steps 1-7)."""
     dt = s.U.dtype
     k = cfg.k
-    kUh, kVh, kbu, kbi, kU, kV, kmu, ktau = jax.random.split(key, 8)
+    kUh, kVh, kg, kU, kV, kmu, ktau, kc = jax.random.split(key, 8)
+    # every Gamma variate of the sweep in one batched call (their shapes are static):
+    # lambda_bu, lambda_bi, tau, then the Bartlett chi-squares of Lambda_U and Lambda_V
+    nuU = cfg.nu0 + cfg.n_users
+    nuV = cfg.nu0 + cfg.n_items
+    shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2,
+                              cfg.noise_a + cfg.nnz / 2],
+                             (nuU - np.arange(k)) / 2, (nuV - np.arange(k)) / 2])
+    g = standard_gamma(kg, shapes, dt)
     mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
     if k:
-        mu_U, Lam_U = sample_normal_wishart(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0)
-        mu_V, Lam_V = sample_normal_wishart(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0)
+        mu_U, Lam_U = sample_normal_wishart(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0,
+                                            chi2=2.0 * g[3:3 + k])
+        mu_V, Lam_V = sample_normal_wishart(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0,
+                                            chi2=2.0 * g[3 + k:])
     lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
     if cfg.user_bias:
-        lam_bu = _gamma_precision(kbu, cfg.bias_a + cfg.n_users / 2,
-                                  cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu), dt)
+        lam_bu = g[0] / (cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu))
     if cfg.item_bias:
-        lam_bi = _gamma_precision(kbi, cfg.bias_a + cfg.n_items / 2,
-                                  cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi), dt)
+        lam_bi = g[1] / (cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi))
     r, u, i = data.rating, data.user, data.item
     bu, bi, U, V, mu, tau = s.bu, s.bi, s.U, s.V, s.mu, s.tau
-
-    def side(key, blocks, with_bias, other_F, other_b, lam_b, Lam, mu_f, n_rows):
-        cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
-        X = jnp.concatenate(cols, axis=1)
-        y = r - mu - other_b
-        P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
-        Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
-        b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
-        F = Z[:, int(with_bias):]
-        return b, F
-
     if cfg.user_bias or k:
-        bu_new, U_new = side(kU, data.ublocks, cfg.user_bias, V, bi[i], lam_bu, Lam_U, mu_U,
-                             cfg.n_users)
-        bu = bu_new
-        if k:
-            U = U_new
+        bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, r - mu - bi[i], tau,
+                              lam_bu, Lam_U, mu_U)
+        U = U_new if k else U
     if cfg.item_bias or k:
-        bi_new, V_new = side(kV, data.iblocks, cfg.item_bias, U, bu[u], lam_bi, Lam_V, mu_V,
-                             cfg.n_items)
-        bi = bi_new
-        if k:
-            V = V_new
+        bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, r - mu - bu[u], tau,
+                              lam_bi, Lam_V, mu_V)
+        V = V_new if k else V
+    mu = s.mu
+    if cfg.global_mean:
+        kcu, kci = jax.random.split(kc)
+        if cfg.user_bias:
+            mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
+        if cfg.item_bias:
+            mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
     s_res = r - bu[u] - bi[i]
     if k:
         s_res = s_res - jnp.sum(U[u] * V[i], axis=1)
     n = cfg.nnz
     if cfg.global_mean:
-        prec = cfg.lambda_mu + tau * n
-        mean = (cfg.lambda_mu * cfg.mu_mean + tau * _sum(s_res)) / prec
-        mu = (mean + jax.random.normal(kmu, (), dt) / jnp.sqrt(prec)).astype(dt)
+        mu = mu_draw(kmu, s_res, tau, cfg.lambda_mu, cfg.mu_mean)
     e = s_res - mu
     sse = _sum(e * e)
     if cfg.learn_noise:
-        tau = _gamma_precision(ktau, cfg.noise_a + n / 2, cfg.noise_b + 0.5 * sse, dt)
+        tau = g[2] / (cfg.noise_b + 0.5 * sse)
     new = GibbsState(mu, bu, bi, U, V, tau, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
     info = {"train_rmse": jnp.sqrt(sse / n),
             "log_likelihood": 0.5 * n * (jnp.log(tau) - math.log(2 * math.pi)) - 0.5 * tau * sse}
@@ -449,11 +545,14 @@ class _Acc(NamedTuple):
     nv: jnp.ndarray      # () running mean of 1/tau
 
 
-def _make_advance(cfg: _Cfg, names: tuple, warmup: int, thin: int, n_kept: int):
-    """``advance(data, pairs, state, bufs, acc, key, t0, t1)``: sweeps ``t0 <= t < t1`` of
-    one chain; kept sweeps write their draw into ``bufs[name][j]`` and update ``acc``."""
+def _make_advance(cfg: _Cfg):
+    """``advance(data, pairs, state, bufs, acc, key, t0, t1, warmup, thin)``: sweeps
+    ``t0 <= t < t1`` of one chain; kept sweeps (``t = warmup + j*thin``, ``j`` below the
+    buffer length) write their draw into ``bufs[name][j]`` and update ``acc``."""
 
-    def advance(data, pairs, state, bufs, acc, key, t0, t1):
+    def advance(data, pairs, state, bufs, acc, key, t0, t1, warmup, thin):
+        n_kept = next(iter(bufs.values())).shape[0]
+
         def body(t, carry):
             state, bufs, acc, info = carry
             state, info = _step(cfg, data, jax.random.fold_in(key, t), state)
@@ -486,6 +585,30 @@ def _make_advance(cfg: _Cfg, names: tuple, warmup: int, thin: int, n_kept: int):
         return lax.fori_loop(t0, t1, body, (state, bufs, acc, info0))
 
     return advance
+
+
+#: compiled drivers, keyed by static settings and argument shapes (no recompilation when
+#: the same problem is fitted again, e.g. with another seed)
+_COMPILED: dict = {}
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (treedef, tuple((np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype")
+                            else str(x.dtype)) for x in leaves))
+
+
+def _compiled_advance(cfg, vectorized, args):
+    key = (cfg, vectorized, _signature(args))
+    hit = key in _COMPILED
+    if not hit:
+        adv = _make_advance(cfg)
+        if vectorized:
+            adv = jax.vmap(adv, in_axes=(None, None, 0, 0, 0, 0, None, None, None, None))
+        _COMPILED[key] = jax.jit(adv, donate_argnums=(3, 4)).lower(*args).compile()
+        if len(_COMPILED) > 16:
+            _COMPILED.pop(next(iter(_COMPILED)))
+    return _COMPILED[key], hit
 
 
 def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
@@ -544,31 +667,29 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     acc = _Acc(jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),
                jnp.zeros((C,), dt))
 
-    adv = _make_advance(cfg, names, W, T, S)
+    i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+    Wj, Tj = i32(W), i32(T)
+    t_c = time.perf_counter()
     if opts["chain_method"] == "vectorized":
-        f = jax.vmap(adv, in_axes=(None, None, 0, 0, 0, 0, None, None))
-        fn = jax.jit(f, donate_argnums=(3, 4))
-        t_c = time.perf_counter()
-        compiled = fn.lower(kern.data, pairs, state, bufs, acc, keys, 0, 1).compile()
-        compile_s = time.perf_counter() - t_c
+        compiled, cached = _compiled_advance(
+            cfg, True, (kern.data, pairs, state, bufs, acc, keys, i32(0), i32(1), Wj, Tj))
 
         def run(state, bufs, acc, t0, t1):
-            return compiled(kern.data, pairs, state, bufs, acc, keys, t0, t1)
+            return compiled(kern.data, pairs, state, bufs, acc, keys, i32(t0), i32(t1), Wj, Tj)
     else:
-        fn = jax.jit(adv, donate_argnums=(3, 4))
         one = lambda x: jax.tree_util.tree_map(lambda a: a[0], x)  # noqa: E731
-        t_c = time.perf_counter()
-        compiled = fn.lower(kern.data, pairs, one(state), one(bufs), one(acc), keys[0],
-                            0, 1).compile()
-        compile_s = time.perf_counter() - t_c
+        compiled, cached = _compiled_advance(
+            cfg, False, (kern.data, pairs, one(state), one(bufs), one(acc), keys[0], i32(0),
+                         i32(1), Wj, Tj))
 
         def run(state, bufs, acc, t0, t1):
             outs = []
             for c in range(C):
                 pick = lambda x: jax.tree_util.tree_map(lambda a: a[c], x)  # noqa: E731,B023
                 outs.append(compiled(kern.data, pairs, pick(state), pick(bufs), pick(acc),
-                                     keys[c], t0, t1))
+                                     keys[c], i32(t0), i32(t1), Wj, Tj))
             return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+    compile_s = time.perf_counter() - t_c
 
     every = opts["progress_every"]
     if every is None:
@@ -602,7 +723,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "n_sweeps": n_iter},
-        "compile_seconds": compile_s, "sampling_seconds": sample_s,
+        "compile_seconds": compile_s, "compile_cached": bool(cached),
+        "sampling_seconds": sample_s,
         "seconds_per_sweep": sample_s / n_iter,
         "kept_sweeps": "num_warmup + j * thin, j < num_samples",
     }

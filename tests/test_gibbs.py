@@ -1,0 +1,271 @@
+"""BPMF Gibbs sampler: conditionals vs closed forms, recovery, calibration, chains, seeds,
+streaming, NumPyro adapter. Tiny synthetic problems; the compiled driver is shared."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.data.vocab import Vocabulary
+from bayesmf.errors import SpecError
+from bayesmf.infer import gibbs as G
+from bayesmf.infer._rowblocks import build_row_blocks
+from bayesmf.model.spec import BayesPriors, ModelSpec
+
+N_USERS, N_ITEMS, RANK, NOISE_SD = 60, 50, 2, 0.5
+
+
+def _planted(seed=0, density=0.55, n_test=300):
+    """Planted rank-2 + biases + Gaussian noise; returns (train Ratings, test arrays)."""
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(N_USERS, RANK))
+    V = rng.normal(size=(N_ITEMS, RANK))
+    bu = 0.5 * rng.normal(size=N_USERS)
+    bi = 0.5 * rng.normal(size=N_ITEMS)
+    mask = rng.random((N_USERS, N_ITEMS)) < density
+    uu, ii = np.nonzero(mask)
+    r = 3.0 + bu[uu] + bi[ii] + np.sum(U[uu] * V[ii], 1) + NOISE_SD * rng.normal(size=uu.size)
+    perm = rng.permutation(uu.size)
+    te, tr = perm[:n_test], perm[n_test:]
+    users, items = Vocabulary(np.arange(N_USERS)), Vocabulary(np.arange(N_ITEMS))
+    train = Ratings.from_indices(uu[tr], ii[tr], r[tr], users, items)
+    return train, (uu[te], ii[te], r[te])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _planted()
+
+
+@pytest.fixture(scope="module")
+def fit(data):
+    train, (tu, ti, _) = data
+    return G.fit_gibbs(train, ModelSpec(rank=RANK), seed=3, num_samples=150, num_warmup=100,
+                       num_chains=2, predict_pairs=(tu, ti))
+
+
+# ----------------------------------------------------------------------------- conditionals
+def _mc(f, n=3000, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), jax.jit(jax.vmap(f))(keys))
+
+
+def test_normal_wishart_conditional_matches_closed_form():
+    rng = np.random.default_rng(1)
+    F = rng.normal(loc=[1.0, -0.5, 0.2], scale=[1.0, 0.5, 2.0], size=(40, 3)).astype(np.float32)
+    beta0, nu0, w0 = 2.0, 3.0, 1.5
+    mu, Lam = _mc(lambda k: G.sample_normal_wishart(k, jnp.asarray(F), beta0, nu0, w0), 6000)
+    n, k = F.shape
+    Fd = F.astype(np.float64)
+    Fbar = Fd.mean(0)
+    S = (Fd - Fbar).T @ (Fd - Fbar)
+    bN, nuN = beta0 + n, nu0 + n
+    WNinv = np.eye(k) / w0 + S + beta0 * n / bN * np.outer(Fbar, Fbar)
+    WN = np.linalg.inv(WNinv)
+    # E[Lambda] = nu_N W_N ; Var[Lambda_ij] = nu_N (W_ij^2 + W_ii W_jj)
+    se = np.sqrt(nuN * (WN ** 2 + np.outer(np.diag(WN), np.diag(WN))) / Lam.shape[0])
+    assert np.all(np.abs(Lam.mean(0) - nuN * WN) < 5 * se)
+    # mu: mean mu_N, covariance E[(beta_N Lambda)^-1] = W_N^-1 / (beta_N (nu_N - k - 1))
+    cov = WNinv / (bN * (nuN - k - 1))
+    assert np.all(np.abs(mu.mean(0) - n * Fbar / bN) < 5 * np.sqrt(np.diag(cov) / len(mu)))
+    np.testing.assert_allclose(np.cov(mu.T), cov, rtol=0.1, atol=0.05 * np.abs(cov).max())
+
+
+def test_bias_precision_mu_and_tau_conditionals():
+    rng = np.random.default_rng(2)
+    b = rng.normal(scale=0.7, size=30).astype(np.float32)
+    lam = _mc(lambda k: G.bias_precision_draw(k, jnp.asarray(b), 1.5, 0.8))
+    shape, rate = 1.5 + 15, 0.8 + 0.5 * np.sum(b.astype(np.float64) ** 2)
+    np.testing.assert_allclose(lam.mean(), shape / rate, rtol=0.02)
+    np.testing.assert_allclose(lam.var(), shape / rate ** 2, rtol=0.1)
+
+    s = (3.0 + rng.normal(size=200)).astype(np.float32)
+    tau, lam_mu, m0 = 2.0, 0.5, 1.0
+    mu = _mc(lambda k: G.mu_draw(k, jnp.asarray(s), jnp.float32(tau), lam_mu, m0))
+    prec = lam_mu + tau * s.size
+    np.testing.assert_allclose(mu.mean(), (lam_mu * m0 + tau * s.astype(np.float64).sum()) / prec,
+                               atol=4 / np.sqrt(prec * 3000))
+    np.testing.assert_allclose(mu.var(), 1 / prec, rtol=0.1)
+
+    t = _mc(lambda k: G.tau_draw(k, jnp.float32(57.0), 200, 1.0, 2.0, jnp.float32))
+    np.testing.assert_allclose(t.mean(), 101 / 30.5, rtol=0.02)
+    np.testing.assert_allclose(t.var(), 101 / 30.5 ** 2, rtol=0.1)
+
+
+@pytest.mark.parametrize("with_bias,k", [(True, 2), (False, 2), (True, 0)])
+def test_row_conditional_is_bayesian_linear_regression(with_bias, k):
+    rng = np.random.default_rng(3)
+    n_rows, n_other, nnz = 6, 9, 40
+    rows, cols = rng.integers(0, n_rows - 1, nnz), rng.integers(0, n_other, nnz)  # last row empty
+    blocks = build_row_blocks(rows, cols, n_rows, n_other=n_other, max_width=4)
+    Fo = rng.normal(size=(n_other, k)).astype(np.float32)
+    y = rng.normal(size=nnz).astype(np.float32)
+    tau, lam_b = 1.3, 2.5
+    A = rng.normal(size=(k, k))
+    Lam = (A @ A.T + np.eye(k)).astype(np.float32)
+    mu_f = rng.normal(size=k).astype(np.float32)
+    b, F = _mc(lambda key: G.rows_draw(key, k, blocks, with_bias, jnp.asarray(Fo), jnp.asarray(y),
+                                       jnp.float32(tau), jnp.float32(lam_b), jnp.asarray(Lam),
+                                       jnp.asarray(mu_f)), 4000)
+    Z = np.concatenate([b[..., None]] * with_bias + [F], axis=-1)
+    X = np.hstack([np.ones((n_other, 1))] * with_bias + [Fo.astype(np.float64)])
+    d = X.shape[1]
+    P0 = np.zeros((d, d))
+    h0 = np.zeros(d)
+    if with_bias:
+        P0[0, 0] = lam_b
+    P0[int(with_bias):, int(with_bias):] = Lam
+    h0[int(with_bias):] = Lam @ mu_f
+    if not with_bias:
+        assert np.all(b == 0)
+    for r in range(n_rows):
+        o = rows == r
+        P = P0 + tau * X[cols[o]].T @ X[cols[o]]
+        mean = np.linalg.solve(P, h0 + tau * X[cols[o]].T @ y[o])
+        cov = np.linalg.inv(P)
+        sd = np.sqrt(np.diag(cov))
+        assert np.all(np.abs(Z[:, r].mean(0) - mean) < 5 * sd / np.sqrt(len(Z)))
+        emp = np.atleast_2d(np.cov(Z[:, r].T))
+        assert np.abs((emp - cov) / np.outer(sd, sd)).max() < 0.12
+
+
+# ----------------------------------------------------------------------------- whole sampler
+def test_posterior_contract(fit, data):
+    train, _ = data
+    C, D, k = 2, 150, RANK
+    assert fit.method == "gibbs" and fit.n_chains == C and fit.n_draws == D
+    assert fit.draws["U"].shape == (C, D, N_USERS, k) and fit.draws["U"].dtype == np.float32
+    assert fit.draws["Lambda_V"].shape == (C, D, k, k)
+    assert fit.draws["lambda_bu"].shape == (C, D)
+    assert fit.sample_stats["train_rmse"].shape == (C, D)
+    assert fit.sample_stats["log_likelihood"].shape == (C, D)
+    json.dumps(fit.attrs)
+    assert fit.attrs["seconds_per_sweep"] > 0 and fit.attrs["compile_seconds"] >= 0
+    assert fit.attrs["settings"]["n_sweeps"] == 100 + 150
+    assert not np.array_equal(fit.draws["U"][0, 0], fit.draws["U"][0, 1])  # draws move
+
+
+def test_recovers_planted_truth_with_calibrated_intervals(fit, data):
+    _, (tu, ti, ty) = data
+    pred = fit.predict(tu, ti, interval=0.9)
+    rmse = np.sqrt(np.mean((pred.mean - ty) ** 2))
+    assert rmse < 1.25 * NOISE_SD  # ~3 params per row from ~25 ratings: about 1.12x
+    tau = fit.draws["tau"].astype(np.float64)
+    assert abs(np.mean(1 / tau) - NOISE_SD ** 2) < 0.15 * NOISE_SD ** 2
+    cover = np.mean((ty >= pred.lower) & (ty <= pred.upper))
+    # 300 held-out entries: binomial sd 0.017; a sampler without parameter uncertainty
+    # or with a wrong noise level lands outside this band
+    assert 0.84 <= cover <= 0.96, cover
+    # the intervals are not trivially wide: noise-only intervals would be ~2*1.645*0.5
+    assert np.mean(pred.upper - pred.lower) < 2 * 1.645 * NOISE_SD * 1.3
+    # the chains agree with each other on predictions, biases and noise
+    a, b = fit.select(chains=[0]), fit.select(chains=[1])
+    pa, pb = a.predict(tu, ti).mean, b.predict(tu, ti).mean
+    assert np.sqrt(np.mean((pa - pb) ** 2)) < 0.1
+    assert np.abs(a.draws["tau"].mean() - b.draws["tau"].mean()) < 0.1 * tau.mean()
+
+
+def test_streamed_predictions_equal_draw_based(fit, data):
+    _, (tu, ti, _) = data
+    sp = G.streamed_predictions(fit)
+    m, _v = fit.pair_moments(tu, ti)
+    np.testing.assert_allclose(sp["mean"], m.mean(0), atol=2e-4)
+    np.testing.assert_allclose(sp["var_param"], m.var(0), rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(sp["noise_var"], fit.noise_var().mean(), rtol=1e-4)
+    assert fit.attrs["streamed_predictions"]["n_draws"] == fit.n_samples
+
+
+def test_seed_determinism_and_chunking(data, fit):
+    train, (tu, ti, _) = data
+    kw = dict(num_samples=150, num_warmup=100, num_chains=2, predict_pairs=(tu, ti))
+    again = G.fit_gibbs(train, ModelSpec(rank=RANK), seed=3, progress_every=37, **kw)
+    assert again.attrs["compile_cached"]  # same shapes: no recompilation
+    for n in ("U", "V", "bu", "tau", "Lambda_U"):
+        assert np.array_equal(again.draws[n], fit.draws[n]), n
+    other = G.fit_gibbs(train, ModelSpec(rank=RANK), seed=4, **kw)
+    assert not np.allclose(other.draws["tau"], fit.draws["tau"])
+    # without factor draws: final state + traces, streamed summaries identical
+    small = G.fit_gibbs(train, ModelSpec(rank=RANK), seed=3, store_draws=False, **kw)
+    assert small.n_draws == 1 and small.draws["U"].shape == (2, 1, N_USERS, RANK)
+    np.testing.assert_array_equal(small.draws["U"][:, 0], fit.draws["U"][:, -1])
+    np.testing.assert_array_equal(np.asarray(small.attrs["traces"]["tau"], np.float32),
+                                  fit.draws["tau"])
+    assert small.attrs["streamed_predictions"] == fit.attrs["streamed_predictions"]
+    json.dumps(small.attrs)
+
+
+def test_chains_started_far_apart_agree(data):
+    train, (tu, ti, _) = data
+    kern = G.BPMFGibbs(train, ModelSpec(rank=RANK))
+    s_near = kern.init(jax.random.PRNGKey(0), init_scale=0.01)
+    s_far = kern.init(jax.random.PRNGKey(1), init_scale=3.0, mu=-5.0, tau=100.0)
+    start = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), s_near, s_far)
+
+    @jax.jit
+    def run(start, keys):
+        def chain(s, ks):
+            def body(s, k):
+                s, info = kern.step(k, s)
+                pred = s.mu + s.bu[tu] + s.bi[ti] + jnp.sum(s.U[tu] * s.V[ti], 1)
+                return s, (pred, s.bu, s.tau, info["train_rmse"])
+            return jax.lax.scan(body, s, ks)[1]
+        return jax.vmap(chain)(start, keys)
+
+    keys = jax.random.split(jax.random.PRNGKey(7), 2 * 250).reshape(2, 250, -1)
+    pred, bu, tau, rmse = (np.asarray(x, np.float64) for x in run(start, keys))
+    assert rmse[1, 0] > 2 * rmse[0, -1]  # the far chain really started far away
+    keep = slice(100, None)
+    p0, p1 = pred[0, keep].mean(0), pred[1, keep].mean(0)
+    assert np.sqrt(np.mean((p0 - p1) ** 2)) < 0.1
+    b0, b1 = bu[0, keep].mean(0), bu[1, keep].mean(0)
+    assert np.sqrt(np.mean((b0 - b1) ** 2)) < 0.15
+    assert abs(tau[0, keep].mean() - tau[1, keep].mean()) < 0.1 * tau[0, keep].mean()
+
+
+def test_switched_off_terms_and_fixed_noise(data):
+    train, _ = data
+    spec = ModelSpec(rank=0, user_bias=True, item_bias=False, global_mean=False,
+                     noise="fixed", noise_precision=2.0,
+                     priors=BayesPriors(bias_a=2.0, bias_b=1.0))
+    post = G.fit_gibbs(train, spec, seed=0, num_samples=20, num_warmup=5)
+    assert np.all(post.draws["bi"] == 0) and np.all(post.draws["mu"] == 0)
+    assert np.all(post.draws["tau"] == 2.0)
+    assert post.draws["U"].shape == (1, 20, N_USERS, 0)
+    # user biases absorb the mean rating (about 3) without a global mean
+    assert 2.3 < post.draws["bu"].mean() < 3.7
+    assert np.all(post.draws["lambda_bi"] == 1.0)
+
+
+def test_options_are_validated(data):
+    train, _ = data
+    with pytest.raises(SpecError, match="unknown option"):
+        G.fit_gibbs(train, ModelSpec(rank=1), samples=3)
+    with pytest.raises(SpecError):
+        G.fit_gibbs(train, ModelSpec(rank=1), num_samples=0)
+    with pytest.raises(SpecError):
+        G.fit_gibbs(train, ModelSpec(rank=1), predict_pairs=([0, 1], [0, 999]))
+    with pytest.raises(SpecError):
+        G.fit_gibbs(train, ModelSpec(rank=1), chain_method="parallel")
+    with pytest.raises(SpecError):
+        G.fit_gibbs(train, ModelSpec(rank=1), dtype="float16")
+
+
+def test_numpyro_mcmc_runs_the_gibbs_kernel(data):
+    from numpyro.infer import MCMC
+
+    train, (tu, ti, ty) = data
+    kernel = G.BPMFGibbsKernel(train, ModelSpec(rank=RANK))
+    mcmc = MCMC(kernel, num_warmup=60, num_samples=60, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    s = mcmc.get_samples()
+    assert s["U"].shape == (60, N_USERS, RANK) and s["tau"].shape == (60,)
+    assert s["Lambda_U"].shape == (60, RANK, RANK)
+    pred = (s["mu"][:, None] + s["bu"][:, tu] + s["bi"][:, ti]
+            + jnp.sum(s["U"][:, tu] * s["V"][:, ti], -1)).mean(0)
+    assert np.sqrt(np.mean((np.asarray(pred) - ty) ** 2)) < 1.2 * NOISE_SD
+    assert abs(float(jnp.mean(1 / s["tau"])) - NOISE_SD ** 2) < 0.2 * NOISE_SD ** 2
