@@ -147,14 +147,16 @@ def bench_model(name, post, repeats, exact_users=None, n_jobs=None):
         post, None if ex_users is None else post.users.ids[ex_users], 10,
         uncertainty=False, n_jobs=n_jobs))
     times = {k: [] for k in methods}
+    cpu = {k: [] for k in methods}
     mem = {k: 0 for k in methods}
     outs = {}
     for _ in range(repeats):
         for k, fn in methods.items():
             with PeakRSS() as pr:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 outs[k] = fn()
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
             mem[k] = max(mem[k], pr.delta)
     table = []
     for k in methods:
@@ -163,6 +165,7 @@ def bench_model(name, post, repeats, exact_users=None, n_jobs=None):
         if k == "bayesmf exact" and ex_users is not None:
             scale = N / len(ex_users)
         table.append({"method": k, "median_s": med * scale, "all_s": [t * scale for t in times[k]],
+                      "cpu_s": float(np.median(cpu[k])) * scale,
                       "extrapolated": scale != 1.0, "users_timed": N if scale == 1 else len(ex_users),
                       "peak_rss_delta_MB": mem[k] / 2**20})
     # tracemalloc peak (separate, untimed)
@@ -228,20 +231,21 @@ def write_md(results, path: Path, env: dict):
              f"Machine: {env['cpu']}, {env['cores']} cores; load average before/after: "
              f"{env['load_before']} / {env['load_after']} (shared machine: compare ratios "
              "within one run). Command: `" + env["command"] + "`.", "",
-             "Time: median over repeats of `recommend_indices` (index arrays). Memory: peak "
-             "RSS above the pre-call RSS (psutil, 5 ms sampling) and the tracemalloc peak "
-             "(separate run).", ""]
+             "Time: median over repeats of `recommend_indices` (index arrays); CPU s is the "
+             "process CPU time of the call summed over threads (divided by the cores it is "
+             "roughly the wall time on an idle machine). Memory: peak RSS above the pre-call "
+             "RSS (psutil, 5 ms sampling) and the tracemalloc peak (separate run).", ""]
     for r in results:
         lines += [f"## {r['model']}", "",
                   f"{r['users']:,} users x {r['items']:,} items, rank {r['rank']}, "
                   f"{r['draws']} draws ({r['chains']} chain(s)), {r['train_pairs']:,} seen "
                   f"pairs, posterior {r['posterior_GB']:.2f} GB. {r.get('source', '')}", "",
-                  "| method | time (s) | peak RSS delta (MB) | tracemalloc peak (MB) | note |",
-                  "|---|---|---|---|---|"]
+                  "| method | time (s) | CPU s, all threads | peak RSS delta (MB) | tracemalloc peak (MB) | note |",
+                  "|---|---|---|---|---|---|"]
         for row in r["table"]:
             note = f"extrapolated from {row['users_timed']:,} users" if row["extrapolated"] else ""
             tm = row.get("tracemalloc_peak_MB")
-            lines.append(f"| {row['method']} | {row['median_s']:.2f} | "
+            lines.append(f"| {row['method']} | {row['median_s']:.2f} | {row['cpu_s']:.2f} | "
                          f"{row['peak_rss_delta_MB']:.0f} | {'' if tm is None else f'{tm:.0f}'} | {note} |")
         ae = r["approx_error"]
         lines += ["",

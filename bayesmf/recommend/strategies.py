@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -194,14 +195,11 @@ def mixture_quantile(m, sd, q: float, tol: float = 1e-10, max_iter: int = 100):
     return out.reshape(shape)
 
 
-_GH_CACHE: dict = {}
-
-
+@lru_cache(maxsize=32)
 def _gh(n: int):
-    if n not in _GH_CACHE:  # pure function memo (immutable numbers), not configuration
-        x, w = np.polynomial.hermite.hermgauss(n)
-        _GH_CACHE[n] = (x, w / np.sqrt(np.pi))
-    return _GH_CACHE[n]
+    """Gauss-Hermite nodes and weights / sqrt(pi) (memoised pure function)."""
+    x, w = np.polynomial.hermite.hermgauss(n)
+    return x, w / np.sqrt(np.pi)
 
 
 def gauss_hermite_expectation(fn, m, sd, n_nodes: int = 20):

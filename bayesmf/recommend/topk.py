@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bayesmf.errors import SpecError, UnknownIdError
+from bayesmf.errors import SpecError
 from bayesmf.recommend.strategies import (Strategy, id_keys, key_rng, make_strategy,
                                           scores_from_components, thompson_draw_index)
 
@@ -631,8 +631,7 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
         n_jobs=n_jobs, **strategy_kw)
     nU, nn = res.items.shape
     urow, rank0 = np.nonzero(res.valid)
-    items_raw = src.item_ids(res.items[urow, rank0]) if hasattr(src, "item_ids") else \
-        posterior.items.decode(res.items[urow, rank0])
+    items_raw = posterior.items.decode(res.items[urow, rank0])
     return pd.DataFrame({
         "user": np.asarray(src.raw)[urow],
         "item": items_raw,
