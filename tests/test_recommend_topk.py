@@ -116,3 +116,17 @@ def test_fast_modes_close_to_exact_for_one_chain():
         recommend(post, [0], strategy="upper", approx="lowrank")
     with pytest.raises(SpecError):
         recommend(post, [0], approx="svd")
+
+
+def test_bias_only_model():
+    """rank 0: scores are mu + b_u + b_i; the fast modes fall back to the exact mean."""
+    from bayesmf.posterior import Posterior
+
+    post, _ = make_posterior(n_users=8, n_items=12, k=2, draws=3, seed=9)
+    d = dict(post.draws, U=post.draws["U"][..., :0], V=post.draws["V"][..., :0])
+    p0 = Posterior(d, post.spec.replace(rank=0), post.users, post.items, post.train, "gibbs")
+    rec = recommend(p0, [0, 1], n=4, exclude_seen=False)
+    bi = p0.flat("bi").mean(0)
+    assert rec[rec.user == 0]["item"].tolist() == list(np.argsort(-bi, kind="stable")[:4])
+    fast = recommend(p0, [0, 1], n=4, exclude_seen=False, approx="lowrank", uncertainty=False)
+    assert fast["item"].tolist() == rec["item"].tolist()

@@ -150,6 +150,8 @@ class Scorer:
         self.approx_rank = approx_rank
         self.S = posterior.n_samples
         self.k = posterior.spec.rank
+        if self.k == 0:  # bias-only model: the exact mean is already cheap
+            self.approx = None
         self.items_idx = None if items_idx is None else np.asarray(items_idx, np.int64)
         Vf, bif = posterior.flat("V"), posterior.flat("bi")
         if self.items_idx is None:
