@@ -42,7 +42,7 @@ MODULE = {"map": "bayesmf.infer.map", "gibbs": "bayesmf.infer.gibbs",
           "pymc-advi": "bayesmf.infer.pymc"}
 
 
-def _check(method, data, **extra):
+def _check(method, data, other_seed=True, **extra):
     if not _has(MODULE[method]):
         pytest.skip(f"{method} has not landed")
     from bayesmf.infer import get_method
@@ -52,13 +52,14 @@ def _check(method, data, **extra):
     opts = {**OPTIONS[method], **extra}
     a = fit(data, spec, seed=7, **opts)
     b = fit(data, spec, seed=7, **opts)
-    c = fit(data, spec, seed=8, **opts)
+    c = fit(data, spec, seed=8, **opts) if other_seed else None
     for name in ("mu", "bu", "bi", "U", "V", "tau"):
         x, y = a.draws[name], b.draws[name]
         assert x.dtype == y.dtype and x.shape == y.shape
         assert np.array_equal(x, y), f"{method}: {name} differs between identical runs"
-    assert not np.array_equal(a.draws["U"], c.draws["U"]), f"{method}: seed ignored"
-    assert np.all(np.isfinite(c.draws["U"]))
+    if c is not None:
+        assert not np.array_equal(a.draws["U"], c.draws["U"]), f"{method}: seed ignored"
+        assert np.all(np.isfinite(c.draws["U"]))
     # predictions (the identifiable quantity) are identical too
     users, items = data.users.ids[:5], data.items.ids[:5]
     pa, pb = a.predict(users, items), b.predict(users, items)
@@ -77,9 +78,15 @@ def test_map_gradient_solvers_deterministic(data, solver):
 
 
 def test_gibbs_deterministic(data):
-    a, c = _check("gibbs", data)
-    # the two chains use different keys
+    """Two fits with one seed are identical; the two chains (keys split from the seed)
+    differ. (A third fit with another seed costs one more compilation: slow test.)"""
+    a, _ = _check("gibbs", data, other_seed=False)
     assert not np.array_equal(a.draws["mu"][0], a.draws["mu"][1])
+
+
+@pytest.mark.slow
+def test_gibbs_other_seed_differs(data):
+    _check("gibbs", data)
 
 
 @pytest.mark.slow
