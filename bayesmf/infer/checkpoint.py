@@ -42,6 +42,16 @@ the state's structure, shapes and dtypes, and each part's checksum (a corrupted 
 truncated checkpoint raises :class:`~bayesmf.errors.ModelFileError`).
 """
 
+# Using it in a sampler (both recipes are tested in tests/test_checkpoint.py):
+#
+# * Gibbs: ``keys = split(PRNGKey(seed), C)``; ``state = vmap(lambda k:
+#   kern.init(fold_in(k, 2**31 - 1)))(keys)``; ``chunk = scan_chunk(lambda k, s:
+#   vmap(kern.step)(k, s), extract)``; ``run_chunked(chunk, state, keys, n_iter,
+#   warmup=W, thin=T, ...)`` returns draws ``(kept, C, ...)`` identical to fit_gibbs's.
+# * NUTS: NumPyro's functional API, ``init_kernel, sample_kernel = hmc(potential_fn,
+#   algo="NUTS")``; ``step = lambda key, st: (sample_kernel(st._replace(rng_key=key)),
+#   None)`` (warm-up adaptation lives in the state, so it checkpoints too).
+
 from __future__ import annotations
 
 import hashlib
