@@ -170,3 +170,10 @@ def test_evaluate_is_json_able_and_validates():
         rating_metrics(post, ratings, levels=(0.0, 0.9))
     with pytest.raises(DataError):
         rmse([], [])
+
+
+def test_evaluate_without_relevant_items_skips_ranking():
+    post, ratings = make_posterior(n_users=10, n_items=12, k=2, draws=3, seed=8)
+    low = Ratings.from_indices([0, 1], [0, 1], [1.0, 2.0], post.users, post.items)
+    res = evaluate(post, low, k=5)
+    assert "skipped" in res["ranking"] and np.isfinite(res["rmse"])
