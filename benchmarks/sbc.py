@@ -129,6 +129,7 @@ def main(argv=None) -> int:
                                   "their mean", ctl, "Must FAIL."))
             ok &= not ctl.passes(ALPHA)
         print(f"gibbs: min p {res.min_p:.3g}", flush=True)
+        out.write_text("\n".join(parts))
     if "nuts" in methods:
         reps = a.reps or (50 if a.quick else 200)
         spec = ModelSpec(rank=1, priors=PRIORS)
@@ -148,11 +149,12 @@ def main(argv=None) -> int:
                               ctl, "Must FAIL."))
         ok &= not ctl.passes(ALPHA)
         print(f"nuts: min p {res.min_p:.3g}", flush=True)
+        out.write_text("\n".join(parts))
     for method, opts, note in (
             ("svi", dict(num_steps=3000, num_samples=200, guide="normal"),
              "`fit_svi` per replication, mean-field `normal` guide. Miscalibration is "
              "**measured, not asserted**: mean-field VI under-states posterior variance, "
-             "so U-shaped ranks (sd rank / L > 0.29) are expected.")):
+             "so U-shaped ranks (sd rank / L > 0.29) are expected."),):
         if method not in methods:
             continue
         reps = a.reps or (10 if a.quick else 60)
