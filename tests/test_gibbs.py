@@ -269,3 +269,12 @@ def test_numpyro_mcmc_runs_the_gibbs_kernel(data):
             + jnp.sum(s["U"][:, tu] * s["V"][:, ti], -1)).mean(0)
     assert np.sqrt(np.mean((np.asarray(pred) - ty) ** 2)) < 1.2 * NOISE_SD
     assert abs(float(jnp.mean(1 / s["tau"])) - NOISE_SD ** 2) < 0.2 * NOISE_SD ** 2
+
+
+def test_standard_gamma_moments_including_huge_shapes():
+    # tau's shape is ~ nnz/2: float32 cancellation once produced zeros here
+    shapes = np.array([0.4, 1.0, 3.5, 250.0, 2.2e5], np.float32)
+    g = _mc(lambda k: G.standard_gamma(k, jnp.asarray(shapes), jnp.float32), 8000)
+    assert np.all(g > 0)
+    np.testing.assert_allclose(g.mean(0) / shapes, 1, atol=4 / np.sqrt(shapes * 8000) + 1e-5)
+    np.testing.assert_allclose(g.std(0) / np.sqrt(shapes), 1, atol=0.05)
