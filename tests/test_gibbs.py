@@ -276,5 +276,5 @@ def test_standard_gamma_moments_including_huge_shapes():
     shapes = np.array([0.4, 1.0, 3.5, 250.0, 2.2e5], np.float32)
     g = _mc(lambda k: G.standard_gamma(k, jnp.asarray(shapes), jnp.float32), 8000)
     assert np.all(g > 0)
-    np.testing.assert_allclose(g.mean(0) / shapes, 1, atol=4 / np.sqrt(shapes * 8000) + 1e-5)
-    np.testing.assert_allclose(g.std(0) / np.sqrt(shapes), 1, atol=0.05)
+    assert np.all(np.abs(g.mean(0) / shapes - 1) < 4 / np.sqrt(shapes * 8000) + 1e-5)
+    assert np.all(np.abs(g.std(0) / np.sqrt(shapes) - 1) < 0.05)
