@@ -101,6 +101,7 @@ def test_summary_rhat_ess_loo(tree):
     assert 0 < loo.p < len(tree["observed_data"]["obs"])
 
 
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
 def test_compare_ranks(data):
     r, t = data
     good = make_posterior(r, t, draws=60, chains=2)
