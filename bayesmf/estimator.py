@@ -107,7 +107,10 @@ class BayesMF:
 
     def make_spec(self) -> ModelSpec:
         """The validated model specification for the current settings."""
-        kw = {n: getattr(self, n) for n in _SPEC_FIELDS if getattr(self, n) is not None}
+        # None means "the spec's default" only for the regularisation strengths; every
+        # other setting must be given (rank=None is an error, not a silent rank 10)
+        kw = {n: getattr(self, n) for n in _SPEC_FIELDS
+              if getattr(self, n) is not None or n not in ("reg_factors", "reg_bias")}
         if self.priors is not None:
             kw["priors"] = (BayesPriors(**self.priors) if isinstance(self.priors, dict)
                             else self.priors)

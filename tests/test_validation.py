@@ -155,12 +155,9 @@ def test_fit_functions_reject_non_ratings(df, method):
         get_method(method)(Ratings.from_dataframe(df), {"rank": 2})
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="fit_nuts/fit_svi do not validate train (reported to the owner)")
-@pytest.mark.parametrize("method", ["nuts", "svi"])
-def test_numpyro_fit_functions_reject_non_ratings(df, method):
-    pytest.importorskip(f"bayesmf.infer.{method}")
-    with pytest.raises((SpecError, DataError), match="Ratings"):
+@pytest.mark.parametrize("method", ["nuts", "svi", "pymc-nuts", "pymc-advi"])
+def test_probabilistic_fit_functions_reject_non_ratings(df, method):
+    with pytest.raises(SpecError, match="Ratings container"):
         get_method(method)(df, ModelSpec(rank=2))
 
 
@@ -354,3 +351,10 @@ def test_every_error_is_a_bayesmf_error_and_a_builtin():
                          (UnknownIdError, KeyError), (NotFittedError, RuntimeError),
                          (ModelFileError, ValueError)):
         assert issubclass(cls, BayesMFError) and issubclass(cls, builtin)
+
+
+@pytest.mark.parametrize("field, value", [("rank", None), ("noise", None),
+                                          ("global_mean", None)])
+def test_estimator_none_settings_are_errors_not_silent_defaults(df, field, value):
+    with pytest.raises(SpecError, match=field):
+        BayesMF(method="map", **{field: value}).fit(df)

@@ -14,7 +14,7 @@ import importlib
 
 from bayesmf.errors import SpecError
 
-__all__ = ["METHODS", "get_method", "check_options"]
+__all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs"]
 
 #: method name -> "module:function"
 METHODS: dict[str, str] = {
@@ -44,3 +44,20 @@ def check_options(method: str, options: dict, defaults: dict) -> dict:
     out = dict(defaults)
     out.update(options)
     return out
+
+
+def check_fit_inputs(train, spec) -> None:
+    """The common checks of every ``fit_<name>``: ``train`` is a
+    :class:`~bayesmf.data.Ratings` (DataFrames go through :func:`bayesmf.as_ratings` or
+    the :class:`~bayesmf.BayesMF` estimator), ``spec`` a ``ModelSpec``, and the rank and
+    data fit together (:meth:`ModelSpec.check_data`)."""
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.model.spec import ModelSpec
+
+    if not isinstance(train, Ratings):
+        raise SpecError(f"train must be a Ratings container, got {type(train).__name__} "
+                        "(convert a DataFrame with bayesmf.as_ratings(df) or use "
+                        "bayesmf.BayesMF(...).fit(df))")
+    if not isinstance(spec, ModelSpec):
+        raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    spec.check_data(train.n_users, train.n_items, train.nnz)

@@ -70,7 +70,7 @@ from bayesmf.errors import ModelFileError, SpecError
 
 __all__ = ["CHECKPOINT_VERSION", "ChunkedRun", "fingerprint", "iteration_keys",
            "scan_chunk", "run_chunked", "save_checkpoint", "load_checkpoint",
-           "kept_iterations", "atomic_save_npz"]
+           "kept_iterations", "atomic_save_npz", "restore_state"]
 
 CHECKPOINT_VERSION = 1
 _FORMAT = "bayesmf-checkpoint"
@@ -270,9 +270,12 @@ class _Loaded(NamedTuple):
     state_leaves: list
 
 
-def load_checkpoint(path) -> _Loaded:
+def load_checkpoint(path, *, fingerprint: str | None = None, **expected) -> _Loaded:
     """Read and sanity-check a checkpoint file; raises :class:`ModelFileError` if it is
-    missing, unreadable, truncated or of another format/version."""
+    missing, unreadable, truncated or of another format/version. With ``fingerprint``
+    and/or ``expected`` settings (e.g. ``n_iter=``, ``warmup=``, ``thin=``), a checkpoint
+    written for other data, settings or seed raises :class:`SpecError` naming the
+    mismatch."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"no checkpoint to resume from at {path}")
@@ -292,7 +295,42 @@ def load_checkpoint(path) -> _Loaded:
     if info.get("version") != CHECKPOINT_VERSION:
         raise ModelFileError(f"{path} has checkpoint format version {info.get('version')}; "
                              f"this bayesmf reads version {CHECKPOINT_VERSION}")
+    for name, want in expected.items():
+        if info.get(name) != want:
+            raise SpecError(f"cannot resume {path}: it was written with {name}="
+                            f"{info.get(name)}, this run has {name}={want}")
+    if fingerprint is not None and info.get("fingerprint") != fingerprint:
+        raise SpecError(f"cannot resume {path}: it was written for different data, "
+                        "settings or seed (fingerprint mismatch); start a fresh run "
+                        "without resume or pass the original data and settings")
     return _Loaded(info, key, leaves)
+
+
+def restore_state(ck: _Loaded, template, path=None):
+    """The sampler state saved in checkpoint ``ck``, restored into the pytree structure of
+    ``template`` (typed PRNG keys included); every leaf's shape and dtype must match the
+    template's, otherwise :class:`ModelFileError` says which one differs."""
+    import jax
+
+    state_def = jax.tree_util.tree_structure(template)
+    leaves = jax.tree_util.tree_leaves(template)
+    if len(ck.state_leaves) != len(leaves):
+        raise ModelFileError(f"{path}: the saved sampler state has "
+                             f"{len(ck.state_leaves)} arrays, expected {len(leaves)}")
+    restored = []
+    for name, saved, tmpl in zip(ck.info["state_leaves"], ck.state_leaves, leaves):
+        if _is_typed_key(tmpl):
+            want_shape = np.shape(jax.random.key_data(tmpl))
+            if saved.shape != want_shape:
+                raise ModelFileError(f"{path}: state {name} has shape {saved.shape}")
+            restored.append(jax.random.wrap_key_data(saved, impl=jax.random.key_impl(tmpl)))
+            continue
+        tm = np.asarray(tmpl)
+        if saved.shape != tm.shape or saved.dtype != tm.dtype:
+            raise ModelFileError(f"{path}: state {name} is {saved.dtype}{saved.shape}, "
+                                 f"expected {tm.dtype}{tm.shape}")
+        restored.append(saved)
+    return jax.tree_util.tree_unflatten(state_def, restored)
 
 
 def _load_part(pdir: Path, part: dict, n_leaves: int) -> list:
@@ -388,42 +426,14 @@ def run_chunked(chunk_fn: Callable, state, key, n_iter: int, *, every: int | Non
                      f"({row_bytes:,} bytes each)", memory_limit)
 
     path = None if checkpoint_path is None else Path(checkpoint_path)
-    state_def = jax.tree_util.tree_structure(state)
-    template = jax.tree_util.tree_leaves(state)
     t = 0
     parts: list = []
     collected: list = []  # per part: list of leaves
     resumed_at = None
     if path is not None and resume:
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(path, fingerprint=fp, n_iter=n_iter, warmup=warmup, thin=thin)
         info = ck.info
-        for name, want in (("n_iter", n_iter), ("warmup", warmup), ("thin", thin)):
-            if info[name] != want:
-                raise SpecError(f"cannot resume {path}: it was written with {name}="
-                                f"{info[name]}, this run has {name}={want}")
-        if info["fingerprint"] != fp:
-            raise SpecError(f"cannot resume {path}: it was written for different data, "
-                            "settings or seed (fingerprint mismatch); start a fresh run "
-                            "without resume or pass the original data and settings")
-        if len(ck.state_leaves) != len(template):
-            raise ModelFileError(f"{path}: the saved sampler state has "
-                                 f"{len(ck.state_leaves)} arrays, expected {len(template)}")
-        restored = []
-        for name, saved, tmpl in zip(info["state_leaves"], ck.state_leaves, template):
-            if _is_typed_key(tmpl):
-                saved_arr = saved
-                want_shape = np.shape(jax.random.key_data(tmpl))
-                if saved_arr.shape != want_shape:
-                    raise ModelFileError(f"{path}: state {name} has shape {saved.shape}")
-                restored.append(jax.random.wrap_key_data(saved_arr,
-                                                         impl=jax.random.key_impl(tmpl)))
-                continue
-            tm = np.asarray(tmpl)
-            if saved.shape != tm.shape or saved.dtype != tm.dtype:
-                raise ModelFileError(f"{path}: state {name} is {saved.dtype}{saved.shape}, "
-                                     f"expected {tm.dtype}{tm.shape}")
-            restored.append(saved)
-        state = jax.tree_util.tree_unflatten(state_def, restored)
+        state = restore_state(ck, state, path)
         t = int(info["iteration"])
         parts = list(info["parts"])
         pdir = _parts_dir(path)

@@ -103,7 +103,7 @@ from jax import lax
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options
+from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, solve_rows
 from bayesmf.model.spec import ModelSpec
 
@@ -114,7 +114,8 @@ __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs
 #: options of :func:`fit_gibbs` and their defaults
 DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_draws=True,
                 predict_pairs=None, dtype="float32", chain_method="vectorized",
-                progress_every=None, max_width=128)
+                progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
+                resume=False, memory_limit=None)
 
 
 class GibbsState(NamedTuple):
@@ -420,17 +421,13 @@ class BPMFGibbs:
     """
 
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128):
-        if not isinstance(train, Ratings):
-            raise SpecError(f"train must be a Ratings container, got {type(train).__name__}")
-        if not isinstance(spec, ModelSpec):
-            raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+        check_fit_inputs(train, spec)
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise SpecError(f"dtype must be float32 or float64, got {dtype!r}")
         if dt == np.float64 and not jax.config.jax_enable_x64:
             raise SpecError("dtype='float64' needs jax_enable_x64 (set it yourself: "
                             "jax.config.update('jax_enable_x64', True))")
-        spec.check_data(train.n_users, train.n_items, train.nnz)
         self.spec, self.dtype = spec, dt
         pri = spec.priors
         k = spec.rank
@@ -632,7 +629,17 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ``predict_pairs`` (None) ``(u_idx, i_idx)`` integer index arrays whose predictive
     mean/variance is streamed; ``dtype`` ("float32"); ``chain_method`` ("vectorized":
     vmap over chains | "sequential"); ``progress_every`` (None: about 50 progress updates)
-    sweeps per compiled call; ``max_width`` (128) segment width of the row blocks.
+    sweeps per compiled call; ``max_width`` (128) segment width of the row blocks;
+    ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
+
+    Checkpoints: ``checkpoint`` (None) a file path; every ``checkpoint_every`` sweeps
+    (default: about 10 checkpoints per run) the sampler state, the kept draws so far and
+    the streamed accumulators are written there atomically
+    (:func:`bayesmf.infer.checkpoint.save_checkpoint`). ``resume=True`` continues a killed
+    run from that file. Sweep ``t`` of chain ``c`` always uses the key
+    ``fold_in(split(PRNGKey(seed), C)[c], t)``, so a resumed run ends with exactly the
+    draws of an uninterrupted one (bit-identical on CPU): same number, no gaps or
+    duplicates. A checkpoint written for other data, settings or seed is refused.
 
     ``attrs`` record the seed, settings, ``compile_seconds`` (tracing + XLA compile, not
     in the sweep time), ``sampling_seconds`` and ``seconds_per_sweep`` (sampling wall
@@ -651,6 +658,15 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if not isinstance(opts["store_draws"], bool):
         raise SpecError(f"store_draws must be True or False, got {opts['store_draws']!r}")
     n_iter = W + (S - 1) * T + 1
+    ckpt_path = opts["checkpoint"]
+    if not isinstance(opts["resume"], bool):
+        raise SpecError(f"resume must be True or False, got {opts['resume']!r}")
+    if opts["resume"] and ckpt_path is None:
+        raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
+    ck_every = opts["checkpoint_every"]
+    if ck_every is None:
+        ck_every = max(1, -(-n_iter // 10)) if ckpt_path is not None else n_iter
+    ck_every = _pos_int("checkpoint_every", ck_every, 1)
     kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
@@ -671,6 +687,14 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     # buffers (C, S, ...) and accumulators (C, ...)
     shapes = {**{n: v.shape[1:] for n, v in state._asdict().items()},
               "train_rmse": (), "log_likelihood": ()}
+    from bayesmf._memory import check_allocation
+
+    buf_bytes = sum(C * S * int(np.prod(shapes[n], dtype=np.int64)) * dt.itemsize
+                    for n in names)
+    check_allocation(buf_bytes, f"the Gibbs draw buffers ({C} chain(s) x {S} draws)",
+                     opts["memory_limit"], hint="keep fewer draws (num_samples, thin), "
+                     "fewer chains, or store_draws=False with predict_pairs= to stream "
+                     "predictions without storing the factor draws")
     bufs = {n: jnp.zeros((C, S) + tuple(shapes[n]), dt) for n in names}
     P = 0 if pairs is None else int(pairs[0].shape[0])
     acc = _Acc(jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),
@@ -709,11 +733,35 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_iter, desc=f"gibbs x{C}", unit="sweep")
-    t_s = time.perf_counter()
     t = 0
+    resumed_at = None
+    fp = None
+    if ckpt_path is not None:
+        from bayesmf.infer import checkpoint as _ck
+
+        pp = None if pairs is None else tuple(np.asarray(a) for a in pairs)
+        fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
+                             opts["chain_method"], int(opts["max_width"]), pp)
+        if opts["resume"]:
+            ck = _ck.load_checkpoint(ckpt_path, fingerprint=fp, n_iter=n_iter, warmup=W,
+                                     thin=T)
+            state, bufs, acc = _ck.restore_state(ck, (state, bufs, acc), ckpt_path)
+            state, bufs, acc = jax.tree_util.tree_map(jnp.asarray, (state, bufs, acc))
+            t = resumed_at = int(ck.info["iteration"])
+            if bar is not None:
+                bar.update(t)
+
+    def save(t_done):
+        _ck.save_checkpoint(ckpt_path, state=(state, bufs, acc), key=keys, iteration=t_done,
+                            n_iter=n_iter, fingerprint=fp, parts=[], warmup=W, thin=T,
+                            meta={"sampler": "bpmf-gibbs", "seed": int(seed)})
+
+    t_s = time.perf_counter()
     while t < n_iter:
-        t1 = min(n_iter, t + every)
+        t1 = min(n_iter, t + every, (t // ck_every + 1) * ck_every)
         state, bufs, acc, info = run(state, bufs, acc, t, t1)
+        if ckpt_path is not None and (t1 % ck_every == 0 or t1 == n_iter):
+            save(t1)
         if bar is not None:
             rm = np.asarray(info["train_rmse"])
             bar.set_postfix(train_rmse=f"{float(rm.mean()):.4f}",
@@ -734,9 +782,12 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "n_sweeps": n_iter},
         "compile_seconds": compile_s, "compile_cached": bool(cached),
         "sampling_seconds": sample_s,
-        "seconds_per_sweep": sample_s / n_iter,
+        "seconds_per_sweep": sample_s / max(1, n_iter - (resumed_at or 0)),
         "kept_sweeps": "num_warmup + j * thin, j < num_samples",
     }
+    if ckpt_path is not None:
+        attrs["checkpoint"] = {"path": str(ckpt_path), "every": ck_every,
+                               "resumed_at": resumed_at}
     if pairs is not None:
         n = np.asarray(acc.n, np.float64)[:, None]  # (C,1)
         cm = np.asarray(acc.mean, np.float64)

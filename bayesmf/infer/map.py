@@ -85,7 +85,7 @@ import optax
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options
+from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -395,14 +395,10 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         ``compile_s``, ``iterate_s``, ``total_s``).
     """
     t_start = time.perf_counter()
-    if not isinstance(train, Ratings):
-        raise SpecError(f"train must be a Ratings, got {type(train).__name__}")
-    if not isinstance(spec, ModelSpec):
-        raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    check_fit_inputs(train, spec)
     opts = _check(check_options("map", options, DEFAULTS))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
-    spec.check_data(train.n_users, train.n_items, train.nnz)
     solver = opts["solver"]
     lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
                   train.n_users, train.n_items)

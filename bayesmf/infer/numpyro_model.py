@@ -60,6 +60,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
+from bayesmf.infer import check_fit_inputs
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
@@ -90,7 +91,7 @@ class ModelData:
 
 def model_data(train: Ratings, spec: ModelSpec) -> ModelData:
     """Centre the ratings (offset = training mean when ``global_mean`` else 0)."""
-    spec.check_data(train.n_users, train.n_items, train.nnz)
+    check_fit_inputs(train, spec)
     offset = float(train.mean) if spec.global_mean else 0.0
     return ModelData(np.asarray(train.user, np.int32), np.asarray(train.item, np.int32),
                      (np.asarray(train.rating, np.float64) - offset).astype(np.float32),

@@ -31,7 +31,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options
+from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -79,6 +79,7 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     function (``model(users, items, y)``, centred ratings ``y = r - offset``), its
     arguments, and the ``MCMC`` object (``mcmc.get_samples()``, ``print_summary()``...).
     """
+    check_fit_inputs(train, spec)
     o = _validate(check_options("nuts", options, DEFAULTS))
     import jax
     import jax.numpy as jnp

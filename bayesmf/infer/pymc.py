@@ -42,7 +42,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options
+from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, draws_from_samples, effective_nu0, model_data
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -208,6 +208,7 @@ def _stats(idata) -> dict:
 def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
     """NUTS on the PyMC model via ``pm.sample(nuts_sampler="numpyro")``."""
+    check_fit_inputs(train, spec)
     o = check_options("pymc-nuts", options, NUTS_DEFAULTS)
     _common(o)
     o["num_warmup"] = _pos_int("num_warmup", o["num_warmup"], 0)
@@ -255,6 +256,7 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
 def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
     """Mean-field (``method="advi"``) or full-rank ADVI with PyMC; draws from the fit."""
+    check_fit_inputs(train, spec)
     o = check_options("pymc-advi", options, ADVI_DEFAULTS)
     _common(o)
     if o["method"] not in ("advi", "fullrank_advi"):

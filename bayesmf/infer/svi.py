@@ -40,7 +40,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options
+from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -96,6 +96,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     ``native`` holds ``{"model", "guide", "params", "svi", "losses", "model_args",
     "offset"}`` (``losses``: the per-step loss = negative ELBO estimate).
     """
+    check_fit_inputs(train, spec)
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
     import jax
     import jax.numpy as jnp

@@ -1,0 +1,182 @@
+"""Checkpoint/resume of the Gibbs sampler itself (fit_gibbs, the estimator and the CLI):
+a run killed mid-way resumes to exactly the draws of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesmf
+from bayesmf.data import Ratings
+from bayesmf.errors import ModelFileError, SpecError
+from bayesmf.infer import checkpoint as ck
+from bayesmf.infer.gibbs import fit_gibbs
+from bayesmf.model.spec import ModelSpec
+
+SETTINGS = dict(num_samples=12, num_warmup=8, num_chains=2, thin=2)  # 31 sweeps
+
+
+def _frame(seed=0, n_u=30, n_i=20, k=2):
+    rng = np.random.default_rng(seed)
+    U, V = rng.normal(size=(n_u, k)), rng.normal(size=(n_i, k))
+    uu, ii = np.nonzero(rng.random((n_u, n_i)) < 0.5)
+    r = 3 + np.sum(U[uu] * V[ii], 1) + rng.normal(0, 0.3, len(uu))
+    return pd.DataFrame({"user": uu, "item": ii, "rating": r})
+
+
+@pytest.fixture(scope="module")
+def problem():
+    train = Ratings.from_dataframe(_frame())
+    spec = ModelSpec(rank=2)
+    ref = fit_gibbs(train, spec, seed=5, **SETTINGS)
+    return train, spec, ref
+
+
+def _same_draws(a, b):
+    assert set(a.draws) == set(b.draws)
+    for n in a.draws:
+        np.testing.assert_array_equal(np.asarray(a.draws[n]), np.asarray(b.draws[n]), err_msg=n)
+
+
+def test_checkpointing_does_not_change_the_draws(problem, tmp_path):
+    train, spec, ref = problem
+    post = fit_gibbs(train, spec, seed=5, checkpoint=tmp_path / "c.npz", checkpoint_every=4,
+                     **SETTINGS)
+    _same_draws(ref, post)
+    info = ck.load_checkpoint(tmp_path / "c.npz").info
+    assert info["iteration"] == info["n_iter"] == 8 + 11 * 2 + 1
+    assert post.attrs["checkpoint"]["resumed_at"] is None
+
+
+def test_interrupted_run_resumes_bit_identical(problem, tmp_path, monkeypatch):
+    train, spec, ref = problem
+    path = tmp_path / "c.npz"
+    real = ck.save_checkpoint
+    calls = []
+
+    def crash_after_three(*a, **kw):
+        real(*a, **kw)
+        calls.append(kw["iteration"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(ck, "save_checkpoint", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, **SETTINGS)
+    monkeypatch.setattr(ck, "save_checkpoint", real)
+    assert calls == [5, 10, 15]
+    post = fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, resume=True,
+                     **SETTINGS)
+    assert post.attrs["checkpoint"]["resumed_at"] == 15
+    _same_draws(ref, post)
+    assert post.draws["mu"].shape == ref.draws["mu"].shape == (2, 12)
+
+
+def test_streamed_predictions_survive_a_resume(problem, tmp_path, monkeypatch):
+    train, spec, _ = problem
+    pairs = (np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0]))
+    ref = fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False, **SETTINGS)
+    path = tmp_path / "s.npz"
+    real = ck.save_checkpoint
+
+    def crash(*a, **kw):
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False,
+                  checkpoint=path, checkpoint_every=7, **SETTINGS)
+    monkeypatch.setattr(ck, "save_checkpoint", real)
+    post = fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False,
+                     checkpoint=path, checkpoint_every=7, resume=True, **SETTINGS)
+    assert post.attrs["streamed_predictions"] == ref.attrs["streamed_predictions"]
+    assert post.attrs["traces"] == ref.attrs["traces"]
+
+
+def test_resume_refuses_other_data_seed_or_settings(problem, tmp_path):
+    train, spec, _ = problem
+    path = tmp_path / "c.npz"
+    fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=10, **SETTINGS)
+    other = Ratings.from_dataframe(_frame(seed=1))
+    with pytest.raises(SpecError, match="fingerprint"):
+        fit_gibbs(other, spec, seed=5, checkpoint=path, resume=True, **SETTINGS)
+    with pytest.raises(SpecError, match="fingerprint"):
+        fit_gibbs(train, spec, seed=6, checkpoint=path, resume=True, **SETTINGS)
+    with pytest.raises(SpecError, match="n_iter"):
+        fit_gibbs(train, spec, seed=5, checkpoint=path, resume=True,
+                  **{**SETTINGS, "num_samples": 13})
+    with pytest.raises(SpecError, match="needs checkpoint"):
+        fit_gibbs(train, spec, seed=5, resume=True, **SETTINGS)
+    with pytest.raises(ModelFileError, match="no checkpoint"):
+        fit_gibbs(train, spec, seed=5, checkpoint=tmp_path / "none.npz", resume=True,
+                  **SETTINGS)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ModelFileError):
+        fit_gibbs(train, spec, seed=5, checkpoint=path, resume=True, **SETTINGS)
+
+
+_SLOW_SAVES = """
+import sys, time
+import bayesmf.infer.checkpoint as c
+real = c.save_checkpoint
+def slow(*a, **kw):
+    real(*a, **kw)
+    print("checkpoint", kw["iteration"], flush=True)
+    time.sleep(2.0)
+c.save_checkpoint = slow
+from bayesmf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_run_killed_mid_way_resumes_to_the_same_model(tmp_path):
+    """A real SIGKILL of ``bayesmf fit --checkpoint`` (slowed down so the kill lands
+    mid-run), then ``bayesmf fit --resume``: the model equals an uninterrupted fit's."""
+    _frame().to_csv(tmp_path / "train.csv", index=False)
+    args = ["fit", str(tmp_path / "train.csv"), "--method", "gibbs", "--rank", "2",
+            "--seed", "5", "--samples", "12", "--warmup", "8", "--chains", "2",
+            "--thin", "2"]
+    ckpt = tmp_path / "run.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVES, *args, "--checkpoint",
+                             str(ckpt), "--checkpoint-every", "5", "--out",
+                             str(tmp_path / "killed.nc")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.time() + 240
+    try:
+        for line in proc.stdout:
+            if line.startswith("checkpoint"):
+                seen.append(int(line.split()[1]))
+                if len(seen) == 2:
+                    proc.kill()
+                    break
+            if time.time() > deadline:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen == [5, 10], seen
+    assert not (tmp_path / "killed.nc").exists()
+    assert 0 < ck.load_checkpoint(ckpt).info["iteration"] < 31
+
+    def run(*a):
+        p = subprocess.run([sys.executable, "-m", "bayesmf.cli", *a], capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    run("fit", "--resume", str(ckpt))
+    run(*args, "--out", str(tmp_path / "ref.nc"))
+    resumed = bayesmf.load(tmp_path / "killed.nc").posterior
+    ref = bayesmf.load(tmp_path / "ref.nc").posterior
+    _same_draws(ref, resumed)
+    assert resumed.attrs["checkpoint"]["resumed_at"] == 10
+    side = json.loads((tmp_path / "run.ckpt.cli.json").read_text())
+    assert side["method"] == "gibbs"
