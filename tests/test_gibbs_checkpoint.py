@@ -180,3 +180,42 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_model(tmp_path):
     assert resumed.attrs["checkpoint"]["resumed_at"] == 10
     side = json.loads((tmp_path / "run.ckpt.cli.json").read_text())
     assert side["method"] == "gibbs"
+
+
+# ----------------------------------------------------------------------------- NUTS
+NUTS_SETTINGS = dict(num_warmup=20, num_samples=20, num_chains=2, max_tree_depth=4)
+
+
+def test_nuts_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
+    """fit_nuts(checkpoint=...) runs the NumPyro NUTS kernel through run_chunked: a run
+    interrupted after the warm-up resumes to the draws of the uninterrupted run."""
+    from bayesmf.infer.nuts import fit_nuts
+
+    train = Ratings.from_dataframe(_frame(seed=3, n_u=8, n_i=6))
+    spec = ModelSpec(rank=1)
+    ref = fit_nuts(train, spec, seed=2, checkpoint=tmp_path / "ref.ckpt",
+                   checkpoint_every=10, **NUTS_SETTINGS)
+    assert ref.native["mcmc"] is None and ref.draws["U"].shape == (2, 20, 8, 1)
+    assert ref.sample_stats["diverging"].shape == (2, 20)
+    assert float(np.std(ref.draws["mu"])) > 0
+    path = tmp_path / "run.ckpt"
+    real = ck.save_checkpoint
+
+    def crash_at_30(*a, **kw):
+        real(*a, **kw)
+        if kw["iteration"] == 30:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(ck, "save_checkpoint", crash_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        fit_nuts(train, spec, seed=2, checkpoint=path, checkpoint_every=10, **NUTS_SETTINGS)
+    monkeypatch.setattr(ck, "save_checkpoint", real)
+    post = fit_nuts(train, spec, seed=2, checkpoint=path, checkpoint_every=10, resume=True,
+                    **NUTS_SETTINGS)
+    assert post.attrs["checkpoint"]["resumed_at"] == 30
+    _same_draws(ref, post)
+    for n in ref.sample_stats:
+        np.testing.assert_array_equal(ref.sample_stats[n], post.sample_stats[n], err_msg=n)
+    with pytest.raises(SpecError, match="fingerprint"):
+        fit_nuts(train, spec, seed=3, checkpoint=path, checkpoint_every=10, resume=True,
+                 **NUTS_SETTINGS)

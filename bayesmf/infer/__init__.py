@@ -14,7 +14,7 @@ import importlib
 
 from bayesmf.errors import SpecError
 
-__all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs"]
+__all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "check_int"]
 
 #: method name -> "module:function"
 METHODS: dict[str, str] = {
@@ -61,3 +61,15 @@ def check_fit_inputs(train, spec) -> None:
     if not isinstance(spec, ModelSpec):
         raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     spec.check_data(train.n_users, train.n_items, train.nnz)
+
+
+def check_int(name: str, v, minimum: int = 1, allow_none: bool = False):
+    """``v`` as an ``int`` if it is an integer (not a bool) ``>= minimum``, else a
+    :class:`SpecError` naming the option (``None`` passes through with ``allow_none``)."""
+    import numpy as np
+
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)

@@ -67,6 +67,7 @@ import numpy as np
 
 from bayesmf._memory import check_allocation
 from bayesmf.errors import ModelFileError, SpecError
+from bayesmf.infer import check_int as _check_int
 
 __all__ = ["CHECKPOINT_VERSION", "ChunkedRun", "fingerprint", "iteration_keys",
            "scan_chunk", "run_chunked", "save_checkpoint", "load_checkpoint",
@@ -364,11 +365,6 @@ class ChunkedRun(NamedTuple):
     resumed_at: int | None
     chunks_run: int
 
-
-def _check_int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
 
 
 def run_chunked(chunk_fn: Callable, state, key, n_iter: int, *, every: int | None = None,

@@ -104,6 +104,7 @@ from jax import lax
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, solve_rows
 from bayesmf.model.spec import ModelSpec
 
@@ -828,8 +829,3 @@ def streamed_predictions(posterior) -> dict:
     out["std"] = np.sqrt(out["var"])
     return out
 
-
-def _pos_int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)

@@ -43,6 +43,7 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, draws_from_samples, effective_nu0, model_data
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -159,13 +160,6 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
         pm.Normal("r", mu=pred, sigma=1.0 / pt.sqrt(tau), observed=y, **obs_kw)
     return model, data.offset
 
-
-def _pos_int(name, v, minimum=1, allow_none=False):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
 
 
 def _pos_float(name, v, upper=None):

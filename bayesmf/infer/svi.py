@@ -41,6 +41,7 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -52,13 +53,6 @@ DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=
                 batch_size=None, num_samples=500, tol=1e-4, window=100, patience=2,
                 num_particles=1, init_scale=0.1, centered=False, factor_prior="wishart")
 
-
-def _pos_int(name, v, minimum=1, allow_none=False):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
 
 
 def _pos_float(name, v):
