@@ -115,7 +115,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mark-not-run", action="append", default=[], metavar="KEY=REASON",
                     help="record a method as not run (with the reason) and rewrite the table")
+    ap.add_argument("--quick", action="store_true", help="smoke run: gibbs, svi and "
+                    "pymc-advi with few iterations; tables go to results/quick/")
     args = ap.parse_args(argv)
+    global RESULTS
+    if args.quick:
+        RESULTS = RESULTS / "quick"
+        args.methods, args.vi_steps = "gibbs,svi,pymc-advi", 300
+        args.gibbs_samples, args.gibbs_warmup = 50, 50
     if args.mark_not_run:
         jpath = RESULTS / "backends.json"
         store = json.loads(jpath.read_text()) if jpath.exists() else {"ml100k-u1": {}}

@@ -207,7 +207,11 @@ def main(argv=None):
     ap.add_argument("--methods", default="map-als,map-lbfgs,surprise-svd,surprise-baseline")
     ap.add_argument("--no-save", action="store_true", help="print only")
     ap.add_argument("--render", type=Path, help="re-write the markdown from a saved JSON")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: fold u1, one repeat, nothing saved")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.folds, a.repeats, a.no_save = "1", 1, True
     if a.render:
         doc = json.loads(a.render.read_text())
         doc["summary"] = summarize(doc["folds"], doc["methods"])

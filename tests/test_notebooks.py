@@ -92,7 +92,6 @@ def _text(nb):
     return "\n".join(parts)
 
 
-@pytest.mark.slow  # two Gibbs compiles and PSIS-LOO of two models: ~1 min more than 01/03
 def test_02_diagnostics(tmp_path, monkeypatch, jax_cache):
     nb = execute(NOTEBOOKS / "02_diagnostics.ipynb", tmp_path, monkeypatch, jax_cache)
     assert _images(nb) >= 5  # trace, rank, R-hat boxes, rootogram, LOO comparison
