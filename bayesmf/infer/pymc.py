@@ -70,7 +70,10 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     """
     import pymc as pm
     import pytensor.tensor as pt
-    from pytensor.tensor.slinalg import solve_triangular
+    try:  # PyTensor >= 2.31 moved it; the old path warns and goes away in PyTensor 3
+        from pytensor.tensor.linalg import solve_triangular
+    except ImportError:  # pragma: no cover - older PyTensor
+        from pytensor.tensor.slinalg import solve_triangular
 
     if factor_prior not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
