@@ -219,3 +219,11 @@ def test_nuts_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="fingerprint"):
         fit_nuts(train, spec, seed=3, checkpoint=path, checkpoint_every=10, resume=True,
                  **NUTS_SETTINGS)
+
+
+def test_gibbs_refuses_draw_buffers_beyond_the_memory_limit(problem):
+    from bayesmf.errors import MemoryLimitError
+
+    train, spec, _ = problem
+    with pytest.raises(MemoryLimitError, match="Gibbs draw buffers.*store_draws=False"):
+        fit_gibbs(train, spec, seed=0, memory_limit="10KB", **SETTINGS)
