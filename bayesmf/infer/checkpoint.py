@@ -366,7 +366,6 @@ class ChunkedRun(NamedTuple):
     chunks_run: int
 
 
-
 def run_chunked(chunk_fn: Callable, state, key, n_iter: int, *, every: int | None = None,
                 checkpoint_path=None, resume: bool = False, warmup: int = 0, thin: int = 1,
                 fingerprint: str = "", meta: dict | None = None,

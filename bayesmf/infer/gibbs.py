@@ -101,6 +101,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bayesmf._memory import check_allocation
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
@@ -688,8 +689,6 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     # buffers (C, S, ...) and accumulators (C, ...)
     shapes = {**{n: v.shape[1:] for n, v in state._asdict().items()},
               "train_rmse": (), "log_likelihood": ()}
-    from bayesmf._memory import check_allocation
-
     buf_bytes = sum(C * S * int(np.prod(shapes[n], dtype=np.int64)) * dt.itemsize
                     for n in names)
     check_allocation(buf_bytes, f"the Gibbs draw buffers ({C} chain(s) x {S} draws)",
@@ -828,4 +827,3 @@ def streamed_predictions(posterior) -> dict:
     out["var"] = out["var_param"] + out["noise_var"]
     out["std"] = np.sqrt(out["var"])
     return out
-

@@ -63,7 +63,6 @@ DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
                 checkpoint_every=None, resume=False, memory_limit=None)
 
 
-
 def _validate(o: dict) -> dict:
     o["num_samples"] = _pos_int("num_samples", o["num_samples"])
     o["num_warmup"] = _pos_int("num_warmup", o["num_warmup"], 0)

@@ -164,7 +164,6 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     return model, data.offset
 
 
-
 def _pos_float(name, v, upper=None):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) \
             or v == float("inf") or (upper is not None and v >= upper):

@@ -54,7 +54,6 @@ DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=
                 num_particles=1, init_scale=0.1, centered=False, factor_prior="wishart")
 
 
-
 def _pos_float(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) or v == float("inf"):
         raise SpecError(f"{name} must be a positive number, got {v!r}")

@@ -1,4 +1,4 @@
-"""Checkpoint/resume of the Gibbs sampler itself (fit_gibbs, the estimator and the CLI):
+"""Checkpoint/resume of the samplers themselves (fit_gibbs, fit_nuts, the estimator, the CLI):
 a run killed mid-way resumes to exactly the draws of an uninterrupted run."""
 
 from __future__ import annotations
