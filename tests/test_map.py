@@ -2,7 +2,9 @@
 structure is recovered, every hyperparameter matters, edge models (plain PMF, rank 0) work.
 
 Small synthetic problems with module-scoped fits: each distinct model layout costs one XLA
-compile, so the tests share fits wherever they can.
+compile, so the tests share fits wherever they can. Small ALS problems run on the
+compile-free numpy engine by default; the JAX engine is tested against it and on the edge
+models.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import SpecError
 from bayesmf.infer import get_method
-from bayesmf.infer.map import _validation_mask, fit_map, map_objective
+from bayesmf.infer.map import DEFAULTS, _validation_mask, fit_map, map_objective
 from bayesmf.model.likelihood import Params
 from bayesmf.model.spec import ModelSpec
 
@@ -54,6 +56,11 @@ def als(data):
 
 
 @pytest.fixture(scope="module")
+def als_jax(data):
+    return fit_map(data.train, SPEC, solver="als", engine="jax", **TIGHT)
+
+
+@pytest.fixture(scope="module")
 def lbfgs(data):
     return fit_map(data.train, SPEC, solver="lbfgs", max_iter=3000, tol=1e-9)
 
@@ -80,7 +87,9 @@ def test_registry_points_here():
     assert get_method("map") is fit_map
 
 
-def test_als_objective_never_increases(als):
+@pytest.mark.parametrize("fit", ["als", "als_jax"])
+def test_als_objective_never_increases(fit, request):
+    als = request.getfixturevalue(fit)
     tr = als.sample_stats["objective_trace"][0, 0]
     assert len(tr) == als.attrs["iterations"] + 1
     # float32 sums: allow rounding noise only
@@ -125,6 +134,34 @@ def test_als_and_lbfgs_reach_the_same_objective(als, lbfgs, data):
     # same minimum up to rotation -> same predictions
     d = _pred(als, data.test_u, data.test_i) - _pred(lbfgs, data.test_u, data.test_i)
     assert np.sqrt(np.mean(d ** 2)) < 0.01
+
+
+def test_numpy_and_jax_engines_agree(als, als_jax, data):
+    """Small problems default to the numpy engine; it runs the same sweep as the compiled
+    JAX one, so both reach the same objective and predictions (float32 rounding apart)."""
+    assert als.attrs["engine"] == "numpy" and als_jax.attrs["engine"] == "jax"
+    assert als.attrs["timings"]["compile_s"] == 0.0
+    ja, jj = als.attrs["objective"], als_jax.attrs["objective"]
+    assert abs(ja - jj) <= 1e-5 * ja, (ja, jj)
+    assert abs(als.attrs["iterations"] - als_jax.attrs["iterations"]) <= 2
+    d = _pred(als, data.test_u, data.test_i) - _pred(als_jax, data.test_u, data.test_i)
+    assert np.max(np.abs(d)) < 1e-3
+    # the first sweeps match closely too (same initial draws)
+    ta = als.sample_stats["objective_trace"][0, 0][:5]
+    tj = als_jax.sample_stats["objective_trace"][0, 0][:5]
+    np.testing.assert_allclose(ta, tj, rtol=1e-5)
+
+
+def test_auto_engine_picks_numpy_for_small_cpu_problems_only():
+    from bayesmf.infer.map import _NUMPY_MAX_WORK, _check, _use_numpy
+
+    opts = _check(dict(DEFAULTS))
+    assert _use_numpy(opts, 100_000, 10)
+    big = _NUMPY_MAX_WORK // 11 ** 2 + 1
+    assert not _use_numpy(opts, big, 10)
+    assert not _use_numpy(_check(dict(DEFAULTS, solver="lbfgs")), 100, 2)
+    assert _use_numpy(_check(dict(DEFAULTS, engine="numpy")), big, 10)
+    assert not _use_numpy(_check(dict(DEFAULTS, engine="jax")), 100, 2)
 
 
 def test_adam_approaches_the_same_objective(als, data):
@@ -210,14 +247,19 @@ def test_each_hyperparameter_changes_the_result(name, data, default_fit):
         assert float(p.mu) == 0.0
 
 
-def test_same_seed_same_result_and_no_recompile(data, default_fit):
+def test_same_seed_same_result_and_no_recompile(data, default_fit, als_jax):
     again = fit_map(data.train, SPEC)
     for n in ("mu", "bu", "bi", "U", "V", "tau"):
         np.testing.assert_array_equal(again.draws[n], default_fit.draws[n])
-    # the compiled sweep is cached by shape: a refit (also with other ridge strengths)
+    # the compiled JAX sweep is cached by shape: a refit (also with other ridge strengths)
     # pays no compile
-    assert again.attrs["timings"]["compile_s"] == 0.0
-    other = fit_map(data.train, SPEC.replace(reg_factors=3.0, reg_bias=0.5), seed=3)
+    first = fit_map(data.train, SPEC, engine="jax")
+    second = fit_map(data.train, SPEC, engine="jax")
+    assert second.attrs["timings"]["compile_s"] == 0.0
+    for n in ("mu", "bu", "bi", "U", "V", "tau"):
+        np.testing.assert_array_equal(first.draws[n], second.draws[n])
+    other = fit_map(data.train, SPEC.replace(reg_factors=3.0, reg_bias=0.5), seed=3,
+                    engine="jax")
     assert other.attrs["timings"]["compile_s"] == 0.0
 
 
@@ -229,9 +271,11 @@ def test_default_run_is_close_to_the_tight_optimum(default_fit, als, data):
 
 
 # ----------------------------------------------------------------------------- edge models
-def test_plain_pmf_without_mean_or_biases(data):
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_plain_pmf_without_mean_or_biases(data, engine):
     spec = SPEC.replace(global_mean=False, user_bias=False, item_bias=False, rank=K + 1)
-    post = fit_map(data.train, spec, solver="als", **TIGHT)
+    post = fit_map(data.train, spec, solver="als", engine=engine, **TIGHT)
+    assert post.attrs["engine"] == engine
     p = post.params()
     assert float(p.mu) == 0.0 and not np.any(p.bu) and not np.any(p.bi)
     tr = post.sample_stats["objective_trace"][0, 0]
@@ -241,11 +285,12 @@ def test_plain_pmf_without_mean_or_biases(data):
     assert rmse < 0.2 * np.sqrt(np.mean(data.train.rating ** 2))
 
 
-def test_rank_zero_is_the_exact_ridge_bias_model(data):
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_rank_zero_is_the_exact_ridge_bias_model(data, engine):
     """Biases only: J is a convex quadratic in (mu, b_u, b_i) and ALS must reach its
     exact minimiser, here solved directly from the dense normal equations (float64)."""
     spec = SPEC.replace(rank=0)
-    post = fit_map(data.train, spec, solver="als", max_iter=400, tol=1e-8)
+    post = fit_map(data.train, spec, solver="als", max_iter=400, tol=1e-8, engine=engine)
     assert post.draws["U"].shape == (1, 1, N, 0) and post.draws["V"].shape == (1, 1, M, 0)
     tr = data.train
     X = np.zeros((tr.nnz, 1 + N + M))
@@ -280,6 +325,8 @@ def test_rank_larger_than_the_data_supports_raises():
     (dict(learning_rate=0.1), "learning_rate"),
     (dict(solver="adam", learning_rate=-1.0), "learning_rate"),
     (dict(epochs=3), "unknown option"),
+    (dict(engine="gpu"), "engine"),
+    (dict(engine="numpy", solver="lbfgs"), "engine"),
 ])
 def test_bad_options_raise(data, opts, match):
     with pytest.raises(SpecError, match=match):
@@ -292,11 +339,12 @@ def test_bad_seed_raises(data, seed):
         fit_map(data.train, SPEC, seed=seed)
 
 
-def test_early_stopping_returns_the_best_validation_iterate(data):
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_early_stopping_returns_the_best_validation_iterate(data, engine):
     # weak regularisation + high rank overfits: validation RMSE turns up and stops the run
     spec = SPEC.replace(rank=8, reg_factors=0.05, reg_bias=0.05)
     post = fit_map(data.train, spec, validation_fraction=0.2, patience=3, max_iter=200,
-                   tol=0.0, seed=5)
+                   tol=0.0, seed=5, engine=engine)
     v = post.attrs["validation"]
     trace = post.sample_stats["val_rmse_trace"][0, 0]
     assert post.attrs["stop_reason"] == "early_stopping"

@@ -68,6 +68,23 @@ def test_precisions_and_mean_match_dense(prob):
     Z = jax.jit(solve_rows)(p["blocks"], p["X"], p["y"], 1.7, p["P0"], p["s0"])
     ref = np.linalg.solve(p["Ps"], p["hs"][..., None])[..., 0]
     np.testing.assert_allclose(Z, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_namespace_matches_dense_and_jax(prob):
+    """xp=numpy (the compile-free ALS engine) computes the same P, h and mean in numpy,
+    split rows (repeated segment rows, np.add.at) included."""
+    p = prob
+    P, h = row_precisions(p["blocks"], p["X"], p["y"], 1.7, p["P0"], p["s0"], xp=np)
+    assert isinstance(P, np.ndarray) and isinstance(h, np.ndarray) and P.dtype == np.float32
+    np.testing.assert_allclose(P, p["Ps"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(h, p["hs"], rtol=1e-4, atol=1e-3)
+    Z = solve_rows(p["blocks"], p["X"], p["y"], 1.7, p["P0"], p["s0"], xp=np)
+    assert isinstance(Z, np.ndarray)
+    Zj = solve_rows(p["blocks"], p["X"], p["y"], 1.7, p["P0"], p["s0"])
+    np.testing.assert_allclose(Z, np.asarray(Zj), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="xp=jax.numpy"):
+        solve_rows(p["blocks"], p["X"], p["y"], 1.7, p["P0"], p["s0"], key=jax.random.key(0),
+                   xp=np)
     # rows without observations get the prior mean
     np.testing.assert_allclose(Z[-3:], np.tile(np.linalg.solve(p["P0"], p["s0"]), (3, 1)),
                                rtol=1e-4, atol=1e-5)

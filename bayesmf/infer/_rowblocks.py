@@ -31,6 +31,12 @@ whose covariance is :math:`L^{-\top}L^{-1} = P_r^{-1}`.
 (``lax.cond``). For exact work on near-singular problems pass float64 arrays with
 ``jax.config.update("jax_enable_x64", True)`` set **by the caller** (the library never sets
 global config); the computation follows the dtype of ``X``.
+
+**Array namespace.** :func:`row_precisions` and the conditional mean of :func:`solve_rows`
+also run in numpy (``xp=numpy``): no XLA compile, which is what a single small fit needs
+(ALS on MovieLens-100K runs in a quarter of a second in numpy, while compiling its JAX
+sweep takes over a second). The numpy mean is solved by LU (``numpy.linalg.solve``) in
+the dtype of ``X``; draws (``key``) need JAX.
 """
 
 from __future__ import annotations
@@ -133,25 +139,41 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
                      degree.astype(np.int32), np.asarray([n_other], np.int32))
 
 
-def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift):
-    """``(P, h)`` of every row: ``P (n_rows, d, d)``, ``h (n_rows, d)`` (see module docs)."""
-    X = jnp.asarray(X)
+def _scatter_add(a, idx, vals):
+    """``a[idx] += vals`` with repeated indices accumulated (functional for JAX)."""
+    if isinstance(a, np.ndarray):
+        if np.unique(idx).size == idx.size:   # no repeats: plain fancy-index add, 10x faster
+            a[idx] += vals
+        else:
+            np.add.at(a, idx, vals)
+        return a
+    return a.at[idx].add(vals)
+
+
+def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=jnp):
+    """``(P, h)`` of every row: ``P (n_rows, d, d)``, ``h (n_rows, d)`` (see module docs),
+    computed in the array namespace ``xp`` (``jax.numpy`` or ``numpy``)."""
+    X = xp.asarray(X)
     dt = X.dtype
     n, d = blocks.degree.shape[0], X.shape[1]
-    Xp = jnp.concatenate([X, jnp.zeros((1, d), dt)], axis=0)
-    y = jnp.asarray(y, dt)
-    G = jnp.zeros((n, d, d), dt)
-    h = jnp.zeros((n, d), dt)
+    Xp = xp.concatenate([X, xp.zeros((1, d), dt)], axis=0)
+    y = xp.asarray(y, dt)
+    G = xp.zeros((n, d, d), dt)
+    h = xp.zeros((n, d), dt)
     for r, c, o in zip(blocks.seg_row, blocks.seg_cols, blocks.seg_obs):
-        Xg = Xp[c]                      # (S, W, d)
-        yg = y[o]                       # (S, W)
-        Gs = jnp.einsum("swd,swe->sde", Xg, Xg)
-        hs = jnp.einsum("sw,swd->sd", yg, Xg)
-        G = G.at[r].add(Gs)
-        h = h.at[r].add(hs)
-    tau = jnp.asarray(tau, dt)
-    P = jnp.asarray(prior_prec, dt) + tau * G
-    h = jnp.asarray(prior_shift, dt) + tau * h
+        if xp is np:                    # take + batched BLAS: 3x faster than [] + einsum
+            Xg, yg = np.take(Xp, c, axis=0), np.take(y, o)
+            Gs = np.matmul(Xg.transpose(0, 2, 1), Xg)
+            hs = np.matmul(yg[:, None, :], Xg)[:, 0]
+        else:
+            Xg, yg = Xp[c], y[o]        # (S, W, d), (S, W)
+            Gs = jnp.einsum("swd,swe->sde", Xg, Xg)
+            hs = jnp.einsum("sw,swd->sd", yg, Xg)
+        G = _scatter_add(G, r, Gs)
+        h = _scatter_add(h, r, hs)
+    tau = xp.asarray(tau, dt)
+    P = xp.asarray(prior_prec, dt) + tau * G
+    h = xp.asarray(prior_shift, dt) + tau * h
     return P, h
 
 
@@ -174,7 +196,7 @@ def _safe_cholesky(P):
     return retry(L, 1e-4)
 
 
-def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None):
+def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp):
     """Conditional mean (``key=None``) or a draw of every row's Gaussian.
 
     For every row ``r`` with observation set ``O_r``::
@@ -187,8 +209,14 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None):
     ``X (n_other, d)``, ``y (nnz,)`` in the original observation order, ``tau`` scalar,
     ``prior_prec (d, d)``, ``prior_shift (d,)``. Rows without observations get the prior
     ``N(prior_prec^{-1} prior_shift, prior_prec^{-1})``. jit-compatible (``blocks`` may be
-    a traced argument or a closed-over constant); dtype follows ``X``.
+    a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
+    computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
     """
+    if xp is np:
+        if key is not None:
+            raise ValueError("solve_rows: draws (key=...) need xp=jax.numpy")
+        P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np)
+        return np.linalg.solve(P, h[..., None])[..., 0]
     P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift)
     L = _safe_cholesky(P)
     w = lax.linalg.triangular_solve(L, h[..., None], left_side=True, lower=True)

@@ -9,11 +9,17 @@ r"""Pure JAX likelihood of the shared model, over observed entries only.
 Switched-off terms of the :class:`~bayesmf.model.spec.ModelSpec` are simply zero arrays
 in :class:`Params`, so plain PMF (no biases) runs through the same code.
 These functions work on one parameter set; ``jax.vmap`` them over draws.
+:func:`predict_mean` and :func:`sse` follow the array namespace of the parameters, so they
+also evaluate numpy parameters in numpy (the compile-free ALS engine of
+:mod:`bayesmf.infer.map`).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+from bayesmf._xp import array_namespace
 
 from bayesmf.model.params import Params, zeros_params
 
@@ -23,14 +29,18 @@ __all__ = ["Params", "predict_mean", "log_likelihood", "pointwise_log_likelihood
 
 def predict_mean(p: Params, users, items):
     """:math:`\\hat r = \\mu + b_u + b_i + U_u \\cdot V_i` for index arrays ``users``, ``items``."""
-    dot = jnp.sum(p.U[users] * p.V[items], axis=-1)
+    if array_namespace(p.U) is np:  # take: 3x faster than fancy indexing; einsum: one pass
+        dot = np.einsum("...k,...k->...", np.take(p.U, users, axis=0),
+                        np.take(p.V, items, axis=0))
+    else:
+        dot = jnp.sum(p.U[users] * p.V[items], axis=-1)
     return p.mu + p.bu[users] + p.bi[items] + dot
 
 
 def sse(p: Params, users, items, ratings):
     """Sum of squared residuals over the given observed entries."""
     r = ratings - predict_mean(p, users, items)
-    return jnp.sum(r * r)
+    return (r * r).sum()
 
 
 def pointwise_log_likelihood(p: Params, users, items, ratings):
