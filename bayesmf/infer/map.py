@@ -70,17 +70,17 @@ Engines (option ``engine``): ALS runs either as compiled JAX (``"jax"``) or in p
 (``"numpy"``), the *same* sweep code (:func:`_als_sweep` and the shared row solver follow
 the array namespace of their inputs), float32 in both. A single fit of a small or medium
 problem is compile-bound in JAX: on the 2-core benchmark machine MovieLens-100K at rank 10
-takes 0.25 s in numpy against 1.6 s of compile plus 0.12 s of sweeps in JAX, and the
-ML-1M subset at rank 32 3.6 s against 2.3 + 2.8 s. ``"auto"`` (default) therefore picks
+takes about 0.15 s in numpy against 1.6 s of compile plus 0.12 s of sweeps in JAX, and
+the ML-1M subset at rank 32 3.6 s against 2.3 + 2.8 s. ``"auto"`` (default) therefore picks
 numpy for ALS when ``nnz * (rank + 1)**2 <= 1e9`` and the JAX backend is the CPU, and JAX
 otherwise (gradient solvers, large problems, GPU). Pass ``engine="jax"`` when refitting
 one data shape many times (hyperparameter searches), where the cached compile pays off.
 
 Compilation (JAX engine): every function that touches the device is compiled ahead of
-time and cached per process, keyed by the array shapes and the static model layout, so refitting data of
-the same size (repeated fits, hyperparameter searches -- the ridge strengths are traced
-values -- and same-shape folds) pays the XLA compile only once; ``attrs["timings"]``
-reports ``compile_s`` separately. Problems with ``nnz * (rank + 2) < 2**17`` are
+time and cached per process, keyed by the array shapes and the static model layout, so
+refitting data of the same size (repeated fits, hyperparameter searches -- the ridge
+strengths are traced values -- and same-shape folds) pays the XLA compile only once;
+``attrs["timings"]`` reports ``compile_s`` separately. Problems with ``nnz * (rank + 2) < 2**17`` are
 compile-bound and are compiled without XLA's backend optimisations (half the compile
 time). Initial factors come from numpy (no random-number kernel to compile).
 """
@@ -97,10 +97,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bayesmf._xp import array_namespace
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
-from bayesmf._xp import array_namespace
 from bayesmf.infer._rowblocks import build_row_blocks, solve_rows
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
@@ -136,7 +136,7 @@ _CACHE_MAX = 64
 _SMALL_WORK = 1 << 17
 _SMALL_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
 #: ``engine="auto"`` runs ALS in numpy (on a CPU JAX backend) when
-#: ``nnz * (rank + 1)**2`` is at most this: measured on 2 cores, numpy takes 0.25 s on
+#: ``nnz * (rank + 1)**2`` is at most this: measured on 2 cores, numpy takes 0.15 s on
 #: MovieLens-100K at rank 10 and 3.6 s on the ML-1M subset at rank 32 (work 4.8e8), where
 #: JAX needs 1.6-2.3 s to compile plus 0.12-2.8 s to run; a single fit is faster in numpy
 #: up to about 1e9.
@@ -505,19 +505,19 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         expand, dt2 = _compiled(_expand, {"lay": lay}, x, small=small)
         compile_s += dt2
         compile_s += dt
+    rmse_fn = None                      # validation RMSE
     if use_numpy:
-        objective_fn, rmse_fn, train_rmse_fn = _objective_only, _rmse, _rmse
+        objective_fn, train_rmse_fn = _objective_only, _rmse
+        if val is not None:
+            rmse_fn = _rmse
     else:
         objective_fn, dt = _compiled(_objective_only, {}, p, obs, reg_f, reg_b, small=small)
         compile_s += dt
         train_rmse_fn, dt = _compiled(_rmse, {}, p, obs, small=small)
         compile_s += dt
-        rmse_fn = train_rmse_fn
         if val is not None:
             rmse_fn, dt = _compiled(_rmse, {}, p, val, small=small)
             compile_s += dt
-    if val is None:
-        rmse_fn = None
     t_iter = time.perf_counter()
 
     # --- iterate

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf._xp import array_namespace
-
 from bayesmf.model.params import Params, zeros_params
 
 __all__ = ["Params", "predict_mean", "log_likelihood", "pointwise_log_likelihood",
