@@ -149,6 +149,49 @@ def test_shift_move_keeps_predictions_and_draws_its_exact_conditional(with_mu):
     np.testing.assert_allclose(np.cov(c.T), cov, rtol=0.1, atol=0.05 * np.abs(cov).max())
 
 
+def test_scale_move_keeps_predictions_and_samples_its_target():
+    """The scale move changes neither U V^T nor the standardised rows
+    (U_u - mu_U)^T Lam_U (U_u - mu_U); iterated, the log-scale it has travelled follows
+    p(x) ~ exp(-(a e^{-2x} + b e^{2x}) / 2) with a = tr(Lam_U)/w0, b = tr(Lam_V)/w0
+    (moments checked against numerical integration)."""
+    rng = np.random.default_rng(11)
+    k, w0 = 3, 1.5
+    U = rng.normal(0.2, 1.0, (20, k)).astype(np.float32)
+    V = rng.normal(-0.1, 0.5, (15, k)).astype(np.float32)
+    mu_U, mu_V = U.mean(0), V.mean(0)
+    A1, A2 = rng.normal(size=(k, k)), rng.normal(size=(k, k))
+    Lam_U = (A1 @ A1.T / k + 0.5 * np.eye(k)).astype(np.float32)
+    Lam_V = (A2 @ A2.T / k + 2.0 * np.eye(k)).astype(np.float32)
+    args = tuple(jnp.asarray(x) for x in (U, mu_U, Lam_U, V, mu_V, Lam_V))
+    U2, muU2, LU2, V2, muV2, LV2 = (np.asarray(x, np.float64)
+                                    for x in G.scale_move(jax.random.PRNGKey(0), *args, w0))
+    np.testing.assert_allclose(U2 @ V2.T, U @ V.T, rtol=1e-4, atol=1e-5)
+    quad = lambda F, m, L: np.einsum("nk,kl,nl->n", F - m, L, F - m)  # noqa: E731
+    np.testing.assert_allclose(quad(U2, muU2, LU2), quad(U, mu_U, Lam_U), rtol=1e-4)
+    np.testing.assert_allclose(quad(V2, muV2, LV2), quad(V, mu_V, Lam_V), rtol=1e-4)
+
+    @jax.jit
+    def chain(key):
+        def body(carry, kk):
+            st, x = carry
+            new = G.scale_move(kk, *st, w0)
+            x = x + jnp.log(new[0][0, 0] / st[0][0, 0])
+            return (new, x), x
+        return jax.lax.scan(body, (args, jnp.zeros((), jnp.float32)),
+                            jax.random.split(key, 20000))[1]
+
+    xs = np.asarray(chain(jax.random.PRNGKey(1)), np.float64)[1000:]
+    a, b = np.trace(Lam_U) / w0, np.trace(Lam_V) / w0
+    grid = np.linspace(-3, 3, 20001)
+    dens = np.exp(-0.5 * (a * np.exp(-2 * grid) + b * np.exp(2 * grid)))
+    dens /= dens.sum()
+    m = (grid * dens).sum()
+    v = ((grid - m) ** 2 * dens).sum()
+    # independence sampler, high acceptance: effective sample size well above 1000
+    assert abs(xs.mean() - m) < 5 * np.sqrt(v / 1000), (xs.mean(), m)
+    assert xs.var() == pytest.approx(v, rel=0.1)
+
+
 @pytest.mark.parametrize("with_bias,k", [(True, 2), (False, 2), (True, 0)])
 def test_row_conditional_is_bayesian_linear_regression(with_bias, k):
     rng = np.random.default_rng(3)

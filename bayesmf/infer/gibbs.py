@@ -56,13 +56,21 @@ Full conditionals, in the order of one sweep
    :math:`(V_i, \mu_V, b_u, \mu) \to (V_i - c, \mu_V - c, b_u + (U_u-\bar U)^\top c,
    \mu + \bar U^\top c)`, which changes no prediction, with :math:`c` from its Gaussian
    conditional (:func:`shift_move`); then the same with users and items swapped.
+   **Scale move** (rank > 0): :math:`(U, \mu_U, \Lambda_U, V, \mu_V, \Lambda_V) \to
+   (sU, s\mu_U, s^{-2}\Lambda_U, V/s, \mu_V/s, s^2\Lambda_V)`, one independence
+   Metropolis step on :math:`\log s` (:func:`scale_move`).
    **Translation moves** (with a global mean and biases):
    :math:`(\mu, b_u) \to (\mu + c, b_u - c)` with :math:`c` from its Gaussian
    conditional (:func:`translation_move`), then the same for the item biases.
-   Both are exact group moves (Liu & Sabatti 2000) along directions the row updates
+   All are group moves (Liu & Sabatti 2000; the scale move Metropolised) along directions
+   that change no prediction and that the row updates
    traverse only slowly: on MovieLens-100K u1 (rank 10, 4 chains x 400 draws) the shift
-   moves take the R-hat of :math:`\mu` from 1.25 to 1.01 and its bulk ESS from 12 to 419,
-   at no measurable cost per sweep.
+   moves take the R-hat of :math:`\mu` from 1.25 to 1.01 and its bulk ESS from 12 to 419;
+   the scale move takes :math:`\log\det\Lambda_U` from R-hat 1.40 / ESS 9 to 1.03 / 114
+   (:math:`\Lambda_V`: 1.42 / 8 to 1.03 / 83, :math:`\operatorname{tr}\Lambda_U`: 1.51 / 8
+   to 1.14 / 20), all at no measurable cost per sweep. The remaining slow directions are
+   the other likelihood-flat reparametrisations :math:`(UA, VA^{-\top})` (row norms,
+   :math:`\lVert\mu_U\rVert`: ESS 6-40); predictions, biases and :math:`\mu` mix well.
 6. **Global mean**: with :math:`s_{ui} = r_{ui} - b_u - b_i - U_u^\top V_i`,
 
    .. math::
@@ -119,7 +127,8 @@ from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs",
            "streamed_predictions", "sample_normal_wishart", "bias_precision_draw", "rows_draw",
-           "mu_draw", "tau_draw", "translation_move", "shift_move", "standard_gamma",
+           "mu_draw", "tau_draw", "translation_move", "shift_move", "scale_move",
+           "standard_gamma",
            "DEFAULTS"]
 
 #: options of :func:`fit_gibbs` and their defaults
@@ -393,6 +402,51 @@ def shift_move(key, F, mu_F, b, G, mu, Lam_F, lam_b, beta0, lambda_mu, mu_mean,
     return F - c, mu_F - c, b + Gc @ c, mu + Gbar @ c
 
 
+def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
+    r"""Step 5b: Metropolis group move along the likelihood-flat scale direction
+
+    .. math::
+
+        (U, \mu_U, \Lambda_U, V, \mu_V, \Lambda_V) \to
+        (sU,\ s\mu_U,\ s^{-2}\Lambda_U,\ V/s,\ \mu_V/s,\ s^2\Lambda_V).
+
+    :math:`UV^\top` is unchanged and so are the row priors and the
+    :math:`\mathcal N(\mu\mid 0,(\beta_0\Lambda)^{-1})` terms once the Jacobian
+    :math:`s^{(N-M)k}` is counted; only the Wishart kernels
+    :math:`\exp(-\tfrac12\operatorname{tr}W_0^{-1}\Lambda)` change. With Haar measure
+    :math:`ds/s` (Liu & Sabatti 2000) the target of :math:`x=\log s` is
+
+    .. math::
+
+        p(x) \propto \exp\!\bigl(-\tfrac12(a e^{-2x} + b e^{2x})\bigr),\quad
+        a = \operatorname{tr}\Lambda_U / w_0,\ b = \operatorname{tr}\Lambda_V / w_0,
+
+    log-concave with mode :math:`x^* = \tfrac14\log(a/b)` and curvature
+    :math:`4\sqrt{ab}`; one independence Metropolis step with the Laplace proposal
+    :math:`\mathcal N(x^*, 1.2^2/(4\sqrt{ab}))` from :math:`x = 0` (the current state)
+    keeps the posterior invariant. Without it the factor scale (row norms,
+    :math:`\operatorname{tr}\Lambda`) drifts along this ridge only through the row
+    updates. Returns the moved ``(U, mu_U, Lam_U, V, mu_V, Lam_V)``."""
+    dt = U.dtype
+    a = jnp.trace(Lam_U) / w0
+    b = jnp.trace(Lam_V) / w0
+    mode = 0.25 * (jnp.log(a) - jnp.log(b))
+    sd = 1.2 / jnp.sqrt(4.0 * jnp.sqrt(a * b))
+    kx, ku = jax.random.split(key)
+    x = mode + sd * jax.random.normal(kx, (), dt)
+
+    def logp(x):
+        return -0.5 * (a * jnp.exp(-2.0 * x) + b * jnp.exp(2.0 * x))
+
+    def logq(x):
+        return -0.5 * ((x - mode) / sd) ** 2
+
+    log_acc = logp(x) - logp(jnp.zeros((), dt)) + logq(jnp.zeros((), dt)) - logq(x)
+    accept = jnp.log(jax.random.uniform(ku, (), dt, minval=jnp.finfo(dt).tiny)) < log_acc
+    s = jnp.where(accept, jnp.exp(x), jnp.ones((), dt)).astype(dt)
+    return U * s, mu_U * s, Lam_U / (s * s), V / s, mu_V / s, Lam_V * (s * s)
+
+
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     """One full Gibbs sweep (module docs, steps 1-7)."""
     dt = s.U.dtype
@@ -436,6 +490,9 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
             V, mu_V, bu, mu = shift_move(ksv, V, mu_V, bu, U, mu, Lam_V, lam_bu, **sh)
         if cfg.item_bias:
             U, mu_U, bi, mu = shift_move(ksu, U, mu_U, bi, V, mu, Lam_U, lam_bi, **sh)
+        ksc, kc = jax.random.split(kc)
+        U, mu_U, Lam_U, V, mu_V, Lam_V = scale_move(ksc, U, mu_U, Lam_U, V, mu_V, Lam_V,
+                                                    cfg.w0)
     if cfg.global_mean:
         kcu, kci = jax.random.split(kc)
         if cfg.user_bias:
