@@ -26,6 +26,15 @@ Quantities invariant under orthogonal :math:`R` do not have this problem:
 :math:`U_u^\top V_i` (hence every prediction), :math:`\lVert U_u\rVert`,
 :math:`\lVert V_i\rVert`, :math:`\operatorname{tr}\Lambda_U`,
 :math:`\log\det\Lambda_U`, :math:`\lVert\mu_U\rVert`, biases, :math:`\mu` and :math:`\tau`.
+
+Of these, the norms and the factor hyperparameters are identified by the priors only: a
+non-orthogonal :math:`R` (e.g. :math:`(sU, V/s)`) changes them without changing any
+prediction, so a Gibbs chain moves along that ridge slowly. The BPMF sampler's scale move
+covers the overall scale (:math:`\log\det\Lambda` R-hat 1.03, ESS ~100 of 1,600 draws on
+MovieLens-100K u1), but row norms and :math:`\lVert\mu_U\rVert` still have ESS ~10-40 where
+predictions have ~1,000. A flag on a ``norm`` or ``hyper`` row therefore says that the
+factor geometry drifts, not that predictions are unreliable; judge the latter on the
+``prediction``, ``bias`` and ``global`` rows.
 """
 
 from __future__ import annotations
