@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["RowBlocks", "build_row_blocks", "solve_rows", "row_precisions"]
+__all__ = ["RowBlocks", "build_row_blocks", "solve_rows", "row_precisions",
+           "gaussian_from_precision"]
 
 
 class RowBlocks(NamedTuple):
@@ -218,6 +219,13 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np)
         return np.linalg.solve(P, h[..., None])[..., 0]
     P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift)
+    return gaussian_from_precision(P, h, key)
+
+
+def gaussian_from_precision(P, h, key=None):
+    """Mean ``P^{-1} h`` (``key=None``) or a draw of ``N(P^{-1} h, P^{-1})`` for one or a
+    batch of precisions ``P (..., d, d)`` and shifts ``h (..., d)``: with ``P = L L^T``,
+    ``z = L^{-T}(L^{-1} h + eps)``, ``eps ~ N(0, I)`` (jittered Cholesky retry as above)."""
     L = _safe_cholesky(P)
     w = lax.linalg.triangular_solve(L, h[..., None], left_side=True, lower=True)
     if key is not None:

@@ -122,7 +122,8 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_fit_inputs, check_options
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, solve_rows
+from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, gaussian_from_precision,
+                                      solve_rows)
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs",
@@ -394,11 +395,7 @@ def shift_move(key, F, mu_F, b, G, mu, Lam_F, lam_b, beta0, lambda_mu, mu_mean,
     Gc = G - Gbar
     A = beta0 * Lam_F + lam_b * (Gc.T @ Gc) + lambda_mu * jnp.outer(Gbar, Gbar)
     h = beta0 * (Lam_F @ mu_F) - lam_b * (Gc.T @ b) - lambda_mu * Gbar * (mu - mu_mean)
-    L = jnp.linalg.cholesky(0.5 * (A + A.T))
-    w = lax.linalg.triangular_solve(L, h[:, None], left_side=True, lower=True)[:, 0]
-    w = w + jax.random.normal(key, w.shape, dt)
-    c = lax.linalg.triangular_solve(L, w[:, None], left_side=True, lower=True,
-                                    transpose_a=True)[:, 0]
+    c = gaussian_from_precision(0.5 * (A + A.T), h, key)
     return F - c, mu_F - c, b + Gc @ c, mu + Gbar @ c
 
 
