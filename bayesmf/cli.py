@@ -9,7 +9,9 @@ Commands
     [,timestamp]`` (``--user-col`` etc. rename) or a dataset name such as
     ``movielens:latest-small``. MCMC: ``--samples --warmup --chains --thin``; any method
     option: ``--option key=value``. Checkpoints: ``--checkpoint PATH --checkpoint-every N``;
-    ``bayesmf fit --resume PATH`` continues a killed run.
+    ``bayesmf fit --resume PATH`` continues a killed run. ``--chains C --option
+    chain_method=parallel`` runs the Gibbs chains one per CPU core (the CLI starts JAX with
+    ``min(C, cores)`` host devices unless ``XLA_FLAGS`` sets a count).
 ``bayesmf predict MODEL PAIRS.csv --out PRED.csv [--interval 0.9]``
     Columns ``user,item,mean,std,lower,upper,known_user,known_item``.
 ``bayesmf evaluate MODEL TEST [--json]``
@@ -138,6 +140,22 @@ _FIT_FLAGS = {"samples": "num_samples", "warmup": "num_warmup", "chains": "num_c
               "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every"}
 
 
+def _devices_for_parallel_chains(opts: dict) -> None:
+    """``--option chain_method=parallel`` on CPU: start JAX with one host device per chain
+    (up to the CPU count) unless XLA_FLAGS already says how many; only possible before
+    jax is imported, which in the CLI happens after this point."""
+    import os
+
+    if opts.get("chain_method") != "parallel" or "jax" in sys.modules:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    n = min(int(opts.get("num_chains", 1)), os.cpu_count() or 1)
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def cmd_fit(a) -> int:
     from bayesmf.datasets import load_ratings_source
     from bayesmf.estimator import BayesMF
@@ -162,6 +180,7 @@ def cmd_fit(a) -> int:
         v = getattr(a, flag)
         if v is not None:
             opts[name] = v
+    _devices_for_parallel_chains(opts)
     if a.resume:
         opts["resume"] = True
         opts.setdefault("checkpoint", a.resume)

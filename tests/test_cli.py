@@ -105,3 +105,24 @@ def test_bad_input_exit_code_2(small_csv, tmp_path):
                 "--rating-col", "stars", "--rank", 1000, "--out", tmp_path / "y.nc",
                 check=False)
     assert proc.returncode == 2 and "rank 1000 is larger than the data supports" in proc.stderr
+
+
+def test_fit_gibbs_parallel_chains_uses_one_device_per_chain(small_csv):
+    """--option chain_method=parallel: the CLI starts JAX with one CPU device per chain
+    (the subprocess environment has no XLA_FLAGS device count)."""
+    import os
+
+    from bayesmf import load
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: nothing to run in parallel")
+    d = small_csv
+    env_flags = os.environ.get("XLA_FLAGS", "")
+    assert "xla_force_host_platform_device_count" not in env_flags
+    _run("fit", d / "train.csv", "--user-col", "uid", "--item-col", "movie",
+         "--rating-col", "stars", "--method", "gibbs", "--rank", 2, "--chains", 2,
+         "--samples", 5, "--warmup", 2, "--option", "chain_method=parallel",
+         "--out", d / "par.nc")
+    post = load(d / "par.nc").posterior_
+    assert post.attrs["chain_method_used"] == "parallel" and post.attrs["devices"] == 2
+    assert post.n_chains == 2

@@ -367,10 +367,62 @@ def test_options_are_validated(data):
         G.fit_gibbs(train, ModelSpec(rank=1), num_samples=0)
     with pytest.raises(SpecError):
         G.fit_gibbs(train, ModelSpec(rank=1), predict_pairs=([0, 1], [0, 999]))
-    with pytest.raises(SpecError):
-        G.fit_gibbs(train, ModelSpec(rank=1), chain_method="parallel")
+    with pytest.raises(SpecError, match="chain_method"):
+        G.fit_gibbs(train, ModelSpec(rank=1), chain_method="pmap")
     with pytest.raises(SpecError):
         G.fit_gibbs(train, ModelSpec(rank=1), dtype="float16")
+
+
+def test_parallel_chains_fall_back_to_vectorized_on_one_device(data):
+    if len(jax.local_devices()) > 1:
+        pytest.skip("this process has several devices")
+    train, _ = data
+    kw = dict(seed=2, num_chains=2, num_warmup=5, num_samples=10)
+    with pytest.warns(UserWarning, match="xla_force_host_platform_device_count"):
+        par = G.fit_gibbs(train, ModelSpec(rank=RANK), chain_method="parallel", **kw)
+    vec = G.fit_gibbs(train, ModelSpec(rank=RANK), **kw)
+    assert par.attrs["chain_method_used"] == "vectorized" and par.attrs["devices"] == 1
+    np.testing.assert_array_equal(par.draws["U"], vec.draws["U"])
+
+
+_PARALLEL_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_gibbs import _planted
+from bayesmf.infer import gibbs as G
+from bayesmf.model.spec import ModelSpec
+train, (tu, ti, _) = _planted()
+kw = dict(seed=2, num_chains=4, num_warmup=20, num_samples=30, predict_pairs=(tu, ti))
+par = G.fit_gibbs(train, ModelSpec(rank=2), chain_method="parallel", **kw)
+vec = G.fit_gibbs(train, ModelSpec(rank=2), **kw)
+print(json.dumps({{
+    "used": par.attrs["chain_method_used"], "devices": par.attrs["devices"],
+    "max_draw_diff": float(max(np.abs(par.draws[n] - vec.draws[n]).max()
+                               for n in ("mu", "bu", "U", "V", "tau"))),
+    "max_pred_diff": float(np.abs(np.subtract(
+        par.attrs["streamed_predictions"]["mean"],
+        vec.attrs["streamed_predictions"]["mean"])).max())}}))
+"""
+
+
+def test_parallel_chains_on_two_cpu_devices_match_vectorized(tmp_path):
+    """chain_method="parallel" splits the chains over CPU devices (here 2, from XLA_FLAGS
+    in a subprocess): same chains as the vectorized run up to float rounding."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "par.py"
+    script.write_text(_PARALLEL_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["used"] == "parallel" and res["devices"] == 2
+    assert res["max_draw_diff"] < 1e-3 and res["max_pred_diff"] < 1e-3, res
 
 
 def test_numpyro_mcmc_runs_the_gibbs_kernel(data):

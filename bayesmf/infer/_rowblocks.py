@@ -180,21 +180,33 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
 
 def _safe_cholesky(P):
     """Batched Cholesky with a jittered retry for rows whose factor is not finite."""
-    L = jnp.linalg.cholesky(P)
+    return _retry_bad_factors(P, jnp.linalg.cholesky(P))
+
+
+@jax.custom_batching.custom_vmap
+def _retry_bad_factors(P, L):
+    """Refactor ``P + 1e-4 * mean(diag P) * I`` where ``L`` is not finite; the retry runs
+    only when some factor failed (``lax.cond``)."""
     d = P.shape[-1]
     eye = jnp.eye(d, dtype=P.dtype)
     scale = jnp.trace(P, axis1=-2, axis2=-1)[..., None, None] / d
+    bad = ~jnp.all(jnp.isfinite(L), axis=(-2, -1))
 
-    def retry(L, rel):
-        bad = ~jnp.all(jnp.isfinite(L), axis=(-2, -1))
+    def fix(L):
+        L2 = jnp.linalg.cholesky(P + 1e-4 * scale * eye)
+        return jnp.where(bad[..., None, None], L2, L)
 
-        def fix(L):
-            L2 = jnp.linalg.cholesky(P + rel * scale * eye)
-            return jnp.where(bad[..., None, None], L2, L)
+    return lax.cond(jnp.any(bad), fix, lambda L: L, L)
 
-        return lax.cond(jnp.any(bad), fix, lambda L: L, L)
 
-    return retry(L, 1e-4)
+@_retry_bad_factors.def_vmap
+def _retry_bad_factors_vmap(axis_size, in_batched, P, L):
+    # Under vmap (vectorised chains) a lax.cond with a batched predicate becomes a select
+    # that computes the retry every time; the function works on any leading batch axes,
+    # so call it on the stacked arrays with one predicate for the whole batch instead.
+    P, L = (x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+            for x, b in zip((P, L), in_batched))
+    return _retry_bad_factors(P, L), True
 
 
 def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp):
