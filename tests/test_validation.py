@@ -103,7 +103,7 @@ def test_unknown_option_names_the_accepted_ones(df, method):
     ("gibbs", dict(num_samples=0), "num_samples must be an integer >= 1, got 0"),
     ("gibbs", dict(thin=1.5), "thin must be an integer >= 1, got 1.5"),
     ("gibbs", dict(num_chains=True), "num_chains must be an integer >= 1, got True"),
-    ("gibbs", dict(chain_method="parallel"), "chain_method must be 'vectorized' or"),
+    ("gibbs", dict(chain_method="pmap"), "chain_method must be 'vectorized', "),
     ("nuts", dict(num_warmup=-1), "num_warmup must be an integer >= 0, got -1"),
     ("nuts", dict(target_accept=1.0), r"target_accept must be in \(0, 1\), got 1.0"),
     ("nuts", dict(thin=10, num_samples=5), "thin=10 exceeds num_samples=5"),
