@@ -56,8 +56,9 @@ def test_layout_covers_every_observation_once(prob):
         assert np.array_equal(np.broadcast_to(r[:, None], c.shape)[real], prob["rows"][o[real]])
         assert np.array_equal(c[real], prob["cols"][o[real]])
     assert np.array_equal(b.degree, np.bincount(prob["rows"], minlength=30))
-    # heavy rows were split into several segments
+    # heavy rows were split into several segments, adjacent within their bucket
     assert any(np.bincount(r).max() > 1 for r in b.seg_row)
+    assert all(np.all(np.diff(r) >= 0) for r in b.seg_row)
 
 
 def test_precisions_and_mean_match_dense(prob):

@@ -204,12 +204,15 @@ def _active(p: Params, lay: _Layout) -> dict:
 _CACHE: dict = {}
 
 
-def _compiled(fn, static: dict, *args, small: bool = False):
+def _compiled(fn, static: dict, *args, small: bool = False, eager: bool = False):
     """AOT-compiled ``fn(*args, **static)``, cached by (function, static values, argument
     tree, shapes and dtypes). Returns ``(executable, compile_seconds)``; the seconds are 0
     on a cache hit. ``small=True`` (tiny problems, where compiling costs far more than
     running) compiles without XLA's backend optimisation passes: about half the compile
-    time for about twice the run time per call."""
+    time for about twice the run time per call. ``eager=True`` (the numpy engine) returns
+    the plain function: nothing to compile."""
+    if eager:
+        return functools.partial(fn, **static), 0.0
     leaves, tree = jax.tree_util.tree_flatten(args)
     key = (fn.__qualname__, tuple(sorted(static.items())), tree, small,
            tuple((np.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
@@ -474,50 +477,39 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         val = _obs(user[is_val], item[is_val], rating[is_val], numpy=use_numpy)
         user, item, rating = user[~is_val], item[~is_val], rating[~is_val]
     obs = _obs(user, item, rating, numpy=use_numpy)
-    if use_numpy:
-        reg_f, reg_b = np.float32(spec.reg_factors), np.float32(spec.reg_bias)
-    else:
-        reg_f = jnp.asarray(spec.reg_factors, _DTYPE)
-        reg_b = jnp.asarray(spec.reg_bias, _DTYPE)
+    scalar = np.float32 if use_numpy else (lambda v: jnp.asarray(v, _DTYPE))
+    reg_f, reg_b = scalar(spec.reg_factors), scalar(spec.reg_bias)
     compile_s = 0.0
-    small = train.nnz * (spec.rank + 2) < _SMALL_WORK
+    compiled = functools.partial(_compiled, small=train.nnz * (spec.rank + 2) < _SMALL_WORK,
+                                 eager=use_numpy)
     p = _init_params(int(seed), lay, float(np.mean(rating)), spec.init_scale, numpy=use_numpy)
     if solver == "als":
         ublocks = build_row_blocks(np.asarray(user), np.asarray(item), lay.n_users,
                                    n_other=lay.n_items)
         iblocks = build_row_blocks(np.asarray(item), np.asarray(user), lay.n_items,
                                    n_other=lay.n_users)
-        if use_numpy:
-            step = functools.partial(_als_sweep, lay=lay)
-        else:
-            step, dt = _compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f,
-                                 reg_b, small=small)
-            compile_s += dt
+        step, dt = compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f, reg_b)
+        compile_s += dt
         state = None
     else:
         lr = jnp.asarray(opts["learning_rate"] or 0.0, _DTYPE)
         x = _active(p, lay)
-        init, dt = _compiled(_grad_init, {"solver": solver}, x, lr, small=small)
+        init, dt = compiled(_grad_init, {"solver": solver}, x, lr)
         compile_s += dt
         state = init(x, lr)
-        step, dt = _compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs,
-                             reg_f, reg_b, small=small)
-        expand, dt2 = _compiled(_expand, {"lay": lay}, x, small=small)
+        step, dt = compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs,
+                            reg_f, reg_b)
+        expand, dt2 = compiled(_expand, {"lay": lay}, x)
         compile_s += dt2
         compile_s += dt
+    objective_fn, dt = compiled(_objective_only, {}, p, obs, reg_f, reg_b)
+    compile_s += dt
     rmse_fn = None                      # validation RMSE
-    if use_numpy:
-        objective_fn, train_rmse_fn = _objective_only, _rmse
-        if val is not None:
-            rmse_fn = _rmse
-    else:
-        objective_fn, dt = _compiled(_objective_only, {}, p, obs, reg_f, reg_b, small=small)
+    if val is not None:
+        rmse_fn, dt = compiled(_rmse, {}, p, val)
         compile_s += dt
-        train_rmse_fn, dt = _compiled(_rmse, {}, p, obs, small=small)
-        compile_s += dt
-        if val is not None:
-            rmse_fn, dt = _compiled(_rmse, {}, p, val, small=small)
-            compile_s += dt
+    train_rmse_fn, dt = compiled(_rmse, {}, p, obs)
+    compile_s += dt
     t_iter = time.perf_counter()
 
     # --- iterate
