@@ -731,7 +731,8 @@ def _chain_mesh(n_chains: int):
     return Mesh(np.array(devs[:n]), ("chain",)) if n >= 2 else None
 
 
-#: which arguments of ``advance`` carry a leading chain axis
+#: which arguments of ``advance`` carry a leading chain axis (vmapped over when the chains
+#: are vectorized, split over the devices when they run in parallel)
 _CHAIN_ARGS = (False, False, True, True, True, True, False, False, False, False)
 
 
@@ -753,7 +754,7 @@ def _compiled_advance(cfg, vectorized, args, mesh=None):
     if not hit:
         adv = _make_advance(cfg)
         if vectorized:
-            adv = jax.vmap(adv, in_axes=(None, None, 0, 0, 0, 0, None, None, None, None))
+            adv = jax.vmap(adv, in_axes=tuple(0 if c else None for c in _CHAIN_ARGS))
         if mesh is not None:
             from jax import shard_map
             from jax.sharding import PartitionSpec as Ps
