@@ -1,12 +1,19 @@
 r"""Calibration of the posterior predictive: PIT values, coverage curves, plot data.
 
 The probability integral transform of a held-out rating :math:`y` is
-:math:`\mathrm{PIT}=F(y)=\frac1S\sum_s\Phi((y-m_s)/sd_s)` under the mixture predictive
-(see :mod:`bayesmf.evaluate.rating`). For a calibrated continuous predictive the PIT values
+:math:`\mathrm{PIT}=F(y)` under the posterior predictive mixture
+(:class:`~bayesmf.predictive.Mixture`; Gaussian: :math:`\frac1S\sum_s\Phi((y-m_s)/sd_s)`,
+see :mod:`bayesmf.evaluate.rating`). For a calibrated continuous predictive the PIT values
 are uniform, and the central level-:math:`\ell` interval covers a fraction :math:`\ell` of
 ratings (``|PIT - 1/2| <= l/2``). Ratings on a discrete scale (1..5 stars) make the PIT
 histogram lumpy even for a good model; compare coverage curves between models rather than
 with the diagonal alone.
+
+For a discrete predictive (Bernoulli, ordinal) the PIT is the **mid-PIT**
+:math:`F(y^-)+\tfrac12p(y)` by default; ``randomized=True`` uses the randomized PIT
+:math:`F(y^-)+V\,p(y)`, :math:`V\sim U(0,1)` (seeded), which is exactly uniform for a
+calibrated discrete forecast (Czado, Gneiting & Held 2009), so its histogram and coverage
+curve can be read against the diagonal.
 
 Functions return plain arrays / DataFrames (data for plots); :func:`plot_pit` and
 :func:`plot_coverage` draw them with matplotlib, imported only when called.
@@ -18,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.errors import SpecError
-from bayesmf.evaluate.rating import coverage_from_pit, mixture_pit
+from bayesmf.evaluate.rating import coverage_from_pit, predictive_mixture
 
 __all__ = ["pit_values", "coverage_curve", "pit_histogram", "calibration", "plot_pit",
            "plot_coverage", "DEFAULT_LEVELS"]
@@ -26,16 +33,20 @@ __all__ = ["pit_values", "coverage_curve", "pit_histogram", "calibration", "plot
 DEFAULT_LEVELS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 
 
-def pit_values(posterior, test, chunk_pairs: int | None = None) -> np.ndarray:
-    """PIT :math:`F(y)` of every held-out rating under the posterior predictive mixture."""
+def pit_values(posterior, test, chunk_pairs: int | None = None, randomized: bool = False,
+               seed: int = 0) -> np.ndarray:
+    """PIT :math:`F(y)` of every held-out rating under the posterior predictive mixture
+    (discrete predictives: mid-PIT, or the randomized PIT with ``randomized=True``,
+    drawn from ``default_rng(seed)``; continuous ones ignore both)."""
     u, i, ku, ki, y = posterior._test_arrays(test)
     y = np.asarray(y, np.float64)
     out = np.empty(len(y))
+    rng = np.random.default_rng(seed) if randomized else None
     step = chunk_pairs or max(1, (1 << 20) // max(posterior.n_samples, 1))
     for a in range(0, len(y), step):
         sl = slice(a, min(len(y), a + step))
-        m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-        out[sl] = mixture_pit(y[sl], m, sd)
+        mix = predictive_mixture(posterior, u[sl], i[sl], ku[sl], ki[sl])
+        out[sl] = mix.pit(y[sl], rng=rng)
     return out
 
 
@@ -60,10 +71,12 @@ def pit_histogram(pit, bins: int = 10) -> pd.DataFrame:
                          "density": dens})
 
 
-def calibration(posterior, test, levels=DEFAULT_LEVELS, bins: int = 10) -> dict:
+def calibration(posterior, test, levels=DEFAULT_LEVELS, bins: int = 10,
+                randomized: bool = False, seed: int = 0) -> dict:
     """PIT values, coverage curve and histogram in one call (``dict`` of arrays/frames),
-    plus ``ece``: mean absolute gap between nominal and empirical coverage."""
-    pit = pit_values(posterior, test)
+    plus ``ece``: mean absolute gap between nominal and empirical coverage.
+    ``randomized``/``seed``: see :func:`pit_values` (discrete predictives)."""
+    pit = pit_values(posterior, test, randomized=randomized, seed=seed)
     curve = coverage_curve(pit, levels)
     return {"pit": pit, "coverage": curve, "histogram": pit_histogram(pit, bins),
             "ece": float(np.abs(curve["gap"]).mean())}

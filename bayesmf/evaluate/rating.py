@@ -1,17 +1,19 @@
-r"""Rating-prediction metrics (pure numpy/scipy).
+r"""Rating-prediction metrics (pure numpy/scipy) for any posterior predictive mixture.
 
 Point metrics take arrays: :func:`rmse`, :func:`mae`. Distributional metrics take the
-posterior predictive as an equal-weight Gaussian mixture over the ``S`` draws, given by its
-components ``m, sd`` of shape ``(S, n)`` (``Posterior.predictive_components``):
+posterior predictive as an equal-weight mixture over the ``S`` draws, a
+:class:`~bayesmf.predictive.Mixture` (:func:`predictive_mixture`; for a Gaussian
+likelihood the components ``m, sd`` of ``Posterior.predictive_components``):
 
 .. math::
 
-    p(r) = \frac1S\sum_s \mathcal N(r;\, m_s, sd_s^2),\qquad
-    F(r) = \frac1S\sum_s \Phi\!\left(\frac{r-m_s}{sd_s}\right)
+    p(r) = \frac1S\sum_s p_s(r),\qquad F(r) = \frac1S\sum_s F_s(r)
 
-* **NLPD** :math:`-\log p(y)` of the mixture (log-sum-exp), *not* a Gaussian
-  approximation.
-* **CRPS** :math:`\int (F(x)-\mathbb 1[x\ge y])^2dx`, closed form for a Gaussian mixture
+* **NLPD** :math:`-\log p(y)` of the mixture (Gaussian: log-sum-exp of the densities,
+  *not* a Gaussian approximation; discrete families: minus the log probability of the
+  observed value, i.e. the log-loss, with probabilities clipped to
+  :math:`[10^{-15}, 1-10^{-15}]`).
+* **CRPS** :math:`\int (F(x)-\mathbb 1[x\ge y])^2dx`. Gaussian mixture, closed form
   (Grimit et al. 2006):
   :math:`\mathrm{CRPS}=\frac1S\sum_s A(y-m_s,\,sd_s^2)-\frac1{2S^2}\sum_{s,t}A(m_s-m_t,\,
   sd_s^2+sd_t^2)` with :math:`A(\mu,\sigma^2)=\mu(2\Phi(\mu/\sigma)-1)+2\sigma\varphi(\mu/\sigma)`.
@@ -20,32 +22,58 @@ components ``m, sd`` of shape ``(S, n)`` (``Posterior.predictive_components``):
   mixture (reported as ``crps_draws_used``).
   For one Gaussian it reduces to
   :math:`sd\,[z(2\Phi(z)-1)+2\varphi(z)-1/\sqrt\pi]`, :math:`z=(y-m)/sd`.
-* **PIT** :math:`F(y)`; **coverage** of the central level-:math:`\ell` interval
-  :math:`[F^{-1}(\tfrac{1-\ell}2),F^{-1}(\tfrac{1+\ell}2)]` is the fraction with
-  :math:`|F(y)-\tfrac12|\le\ell/2` (identical to comparing with the mixture quantiles, and
-  needs no root finding); the mean **width** of those intervals uses the exact mixture
-  quantiles.
+  Bernoulli: the Brier score :math:`(\bar p-y)^2`; categorical over levels :math:`l_j`:
+  the ranked probability score in level units
+  :math:`\sum_j(F(l_j)-\mathbb 1[y\le l_j])^2(l_{j+1}-l_j)` (both exact, all draws).
+* **PIT** :math:`F(y)` (discrete families: the mid-PIT :math:`F(y^-)+\tfrac12p(y)`).
+  **Coverage** of the central level-:math:`\ell` interval
+  :math:`[F^{-1}(\tfrac{1-\ell}2),F^{-1}(\tfrac{1+\ell}2)]`: for a continuous predictive
+  the fraction with :math:`|F(y)-\tfrac12|\le\ell/2` (identical to comparing with the
+  mixture quantiles, and needs no root finding); for a discrete one the fraction with
+  ``lower <= y <= upper`` from the discrete quantiles -- such intervals hold at least
+  :math:`\ell` of the mass and usually more, so discrete predictives **over-cover** (a
+  calibrated model reports coverage above nominal). The mean **width** of those intervals
+  uses the exact mixture quantiles.
+
+Discrete families add classification metrics (:mod:`bayesmf.evaluate.classification`):
+Bernoulli ``log_loss``, ``brier``, ``auc``, ``ece``, ``accuracy`` (of
+:math:`\bar p>1/2`); categorical ``log_loss``, ``rps``, ``accuracy`` (of the mode) and
+``expected_rating_rmse`` (= ``rmse`` of the expected rating).
 
 **Per-draw distributions** (``draws=True``): every metric is also computed for each
-posterior draw alone -- RMSE/MAE of the draw's noise-free prediction :math:`m_s`, and
-NLPD/CRPS/coverage of its Gaussian :math:`\mathcal N(m_s, sd_s^2)` -- and summarised by the
-mean and the central 90% interval over draws. These describe parameter uncertainty of the
-metric; they are not the metrics of the posterior predictive.
+posterior draw alone (:meth:`~bayesmf.predictive.Mixture.per_draw`, the vectorised
+``take([s])``) -- RMSE/MAE of the draw's mean :math:`\mu_s` (Gaussian: the noise-free
+prediction :math:`m_s`; Bernoulli: :math:`p_s`), and NLPD/CRPS/coverage of its own
+distribution (e.g. :math:`\mathcal N(m_s, sd_s^2)`) -- and summarised by the mean and the
+central 90% interval over draws. These describe parameter uncertainty of the metric; they
+are not the metrics of the posterior predictive.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp, ndtr, ndtri
 
 from bayesmf.errors import DataError, SpecError
-from bayesmf.recommend.strategies import mixture_quantile
+from bayesmf.evaluate.classification import accuracy as _accuracy
+from bayesmf.evaluate.classification import auc as _auc
+from bayesmf.evaluate.classification import brier as _brier
+from bayesmf.evaluate.classification import ece as _ece
+from bayesmf.predictive import (BernoulliMixture, CategoricalMixture, GaussianMixture,
+                                Mixture, gaussian_crps, mixture_crps, mixture_logpdf,
+                                mixture_pit, thin_index)
 
 __all__ = ["rmse", "mae", "gaussian_crps", "mixture_crps", "mixture_logpdf", "mixture_pit",
-           "coverage_from_pit", "summarize_draws", "rating_metrics"]
+           "coverage_from_pit", "summarize_draws", "rating_metrics", "predictive_mixture"]
 
-_SQRT_PI = np.sqrt(np.pi)
-_LOG2PI = np.log(2 * np.pi)
+
+def predictive_mixture(posterior, u, i, known_user=None, known_item=None) -> Mixture:
+    """The posterior predictive of index pairs as a :class:`~bayesmf.predictive.Mixture`:
+    ``posterior.predictive_mixture(u, i, known_user, known_item)``, or for a posterior
+    without that method ``GaussianMixture(*posterior.predictive_components(...))``."""
+    fn = getattr(posterior, "predictive_mixture", None)
+    if fn is not None:
+        return fn(u, i, known_user, known_item)
+    return GaussianMixture(*posterior.predictive_components(u, i, known_user, known_item))
 
 
 def _pair(y, yhat):
@@ -68,59 +96,6 @@ def mae(y, yhat) -> float:
     """Mean absolute error ``mean(|y - yhat|)``."""
     y, yhat = _pair(y, yhat)
     return float(np.mean(np.abs(y - yhat)))
-
-
-def _phi(z):
-    return np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-
-
-def gaussian_crps(y, m, sd):
-    """CRPS of ``N(m, sd^2)`` at ``y``: ``sd [z(2Phi(z)-1) + 2phi(z) - 1/sqrt(pi)]``."""
-    y, m, sd = (np.asarray(a, np.float64) for a in (y, m, sd))
-    z = (y - m) / sd
-    return sd * (z * (2 * ndtr(z) - 1) + 2 * _phi(z) - 1 / _SQRT_PI)
-
-
-def _A(mu, var):
-    s = np.sqrt(var)
-    return mu * (2 * ndtr(mu / s) - 1) + 2 * s * _phi(mu / s)
-
-
-def mixture_crps(y, m, sd, max_elems: int = 1 << 22):
-    """Exact CRPS of the mixture ``mean_s N(m[s], sd[s]^2)`` at each ``y`` (columns).
-
-    ``m, sd``: ``(S, n)``; ``y``: ``(n,)``. Works in column blocks of ``S^2`` elements.
-    """
-    m = np.asarray(m, np.float64)
-    sd = np.broadcast_to(np.asarray(sd, np.float64), m.shape)
-    y = np.asarray(y, np.float64)
-    S, n = m.shape
-    out = np.empty(n)
-    var = sd * sd
-    iu, ju = np.triu_indices(S, k=1)  # the double sum is symmetric: off-diagonal pairs once
-    step = max(1, max_elems // max(len(iu), 1))
-    for a in range(0, n, step):
-        sl = slice(a, min(n, a + step))
-        t1 = _A(y[sl] - m[:, sl], var[:, sl]).mean(axis=0)
-        # diagonal: A(0, 2 var) = 2 sqrt(2 var) phi(0)
-        diag = (2.0 * np.sqrt(2.0 * var[:, sl]) * _phi(0.0)).sum(axis=0)
-        off = _A(m[iu, sl] - m[ju, sl], var[iu, sl] + var[ju, sl]).sum(axis=0) if len(iu) else 0.0
-        t2 = (diag + 2.0 * off) / (S * S)
-        out[sl] = t1 - 0.5 * t2
-    return out
-
-
-def mixture_logpdf(y, m, sd):
-    """``log mean_s N(y; m[s], sd[s]^2)`` per column (log-sum-exp)."""
-    m = np.asarray(m, np.float64)
-    z = (np.asarray(y, np.float64) - m) / sd
-    lp = -0.5 * z * z - np.log(sd) - 0.5 * _LOG2PI
-    return logsumexp(lp, axis=0) - np.log(m.shape[0])
-
-
-def mixture_pit(y, m, sd):
-    """Probability integral transform ``F(y) = mean_s Phi((y - m[s]) / sd[s])``."""
-    return ndtr((np.asarray(y, np.float64) - m) / sd).mean(axis=0)
 
 
 def coverage_from_pit(pit, level: float) -> float:
@@ -147,10 +122,11 @@ def _check_levels(levels):
     return lv
 
 
-def _thin_index(S: int, max_draws: int | None):
-    if max_draws is None or S <= max_draws:
-        return np.arange(S)
-    return np.unique(np.linspace(0, S - 1, int(max_draws)).round().astype(np.int64))
+def _interval_hits(mix: Mixture, y, level: float, tol=None):
+    """``(lower <= y <= upper, upper - lower)`` of the central ``level`` interval."""
+    kw = {} if tol is None or mix.discrete else {"tol": tol}
+    lo, hi = mix.interval(level, **kw)
+    return (lo <= y) & (y <= hi), hi - lo
 
 
 def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool = True,
@@ -164,6 +140,15 @@ def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool 
     ``coverage`` and ``interval_width`` use the unclipped mixture (see module docs).
     Unknown users/items use the posterior's population fallback (counted in
     ``n_cold``). ``return_pit`` adds the PIT array under ``"pit"`` (not JSON).
+
+    Works for every predictive :class:`~bayesmf.predictive.Mixture`: for a Bernoulli
+    predictive ``rmse``/``mae`` compare :math:`\\bar p = P(y=1)` with the 0/1 values,
+    ``nlpd`` is the log-loss, ``crps`` the Brier score, and ``log_loss``, ``brier``,
+    ``auc`` (``None`` when the test set holds one class only), ``ece`` and ``accuracy``
+    are added; for a categorical (ordinal) predictive ``crps`` is the ranked probability
+    score and ``log_loss``, ``rps``, ``accuracy`` (of the mode) and
+    ``expected_rating_rmse`` are added. Discrete coverage comes from the discrete
+    quantiles and over-covers (module docs).
     """
     lv = _check_levels(levels)
     u, i, ku, ki, y = posterior._test_arrays(test)
@@ -172,14 +157,15 @@ def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool 
     if n == 0:
         raise DataError("cannot evaluate on zero ratings")
     S = posterior.n_samples
-    crps_idx = _thin_index(S, crps_max_draws)
-    Sc = len(crps_idx)
+    Sc = len(thin_index(S, crps_max_draws))
     if chunk_pairs is None:
         chunk_pairs = max(1, min((1 << 20) // max(S, 1), (1 << 23) // max(Sc * Sc, 1)))
     mean = np.empty(n)
     lpd = np.empty(n)
     crps = np.empty(n)
     pit = np.empty(n)
+    mode = np.empty(n)
+    inside = {l: np.zeros(n, bool) for l in lv}
     wid = {l: np.empty(n) for l in lv} if widths else {}
     if draws:
         d_se = np.zeros(S)
@@ -187,29 +173,41 @@ def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool 
         d_nlp = np.zeros(S)
         d_crps = np.zeros(S)
         d_cov = {l: np.zeros(S) for l in lv}
+    mix = None
     for a in range(0, n, chunk_pairs):
         sl = slice(a, min(n, a + chunk_pairs))
-        m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+        mix = predictive_mixture(posterior, u[sl], i[sl], ku[sl], ki[sl])
         yy = y[sl]
-        mean[sl] = m.mean(axis=0)
-        lpd[sl] = mixture_logpdf(yy, m, sd)
-        crps[sl] = mixture_crps(yy, m[crps_idx], sd[crps_idx]) if Sc > 1 else \
-            gaussian_crps(yy, m[0], sd[0])
-        pit[sl] = mixture_pit(yy, m, sd)
-        for l in wid:
-            lo = mixture_quantile(m, sd, (1 - l) / 2, tol=1e-7)
-            hi = mixture_quantile(m, sd, (1 + l) / 2, tol=1e-7)
-            wid[l][sl] = hi - lo
+        mean[sl] = mix.mean()
+        lpd[sl] = mix.logpdf(yy)
+        crps[sl] = mix.crps(yy, max_draws=crps_max_draws)
+        pit[sl] = mix.pit(yy)
+        if mix.discrete:
+            mode[sl] = mix.mode()
+            for l in lv:
+                inside[l][sl], w = _interval_hits(mix, yy, l)
+                if widths:
+                    wid[l][sl] = w
+        else:
+            for l in wid:
+                lo = mix.quantile((1 - l) / 2, tol=1e-7)
+                hi = mix.quantile((1 + l) / 2, tol=1e-7)
+                wid[l][sl] = hi - lo
         if draws:
-            e = yy - m
+            one = mix.per_draw()  # each draw alone, trailing shape (S, chunk)
+            e = yy - one.mean()
             d_se += (e * e).sum(axis=1)
             d_ae += np.abs(e).sum(axis=1)
-            z = e / sd
-            d_nlp += (0.5 * z * z + np.log(sd) + 0.5 * _LOG2PI).sum(axis=1)
-            d_crps += gaussian_crps(yy, m, sd).sum(axis=1)
+            d_nlp += (-one.logpdf(yy)).sum(axis=1)
+            d_crps += one.crps(yy).sum(axis=1)
             for l in lv:
-                d_cov[l] += (np.abs(z) <= ndtri(0.5 + l / 2)).sum(axis=1)
+                d_cov[l] += _interval_hits(one, yy, l)[0].sum(axis=1)
+    discrete = bool(mix.discrete)
     pred = posterior.train.scale.clip(mean) if clip else mean
+    if discrete:
+        coverage = {f"{l:g}": float(np.mean(inside[l])) for l in lv}
+    else:
+        coverage = {f"{l:g}": coverage_from_pit(pit, l) for l in lv}
     out = {
         "n_test": int(n),
         "n_cold": int((~(ku & ki)).sum()),
@@ -219,12 +217,26 @@ def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool 
         "rmse_unclipped": rmse(y, mean),
         "nlpd": float(-lpd.mean()),
         "crps": float(crps.mean()),
-        "crps_draws_used": int(Sc),
-        "coverage": {f"{l:g}": coverage_from_pit(pit, l) for l in lv},
+        "crps_draws_used": int(mix.crps_components(crps_max_draws)),
+        "coverage": coverage,
     }
     if widths:
         out["interval_width"] = {f"{l:g}": float(wid[l].mean()) for l in lv}
     out["calibration_error"] = float(np.mean([abs(out["coverage"][f"{l:g}"] - l) for l in lv]))
+    if isinstance(mix, BernoulliMixture):
+        out["log_loss"] = out["nlpd"]
+        out["brier"] = _brier(y, mean)
+        try:
+            out["auc"] = _auc(y, mean)
+        except DataError:  # one class only
+            out["auc"] = None
+        out["ece"] = _ece(y, mean)
+        out["accuracy"] = _accuracy(y, mean)
+    elif isinstance(mix, CategoricalMixture):
+        out["log_loss"] = out["nlpd"]
+        out["rps"] = out["crps"]
+        out["accuracy"] = float(np.mean(np.abs(mode - y) <= 1e-9 * np.maximum(1.0, np.abs(y))))
+        out["expected_rating_rmse"] = out["rmse"]
     if draws:
         out["draws"] = {
             "rmse": summarize_draws(np.sqrt(d_se / n), draw_interval),

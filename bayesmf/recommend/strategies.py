@@ -37,6 +37,11 @@ Newton on the mixture CDF) or of the moment-matched Gaussian
 (``quantile_method="gaussian"``). With one draw (MAP) and ``noise=True`` every strategy
 except ``"prob"``/``"utility"`` ranks like ``"mean"`` (the noise is the same for all items).
 
+The formulas live in the predictive :class:`~bayesmf.predictive.Mixture`
+(:func:`scores_from_mixture` works for every likelihood); :func:`scores_from_components`
+is the Gaussian special case. ``mixture_quantile``, ``mixture_cdf`` and
+``gauss_hermite_expectation`` are re-exported from :mod:`bayesmf.predictive`.
+
 This module is pure numpy/scipy.
 """
 
@@ -44,23 +49,22 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from bayesmf.errors import SpecError
+from bayesmf.predictive import (GaussianMixture, Mixture, gauss_hermite_expectation,
+                                mixture_cdf, mixture_quantile)
 
 __all__ = ["Strategy", "make_strategy", "STRATEGIES", "scores_from_components",
-           "mixture_quantile", "mixture_cdf", "thompson_draw_index", "id_keys",
-           "gauss_hermite_expectation"]
+           "scores_from_mixture", "mixture_quantile", "mixture_cdf", "thompson_draw_index",
+           "id_keys", "gauss_hermite_expectation"]
 
 STRATEGIES = ("mean", "upper", "lower", "thompson", "prob", "utility")
 _ALIASES = {"ucb": "upper", "optimistic": "upper", "lcb": "lower", "pessimistic": "lower",
             "risk-averse": "lower", "probability": "prob", "p_relevant": "prob",
             "expected_utility": "utility", "ts": "thompson"}
-_SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
 @dataclass(frozen=True)
@@ -136,83 +140,6 @@ def make_strategy(strategy="mean", *, quantile=None, threshold=4.0, utility=None
                     utility_method, int(n_nodes), int(n_draws), 0 if seed is None else int(seed))
 
 
-# --------------------------------------------------------------------------- mixtures
-def mixture_cdf(x, m, sd):
-    """CDF of the equal-weight mixture ``mean_s N(m[s], sd[s]^2)`` at ``x`` (broadcast
-    over the trailing axes of ``m``)."""
-    return ndtr((np.asarray(x) - m) / sd).mean(axis=0)
-
-
-def mixture_quantile(m, sd, q: float, tol: float = 1e-10, max_iter: int = 100):
-    r"""Quantile ``q`` of :math:`\frac1S\sum_s\mathcal N(m_s, sd_s^2)` per column.
-
-    The root of :math:`F(x)=q` lies between the smallest and largest component
-    quantile :math:`m_s+sd_s\Phi^{-1}(q)`; Newton steps
-    :math:`x \leftarrow x-(F(x)-q)/f(x)` are taken inside that shrinking bracket and
-    replaced by bisection whenever they leave it, so it always converges (typically in
-    4-8 iterations, against ~40 for plain bisection). Components with ``sd == 0`` are
-    point masses; then the result is the smallest ``x`` with ``F(x) >= q`` up to ``tol``.
-    ``m, sd``: arrays ``(S, ...)``; returns ``m.shape[1:]``.
-    """
-    m = np.asarray(m, np.float64)
-    sd = np.broadcast_to(np.asarray(sd, np.float64), m.shape)
-    z = ndtri(q)
-    if m.shape[0] == 1:
-        return m[0] + sd[0] * z
-    shape = m.shape[1:]
-    m2 = m.reshape(m.shape[0], -1)
-    sd2 = np.maximum(sd.reshape(m.shape[0], -1), 1e-300)
-    comp = m2 + sd2 * z
-    lo, hi = comp.min(axis=0), comp.max(axis=0)
-    mean = m2.mean(axis=0)
-    std = np.sqrt(m2.var(axis=0) + (sd2 ** 2).mean(axis=0))
-    x = np.clip(mean + z * std, lo, hi)
-    out = x.copy()
-    act = np.flatnonzero(hi - lo > tol * (1 + np.abs(x)))
-    lo, hi, x = lo[act], hi[act], x[act]
-    mm, ss = m2[:, act], sd2[:, act]
-    for _ in range(max_iter):
-        if act.size == 0:
-            break
-        t = (x - mm) / ss
-        F = ndtr(t).mean(axis=0) - q
-        f = (np.exp(-0.5 * t * t) / (ss * _SQRT2PI)).mean(axis=0)
-        below = F < 0
-        lo = np.where(below, x, lo)
-        hi = np.where(below, hi, x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = x - F / f
-        ok = np.isfinite(newton) & (newton > lo) & (newton < hi)
-        x_new = np.where(ok, newton, 0.5 * (lo + hi))
-        width = tol * (1 + np.abs(x_new))
-        done = (np.abs(x_new - x) < width) | (hi - lo < width)
-        x = x_new
-        out[act[done]] = x[done]
-        keep = ~done
-        act, lo, hi, x, mm, ss = act[keep], lo[keep], hi[keep], x[keep], mm[:, keep], ss[:, keep]
-    if act.size:
-        out[act] = x
-    return out.reshape(shape)
-
-
-@lru_cache(maxsize=32)
-def _gh(n: int):
-    """Gauss-Hermite nodes and weights / sqrt(pi) (memoised pure function)."""
-    x, w = np.polynomial.hermite.hermgauss(n)
-    return x, w / np.sqrt(np.pi)
-
-
-def gauss_hermite_expectation(fn, m, sd, n_nodes: int = 20):
-    r""":math:`\frac1S\sum_s \mathbb E_{\mathcal N(m_s, sd_s^2)}[fn(r)]` with
-    :math:`\mathbb E_{\mathcal N(m,s^2)}[g] \approx \pi^{-1/2}\sum_j w_j g(m+\sqrt2 s x_j)`
-    (exact for polynomials of degree ``< 2 n_nodes``)."""
-    x, w = _gh(n_nodes)
-    acc = 0.0
-    for xj, wj in zip(x, w):
-        acc = acc + wj * np.asarray(fn(m + np.sqrt(2.0) * sd * xj), np.float64)
-    return acc.mean(axis=0)
-
-
 # --------------------------------------------------------------------------- thompson
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.uint64)
@@ -247,39 +174,69 @@ def key_rng(seed: int, key: int) -> np.random.Generator:
 
 
 # --------------------------------------------------------------------------- scores
+def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
+    r"""Score of every entry of a predictive :class:`~bayesmf.predictive.Mixture`.
+
+    ==============  ==============================================================
+    ``mean``        ``mixture.mean()``
+    ``upper/lower`` ``mixture.quantile(q)`` (``quantile_method="gaussian"``: the
+                    moment-matched ``mixture.gaussian_quantile(q)``). Gaussian
+                    mixtures keep two shortcuts: one draw -> the Gaussian formula;
+                    no component with ``sd > 0`` (noise-free known pairs) -> the
+                    empirical quantile ``np.quantile`` of the draws ``m_s``
+                    (linear interpolation). Discrete mixtures: a support point, so
+                    many entries tie.
+    ``thompson``    ``component_means()[draw_index[row]]``: one draw per row
+                    (``draw_index`` ``(rows,)``, the first trailing axis)
+    ``prob``        ``mixture.prob_at_least(threshold)``
+    ``utility``     ``mixture.expect(utility, n_nodes)`` (Gauss-Hermite per Gaussian
+                    component, exact sum for discrete ones), or with
+                    ``utility_method="draws"`` the Monte Carlo mean of ``utility`` over
+                    ``mixture.sample(rng, n_draws)`` (``rng`` default
+                    ``default_rng(seed)``)
+    ==============  ==============================================================
+
+    ``strategy``: a :class:`Strategy` or a name for :func:`make_strategy`. Returns
+    ``mixture.shape``.
+    """
+    st = make_strategy(strategy)
+    if st.name == "mean":
+        return mixture.mean()
+    if st.name in ("upper", "lower"):
+        q = st.quantile
+        if isinstance(mixture, GaussianMixture):
+            if st.quantile_method == "gaussian" or mixture.n_components == 1:
+                return mixture.gaussian_quantile(q)
+            if not np.any(mixture.sd > 0):  # noise-free known pairs: quantile of the draws
+                return np.quantile(mixture.m, q, axis=0)
+            return mixture.quantile(q)
+        if st.quantile_method == "gaussian":
+            return mixture.gaussian_quantile(q)
+        return mixture.quantile(q)
+    if st.name == "thompson":
+        if draw_index is None:
+            raise SpecError("thompson scoring needs draw_index")
+        m = mixture.component_means()
+        idx = np.asarray(draw_index).reshape((1,) + (-1,) + (1,) * (m.ndim - 2))
+        return np.take_along_axis(m, idx, axis=0)[0]
+    if st.name == "prob":
+        return mixture.prob_at_least(st.threshold)
+    if st.name == "utility":
+        if st.utility_method == "gauss-hermite":
+            return mixture.expect(st.utility, st.n_nodes)
+        rng = np.random.default_rng(st.seed) if rng is None else rng
+        r = mixture.sample(rng, st.n_draws)
+        return np.asarray(st.utility(r), np.float64).mean(axis=0)
+    raise SpecError(f"unhandled strategy {st.name!r}")  # pragma: no cover
+
+
 def scores_from_components(m, sd, strategy: Strategy, draw_index=None, rng=None):
-    """Score of every column of the per-draw components.
+    """Score of every column of Gaussian per-draw components:
+    ``scores_from_mixture(GaussianMixture(m, sd), ...)``.
 
     ``m``, ``sd``: ``(S, rows, cols)`` (or ``(S, n)``) mixture components (``sd`` already
     with or without the noise as the strategy wants). ``draw_index``: ``(rows,)`` draw per
     row for Thompson sampling. Returns ``m.shape[1:]``.
     """
-    st = strategy
-    if st.name == "mean":
-        return m.mean(axis=0)
-    if st.name in ("upper", "lower"):
-        if st.quantile_method == "gaussian" or m.shape[0] == 1:
-            std = np.sqrt(m.var(axis=0) + (sd * sd).mean(axis=0))
-            return m.mean(axis=0) + ndtri(st.quantile) * std
-        if not np.any(sd > 0):  # noise-free, known pairs: empirical quantile of the draws
-            return np.quantile(m, st.quantile, axis=0)
-        return mixture_quantile(m, sd, st.quantile)
-    if st.name == "thompson":
-        if draw_index is None:
-            raise SpecError("thompson scoring needs draw_index")
-        idx = np.asarray(draw_index).reshape((1,) + (-1,) + (1,) * (m.ndim - 2))
-        return np.take_along_axis(m, idx, axis=0)[0]
-    if st.name == "prob":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (m - st.threshold) / sd
-        z = np.where(sd > 0, z, np.where(m >= st.threshold, np.inf, -np.inf))
-        return ndtr(z).mean(axis=0)
-    if st.name == "utility":
-        if st.utility_method == "gauss-hermite":
-            return gauss_hermite_expectation(st.utility, m, sd, st.n_nodes)
-        rng = np.random.default_rng(st.seed) if rng is None else rng
-        S = m.shape[0]
-        pick = rng.integers(0, S, size=st.n_draws)
-        r = m[pick] + sd[pick] * rng.standard_normal((st.n_draws,) + m.shape[1:])
-        return np.asarray(st.utility(r), np.float64).mean(axis=0)
-    raise SpecError(f"unhandled strategy {st.name!r}")  # pragma: no cover
+    return scores_from_mixture(GaussianMixture(m, sd), strategy, draw_index=draw_index,
+                               rng=rng)
