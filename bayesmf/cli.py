@@ -189,7 +189,8 @@ def cmd_fit(a) -> int:
         keep = {k: v for k, v in vars(a).items() if k not in ("func", "resume")}
         side.write_text(json.dumps(keep))
     train = load_ratings_source(a.train, **_source_kwargs(a))
-    model = BayesMF(method=a.method, rank=a.rank, seed=a.seed, progress=_progress(a), **opts)
+    model = BayesMF(method=a.method, rank=a.rank, likelihood=a.likelihood, seed=a.seed,
+                    progress=_progress(a), **opts)
     model.fit(train)
     model.save(a.out)
     post = model.posterior_
@@ -317,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("train", nargs="?", help="CSV/TSV/Parquet file or dataset name")
     fit.add_argument("--method", default="map", choices=sorted(METHODS))
     fit.add_argument("--rank", type=int, default=10)
+    fit.add_argument("--likelihood", default="gaussian",
+                     choices=["gaussian", "ordinal", "bernoulli-probit", "bernoulli-logit"],
+                     help="observation family: gaussian (ratings as continuous), ordinal "
+                          "(ordered probit over the star levels), bernoulli-probit / "
+                          "bernoulli-logit (0/1 data); predict writes the expected rating "
+                          "or P(y=1) in 'mean' (default: gaussian)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", help="model file to write (netCDF)")
     fit.add_argument("--samples", type=int, help="MCMC draws kept per chain (num_samples)")

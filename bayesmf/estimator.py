@@ -29,8 +29,8 @@ from bayesmf.posterior import Posterior
 
 __all__ = ["BayesMF", "as_ratings", "load"]
 
-_SPEC_FIELDS = ("rank", "global_mean", "user_bias", "item_bias", "noise", "noise_precision",
-                "reg_factors", "reg_bias", "init_scale")
+_SPEC_FIELDS = ("rank", "likelihood", "global_mean", "user_bias", "item_bias", "noise",
+                "noise_precision", "reg_factors", "reg_bias", "init_scale")
 
 
 def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
@@ -48,7 +48,9 @@ def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
 class BayesMF:
     """Matrix factorization with biases, fitted by MAP or full Bayesian inference.
 
-    Model (observed entries only): ``r_ui ~ N(mu + b_u + b_i + U_u . V_i, 1/tau)``.
+    Model (observed entries only): ``y_ui ~ p(y | eta_ui, theta)`` with the linear
+    predictor ``eta_ui = mu + b_u + b_i + U_u . V_i`` and the likelihood chosen by
+    ``likelihood`` (Gaussian by default: ``r_ui ~ N(eta_ui, 1/tau)``).
 
     Parameters
     ----------
@@ -56,6 +58,13 @@ class BayesMF:
         Inference method (see :data:`bayesmf.infer.METHODS`).
     rank : int
         Number of latent factors (0 = biases only).
+    likelihood : {"gaussian", "ordinal", "bernoulli-probit", "bernoulli-logit"} or Likelihood
+        The observation family (:mod:`bayesmf.model.likelihoods`): ``"gaussian"`` for
+        ratings treated as continuous; ``"ordinal"`` (ordered probit with learned
+        cutpoints) for star ratings -- predictions are expected ratings and the predictive
+        is categorical over the levels; ``"bernoulli-probit"`` / ``"bernoulli-logit"``
+        for 0/1 data (thumbs, clicks) -- predictions are P(y=1). Every method runs every
+        family (MAP solves non-Gaussian families by L-BFGS).
     global_mean, user_bias, item_bias, noise, noise_precision, reg_factors, reg_bias, init_scale
         Model switches and MAP regularisation, see :class:`~bayesmf.model.spec.ModelSpec`.
     priors : BayesPriors or dict, optional
@@ -77,7 +86,8 @@ class BayesMF:
         Wall time of the last fit.
     """
 
-    def __init__(self, method: str = "map", rank: int = 10, *, global_mean: bool = True,
+    def __init__(self, method: str = "map", rank: int = 10, *, likelihood="gaussian",
+                 global_mean: bool = True,
                  user_bias: bool = True, item_bias: bool = True, noise: str = "learned",
                  noise_precision: float = 1.0, reg_factors: float | None = None,
                  reg_bias: float | None = None, init_scale: float = 0.1,
@@ -85,6 +95,7 @@ class BayesMF:
                  progress: bool = False, **options):
         self.method = method
         self.rank = rank
+        self.likelihood = likelihood
         self.global_mean = global_mean
         self.user_bias = user_bias
         self.item_bias = item_bias
@@ -104,6 +115,16 @@ class BayesMF:
         p["priors"] = self.priors
         p.update(self.options)
         return p
+
+    def set_params(self, **params) -> "BayesMF":
+        """Change settings (scikit-learn style); method options go to ``options``.
+        Returns ``self``; the fitted posterior, if any, is kept until the next ``fit``."""
+        for k, v in params.items():
+            if k in ("method", "seed", "progress", "priors") + _SPEC_FIELDS:
+                setattr(self, k, v)
+            else:
+                self.options[k] = v
+        return self
 
     def make_spec(self) -> ModelSpec:
         """The validated model specification for the current settings."""
@@ -270,6 +291,8 @@ def _jsonable_params(p: dict) -> dict:
             from dataclasses import asdict
 
             v = asdict(v)
+        if hasattr(v, "to_dict") and hasattr(v, "theta_names"):  # a Likelihood object
+            v = v.to_dict()
         if isinstance(v, np.generic):
             v = v.item()
         if isinstance(v, (str, int, float, bool, dict, list)) or v is None:

@@ -31,7 +31,10 @@ from bayesmf.posterior import Posterior, TrainInfo
 
 __all__ = ["save", "load", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this bayesmf reads: 1 (Gaussian only, likelihood as a string), 2 (likelihood
+#: objects in the spec, their parameter draws such as ``cutpoints``)
+READABLE_SCHEMAS = (1, 2)
 _DIMS = {
     "mu": ("chain", "draw"), "tau": ("chain", "draw"),
     "bu": ("chain", "draw", "user"), "bi": ("chain", "draw", "item"),
@@ -40,6 +43,7 @@ _DIMS = {
     "Lambda_U": ("chain", "draw", "factor", "factor_"),
     "Lambda_V": ("chain", "draw", "factor", "factor_"),
     "lambda_bu": ("chain", "draw"), "lambda_bi": ("chain", "draw"),
+    "cutpoints": ("chain", "draw", "cutpoint"),
 }
 
 
@@ -126,10 +130,14 @@ def load(path) -> Posterior:
     ver = ds.attrs.get("bayesmf_schema")
     if ver is None:
         raise ModelFileError(f"{path} is not a bayesmf model file (no bayesmf_schema attribute)")
-    if int(ver) != SCHEMA_VERSION:
+    try:
+        ver = int(ver)
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path} has a non-numeric model schema version {ver!r}") from None
+    if ver not in READABLE_SCHEMAS:
         raise ModelFileError(
-            f"{path} has model schema version {int(ver)}; this bayesmf reads version "
-            f"{SCHEMA_VERSION}. Re-save it with a matching bayesmf version.")
+            f"{path} has model schema version {ver}; this bayesmf reads versions "
+            f"{list(READABLE_SCHEMAS)}. Re-save it with a matching bayesmf version.")
     try:
         spec = ModelSpec.from_dict(json.loads(ds.attrs["spec"]))
         sc = json.loads(ds.attrs["scale"])

@@ -46,12 +46,15 @@ from bayesmf._memory import check_allocation, max_pairs_per_block
 from bayesmf.data.ratings import Ratings, RatingScale
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
+from bayesmf.model import linear
 from bayesmf.model.params import Params
 from bayesmf.model.spec import ModelSpec
 
-__all__ = ["Posterior", "TrainInfo", "Prediction", "PARAM_NAMES"]
+__all__ = ["Posterior", "TrainInfo", "Prediction", "PARAM_NAMES", "ETA_NAMES"]
 
 PARAM_NAMES = ("mu", "bu", "bi", "U", "V", "tau")
+#: the draws of the linear predictor eta = mu + b_u + b_i + U_u . V_i (every likelihood)
+ETA_NAMES = ("mu", "bu", "bi", "U", "V")
 #: elements of a (draws x pairs x k) work block; keeps predictive memory bounded (~64 MB)
 _BLOCK_ELEMS = 1 << 24
 
@@ -141,9 +144,11 @@ class Posterior:
     def __init__(self, draws: dict, spec: ModelSpec, users: Vocabulary, items: Vocabulary,
                  train: TrainInfo, method: str, sample_stats: dict | None = None,
                  native=None, attrs: dict | None = None):
-        missing = [n for n in PARAM_NAMES if n not in draws]
+        lik = spec.likelihood
+        required = ETA_NAMES + tuple(lik.theta_names)
+        missing = [n for n in required if n not in draws]
         if missing:
-            raise SpecError(f"posterior draws miss {missing}")
+            raise SpecError(f"posterior draws miss {missing} (likelihood {lik.name!r})")
         # arrays that are not numpy yet (JAX device arrays, lists) are copied to host
         copied = sum(int(getattr(v, "nbytes", 0)) for v in draws.values()
                      if not isinstance(v, np.ndarray))
@@ -155,7 +160,11 @@ class Posterior:
             raise SpecError("draws must have leading (chain, draw) axes")
         N, M, k = len(users), len(items), spec.rank
         want = {"mu": (C, D), "bu": (C, D, N), "bi": (C, D, M), "U": (C, D, N, k),
-                "V": (C, D, M, k), "tau": (C, D)}
+                "V": (C, D, M, k)}
+        if "tau" in lik.theta_names:
+            want["tau"] = (C, D)
+        if "cutpoints" in lik.theta_names:
+            want["cutpoints"] = (C, D, lik.K - 1)
         for n, shp in want.items():
             if d[n].shape != shp:
                 raise SpecError(f"draw {n!r} has shape {d[n].shape}, expected {shp}")
@@ -205,15 +214,32 @@ class Posterior:
         return a.reshape((self.n_samples,) + a.shape[2:])
 
     def params(self, chain: int = 0, draw: int = 0) -> Params:
-        return Params(*(self.draws[n][chain, draw] for n in PARAM_NAMES))
+        """One parameter set (``tau`` is None for likelihoods without a noise precision)."""
+        return Params(*(self.draws[n][chain, draw] if n in self.draws else None
+                        for n in PARAM_NAMES))
 
     def mean_params(self) -> Params:
         """Posterior mean of each parameter (for display; predictions average draws)."""
-        return Params(*(self.draws[n].mean(axis=(0, 1)) for n in PARAM_NAMES))
+        return Params(*(self.draws[n].mean(axis=(0, 1)) if n in self.draws else None
+                        for n in PARAM_NAMES))
+
+    @property
+    def likelihood(self):
+        """The observation family (:mod:`bayesmf.model.likelihoods`)."""
+        return self.spec.likelihood
+
+    def theta_flat(self) -> dict:
+        """The likelihood-parameter draws, ``(S, ...)`` each."""
+        return {n: self.flat(n) for n in self.likelihood.theta_names}
 
     def noise_var(self) -> np.ndarray:
-        """Per-draw observation-noise variance ``1/tau_s`` (shape ``(S,)``)."""
-        return 1.0 / self.flat("tau").astype(np.float64)
+        """Per-draw observation-noise variance ``1/tau_s`` (shape ``(S,)``); Gaussian
+        likelihood only."""
+        lik = self.likelihood
+        if not hasattr(lik, "noise_var"):
+            raise SpecError(f"likelihood {lik.name!r} has no Gaussian observation noise; "
+                            "use Posterior.predictive(...) for its predictive distribution")
+        return lik.noise_var(self.theta_flat())
 
     def select(self, chains=None, draws=None) -> "Posterior":
         """A posterior restricted to some chains / draws (slices or index arrays)."""
@@ -266,91 +292,56 @@ class Posterior:
     def _population_moments(self):
         """Per draw, the population mean and covariance of the augmented user vectors
         ``a_u = [b_u, U_u]`` and item vectors ``a_i = [b_i, V_i]`` (shapes ``(S, k+1)`` and
-        ``(S, k+1, k+1)``), used for the unknown-id fallback."""
+        ``(S, k+1, k+1)``), used for the unknown-id fallback
+        (:func:`bayesmf.model.linear.population_moments`)."""
         if not hasattr(self, "_pop_cache"):
             S, k = self.n_samples, self.spec.rank
             check_allocation(
                 2 * S * max(len(self.users), len(self.items)) * max(k, 1) * 8,
                 "population moments of the factors (unknown-id fallback)",
                 hint="thin the posterior (Posterior.thin) or keep fewer draws")
-            out = {}
-            for side, b, F in (("user", "bu", "U"), ("item", "bi", "V")):
-                A = np.concatenate([self.flat(b)[..., None], self.flat(F)],
-                                   axis=-1).astype(np.float64)  # S, n, k+1
-                mean = A.mean(axis=1)
-                Ac = A - mean[:, None, :]
-                cov = np.einsum("snk,snl->skl", Ac, Ac) / max(A.shape[1], 1)
-                out[side] = (mean, cov)
-            self._pop_cache = out
+            self._pop_cache = linear.population_moments(*(self.flat(n) for n in ETA_NAMES[1:]))
         return self._pop_cache
 
     def pair_moments(self, u, i, known_user=None, known_item=None):
-        """Per-draw conditional mean ``m (S, n)`` and extra variance ``v (S, n)`` of
-        the noise-free rating for index pairs (``-1``/unknown rows use the fallback).
-
-        With ``a_u = [b_u, U_u]``, ``x_u = [1, U_u]`` (and the same for items), a pair
-        with an unknown user has ``m = mu + b_i + abar_u . x_i`` and
-        ``v = x_i^T Cov(a_u) x_i``; both unknown (user and item independent members of
-        their populations) gives ``m = mu + bbar_u + bbar_i + Ubar . Vbar`` and
-        ``v = Var b_u + Var b_i + tr(C_U C_V) + Ubar^T C_V Ubar + Vbar^T C_U Vbar
-        + 2 Cov(b_u, U) . Vbar + 2 Cov(b_i, V) . Ubar``.
-
-        Memory: materialises ``S x n`` float64 arrays; callers chunk over pairs.
-        """
+        """Per-draw linear predictor ``m (S, n)`` and its extra variance ``v (S, n)`` for
+        index pairs (``-1``/unknown rows use the population fallback); see
+        :func:`bayesmf.model.linear.pair_moments`. Callers chunk over pairs."""
         u = np.asarray(u, np.int64)
         i = np.asarray(i, np.int64)
         ku = (u >= 0) if known_user is None else np.asarray(known_user, bool)
         ki = (i >= 0) if known_item is None else np.asarray(known_item, bool)
         _check_index_range(u, ku, len(self.users), "user")
         _check_index_range(i, ki, len(self.items), "item")
-        S, n = self.n_samples, len(u)
-        mu = self.flat("mu").astype(np.float64)
-        m = np.broadcast_to(mu[:, None], (S, n)).copy()
-        v = np.zeros((S, n))
-        uu = np.where(ku, u, 0)
-        ii = np.where(ki, i, 0)
-        k = self.spec.rank
-        both = ku & ki
-        if both.any():
-            ub, ib = uu[both], ii[both]
-            m[:, both] += (self.flat("bu")[:, ub] + self.flat("bi")[:, ib]).astype(np.float64)
-            if k:
-                m[:, both] += _rowdot(self.flat("U"), self.flat("V"), ub, ib)
-        if both.all():
-            return m, v
-        pop_u_mean, pop_u_cov = self._population_moments()["user"]
-        pop_i_mean, pop_i_cov = self._population_moments()["item"]
-        for sel, known_side, kidx, pmean, pcov, b_name, F_name in (
-                (~ku & ki, "item", ii, pop_u_mean, pop_u_cov, "bi", "V"),
-                (ku & ~ki, "user", uu, pop_i_mean, pop_i_cov, "bu", "U")):
-            if not sel.any():
-                continue
-            idx = kidx[sel]
-            x = np.concatenate([np.ones((S, len(idx), 1)),
-                                self.flat(F_name)[:, idx].astype(np.float64)], axis=-1)
-            m[:, sel] += self.flat(b_name)[:, idx].astype(np.float64)
-            m[:, sel] += np.einsum("sk,snk->sn", pmean, x)
-            v[:, sel] += np.einsum("snk,skl,snl->sn", x, pcov, x)
-        cb = ~ku & ~ki
-        if cb.any():
-            bu_m, U_m = pop_u_mean[:, 0], pop_u_mean[:, 1:]
-            bi_m, V_m = pop_i_mean[:, 0], pop_i_mean[:, 1:]
-            CU, CV = pop_u_cov[:, 1:, 1:], pop_i_cov[:, 1:, 1:]
-            mean = bu_m + bi_m + np.einsum("sk,sk->s", U_m, V_m)
-            var = (pop_u_cov[:, 0, 0] + pop_i_cov[:, 0, 0]
-                   + np.einsum("skl,slk->s", CU, CV)
-                   + np.einsum("sk,skl,sl->s", U_m, CV, U_m)
-                   + np.einsum("sk,skl,sl->s", V_m, CU, V_m)
-                   + 2 * np.einsum("sk,sk->s", pop_u_cov[:, 0, 1:], V_m)
-                   + 2 * np.einsum("sk,sk->s", pop_i_cov[:, 0, 1:], U_m))
-            m[:, cb] += mean[:, None]
-            v[:, cb] += var[:, None]
-        return m, v
+        pop = None if (ku.all() and ki.all()) else self._population_moments()
+        return linear.pair_moments({n: self.flat(n) for n in ETA_NAMES}, u, i, ku, ki, pop)
 
     def _chunks(self, n: int):
         step = max_pairs_per_block(self.n_samples, self.spec.rank, _BLOCK_ELEMS)
         for a in range(0, n, step):
             yield slice(a, min(n, a + step))
+
+    def predictive_mixture(self, u, i, known_user=None, known_item=None):
+        """The posterior predictive of index pairs as a :class:`~bayesmf.predictive.Mixture`
+        (one component per draw; the likelihood builds it from the per-draw linear
+        predictor and its fallback variance, :meth:`pair_moments`). Callers chunk over
+        pairs (:meth:`_chunks`)."""
+        m, v = self.pair_moments(u, i, known_user, known_item)
+        return self.likelihood.predictive(m, v, self.theta_flat())
+
+    def predictive(self, users, items, unknown: str = "fallback"):
+        """The posterior predictive of pairs of **raw ids** as a
+        :class:`~bayesmf.predictive.Mixture`: ``mean()`` (expected rating; P(y=1) for
+        Bernoulli), ``var()``, ``cdf``, ``logpdf``, ``quantile``, ``prob_at_least``,
+        ``crps``, ``sample`` and, for discrete families, ``pmf()``. Holds ``S x pairs``
+        arrays: pass a few thousand pairs at a time (:meth:`predict` chunks for you)."""
+        u, i, ku, ki = self.encode_pairs(users, items, unknown)
+        S = self.n_samples
+        K = getattr(self.likelihood, "K", 1) if self.likelihood.discrete else 1
+        check_allocation(3 * 8 * S * len(u) * max(K, 1),
+                         f"the predictive mixture of {len(u)} pairs x {S} draws",
+                         hint="pass fewer pairs per call or thin the posterior")
+        return self.predictive_mixture(u, i, ku, ki)
 
     def predict(self, users, items, interval: float = 0.9, clip: bool = False,
                 unknown: str = "fallback", method: str = "mixture") -> Prediction:
@@ -367,6 +358,9 @@ class Posterior:
         method : {"mixture", "gaussian"}
             Interval bounds from the exact draw mixture, or a Gaussian with the
             predictive mean and std.
+
+        The mean is the expected value of the predictive (the expected rating; for a
+        Bernoulli likelihood P(y=1)); discrete families give intervals on their support.
         """
         if not 0 < interval < 1:
             raise SpecError(f"interval must be in (0, 1), got {interval}")
@@ -394,26 +388,25 @@ class Posterior:
         std_p = np.empty(n)
         lo = np.empty(n)
         hi = np.empty(n)
-        nv = self.noise_var()
         a = (1 - interval) / 2
+        gaussian = self.likelihood.mean_is_linear
         for sl in self._chunks(n):
-            m, v = self.pair_moments(u[sl], np.asarray(i)[sl], ku[sl], ki[sl])
-            mm = m.mean(axis=0)
-            pv = m.var(axis=0) + v.mean(axis=0)
-            tv = pv + nv.mean()
+            mix = self.predictive_mixture(u[sl], np.asarray(i)[sl], ku[sl], ki[sl])
+            mm, tv, pv = mix.mean(), mix.var(), mix.param_var()
             mean[sl], std[sl], std_p[sl] = mm, np.sqrt(tv), np.sqrt(pv)
-            if method == "gaussian" or self.n_samples == 1 and not (~ku[sl] | ~ki[sl]).any():
+            if gaussian and (method == "gaussian" or self.n_samples == 1
+                             and not (~ku[sl] | ~ki[sl]).any()):
                 z = ndtri(1 - a)
                 lo[sl], hi[sl] = mm - z * np.sqrt(tv), mm + z * np.sqrt(tv)
             else:
-                sd = np.sqrt(v + nv[:, None])
-                lo[sl] = mixture_quantile(m, sd, a)
-                hi[sl] = mixture_quantile(m, sd, 1 - a)
+                lo[sl] = mix.quantile(a)
+                hi[sl] = mix.quantile(1 - a)
         return mean, std, std_p, lo, hi
 
     def predictive_components(self, u, i, known_user=None, known_item=None):
         """``(m, sd)`` of the Gaussian mixture components, each ``(S, n)``, for index
-        pairs: ``p(r) = mean_s N(r; m[s], sd[s]^2)``. Callers chunk over pairs."""
+        pairs: ``p(r) = mean_s N(r; m[s], sd[s]^2)`` (Gaussian likelihood; every family:
+        :meth:`predictive_mixture`). Callers chunk over pairs."""
         m, v = self.pair_moments(u, i, known_user, known_item)
         return m, np.sqrt(v + self.noise_var()[:, None])
 
@@ -427,12 +420,17 @@ class Posterior:
                          f"{rows} predictive draws for {len(u)} pairs",
                          hint="ask for fewer draws (n=...), thin the posterior or pass "
                               "fewer pairs per call")
-        m, sd = self.predictive_components(u, i, ku, ki)
         rng = np.random.default_rng(seed)
+        if self.likelihood.mean_is_linear:  # Gaussian: one rating per draw, as before
+            m, sd = self.predictive_components(u, i, ku, ki)
+            if n is not None:
+                pick = rng.integers(0, self.n_samples, size=n)
+                m, sd = m[pick], sd[pick]
+            return m + sd * rng.standard_normal(m.shape)
+        mix = self.predictive_mixture(u, i, ku, ki)
         if n is not None:
-            pick = rng.integers(0, self.n_samples, size=n)
-            m, sd = m[pick], sd[pick]
-        return m + sd * rng.standard_normal(m.shape)
+            mix = mix.take(rng.integers(0, self.n_samples, size=n))
+        return mix.sample(rng, None)
 
     def prob_at_least(self, users, items, threshold: float,
                       unknown: str = "fallback") -> np.ndarray:
@@ -440,8 +438,8 @@ class Posterior:
         u, i, ku, ki = self.encode_pairs(users, items, unknown)
         out = np.empty(len(u))
         for sl in self._chunks(len(u)):
-            m, sd = self.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-            out[sl] = ndtr((m - threshold) / sd).mean(axis=0)
+            out[sl] = self.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl]).prob_at_least(
+                threshold)
         return out
 
     def quantiles(self, users, items, q, unknown: str = "fallback") -> np.ndarray:
@@ -452,26 +450,25 @@ class Posterior:
         u, i, ku, ki = self.encode_pairs(users, items, unknown)
         out = np.empty((len(q), len(u)))
         for sl in self._chunks(len(u)):
-            m, sd = self.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+            mix = self.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl])
             for j, qq in enumerate(q):
-                out[j, sl] = mixture_quantile(m, sd, qq)
+                out[j, sl] = mix.quantile(qq)
         return out
 
     def log_predictive_density(self, ratings: Ratings) -> np.ndarray:
-        """Per-rating ``log p(r | D) = log mean_s N(r; m_s, sd_s^2)`` for a test set
-        encoded with this posterior's vocabularies (or with raw ids re-encoded)."""
+        """Per-rating ``log p(r | D)`` of the posterior predictive mixture (a density for
+        the Gaussian, a probability for discrete families) for a test set encoded with
+        this posterior's vocabularies (or with raw ids re-encoded)."""
         u, i, ku, ki, y = self._test_arrays(ratings)
         out = np.empty(len(y))
         for sl in self._chunks(len(y)):
-            m, sd = self.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-            z = (y[sl] - m) / sd
-            lp = -0.5 * z * z - np.log(sd) - 0.5 * np.log(2 * np.pi)
-            out[sl] = logsumexp(lp, axis=0) - np.log(m.shape[0])
+            out[sl] = self.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl]).logpdf(y[sl])
         return out
 
     def _test_arrays(self, ratings: Ratings):
         if not isinstance(ratings, Ratings):
             raise DataError(f"expected a Ratings container, got {type(ratings).__name__}")
+        self.likelihood.check_values(ratings.rating)
         if ratings.users == self.users and ratings.items == self.items:
             ones = np.ones(ratings.nnz, bool)
             return ratings.user, ratings.item, ones, ones, ratings.rating
@@ -494,25 +491,5 @@ def _check_index_range(idx, known, n: int, side: str) -> None:
             f"posterior.items))")
 
 
-def _rowdot(Uf, Vf, u, i):
-    """``sum_k U[s, u_n, k] V[s, i_n, k]`` -> (S, n) in float64, chunk-free."""
-    return np.einsum("snk,snk->sn", Uf[:, u], Vf[:, i], dtype=np.float64)
-
-
-def mixture_quantile(m: np.ndarray, sd: np.ndarray, q: float, iters: int = 60) -> np.ndarray:
-    """Quantile ``q`` of the equal-weight Gaussian mixture ``mean_s N(m[s], sd[s]^2)``
-    for each column, by bisection (monotone CDF; exact to ~1e-12 of the bracket)."""
-    if m.shape[0] == 1:
-        return m[0] + sd[0] * ndtri(q)
-    z = ndtri(q)
-    comp = m + sd * z  # each component's own q-quantile brackets the mixture's
-    lo, hi = comp.min(axis=0), comp.max(axis=0)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        c = ndtr((mid - m) / sd).mean(axis=0)
-        below = c < q
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-        if np.all(hi - lo < 1e-9 * (1 + np.abs(mid))):
-            break
-    return 0.5 * (lo + hi)
+# The one quantile solver of the package (safeguarded Newton), kept importable here.
+from bayesmf.predictive.gaussian import mixture_quantile  # noqa: E402,F401

@@ -140,7 +140,13 @@ def simulate(spec: ModelSpec, users, items, n_users: int, n_items: int, rng,
     items = np.asarray(items)
     mean = (t["mu"] + t["bu"][users] + t["bi"][items]
             + np.sum(t["U"][users] * t["V"][items], axis=-1))
-    y = mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
+    lik = spec.likelihood
+    if lik.mean_is_linear:
+        y = mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
+    else:  # the family's own observation model and the prior of its parameters
+        del t["tau"]
+        t.update(lik.theta_prior_draw(rng, spec))
+        y = lik.prior_simulate(rng, mean, t)
     return t, y
 
 
@@ -153,8 +159,13 @@ def quantities(p: dict, spec: ModelSpec, pairs, n_bias: int) -> dict:
     mu = np.asarray(p["mu"], float)
     if spec.global_mean:
         out["mu"] = mu
-    if spec.noise == "learned":
+    lik = spec.likelihood
+    if spec.noise == "learned" and "tau" in lik.theta_names:
         out["tau"] = np.asarray(p["tau"], float)
+    if "cutpoints" in lik.theta_names:  # the free cutpoints (c_1 = 0 with a global mean)
+        c = np.asarray(p["cutpoints"], float)
+        for j in range(1 if spec.global_mean else 0, c.shape[-1]):
+            out[f"cut[{j}]"] = c[..., j]
     for b, on in (("bu", spec.user_bias), ("bi", spec.item_bias)):
         if on:
             arr = np.asarray(p[b], float)
@@ -352,12 +363,13 @@ class GibbsBatch:
 
         kern = BPMFGibbs(datasets[0], spec)
         dt = kern.dtype
-        ys = jnp.asarray(np.stack([d.rating for d in datasets]).astype(dt))
-        means = jnp.asarray(np.array([d.mean for d in datasets]), dt)
+        lik = kern.cfg.spec.likelihood
+        ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
+        means = jnp.asarray(np.array([lik.eta_offset(d.rating) for d in datasets]), dt)
         keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
         W, S, T = self.num_warmup, self.num_samples, self.thin
         n_iter = W + S * T
-        keep_names = ("mu", "bu", "bi", "U", "V", "tau")
+        keep_names = ("mu", "bu", "bi", "U", "V") + tuple(lik.theta_names)
 
         def one(key, y, mean):
             data = kern.data._replace(rating=y)
@@ -367,7 +379,7 @@ class GibbsBatch:
 
             def body(s, t):
                 s, _ = _bound_step(kern, data, jax.random.fold_in(key, t), s)
-                return s, tuple(getattr(s, n) for n in keep_names)
+                return s, tuple(s.flat()[n] for n in keep_names)
 
             _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
             return tuple(o[W::T][:S] for o in out)
@@ -549,7 +561,8 @@ def run_sbc(method, spec: ModelSpec, *, n_rep: int = 100, n_users: int = 8,
         truth = sims[rep][0]
         if fitted is None:
             post = fit(datasets[rep], spec, seeds[rep])
-            flat = {n: post.flat(n) for n in ("mu", "bu", "bi", "U", "V", "tau")}
+            flat = {n: post.flat(n) for n in ("mu", "bu", "bi", "U", "V")
+                    + tuple(post.likelihood.theta_names)}
         else:
             flat = fitted[rep]
         S = len(flat["mu"])

@@ -14,7 +14,8 @@ import importlib
 
 from bayesmf.errors import SpecError
 
-__all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "check_int"]
+__all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "fitted_spec",
+           "check_int"]
 
 #: method name -> "module:function"
 METHODS: dict[str, str] = {
@@ -61,6 +62,19 @@ def check_fit_inputs(train, spec) -> None:
     if not isinstance(spec, ModelSpec):
         raise SpecError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     spec.check_data(train.n_users, train.n_items, train.nnz)
+
+
+def fitted_spec(train, spec, method: str | None = None):
+    """:func:`check_fit_inputs`, then the spec whose likelihood has seen the training
+    values (:meth:`~bayesmf.model.likelihoods.Likelihood.fit_data`: values validated for
+    the family -- 0/1 for Bernoulli --, ordinal levels learned). With ``method`` the
+    method x likelihood pair is checked too. This is the spec a Posterior keeps."""
+    check_fit_inputs(train, spec)
+    lik = spec.likelihood
+    if method is not None:
+        lik.check_method(method)
+    fitted = lik.fit_data(train.rating)
+    return spec if fitted == lik else spec.replace(likelihood=fitted)
 
 
 def check_int(name: str, v, minimum: int = 1, allow_none: bool = False):

@@ -153,30 +153,51 @@ def _scatter_add(a, idx, vals):
     return a.at[idx].add(vals)
 
 
-def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=jnp):
-    """``(P, h)`` of every row: ``P (n_rows, d, d)``, ``h (n_rows, d)`` (see module docs),
-    computed in the array namespace ``xp`` (``jax.numpy`` or ``numpy``)."""
+def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=jnp,
+                   dense_gram=None):
+    r"""``(P, h)`` of every row: ``P (n_rows, d, d)``, ``h (n_rows, d)`` (see module docs),
+    computed in the array namespace ``xp`` (``jax.numpy`` or ``numpy``).
+
+    ``tau`` is one precision for every observation (a scalar: the Gaussian likelihood,
+    the fast path) or one weight per observation ``(nnz,)`` (Pólya-Gamma and other
+    augmentations, confidence weights): then :math:`P_r = \Lambda_0 + \sum_j w_j x x^\top`,
+    :math:`h_r = \eta_0 + \sum_j w_j y_j x`. ``prior_prec`` ``(d, d)`` or per row
+    ``(n_rows, d, d)``, ``prior_shift`` ``(d,)`` or per row ``(n_rows, d)`` (a per-row
+    prior mean, e.g. from side information); ``dense_gram (d, d)`` is added to every
+    :math:`P_r` (e.g. the all-items Gram :math:`Y^\top Y` of implicit ALS)."""
     X = xp.asarray(X)
     dt = X.dtype
     n, d = blocks.degree.shape[0], X.shape[1]
     Xp = xp.concatenate([X, xp.zeros((1, d), dt)], axis=0)
     y = xp.asarray(y, dt)
+    weighted = xp.ndim(tau) > 0
+    if weighted:
+        w = xp.asarray(tau, dt)
+        y = y * w
     G = xp.zeros((n, d, d), dt)
     h = xp.zeros((n, d), dt)
     for r, c, o in zip(blocks.seg_row, blocks.seg_cols, blocks.seg_obs):
         if xp is np:                    # take + batched BLAS: 3x faster than [] + einsum
             Xg, yg = np.take(Xp, c, axis=0), np.take(y, o)
-            Gs = np.matmul(Xg.transpose(0, 2, 1), Xg)
+            Xw = Xg * np.take(w, o)[..., None] if weighted else Xg
+            Gs = np.matmul(Xw.transpose(0, 2, 1), Xg)
             hs = np.matmul(yg[:, None, :], Xg)[:, 0]
         else:
             Xg, yg = Xp[c], y[o]        # (S, W, d), (S, W)
-            Gs = jnp.einsum("swd,swe->sde", Xg, Xg)
+            Xw = Xg * w[o][..., None] if weighted else Xg
+            Gs = jnp.einsum("swd,swe->sde", Xw, Xg)
             hs = jnp.einsum("sw,swd->sd", yg, Xg)
         G = _scatter_add(G, r, Gs)
         h = _scatter_add(h, r, hs)
-    tau = xp.asarray(tau, dt)
-    P = xp.asarray(prior_prec, dt) + tau * G
-    h = xp.asarray(prior_shift, dt) + tau * h
+    if weighted:
+        P = xp.asarray(prior_prec, dt) + G
+        h = xp.asarray(prior_shift, dt) + h
+    else:
+        tau = xp.asarray(tau, dt)
+        P = xp.asarray(prior_prec, dt) + tau * G
+        h = xp.asarray(prior_shift, dt) + tau * h
+    if dense_gram is not None:
+        P = P + xp.asarray(dense_gram, dt)
     return P, h
 
 
@@ -211,7 +232,8 @@ def _retry_bad_factors_vmap(axis_size, in_batched, P, L):
     return _retry_bad_factors(P, L), True
 
 
-def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp):
+def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp,
+               dense_gram=None):
     """Conditional mean (``key=None``) or a draw of every row's Gaussian.
 
     For every row ``r`` with observation set ``O_r``::
@@ -221,8 +243,10 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
 
     returns ``Z (n_rows, d)`` with ``Z_r = P_r^{-1} h_r`` when ``key`` is None (the
     conditional mean, i.e. the ALS ridge solution) or ``Z_r ~ N(P_r^{-1} h_r, P_r^{-1})``.
-    ``X (n_other, d)``, ``y (nnz,)`` in the original observation order, ``tau`` scalar,
-    ``prior_prec (d, d)``, ``prior_shift (d,)``. Rows without observations get the prior
+    ``X (n_other, d)``, ``y (nnz,)`` in the original observation order, ``tau`` scalar or
+    per-observation weights ``(nnz,)`` (then ``tau * ...`` reads ``sum_j w_j ...``),
+    ``prior_prec (d, d)`` or ``(n_rows, d, d)``, ``prior_shift (d,)`` or ``(n_rows, d)``,
+    ``dense_gram (d, d)`` added to every ``P_r`` (:func:`row_precisions`). Rows without observations get the prior
     ``N(prior_prec^{-1} prior_shift, prior_prec^{-1})``. jit-compatible (``blocks`` may be
     a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
     computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
@@ -230,9 +254,10 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     if xp is np:
         if key is not None:
             raise ValueError("solve_rows: draws (key=...) need xp=jax.numpy")
-        P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np)
+        P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np,
+                              dense_gram=dense_gram)
         return np.linalg.solve(P, h[..., None])[..., 0]
-    P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift)
+    P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, dense_gram=dense_gram)
     return gaussian_from_precision(P, h, key)
 
 

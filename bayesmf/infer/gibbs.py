@@ -121,10 +121,13 @@ from jax import lax
 from bayesmf._memory import check_allocation
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, gaussian_from_precision,
                                       solve_rows)
+from bayesmf.model import linear
+from bayesmf.model.random import long_sum as _sum
+from bayesmf.model.random import standard_gamma
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "fit_gibbs",
@@ -148,7 +151,7 @@ class GibbsState(NamedTuple):
     bi: jnp.ndarray         # (M,)
     U: jnp.ndarray          # (N, k)
     V: jnp.ndarray          # (M, k)
-    tau: jnp.ndarray        # ()
+    theta: dict             # the likelihood's parameters ({"tau": ()} for the Gaussian)
     mu_U: jnp.ndarray       # (k,)
     Lambda_U: jnp.ndarray   # (k, k)
     mu_V: jnp.ndarray       # (k,)
@@ -156,13 +159,23 @@ class GibbsState(NamedTuple):
     lambda_bu: jnp.ndarray  # ()
     lambda_bi: jnp.ndarray  # ()
 
+    @property
+    def tau(self):
+        """The Gaussian noise precision (1 for likelihoods without one)."""
+        return self.theta.get("tau", jnp.ones((), self.U.dtype))
+
+    def flat(self) -> dict:
+        """The state as draw names -> arrays (the likelihood's parameters at top level)."""
+        d = self._asdict()
+        return {**{n: v for n, v in d.items() if n != "theta"}, **d["theta"]}
+
 
 class GibbsData(NamedTuple):
     """Training data in device form (a pytree, passed as a jit argument)."""
 
     user: jnp.ndarray     # (n,) int32
     item: jnp.ndarray     # (n,) int32
-    rating: jnp.ndarray   # (n,) float
+    rating: jnp.ndarray   # (n,) float: the likelihood's internal coding of the values
     ublocks: RowBlocks    # rows = users, cols = items
     iblocks: RowBlocks    # rows = items, cols = users
 
@@ -190,16 +203,7 @@ class _Cfg(NamedTuple):
     lambda_mu: float
     init_scale: float
     data_mean: float
-
-
-def _sum(x):
-    """Two-level float sum (rows of 4096) to limit float32 round-off on long vectors."""
-    n = x.shape[0]
-    b = 4096
-    if n <= b:
-        return jnp.sum(x)
-    pad = (-n) % b
-    return jnp.sum(jnp.sum(jnp.pad(x, (0, pad)).reshape(-1, b), axis=1))
+    spec: ModelSpec
 
 
 def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
@@ -236,51 +240,6 @@ def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
                                     transpose_a=True)[:, 0]
     mu = mu_n + (C @ w) / jnp.sqrt(jnp.asarray(beta_n, dt))
     return mu, 0.5 * (Lam + Lam.T)
-
-
-def standard_gamma(key, shape, dtype=jnp.float32):
-    r"""Exact Gamma(``shape``, rate 1) variates (vector ``shape``) by Marsaglia & Tsang (2000).
-
-    For :math:`a \ge 1`: :math:`d = a - 1/3`, :math:`c = 1/\sqrt{9d}`; propose
-    :math:`x\sim\mathcal N(0,1)`, :math:`v=(1+cx)^3`, accept when :math:`v>0` and
-    :math:`\log u < x^2/2 + d - dv + d\log v` (:math:`u\sim U(0,1)`); return :math:`dv`.
-    The bracket is evaluated as :math:`d\,(3(\log(1+t) - t) - 3t^2 - t^3)`, :math:`t = cx`,
-    which stays accurate in float32 for shapes in the hundreds of thousands
-    (:math:`\tau`'s shape is about half the number of ratings).
-    For :math:`a<1`, :math:`G_a = G_{a+1} U^{1/a}`. A ``while_loop`` repeats the proposal
-    for the entries not yet accepted (acceptance > 95% per round). Written out because
-    ``jax.random.gamma`` costs seconds of XLA compile time in every sampler that uses it.
-    """
-    a = jnp.asarray(shape, dtype)
-    small = a < 1
-    aa = jnp.where(small, a + 1, a)
-    d = aa - 1.0 / 3.0
-    c = 1.0 / jnp.sqrt(9.0 * d)
-    k_loop, k_boost = jax.random.split(key)
-
-    def cond(carry):
-        return ~jnp.all(carry[1])
-
-    def body(carry):
-        out, done, i = carry
-        kx, ku = jax.random.split(jax.random.fold_in(k_loop, i))
-        x = jax.random.normal(kx, a.shape, dtype)
-        u = jax.random.uniform(ku, a.shape, dtype, minval=jnp.finfo(dtype).tiny)
-        t = c * x
-        pos = t > -1.0
-        tt = jnp.where(pos, t, 0.0)
-        # d (1 - v + log v) with v = (1+t)^3, written without cancellation for large d:
-        # 1 - v + log v = 3 (log1p(t) - t) - 3 t^2 - t^3
-        thr = 0.5 * x * x + d * (3.0 * (jnp.log1p(tt) - tt) - 3.0 * tt * tt - tt * tt * tt)
-        ok = pos & (jnp.log(u) < thr)
-        out = jnp.where(ok & ~done, d * (1.0 + tt) ** 3, out)
-        # "done" is derived from the stored value itself, so the two can never disagree
-        # (XLA may evaluate a duplicated comparison with different rounding)
-        return out, out > 0, i + 1
-
-    out, _, _ = lax.while_loop(cond, body, (jnp.zeros_like(a), jnp.zeros(a.shape, bool), 0))
-    ub = jax.random.uniform(k_boost, a.shape, dtype, minval=jnp.finfo(dtype).tiny)
-    return jnp.where(small, out * ub ** (1.0 / jnp.where(small, a, 1.0)), out)
 
 
 def _gamma_precision(key, a, b, dt):
@@ -327,11 +286,17 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f):
 
 
 def mu_draw(key, s_res, tau, lambda_mu, mu_mean):
-    r"""Step 6: :math:`\mu \sim \mathcal N((\lambda_\mu m_\mu + \tau\sum s)/(\lambda_\mu
-    + \tau n),\ 1/(\lambda_\mu + \tau n))` with ``s_res = r - b_u - b_i - U.V``."""
+    r"""Step 6: :math:`\mu \sim \mathcal N((\lambda_\mu m_\mu + \sum w s)/(\lambda_\mu
+    + \sum w),\ 1/(\lambda_\mu + \sum w))` with ``s_res = z - b_u - b_i - U.V`` and the
+    weights ``w = tau`` (a scalar: :math:`\sum w = \tau n`) or per observation (the
+    pseudo-observation precisions of an augmented likelihood)."""
     dt = s_res.dtype
-    prec = lambda_mu + tau * s_res.shape[0]
-    mean = (lambda_mu * mu_mean + tau * _sum(s_res)) / prec
+    if jnp.ndim(tau) == 0:
+        prec = lambda_mu + tau * s_res.shape[0]
+        mean = (lambda_mu * mu_mean + tau * _sum(s_res)) / prec
+    else:
+        prec = lambda_mu + _sum(tau)
+        mean = (lambda_mu * mu_mean + _sum(tau * s_res)) / prec
     return (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
 
 
@@ -446,40 +411,44 @@ def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
-    """One full Gibbs sweep (module docs, steps 1-7)."""
+    """One full Gibbs sweep (module docs, steps 0-7)."""
     dt = s.U.dtype
     k = cfg.k
+    lik = cfg.spec.likelihood
     kUh, kVh, kg, kU, kV, kmu, ktau, kc = jax.random.split(key, 8)
     # every Gamma variate of the sweep in one batched call (their shapes are static):
-    # lambda_bu, lambda_bi, tau, then the Bartlett chi-squares of Lambda_U and Lambda_V
+    # lambda_bu, lambda_bi, then the Bartlett chi-squares of Lambda_U and Lambda_V
     nuU = cfg.nu0 + cfg.n_users
     nuV = cfg.nu0 + cfg.n_items
-    shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2,
-                              cfg.noise_a + cfg.nnz / 2],
+    shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2],
                              (nuU - np.arange(k)) / 2, (nuV - np.arange(k)) / 2])
     g = standard_gamma(kg, shapes, dt)
     mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
     if k:
         mu_U, Lam_U = sample_normal_wishart(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0,
-                                            chi2=2.0 * g[3:3 + k])
+                                            chi2=2.0 * g[2:2 + k])
         mu_V, Lam_V = sample_normal_wishart(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0,
-                                            chi2=2.0 * g[3 + k:])
+                                            chi2=2.0 * g[2 + k:])
     lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
     if cfg.user_bias:
         lam_bu = g[0] / (cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu))
     if cfg.item_bias:
         lam_bi = g[1] / (cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi))
-    r, u, i = data.rating, data.user, data.item
-    bu, bi, U, V, mu, tau = s.bu, s.bi, s.U, s.V, s.mu, s.tau
+    y, u, i = data.rating, data.user, data.item
+    bu, bi, U, V, mu = s.bu, s.bi, s.U, s.V, s.mu
+    # step 0: Gaussian pseudo-observations z with precision weights w (z = y, w = tau
+    # for the Gaussian likelihood; an augmentation draw for the others)
+    eta0 = linear.eta(mu, bu, bi, U, V, u, i) if lik.augmented else None
+    kz, ktheta = jax.random.split(ktau)
+    z, w = lik.gaussianize(kz, y, eta0, s.theta)
     if cfg.user_bias or k:
-        bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, r - mu - bi[i], tau,
+        bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
                               lam_bu, Lam_U, mu_U)
         U = U_new if k else U
     if cfg.item_bias or k:
-        bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, r - mu - bu[u], tau,
+        bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
                               lam_bi, Lam_V, mu_V)
         V = V_new if k else V
-    mu = s.mu
     if k:
         ksv, ksu, kc = jax.random.split(kc, 3)
         sh = dict(beta0=cfg.beta0, lambda_mu=cfg.lambda_mu, mu_mean=cfg.mu_mean,
@@ -497,33 +466,34 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
             mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
         if cfg.item_bias:
             mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
-    s_res = r - bu[u] - bi[i]
+    lin = bu[u] + bi[i]
     if k:
-        s_res = s_res - jnp.sum(U[u] * V[i], axis=1)
-    n = cfg.nnz
+        lin = lin + jnp.sum(U[u] * V[i], axis=1)
     if cfg.global_mean:
-        mu = mu_draw(kmu, s_res, tau, cfg.lambda_mu, cfg.mu_mean)
-    e = s_res - mu
-    sse = _sum(e * e)
-    if cfg.learn_noise:
-        tau = g[2] / (cfg.noise_b + 0.5 * sse)
-    new = GibbsState(mu, bu, bi, U, V, tau, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
-    info = {"train_rmse": jnp.sqrt(sse / n),
-            "log_likelihood": 0.5 * n * (jnp.log(tau) - math.log(2 * math.pi)) - 0.5 * tau * sse}
-    return new, info
+        mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean)
+    # step 7: the likelihood's parameters (tau, cutpoints) given the new eta
+    theta, info = lik.update_theta(ktheta, y, mu + lin, s.theta, cfg.spec)
+    theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
+    new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
+    return new, {n: jnp.asarray(v, dt) for n, v in info.items()}
 
 
-def _init(cfg: _Cfg, key, dt, init_scale=None, mu=None, tau=None) -> GibbsState:
+def _init(cfg: _Cfg, key, dt, theta0: dict, init_scale=None, mu=None, tau=None) -> GibbsState:
     k = cfg.k
     sc = cfg.init_scale if init_scale is None else float(init_scale)
     k1, k2 = jax.random.split(key)
     U = sc * jax.random.normal(k1, (cfg.n_users, k), dt)
     V = sc * jax.random.normal(k2, (cfg.n_items, k), dt)
     m = (cfg.data_mean if cfg.global_mean else 0.0) if mu is None else float(mu)
-    t = cfg.noise_precision if tau is None else float(tau)
+    theta = {n: jnp.asarray(v, dt) for n, v in theta0.items()}
+    if tau is not None:
+        if "tau" not in theta:
+            raise SpecError(f"tau= applies to the Gaussian likelihood, not "
+                            f"{cfg.spec.likelihood.name!r}")
+        theta["tau"] = jnp.asarray(float(tau), dt)
     z = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
     return GibbsState(jnp.asarray(m, dt), z(cfg.n_users), z(cfg.n_items), U, V,
-                      jnp.asarray(t, dt), z(k), jnp.eye(k, dtype=dt), z(k), jnp.eye(k, dtype=dt),
+                      theta, z(k), jnp.eye(k, dtype=dt), z(k), jnp.eye(k, dtype=dt),
                       jnp.ones((), dt), jnp.ones((), dt))
 
 
@@ -532,13 +502,18 @@ class BPMFGibbs:
 
     ``init(key, *, init_scale=None, mu=None, tau=None) -> GibbsState`` draws random
     factors ``N(0, init_scale^2)`` (default ``spec.init_scale``), zero biases, ``mu`` at
-    the training mean and ``tau`` at ``spec.noise_precision``;
+    the likelihood's offset (the training mean for the Gaussian) and the likelihood's
+    initial parameters (``tau`` at ``spec.noise_precision`` for the Gaussian);
+    ``spec`` is the fitted spec (:func:`bayesmf.infer.fitted_spec`: e.g. the ordinal
+    levels of the training data);
     ``step(key, state) -> (state, info)`` is one sweep (jit/vmap/scan-able; ``info`` has
     ``train_rmse`` and ``log_likelihood``).
     """
 
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128):
-        check_fit_inputs(train, spec)
+        spec = fitted_spec(train, spec)
+        lik = spec.likelihood
+        y_data = np.asarray(train.rating, np.float64)
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise SpecError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -557,20 +532,21 @@ class BPMFGibbs:
             bias_a=float(pri.bias_a), bias_b=float(pri.bias_b), noise_a=float(pri.noise_a),
             noise_b=float(pri.noise_b), mu_mean=float(pri.mu_mean),
             lambda_mu=float(pri.lambda_mu), init_scale=float(spec.init_scale),
-            data_mean=float(train.mean))
+            data_mean=lik.eta_offset(y_data), spec=spec)
+        self.theta0 = lik.init_theta(y_data, spec)
         if k and self.cfg.nu0 <= k - 1:
             raise SpecError(f"nu0 must exceed rank - 1 = {k - 1}, got {self.cfg.nu0}")
         u = np.asarray(train.user, np.int32)
         i = np.asarray(train.item, np.int32)
         self.data = GibbsData(
-            jnp.asarray(u), jnp.asarray(i), jnp.asarray(np.asarray(train.rating, dt)),
+            jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
             _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
                                         max_width=max_width)),
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
                                         max_width=max_width)))
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
-        return _init(self.cfg, key, self.dtype, init_scale, mu, tau)
+        return _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
 
     def step(self, key, state: GibbsState):
         return _step(self.cfg, self.data, key, state)
@@ -628,14 +604,15 @@ def _make_numpyro_kernel():
             k_init, k_run = jax.random.split(rng_key)
             gs = self.gibbs.init(k_init)
             if init_params is not None:
-                gs = gs._replace(**{n: jnp.asarray(v, self.gibbs.dtype)
-                                    for n, v in dict(init_params).items()})
-            return BPMFKernelState(jnp.zeros((), jnp.int32), gs._asdict(), gs, k_run)
+                ip = {n: jnp.asarray(v, self.gibbs.dtype) for n, v in dict(init_params).items()}
+                th = {n: ip.pop(n) for n in list(ip) if n in gs.theta}
+                gs = gs._replace(**ip, theta={**gs.theta, **th})
+            return BPMFKernelState(jnp.zeros((), jnp.int32), gs.flat(), gs, k_run)
 
         def sample(self, state, model_args, model_kwargs):
             k_next, k_step = jax.random.split(state.rng_key)
             gs, _ = self.gibbs.step(k_step, state.gibbs)
-            return BPMFKernelState(state.i + 1, gs._asdict(), gs, k_next)
+            return BPMFKernelState(state.i + 1, gs.flat(), gs, k_next)
 
         def postprocess_fn(self, model_args, model_kwargs):
             return lambda z: z
@@ -653,10 +630,15 @@ def __getattr__(name):
 
 
 # ----------------------------------------------------------------------------- driver
-_DRAW_NAMES_FULL = ("mu", "bu", "bi", "U", "V", "tau", "mu_U", "Lambda_U", "mu_V", "Lambda_V",
+_DRAW_NAMES_FULL = ("mu", "bu", "bi", "U", "V", "mu_U", "Lambda_U", "mu_V", "Lambda_V",
                     "lambda_bu", "lambda_bi")
-_DRAW_NAMES_SMALL = ("mu", "tau", "mu_U", "Lambda_U", "mu_V", "Lambda_V", "lambda_bu",
-                     "lambda_bi")
+_DRAW_NAMES_SMALL = ("mu", "mu_U", "Lambda_U", "mu_V", "Lambda_V", "lambda_bu", "lambda_bi")
+
+
+def _draw_names(lik, store_draws: bool) -> tuple:
+    """Kept draw names: the model's (all, or the small ones without per-row arrays) plus
+    the likelihood's parameters."""
+    return (_DRAW_NAMES_FULL if store_draws else _DRAW_NAMES_SMALL) + tuple(lik.theta_names)
 
 
 class _Acc(NamedTuple):
@@ -665,7 +647,7 @@ class _Acc(NamedTuple):
     n: jnp.ndarray       # () kept draws so far
     mean: jnp.ndarray    # (P,)
     m2: jnp.ndarray      # (P,)
-    nv: jnp.ndarray      # () running mean of 1/tau
+    nv: jnp.ndarray      # () running mean of 1/tau (Gaussian; 0 otherwise)
 
 
 def _make_advance(cfg: _Cfg):
@@ -685,19 +667,20 @@ def _make_advance(cfg: _Cfg):
             def write(args):
                 bufs, acc = args
                 j = rel // thin
-                vals = {**state._asdict(), **info}
+                vals = {**state.flat(), **info}
                 bufs = {n: lax.dynamic_update_index_in_dim(b, vals[n].astype(b.dtype), j, 0)
                         for n, b in bufs.items()}
                 if pairs is not None:
                     pu, pi = pairs
-                    m = state.mu + state.bu[pu] + state.bi[pi]
-                    if cfg.k:
-                        m = m + jnp.sum(state.U[pu] * state.V[pi], axis=1)
+                    lik = cfg.spec.likelihood
+                    m = linear.eta(state.mu, state.bu, state.bi, state.U, state.V, pu, pi)
+                    if not lik.mean_is_linear:  # stream E[y | eta] (P(y=1), E[rating])
+                        m = lik.point_mean(m, state.theta)
                     n1 = acc.n + 1
                     d = m - acc.mean
                     mean = acc.mean + d / n1
-                    acc = _Acc(n1, mean, acc.m2 + d * (m - mean),
-                               acc.nv + (1.0 / state.tau - acc.nv) / n1)
+                    nv = 1.0 / state.tau if "tau" in state.theta else jnp.zeros((), m.dtype)
+                    acc = _Acc(n1, mean, acc.m2 + d * (m - mean), acc.nv + (nv - acc.nv) / n1)
                 return bufs, acc
 
             bufs, acc = lax.cond(keep, write, lambda a: a, (bufs, acc))
@@ -837,13 +820,13 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                         or pi.max() >= cfg.n_items):
             raise SpecError("predict_pairs indices fall outside the training vocabularies")
         pairs = (jnp.asarray(pu, jnp.int32), jnp.asarray(pi, jnp.int32))
-    names = _DRAW_NAMES_FULL if opts["store_draws"] else _DRAW_NAMES_SMALL
+    names = _draw_names(cfg.spec.likelihood, opts["store_draws"])
     names = names + ("train_rmse", "log_likelihood")
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
     state = jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
     # buffers (C, S, ...) and accumulators (C, ...)
-    shapes = {**{n: v.shape[1:] for n, v in state._asdict().items()},
+    shapes = {**{n: v.shape[1:] for n, v in state.flat().items()},
               "train_rmse": (), "log_likelihood": ()}
     buf_bytes = sum(C * S * int(np.prod(shapes[n], dtype=np.int64)) * dt.itemsize
                     for n in names)
@@ -978,10 +961,10 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         attrs["traces"] = {n: v.tolist() for n, v in host.items()}
         attrs["traces"].update({n: v.tolist() for n, v in stats.items()})
         attrs["draws_kept"] = "final state of each chain only (store_draws=False)"
-        draws = {n: np.asarray(v)[:, None] for n, v in state._asdict().items()}
+        draws = {n: np.asarray(v)[:, None] for n, v in state.flat().items()}
         stats = {n: v[:, -1:] for n, v in stats.items()}
     draws = {n: np.asarray(v, np.float32) for n, v in draws.items()}
-    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+    return Posterior(draws, cfg.spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "gibbs", sample_stats=stats, attrs=attrs)
 
 

@@ -100,7 +100,7 @@ import optax
 from bayesmf._xp import array_namespace
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer._rowblocks import build_row_blocks, solve_rows
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
@@ -145,10 +145,19 @@ _DTYPE = jnp.float32
 
 
 # ----------------------------------------------------------------------------- objective
-def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias):
+def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias, lik=None,
+                  theta=None):
     r"""The MAP (ridge) objective :math:`J(\theta)` of the module docstring:
-    ``sse + reg_factors * (|U|^2 + |V|^2) + reg_bias * (|bu|^2 + |bi|^2)``."""
-    return sse(p, users, items, ratings) + _penalty(p, reg_factors, reg_bias)
+    ``sse + reg_factors * (|U|^2 + |V|^2) + reg_bias * (|bu|^2 + |bi|^2)``.
+
+    For a non-Gaussian likelihood ``lik`` (with its parameters ``theta``) the squared
+    error is replaced by the deviance :math:`-2\sum\log p(y\mid\eta,\theta)` (which is
+    the squared error for a Gaussian of unit precision), ``ratings`` in the likelihood's
+    internal coding."""
+    if lik is None or lik.mean_is_linear:
+        return sse(p, users, items, ratings) + _penalty(p, reg_factors, reg_bias)
+    lp = lik.log_prob(ratings, predict_mean(p, users, items), theta)
+    return -2.0 * lp.sum() + _penalty(p, reg_factors, reg_bias)
 
 
 def _penalty(p: Params, reg_factors, reg_bias):
@@ -166,6 +175,9 @@ class _Layout(NamedTuple):
     rank: int
     n_users: int
     n_items: int
+    #: non-Gaussian likelihood (None: the Gaussian least-squares objective)
+    lik: object = None
+    fix_first: bool = True
 
 
 class _Obs(NamedTuple):
@@ -316,10 +328,25 @@ def _grad_init(x: dict, lr, *, solver: str):
     return _ADAM(learning_rate=lr).init(x)
 
 
+def _theta_of(x: dict, lay: _Layout) -> dict:
+    """Likelihood parameters from the active-parameter dict (ordinal: cutpoints from the
+    unconstrained ``cut_u``)."""
+    if lay.lik is None or "cut_u" not in x:
+        return {"cutpoints": jnp.zeros((1,), _DTYPE)} if lay.lik is not None else {}
+    return {"cutpoints": lay.lik.cut_from_u(x["cut_u"], lay.lik.K, lay.fix_first)}
+
+
+def _x_objective(z: dict, obs: _Obs, reg_f, reg_b, lay: _Layout):
+    J = map_objective(_expand(z, lay), *obs, reg_f, reg_b, lay.lik, _theta_of(z, lay))
+    if "cut_u" in z:  # the cutpoints' prior (module docs of the ordinal likelihood)
+        J = J - 2.0 * lay.lik.log_prior_u(z["cut_u"], lay.fix_first)
+    return J
+
+
 def _grad_step(x: dict, state, obs: _Obs, reg_f, reg_b, *, solver: str, lay: _Layout):
     """One full-batch step; returns (x_new, state_new, J(x_new) if known else J(x_old))."""
     def fun(z):
-        return map_objective(_expand(z, lay), *obs, reg_f, reg_b)
+        return _x_objective(z, obs, reg_f, reg_b, lay)
 
     if solver == "lbfgs":
         value, grad = optax.value_and_grad_from_state(fun)(x, state=state)
@@ -338,6 +365,14 @@ def _grad_step(x: dict, state, obs: _Obs, reg_f, reg_b, *, solver: str, lay: _La
 # ----------------------------------------------------------------------------- helpers
 def _rmse(p: Params, obs: _Obs):
     r = obs.ratings - predict_mean(p, obs.users, obs.items)
+    return (r * r).mean() ** 0.5
+
+
+def _rmse_x(x: dict, obs: _Obs, *, lay: _Layout):
+    """RMSE of the predictive mean E[y | eta] on the data scale (non-Gaussian MAP)."""
+    eta = predict_mean(_expand(x, lay), obs.users, obs.items)
+    th = _theta_of(x, lay)
+    r = lay.lik.decode_jnp(obs.ratings) - lay.lik.point_mean(eta, th)
     return (r * r).mean() ** 0.5
 
 
@@ -456,7 +491,9 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         ``compile_s``, ``iterate_s``, ``total_s``).
     """
     t_start = time.perf_counter()
-    check_fit_inputs(train, spec)
+    spec = fitted_spec(train, spec, "map")
+    if not spec.likelihood.mean_is_linear:
+        return _fit_map_glm(train, spec, seed, progress, options, t_start)
     opts = _check(check_options("map", options, DEFAULTS))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
@@ -604,6 +641,106 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     if val is not None:
         attrs["validation"] = {"n_val": int(val.ratings.shape[0]), "n_fit": int(n_fit),
                                "best_rmse": float(best_val),
+                               "best_iteration": int(np.argmin(val_trace)) + 1}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "map", stats, None, attrs)
+
+
+# ----------------------------------------------------------------------------- GLM MAP
+def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_start):
+    r"""MAP for a non-Gaussian likelihood (Bernoulli, ordinal): L-BFGS (or Adam) on
+    :math:`-2\sum\log p(y\mid\eta,\theta) + \text{ridge} - 2\log p(\theta)` over the
+    active parameters and, for the ordinal family, the unconstrained cutpoints. The
+    least-squares ALS solver does not apply (``solver="als"`` is an error; the default
+    becomes ``"lbfgs"``)."""
+    lik = spec.likelihood
+    if options.get("solver", "lbfgs") == "als":
+        raise SpecError(f"solver='als' is the least-squares solver of the Gaussian "
+                        f"likelihood; likelihood {lik.name!r} runs solver='lbfgs' or 'adam'")
+    if options.get("engine", "auto") == "numpy":
+        raise SpecError(f"engine='numpy' runs the Gaussian ALS only (likelihood {lik.name!r})")
+    opts = _check(check_options("map", {**options, "solver": options.get("solver", "lbfgs")},
+                                DEFAULTS))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+    solver = opts["solver"]
+    y_raw = np.asarray(train.rating, np.float64)
+    lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
+                  train.n_users, train.n_items, lik, bool(spec.global_mean))
+    user, item, y = train.user, train.item, lik.encode(y_raw)
+    val = None
+    if opts["validation_fraction"] > 0:
+        is_val = _validation_mask(train.nnz, opts["validation_fraction"], seed)
+        if not 0 < is_val.sum() < train.nnz:
+            raise SpecError(f"validation_fraction={opts['validation_fraction']} leaves no "
+                            "ratings on one side")
+        val = _obs(user[is_val], item[is_val], y[is_val])
+        user, item, y = user[~is_val], item[~is_val], y[~is_val]
+    obs = _obs(user, item, y)
+    reg_f, reg_b = (jnp.asarray(v, _DTYPE) for v in (spec.reg_factors, spec.reg_bias))
+    p = _init_params(int(seed), lay, lik.eta_offset(y_raw), spec.init_scale)
+    x = _active(p, lay)
+    theta0 = lik.init_theta(y_raw, spec)
+    if "cutpoints" in theta0 and lik.n_free(lik.K, lay.fix_first) > 0:
+        x["cut_u"] = jnp.asarray(lik.u_from_cut(np.asarray(theta0["cutpoints"], np.float64),
+                                                lay.fix_first), _DTYPE)
+    compiled = functools.partial(_compiled, small=train.nnz * (spec.rank + 2) < _SMALL_WORK)
+    lr = jnp.asarray(opts["learning_rate"] or 0.0, _DTYPE)
+    init, c1 = compiled(_grad_init, {"solver": solver}, x, lr)
+    state = init(x, lr)
+    step, c2 = compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs, reg_f, reg_b)
+    objective_fn, c3 = compiled(_x_objective, {"lay": lay}, x, obs, reg_f, reg_b)
+    rmse_fn, c4 = compiled(_rmse_x, {"lay": lay}, x, obs)
+    compile_s = c1 + c2 + c3 + c4
+    t_iter = time.perf_counter()
+    trace = [float(objective_fn(x, obs, reg_f, reg_b))]
+    val_trace, best, best_val, since_best = [], None, np.inf, 0
+    converged, reason, n_iter = False, "max_iter", 0
+    for n_iter in range(1, opts["max_iter"] + 1):
+        x, state, J = step(x, state, obs, reg_f, reg_b)
+        J = float(J)
+        if not math.isfinite(J):
+            raise SpecError(f"map/{solver}: the objective became {J} at iteration {n_iter}; "
+                            "raise the regularisation or lower init_scale")
+        trace.append(J)
+        if val is not None:
+            v = float(rmse_fn(x, val))
+            val_trace.append(v)
+            if v < best_val:
+                best, best_val, since_best = x, v, 0
+            else:
+                since_best += 1
+                if since_best >= opts["patience"]:
+                    reason = "early_stopping"
+                    break
+        if len(trace) > _GRAD_WINDOW:
+            ref = trace[-1 - _GRAD_WINDOW]
+            if abs(ref - trace[-1]) <= opts["tol"] * abs(ref):
+                converged, reason = True, "tol"
+                break
+    if best is not None:
+        x = best
+    final_obj = float(objective_fn(x, obs, reg_f, reg_b))
+    t_done = time.perf_counter()
+    p = _expand(x, lay)
+    draws = {n: np.asarray(getattr(p, n), np.float32)[None, None]
+             for n in ("mu", "bu", "bi", "U", "V")}
+    for n, v in _theta_of(x, lay).items():
+        if n in lik.theta_names:
+            draws[n] = np.asarray(v if "cut_u" in x else theta0[n], np.float32)[None, None]
+    stats = {"objective": np.array([[final_obj]]),
+             "objective_trace": np.asarray(trace)[None, None],
+             "n_iter": np.array([[n_iter]], np.int64),
+             "converged": np.array([[converged]]),
+             "train_rmse": np.array([[float(rmse_fn(x, obs))]])}
+    attrs = {"seed": int(seed), "solver": solver, "engine": "jax",
+             "options": {k: v for k, v in opts.items()}, "iterations": int(n_iter),
+             "converged": bool(converged), "stop_reason": reason, "objective": final_obj,
+             "objective_initial": float(trace[0]),
+             "timings": {"compile_s": compile_s, "iterate_s": t_done - t_iter,
+                         "total_s": time.perf_counter() - t_start}}
+    if val is not None:
+        attrs["validation"] = {"best_rmse": float(best_val),
                                "best_iteration": int(np.argmin(val_trace)) + 1}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "map", stats, None, attrs)

@@ -60,7 +60,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs
+from bayesmf.infer import fitted_spec
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
@@ -71,7 +71,10 @@ FACTOR_PRIORS = ("wishart", "diag")
 
 @dataclass(frozen=True)
 class ModelData:
-    """The model's arguments: int32 indices, float32 centred ratings, sizes, ``offset``."""
+    """The model's arguments: int32 indices, float32 values, sizes, ``offset`` and the
+    fitted ``spec`` (:func:`bayesmf.infer.fitted_spec`). ``y`` is centred (``r - offset``)
+    for the Gaussian likelihood and the likelihood's internal coding otherwise
+    (``y_offset`` says which offset was subtracted)."""
 
     users: np.ndarray
     items: np.ndarray
@@ -79,6 +82,8 @@ class ModelData:
     n_users: int
     n_items: int
     offset: float
+    spec: ModelSpec = None
+    y_offset: float = 0.0
 
     @property
     def nnz(self) -> int:
@@ -89,13 +94,18 @@ class ModelData:
         return (self.users, self.items, self.y)
 
 
-def model_data(train: Ratings, spec: ModelSpec) -> ModelData:
-    """Centre the ratings (offset = training mean when ``global_mean`` else 0)."""
-    check_fit_inputs(train, spec)
-    offset = float(train.mean) if spec.global_mean else 0.0
+def model_data(train: Ratings, spec: ModelSpec, method: str | None = None) -> ModelData:
+    r"""The model's arguments. ``offset`` (the starting point of :math:`\mu`, the training
+    mean for the Gaussian) is :meth:`Likelihood.eta_offset` when ``global_mean`` else 0;
+    Gaussian ratings are centred by it."""
+    spec = fitted_spec(train, spec, method)
+    lik = spec.likelihood
+    y = np.asarray(train.rating, np.float64)
+    offset = float(lik.eta_offset(y)) if spec.global_mean else 0.0
+    y_off = offset if lik.mean_is_linear else 0.0
     return ModelData(np.asarray(train.user, np.int32), np.asarray(train.item, np.int32),
-                     (np.asarray(train.rating, np.float64) - offset).astype(np.float32),
-                     train.n_users, train.n_items, offset)
+                     (lik.encode(y) - y_off).astype(np.float32),
+                     train.n_users, train.n_items, offset, spec, y_off)
 
 
 def effective_nu0(spec: ModelSpec) -> float:
@@ -114,12 +124,15 @@ def _tril_indices(k):
 
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
                 centered: bool = False, factor_prior: str = "wishart",
-                batch_size: int | None = None):
-    """Return ``model(users, items, y=None)`` for NumPyro (see the module docs).
+                batch_size: int | None = None, y_offset: float | None = None):
+    r"""Return ``model(users, items, y=None)`` for NumPyro (see the module docs).
 
-    ``users``/``items`` are int index arrays of the observed entries, ``y`` the centred
-    ratings (``None`` to simulate). Change priors by building a new model from
-    ``spec.replace(priors=...)``.
+    ``users``/``items`` are int index arrays of the observed entries, ``y`` the values
+    as in :class:`ModelData` (``None`` to simulate). The observation line and the prior
+    of the likelihood parameters come from ``spec.likelihood`` (``numpyro_theta``,
+    ``numpyro_obs``); it sees :math:`\eta` on the scale of ``y``, i.e. shifted by
+    ``y_offset`` (default: ``offset`` for the Gaussian, 0 otherwise). Change priors by
+    building a new model from ``spec.replace(priors=...)``.
     """
     import numpyro
     import numpyro.distributions as dist
@@ -128,6 +141,10 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     if factor_prior not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
     pri = spec.priors
+    lik = spec.likelihood
+    if y_offset is None:
+        y_offset = offset if lik.mean_is_linear else 0.0
+    eta_shift = float(offset - y_offset)
     k = spec.rank
     nu0 = effective_nu0(spec)
     w0, beta0 = float(pri.w0), float(pri.beta0)
@@ -205,10 +222,7 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             numpyro.deterministic("mu", mu_c + offset)
         else:
             mu_c = 0.0
-        if spec.noise == "learned":
-            tau = numpyro.sample("tau", dist.Gamma(pri.noise_a, pri.noise_b))
-        else:
-            tau = jnp.asarray(spec.noise_precision, jnp.float32)
+        theta = lik.numpyro_theta(spec)
         bu = bias("bu", "lambda_bu", n_users, "user") if spec.user_bias else None
         bi = bias("bi", "lambda_bi", n_items, "item") if spec.item_bias else None
         U = factors("U", n_users, "user") if k else None
@@ -223,9 +237,8 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
                 pred = pred + bi[i]
             if k:
                 pred = pred + jnp.sum(U[u] * V[i], axis=-1)
-            pred = jnp.broadcast_to(pred, u.shape)
-            numpyro.sample("r", dist.Normal(pred, 1.0 / jnp.sqrt(tau)),
-                           obs=None if y is None else y[idx])
+            pred = jnp.broadcast_to(pred + eta_shift, u.shape)
+            lik.numpyro_obs(pred, theta, None if y is None else y[idx])
 
     model.spec = spec
     model.offset = offset
@@ -257,8 +270,15 @@ def draws_from_samples(samples: dict, spec: ModelSpec, n_users: int, n_items: in
     out["bi"] = get("bi") if spec.item_bias else np.zeros((C, D, n_items))
     out["U"] = get("U") if k else np.zeros((C, D, n_users, 0))
     out["V"] = get("V") if k else np.zeros((C, D, n_items, 0))
-    out["tau"] = (get("tau") if spec.noise == "learned"
-                  else np.full((C, D), spec.noise_precision))
+    lik = spec.likelihood
+    if "tau" in lik.theta_names:
+        out["tau"] = (get("tau") if spec.noise == "learned"
+                      else np.full((C, D), spec.noise_precision))
+    for n in lik.theta_names:
+        if n != "tau":
+            if n not in samples:
+                raise SpecError(f"the backend samples miss the likelihood parameter {n!r}")
+            out[n] = get(n)
     for h in _HYPER:
         if h in samples:
             out[h] = get(h)

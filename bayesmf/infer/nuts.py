@@ -49,7 +49,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
 from bayesmf.model.spec import ModelSpec
@@ -99,14 +99,14 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     function (``model(users, items, y)``, centred ratings ``y = r - offset``), its
     arguments, and the ``MCMC`` object (``mcmc.get_samples()``, ``print_summary()``...).
     """
-    check_fit_inputs(train, spec)
+    spec = fitted_spec(train, spec, "nuts")
     o = _validate(check_options("nuts", options, DEFAULTS))
     import jax
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS, init_to_median
 
     data = model_data(train, spec)
-    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
                         centered=o["centered"], factor_prior=o["factor_prior"])
     kernel = NUTS(model, target_accept_prob=float(o["target_accept"]),
                   max_tree_depth=o["max_tree_depth"], dense_mass=o["dense_mass"],

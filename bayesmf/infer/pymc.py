@@ -42,7 +42,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, draws_from_samples, effective_nu0, model_data
 from bayesmf.model.spec import ModelSpec
@@ -57,8 +57,8 @@ NUTS_DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
 ADVI_DEFAULTS = dict(method="advi", num_steps=20000, learning_rate=0.01, batch_size=None,
                      num_samples=500, tol=1e-4, window=100, patience=2, init_scale=0.1,
                      centered=False, factor_prior="wishart")
-_SITES = ("mu", "bu", "bi", "U", "V", "tau", "lambda_bu", "lambda_bi", "mu_U", "Lambda_U",
-          "mu_V", "Lambda_V")
+_SITES = ("mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi", "mu_U",
+          "Lambda_U", "mu_V", "Lambda_V")
 
 
 def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
@@ -78,6 +78,10 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     if factor_prior not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
     data = model_data(train, spec)
+    spec = data.spec
+    lik = spec.likelihood
+    eta_shift = data.offset - data.y_offset
+    y_all = data.y.astype(np.int64) if lik.discrete else data.y.astype(np.float64)
     pri = spec.priors
     k = spec.rank
     nu0 = effective_nu0(spec)
@@ -89,11 +93,11 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
         coords["obs"] = np.arange(data.nnz)
     with pm.Model(coords=coords) as model:
         if batch_size is None:
-            u, i, y = data.users, data.items, data.y
+            u, i, y = data.users, data.items, y_all
             obs_kw = {"dims": "obs"}
         else:
             u, i, y = pm.Minibatch(data.users.astype(np.int64), data.items.astype(np.int64),
-                                   data.y.astype(np.float64), batch_size=int(batch_size))
+                                   y_all, batch_size=int(batch_size))
             obs_kw = {"total_size": data.nnz}
         if spec.global_mean:
             if pri.lambda_mu > 0:
@@ -103,10 +107,7 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
             pm.Deterministic("mu", mu_c + data.offset)
         else:
             mu_c = 0.0
-        if spec.noise == "learned":
-            tau = pm.Gamma("tau", alpha=pri.noise_a, beta=pri.noise_b)
-        else:
-            tau = pt.as_tensor(np.float64(spec.noise_precision))
+        theta = lik.pymc_theta(spec)
 
         def bias(name, lam_name, dim):
             lam = pm.Gamma(lam_name, alpha=pri.bias_a, beta=pri.bias_b)
@@ -160,7 +161,7 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
             U = factors("U", "user")
             V = factors("V", "item")
             pred = pred + (U[u] * V[i]).sum(axis=-1)
-        pm.Normal("r", mu=pred, sigma=1.0 / pt.sqrt(tau), observed=y, **obs_kw)
+        lik.pymc_obs(pred + eta_shift, theta, y, **obs_kw)
     return model, data.offset
 
 
@@ -204,7 +205,7 @@ def _stats(idata) -> dict:
 def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
     """NUTS on the PyMC model via ``pm.sample(nuts_sampler="numpyro")``."""
-    check_fit_inputs(train, spec)
+    spec = fitted_spec(train, spec, "pymc-nuts")
     o = check_options("pymc-nuts", options, NUTS_DEFAULTS)
     _common(o)
     o["num_warmup"] = _pos_int("num_warmup", o["num_warmup"], 0)
@@ -252,7 +253,7 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
 def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
     """Mean-field (``method="advi"``) or full-rank ADVI with PyMC; draws from the fit."""
-    check_fit_inputs(train, spec)
+    spec = fitted_spec(train, spec, "pymc-advi")
     o = check_options("pymc-advi", options, ADVI_DEFAULTS)
     _common(o)
     if o["method"] not in ("advi", "fullrank_advi"):

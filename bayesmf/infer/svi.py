@@ -40,7 +40,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_fit_inputs, check_options
+from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
 from bayesmf.model.spec import ModelSpec
@@ -89,7 +89,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     ``native`` holds ``{"model", "guide", "params", "svi", "losses", "model_args",
     "offset"}`` (``losses``: the per-step loss = negative ELBO estimate).
     """
-    check_fit_inputs(train, spec)
+    spec = fitted_spec(train, spec, "svi")
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
     import jax
     import jax.numpy as jnp
@@ -99,7 +99,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     from numpyro.optim import optax_to_numpyro
 
     data = model_data(train, spec)
-    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
                         centered=o["centered"], factor_prior=o["factor_prior"],
                         batch_size=o["batch_size"])
     init = init_to_median(num_samples=15)
@@ -158,7 +158,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
             "SVI diverged (non-finite ELBO); lower learning_rate or init_scale")
     params = svi.get_params(state)
 
-    sites = ["mu", "bu", "bi", "U", "V", "tau", "lambda_bu", "lambda_bi",
+    sites = ["mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi",
              "mu_U", "Lambda_U", "mu_V", "Lambda_V"]
     pred = Predictive(model, guide=guide, params=params, num_samples=o["num_samples"],
                       return_sites=sites, parallel=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmf._xp import array_namespace
+from bayesmf.model.linear import eta
 from bayesmf.model.params import Params, zeros_params
 
 __all__ = ["Params", "predict_mean", "log_likelihood", "pointwise_log_likelihood",
@@ -27,13 +27,9 @@ __all__ = ["Params", "predict_mean", "log_likelihood", "pointwise_log_likelihood
 
 
 def predict_mean(p: Params, users, items):
-    """:math:`\\hat r = \\mu + b_u + b_i + U_u \\cdot V_i` for index arrays ``users``, ``items``."""
-    if array_namespace(p.U) is np:  # take: 3x faster than fancy indexing; einsum: one pass
-        dot = np.einsum("...k,...k->...", np.take(p.U, users, axis=0),
-                        np.take(p.V, items, axis=0))
-    else:
-        dot = jnp.sum(p.U[users] * p.V[items], axis=-1)
-    return p.mu + p.bu[users] + p.bi[items] + dot
+    r""":math:`\hat r = \mu + b_u + b_i + U_u \cdot V_i` for index arrays ``users``, ``items``
+    (:func:`bayesmf.model.linear.eta`)."""
+    return eta(p.mu, p.bu, p.bi, p.U, p.V, users, items)
 
 
 def sse(p: Params, users, items, ratings):

@@ -102,8 +102,11 @@ class ModelSpec:
         Standard deviation of the random initial factors.
     priors : BayesPriors
         Hyperpriors for the Bayesian methods.
-    likelihood : str
-        ``"gaussian"`` (others to come).
+    likelihood : str or Likelihood
+        The observation family (:mod:`bayesmf.model.likelihoods`): ``"gaussian"``
+        (default), ``"ordinal"`` (ordered probit over the rating levels),
+        ``"bernoulli-probit"``, ``"bernoulli-logit"`` (0/1 data), or an instance. Stored as
+        the object; the ``noise*`` settings apply to the Gaussian family only.
     """
 
     rank: int = 10
@@ -118,7 +121,7 @@ class ModelSpec:
     reg_bias: float = 3.0
     init_scale: float = 0.1
     priors: BayesPriors = field(default_factory=BayesPriors)
-    likelihood: str = "gaussian"
+    likelihood: object = "gaussian"
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int):
@@ -140,8 +143,9 @@ class ModelSpec:
                 raise SpecError(f"{n} must be True or False, got {getattr(self, n)!r}")
         if self.noise not in ("learned", "fixed"):
             raise SpecError(f"noise must be 'learned' or 'fixed', got {self.noise!r}")
-        if self.likelihood != "gaussian":
-            raise SpecError(f"likelihood {self.likelihood!r} is not supported (only 'gaussian')")
+        from bayesmf.model.likelihoods import get_likelihood
+
+        object.__setattr__(self, "likelihood", get_likelihood(self.likelihood))
         _positive("noise_precision", self.noise_precision)
         _positive("reg_factors", self.reg_factors, allow_zero=True)
         _positive("reg_bias", self.reg_bias, allow_zero=True)
@@ -169,7 +173,9 @@ class ModelSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["likelihood"] = self.likelihood.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":

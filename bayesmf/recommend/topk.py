@@ -50,7 +50,8 @@ import pandas as pd
 
 from bayesmf.errors import SpecError
 from bayesmf.recommend.strategies import (Strategy, id_keys, key_rng, make_strategy,
-                                          scores_from_components, thompson_draw_index)
+                                          scores_from_components, scores_from_mixture,
+                                          thompson_draw_index)
 
 __all__ = ["recommend", "recommend_indices", "TopN", "approx_error", "Scorer", "topn_indices"]
 
@@ -168,7 +169,10 @@ class Scorer:
             self.V, self.bi = Vf[:, self.items_idx], bif[:, self.items_idx].astype(np.float64)
         self.J = self.bi.shape[1]
         self.mu = posterior.flat("mu").astype(np.float64)
-        self.nv = posterior.noise_var()
+        self.lik = posterior.likelihood
+        # Gaussian observation noise per draw (other families: their predictive mixture)
+        self.nv = posterior.noise_var() if self.lik.mean_is_linear else np.zeros(self.S)
+        self.theta = posterior.theta_flat()
         self.work_elems = int(work_elems)
         self._q = None
         self._Vaug = None
@@ -246,9 +250,23 @@ class Scorer:
             v = v + block.pop[None, :, None] * self.q_items()[:, cols]
         return m, v
 
+    def pair_mixture(self, block: UserBlock, cols):
+        """The likelihood's predictive mixture of per-row columns ``cols (c, n)``."""
+        m, v = self.pair_components(block, cols)
+        return self.lik.predictive(m, v, self._theta_nd(m.ndim))
+
+    def _theta_nd(self, ndim):
+        return {n: np.asarray(t).reshape((self.S,) + (1,) * (ndim - 1) + np.shape(t)[1:])
+                if n != "cutpoints" else np.asarray(t) for n, t in self.theta.items()}
+
     def pair_summary(self, block: UserBlock, cols):
         """Predictive mean, parameter variance ``Var_s(m_s) + mean_s(v_s)`` of per-row
-        columns ``cols (c, n)``, streaming over draws (no ``S x c x n x k`` gather)."""
+        columns ``cols (c, n)``, streaming over draws (no ``S x c x n x k`` gather).
+        For a non-Gaussian likelihood: the mean and parameter variance of its predictive
+        mixture (on the data scale)."""
+        if not self.lik.mean_is_linear:
+            mix = self.pair_mixture(block, cols)
+            return mix.mean(), mix.param_var()
         cols = np.asarray(cols, np.int64)
         c, n = cols.shape
         acc = np.zeros((c, n))
@@ -333,15 +351,21 @@ class Scorer:
     # ---------------------------------------------------------------- generic
     def scores(self, block: UserBlock, u=None, known=None, keys=None):
         """Strategy scores ``(c, J)`` for a block (full values, user constant included)."""
-        if self.st.name == "mean":
+        if self.st.name == "mean" and self.lik.mean_is_linear:
             return self.mean_scores(block, u, known).astype(np.float64) + \
                 self.user_const(block)[:, None]
         draw = None
         if self.st.name == "thompson":
             draw = thompson_draw_index(keys, self.st.seed, self.S)
             block = self.thompson_block(block, draw, keys)
-        m, sd = self.components(block)
         rng = np.random.default_rng(self.st.seed) if self.st.name == "utility" else None
+        if not self.lik.mean_is_linear:
+            # ranking by E[P(y=1)] or the expected rating is not ranking by mean eta:
+            # score the likelihood's predictive mixture
+            m, sd = self.components(block, noise=False)
+            mix = self.lik.predictive(m, sd * sd, self._theta_nd(m.ndim))
+            return scores_from_mixture(mix, self.st, draw_index=draw, rng=rng)
+        m, sd = self.components(block)
         return scores_from_components(m, sd, self.st, draw_index=draw, rng=rng)
 
     def chunk_rows(self, chunk_size=None) -> int:
@@ -349,9 +373,10 @@ class Scorer:
             if int(chunk_size) < 1:
                 raise SpecError("chunk_size must be >= 1")
             return int(chunk_size)
-        if self.st.name == "mean":  # ~2M float32 scores per chunk: stays in cache-ish sizes
+        if self.st.name == "mean" and self.lik.mean_is_linear:  # ~2M float32 scores per chunk
             return max(16, min(1024, (self.work_elems // 2) // max(self.J, 1)))
-        return max(1, self.work_elems // max(self.S * self.J, 1))
+        K = self.lik.K if self.lik.name == "ordinal" else 1  # categorical probs per pair
+        return max(1, self.work_elems // max(self.S * self.J * K, 1))
 
 
 def _run_parallel(fn, starts, n_jobs):

@@ -1,0 +1,62 @@
+"""Observation families as objects (see :mod:`bayesmf.model.likelihoods.base`).
+
+======================  ==========================================  =====================
+name                    for                                         class
+======================  ==========================================  =====================
+``"gaussian"``          explicit ratings treated as continuous      :class:`Gaussian`
+``"ordinal"``           star ratings (integer or half stars)        :class:`OrdinalProbit`
+``"bernoulli-probit"``  thumbs, clicks, any 0/1 column              :class:`BernoulliProbit`
+``"bernoulli-logit"``   the same with the logistic link             :class:`BernoulliLogit`
+======================  ==========================================  =====================
+
+:func:`get_likelihood` turns a name (or an instance) into a likelihood object;
+:func:`likelihood_from_dict` reads one back from a model file. :data:`SUPPORTED` lists the
+inference methods of each family.
+"""
+
+from __future__ import annotations
+
+from bayesmf.errors import SpecError
+from bayesmf.model.likelihoods.base import Likelihood
+from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
+from bayesmf.model.likelihoods.gaussian import Gaussian
+from bayesmf.model.likelihoods.ordinal import OrdinalProbit
+
+__all__ = ["Likelihood", "Gaussian", "OrdinalProbit", "BernoulliProbit", "BernoulliLogit",
+           "LIKELIHOODS", "SUPPORTED", "get_likelihood", "likelihood_from_dict"]
+
+#: registry: name -> class
+LIKELIHOODS = {c.name: c for c in (Gaussian, OrdinalProbit, BernoulliProbit, BernoulliLogit)}
+_ALIASES = {"normal": "gaussian", "ordered-probit": "ordinal", "probit": "bernoulli-probit",
+            "logit": "bernoulli-logit", "logistic": "bernoulli-logit",
+            "bernoulli": "bernoulli-logit"}
+#: likelihood name -> inference methods that run it
+SUPPORTED = {n: tuple(c.methods) for n, c in LIKELIHOODS.items()}
+
+
+def get_likelihood(lik) -> Likelihood:
+    """A :class:`Likelihood` from a name (``"gaussian"``, ``"ordinal"``,
+    ``"bernoulli-probit"``, ``"bernoulli-logit"``) or an instance (returned unchanged)."""
+    if isinstance(lik, Likelihood):
+        return lik
+    if isinstance(lik, dict):
+        return likelihood_from_dict(lik)
+    if not isinstance(lik, str):
+        raise SpecError(f"likelihood must be a name or a Likelihood, got {lik!r}")
+    name = _ALIASES.get(lik.lower(), lik.lower())
+    if name not in LIKELIHOODS:
+        raise SpecError(f"unknown likelihood {lik!r}; choose one of {sorted(LIKELIHOODS)}")
+    return LIKELIHOODS[name]()
+
+
+def likelihood_from_dict(d: dict) -> Likelihood:
+    d = dict(d)
+    name = d.pop("name", None)
+    if name not in LIKELIHOODS:
+        raise SpecError(f"unknown likelihood {name!r} in the model description")
+    if "levels" in d and d["levels"] is not None:
+        d["levels"] = tuple(d["levels"])
+    try:
+        return LIKELIHOODS[name](**d)
+    except TypeError as e:
+        raise SpecError(f"bad parameters for likelihood {name!r}: {e}") from None

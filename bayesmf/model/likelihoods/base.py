@@ -1,0 +1,175 @@
+r"""The :class:`Likelihood` protocol: one object per observation family.
+
+Every family defines the observation model :math:`y_{ui} \sim p(y \mid \eta_{ui}, \theta)`
+on the linear predictor :math:`\eta_{ui} = \mu + b_u + b_i + U_u^\top V_i`
+(:mod:`bayesmf.model.linear`) and its likelihood parameters :math:`\theta` (the Gaussian
+noise precision, the ordinal cutpoints, nothing for Bernoulli), and supplies every piece
+that an inference method, evaluation or recommendation needs, so that none of them ever
+branches on the family:
+
+=======================  =================================================================
+``log_prob``             pointwise :math:`\log p(y\mid\eta,\theta)` (jnp): NUTS/SVI (through
+                         the PPL lines), the MAP objective, ArviZ ``log_likelihood``, SBC
+``gaussianize``          the Gibbs augmentation: given :math:`\eta` draw (or set) a Gaussian
+                         pseudo-observation :math:`z` with precision weight :math:`w` so that
+                         :math:`z \mid \eta \sim \mathcal N(\eta, w^{-1})` given the
+                         auxiliary variables, and the conjugate row solver serves all
+                         families
+``update_theta``         the Gibbs step of :math:`\theta` (after the rows), returning also
+                         the per-sweep train statistics
+``working``              MAP by iteratively reweighted least squares: the Newton working
+                         response and weights of :math:`-\log p` at :math:`\eta`
+``numpyro_*``/``pymc_*`` the observation line (and :math:`\theta`'s prior) of each PPL
+``predictive``           the posterior predictive of new pairs as a
+                         :class:`~bayesmf.predictive.Mixture`
+=======================  =================================================================
+
+Values on the data's own scale (stars, 0/1) are mapped once per fit to the *internal*
+coding that the kernels use (:meth:`Likelihood.encode`: the identity except for the
+ordinal family, whose internal value is the level index).
+
+Likelihood objects are small frozen dataclasses; :meth:`to_dict`/:func:`from_dict` (in
+:mod:`bayesmf.model.likelihoods`) round-trip them through the model file. A family that
+learns something from the training values (the ordinal levels) returns a configured copy
+from :meth:`fit_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bayesmf.errors import SpecError
+
+__all__ = ["Likelihood", "METHODS_ALL"]
+
+#: inference methods of :data:`bayesmf.infer.METHODS`
+METHODS_ALL = ("map", "gibbs", "nuts", "svi", "pymc-nuts", "pymc-advi")
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """Base class (see the module docs). Subclasses set the class attributes and
+    implement the methods."""
+
+    #: registry name (what ``--likelihood`` and the model file say)
+    name = "base"
+    #: draw names of the likelihood parameters in the Posterior (e.g. ``("tau",)``)
+    theta_names: ClassVar[tuple] = ()
+    #: ranking by the predictive mean equals ranking by the mean of eta
+    mean_is_linear = False
+    #: observations take values in a finite set
+    discrete = False
+    #: Gibbs needs eta to build the pseudo-observations (False: z = y, w = tau)
+    augmented = True
+    #: inference methods that support this family
+    methods = METHODS_ALL
+
+    # ------------------------------------------------------------------ data
+    def fit_data(self, y: np.ndarray) -> "Likelihood":
+        """Validate training values (data scale) and return the configured likelihood."""
+        self.check_values(y, training=True)
+        return self
+
+    def check_values(self, y: np.ndarray, training: bool = False) -> None:
+        """Raise :class:`~bayesmf.errors.DataError` for values this family cannot model."""
+
+    def encode(self, y: np.ndarray) -> np.ndarray:
+        """Data-scale values -> internal coding (float array)."""
+        return np.asarray(y, np.float64)
+
+    def eta_offset(self, y: np.ndarray) -> float:
+        """A good starting value of :math:`\\mu` (also the centring offset of the PPL
+        models) from the training values (data scale)."""
+        return 0.0
+
+    def init_theta(self, y: np.ndarray, spec) -> dict:
+        """Initial :math:`\\theta` (numpy scalars/arrays, float32) from the training values."""
+        return {}
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise SpecError(
+                f"method {method!r} does not support likelihood {self.name!r}; it runs with "
+                f"{sorted(self.methods)} (see bayesmf.model.likelihoods.SUPPORTED)")
+
+    # ------------------------------------------------------------------ math (jnp)
+    def log_prob(self, y, eta, theta: dict):
+        """Pointwise :math:`\\log p(y \\mid \\eta, \\theta)` for internal ``y``."""
+        raise NotImplementedError
+
+    def point_mean(self, eta, theta: dict):
+        """:math:`E[y \\mid \\eta, \\theta]` on the data scale (jnp or numpy)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ Gibbs
+    def gaussianize(self, key, y, eta, theta: dict):
+        """``(z, w)``: Gaussian pseudo-observations and their precision weights."""
+        raise NotImplementedError
+
+    def update_theta(self, key, y, eta, theta: dict, spec):
+        """Gibbs step of :math:`\\theta` given the new :math:`\\eta`; returns
+        ``(theta, info)`` with ``info = {"train_rmse", "log_likelihood"}``."""
+        lp = self.log_prob(y, eta, theta)
+        return theta, self._info(y, eta, theta, lp)
+
+    def _info(self, y, eta, theta, lp):
+        import jax.numpy as jnp
+
+        e = self.decode_jnp(y) - self.point_mean(eta, theta)
+        return {"train_rmse": jnp.sqrt(jnp.mean(e * e)), "log_likelihood": jnp.sum(lp)}
+
+    def decode_jnp(self, y):
+        """Internal values -> data scale (jnp)."""
+        return y
+
+    # ------------------------------------------------------------------ MAP
+    def working(self, y, eta, theta: dict):
+        """IRLS working response and weights ``(z, w)``: with
+        :math:`\\ell(\\eta) = -\\log p(y\\mid\\eta)`, :math:`w = \\ell''(\\eta)` and
+        :math:`z = \\eta - \\ell'(\\eta)/w`, so that the weighted least-squares step
+        :math:`\\tfrac12\\sum w(z - \\eta')^2` is the Newton step of :math:`\\ell`."""
+        raise NotImplementedError
+
+    def map_theta(self, y, eta, theta: dict, spec) -> dict:
+        """Improve :math:`\\theta` at fixed :math:`\\eta` (MAP); default: unchanged."""
+        return theta
+
+    # ------------------------------------------------------------------ PPLs
+    def numpyro_theta(self, spec) -> dict:
+        return {}
+
+    def numpyro_obs(self, eta, theta: dict, y):
+        raise NotImplementedError
+
+    def pymc_theta(self, spec) -> dict:
+        return {}
+
+    def pymc_obs(self, eta, theta: dict, y, **kwargs):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ predictive
+    def predictive(self, m, v, theta: dict):
+        """Posterior predictive mixture of new pairs from the per-draw linear predictor
+        ``m (S, ...)``, its extra variance ``v (S, ...)`` (population fallback of
+        unknown ids; 0 for known pairs) and the flat :math:`\\theta` draws ``(S, ...)``."""
+        raise NotImplementedError
+
+    def prior_simulate(self, rng: np.random.Generator, eta: np.ndarray, theta: dict):
+        """Draw data-scale observations given eta and theta (numpy; SBC, checks)."""
+        raise NotImplementedError
+
+    def theta_prior_draw(self, rng: np.random.Generator, spec, y_hint=None) -> dict:
+        """One draw of :math:`\\theta` from its prior (numpy)."""
+        return {}
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        d["name"] = self.name
+        return d
+
+    def describe(self) -> str:
+        return self.name

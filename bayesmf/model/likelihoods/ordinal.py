@@ -1,0 +1,388 @@
+r"""Ordered probit for star ratings (integer or half-star scales), with learned cutpoints.
+
+The :math:`K` levels :math:`l_0 < \dots < l_{K-1}` are the distinct training values (up to
+:data:`MAX_LEVELS`); internally an observation is its level index :math:`y\in\{0..K-1\}`.
+
+.. math::
+
+    z_{ui} = \eta_{ui} + \varepsilon_{ui},\ \ \varepsilon\sim\mathcal N(0,1),\qquad
+    y_{ui} = j \iff c_j < z_{ui} \le c_{j+1},\qquad
+    P(y = j\mid\eta, c) = \Phi(c_{j+1}-\eta) - \Phi(c_j - \eta)
+
+with :math:`c_0 = -\infty`, :math:`c_K = +\infty` and the :math:`K-1` cutpoints
+:math:`c_1 < \dots < c_{K-1}` (the draw ``cutpoints``). Identification: with a global mean
+:math:`\mu` in the model :math:`c_1 = 0` (the location is :math:`\mu`'s); otherwise
+:math:`c_1` is free. Unconstrained parameters :math:`u`: the free :math:`c_1` and the
+log-gaps :math:`u_j = \log(c_{j+1} - c_j)`, with the prior :math:`c_1 \sim \mathcal N(0,
+2^2)`, :math:`u_j \sim \mathcal N(0, 1)` (median gap 1 latent standard deviation; weak
+against thousands of ratings, proper for simulation-based calibration).
+
+**Gibbs** (Albert & Chib 1993): :math:`z \mid y, \eta, c` is :math:`\mathcal N(\eta, 1)`
+truncated to :math:`(c_y, c_{y+1}]` (weight 1 for the row solver). The cutpoints are not
+drawn from :math:`c\mid z` (that uniform step barely moves with many ratings, Cowles 1996):
+they are updated with :math:`z` integrated out, by a Metropolis–Hastings step on
+:math:`p(u\mid\eta, y)\propto \prod P(y\mid\eta,c(u))\,p(u)` whose proposal is the local
+Laplace approximation: from :math:`u`, :math:`u' \sim \mathcal N(u + H(u)^{-1}g(u),
+H(u)^{-1})` with :math:`g, -H` the gradient and Hessian of the log target, accepted with
+:math:`\min(1, \frac{p(u')q(u\mid u')}{p(u)q(u'\mid u)})`. With many ratings the target is
+close to Gaussian and the step is an almost independent draw. :math:`z` is drawn afresh
+at the start of the next sweep, so the scheme is a valid blocked Gibbs sampler.
+
+**MAP** (``working``): :math:`\ell = -\log P(y\mid\eta)` has :math:`\ell' = \eta - E[z]`
+and :math:`\ell'' = 1 - \mathrm{Var}[z]` for :math:`z` the truncated normal above.
+
+**Predictive**: per draw the categorical :math:`P(y = l_j) = \Phi((c_{j+1}-m)/s) -
+\Phi((c_j-m)/s)` with :math:`s = \sqrt{1 + v}` (exact for Gaussian extra variance
+:math:`v` of :math:`\eta`), a :class:`~bayesmf.predictive.CategoricalMixture`: expected
+rating, exact log-loss, RPS, :math:`P(r\ge t)`, categorical quantiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bayesmf.errors import DataError, SpecError
+from bayesmf.model.likelihoods.base import Likelihood
+
+__all__ = ["OrdinalProbit", "MAX_LEVELS", "log_interval_prob"]
+
+MAX_LEVELS = 50
+_C1_SD = 2.0
+_GAP_SD = 1.0
+
+
+def log_interval_prob(a, b):
+    r""":math:`\log(\Phi(b) - \Phi(a))` for :math:`a < b` (either may be infinite), stable
+    in both tails (jnp): on the upper side it is computed as
+    :math:`\log(\Phi(-a) - \Phi(-b))`."""
+    import jax.numpy as jnp
+    from jax.scipy.special import log_ndtr
+
+    upper = a > 0
+    hi = jnp.where(upper, -a, b)
+    lo = jnp.where(upper, -b, a)
+    # an infinite lower end means log Phi(hi); keep -inf out of log_ndtr so that the
+    # gradient stays finite (jnp.where differentiates both branches)
+    lo_inf = jnp.isinf(lo)
+    lo_s = jnp.where(lo_inf, hi - 1.0, lo)
+    lh = log_ndtr(hi)
+    ll = log_ndtr(lo_s)
+    d = jnp.minimum(ll - lh, -1e-30)
+    # log(1 - exp(d)), d < 0
+    res = lh + jnp.where(d > -0.6931, jnp.log(-jnp.expm1(jnp.maximum(d, -0.6931))),
+                         jnp.log1p(-jnp.exp(jnp.minimum(d, -0.6931))))
+    return jnp.where(lo_inf, lh, res)
+
+
+@dataclass(frozen=True)
+class OrdinalProbit(Likelihood):
+    """Ordered probit over the rating levels seen in training (``levels`` is set by
+    :meth:`fit_data`; pass it explicitly to fix a scale that the training data does not
+    fully cover)."""
+
+    levels: tuple | None = None
+
+    name = "ordinal"
+    theta_names = ("cutpoints",)
+    discrete = True
+    mean_is_linear = False
+    augmented = True
+
+    def __post_init__(self):
+        if self.levels is not None:
+            lv = tuple(float(x) for x in self.levels)
+            if len(lv) < 2 or any(b <= a for a, b in zip(lv, lv[1:])):
+                raise SpecError(f"ordinal levels must be >= 2 increasing values, got {lv}")
+            if not all(math.isfinite(x) for x in lv):
+                raise SpecError("ordinal levels must be finite")
+            object.__setattr__(self, "levels", lv)
+
+    @property
+    def K(self) -> int:
+        if self.levels is None:
+            raise SpecError("the ordinal likelihood has no levels yet (fit it on data first)")
+        return len(self.levels)
+
+    # ------------------------------------------------------------------ data
+    def fit_data(self, y):
+        y = np.asarray(y, np.float64)
+        if self.levels is not None:
+            self.check_values(y, training=True)
+            return self
+        lv = np.unique(y)
+        if len(lv) < 2:
+            raise DataError(f"likelihood 'ordinal' needs at least 2 distinct rating levels, "
+                            f"got {lv.tolist()}")
+        if len(lv) > MAX_LEVELS:
+            raise DataError(
+                f"likelihood 'ordinal' models a small set of rating levels (at most "
+                f"{MAX_LEVELS}); the training data has {len(lv)} distinct values — use "
+                "likelihood='gaussian' for continuous ratings, or round them to a scale")
+        return OrdinalProbit(levels=tuple(lv.tolist()))
+
+    def check_values(self, y, training=False):
+        if self.levels is None:
+            return
+        y = np.asarray(y, np.float64)
+        lv = np.asarray(self.levels)
+        ok = np.isin(y, lv)
+        if not ok.all():
+            bad = np.unique(y[~ok])[:5].tolist()
+            raise DataError(
+                f"{int((~ok).sum())} value(s) such as {bad} are not rating levels of this "
+                f"ordinal model {list(self.levels)} (levels come from the training data; "
+                "fix them with likelihood=OrdinalProbit(levels=...) before fitting)")
+
+    def encode(self, y):
+        self.check_values(y)
+        return np.searchsorted(np.asarray(self.levels), np.asarray(y, np.float64)).astype(
+            np.float64)
+
+    def _init_cut(self, y_idx, K):
+        counts = np.bincount(np.asarray(y_idx, np.int64), minlength=K).astype(np.float64) + 0.5
+        cum = np.cumsum(counts)[:-1] / counts.sum()
+        from scipy.special import ndtri
+
+        c = ndtri(cum)
+        # keep gaps positive and not tiny
+        for j in range(1, len(c)):
+            c[j] = max(c[j], c[j - 1] + 0.05)
+        return c
+
+    def eta_offset(self, y):
+        c = self._init_cut(self.encode(y), self.K)
+        return float(-c[0])
+
+    def init_theta(self, y, spec):
+        c = self._init_cut(self.encode(y), self.K)
+        if spec.global_mean:
+            c = c - c[0]
+        return {"cutpoints": c.astype(np.float32)}
+
+    # ------------------------------------------------------------------ transforms
+    @staticmethod
+    def n_free(K: int, fix_first: bool) -> int:
+        return K - 2 + (0 if fix_first else 1)
+
+    @staticmethod
+    def cut_from_u(u, K: int, fix_first: bool):
+        """Unconstrained ``u`` -> cutpoints (jnp or numpy, follows ``u``)."""
+        import jax.numpy as jnp
+
+        xp = np if isinstance(u, np.ndarray) else jnp
+        c1 = xp.zeros((1,), u.dtype) if fix_first else u[:1]
+        gaps = u[(0 if fix_first else 1):]
+        return xp.concatenate([c1, c1 + xp.cumsum(xp.exp(gaps))]) if K > 2 else c1
+
+    @staticmethod
+    def u_from_cut(c, fix_first: bool):
+        import jax.numpy as jnp
+
+        xp = np if isinstance(c, np.ndarray) else jnp
+        gaps = xp.log(xp.maximum(c[1:] - c[:-1], 1e-12))
+        return gaps if fix_first else xp.concatenate([c[:1], gaps])
+
+    @staticmethod
+    def log_prior_u(u, fix_first: bool):
+        import jax.numpy as jnp
+
+        z = u / _GAP_SD
+        lp = -0.5 * jnp.sum(z * z)
+        if not fix_first:
+            lp = lp + 0.5 * (u[0] / _GAP_SD) ** 2 - 0.5 * (u[0] / _C1_SD) ** 2
+        return lp
+
+    # ------------------------------------------------------------------ math
+    def _bounds(self, y, cut):
+        import jax.numpy as jnp
+
+        inf = jnp.full((1,), jnp.inf, cut.dtype)
+        c = jnp.concatenate([-inf, cut, inf])
+        yi = y.astype(jnp.int32)
+        return c[yi], c[yi + 1]
+
+    def log_prob(self, y, eta, theta):
+        a, b = self._bounds(y, theta["cutpoints"])
+        return log_interval_prob(a - eta, b - eta)
+
+    def decode_jnp(self, y):
+        import jax.numpy as jnp
+
+        return jnp.asarray(self.levels, jnp.float32)[y.astype(jnp.int32)]
+
+    def point_mean(self, eta, theta):
+        r"""Expected rating :math:`l_0 + \sum_j (l_j - l_{j-1})(1 - \Phi(c_j - \eta))`."""
+        import jax.numpy as jnp
+        from jax.scipy.special import ndtr
+
+        lv = jnp.asarray(self.levels, eta.dtype)
+        c = theta["cutpoints"]
+        return lv[0] + jnp.sum((lv[1:] - lv[:-1]) * ndtr(eta[..., None] - c), axis=-1)
+
+    # ------------------------------------------------------------------ Gibbs
+    def gaussianize(self, key, y, eta, theta):
+        import jax.numpy as jnp
+
+        from bayesmf.model.augment import truncated_normal
+
+        a, b = self._bounds(y, theta["cutpoints"])
+        return truncated_normal(key, eta, a, b), jnp.ones((), eta.dtype)
+
+    def update_theta(self, key, y, eta, theta, spec):
+        import jax
+        import jax.numpy as jnp
+
+        K = self.K
+        fix = bool(spec.global_mean)
+        d = self.n_free(K, fix)
+        cut = theta["cutpoints"]
+        if d > 0:
+            dt = eta.dtype
+
+            def logp(u):
+                c = self.cut_from_u(u, K, fix)
+                return jnp.sum(self.log_prob(y, eta, {"cutpoints": c})) + self.log_prior_u(u, fix)
+
+            g_fn = jax.grad(logp)
+            h_fn = jax.hessian(logp)
+            eye = jnp.eye(d, dtype=dt)
+
+            def laplace(u):
+                g = g_fn(u)
+                H = -h_fn(u)
+                H = 0.5 * (H + H.T) + 1e-6 * eye
+                L = jnp.linalg.cholesky(H)
+                step = jax.scipy.linalg.cho_solve((L, True), g)
+                return u + step, L
+
+            def logq(x, mean, L):  # N(x; mean, (L L^T)^{-1})
+                r = L.T @ (x - mean)
+                return jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * r @ r
+
+            k1, k2 = jax.random.split(key)
+            u0 = self.u_from_cut(cut, fix)
+            m0, L0 = laplace(u0)
+            eps = jax.random.normal(k1, (d,), dt)
+            u1 = m0 + jax.scipy.linalg.solve_triangular(L0.T, eps, lower=False)
+            m1, L1 = laplace(u1)
+            log_acc = logp(u1) + logq(u0, m1, L1) - logp(u0) - logq(u1, m0, L0)
+            ok = jnp.isfinite(log_acc) & jnp.all(jnp.isfinite(L0)) & jnp.all(jnp.isfinite(L1))
+            acc = ok & (jnp.log(jax.random.uniform(k2, (), dt, minval=jnp.finfo(dt).tiny))
+                        < log_acc)
+            cut = jnp.where(acc, self.cut_from_u(u1, K, fix), cut).astype(dt)
+        theta = {"cutpoints": cut}
+        lp = self.log_prob(y, eta, theta)
+        return theta, self._info(y, eta, theta, lp)
+
+    # ------------------------------------------------------------------ MAP
+    def truncated_moments(self, y, eta, theta):
+        r"""Mean and variance of :math:`z\sim\mathcal N(\eta,1)` truncated to
+        :math:`(c_y, c_{y+1}]` (jnp): with :math:`\alpha = c_y-\eta`,
+        :math:`\beta = c_{y+1}-\eta`, :math:`Z = \Phi(\beta)-\Phi(\alpha)`,
+        :math:`E = \eta + (\varphi(\alpha)-\varphi(\beta))/Z`,
+        :math:`\mathrm{Var} = 1 + (\alpha\varphi(\alpha)-\beta\varphi(\beta))/Z
+        - ((\varphi(\alpha)-\varphi(\beta))/Z)^2`."""
+        import jax.numpy as jnp
+
+        a, b = self._bounds(y, theta["cutpoints"])
+        al, be = a - eta, b - eta
+        lz = log_interval_prob(al, be)
+        c = 0.5 * math.log(2 * math.pi)
+        ra = jnp.where(jnp.isfinite(al), jnp.exp(-0.5 * al * al - c - lz), 0.0)
+        rb = jnp.where(jnp.isfinite(be), jnp.exp(-0.5 * be * be - c - lz), 0.0)
+        d = ra - rb
+        aa = jnp.where(jnp.isfinite(al), al * ra, 0.0)
+        bb = jnp.where(jnp.isfinite(be), be * rb, 0.0)
+        return eta + d, 1.0 + aa - bb - d * d
+
+    def working(self, y, eta, theta):
+        import jax.numpy as jnp
+
+        m, var = self.truncated_moments(y, eta, theta)
+        w = jnp.clip(1.0 - var, 1e-6, 1.0)
+        return eta + (m - eta) / w, w
+
+    # ------------------------------------------------------------------ PPLs
+    def numpyro_theta(self, spec):
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as dist
+
+        fix = bool(spec.global_mean)
+        d = self.n_free(self.K, fix)
+        if d == 0:
+            return {"cutpoints": jnp.zeros((1,), jnp.float32)}
+        scale = np.full(d, _GAP_SD)
+        if not fix:
+            scale[0] = _C1_SD
+        u = numpyro.sample("cut_u", dist.Normal(jnp.zeros(d), jnp.asarray(scale)).to_event(1))
+        return {"cutpoints": numpyro.deterministic("cutpoints", self.cut_from_u(u, self.K, fix))}
+
+    def numpyro_obs(self, eta, theta, y):
+        import numpyro
+        import numpyro.distributions as dist
+
+        if y is None:
+            numpyro.sample("r", dist.OrderedLogistic(eta, theta["cutpoints"]))  # pragma: no cover
+        else:
+            numpyro.factor("r", self.log_prob(y, eta, theta))
+
+    def pymc_theta(self, spec):
+        import pymc as pm
+        import pytensor.tensor as pt
+
+        fix = bool(spec.global_mean)
+        d = self.n_free(self.K, fix)
+        if d == 0:
+            return {"cutpoints": pt.zeros((1,))}
+        scale = np.full(d, _GAP_SD)
+        if not fix:
+            scale[0] = _C1_SD
+        u = pm.Normal("cut_u", 0.0, scale, shape=d)
+        c1 = pt.zeros((1,)) if fix else u[:1]
+        gaps = u[(0 if fix else 1):]
+        cut = pt.concatenate([c1, c1 + pt.cumsum(pt.exp(gaps))]) if self.K > 2 else c1
+        return {"cutpoints": pm.Deterministic("cutpoints", cut)}
+
+    def pymc_obs(self, eta, theta, y, **kwargs):
+        import pymc as pm
+
+        return pm.OrderedProbit("r", eta=eta, cutpoints=theta["cutpoints"], sigma=1.0,
+                                observed=y, **kwargs)
+
+    # ------------------------------------------------------------------ predictive
+    def category_probs(self, m, v, cut):
+        """Per-draw probabilities ``(S, ..., K)`` (numpy, float64)."""
+        from scipy.special import ndtr
+
+        m = np.asarray(m, np.float64)
+        s = np.sqrt(1.0 + np.asarray(v, np.float64))
+        c = np.asarray(cut, np.float64).reshape((cut.shape[0],) + (1,) * (m.ndim - 1) + (-1,))
+        F = ndtr((c - m[..., None]) / s[..., None])       # (S, ..., K-1)
+        zeros = np.zeros(F.shape[:-1] + (1,))
+        Fx = np.concatenate([zeros, F, zeros + 1.0], axis=-1)
+        return np.clip(np.diff(Fx, axis=-1), 0.0, 1.0)
+
+    def predictive(self, m, v, theta):
+        from bayesmf.predictive import CategoricalMixture
+
+        m = np.asarray(m, np.float64)
+        v = np.broadcast_to(np.asarray(v, np.float64), m.shape)
+        return CategoricalMixture(self.category_probs(m, v, np.asarray(theta["cutpoints"])),
+                                  np.asarray(self.levels))
+
+    def prior_simulate(self, rng, eta, theta):
+        z = np.asarray(eta) + rng.standard_normal(np.shape(eta))
+        idx = np.searchsorted(np.asarray(theta["cutpoints"], np.float64), z, side="left")
+        return np.asarray(self.levels)[idx]
+
+    def theta_prior_draw(self, rng, spec, y_hint=None):
+        fix = bool(spec.global_mean)
+        d = self.n_free(self.K, fix)
+        u = rng.standard_normal(d) * _GAP_SD
+        if not fix and d:
+            u[0] = rng.standard_normal() * _C1_SD
+        return {"cutpoints": np.asarray(self.cut_from_u(u, self.K, fix), np.float32)}
