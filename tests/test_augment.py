@@ -271,7 +271,8 @@ def test_tn_ks_against_scipy(mean, sd, lower, upper):
     x = _tn(jax.random.key(7), full(mean), full(lower), full(upper), full(sd))
     assert x.dtype == jnp.float32
     x = np.asarray(x, np.float64)
-    assert np.all(np.isfinite(x)) and np.all(x >= np.float32(lower)) and np.all(x <= np.float32(upper))
+    assert np.all(np.isfinite(x))
+    assert np.all(x >= np.float32(lower)) and np.all(x <= np.float32(upper))
     ref = stats.truncnorm((lower - mean) / sd, (upper - mean) / sd, loc=mean, scale=sd)
     assert stats.kstest(x, ref.cdf).pvalue > 1e-3
     # the same test rejects the reference shifted by 10% of its standard deviation
@@ -282,8 +283,8 @@ def test_tn_ks_against_scipy(mean, sd, lower, upper):
 @pytest.mark.parametrize("mean,lower", [(0.0, 4.0), (0.0, 8.0), (0.0, 30.0), (-40.0, 0.0),
                                         (0.0, 12.5)])
 def test_tn_far_tail_mean(mean, lower):
-    x = _tn(jax.random.key(8), jnp.full(N_KS, mean, jnp.float32), jnp.full(N_KS, lower, jnp.float32),
-            jnp.full(N_KS, INF, jnp.float32), jnp.ones(N_KS, jnp.float32))
+    full = lambda v: jnp.full(N_KS, v, jnp.float32)  # noqa: E731
+    x = _tn(jax.random.key(8), full(mean), full(lower), full(INF), full(1.0))
     x = np.asarray(x, np.float64)
     ref = stats.truncnorm(lower - mean, INF, loc=mean)
     se = ref.std() / math.sqrt(N_KS)

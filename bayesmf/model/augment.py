@@ -257,11 +257,11 @@ def polya_gamma(key, c, h=1):
     Vectorisation: ``lax.while_loop`` rounds draw proposals (three uniforms per entry: the
     piece, the proposal -- the inverse-Gaussian's coin recycles the piece's uniform --
     and the test) and keep them for the entries not yet accepted, until all are; after
-    the first rounds the pending entries are gathered into shorter arrays, so that the
+    the first round the pending entries are gathered into shorter arrays, so that the
     last few of them do not cost full-length rounds. The alternating series is a bounded
-    inner ``lax.while_loop`` that stops when every entry is decided (nearly always after
-    one or two terms). NaN ``c`` gives NaN; :math:`|c| = \infty` gives 0
-    (the limit); otherwise draws are positive (at least the smallest normal float).
+    loop of 4 terms, unrolled (later terms are below float64 resolution; see
+    ``_series_accept``). NaN ``c`` gives NaN; :math:`|c| = \infty` gives 0 (the limit);
+    otherwise draws are positive (at least the smallest normal float).
     """
     h = operator.index(h)
     if h < 1:
