@@ -410,6 +410,77 @@ def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
     return U * s, mu_U * s, Lam_U / (s * s), V / s, mu_V / s, Lam_V * (s * s)
 
 
+def latent_scale_move(key, cfg: _Cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V,
+                      lam_bu, lam_bi, theta):
+    r"""Step 6b (likelihoods whose latent noise scale is fixed: probit, logit, ordinal):
+    Metropolis group move along the scale of :math:`\eta`, with the augmentation
+    integrated out (the likelihood is :math:`p(y\mid\eta,	heta)` itself).
+
+    .. math::
+
+        (\mu, b, U, V, \mu_U, \mu_V, \Lambda_U, \Lambda_V, \lambda_b, c) 	o
+        (s\mu,\ sb,\ \sqrt s U,\ \sqrt s V,\ \sqrt s\mu_U,\ \sqrt s\mu_V,\ \Lambda_U/s,        \Lambda_V/s,\ \lambda_b/s^2,\ s c)
+
+    maps :math:`\eta 	o s\eta` and the cutpoints :math:`c 	o sc`. With Haar measure
+    :math:`ds/s` the target of :math:`x = \log s` is :math:`\log p(y\mid e^x\eta, e^x c)`
+    plus the log prior ratio and log Jacobian of the transformed coordinates:
+    :math:`x` for :math:`\mu` (flat prior; a Gaussian one adds its ratio),
+    :math:`-2a_b x - b_b\lambda_b(e^{-2x}-1)` per bias side,
+    :math:`-	frac{k
+u_0}2 x - 	frac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
+    side (the row and :math:`\mu_F` priors are invariant once their Jacobians are
+    counted), and the likelihood's own term (:meth:`Likelihood.scale_log_prior`). The
+    proposal is the Laplace approximation by one Newton step from the current point,
+    :math:`x' \sim \mathcal N(g_0/h_0, 1/h_0)`, and the reverse proposal is built the same
+    way at :math:`x'` (MH with the state-dependent proposal corrected). Without it, the
+    scale of the factors and cutpoints drifts only through the truncated-normal
+    pseudo-data, the slow direction of every unit-noise augmentation (the ordinal
+    cutpoints of MovieLens-100K u3 need ~1000 sweeps to expand from their start)."""
+    lik, spec = cfg.spec.likelihood, cfg.spec
+    dt = eta.dtype
+    k = cfg.k
+    tr = (jnp.trace(Lam_U) + jnp.trace(Lam_V)) if k else jnp.zeros((), dt)
+
+    def logt(x):
+        s = jnp.exp(x)
+        lp = jnp.sum(lik.log_prob(y, s * eta, lik.scale_theta(theta, s, spec)))
+        lp = lp + lik.scale_log_prior(theta, x, spec)
+        if cfg.global_mean:
+            lp = lp + x - 0.5 * cfg.lambda_mu * ((s * mu - cfg.mu_mean) ** 2
+                                                 - (mu - cfg.mu_mean) ** 2)
+        for on, lam in ((cfg.user_bias, lam_bu), (cfg.item_bias, lam_bi)):
+            if on:
+                lp = lp - 2.0 * cfg.bias_a * x - cfg.bias_b * lam * (jnp.exp(-2.0 * x) - 1.0)
+        if k:
+            lp = lp - k * cfg.nu0 * x - tr / (2.0 * cfg.w0) * (jnp.exp(-x) - 1.0)
+        return lp
+
+    d1 = jax.grad(logt)
+    d2 = jax.grad(d1)
+
+    def newton(x):
+        h = jnp.maximum(-d2(x), 1e-6)
+        return x + d1(x) / h, h
+
+    def logq(x, mean, h):
+        return 0.5 * jnp.log(h) - 0.5 * h * (x - mean) ** 2
+
+    kx, ku = jax.random.split(key)
+    zero = jnp.zeros((), dt)
+    m0, h0 = newton(zero)
+    x1 = m0 + jax.random.normal(kx, (), dt) / jnp.sqrt(h0)
+    m1, h1 = newton(x1)
+    log_acc = logt(x1) - logt(zero) + logq(zero, m1, h1) - logq(x1, m0, h0)
+    acc = jnp.isfinite(log_acc) & (
+        jnp.log(jax.random.uniform(ku, (), dt, minval=jnp.finfo(dt).tiny)) < log_acc)
+    s = jnp.where(acc, jnp.exp(x1), jnp.ones((), dt)).astype(dt)
+    r = jnp.sqrt(s)
+    theta = {n: jnp.where(acc, v, theta[n]).astype(dt)
+             for n, v in lik.scale_theta(theta, s, spec).items()}
+    return (mu * s, bu * s, bi * s, U * r, V * r, mu_U * r, Lam_U / s, mu_V * r, Lam_V / s,
+            lam_bu / (s * s), lam_bi / (s * s), theta, s)
+
+
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     """One full Gibbs sweep (module docs, steps 0-7)."""
     dt = s.U.dtype
@@ -471,8 +542,16 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         lin = lin + jnp.sum(U[u] * V[i], axis=1)
     if cfg.global_mean:
         mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean)
+    eta = mu + lin
+    theta = s.theta
+    if lik.latent_scale_fixed:  # step 6b: the scale of eta against the unit latent noise
+        ksc2, ktheta = jax.random.split(ktheta)
+        (mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi, theta,
+         sc) = latent_scale_move(ksc2, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V,
+                                 Lam_V, lam_bu, lam_bi, theta)
+        eta = eta * sc
     # step 7: the likelihood's parameters (tau, cutpoints) given the new eta
-    theta, info = lik.update_theta(ktheta, y, mu + lin, s.theta, cfg.spec)
+    theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec)
     theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
     new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
     return new, {n: jnp.asarray(v, dt) for n, v in info.items()}

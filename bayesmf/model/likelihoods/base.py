@@ -66,6 +66,9 @@ class Likelihood:
     augmented = True
     #: inference methods that support this family
     methods = METHODS_ALL
+    #: the scale of eta is fixed by the likelihood (unit latent noise: probit, ordinal,
+    #: logit): Gibbs adds the latent scale move (:func:`bayesmf.infer.gibbs.latent_scale_move`)
+    latent_scale_fixed = False
 
     # ------------------------------------------------------------------ data
     def fit_data(self, y: np.ndarray) -> "Likelihood":
@@ -124,6 +127,16 @@ class Likelihood:
     def decode_jnp(self, y):
         """Internal values -> data scale (jnp)."""
         return y
+
+    def scale_theta(self, theta: dict, s, spec) -> dict:
+        r""":math:`\theta` under the scaling :math:`\eta \to s\eta` of the latent scale
+        move (ordinal: cutpoints times ``s``)."""
+        return theta
+
+    def scale_log_prior(self, theta: dict, x, spec):
+        r"""Log prior ratio plus log Jacobian of :math:`\theta \to` ``scale_theta(theta,
+        e^x)`` in the coordinates its prior is defined on (jnp scalar)."""
+        return 0.0
 
     # ------------------------------------------------------------------ MAP
     def working(self, y, eta, theta: dict):

@@ -69,6 +69,7 @@ class _Bernoulli(Likelihood):
     discrete = True
     mean_is_linear = False
     augmented = True
+    latent_scale_fixed = True
 
     def check_values(self, y, training=False):
         _check_binary(y, self.name, training)

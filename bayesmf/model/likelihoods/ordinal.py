@@ -90,6 +90,7 @@ class OrdinalProbit(Likelihood):
     discrete = True
     mean_is_linear = False
     augmented = True
+    latent_scale_fixed = True
 
     def __post_init__(self):
         if self.levels is not None:
@@ -276,6 +277,25 @@ class OrdinalProbit(Likelihood):
         theta = {"cutpoints": cut}
         lp = self.log_prob(y, eta, theta)
         return theta, self._info(y, eta, theta, lp)
+
+    def scale_theta(self, theta, s, spec):
+        return {"cutpoints": theta["cutpoints"] * s}
+
+    def scale_log_prior(self, theta, x, spec):
+        r"""Cutpoints times :math:`s = e^x`: the log-gaps shift by :math:`x` (Jacobian 1 in
+        :math:`u`), a free :math:`c_1` scales (Jacobian :math:`s`)."""
+        import jax.numpy as jnp
+
+        fix = bool(spec.global_mean)
+        if self.n_free(self.K, fix) == 0:
+            return jnp.zeros((), theta["cutpoints"].dtype)
+        u = self.u_from_cut(theta["cutpoints"], fix)
+        s = jnp.exp(x)
+        if fix:
+            u1 = u + x
+            return self.log_prior_u(u1, fix) - self.log_prior_u(u, fix)
+        u1 = jnp.concatenate([u[:1] * s, u[1:] + x])
+        return self.log_prior_u(u1, fix) - self.log_prior_u(u, fix) + x
 
     # ------------------------------------------------------------------ MAP
     def truncated_moments(self, y, eta, theta):
