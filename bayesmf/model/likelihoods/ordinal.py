@@ -22,10 +22,14 @@ truncated to :math:`(c_y, c_{y+1}]` (weight 1 for the row solver). The cutpoints
 drawn from :math:`c\mid z` (that uniform step barely moves with many ratings, Cowles 1996):
 they are updated with :math:`z` integrated out, by a Metropolis–Hastings step on
 :math:`p(u\mid\eta, y)\propto \prod P(y\mid\eta,c(u))\,p(u)` whose proposal is the local
-Laplace approximation: from :math:`u`, :math:`u' \sim \mathcal N(u + H(u)^{-1}g(u),
-H(u)^{-1})` with :math:`g, -H` the gradient and Hessian of the log target, accepted with
-:math:`\min(1, \frac{p(u')q(u\mid u')}{p(u)q(u'\mid u)})`. With many ratings the target is
-close to Gaussian and the step is an almost independent draw. :math:`z` is drawn afresh
+Laplace approximation at the conditional mode: an independence sampler (as myFM's) with
+the multivariate :math:`t_5(\hat u, H^{-1})` proposal, :math:`\hat u` found by Newton
+iterations (:func:`laplace_mode`) from the cutpoints that match the level frequencies
+under :math:`\eta + \mathcal N(0,1)` (a function of :math:`\eta, y` only, so the proposal
+does not depend on the current :math:`u`), :math:`-H` the Hessian of the log target at
+:math:`\hat u`; accepted with :math:`\min(1, \frac{p(u')q(u)}{p(u)q(u')})`. With many ratings
+the target is close to Gaussian and nearly every proposal is accepted: the cutpoints
+jump to an independent draw of their conditional each sweep. :math:`z` is drawn afresh
 at the start of the next sweep, so the scheme is a valid blocked Gibbs sampler.
 
 **MAP** (``working``): :math:`\ell = -\log P(y\mid\eta)` has :math:`\ell' = \eta - E[z]`
@@ -52,6 +56,47 @@ __all__ = ["OrdinalProbit", "MAX_LEVELS", "log_interval_prob"]
 MAX_LEVELS = 50
 _C1_SD = 2.0
 _GAP_SD = 1.0
+#: degrees of freedom of the multivariate-t independence proposal of the cutpoints
+_T_DF = 5
+#: Newton iterations to the conditional mode (from the current cutpoints)
+_NEWTON_STEPS = 6
+
+
+def laplace_mode(logp, u0, steps: int = _NEWTON_STEPS):
+    """Mode and Cholesky factor ``L`` of the negative Hessian (``H = L L^T``) of a smooth
+    log density ``logp`` of a small vector, by ``steps`` Newton iterations from ``u0``
+    with step halving when a step does not increase ``logp`` (jnp, fixed cost)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = u0.shape[0]
+    eye = jnp.eye(d, dtype=u0.dtype)
+    g_fn = jax.grad(logp)
+    h_fn = jax.hessian(logp)
+
+    def chol(u):
+        H = -h_fn(u)
+        return jnp.linalg.cholesky(0.5 * (H + H.T) + 1e-6 * (1.0 + jnp.abs(jnp.diag(H))) * eye)
+
+    def body(_, u):
+        L = chol(u)
+        step = jax.scipy.linalg.cho_solve((L, True), g_fn(u))
+        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
+        f0 = logp(u)
+
+        def halve(carry):
+            s, j = carry
+            return s * 0.5, j + 1
+
+        def worse(carry):
+            s, j = carry
+            return (j < 8) & ~(logp(u + s) >= f0)
+
+        step, _ = jax.lax.while_loop(worse, halve, (step, 0))
+        return u + step
+
+    mode = jax.lax.fori_loop(0, steps, body, u0)
+    return mode, chol(mode)
 
 
 def log_interval_prob(a, b):
@@ -247,30 +292,30 @@ class OrdinalProbit(Likelihood):
                 c = self.cut_from_u(u, K, fix)
                 return jnp.sum(self.log_prob(y, eta, {"cutpoints": c})) + self.log_prior_u(u, fix)
 
-            g_fn = jax.grad(logp)
-            h_fn = jax.hessian(logp)
-            eye = jnp.eye(d, dtype=dt)
-
-            def laplace(u):
-                g = g_fn(u)
-                H = -h_fn(u)
-                H = 0.5 * (H + H.T) + 1e-6 * eye
-                L = jnp.linalg.cholesky(H)
-                step = jax.scipy.linalg.cho_solve((L, True), g)
-                return u + step, L
-
-            def logq(x, mean, L):  # N(x; mean, (L L^T)^{-1})
-                r = L.T @ (x - mean)
-                return jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * r @ r
-
-            k1, k2 = jax.random.split(key)
             u0 = self.u_from_cut(cut, fix)
-            m0, L0 = laplace(u0)
+            # the proposal depends on (eta, y) only -- an independence sampler: Newton from
+            # the moment-matched cutpoints of eta + N(0, 1) at the level frequencies
+            from jax.scipy.special import ndtri
+
+            counts = jnp.zeros((K,), dt).at[y.astype(jnp.int32)].add(1.0) + 0.5
+            cum = jnp.cumsum(counts)[:-1] / jnp.sum(counts)
+            c_mm = jnp.mean(eta) + jnp.sqrt(1.0 + jnp.var(eta)) * ndtri(cum)
+            c_mm = c_mm - c_mm[0] if fix else c_mm
+            c_mm = jnp.concatenate([c_mm[:1], c_mm[:1] + jnp.cumsum(
+                jnp.maximum(jnp.diff(c_mm), 1e-3))]) if K > 2 else c_mm
+            mode, L = laplace_mode(logp, self.u_from_cut(c_mm, fix))
+            k1, k2, k3 = jax.random.split(key, 3)
             eps = jax.random.normal(k1, (d,), dt)
-            u1 = m0 + jax.scipy.linalg.solve_triangular(L0.T, eps, lower=False)
-            m1, L1 = laplace(u1)
-            log_acc = logp(u1) + logq(u0, m1, L1) - logp(u0) - logq(u1, m0, L0)
-            ok = jnp.isfinite(log_acc) & jnp.all(jnp.isfinite(L0)) & jnp.all(jnp.isfinite(L1))
+            chi2 = jnp.sum(jax.random.normal(k3, (_T_DF,), dt) ** 2)
+            u1 = mode + jax.scipy.linalg.solve_triangular(L.T, eps, lower=False) / jnp.sqrt(
+                chi2 / _T_DF)
+
+            def logq(x):  # multivariate t_nu(mode, (L L^T)^{-1}) up to a constant
+                r = L.T @ (x - mode)
+                return -0.5 * (_T_DF + d) * jnp.log1p(r @ r / _T_DF)
+
+            log_acc = logp(u1) + logq(u0) - logp(u0) - logq(u1)
+            ok = jnp.isfinite(log_acc) & jnp.all(jnp.isfinite(L))
             acc = ok & (jnp.log(jax.random.uniform(k2, (), dt, minval=jnp.finfo(dt).tiny))
                         < log_acc)
             cut = jnp.where(acc, self.cut_from_u(u1, K, fix), cut).astype(dt)
