@@ -89,22 +89,23 @@ def _wishart_bartlett(rng, k: int, nu0: float, w0: float) -> np.ndarray:
 
 
 def _nu0(spec: ModelSpec) -> float:
-    k = spec.rank
-    nu0 = float(k if spec.priors.nu0 is None else spec.priors.nu0)
-    if k and nu0 <= k - 1:
-        raise SpecError(f"priors.nu0={nu0} must exceed rank-1={k - 1} for a proper Wishart")
-    return nu0
+    """:math:`\\nu_0` of the spec's factor prior (its default when ``priors.nu0`` is None)."""
+    return spec.prior.nu0(spec)
 
 
 def simulate(spec: ModelSpec, users, items, n_users: int, n_items: int, rng,
-             factor_prior: str = "wishart"):
+             factor_prior: str | None = None):
     """Draw ``(truth, ratings)`` from the prior and likelihood of ``spec`` (module docs).
 
     ``truth`` has ``mu, bu, bi, U, V, tau`` (switched-off terms are zeros/fixed) and the
     hyperparameters ``lambda_bu, lambda_bi, mu_U, Lambda_U, mu_V, Lambda_V``."""
+    if factor_prior is None:
+        factor_prior = spec.prior.ppl_name
     if factor_prior not in ("wishart", "diag"):
         raise SpecError(f"factor_prior must be 'wishart' or 'diag', got {factor_prior!r}")
-    pri = spec.priors
+    if factor_prior != spec.prior.ppl_name:  # the option names the prior (as in the PPLs)
+        spec = spec.replace(prior=factor_prior)
+    pri = spec.priors.resolved(1.0)  # scale-aware defaults at the unit scale
     if spec.global_mean and not pri.lambda_mu > 0:
         raise SpecError("SBC needs a proper prior on the global mean: set "
                         "priors.lambda_mu > 0 (a flat prior cannot be simulated from)")
@@ -535,7 +536,9 @@ def run_sbc(method, spec: ModelSpec, *, n_rep: int = 100, n_users: int = 8,
     else:
         fit, name = method, getattr(method, "__name__", "custom")
     if factor_prior is None:
-        factor_prior = options.get("factor_prior", "wishart")
+        factor_prior = options.get("factor_prior") or spec.prior.ppl_name
+    if not spec.priors.is_resolved:  # SBC simulates at the unit scale
+        spec = spec.replace(priors=spec.priors.resolved(1.0))
     spec.check_data(n_users, n_items, 1)
     u_idx, i_idx = observed_pattern(n_users, n_items, density, seed)
     users, items = Vocabulary(np.arange(n_users), "user"), Vocabulary(np.arange(n_items), "item")

@@ -67,14 +67,23 @@ def check_fit_inputs(train, spec) -> None:
 def fitted_spec(train, spec, method: str | None = None):
     """:func:`check_fit_inputs`, then the spec whose likelihood has seen the training
     values (:meth:`~bayesmf.model.likelihoods.Likelihood.fit_data`: values validated for
-    the family -- 0/1 for Bernoulli --, ordinal levels learned). With ``method`` the
-    method x likelihood pair is checked too. This is the spec a Posterior keeps."""
+    the family -- 0/1 for Bernoulli --, ordinal levels learned) and whose scale-aware
+    prior defaults are filled in (:meth:`~bayesmf.model.spec.BayesPriors.resolved`). With
+    ``method`` the method x likelihood pair is checked too. This is the spec a Posterior
+    keeps."""
     check_fit_inputs(train, spec)
     lik = spec.likelihood
     if method is not None:
         lik.check_method(method)
     fitted = lik.fit_data(train.rating)
-    return spec if fitted == lik else spec.replace(likelihood=fitted)
+    changes = {} if fitted == lik else {"likelihood": fitted}
+    if not spec.priors.is_resolved:
+        import numpy as np
+
+        scale = float(np.std(train.rating)) if lik.mean_is_linear else 1.0
+        changes["priors"] = spec.priors.resolved(scale)
+    spec.prior.nu0(spec)  # validates nu0 against the rank
+    return spec.replace(**changes) if changes else spec
 
 
 def check_int(name: str, v, minimum: int = 1, allow_none: bool = False):

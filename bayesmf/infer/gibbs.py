@@ -497,17 +497,15 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     kUh, kVh, kg, kU, kV, kmu, ktau, kc = jax.random.split(key, 8)
     # every Gamma variate of the sweep in one batched call (their shapes are static):
     # lambda_bu, lambda_bi, then the Bartlett chi-squares of Lambda_U and Lambda_V
-    nuU = cfg.nu0 + cfg.n_users
-    nuV = cfg.nu0 + cfg.n_items
+    prior = cfg.spec.prior
     shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2],
-                             (nuU - np.arange(k)) / 2, (nuV - np.arange(k)) / 2])
+                             prior.gamma_shapes(cfg.n_users, k, cfg.nu0),
+                             prior.gamma_shapes(cfg.n_items, k, cfg.nu0)])
     g = standard_gamma(kg, shapes, dt)
     mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
-    if k:
-        mu_U, Lam_U = sample_normal_wishart(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0,
-                                            chi2=2.0 * g[2:2 + k])
-        mu_V, Lam_V = sample_normal_wishart(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0,
-                                            chi2=2.0 * g[2 + k:])
+    if k:  # step 1: the factor prior's hyperparameters (Normal-Wishart or Normal-Gamma)
+        mu_U, Lam_U = prior.hyper_step(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0, g[2:2 + k])
+        mu_V, Lam_V = prior.hyper_step(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0, g[2 + k:])
     lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
     if cfg.user_bias:
         lam_bu = g[0] / (cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu))
@@ -615,14 +613,12 @@ class BPMFGibbs:
             global_mean=spec.global_mean, user_bias=spec.user_bias, item_bias=spec.item_bias,
             learn_noise=spec.noise == "learned", noise_precision=float(spec.noise_precision),
             beta0=float(pri.beta0), w0=float(pri.w0),
-            nu0=float(k if pri.nu0 is None else pri.nu0),
+            nu0=spec.prior.nu0(spec),
             bias_a=float(pri.bias_a), bias_b=float(pri.bias_b), noise_a=float(pri.noise_a),
             noise_b=float(pri.noise_b), mu_mean=float(pri.mu_mean),
             lambda_mu=float(pri.lambda_mu), init_scale=float(spec.init_scale),
             data_mean=lik.eta_offset(y_data), spec=spec)
         self.theta0 = lik.init_theta(y_data, spec)
-        if k and self.cfg.nu0 <= k - 1:
-            raise SpecError(f"nu0 must exceed rank - 1 = {k - 1}, got {self.cfg.nu0}")
         u = np.asarray(train.user, np.int32)
         i = np.asarray(train.item, np.int32)
         self.data = GibbsData(

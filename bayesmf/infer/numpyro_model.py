@@ -64,7 +64,7 @@ from bayesmf.infer import fitted_spec
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
-           "FACTOR_PRIORS", "effective_nu0"]
+           "FACTOR_PRIORS", "effective_nu0", "resolve_factor_prior"]
 
 FACTOR_PRIORS = ("wishart", "diag")
 
@@ -108,13 +108,20 @@ def model_data(train: Ratings, spec: ModelSpec, method: str | None = None) -> Mo
                      train.n_users, train.n_items, offset, spec, y_off)
 
 
+def resolve_factor_prior(spec: ModelSpec, option):
+    """The spec and PPL factor-prior name for a method's ``factor_prior`` option: ``None``
+    follows ``spec.prior`` ("normal-wishart" -> "wishart", "normal-gamma" -> "diag");
+    an explicit option replaces the spec's prior, so the Posterior says what was fitted."""
+    if option is None:
+        return spec, spec.prior.ppl_name
+    if option != spec.prior.ppl_name:
+        spec = spec.replace(prior=option)
+    return spec, option
+
+
 def effective_nu0(spec: ModelSpec) -> float:
     """:math:`\\nu_0` (``None`` -> ``k``); the Wishart needs :math:`\\nu_0 > k-1`."""
-    k = spec.rank
-    nu0 = float(k if spec.priors.nu0 is None else spec.priors.nu0)
-    if k and nu0 <= k - 1:
-        raise SpecError(f"priors.nu0={nu0} must exceed rank-1={k - 1} for a proper Wishart")
-    return nu0
+    return spec.prior.nu0(spec)
 
 
 def _tril_indices(k):
@@ -123,7 +130,7 @@ def _tril_indices(k):
 
 
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
-                centered: bool = False, factor_prior: str = "wishart",
+                centered: bool = False, factor_prior: str | None = None,
                 batch_size: int | None = None, y_offset: float | None = None):
     r"""Return ``model(users, items, y=None)`` for NumPyro (see the module docs).
 
@@ -138,8 +145,11 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     import numpyro.distributions as dist
     from jax.scipy.linalg import solve_triangular
 
+    spec, factor_prior = resolve_factor_prior(spec, factor_prior)
     if factor_prior not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
+    if not spec.priors.is_resolved:  # a model built outside a fit: unit data scale
+        spec = spec.replace(priors=spec.priors.resolved(1.0))
     pri = spec.priors
     lik = spec.likelihood
     if y_offset is None:

@@ -51,14 +51,15 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, build_model, draws_from_samples,
+                                         model_data, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
 __all__ = ["fit_nuts", "DEFAULTS"]
 
 DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
-                chain_method="sequential", centered=False, factor_prior="wishart",
+                chain_method="sequential", centered=False, factor_prior=None,
                 target_accept=0.8, max_tree_depth=10, dense_mass=False, checkpoint=None,
                 checkpoint_every=None, resume=False, memory_limit=None)
 
@@ -74,7 +75,7 @@ def _validate(o: dict) -> dict:
     if o["chain_method"] not in ("sequential", "vectorized", "parallel"):
         raise SpecError(f"chain_method must be 'sequential', 'vectorized' or 'parallel', "
                         f"got {o['chain_method']!r}")
-    if o["factor_prior"] not in FACTOR_PRIORS:
+    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
     for b in ("centered", "dense_mass"):
         if not isinstance(o[b], bool):
@@ -101,6 +102,7 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     """
     spec = fitted_spec(train, spec, "nuts")
     o = _validate(check_options("nuts", options, DEFAULTS))
+    spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     import jax
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS, init_to_median

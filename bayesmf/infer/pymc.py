@@ -44,7 +44,8 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import FACTOR_PRIORS, draws_from_samples, effective_nu0, model_data
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, draws_from_samples, effective_nu0,
+                                         model_data, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
@@ -53,16 +54,16 @@ __all__ = ["fit_pymc_nuts", "fit_pymc_advi", "build_pymc_model", "NUTS_DEFAULTS"
 
 NUTS_DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
                      chain_method="sequential", target_accept=0.8, max_tree_depth=10,
-                     centered=False, factor_prior="wishart")
+                     centered=False, factor_prior=None)
 ADVI_DEFAULTS = dict(method="advi", num_steps=20000, learning_rate=0.01, batch_size=None,
                      num_samples=500, tol=1e-4, window=100, patience=2, init_scale=0.1,
-                     centered=False, factor_prior="wishart")
+                     centered=False, factor_prior=None)
 _SITES = ("mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi", "mu_U",
           "Lambda_U", "mu_V", "Lambda_V")
 
 
 def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
-                     factor_prior: str = "wishart", batch_size: int | None = None,
+                     factor_prior: str | None = None, batch_size: int | None = None,
                      rng_seed: int | None = None):
     """Build the ``pm.Model`` of the shared model for ``train`` (see module docs).
 
@@ -75,10 +76,10 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     except ImportError:  # pragma: no cover - older PyTensor
         from pytensor.tensor.slinalg import solve_triangular
 
-    if factor_prior not in FACTOR_PRIORS:
+    if factor_prior is not None and factor_prior not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
     data = model_data(train, spec)
-    spec = data.spec
+    spec, factor_prior = resolve_factor_prior(data.spec, factor_prior)
     lik = spec.likelihood
     eta_shift = data.offset - data.y_offset
     y_all = data.y.astype(np.int64) if lik.discrete else data.y.astype(np.float64)
@@ -174,7 +175,7 @@ def _pos_float(name, v, upper=None):
 
 
 def _common(o):
-    if o["factor_prior"] not in FACTOR_PRIORS:
+    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
     if not isinstance(o["centered"], bool):
         raise SpecError(f"centered must be True or False, got {o['centered']!r}")
@@ -208,6 +209,7 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     spec = fitted_spec(train, spec, "pymc-nuts")
     o = check_options("pymc-nuts", options, NUTS_DEFAULTS)
     _common(o)
+    spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     o["num_warmup"] = _pos_int("num_warmup", o["num_warmup"], 0)
     o["num_chains"] = _pos_int("num_chains", o["num_chains"])
     o["thin"] = _pos_int("thin", o["thin"])
@@ -256,6 +258,7 @@ def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     spec = fitted_spec(train, spec, "pymc-advi")
     o = check_options("pymc-advi", options, ADVI_DEFAULTS)
     _common(o)
+    spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     if o["method"] not in ("advi", "fullrank_advi"):
         raise SpecError(f"method must be 'advi' or 'fullrank_advi', got {o['method']!r}")
     o["num_steps"] = _pos_int("num_steps", o["num_steps"])

@@ -42,7 +42,8 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import FACTOR_PRIORS, build_model, draws_from_samples, model_data
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, build_model, draws_from_samples,
+                                         model_data, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
@@ -51,7 +52,7 @@ __all__ = ["fit_svi", "DEFAULTS", "GUIDES"]
 GUIDES = ("normal", "lowrank")
 DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=0.01,
                 batch_size=None, num_samples=500, tol=1e-4, window=100, patience=2,
-                num_particles=1, init_scale=0.1, centered=False, factor_prior="wishart")
+                num_particles=1, init_scale=0.1, centered=False, factor_prior=None)
 
 
 def _pos_float(name, v):
@@ -63,7 +64,7 @@ def _pos_float(name, v):
 def _validate(o: dict, nnz: int) -> dict:
     if o["guide"] not in GUIDES:
         raise SpecError(f"guide must be one of {GUIDES}, got {o['guide']!r}")
-    if o["factor_prior"] not in FACTOR_PRIORS:
+    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
     if not isinstance(o["centered"], bool):
         raise SpecError(f"centered must be True or False, got {o['centered']!r}")
@@ -91,6 +92,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     """
     spec = fitted_spec(train, spec, "svi")
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
+    spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     import jax
     import jax.numpy as jnp
     import optax

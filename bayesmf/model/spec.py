@@ -57,29 +57,55 @@ def _positive(name, value, allow_zero=False):
 class BayesPriors:
     """Hyperpriors of the Bayesian model (BPMF with biases).
 
-    * factors: Normal-Wishart :math:`(\\mu_0=0, \\beta_0, W_0 = w_0 I, \\nu_0)`;
-      ``nu0=None`` means :math:`\\nu_0 = k` (the paper's choice).
+    * factors (:mod:`bayesmf.model.priors`): :math:`F_r\\sim N(\\mu_F, \\Lambda_F^{-1})`,
+      :math:`\\mu_F\\mid\\Lambda_F \\sim N(0, (\\beta_0\\Lambda_F)^{-1})`, :math:`\\Lambda_F`
+      Wishart :math:`(W_0 = w_0 I, \\nu_0)` or diagonal Gamma with the same
+      :math:`(w_0, \\nu_0)`; ``nu0=None`` means the prior's default (:math:`k` for the
+      Wishart, 1 for the diagonal prior).
     * biases: :math:`b \\sim N(0, 1/\\lambda_b)`, :math:`\\lambda_b \\sim \\mathrm{Gamma}(a_b, b_b)`.
     * noise: :math:`\\tau \\sim \\mathrm{Gamma}(a_\\tau, b_\\tau)` (shape, rate).
     * global mean: :math:`\\mu \\sim N(m_\\mu, 1/\\lambda_\\mu)`; ``lambda_mu=0`` is flat.
+
+    **Scale-aware defaults.** ``w0``, ``bias_b`` and ``noise_b`` default to ``None``:
+    resolved at fit time (:meth:`resolved`) from the scale :math:`s` of the data -- the
+    standard deviation of the training values for the Gaussian likelihood, 1 for the
+    unit-noise latent scale of probit/logit/ordinal -- as :math:`w_0 = 1/s`,
+    :math:`b_b = b_\\tau = s^2`. Multiplying every rating by :math:`c` then multiplies the
+    predictions by :math:`c` (factors by :math:`\\sqrt c`, biases by :math:`c`): the prior
+    means the same thing on a 1-5 and on a 0-100 scale. On MovieLens (:math:`s\\approx 1.1`)
+    they are close to the old fixed values 1.
     """
 
     beta0: float = 2.0
-    w0: float = 1.0
+    w0: float | None = None
     nu0: float | None = None
     bias_a: float = 1.0
-    bias_b: float = 1.0
+    bias_b: float | None = None
     noise_a: float = 1.0
-    noise_b: float = 1.0
+    noise_b: float | None = None
     mu_mean: float = 0.0
     lambda_mu: float = 0.0
 
+    #: fields resolved from the data scale when None
+    SCALED = ("w0", "bias_b", "noise_b")
+
     def __post_init__(self):
         for n in ("beta0", "w0", "bias_a", "bias_b", "noise_a", "noise_b"):
-            _positive(n, getattr(self, n))
+            if getattr(self, n) is not None or n not in self.SCALED:
+                _positive(n, getattr(self, n))
         _positive("lambda_mu", self.lambda_mu, allow_zero=True)
         if self.nu0 is not None:
             _positive("nu0", self.nu0)
+
+    @property
+    def is_resolved(self) -> bool:
+        return all(getattr(self, n) is not None for n in self.SCALED)
+
+    def resolved(self, scale: float = 1.0) -> "BayesPriors":
+        """The priors with the scale-aware defaults filled in for data scale ``scale``."""
+        s = float(scale) if scale and float(scale) > 0 and scale == scale else 1.0
+        auto = {"w0": 1.0 / s, "bias_b": s * s, "noise_b": s * s}
+        return replace(self, **{n: v for n, v in auto.items() if getattr(self, n) is None})
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,10 @@ class ModelSpec:
         Standard deviation of the random initial factors.
     priors : BayesPriors
         Hyperpriors for the Bayesian methods.
+    prior : str or FactorPrior
+        The factor prior (:mod:`bayesmf.model.priors`): ``"normal-wishart"`` (BPMF,
+        default) or ``"normal-gamma"`` (independent per-dimension precisions, libFM/myFM
+        style).
     likelihood : str or Likelihood
         The observation family (:mod:`bayesmf.model.likelihoods`): ``"gaussian"``
         (default), ``"ordinal"`` (ordered probit over the rating levels),
@@ -122,6 +152,7 @@ class ModelSpec:
     init_scale: float = 0.1
     priors: BayesPriors = field(default_factory=BayesPriors)
     likelihood: object = "gaussian"
+    prior: object = "normal-wishart"
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int):
@@ -146,6 +177,9 @@ class ModelSpec:
         from bayesmf.model.likelihoods import get_likelihood
 
         object.__setattr__(self, "likelihood", get_likelihood(self.likelihood))
+        from bayesmf.model.priors import get_prior
+
+        object.__setattr__(self, "prior", get_prior(self.prior))
         _positive("noise_precision", self.noise_precision)
         _positive("reg_factors", self.reg_factors, allow_zero=True)
         _positive("reg_bias", self.reg_bias, allow_zero=True)
@@ -175,6 +209,7 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["likelihood"] = self.likelihood.to_dict()
+        d["prior"] = self.prior.to_dict()
         return d
 
     @classmethod

@@ -1,0 +1,156 @@
+r"""Factor priors as objects: the hierarchical prior of the rows of ``U`` (and of ``V``).
+
+Both families share the hyperparameters of :class:`~bayesmf.model.spec.BayesPriors`
+(:math:`\beta_0, w_0, \nu_0`) and the row prior :math:`F_r \sim \mathcal N(\mu_F,
+\Lambda_F^{-1})`, :math:`\mu_F \mid \Lambda_F \sim \mathcal N(0, (\beta_0\Lambda_F)^{-1})`:
+
+* :class:`NormalWishart` (``"normal-wishart"``, BPMF, Salakhutdinov & Mnih 2008):
+  :math:`\Lambda_F \sim \mathcal W(w_0 I, \nu_0)`, a full precision matrix (correlated
+  factor dimensions); :math:`\nu_0 = k` by default.
+* :class:`NormalGamma` (``"normal-gamma"``, the per-dimension prior of libFM / myFM):
+  :math:`\Lambda_F = \mathrm{diag}(\lambda_j)`, :math:`\lambda_j \sim \mathrm{Gamma}(\nu_0/2,
+  \text{rate } 1/(2w_0))` independently -- the marginal law of a diagonal entry of the
+  Wishart above, without its correlations; :math:`\nu_0 = 1` by default (myFM's
+  :math:`\mathrm{Gamma}(1/2, 1/2)` at :math:`w_0 = 1`). Gibbs conditional per dimension
+  :math:`j` from the :math:`n` rows (:math:`\bar F_j`, :math:`S_j = \sum_r (F_{rj} -
+  \bar F_j)^2`): :math:`\lambda_j \sim \mathrm{Gamma}(\nu_0/2 + n/2,\ 1/(2w_0) +
+  \tfrac12(S_j + \beta_0 n \bar F_j^2/(\beta_0 + n)))`,
+  :math:`\mu_j \mid \lambda_j \sim \mathcal N(n\bar F_j/(\beta_0+n), 1/((\beta_0+n)\lambda_j))`.
+
+Because the diagonal prior is the marginal of the Wishart's diagonal with the same
+:math:`(w_0, \nu_0)`, the group moves of the Gibbs sampler (shift, scale, latent scale)
+have the same form for both: they only involve :math:`\beta_0\Lambda` and
+:math:`\operatorname{tr}\Lambda / w_0` (see :mod:`bayesmf.infer.gibbs`).
+
+Each prior gives the Gibbs hyper step (:meth:`FactorPrior.gamma_shapes` + :meth:`hyper_step`:
+the sweep draws all its Gamma variates in one batched call), a numpy prior draw (SBC) and
+its name in the NumPyro/PyMC models (``factor_prior="wishart"|"diag"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bayesmf.errors import SpecError
+
+__all__ = ["FactorPrior", "NormalWishart", "NormalGamma", "FACTOR_PRIORS", "get_prior"]
+
+
+@dataclass(frozen=True)
+class FactorPrior:
+    name: ClassVar[str] = "base"
+    #: the NumPyro / PyMC model's name of this prior
+    ppl_name: ClassVar[str] = "wishart"
+
+    def default_nu0(self, k: int) -> float:
+        return float(k)
+
+    def nu0(self, spec) -> float:
+        k = spec.rank
+        nu0 = self.default_nu0(k) if spec.priors.nu0 is None else float(spec.priors.nu0)
+        self.check_nu0(nu0, k)
+        return nu0
+
+    def check_nu0(self, nu0: float, k: int) -> None:
+        if nu0 <= 0:
+            raise SpecError(f"priors.nu0 must be > 0, got {nu0}")
+
+    def gamma_shapes(self, n: int, k: int, nu0: float) -> np.ndarray:
+        """Shapes of the ``k`` standard Gamma variates the hyper step needs."""
+        raise NotImplementedError
+
+    def hyper_step(self, key, F, beta0: float, nu0: float, w0: float, g):
+        """``(mu_F, Lambda_F)`` from their conditional given the rows ``F (n, k)``; ``g``
+        holds the ``k`` standard Gamma variates of :meth:`gamma_shapes`."""
+        raise NotImplementedError
+
+    def prior_draw(self, rng, k: int, nu0: float, w0: float) -> np.ndarray:
+        """One :math:`\\Lambda` from the prior (numpy)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class NormalWishart(FactorPrior):
+    """The Normal–Wishart of BPMF (module docs)."""
+
+    name: ClassVar[str] = "normal-wishart"
+    ppl_name: ClassVar[str] = "wishart"
+
+    def check_nu0(self, nu0, k):
+        if k and nu0 <= k - 1:
+            raise SpecError(f"nu0 must exceed rank - 1 = {k - 1} for a proper Wishart, "
+                            f"got {nu0}")
+
+    def gamma_shapes(self, n, k, nu0):
+        return (nu0 + n - np.arange(k)) / 2.0
+
+    def hyper_step(self, key, F, beta0, nu0, w0, g):
+        from bayesmf.infer.gibbs import sample_normal_wishart
+
+        return sample_normal_wishart(key, F, beta0, nu0, w0, chi2=2.0 * g)
+
+    def prior_draw(self, rng, k, nu0, w0):
+        A = np.zeros((k, k))
+        r, c = np.tril_indices(k, -1)
+        A[r, c] = rng.standard_normal(len(r))
+        A[np.diag_indices(k)] = np.sqrt(rng.chisquare(nu0 - np.arange(k)))
+        return w0 * A @ A.T
+
+
+@dataclass(frozen=True)
+class NormalGamma(FactorPrior):
+    """Independent Normal–Gamma per factor dimension (module docs)."""
+
+    name: ClassVar[str] = "normal-gamma"
+    ppl_name: ClassVar[str] = "diag"
+
+    def default_nu0(self, k):
+        return 1.0
+
+    def gamma_shapes(self, n, k, nu0):
+        return np.full(k, nu0 / 2.0 + n / 2.0)
+
+    def hyper_step(self, key, F, beta0, nu0, w0, g):
+        import jax
+        import jax.numpy as jnp
+
+        n, k = F.shape
+        dt = F.dtype
+        Fbar = jnp.mean(F, axis=0)
+        S = jnp.sum((F - Fbar) ** 2, axis=0)
+        bn = beta0 + n
+        rate = 1.0 / (2.0 * w0) + 0.5 * (S + beta0 * n * Fbar * Fbar / bn)
+        lam = g / rate
+        mu = n * Fbar / bn + jax.random.normal(key, (k,), dt) / jnp.sqrt(bn * lam)
+        return mu, jnp.diag(lam)
+
+    def prior_draw(self, rng, k, nu0, w0):
+        return np.diag(rng.gamma(nu0 / 2.0, 2.0 * w0, k))
+
+
+#: registry: name -> class
+FACTOR_PRIORS = {c.name: c for c in (NormalWishart, NormalGamma)}
+_ALIASES = {"wishart": "normal-wishart", "nw": "normal-wishart", "bpmf": "normal-wishart",
+            "diag": "normal-gamma", "gamma": "normal-gamma", "ng": "normal-gamma",
+            "myfm": "normal-gamma"}
+
+
+def get_prior(prior) -> FactorPrior:
+    """A :class:`FactorPrior` from a name (``"normal-wishart"``, ``"normal-gamma"``), a
+    ``{"name": ...}`` dict or an instance."""
+    if isinstance(prior, FactorPrior):
+        return prior
+    if isinstance(prior, dict):
+        prior = prior.get("name")
+    if not isinstance(prior, str):
+        raise SpecError(f"prior must be a name or a FactorPrior, got {prior!r}")
+    name = _ALIASES.get(prior.lower(), prior.lower())
+    if name not in FACTOR_PRIORS:
+        raise SpecError(f"unknown factor prior {prior!r}; choose one of {sorted(FACTOR_PRIORS)}")
+    return FACTOR_PRIORS[name]()
