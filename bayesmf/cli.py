@@ -189,7 +189,8 @@ def cmd_fit(a) -> int:
         keep = {k: v for k, v in vars(a).items() if k not in ("func", "resume")}
         side.write_text(json.dumps(keep))
     train = load_ratings_source(a.train, **_source_kwargs(a))
-    model = BayesMF(method=a.method, rank=a.rank, likelihood=a.likelihood, seed=a.seed,
+    model = BayesMF(method=a.method, rank=a.rank, likelihood=a.likelihood, prior=a.prior,
+                    seed=a.seed,
                     progress=_progress(a), **opts)
     model.fit(train)
     model.save(a.out)
@@ -324,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(ordered probit over the star levels), bernoulli-probit / "
                           "bernoulli-logit (0/1 data); predict writes the expected rating "
                           "or P(y=1) in 'mean' (default: gaussian)")
+    fit.add_argument("--prior", default="normal-wishart",
+                     choices=["normal-wishart", "normal-gamma"],
+                     help="factor prior of the Bayesian methods: normal-wishart (BPMF) or "
+                          "normal-gamma (per-dimension, libFM/myFM style) (default: "
+                          "normal-wishart)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", help="model file to write (netCDF)")
     fit.add_argument("--samples", type=int, help="MCMC draws kept per chain (num_samples)")

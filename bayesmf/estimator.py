@@ -29,7 +29,7 @@ from bayesmf.posterior import Posterior
 
 __all__ = ["BayesMF", "as_ratings", "load"]
 
-_SPEC_FIELDS = ("rank", "likelihood", "global_mean", "user_bias", "item_bias", "noise",
+_SPEC_FIELDS = ("rank", "likelihood", "prior", "global_mean", "user_bias", "item_bias", "noise",
                 "noise_precision", "reg_factors", "reg_bias", "init_scale")
 
 
@@ -65,6 +65,11 @@ class BayesMF:
         is categorical over the levels; ``"bernoulli-probit"`` / ``"bernoulli-logit"``
         for 0/1 data (thumbs, clicks) -- predictions are P(y=1). Every method runs every
         family (MAP solves non-Gaussian families by L-BFGS).
+    prior : {"normal-wishart", "normal-gamma"} or FactorPrior
+        The factor prior of the Bayesian methods (:mod:`bayesmf.model.priors`): the
+        BPMF Normal-Wishart (default) or independent Normal-Gamma precisions per factor
+        dimension (libFM/myFM style). Hyperparameters in ``priors``; their scale-aware
+        defaults follow the training data.
     global_mean, user_bias, item_bias, noise, noise_precision, reg_factors, reg_bias, init_scale
         Model switches and MAP regularisation, see :class:`~bayesmf.model.spec.ModelSpec`.
     priors : BayesPriors or dict, optional
@@ -87,7 +92,7 @@ class BayesMF:
     """
 
     def __init__(self, method: str = "map", rank: int = 10, *, likelihood="gaussian",
-                 global_mean: bool = True,
+                 prior="normal-wishart", global_mean: bool = True,
                  user_bias: bool = True, item_bias: bool = True, noise: str = "learned",
                  noise_precision: float = 1.0, reg_factors: float | None = None,
                  reg_bias: float | None = None, init_scale: float = 0.1,
@@ -96,6 +101,7 @@ class BayesMF:
         self.method = method
         self.rank = rank
         self.likelihood = likelihood
+        self.prior = prior
         self.global_mean = global_mean
         self.user_bias = user_bias
         self.item_bias = item_bias
@@ -291,7 +297,7 @@ def _jsonable_params(p: dict) -> dict:
             from dataclasses import asdict
 
             v = asdict(v)
-        if hasattr(v, "to_dict") and hasattr(v, "theta_names"):  # a Likelihood object
+        if hasattr(v, "to_dict") and (hasattr(v, "ppl_name") or hasattr(v, "theta_names")):
             v = v.to_dict()
         if isinstance(v, np.generic):
             v = v.item()

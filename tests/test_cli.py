@@ -126,3 +126,41 @@ def test_fit_gibbs_parallel_chains_uses_one_device_per_chain(small_csv):
     post = load(d / "par.nc").posterior_
     assert post.attrs["chain_method_used"] == "parallel" and post.attrs["devices"] == 2
     assert post.n_chains == 2
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli-logit", "ordinal"])
+def test_cli_likelihoods_end_to_end(small_csv, tmp_path, likelihood):
+    """``--likelihood`` through fit, predict (mean = P(y=1) or the expected rating) and
+    evaluate --json (nlpd = log-loss of the test values); stars given to a Bernoulli
+    model are refused with a one-line error."""
+    train = pd.read_csv(small_csv / "train.csv")
+    test = pd.read_csv(small_csv / "test.csv")
+    if likelihood == "ordinal":
+        train["stars"], test["stars"] = np.round(train["stars"]), np.round(test["stars"])
+        test = test[test["stars"].isin(train["stars"].unique())]
+    else:
+        train["stars"], test["stars"] = (train["stars"] >= 3.5) * 1, (test["stars"] >= 3.5) * 1
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    model = tmp_path / "m.nc"
+    _run("fit", tmp_path / "train.csv", "--user-col", "uid", "--item-col", "movie",
+         "--rating-col", "stars", "--likelihood", likelihood, "--method", "gibbs",
+         "--rank", 2, "--samples", 40, "--warmup", 40, "--no-progress", "--out", model)
+    test[["uid", "movie"]].rename(columns={"uid": "user", "movie": "item"}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    _run("predict", model, tmp_path / "pairs.csv", "--out", tmp_path / "pred.csv")
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    lo, hi = (0, 1) if likelihood != "ordinal" else (train["stars"].min(), train["stars"].max())
+    assert pred["mean"].between(lo, hi).all() and len(pred) == len(test)
+    test.rename(columns={"uid": "user", "movie": "item", "stars": "rating"}).to_csv(
+        tmp_path / "test_std.csv", index=False)
+    out = json.loads(_run("evaluate", model, tmp_path / "test_std.csv", "--json",
+                          "--no-ranking").stdout)
+    assert 0 < out["nlpd"] < np.log(5 if likelihood == "ordinal" else 2) + 0.5
+    if likelihood != "ordinal":
+        assert 0.5 <= out["auc"] <= 1 and "brier" in out
+        stars = _run("fit", small_csv / "train.csv", "--user-col", "uid", "--item-col",
+                     "movie", "--rating-col", "stars", "--likelihood", likelihood,
+                     "--rank", 2, "--out", tmp_path / "x.nc", check=False)
+        assert stars.returncode != 0 and "0/1" in stars.stderr
+        assert "Traceback" not in stars.stderr
