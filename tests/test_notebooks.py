@@ -21,7 +21,7 @@ pytest.importorskip("ipykernel")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 EXPECTED = {"01_quickstart.ipynb", "02_diagnostics.ipynb",
-            "03_uncertainty_recommendations.ipynb"}
+            "03_uncertainty_recommendations.ipynb", "04_likelihoods.ipynb"}
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +106,11 @@ def test_03_uncertainty_recommendations(tmp_path, monkeypatch, jax_cache):
     assert _images(nb) >= 4  # strategy scatter, Thompson shares, calibration, metric draws
     text = _text(nb)
     assert "upper (q=0.9)" in text and "thompson" in text
+
+
+def test_04_likelihoods(tmp_path, monkeypatch, jax_cache):
+    nb = execute(NOTEBOOKS / "04_likelihoods.ipynb", tmp_path, monkeypatch, jax_cache)
+    assert _images(nb) >= 2  # categorical vs Gaussian predictive, reliability diagram
+    text = _text(nb)
+    assert "log-loss" in text and "AUC" in text and "cut-point gaps" in text
+    assert "stars to a Bernoulli model" in text and "0/1" in text

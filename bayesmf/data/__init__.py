@@ -4,7 +4,7 @@ Datasets (MovieLens loaders, the packaged ``ml-latest-small``) live in
 :mod:`bayesmf.datasets`.
 """
 
-from bayesmf.data.filters import FilterResult, kcore
+from bayesmf.data.filters import FilterResult, binarize, kcore
 from bayesmf.data.ratings import RatingScale, Ratings
 from bayesmf.data.split import (
     KFold,
@@ -22,6 +22,7 @@ __all__ = [
     "Ratings",
     "RatingScale",
     "kcore",
+    "binarize",
     "FilterResult",
     "Split",
     "SplitInfo",

@@ -20,7 +20,7 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError
 
-__all__ = ["kcore", "kcore_mask", "FilterResult"]
+__all__ = ["kcore", "kcore_mask", "FilterResult", "binarize"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,20 @@ def _compact(r: Ratings) -> Ratings:
     ts = None if r.timestamp is None else r.timestamp.copy()
     return Ratings(u_map[r.user].astype(np.int32), i_map[r.item].astype(np.int32),
                    r.rating.copy(), users, items, ts, _validated=True)
+
+
+def binarize(ratings: Ratings, threshold: float = 4.0) -> Ratings:
+    """Ratings turned into 0/1 labels for the Bernoulli likelihoods: ``1`` where
+    ``rating >= threshold`` (e.g. 4 stars and up is a "like"), ``0`` otherwise; same
+    pairs, vocabularies and timestamps. The threshold is the caller's modelling choice."""
+    if not isinstance(ratings, Ratings):
+        raise DataError(f"binarize needs a Ratings container, got {type(ratings).__name__}")
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise DataError(f"threshold must be a number, got {threshold!r}") from None
+    if not np.isfinite(t):
+        raise DataError(f"threshold must be finite, got {threshold!r}")
+    y = (ratings.rating >= t).astype(np.float64)
+    return Ratings.from_indices(ratings.user, ratings.item, y, ratings.users, ratings.items,
+                                timestamp=ratings.timestamp)
