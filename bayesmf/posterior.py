@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp, ndtr, ndtri
+from scipy.special import ndtri
 
 from bayesmf._memory import check_allocation, max_pairs_per_block
 from bayesmf.data.ratings import Ratings, RatingScale

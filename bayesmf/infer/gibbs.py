@@ -108,7 +108,6 @@ summaries for predictions of the requested pairs.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import NamedTuple

@@ -460,6 +460,59 @@ def _obs(user, item, rating, *, numpy: bool = False) -> _Obs:
                 jnp.asarray(rating, _DTYPE))
 
 
+def _iterate(advance, carry, J0: float, opts: dict, solver: str, val_rmse=None,
+             progress: bool = False) -> dict:
+    """The iteration loop of every MAP solver: ``carry, J = advance(carry)`` up to
+    ``max_iter`` times; stops when the objective stalls (ALS is monotone: a relative
+    decrease below ``tol`` in one sweep; the gradient solvers: a change below ``tol`` over
+    a window of :data:`_GRAD_WINDOW` iterations) or, with ``val_rmse(carry)``, when the
+    validation RMSE has not improved for ``patience`` iterations (the best carry is kept)."""
+    trace = [J0]
+    val_trace, best, best_val, since_best = [], None, np.inf, 0
+    converged, reason, n_iter = False, "max_iter", 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=opts["max_iter"], desc=f"map/{solver}", leave=False)
+    try:
+        for n_iter in range(1, opts["max_iter"] + 1):
+            carry, J = advance(carry)
+            J = float(J)
+            if not math.isfinite(J):
+                raise FloatingPointError(
+                    f"map/{solver}: the objective became {J} at iteration {n_iter}; "
+                    "lower learning_rate / init_scale or raise the regularisation")
+            trace.append(J)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(objective=f"{J:.6g}")
+            if val_rmse is not None:
+                v = val_rmse(carry)
+                val_trace.append(v)
+                if v < best_val:
+                    best, best_val, since_best = carry, v, 0
+                else:
+                    since_best += 1
+                    if since_best >= opts["patience"]:
+                        reason = "early_stopping"
+                        break
+            # ALS is monotone (a rounding-level increase means converged); the gradient
+            # solvers must have stalled in either direction over the window
+            w = 1 if solver == "als" else _GRAD_WINDOW
+            if len(trace) > w:
+                ref = trace[-1 - w]
+                change = ref - trace[-1] if solver == "als" else abs(ref - trace[-1])
+                if change <= opts["tol"] * abs(ref):
+                    converged, reason = True, "tol"
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"carry": carry, "best": best, "best_val": best_val, "trace": trace,
+            "val_trace": val_trace, "n_iter": n_iter, "converged": converged, "reason": reason}
+
+
 # ----------------------------------------------------------------------------- main
 def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
             **options) -> Posterior:
@@ -550,57 +603,23 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     t_iter = time.perf_counter()
 
     # --- iterate
-    trace = [float(objective_fn(p, obs, reg_f, reg_b))]
-    val_trace, best, best_val, since_best = [], None, np.inf, 0
-    converged, reason, n_iter = False, "max_iter", 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if solver == "als":
+        def advance(p):
+            return step(p, obs, ublocks, iblocks, reg_f, reg_b)
 
-        bar = tqdm(total=opts["max_iter"], desc=f"map/{solver}", leave=False)
-    try:
-        for n_iter in range(1, opts["max_iter"] + 1):
-            if solver == "als":
-                p, J = step(p, obs, ublocks, iblocks, reg_f, reg_b)
-            else:
-                x, state, J = step(x, state, obs, reg_f, reg_b)
-                if rmse_fn is not None:
-                    p = expand(x)
-            J = float(J)
-            if not math.isfinite(J):
-                raise FloatingPointError(
-                    f"map/{solver}: the objective became {J} at iteration {n_iter}; "
-                    "lower learning_rate / init_scale or raise the regularisation")
-            trace.append(J)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(objective=f"{J:.6g}")
-            if rmse_fn is not None:
-                v = float(rmse_fn(p, val))
-                val_trace.append(v)
-                if v < best_val:
-                    best, best_val, since_best = p, v, 0
-                else:
-                    since_best += 1
-                    if since_best >= opts["patience"]:
-                        reason = "early_stopping"
-                        break
-            # ALS is monotone (a rounding-level increase means converged); the gradient
-            # solvers must have stalled in either direction over the window
-            w = 1 if solver == "als" else _GRAD_WINDOW
-            if len(trace) > w:
-                ref = trace[-1 - w]
-                change = ref - trace[-1] if solver == "als" else abs(ref - trace[-1])
-                if change <= opts["tol"] * abs(ref):
-                    converged, reason = True, "tol"
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-    if best is not None:
-        p = best
-    elif solver != "als":
-        p = expand(x)
+        carry, params = p, (lambda c: c)
+    else:
+        def advance(c):
+            x, st, J = step(*c, obs, reg_f, reg_b)
+            return (x, st), J
+
+        carry, params = (x, state), (lambda c: expand(c[0]))
+    it = _iterate(advance, carry, float(objective_fn(p, obs, reg_f, reg_b)), opts, solver,
+                  None if rmse_fn is None else (lambda c: float(rmse_fn(params(c), val))),
+                  progress)
+    p = params(it["best"] if it["best"] is not None else it["carry"])
+    trace, val_trace, best_val = it["trace"], it["val_trace"], it["best_val"]
+    n_iter, converged, reason = it["n_iter"], it["converged"], it["reason"]
     final_obj = float(objective_fn(p, obs, reg_f, reg_b))
     t_done = time.perf_counter()
 
@@ -693,33 +712,16 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
     rmse_fn, c4 = compiled(_rmse_x, {"lay": lay}, x, obs)
     compile_s = c1 + c2 + c3 + c4
     t_iter = time.perf_counter()
-    trace = [float(objective_fn(x, obs, reg_f, reg_b))]
-    val_trace, best, best_val, since_best = [], None, np.inf, 0
-    converged, reason, n_iter = False, "max_iter", 0
-    for n_iter in range(1, opts["max_iter"] + 1):
-        x, state, J = step(x, state, obs, reg_f, reg_b)
-        J = float(J)
-        if not math.isfinite(J):
-            raise SpecError(f"map/{solver}: the objective became {J} at iteration {n_iter}; "
-                            "raise the regularisation or lower init_scale")
-        trace.append(J)
-        if val is not None:
-            v = float(rmse_fn(x, val))
-            val_trace.append(v)
-            if v < best_val:
-                best, best_val, since_best = x, v, 0
-            else:
-                since_best += 1
-                if since_best >= opts["patience"]:
-                    reason = "early_stopping"
-                    break
-        if len(trace) > _GRAD_WINDOW:
-            ref = trace[-1 - _GRAD_WINDOW]
-            if abs(ref - trace[-1]) <= opts["tol"] * abs(ref):
-                converged, reason = True, "tol"
-                break
-    if best is not None:
-        x = best
+
+    def advance(c):
+        xx, st, J = step(*c, obs, reg_f, reg_b)
+        return (xx, st), J
+
+    it = _iterate(advance, (x, state), float(objective_fn(x, obs, reg_f, reg_b)), opts, solver,
+                  None if val is None else (lambda c: float(rmse_fn(c[0], val))), progress)
+    x = (it["best"] if it["best"] is not None else it["carry"])[0]
+    trace, val_trace, best_val = it["trace"], it["val_trace"], it["best_val"]
+    n_iter, converged, reason = it["n_iter"], it["converged"], it["reason"]
     final_obj = float(objective_fn(x, obs, reg_f, reg_b))
     t_done = time.perf_counter()
     p = _expand(x, lay)

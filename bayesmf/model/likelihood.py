@@ -17,7 +17,6 @@ also evaluate numpy parameters in numpy (the compile-free ALS engine of
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from bayesmf.model.linear import eta
 from bayesmf.model.params import Params, zeros_params
