@@ -109,8 +109,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "results" / "priors")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--quick", action="store_true", help="smoke run: u1 only, short chains")
     a = p.parse_args(argv)
+    if a.quick:
+        a.datasets, a.warmup, a.samples = "ml100k-u1", 20, 40
+    if a.out is None:
+        a.out = HERE / "results" / ("quick/priors" if a.quick else "priors")
     rows = []
     t_start = time.time()
     for name in a.datasets.split(","):

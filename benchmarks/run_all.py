@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_map.py", "bench_gibbs.py", "bench_backends.py", "bench_recommend.py",
-           "sbc.py"]
+           "bench_likelihoods.py", "bench_priors.py", "sbc.py"]
 
 
 def main(argv=None) -> int:
