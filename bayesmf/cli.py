@@ -303,6 +303,8 @@ def _add_columns(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from bayesmf.infer import METHODS
+    from bayesmf.model.likelihoods import LIKELIHOODS
+    from bayesmf.model.priors import FACTOR_PRIORS
 
     ap = argparse.ArgumentParser(prog="bayesmf", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -319,14 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("train", nargs="?", help="CSV/TSV/Parquet file or dataset name")
     fit.add_argument("--method", default="map", choices=sorted(METHODS))
     fit.add_argument("--rank", type=int, default=10)
-    fit.add_argument("--likelihood", default="gaussian",
-                     choices=["gaussian", "ordinal", "bernoulli-probit", "bernoulli-logit"],
+    fit.add_argument("--likelihood", default="gaussian", choices=sorted(LIKELIHOODS),
                      help="observation family: gaussian (ratings as continuous), ordinal "
                           "(ordered probit over the star levels), bernoulli-probit / "
                           "bernoulli-logit (0/1 data); predict writes the expected rating "
                           "or P(y=1) in 'mean' (default: gaussian)")
-    fit.add_argument("--prior", default="normal-wishart",
-                     choices=["normal-wishart", "normal-gamma"],
+    fit.add_argument("--prior", default="normal-wishart", choices=sorted(FACTOR_PRIORS),
                      help="factor prior of the Bayesian methods: normal-wishart (BPMF) or "
                           "normal-gamma (per-dimension, libFM/myFM style) (default: "
                           "normal-wishart)")
