@@ -36,7 +36,8 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 
-__all__ = ["FactorPrior", "NormalWishart", "NormalGamma", "FACTOR_PRIORS", "get_prior"]
+__all__ = ["FactorPrior", "NormalWishart", "NormalGamma", "FACTOR_PRIORS", "get_prior",
+           "sample_normal_wishart"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,6 @@ class NormalWishart(FactorPrior):
         return (nu0 + n - np.arange(k)) / 2.0
 
     def hyper_step(self, key, F, beta0, nu0, w0, g):
-        from bayesmf.infer.gibbs import sample_normal_wishart
-
         return sample_normal_wishart(key, F, beta0, nu0, w0, chi2=2.0 * g)
 
     def prior_draw(self, rng, k, nu0, w0):
@@ -132,6 +131,48 @@ class NormalGamma(FactorPrior):
 
     def prior_draw(self, rng, k, nu0, w0):
         return np.diag(rng.gamma(nu0 / 2.0, 2.0 * w0, k))
+
+
+def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
+    r"""Draw :math:`(\mu, \Lambda)` from the Normal-Wishart conditional given rows ``F (n, k)``
+    (prior :math:`\mu_0 = 0`, :math:`W_0 = w_0 I`); see step 1 of the module docs.
+
+    Bartlett: with :math:`W_N^{-1} = CC^\top` and :math:`A` lower triangular,
+    :math:`A_{jj}^2 \sim \chi^2_{\nu_N - j}`, :math:`A_{jl}\sim\mathcal N(0,1)` (:math:`j>l`),
+    :math:`\Lambda = BB^\top` with :math:`B = C^{-\top}A`; then
+    :math:`\mu = \mu_N + \beta_N^{-1/2} C A^{-\top}\varepsilon`.
+    ``chi2`` optionally supplies the ``k`` draws :math:`\chi^2_{\nu_N - j}` (the sweep
+    draws all its Gamma variates in one batched call).
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from bayesmf.model.random import standard_gamma
+
+    n, k = F.shape
+    dt = F.dtype
+    kw, kd, km = jax.random.split(key, 3)
+    Fbar = jnp.mean(F, axis=0)
+    Fc = F - Fbar
+    S = Fc.T @ Fc
+    beta_n = beta0 + n
+    nu_n = nu0 + n
+    mu_n = (n * Fbar) / beta_n
+    Winv = jnp.eye(k, dtype=dt) / w0 + S + (beta0 * n / beta_n) * jnp.outer(Fbar, Fbar)
+    Winv = 0.5 * (Winv + Winv.T)
+    C = jnp.linalg.cholesky(Winv)
+    if chi2 is None:
+        chi2 = 2.0 * standard_gamma(kd, (nu_n - jnp.arange(k, dtype=dt)) / 2.0, dt)
+    diag = jnp.sqrt(chi2)
+    A = jnp.tril(jax.random.normal(kw, (k, k), dt), -1) + jnp.diag(diag)
+    B = lax.linalg.triangular_solve(C, A, left_side=True, lower=True, transpose_a=True)
+    Lam = B @ B.T
+    eps = jax.random.normal(km, (k,), dt)
+    w = lax.linalg.triangular_solve(A, eps[:, None], left_side=True, lower=True,
+                                    transpose_a=True)[:, 0]
+    mu = mu_n + (C @ w) / jnp.sqrt(jnp.asarray(beta_n, dt))
+    return mu, 0.5 * (Lam + Lam.T)
 
 
 #: registry: name -> class

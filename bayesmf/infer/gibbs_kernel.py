@@ -1,0 +1,311 @@
+"""The BPMF Gibbs kernel: its state, its data, one sweep (``step``) and its ``init``; the
+NumPyro ``MCMCKernel`` adapter. The equations are in :mod:`bayesmf.infer.gibbs`; the
+conditional draws and moves in :mod:`bayesmf.infer.gibbs_steps`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import SpecError
+from bayesmf.infer import fitted_spec
+from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks
+from bayesmf.infer.gibbs_steps import (latent_scale_move, mu_draw, rows_draw, scale_move,
+                                       shift_move, translation_move)
+from bayesmf.model import linear
+from bayesmf.model.random import standard_gamma
+from bayesmf.model.spec import ModelSpec
+
+__all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "BPMFKernelState"]
+
+
+class GibbsState(NamedTuple):
+    """State of one chain (everything the next sweep needs). Switched-off terms are 0."""
+
+    mu: jnp.ndarray         # ()
+    bu: jnp.ndarray         # (N,)
+    bi: jnp.ndarray         # (M,)
+    U: jnp.ndarray          # (N, k)
+    V: jnp.ndarray          # (M, k)
+    theta: dict             # the likelihood's parameters ({"tau": ()} for the Gaussian)
+    mu_U: jnp.ndarray       # (k,)
+    Lambda_U: jnp.ndarray   # (k, k)
+    mu_V: jnp.ndarray       # (k,)
+    Lambda_V: jnp.ndarray   # (k, k)
+    lambda_bu: jnp.ndarray  # ()
+    lambda_bi: jnp.ndarray  # ()
+
+    @property
+    def tau(self):
+        """The Gaussian noise precision (1 for likelihoods without one)."""
+        return self.theta.get("tau", jnp.ones((), self.U.dtype))
+
+    def flat(self) -> dict:
+        """The state as draw names -> arrays (the likelihood's parameters at top level)."""
+        d = self._asdict()
+        return {**{n: v for n, v in d.items() if n != "theta"}, **d["theta"]}
+
+
+class GibbsData(NamedTuple):
+    """Training data in device form (a pytree, passed as a jit argument)."""
+
+    user: jnp.ndarray     # (n,) int32
+    item: jnp.ndarray     # (n,) int32
+    rating: jnp.ndarray   # (n,) float: the likelihood's internal coding of the values
+    ublocks: RowBlocks    # rows = users, cols = items
+    iblocks: RowBlocks    # rows = items, cols = users
+
+
+class _Cfg(NamedTuple):
+    """Static (hashable) settings of the kernel."""
+
+    n_users: int
+    n_items: int
+    nnz: int
+    k: int
+    global_mean: bool
+    user_bias: bool
+    item_bias: bool
+    learn_noise: bool
+    noise_precision: float
+    beta0: float
+    w0: float
+    nu0: float
+    bias_a: float
+    bias_b: float
+    noise_a: float
+    noise_b: float
+    mu_mean: float
+    lambda_mu: float
+    init_scale: float
+    data_mean: float
+    spec: ModelSpec
+
+
+def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
+    """One full Gibbs sweep (module docs, steps 0-7)."""
+    dt = s.U.dtype
+    k = cfg.k
+    lik = cfg.spec.likelihood
+    kUh, kVh, kg, kU, kV, kmu, ktau, kc = jax.random.split(key, 8)
+    # every Gamma variate of the sweep in one batched call (their shapes are static):
+    # lambda_bu, lambda_bi, then the Bartlett chi-squares of Lambda_U and Lambda_V
+    prior = cfg.spec.prior
+    shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2],
+                             prior.gamma_shapes(cfg.n_users, k, cfg.nu0),
+                             prior.gamma_shapes(cfg.n_items, k, cfg.nu0)])
+    g = standard_gamma(kg, shapes, dt)
+    mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
+    if k:  # step 1: the factor prior's hyperparameters (Normal-Wishart or Normal-Gamma)
+        mu_U, Lam_U = prior.hyper_step(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0, g[2:2 + k])
+        mu_V, Lam_V = prior.hyper_step(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0, g[2 + k:])
+    lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
+    if cfg.user_bias:
+        lam_bu = g[0] / (cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu))
+    if cfg.item_bias:
+        lam_bi = g[1] / (cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi))
+    y, u, i = data.rating, data.user, data.item
+    bu, bi, U, V, mu = s.bu, s.bi, s.U, s.V, s.mu
+    # step 0: Gaussian pseudo-observations z with precision weights w (z = y, w = tau
+    # for the Gaussian likelihood; an augmentation draw for the others)
+    eta0 = linear.eta(mu, bu, bi, U, V, u, i) if lik.augmented else None
+    kz, ktheta = jax.random.split(ktau)
+    z, w = lik.gaussianize(kz, y, eta0, s.theta)
+    if cfg.user_bias or k:
+        bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
+                              lam_bu, Lam_U, mu_U)
+        U = U_new if k else U
+    if cfg.item_bias or k:
+        bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
+                              lam_bi, Lam_V, mu_V)
+        V = V_new if k else V
+    if k:
+        ksv, ksu, kc = jax.random.split(kc, 3)
+        sh = dict(beta0=cfg.beta0, lambda_mu=cfg.lambda_mu, mu_mean=cfg.mu_mean,
+                  with_mu=cfg.global_mean)
+        if cfg.user_bias:
+            V, mu_V, bu, mu = shift_move(ksv, V, mu_V, bu, U, mu, Lam_V, lam_bu, **sh)
+        if cfg.item_bias:
+            U, mu_U, bi, mu = shift_move(ksu, U, mu_U, bi, V, mu, Lam_U, lam_bi, **sh)
+        ksc, kc = jax.random.split(kc)
+        U, mu_U, Lam_U, V, mu_V, Lam_V = scale_move(ksc, U, mu_U, Lam_U, V, mu_V, Lam_V,
+                                                    cfg.w0)
+    if cfg.global_mean:
+        kcu, kci = jax.random.split(kc)
+        if cfg.user_bias:
+            mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
+        if cfg.item_bias:
+            mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
+    lin = bu[u] + bi[i]
+    if k:
+        lin = lin + jnp.sum(U[u] * V[i], axis=1)
+    if cfg.global_mean:
+        mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean)
+    eta = mu + lin
+    theta = s.theta
+    if lik.latent_scale_fixed:  # step 6b: the scale of eta against the unit latent noise
+        ksc2, ktheta = jax.random.split(ktheta)
+        (mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi, theta,
+         sc) = latent_scale_move(ksc2, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V,
+                                 Lam_V, lam_bu, lam_bi, theta)
+        eta = eta * sc
+    # step 7: the likelihood's parameters (tau, cutpoints) given the new eta
+    theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec)
+    theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
+    new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
+    return new, {n: jnp.asarray(v, dt) for n, v in info.items()}
+
+
+def _init(cfg: _Cfg, key, dt, theta0: dict, init_scale=None, mu=None, tau=None) -> GibbsState:
+    k = cfg.k
+    sc = cfg.init_scale if init_scale is None else float(init_scale)
+    k1, k2 = jax.random.split(key)
+    U = sc * jax.random.normal(k1, (cfg.n_users, k), dt)
+    V = sc * jax.random.normal(k2, (cfg.n_items, k), dt)
+    m = (cfg.data_mean if cfg.global_mean else 0.0) if mu is None else float(mu)
+    theta = {n: jnp.asarray(v, dt) for n, v in theta0.items()}
+    if tau is not None:
+        if "tau" not in theta:
+            raise SpecError(f"tau= applies to the Gaussian likelihood, not "
+                            f"{cfg.spec.likelihood.name!r}")
+        theta["tau"] = jnp.asarray(float(tau), dt)
+    z = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
+    return GibbsState(jnp.asarray(m, dt), z(cfg.n_users), z(cfg.n_items), U, V,
+                      theta, z(k), jnp.eye(k, dtype=dt), z(k), jnp.eye(k, dtype=dt),
+                      jnp.ones((), dt), jnp.ones((), dt))
+
+
+class BPMFGibbs:
+    """The pure BPMF Gibbs kernel bound to one training set and spec.
+
+    ``init(key, *, init_scale=None, mu=None, tau=None) -> GibbsState`` draws random
+    factors ``N(0, init_scale^2)`` (default ``spec.init_scale``), zero biases, ``mu`` at
+    the likelihood's offset (the training mean for the Gaussian) and the likelihood's
+    initial parameters (``tau`` at ``spec.noise_precision`` for the Gaussian);
+    ``spec`` is the fitted spec (:func:`bayesmf.infer.fitted_spec`: e.g. the ordinal
+    levels of the training data);
+    ``step(key, state) -> (state, info)`` is one sweep (jit/vmap/scan-able; ``info`` has
+    ``train_rmse`` and ``log_likelihood``).
+    """
+
+    def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128):
+        spec = fitted_spec(train, spec)
+        lik = spec.likelihood
+        y_data = np.asarray(train.rating, np.float64)
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise SpecError(f"dtype must be float32 or float64, got {dtype!r}")
+        if dt == np.float64 and not jax.config.jax_enable_x64:
+            raise SpecError("dtype='float64' needs jax_enable_x64 (set it yourself: "
+                            "jax.config.update('jax_enable_x64', True))")
+        self.spec, self.dtype = spec, dt
+        pri = spec.priors
+        k = spec.rank
+        self.cfg = _Cfg(
+            n_users=train.n_users, n_items=train.n_items, nnz=train.nnz, k=k,
+            global_mean=spec.global_mean, user_bias=spec.user_bias, item_bias=spec.item_bias,
+            learn_noise=spec.noise == "learned", noise_precision=float(spec.noise_precision),
+            beta0=float(pri.beta0), w0=float(pri.w0),
+            nu0=spec.prior.nu0(spec),
+            bias_a=float(pri.bias_a), bias_b=float(pri.bias_b), noise_a=float(pri.noise_a),
+            noise_b=float(pri.noise_b), mu_mean=float(pri.mu_mean),
+            lambda_mu=float(pri.lambda_mu), init_scale=float(spec.init_scale),
+            data_mean=lik.eta_offset(y_data), spec=spec)
+        self.theta0 = lik.init_theta(y_data, spec)
+        u = np.asarray(train.user, np.int32)
+        i = np.asarray(train.item, np.int32)
+        self.data = GibbsData(
+            jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
+            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
+                                        max_width=max_width)),
+            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
+                                        max_width=max_width)))
+
+    def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
+        return _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
+
+    def step(self, key, state: GibbsState):
+        return _step(self.cfg, self.data, key, state)
+
+
+def _to_device(b: RowBlocks) -> RowBlocks:
+    return RowBlocks(tuple(jnp.asarray(x) for x in b.seg_row),
+                     tuple(jnp.asarray(x) for x in b.seg_cols),
+                     tuple(jnp.asarray(x) for x in b.seg_obs),
+                     jnp.asarray(b.degree), jnp.asarray(b.n_other))
+
+
+# ----------------------------------------------------------------------------- NumPyro
+def _numpyro_kernel_base():
+    from numpyro.infer.mcmc import MCMCKernel
+
+    return MCMCKernel
+
+
+class BPMFKernelState(NamedTuple):
+    """State of :class:`BPMFGibbsKernel`: ``z`` the parameter dict (the sample field)."""
+
+    i: jnp.ndarray
+    z: dict
+    gibbs: GibbsState
+    rng_key: jnp.ndarray
+
+
+def _make_numpyro_kernel():
+    MCMCKernel = _numpyro_kernel_base()
+
+    class BPMFGibbsKernel(MCMCKernel):
+        """NumPyro :class:`~numpyro.infer.mcmc.MCMCKernel` running the BPMF Gibbs sweep::
+
+            mcmc = numpyro.infer.MCMC(BPMFGibbsKernel(train, spec), num_warmup=100,
+                                      num_samples=200)
+            mcmc.run(jax.random.PRNGKey(0))
+            mcmc.get_samples()["U"]   # (200, N, k)
+
+        Samples: ``mu, bu, bi, U, V, tau, mu_U, Lambda_U, mu_V, Lambda_V, lambda_bu,
+        lambda_bi`` (already constrained, so ``postprocess_fn`` is the identity).
+        """
+
+        sample_field = "z"
+
+        def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32",
+                     max_width=128):
+            self.gibbs = BPMFGibbs(train, spec, dtype=dtype, max_width=max_width)
+
+        @property
+        def model(self):
+            return None
+
+        def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+            k_init, k_run = jax.random.split(rng_key)
+            gs = self.gibbs.init(k_init)
+            if init_params is not None:
+                ip = {n: jnp.asarray(v, self.gibbs.dtype) for n, v in dict(init_params).items()}
+                th = {n: ip.pop(n) for n in list(ip) if n in gs.theta}
+                gs = gs._replace(**ip, theta={**gs.theta, **th})
+            return BPMFKernelState(jnp.zeros((), jnp.int32), gs.flat(), gs, k_run)
+
+        def sample(self, state, model_args, model_kwargs):
+            k_next, k_step = jax.random.split(state.rng_key)
+            gs, _ = self.gibbs.step(k_step, state.gibbs)
+            return BPMFKernelState(state.i + 1, gs.flat(), gs, k_next)
+
+        def postprocess_fn(self, model_args, model_kwargs):
+            return lambda z: z
+
+    return BPMFGibbsKernel
+
+
+def __getattr__(name):
+    # the NumPyro adapter is built lazily so importing this module never imports numpyro
+    if name == "BPMFGibbsKernel":
+        cls = _make_numpyro_kernel()
+        globals()["BPMFGibbsKernel"] = cls
+        return cls
+    raise AttributeError(name)
+
+
