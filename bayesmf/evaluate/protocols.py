@@ -14,7 +14,7 @@ test pairs that also occur in training are dropped (counted in ``dropped_seen``)
   ``np.random.default_rng(seed)`` -- reproducible from ``seed``. All of a user's relevant
   items are ranked together against the same negatives.
 
-Scores come from a recommendation strategy (:mod:`bayesmf.recommend.strategies`; the
+Scores come from a recommendation strategy (:mod:`bayesmf.scoring.strategies`; the
 posterior mean by default). With ``draws=True`` every metric is also computed from each
 posterior draw's own noise-free scores :math:`m_s` (up to ``max_draws`` evenly spaced
 draws) and summarised by its mean and central 90% interval over draws.
@@ -32,8 +32,9 @@ import numpy as np
 from bayesmf.errors import DataError, SpecError
 from bayesmf.evaluate.ranking import METRICS, mean_metrics, ranking_metrics, ranks_from_scores
 from bayesmf.evaluate.rating import summarize_draws
-from bayesmf.recommend.strategies import id_keys, make_strategy, scores_from_components
-from bayesmf.recommend.topk import Scorer, thompson_draw_index
+from bayesmf.scoring.strategies import id_keys, make_strategy, scores_from_components
+from bayesmf.scoring.scorer import Scorer
+from bayesmf.scoring.strategies import thompson_draw_index
 
 __all__ = ["RankingTask", "build_task", "rank_task", "ranking_evaluate", "PROTOCOLS"]
 

@@ -2,7 +2,7 @@
 
 from bayesmf.recommend.foldin import FoldedItems, FoldedUsers, fold_in, fold_in_item
 from bayesmf.recommend.similar import similar_items, similar_users
-from bayesmf.recommend.strategies import STRATEGIES, Strategy, make_strategy
+from bayesmf.scoring.strategies import STRATEGIES, Strategy, make_strategy
 from bayesmf.recommend.topk import approx_error, recommend, recommend_indices
 
 __all__ = ["recommend", "recommend_indices", "approx_error", "make_strategy", "Strategy",

@@ -49,8 +49,8 @@ import scipy.sparse as sp
 
 from bayesmf.errors import DataError, SpecError
 from bayesmf.posterior import Posterior, TrainInfo
-from bayesmf.recommend.strategies import id_keys
-from bayesmf.recommend.topk import UserBlock
+from bayesmf.scoring.scorer import UserBlock
+from bayesmf.scoring.strategies import id_keys
 
 __all__ = ["fold_in", "fold_in_item", "FoldedUsers", "FoldedItems", "conditional_gaussian"]
 
@@ -188,7 +188,7 @@ class _Folded:
         return m, np.sqrt(np.broadcast_to(p.noise_var()[:, None, None], m.shape))
 
     def _predict(self, other_raw, other_vocab, interval):
-        from bayesmf.recommend.strategies import mixture_quantile
+        from bayesmf.predictive import mixture_quantile
 
         other_raw = np.atleast_1d(np.asarray(other_raw))
         oi = other_vocab.encode(other_raw).astype(np.int64)

@@ -1,0 +1,242 @@
+r"""Scoring strategies: how a posterior predictive distribution becomes a ranking score.
+
+For a user ``u`` and item ``i`` the posterior predictive is the equal-weight mixture over
+the ``S`` posterior draws (see :mod:`bayesmf.posterior`):
+
+.. math::
+
+    p(r_{ui}\mid\mathcal D) = \frac1S\sum_{s=1}^S \mathcal N(r;\, m_s,\, \sigma_s^2),\qquad
+    m_s = \mu_s + b_{u,s} + b_{i,s} + U_{u,s}^\top V_{i,s},\quad
+    \sigma_s^2 = v_s + \tau_s^{-1}
+
+(``v_s = 0`` for known users and items; the population fallback of an unknown user adds
+:math:`v_s = x_{i,s}^\top\mathrm{Cov}_u([b_u, U_u])_s\,x_{i,s}`, :math:`x_i=[1, V_i]`). With
+``noise=False`` the observation noise :math:`\tau_s^{-1}` is left out, i.e. the strategy
+scores the *expected* rating :math:`m` (parameter uncertainty only).
+
+========================  ================================================================
+strategy                  score
+========================  ================================================================
+``"mean"``                :math:`\mathbb E[r] = \frac1S\sum_s m_s` (exact; see
+                          :func:`bayesmf.recommend.topk.recommend` for the fast modes)
+``"upper"`` (``"ucb"``)   predictive ``quantile`` (default 0.9) -- optimistic, favours
+                          uncertain items
+``"lower"`` (``"lcb"``)   predictive ``quantile`` (default 0.1) -- risk averse, avoids them
+``"thompson"``            :math:`m_{s(u)}`: one posterior draw per user, ``s(u)`` a hash of
+                          ``(seed, raw user id)``, so a call is reproducible and does not
+                          depend on batching
+``"prob"``                :math:`P(r\ge t) = \frac1S\sum_s\Phi((m_s-t)/\sigma_s)`
+``"utility"``             :math:`\mathbb E[u(r)] = \frac1S\sum_s \frac1{\sqrt\pi}\sum_j w_j\,
+                          u(m_s+\sqrt2\,\sigma_s x_j)` (Gauss-Hermite nodes ``x_j``, weights
+                          ``w_j`` per mixture component; or Monte Carlo from predictive draws)
+========================  ================================================================
+
+Quantiles are those of the exact mixture (``quantile_method="mixture"``: safeguarded
+Newton on the mixture CDF) or of the moment-matched Gaussian
+:math:`\bar m + z_q\sqrt{\mathrm{Var}_s(m_s)+\overline{\sigma_s^2}}`
+(``quantile_method="gaussian"``). With one draw (MAP) and ``noise=True`` every strategy
+except ``"prob"``/``"utility"`` ranks like ``"mean"`` (the noise is the same for all items).
+
+The formulas live in the predictive :class:`~bayesmf.predictive.Mixture`
+(:func:`scores_from_mixture` works for every likelihood); :func:`scores_from_components`
+is the Gaussian special case. ``mixture_quantile``, ``mixture_cdf`` and
+``gauss_hermite_expectation`` are re-exported from :mod:`bayesmf.predictive`.
+
+This module is pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from bayesmf.errors import SpecError
+from bayesmf.predictive import (GaussianMixture, Mixture, gauss_hermite_expectation,
+                                mixture_cdf, mixture_quantile)
+
+__all__ = ["Strategy", "make_strategy", "STRATEGIES", "scores_from_components",
+           "scores_from_mixture", "mixture_quantile", "mixture_cdf", "thompson_draw_index",
+           "id_keys", "gauss_hermite_expectation"]
+
+STRATEGIES = ("mean", "upper", "lower", "thompson", "prob", "utility")
+_ALIASES = {"ucb": "upper", "optimistic": "upper", "lcb": "lower", "pessimistic": "lower",
+            "risk-averse": "lower", "probability": "prob", "p_relevant": "prob",
+            "expected_utility": "utility", "ts": "thompson"}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A validated scoring strategy (build with :func:`make_strategy`)."""
+
+    name: str
+    quantile: float | None = None
+    threshold: float | None = None
+    utility: Callable | None = None
+    noise: bool = True
+    quantile_method: str = "mixture"
+    utility_method: str = "gauss-hermite"
+    n_nodes: int = 20
+    n_draws: int = 200
+    seed: int = 0
+
+    @property
+    def per_draw(self) -> bool:
+        """True when the score needs the per-draw components (not just their mean)."""
+        return self.name != "mean"
+
+    def describe(self) -> str:
+        if self.name in ("upper", "lower"):
+            return f"{self.name} q={self.quantile} ({self.quantile_method})"
+        if self.name == "prob":
+            return f"P(r >= {self.threshold})"
+        return self.name
+
+
+def make_strategy(strategy="mean", *, quantile=None, threshold=4.0, utility=None,
+                  seed=None, noise=True, quantile_method="mixture",
+                  utility_method="gauss-hermite", n_nodes=20, n_draws=200) -> Strategy:
+    """Validate the options of a strategy once. ``strategy`` may already be a
+    :class:`Strategy` (returned unchanged)."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if not isinstance(strategy, str):
+        raise SpecError(f"strategy must be a string, got {strategy!r}")
+    name = _ALIASES.get(strategy.lower(), strategy.lower())
+    if name not in STRATEGIES:
+        raise SpecError(f"unknown strategy {strategy!r}; choose from {STRATEGIES} "
+                        f"(aliases {sorted(_ALIASES)})")
+    if name in ("upper", "lower"):
+        if quantile is None:
+            quantile = 0.9 if name == "upper" else 0.1
+        quantile = float(quantile)
+        if not 0 < quantile < 1:
+            raise SpecError(f"quantile must lie in (0, 1), got {quantile}")
+        if name == "upper" and quantile < 0.5 or name == "lower" and quantile > 0.5:
+            raise SpecError(f"strategy {name!r} with quantile {quantile} is on the wrong "
+                            "side of the median")
+    else:
+        quantile = None
+    if quantile_method not in ("mixture", "gaussian"):
+        raise SpecError(f"quantile_method must be 'mixture' or 'gaussian', got {quantile_method!r}")
+    if name == "prob":
+        if threshold is None or not np.isfinite(float(threshold)):
+            raise SpecError("strategy 'prob' needs a finite threshold")
+        threshold = float(threshold)
+    else:
+        threshold = None
+    if name == "utility":
+        if not callable(utility):
+            raise SpecError("strategy 'utility' needs utility=callable(r_array) -> array")
+        if utility_method not in ("gauss-hermite", "draws"):
+            raise SpecError("utility_method must be 'gauss-hermite' or 'draws'")
+        if int(n_nodes) < 1 or int(n_draws) < 1:
+            raise SpecError("n_nodes and n_draws must be >= 1")
+    else:
+        utility = None
+    return Strategy(name, quantile, threshold, utility, bool(noise), quantile_method,
+                    utility_method, int(n_nodes), int(n_draws), 0 if seed is None else int(seed))
+
+
+# --------------------------------------------------------------------------- thompson
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def id_keys(raw_ids) -> np.ndarray:
+    """A stable 64-bit key per raw id (the integer itself, or CRC32 of a string id with
+    bit 40 set), independent of vocabulary order and of batching."""
+    arr = np.asarray(raw_ids)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64).astype(np.uint64)
+    return np.array([(zlib.crc32(str(x).encode("utf-8")) | (1 << 40)) for x in arr],
+                    dtype=np.uint64)
+
+
+def thompson_draw_index(keys, seed: int, n_samples: int, salt: int = 0) -> np.ndarray:
+    """Posterior draw used for each user in Thompson sampling:
+    ``splitmix64(splitmix64(seed ^ salt) ^ key) mod S``."""
+    base = _splitmix64(np.uint64(np.int64(seed) & 0x7FFFFFFFFFFFFFFF) ^ np.uint64(salt))
+    h = _splitmix64(np.asarray(keys, np.uint64) ^ base)
+    return (h % np.uint64(n_samples)).astype(np.int64)
+
+
+def key_rng(seed: int, key: int) -> np.random.Generator:
+    """A generator determined by ``(seed, key)`` only (Thompson draws of fallback users)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFFFFFFFFFF])
+
+
+# --------------------------------------------------------------------------- scores
+def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
+    r"""Score of every entry of a predictive :class:`~bayesmf.predictive.Mixture`.
+
+    ==============  ==============================================================
+    ``mean``        ``mixture.mean()``
+    ``upper/lower`` ``mixture.quantile(q)`` (``quantile_method="gaussian"``: the
+                    moment-matched ``mixture.gaussian_quantile(q)``). Gaussian
+                    mixtures keep two shortcuts: one draw -> the Gaussian formula;
+                    no component with ``sd > 0`` (noise-free known pairs) -> the
+                    empirical quantile ``np.quantile`` of the draws ``m_s``
+                    (linear interpolation). Discrete mixtures: a support point, so
+                    many entries tie.
+    ``thompson``    ``component_means()[draw_index[row]]``: one draw per row
+                    (``draw_index`` ``(rows,)``, the first trailing axis)
+    ``prob``        ``mixture.prob_at_least(threshold)``
+    ``utility``     ``mixture.expect(utility, n_nodes)`` (Gauss-Hermite per Gaussian
+                    component, exact sum for discrete ones), or with
+                    ``utility_method="draws"`` the Monte Carlo mean of ``utility`` over
+                    ``mixture.sample(rng, n_draws)`` (``rng`` default
+                    ``default_rng(seed)``)
+    ==============  ==============================================================
+
+    ``strategy``: a :class:`Strategy` or a name for :func:`make_strategy`. Returns
+    ``mixture.shape``.
+    """
+    st = make_strategy(strategy)
+    if st.name == "mean":
+        return mixture.mean()
+    if st.name in ("upper", "lower"):
+        q = st.quantile
+        if isinstance(mixture, GaussianMixture):
+            if st.quantile_method == "gaussian" or mixture.n_components == 1:
+                return mixture.gaussian_quantile(q)
+            if not np.any(mixture.sd > 0):  # noise-free known pairs: quantile of the draws
+                return np.quantile(mixture.m, q, axis=0)
+            return mixture.quantile(q)
+        if st.quantile_method == "gaussian":
+            return mixture.gaussian_quantile(q)
+        return mixture.quantile(q)
+    if st.name == "thompson":
+        if draw_index is None:
+            raise SpecError("thompson scoring needs draw_index")
+        m = mixture.component_means()
+        idx = np.asarray(draw_index).reshape((1,) + (-1,) + (1,) * (m.ndim - 2))
+        return np.take_along_axis(m, idx, axis=0)[0]
+    if st.name == "prob":
+        return mixture.prob_at_least(st.threshold)
+    if st.name == "utility":
+        if st.utility_method == "gauss-hermite":
+            return mixture.expect(st.utility, st.n_nodes)
+        rng = np.random.default_rng(st.seed) if rng is None else rng
+        r = mixture.sample(rng, st.n_draws)
+        return np.asarray(st.utility(r), np.float64).mean(axis=0)
+    raise SpecError(f"unhandled strategy {st.name!r}")  # pragma: no cover
+
+
+def scores_from_components(m, sd, strategy: Strategy, draw_index=None, rng=None):
+    """Score of every column of Gaussian per-draw components:
+    ``scores_from_mixture(GaussianMixture(m, sd), ...)``.
+
+    ``m``, ``sd``: ``(S, rows, cols)`` (or ``(S, n)``) mixture components (``sd`` already
+    with or without the noise as the strategy wants). ``draw_index``: ``(rows,)`` draw per
+    row for Thompson sampling. Returns ``m.shape[1:]``.
+    """
+    return scores_from_mixture(GaussianMixture(m, sd), strategy, draw_index=draw_index,
+                               rng=rng)
