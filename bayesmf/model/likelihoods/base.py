@@ -138,6 +138,21 @@ class Likelihood:
         e^x)`` in the coordinates its prior is defined on (jnp scalar)."""
         return 0.0
 
+    def scale_fgh(self, y, eta, theta: dict, x, spec):
+        r"""``(f, f', f'')`` in :math:`x` of :math:`\sum\log p(y\mid e^x\eta,
+        \theta_{e^x}) +` :meth:`scale_log_prior` (the latent scale move). Default: JAX
+        autodiff (several passes over the data); families override it analytically."""
+        import jax
+        import jax.numpy as jnp
+
+        def f(xx):
+            s = jnp.exp(xx)
+            return (jnp.sum(self.log_prob(y, s * eta, self.scale_theta(theta, s, spec)))
+                    + self.scale_log_prior(theta, xx, spec))
+
+        d1 = jax.grad(f)
+        return f(x), d1(x), jax.grad(d1)(x)
+
     # ------------------------------------------------------------------ MAP
     def working(self, y, eta, theta: dict):
         """IRLS working response and weights ``(z, w)``: with

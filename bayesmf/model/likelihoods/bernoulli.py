@@ -122,6 +122,18 @@ class BernoulliProbit(_Bernoulli):
         hi = jnp.where(pos, inf, 0.0).astype(eta.dtype)
         return truncated_normal(key, eta, lo, hi), jnp.ones((), eta.dtype)
 
+    def scale_fgh(self, y, eta, theta, x, spec):
+        r"""Analytic: :math:`y=1` is the interval :math:`(-\eta, \infty)` of the unit latent
+        noise, :math:`y=0` is :math:`(-\infty, -\eta)`; both bounds scale with
+        :math:`e^x` (:func:`~bayesmf.model.likelihoods.ordinal.interval_scale_fgh`)."""
+        import jax.numpy as jnp
+
+        from bayesmf.model.likelihoods.ordinal import interval_scale_fgh
+
+        inf = jnp.asarray(jnp.inf, eta.dtype)
+        pos = y > 0.5
+        return interval_scale_fgh(jnp.where(pos, -eta, -inf), jnp.where(pos, inf, -eta), x)
+
     def working(self, y, eta, theta):
         import jax.numpy as jnp
         from jax.scipy.special import log_ndtr
@@ -178,6 +190,18 @@ class BernoulliLogit(_Bernoulli):
 
         omega = polya_gamma(key, eta)
         return (y - 0.5) / omega, omega
+
+    def scale_fgh(self, y, eta, theta, x, spec):
+        r"""Analytic: with :math:`t = e^x\eta`, :math:`f = \sum yt - \log(1+e^t)`,
+        :math:`f' = \sum t(y - \sigma(t))`, :math:`f'' = f' - \sum t^2\sigma(t)(1-\sigma(t))`."""
+        import jax
+        import jax.numpy as jnp
+
+        t = jnp.exp(x) * eta
+        p = jax.nn.sigmoid(t)
+        f = jnp.sum(y * t - jax.nn.softplus(t))
+        f1 = jnp.sum(t * (y - p))
+        return f, f1, f1 - jnp.sum(t * t * p * (1.0 - p))
 
     def working(self, y, eta, theta):
         import jax

@@ -24,7 +24,7 @@ they are updated with :math:`z` integrated out, by a Metropolis–Hastings step 
 :math:`p(u\mid\eta, y)\propto \prod P(y\mid\eta,c(u))\,p(u)` whose proposal is the local
 Laplace approximation at the conditional mode: an independence sampler (as myFM's) with
 the multivariate :math:`t_5(\hat u, H^{-1})` proposal, :math:`\hat u` found by Newton
-iterations (:func:`laplace_mode`) from the cutpoints that match the level frequencies
+iterations (:func:`newton_mode`, analytic derivatives: :meth:`OrdinalProbit.cut_fgh`) from the cutpoints that match the level frequencies
 under :math:`\eta + \mathcal N(0,1)` (a function of :math:`\eta, y` only, so the proposal
 does not depend on the current :math:`u`), :math:`-H` the Hessian of the log target at
 :math:`\hat u`; accepted with :math:`\min(1, \frac{p(u')q(u)}{p(u)q(u')})`. With many ratings
@@ -59,44 +59,7 @@ _GAP_SD = 1.0
 #: degrees of freedom of the multivariate-t independence proposal of the cutpoints
 _T_DF = 5
 #: Newton iterations to the conditional mode (from the current cutpoints)
-_NEWTON_STEPS = 6
-
-
-def laplace_mode(logp, u0, steps: int = _NEWTON_STEPS):
-    """Mode and Cholesky factor ``L`` of the negative Hessian (``H = L L^T``) of a smooth
-    log density ``logp`` of a small vector, by ``steps`` Newton iterations from ``u0``
-    with step halving when a step does not increase ``logp`` (jnp, fixed cost)."""
-    import jax
-    import jax.numpy as jnp
-
-    d = u0.shape[0]
-    eye = jnp.eye(d, dtype=u0.dtype)
-    g_fn = jax.grad(logp)
-    h_fn = jax.hessian(logp)
-
-    def chol(u):
-        H = -h_fn(u)
-        return jnp.linalg.cholesky(0.5 * (H + H.T) + 1e-6 * (1.0 + jnp.abs(jnp.diag(H))) * eye)
-
-    def body(_, u):
-        L = chol(u)
-        step = jax.scipy.linalg.cho_solve((L, True), g_fn(u))
-        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
-        f0 = logp(u)
-
-        def halve(carry):
-            s, j = carry
-            return s * 0.5, j + 1
-
-        def worse(carry):
-            s, j = carry
-            return (j < 8) & ~(logp(u + s) >= f0)
-
-        step, _ = jax.lax.while_loop(worse, halve, (step, 0))
-        return u + step
-
-    mode = jax.lax.fori_loop(0, steps, body, u0)
-    return mode, chol(mode)
+_NEWTON_STEPS = 4
 
 
 def log_interval_prob(a, b):
@@ -120,6 +83,82 @@ def log_interval_prob(a, b):
     res = lh + jnp.where(d > -0.6931, jnp.log(-jnp.expm1(jnp.maximum(d, -0.6931))),
                          jnp.log1p(-jnp.exp(jnp.minimum(d, -0.6931))))
     return jnp.where(lo_inf, lh, res)
+
+
+def interval_derivs(a, b):
+    r""":math:`\ell = \log(\Phi(b) - \Phi(a))` and its first and second derivatives in the
+    bounds, elementwise (jnp; infinite bounds allowed): with :math:`Z = \Phi(b)-\Phi(a)`,
+    :math:`r_a = \varphi(a)/Z`, :math:`r_b = \varphi(b)/Z`,
+
+    .. math::
+
+        \ell_a = -r_a,\quad \ell_b = r_b,\quad \ell_{aa} = a r_a - r_a^2,\quad
+        \ell_{bb} = -b r_b - r_b^2,\quad \ell_{ab} = r_a r_b
+
+    (:math:`a r_a = 0` at :math:`a = -\infty`, :math:`b r_b = 0` at :math:`b = \infty`).
+    Returns ``(l, l_a, l_b, l_aa, l_bb, l_ab, a0, b0)`` with ``a0``, ``b0`` the bounds with
+    infinities replaced by 0 (for the chain rule)."""
+    import jax.numpy as jnp
+
+    lz = log_interval_prob(a, b)
+    c = 0.5 * math.log(2 * math.pi)
+    fa, fb = jnp.isfinite(a), jnp.isfinite(b)
+    a0, b0 = jnp.where(fa, a, 0.0), jnp.where(fb, b, 0.0)
+    ra = jnp.where(fa, jnp.exp(-0.5 * a0 * a0 - c - lz), 0.0)
+    rb = jnp.where(fb, jnp.exp(-0.5 * b0 * b0 - c - lz), 0.0)
+    return lz, -ra, rb, a0 * ra - ra * ra, -b0 * rb - rb * rb, ra * rb, a0, b0
+
+
+def interval_scale_fgh(a, b, x):
+    r"""``(f, f', f'')`` of :math:`f(x) = \sum_n \log(\Phi(e^x b_n) - \Phi(e^x a_n))` in
+    :math:`x` (the latent scale move): with :math:`\alpha = e^x a`, :math:`\beta = e^x b`,
+    :math:`f' = \sum(\alpha\ell_\alpha + \beta\ell_\beta)` and
+    :math:`f'' = f' + \sum(\alpha^2\ell_{\alpha\alpha} + 2\alpha\beta\ell_{\alpha\beta}
+    + \beta^2\ell_{\beta\beta})`. One pass over the observations."""
+    import jax.numpy as jnp
+
+    s = jnp.exp(x)
+    lz, la, lb, laa, lbb, lab, a0, b0 = interval_derivs(a * s, b * s)
+    al, be = a0, b0
+    d1 = jnp.sum(al * la + be * lb)
+    d2 = d1 + jnp.sum(al * al * laa + 2 * al * be * lab + be * be * lbb)
+    return jnp.sum(lz), d1, d2
+
+
+def newton_mode(fgh, u0, steps: int = _NEWTON_STEPS, f=None):
+    """Mode of a smooth concave-ish log density of a small vector by ``steps`` Newton
+    iterations from ``u0`` with step halving; ``fgh(u) -> (f, g, H)`` gives the value,
+    gradient and **negative** Hessian (``f(u)``, the value alone, checks the steps when
+    given). Returns ``(mode, L)`` with ``L`` the Cholesky factor of the negative Hessian
+    at the mode (jnp, fixed cost)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = u0.shape[0]
+    eye = jnp.eye(d, dtype=u0.dtype)
+    value = f if f is not None else (lambda u: fgh(u)[0])
+
+    def chol(H):
+        return jnp.linalg.cholesky(0.5 * (H + H.T) + 1e-6 * (1.0 + jnp.abs(jnp.diag(H))) * eye)
+
+    def body(_, u):
+        f0, g, H = fgh(u)
+        step = jax.scipy.linalg.cho_solve((chol(H), True), g)
+        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
+
+        def halve(carry):
+            s, j = carry
+            return s * 0.5, j + 1
+
+        def worse(carry):
+            s, j = carry
+            return (j < 8) & ~(value(u + s) >= f0)
+
+        step, _ = jax.lax.while_loop(worse, halve, (step, 0))
+        return u + step
+
+    mode = jax.lax.fori_loop(0, steps, body, u0)
+    return mode, chol(fgh(mode)[2])
 
 
 @dataclass(frozen=True)
@@ -303,7 +342,8 @@ class OrdinalProbit(Likelihood):
             c_mm = c_mm - c_mm[0] if fix else c_mm
             c_mm = jnp.concatenate([c_mm[:1], c_mm[:1] + jnp.cumsum(
                 jnp.maximum(jnp.diff(c_mm), 1e-3))]) if K > 2 else c_mm
-            mode, L = laplace_mode(logp, self.u_from_cut(c_mm, fix))
+            mode, L = newton_mode(lambda uu: self.cut_fgh(uu, y, eta, fix),
+                                  self.u_from_cut(c_mm, fix), f=logp)
             k1, k2, k3 = jax.random.split(key, 3)
             eps = jax.random.normal(k1, (d,), dt)
             chi2 = jnp.sum(jax.random.normal(k3, (_T_DF,), dt) ** 2)
@@ -341,6 +381,80 @@ class OrdinalProbit(Likelihood):
             return self.log_prior_u(u1, fix) - self.log_prior_u(u, fix)
         u1 = jnp.concatenate([u[:1] * s, u[1:] + x])
         return self.log_prior_u(u1, fix) - self.log_prior_u(u, fix) + x
+
+    def _prior_sd(self, d, fix, dt):
+        import jax.numpy as jnp
+
+        sd = jnp.full((d,), _GAP_SD, dt)
+        return sd if fix else sd.at[0].set(_C1_SD)
+
+    def cut_fgh(self, u, y, eta, fix: bool):
+        r"""Value, gradient and negative Hessian of the cutpoints' conditional log density
+        :math:`\sum_n \log P(y_n\mid\eta_n, c(u)) + \log p(u)` in the unconstrained
+        :math:`u`, analytically in one pass over the observations: per-level sums of the
+        bound derivatives (:func:`interval_derivs`) give the gradient :math:`g_c` and the
+        tridiagonal Hessian :math:`H_c` in the cutpoints, then the chain rule through
+        :math:`c_j = c_1 + \sum_{m<j} e^{u_m}`: :math:`g_u = J^\top g_c`,
+        :math:`H_u = J^\top H_c J + \mathrm{diag}(e^{u_m}\sum_{j>m} g_{c,j})`."""
+        import jax
+        import jax.numpy as jnp
+
+        K = self.K
+        dt = eta.dtype
+        c = self.cut_from_u(u, K, fix)
+        a, b = self._bounds(y, c)
+        lz, la, lb, laa, lbb, lab, _, _ = interval_derivs(a - eta, b - eta)
+        yi = y.astype(jnp.int32)
+
+        def seg(v):
+            return jax.ops.segment_sum(v, yi, num_segments=K)
+
+        Sa, Sb, Saa, Sbb, Sab = seg(la), seg(lb), seg(laa), seg(lbb), seg(lab)
+        g_c = Sb[:-1] + Sa[1:]
+        h_diag = Sbb[:-1] + Saa[1:]
+        h_off = Sab[1:-1]
+        H_c = jnp.diag(h_diag) + jnp.diag(h_off, 1) + jnp.diag(h_off, -1)
+        d = u.shape[0]
+        gap0 = 0 if fix else 1
+        eg = jnp.exp(u[gap0:])
+        mask = (jnp.arange(K - 1)[:, None] > jnp.arange(K - 2)[None, :]).astype(dt)
+        Jg = mask * eg[None, :]
+        J = Jg if fix else jnp.concatenate([jnp.ones((K - 1, 1), dt), Jg], axis=1)
+        # d^2 c_j / du_m^2 = e^{u_m} for the gaps m < j
+        tail = jnp.flip(jnp.cumsum(jnp.flip(g_c)))          # sum_{j >= i} g_c[j]
+        D = eg * tail[1:]                                   # gap m enters c_{m+1..}
+        sd = self._prior_sd(d, fix, dt)
+        f = jnp.sum(lz) + self.log_prior_u(u, fix)
+        g = J.T @ g_c - u / sd ** 2
+        H2 = J.T @ H_c @ J
+        H2 = H2.at[gap0:, gap0:].add(jnp.diag(D))
+        return f, g, -H2 + jnp.diag(1.0 / sd ** 2)
+
+    def scale_fgh(self, y, eta, theta, x, spec):
+        r"""``(f, f', f'')`` in :math:`x = \log s` of the log likelihood at
+        :math:`(s\eta, sc)` plus the cutpoint prior term (:meth:`scale_log_prior`),
+        analytically (the latent scale move)."""
+        import jax.numpy as jnp
+
+        a, b = self._bounds(y, theta["cutpoints"])
+        f, f1, f2 = interval_scale_fgh(a - eta, b - eta, x)
+        fix = bool(spec.global_mean)
+        d = self.n_free(self.K, fix)
+        if d == 0:
+            return f, f1, f2
+        u = self.u_from_cut(theta["cutpoints"], fix)
+        gaps = u if fix else u[1:]
+        ng = gaps.shape[0]
+        g = gaps + x
+        f = f - 0.5 * jnp.sum(g * g) / _GAP_SD ** 2 + 0.5 * jnp.sum(gaps * gaps) / _GAP_SD ** 2
+        f1 = f1 - jnp.sum(g) / _GAP_SD ** 2
+        f2 = f2 - ng / _GAP_SD ** 2
+        if not fix:
+            c1 = u[0] * jnp.exp(x)
+            f = f - 0.5 * (c1 ** 2 - u[0] ** 2) / _C1_SD ** 2 + x
+            f1 = f1 - c1 ** 2 / _C1_SD ** 2 + 1.0
+            f2 = f2 - 2.0 * c1 ** 2 / _C1_SD ** 2
+        return f, f1, f2
 
     # ------------------------------------------------------------------ MAP
     def truncated_moments(self, y, eta, theta):
