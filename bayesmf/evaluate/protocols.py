@@ -32,7 +32,7 @@ import numpy as np
 from bayesmf.errors import DataError, SpecError
 from bayesmf.evaluate.ranking import METRICS, mean_metrics, ranking_metrics, ranks_from_scores
 from bayesmf.evaluate.rating import summarize_draws
-from bayesmf.scoring.strategies import id_keys, make_strategy, scores_from_components
+from bayesmf.scoring.strategies import id_keys, make_strategy
 from bayesmf.scoring.scorer import Scorer
 from bayesmf.scoring.strategies import thompson_draw_index
 
@@ -219,9 +219,8 @@ def rank_task(posterior, task: RankingTask, k: int = 10, strategy="mean", *, dra
                 draw = thompson_draw_index(keys, st.seed, S)
                 blk = sc.thompson_block(block, draw, keys)
             m, v = sc.pair_components(blk, np.maximum(cand, 0))
-            sd = np.sqrt(v + (sc.nv[:, None, None] if st.noise else 0.0))
             rng = np.random.default_rng(st.seed) if st.name == "utility" else None
-            s = scores_from_components(m, sd, st, draw_index=draw, rng=rng)
+            s = sc.scores_of_components(m, v, draw_index=draw, rng=rng)
             s = np.where(cmask, s, -np.inf)
             rk, mk = ranks_from_scores(s, rel_pos, rel_m)
             ranks[rows], rmask[rows] = rk, mk

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bayesmf.errors import SpecError
+from bayesmf.model import linear
 from bayesmf.scoring.strategies import (Strategy, key_rng, scores_from_components,
                                         scores_from_mixture, thompson_draw_index)
 
@@ -117,9 +118,7 @@ class Scorer:
         noise = self.st.noise if noise is None else noise
         V = self.V if cols is None else self.V[:, cols]
         bi = self.bi if cols is None else self.bi[:, cols]
-        m = self.mu[:, None, None] + block.b[:, :, None] + bi[:, None, :]
-        if self.k:
-            m = m + np.matmul(block.F, V.transpose(0, 2, 1))
+        m = linear.block_eta(self.mu, block.b, bi, block.F, V)
         var = np.broadcast_to(self.nv[:, None, None] if noise else np.zeros((self.S, 1, 1)),
                               m.shape)
         if block.pop.any():
@@ -249,14 +248,23 @@ class Scorer:
             draw = thompson_draw_index(keys, self.st.seed, self.S)
             block = self.thompson_block(block, draw, keys)
         rng = np.random.default_rng(self.st.seed) if self.st.name == "utility" else None
-        if not self.lik.mean_is_linear:
-            # ranking by E[P(y=1)] or the expected rating is not ranking by mean eta:
-            # score the likelihood's predictive mixture
-            m, sd = self.components(block, noise=False)
-            mix = self.lik.predictive(m, sd * sd, self._theta_nd(m.ndim))
-            return scores_from_mixture(mix, self.st, draw_index=draw, rng=rng)
-        m, sd = self.components(block)
-        return scores_from_components(m, sd, self.st, draw_index=draw, rng=rng)
+        if self.lik.mean_is_linear:
+            m, sd = self.components(block)
+            return scores_from_components(m, sd, self.st, draw_index=draw, rng=rng)
+        m, sd = self.components(block, noise=False)
+        return self.scores_of_components(m, sd * sd, draw_index=draw, rng=rng)
+
+    def scores_of_components(self, m, v, draw_index=None, rng=None):
+        """Strategy scores from per-draw linear predictors ``m`` and their extra
+        (fallback) variance ``v`` (same shapes, leading draw axis): through the
+        likelihood's predictive mixture (ranking by E[P(y=1)] or the expected rating is
+        not ranking by mean eta); the Gaussian adds its noise when the strategy wants it."""
+        if self.lik.mean_is_linear:
+            nv = self.nv.reshape((-1,) + (1,) * (m.ndim - 1)) if self.st.noise else 0.0
+            return scores_from_components(m, np.sqrt(v + nv), self.st, draw_index=draw_index,
+                                          rng=rng)
+        mix = self.lik.predictive(m, v, self._theta_nd(m.ndim))
+        return scores_from_mixture(mix, self.st, draw_index=draw_index, rng=rng)
 
     def chunk_rows(self, chunk_size=None) -> int:
         if chunk_size is not None:

@@ -138,3 +138,28 @@ class ConformanceTests:
             recs = recommend(post, users=train.users.ids[:5], n=3, strategy=strategy,
                              threshold=thr, seed=1)
             assert len(recs) == 15 and recs["score"].notna().all(), strategy
+
+    def test_ranking_evaluation_full_and_sampled(self, fitted):
+        from bayesmf.evaluate import evaluate
+
+        method, lik, train, post = fitted
+        thr = 4.0 if lik in ("ordinal", "gaussian") else 0.5
+        # held-out pairs: unobserved items of the first users, labelled alternately with
+        # the top and bottom value (the metrics' values are not the point here)
+        csr = train.to_csr()
+        users, items, vals = [], [], []
+        top, low = train.rating.max(), train.rating.min()
+        for u in range(min(10, train.n_users)):
+            free = np.setdiff1d(np.arange(train.n_items), csr.indices[csr.indptr[u]:
+                                                                      csr.indptr[u + 1]])
+            for j, i in enumerate(free[:4]):
+                users.append(u)
+                items.append(i)
+                vals.append(top if j % 2 == 0 else low)
+        test = Ratings.from_indices(np.array(users), np.array(items), np.array(vals),
+                                    train.users, train.items)
+        for protocol in ("full", "sampled"):
+            out = evaluate(post, test, k=5, protocol=protocol, relevance_threshold=thr,
+                           n_negatives=10, widths=False)
+            r = out["ranking"]
+            assert 0.0 <= r["ndcg@5"] <= 1.0 and np.isfinite(r["ndcg@5"]), (protocol, r)
