@@ -45,3 +45,12 @@ def test_mismatched_data_is_refused():
         post.log_predictive_density(half)
     with pytest.raises(SpecError, match="solver='als'"):
         get_method("map")(stars, ModelSpec(rank=1, likelihood="ordinal"), solver="als")
+
+
+def test_fold_in_refuses_non_gaussian_clearly():
+    from bayesmf.recommend import fold_in
+
+    post = get_method("map")(planted("bernoulli-logit"), ModelSpec(rank=1,
+                                                                   likelihood="bernoulli-logit"))
+    with pytest.raises(SpecError, match="supports the 'gaussian' likelihood"):
+        fold_in(post, {1000: 1.0, 1007: 0.0})

@@ -308,6 +308,13 @@ def _append(p: Posterior, side, raw, b, F, rated):
 
 
 def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
+    lik = posterior.likelihood
+    if not lik.mean_is_linear:
+        raise SpecError(
+            f"fold-in is the conjugate Gaussian update of one {side}'s row and supports the "
+            f"'gaussian' likelihood; this posterior's likelihood is {lik.name!r}: refit with "
+            f"the new {side}'s data, or predict for it through the population fallback "
+            "(unknown ids in predict/recommend)")
     cfg = _SIDES[side]
     other = "item" if side == "user" else "user"
     other_vocab = posterior.items if side == "user" else posterior.users
