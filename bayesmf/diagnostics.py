@@ -122,10 +122,15 @@ def _pointwise_loglik(posterior: Posterior, users, items, y, memory_limit=None):
     u, i, ku, ki = posterior.encode_pairs(users, items, unknown="fallback")
     out = np.empty((S, n), np.float32)
     half_log_2pi = 0.5 * np.log(2 * np.pi)
+    gaussian = posterior.likelihood.mean_is_linear
     for sl in _pair_chunks(n, S, posterior.spec.rank):
-        m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-        z = (y[sl] - m) / sd
-        out[:, sl] = -0.5 * z * z - np.log(sd) - half_log_2pi
+        if gaussian:
+            m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+            z = (y[sl] - m) / sd
+            out[:, sl] = -0.5 * z * z - np.log(sd) - half_log_2pi
+        else:  # each draw's own distribution: log p(y | eta_s, theta_s)
+            mix = posterior.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl]).per_draw()
+            out[:, sl] = mix.logpdf(np.broadcast_to(y[sl], (S, len(y[sl]))))
     return out.reshape(C, D, n)
 
 
@@ -138,8 +143,12 @@ def _predictive_draws(posterior: Posterior, users, items, seed, memory_limit=Non
     rng = np.random.default_rng(seed)
     out = np.empty((S, n), np.float32)
     for sl in _pair_chunks(n, S, posterior.spec.rank):
-        m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-        out[:, sl] = m + sd * rng.standard_normal(m.shape)
+        if posterior.likelihood.mean_is_linear:
+            m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+            out[:, sl] = m + sd * rng.standard_normal(m.shape)
+        else:  # one draw from each posterior draw's own distribution
+            mix = posterior.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl])
+            out[:, sl] = mix.sample(rng, None)
     return out.reshape(C, D, n)
 
 

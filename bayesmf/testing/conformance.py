@@ -163,3 +163,14 @@ class ConformanceTests:
                            n_negatives=10, widths=False)
             r = out["ranking"]
             assert 0.0 <= r["ndcg@5"] <= 1.0 and np.isfinite(r["ndcg@5"]), (protocol, r)
+
+    def test_arviz_groups(self, fitted):
+        method, lik, train, post = fitted
+        dt = post.to_datatree(log_likelihood=train, posterior_predictive=train)
+        ll = dt["log_likelihood"]["rating"].values
+        assert ll.shape[-1] == train.nnz and np.all(np.isfinite(ll)) and np.all(
+            ll <= (0 if post.likelihood.discrete else np.inf))
+        pp = dt["posterior_predictive"]["rating"].values
+        if post.likelihood.discrete:
+            support = getattr(post.likelihood, "levels", None) or (0.0, 1.0)
+            assert np.all(np.isin(pp, np.asarray(support, np.float32)))
