@@ -149,3 +149,27 @@ def test_corrupted_header_bytes(saved, tmp_path):
     bad.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="corrupted or truncated"):
         io.load(bad)
+
+
+def test_schema_v1_files_still_load(saved, tmp_path):
+    """A file written by the Gaussian-only bayesmf (schema 1: likelihood as the string
+    "gaussian", no factor prior, fixed-value priors) loads as the same Gaussian model."""
+    import json
+
+    old = tmp_path / "v1.nc"
+
+    def to_v1(ds):
+        spec = json.loads(ds.attrs["spec"])
+        spec["likelihood"] = "gaussian"
+        spec.pop("prior", None)
+        spec["priors"].update(w0=1.0, bias_b=1.0, noise_b=1.0)
+        ds.attrs["spec"] = json.dumps(spec)
+        ds.attrs["bayesmf_schema"] = 1
+        return ds
+
+    _rewrite(saved, old, to_v1)
+    back = io.load(old)
+    orig = io.load(saved)
+    assert back.likelihood.name == "gaussian" and back.spec.prior.name == "normal-wishart"
+    u, i = orig.users.ids[:5], orig.items.ids[:5]
+    np.testing.assert_allclose(back.predict(u, i).mean, orig.predict(u, i).mean)
