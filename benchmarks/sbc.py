@@ -144,10 +144,8 @@ def main(argv=None) -> int:
                                                likelihood="bernoulli-logit")),
                  ("normal-gamma prior (Gaussian)", ModelSpec(rank=2, priors=PRIORS,
                                                              prior="normal-gamma"))]
-        parts.append("## Gibbs with augmented likelihoods and the Normal-Gamma prior
-")
-        parts.append(f"Priors of the augmented likelihoods: {aug} (unit latent scale).
-")
+        parts.append("## Gibbs with augmented likelihoods and the Normal-Gamma prior\n")
+        parts.append(f"Priors of the augmented likelihoods: {aug} (unit latent scale).\n")
         for title, spec in cases:
             reps = a.reps or (100 if a.quick else 400)
             gb = sbc.GibbsBatch(num_samples=100 if a.quick else 200, num_warmup=100)
