@@ -87,3 +87,22 @@ def test_sbc_gibbs_normal_gamma_fast():
                       n_users=8, n_items=6, density=0.5, L=19, seed=5)
     assert res.passes(0.001), "\n" + res.table().to_string()
     assert not res.transformed(sbc.narrowed(0.5)).passes(0.001)
+
+
+def test_estimator_params_round_trip_with_likelihood_and_prior():
+    from bayesmf import BayesMF
+    from bayesmf.testing.conformance import planted
+
+    est = BayesMF(method="map", rank=2, likelihood="ordinal", prior="normal-gamma",
+                  max_iter=30)
+    p = est.get_params()
+    assert p["likelihood"] == "ordinal" and p["prior"] == "normal-gamma" and p["max_iter"] == 30
+    clone = BayesMF(**p)
+    assert clone.get_params() == p
+    assert est.set_params(likelihood="bernoulli-logit", max_iter=40) is est
+    assert est.likelihood == "bernoulli-logit" and est.options["max_iter"] == 40
+    spec = est.make_spec()
+    assert spec.likelihood.name == "bernoulli-logit" and spec.prior.name == "normal-gamma"
+    est.fit(planted("bernoulli-logit"))
+    assert est.posterior_.likelihood.name == "bernoulli-logit"
+    assert est.posterior_.attrs["estimator"]["likelihood"] == "bernoulli-logit"
