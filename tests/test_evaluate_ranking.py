@@ -143,3 +143,19 @@ def test_no_relevant_items_raises_and_per_draw_metrics():
     assert r1["draws"]["ndcg@5"]["mean"] == pytest.approx(r1["ndcg@5"])
     rs = ranking_evaluate(one, test, k=5, draws=True, protocol="sampled", n_negatives=10)
     assert rs["draws"]["auc"]["mean"] == pytest.approx(rs["auc"])
+
+
+@pytest.mark.parametrize("protocol", ["full", "sampled"])
+def test_in_sample_test_pairs_skip_ranking_with_the_right_reason(protocol):
+    """Test pairs that are all training pairs: the ranking metrics are skipped (both
+    protocols; the sampled one used to crash with an IndexError) and the reason says so."""
+    import numpy as np
+
+    from bayesmf.evaluate import evaluate
+    from bayesmf.testing.conformance import fit_fast, planted
+
+    train = planted("gaussian")
+    post = fit_fast("map", "gaussian", train)
+    test = train.subset(np.arange(train.nnz) % 3 == 0)
+    out = evaluate(post, test, k=5, protocol=protocol, n_negatives=10, widths=False)
+    assert "in-sample" in out["ranking"]["skipped"]

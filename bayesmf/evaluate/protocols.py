@@ -110,7 +110,10 @@ def build_task(posterior, test, protocol: str = "full", relevance_threshold: flo
             "dropped_seen": int((known & in_train).sum()),
             "relevant_pairs": int(rel_mask.sum()), "users": int(len(users))}
     task = RankingTask(protocol, users, rel, rel_mask, info=info)
-    if protocol == "sampled":
+    if protocol == "sampled" and len(users) == 0:  # nothing to rank (ranking_evaluate says why)
+        task.negatives = np.zeros((0, max(int(n_negatives), 1)), np.int64)
+        task.neg_mask = task.negatives >= 0
+    elif protocol == "sampled":
         n_neg = int(n_negatives)
         if n_neg < 1:
             raise SpecError("n_negatives must be >= 1")
@@ -257,7 +260,14 @@ def ranking_evaluate(posterior, test, k: int = 10, protocol: str = "full", *,
     task = build_task(posterior, test, protocol, relevance_threshold, n_negatives,
                       sampling, seed)
     if len(task.users) == 0:
+        info = task.info
+        if info["dropped_seen"] and info["dropped_seen"] + info["unknown_rows"] == \
+                info["test_rows"]:
+            raise DataError(
+                f"all {info['dropped_seen']} test pairs with a known user and item are "
+                "training pairs (in-sample): ranking ranks items a user has not rated in "
+                "training, so it needs held-out pairs")
         raise DataError(f"no test user has a relevant item (rating >= {relevance_threshold}) "
-                        "among known users and items")
+                        "among known users and items outside the training pairs")
     return rank_task(posterior, task, k, strategy, draws=draws, max_draws=max_draws,
                      approx=approx, chunk_size=chunk_size, seed=seed, **strategy_kw)
