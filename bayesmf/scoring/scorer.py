@@ -142,11 +142,7 @@ class Scorer:
     def pair_mixture(self, block: UserBlock, cols):
         """The likelihood's predictive mixture of per-row columns ``cols (c, n)``."""
         m, v = self.pair_components(block, cols)
-        return self.lik.predictive(m, v, self._theta_nd(m.ndim))
-
-    def _theta_nd(self, ndim):
-        return {n: np.asarray(t).reshape((self.S,) + (1,) * (ndim - 1) + np.shape(t)[1:])
-                if n != "cutpoints" else np.asarray(t) for n, t in self.theta.items()}
+        return self.lik.predictive(m, v, self.theta)
 
     def pair_summary(self, block: UserBlock, cols):
         """Predictive mean, parameter variance ``Var_s(m_s) + mean_s(v_s)`` of per-row
@@ -263,7 +259,7 @@ class Scorer:
             nv = self.nv.reshape((-1,) + (1,) * (m.ndim - 1)) if self.st.noise else 0.0
             return scores_from_components(m, np.sqrt(v + nv), self.st, draw_index=draw_index,
                                           rng=rng)
-        mix = self.lik.predictive(m, v, self._theta_nd(m.ndim))
+        mix = self.lik.predictive(m, v, self.theta)
         return scores_from_mixture(mix, self.st, draw_index=draw_index, rng=rng)
 
     def chunk_rows(self, chunk_size=None) -> int:
