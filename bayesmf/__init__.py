@@ -7,6 +7,7 @@ every method returning one :class:`Posterior` that evaluation and recommendation
 Top-level names (everything else lives in its submodule):
 
 * :class:`BayesMF` - the estimator facade; :func:`load` - load a saved model
+* :func:`as_ratings` - a DataFrame (or Ratings) as a validated :class:`Ratings`
 * :class:`Ratings`, :class:`Vocabulary` - the data layer
 * :class:`ModelSpec`, :class:`BayesPriors` - the model specification
 * :class:`Posterior` - the result of every inference method
@@ -17,7 +18,7 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import (BayesMFError, DataError, MemoryLimitError, ModelFileError,
                             NotFittedError, SpecError, UnknownIdError)
-from bayesmf.estimator import BayesMF, load
+from bayesmf.estimator import BayesMF, as_ratings, load
 from bayesmf.model.spec import BayesPriors, ModelSpec
 from bayesmf.posterior import Posterior
 
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BayesMF",
     "load",
+    "as_ratings",
     "Ratings",
     "Vocabulary",
     "ModelSpec",

@@ -56,7 +56,7 @@ import pandas as pd
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.data.split import Split
-from bayesmf.data.vocab import Vocabulary
+from bayesmf.data.vocab import ID_TYPES, Vocabulary, parse_ids
 from bayesmf.errors import DataError
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "load_movielens",
     "load_movielens_fold",
     "load_ratings_source",
+    "read_ratings_file",
     "get_data_home",
 ]
 
@@ -473,6 +474,12 @@ _ALIASES = {
 
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
+# pandas' default missing-value markers, used for every column except the id columns
+# (where only an empty field is missing: an id such as "NA" or "null" stays an id)
+_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+              "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan",
+              "null"]
+
 
 def _resolve_col(columns, wanted: str, default: str) -> str:
     """``wanted`` if present; for the default name, a case-insensitive known alias."""
@@ -485,34 +492,37 @@ def _resolve_col(columns, wanted: str, default: str) -> str:
     return wanted
 
 
-def _head_line(path: Path) -> str:
+def _open_binary(path: Path):
+    """The file's bytes as a binary file object, decompressing ``.gz``/``.bz2``/``.xz``
+    and single-file ``.zip``."""
     suffix = path.suffix.lower()
     if suffix in _COMPRESSED:
-        with _COMPRESSED[suffix](path, "rb") as fh:
+        return _COMPRESSED[suffix](path, "rb")
+    if suffix == ".zip":
+        try:
+            z = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path} is not a readable zip archive: {exc}") from exc
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        if len(names) != 1:
+            z.close()
+            raise DataError(f"{path} must hold exactly one file, it holds {len(names)}")
+        return z.open(names[0])
+    return open(path, "rb")
+
+
+def _head_line(path: Path) -> str:
+    try:
+        with _open_binary(path) as fh:
             line = fh.readline(65536)
-    elif suffix == ".zip":
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
-            if len(names) != 1:
-                raise DataError(f"{path} must hold exactly one file, it holds {len(names)}")
-            with z.open(names[0]) as fh:
-                line = fh.readline(65536)
-    else:
-        with open(path, "rb") as fh:
-            line = fh.readline(65536)
+    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
     return _decode(line).rstrip("\r\n")
 
 
-def _read_table(path: Path, user_col, item_col, rating_col) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        if not (importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")):
-            raise DataError(f"reading the Parquet file {path} needs pyarrow "
-                            "(pip install pyarrow) or fastparquet")
-        return pd.read_parquet(path)
-    head = _head_line(path)
-    if not head.strip():
-        raise DataError(f"{path} is empty")
+def _sniff(head: str) -> tuple[str, list[str]]:
+    """Separator and first-line fields: ``::``, else the first of tab, ``,``, ``;``,
+    ``|`` present, else runs of whitespace (or ``,`` for a single field)."""
     if "::" in head:
         sep = "::"
     else:
@@ -520,25 +530,68 @@ def _read_table(path: Path, user_col, item_col, rating_col) -> pd.DataFrame:
         if sep is None:
             sep = r"\s+" if len(head.split()) > 1 else ","
     fields = head.split(sep) if sep != r"\s+" else head.split()
+    return sep, [f.strip().strip('"').strip("'").strip() for f in fields]
+
+
+def _read_delimited(path: Path, user_col: str, item_col: str, rating_col: str,
+                    require_rating: bool) -> pd.DataFrame:
+    head = _head_line(path)
+    if not head.strip():
+        raise DataError(f"{path} is empty")
+    sep, fields = _sniff(head)
     headerless = all(_is_number(f) for f in fields)
-    names = None
-    if headerless:
-        if len(fields) < 3:
-            raise DataError(f"{path} has {len(fields)} column(s) and no header; need "
-                            "user, item and rating columns")
-        names = [user_col, item_col, rating_col, "timestamp"][:len(fields)]
-        names += [f"column{j}" for j in range(len(names), len(fields))]
-    try:
-        if sep == "::":
-            opener = _COMPRESSED.get(suffix, open)
-            with opener(path, "rb") as fh:
+    need = 3 if require_rating else 2
+    if headerless and len(fields) < need:
+        raise DataError(f"{path} has {len(fields)} column(s) and no header; need user, "
+                        f"item{' and rating' if require_rating else ''} columns")
+    raw = None
+    if sep == "::":  # '::' needs the slow python engine; rewrite it as tabs instead
+        try:
+            with _open_binary(path) as fh:
                 raw = fh.read().replace(b"::", b"\t")
-            return pd.read_csv(io.BytesIO(raw), sep="\t", header=None if headerless else 0,
-                               names=names, quoting=csv.QUOTE_NONE)
-        return pd.read_csv(path, sep=sep, header=None if headerless else 0, names=names,
-                           engine="c")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+
+    def frame(encoding, **kw):
+        if raw is not None:
+            return pd.read_csv(io.BytesIO(raw), sep="\t", quoting=csv.QUOTE_NONE,
+                               encoding=encoding, **kw)
+        with _open_binary(path) as fh:
+            return pd.read_csv(fh, sep=sep, engine="c", encoding=encoding, **kw)
+
+    def read(encoding):
+        if headerless:
+            names = [user_col, item_col, rating_col, "timestamp"][:len(fields)]
+            names += [f"column{j}" for j in range(len(names), len(fields))]
+            columns, header = names, None
+        else:  # the header exactly as pandas reads it (quotes, repeated names)
+            names, header = None, 0
+            columns = list(frame(encoding, header=0, nrows=0).columns)
+        # the id columns are read as text, exactly as written (no number parsing)
+        ids = {_resolve_col(columns, user_col, "user"), _resolve_col(columns, item_col, "item")}
+        ids &= set(columns)
+        return frame(encoding, header=header, names=names, dtype={c: str for c in ids},
+                     keep_default_na=False,
+                     na_values={c: ([""] if c in ids else _NA_VALUES) for c in columns})
+
+    try:
+        try:
+            return read("utf-8")
+        except UnicodeDecodeError:
+            return read("latin-1")
+    except (ValueError, pd.errors.ParserError, OSError, EOFError, lzma.LZMAError,
+            zipfile.BadZipFile) as exc:
         raise DataError(f"cannot parse {path}: {exc}") from exc
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not (importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")):
+        raise DataError(f"reading the Parquet file {path} needs pyarrow "
+                        "(pip install pyarrow) or fastparquet")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError types
+        raise DataError(f"cannot read the Parquet file {path}: {exc}") from exc
 
 
 def _is_number(s: str) -> bool:
@@ -549,43 +602,7 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def load_ratings_source(source, *, user_col: str = "user", item_col: str = "item",
-                        rating_col: str = "rating", timestamp_col: str | None = "auto",
-                        duplicates: str = "raise", data_home=None,
-                        download: bool = True) -> Ratings:
-    """Ratings from a dataset name or a rating file (used by ``bayesmf data info``).
-
-    ``source`` is either
-
-    * ``"movielens:VARIANT"`` (e.g. ``"movielens:latest-small"``, ``"movielens:100k"``),
-      optionally ``"movielens:100k@PATH"`` where ``PATH`` is the official zip, its
-      extracted folder, or a folder holding either (a cache folder); without ``@PATH`` the
-      cache (``data_home``) is used and downloads follow ``download``; the column
-      arguments do not apply;
-    * a path to a delimited text file (``.csv``, ``.tsv``, ``.dat``, ``u.data`` style,
-      optionally ``.gz``/``.bz2``/``.xz``/single-file ``.zip``; separator sniffed from the
-      first line among ``::``, tab, ``,``, ``;``, ``|``, whitespace) or a Parquet file
-      (needs pyarrow). A file whose first line is all numbers has no header; its columns
-      are taken as user, item, rating[, timestamp].
-
-    With the default column names, common spellings are recognised case-insensitively
-    (``userId``/``user_id``, ``movieId``/``item_id``, ``score``, ``time`` ...). A text
-    timestamp column is parsed as dates (UTC).
-
-    Raises
-    ------
-    DataError
-        Unknown dataset, missing file, unsupported format, missing columns or invalid
-        ratings (duplicates raise unless ``duplicates="last"|"first"|"mean"``).
-    """
-    if isinstance(source, str) and source.lower().startswith("movielens:"):
-        spec = source.split(":", 1)[1]
-        variant, _, at = spec.partition("@")
-        if not variant:
-            raise DataError(f"{source!r}: name a MovieLens variant, one of "
-                            f"{list(MOVIELENS_VARIANTS)}")
-        ml = load_movielens(variant, data_home=data_home, path=at or None, download=download)
-        return ml.ratings
+def _existing_file(source) -> Path:
     if not isinstance(source, (str, os.PathLike)):
         raise DataError(f"source must be 'movielens:VARIANT' or a file path, got "
                         f"{type(source).__name__}")
@@ -597,22 +614,164 @@ def load_ratings_source(source, *, user_col: str = "user", item_col: str = "item
     if path.is_dir():
         raise DataError(f"{path} is a folder; pass a ratings file (CSV/TSV/Parquet) or "
                         "'movielens:VARIANT@FOLDER'")
-    df = _read_table(path, user_col, item_col, rating_col)
-    user_col = _resolve_col(df.columns, user_col, "user")
-    item_col = _resolve_col(df.columns, item_col, "item")
-    rating_col = _resolve_col(df.columns, rating_col, "rating")
+    return path
+
+
+def read_ratings_file(source, *, user_col: str = "user", item_col: str = "item",
+                      rating_col: str | None = "rating", timestamp_col: str | None = "auto",
+                      require_rating: bool = True, id_type: str = "auto") -> pd.DataFrame:
+    """Read a ratings (or user-item pairs) file into a DataFrame: the one file reader of
+    :func:`load_ratings_source` and of every CLI command (``fit``, ``data info``,
+    ``predict``, ``evaluate``).
+
+    Formats: delimited text (``.csv``, ``.tsv``, ``.dat``, ``u.data`` style; optionally
+    ``.gz``/``.bz2``/``.xz``/single-file ``.zip``; separator sniffed from the first line
+    among ``::``, tab, ``,``, ``;``, ``|``, whitespace; UTF-8, else Latin-1) and Parquet
+    (``.parquet``/``.pq``; pyarrow is a core dependency). A text file whose first line is
+    all numbers has no header: its columns are user, item[, rating[, timestamp]].
+
+    Columns. With the default names, common spellings are recognised case-insensitively
+    (``userId``/``user_id``, ``movieId``/``item_id``, ``score``/``weight``,
+    ``time``...). The resolved user, item and rating columns are **renamed** to
+    ``user_col``, ``item_col`` and ``rating_col`` (a timestamp found by ``"auto"`` to
+    ``"timestamp"``); other columns are kept. ``require_rating=False`` reads pair files
+    (``predict``: ``user,item`` without ratings); the rating column is then optional,
+    and ``rating_col=None`` leaves every other column as it is (no alias renaming;
+    a headerless third column is named ``rating``).
+    A text timestamp column is parsed as dates (UTC, as naive datetimes).
+
+    Ids (``id_type``, see :func:`bayesmf.data.vocab.parse_ids`). Text files: the id
+    columns are read as text, exactly as written (surrounding spaces dropped; only an
+    empty field is missing, so ``"NA"`` is an id), then with ``"auto"`` they become
+    int64 only when every value is the canonical text of an integer -- ``"007"`` and
+    ``"7"`` stay two ids, ``"1e3"`` is not ``1000``; ``"str"`` keeps text, ``"int"``
+    parses ``[+-]?[0-9]+`` (so ``"007"`` is ``7``). Parquet columns are typed by their
+    writer: ``"auto"`` keeps their type, ``"str"``/``"int"`` convert.
+
+    Raises
+    ------
+    DataError
+        Missing file, a folder, an empty file, a header without rows, unparsable text,
+        missing columns, missing ids, ids that are not integers with ``id_type="int"``,
+        a Parquet file without pyarrow.
+    """
+    if id_type not in ID_TYPES:
+        raise DataError(f"id_type must be one of {list(ID_TYPES)}, got {id_type!r}")
+    if rating_col is None and require_rating:
+        raise DataError("rating_col=None reads pair files; it needs require_rating=False")
+    path = _existing_file(source)
+    typed = path.suffix.lower() in (".parquet", ".pq")
+    if typed:
+        df = _read_parquet(path)
+    else:
+        df = _read_delimited(path, user_col, item_col, rating_col or "rating", require_rating)
+    if len(df) == 0:
+        raise DataError(f"{path} has no data rows (only a header)")
+    cols = {"user": _resolve_col(df.columns, user_col, "user"),
+            "item": _resolve_col(df.columns, item_col, "item")}
+    wanted = {"user": user_col, "item": item_col}
+    if rating_col is not None:
+        cols["rating"] = _resolve_col(df.columns, rating_col, "rating")
+        wanted["rating"] = rating_col
+    required = ["user", "item"] + (["rating"] if require_rating else [])
+    missing = [wanted[k] for k in required if cols[k] not in df.columns]
+    if missing:
+        raise DataError(f"{path.name}: missing column(s) {missing}; the frame has "
+                        f"{list(df.columns)}. Name them with user_col=/item_col=/rating_col= "
+                        "(CLI: --user-col/--item-col/--rating-col)")
+    if cols["user"] == cols["item"]:
+        raise DataError(f"{path.name}: the user and item ids are the same column "
+                        f"{cols['user']!r}")
+    rename = {cols[k]: wanted[k] for k in cols if cols[k] in df.columns and cols[k] != wanted[k]}
     if timestamp_col == "auto":
         t = _resolve_col(df.columns, "timestamp", "timestamp")
-        timestamp_col = t if t in df.columns else None
-    if timestamp_col is not None and timestamp_col in df.columns:
-        col = df[timestamp_col]
+        if t in df.columns and t != "timestamp":
+            rename[t] = "timestamp"
+    df = df.rename(columns=rename)
+    for key in ("user", "item"):
+        c = wanted[key]
+        col = df[c]
+        if col.isna().any():
+            rows = np.flatnonzero(col.isna().to_numpy())
+            raise DataError(f"{path.name}: {len(rows)} missing {key} id(s) in column {c!r} "
+                            f"(first at data row(s) {rows[:5].tolist()})")
+        if not typed:
+            text = col if pd.api.types.is_string_dtype(col.dtype) else col.astype(str)
+            ids = parse_ids(text.str.strip(), id_type, key)
+            # object stays object (pandas >= 3 would turn it back into an Arrow string
+            # column, and the Ratings constructor into Python objects again)
+            df[c] = pd.Series(ids, index=df.index, dtype=ids.dtype)
+        elif id_type != "auto":
+            df[c] = parse_ids(col.to_numpy(), id_type, key)
+    tcol = "timestamp" if timestamp_col == "auto" else timestamp_col
+    if tcol is not None and tcol in df.columns:
+        col = df[tcol]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col)):
             try:
                 parsed = pd.to_datetime(col, utc=True)
             except (ValueError, TypeError) as exc:
-                raise DataError(f"timestamp column {timestamp_col!r} is neither numbers nor "
+                raise DataError(f"timestamp column {tcol!r} is neither numbers nor "
                                 f"dates: {exc}") from exc
-            df = df.assign(**{timestamp_col: parsed.dt.tz_convert(None)})
+            df[tcol] = parsed.dt.tz_convert(None)
+    return df
+
+
+def _retype(r: Ratings, id_type: str) -> Ratings:
+    """``r`` with its ids re-typed by ``id_type`` (a no-op for ``"auto"``)."""
+    if id_type == "auto":
+        return r
+    return Ratings.from_arrays(r.users.decode(r.user), r.items.decode(r.item), r.rating,
+                               r.timestamp, id_type=id_type)
+
+
+def load_ratings_source(source, *, user_col: str = "user", item_col: str = "item",
+                        rating_col: str = "rating", timestamp_col: str | None = "auto",
+                        duplicates: str = "raise", id_type: str = "auto", data_home=None,
+                        download: bool = True) -> Ratings:
+    """Ratings from a dataset name or a rating file (used by ``bayesmf fit`` and
+    ``bayesmf data info``).
+
+    ``source`` is either
+
+    * ``"movielens:VARIANT"`` (e.g. ``"movielens:latest-small"``, ``"movielens:100k"``),
+      optionally ``"movielens:100k@PATH"`` where ``PATH`` is the official zip, its
+      extracted folder, or a folder holding either (a cache folder); without ``@PATH`` the
+      cache (``data_home``) is used and downloads follow ``download``; the column
+      arguments do not apply (MovieLens ids are integers; ``id_type="str"`` makes them
+      text);
+    * a path to a rating file, read by :func:`read_ratings_file` (delimited text,
+      compressed or not, or Parquet; separator sniffing, headerless files, column
+      aliases such as ``userId``/``movieId``, ids read as text unless they are all plain
+      integers -- see there for the ``id_type`` rule).
+
+    ``duplicates`` resolves repeated ``(user, item)`` pairs: ``"raise"`` (default),
+    ``"last"``, ``"first"`` (by file order) or ``"mean"`` (average, latest timestamp).
+
+    Raises
+    ------
+    DataError
+        Unknown dataset, missing file, unsupported format, missing columns or invalid
+        ratings (duplicates raise unless ``duplicates="last"|"first"|"mean"``).
+    """
+    if id_type not in ID_TYPES:
+        raise DataError(f"id_type must be one of {list(ID_TYPES)}, got {id_type!r}")
+    if isinstance(source, str) and source.lower().startswith("movielens:"):
+        spec = source.split(":", 1)[1]
+        variant, _, at = spec.partition("@")
+        if not variant:
+            raise DataError(f"{source!r}: name a MovieLens variant, one of "
+                            f"{list(MOVIELENS_VARIANTS)}")
+        ml = load_movielens(variant, data_home=data_home, path=at or None, download=download)
+        return _retype(ml.ratings, id_type)
+    df = read_ratings_file(source, user_col=user_col, item_col=item_col,
+                           rating_col=rating_col, timestamp_col=timestamp_col,
+                           require_rating=True, id_type=id_type)
+    tcol = "timestamp" if timestamp_col == "auto" else timestamp_col
+    if tcol is not None and tcol not in df.columns:
+        if timestamp_col != "auto":
+            raise DataError(f"missing timestamp column {tcol!r}; the frame has "
+                            f"{list(df.columns)}")
+        tcol = None
     return Ratings.from_dataframe(df, user_col=user_col, item_col=item_col,
-                                  rating_col=rating_col, timestamp_col=timestamp_col,
+                                  rating_col=rating_col, timestamp_col=tcol,
                                   duplicates=duplicates)

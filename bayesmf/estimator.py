@@ -34,13 +34,21 @@ _SPEC_FIELDS = ("rank", "likelihood", "prior", "global_mean", "user_bias", "item
 
 
 def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
-               rating_col: str = "rating", duplicates: str = "raise") -> Ratings:
-    """Accept a :class:`Ratings` or a DataFrame with user/item/rating columns."""
+               rating_col: str = "rating", duplicates: str = "raise",
+               id_type: str | None = None) -> Ratings:
+    """Accept a :class:`Ratings` or a DataFrame with user/item/rating columns.
+
+    For a DataFrame, ``duplicates`` resolves repeated ``(user, item)`` pairs
+    (``"raise"``, ``"last"``, ``"first"``, ``"mean"``) and ``id_type`` (``None`` keeps the
+    columns' types; ``"auto"``, ``"str"``, ``"int"``, see
+    :func:`bayesmf.data.vocab.parse_ids`) types the ids. A :class:`Ratings` is returned
+    as it is (it was validated when built).
+    """
     if isinstance(data, Ratings):
         return data
     if isinstance(data, pd.DataFrame):
         return Ratings.from_dataframe(data, user_col, item_col, rating_col,
-                                      duplicates=duplicates)
+                                      duplicates=duplicates, id_type=id_type)
     raise DataError(f"expected a Ratings container or a pandas DataFrame with columns "
                     f"{user_col!r}, {item_col!r}, {rating_col!r}; got {type(data).__name__}")
 
@@ -149,13 +157,23 @@ class BayesMF:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data, *, user_col: str = "user", item_col: str = "item",
-            rating_col: str = "rating") -> "BayesMF":
-        """Fit to ratings (a :class:`Ratings` or a DataFrame); returns ``self``."""
+            rating_col: str = "rating", duplicates: str = "raise",
+            id_type: str | None = None) -> "BayesMF":
+        """Fit to ratings (a :class:`Ratings` or a DataFrame); returns ``self``.
+
+        For a DataFrame: ``duplicates="raise"|"last"|"first"|"mean"`` resolves repeated
+        ``(user, item)`` pairs (raise by default), ``id_type=None|"auto"|"str"|"int"``
+        types the ids (``None`` keeps the columns' types); see :func:`as_ratings`.
+        Ids given later to ``predict``/``recommend`` as text (``"12"``) match integer ids
+        (``12``) when they are the canonical text of the integer
+        (:class:`~bayesmf.data.vocab.Vocabulary`).
+        """
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise SpecError(f"seed must be an integer, got {self.seed!r}")
         fit_fn = get_method(self.method)
         spec = self.make_spec()
-        train = as_ratings(data, user_col=user_col, item_col=item_col, rating_col=rating_col)
+        train = as_ratings(data, user_col=user_col, item_col=item_col, rating_col=rating_col,
+                           duplicates=duplicates, id_type=id_type)
         spec.check_data(train.n_users, train.n_items, train.nnz)
         _check_draws_memory(self.method, fit_fn, spec, train, self.options)
         t0 = time.perf_counter()

@@ -311,3 +311,38 @@ def test_mixing_vocabularies():
         Ratings.from_indices([0], [3], [1.0], r.users, r.items)
     with pytest.raises(DataError, match="user indices must be a 1-D integer array, got float64"):
         Ratings.from_indices(np.array([0.0]), [0], [1.0], r.users, r.items)
+
+
+# ---------------------------------------------------------------- issue 17: overflow, id types
+@pytest.mark.parametrize("scale", [1e300, 1e20, 1e15])
+def test_ratings_too_large_for_the_model_statistics_are_a_data_error(scale):
+    # ratings x 1e300 used to reach inference and end in a FloatingPointError / SpecError
+    vals = np.array([1.0, -2.0, 3.0]) * scale
+    with pytest.raises(DataError, match=r"rating value\(s\) are too large .*\|r\| < 1e\+15.*"
+                                        r"rescale them"):
+        Ratings.from_arrays([1, 2, 3], [1, 1, 2], vals)
+    with pytest.raises(DataError, match="too large"):
+        Ratings.from_indices([0, 1], [0, 0], [1.0, scale], Vocabulary([1, 2]), Vocabulary([1]))
+
+
+def test_ratings_just_below_the_bound_are_accepted():
+    from bayesmf.data.ratings import MAX_ABS_RATING
+
+    r = Ratings.from_arrays([1, 2], [1, 1], [-0.99 * MAX_ABS_RATING, 0.99 * MAX_ABS_RATING])
+    assert r.nnz == 2
+
+
+def test_from_arrays_id_type():
+    r = Ratings.from_arrays(["007", "7"], ["1", "2"], [1.0, 2.0], id_type="auto")
+    assert r.users.ids.tolist() == ["007", "7"] and r.items.ids.tolist() == [1, 2]
+    with pytest.raises(DataError, match=r"1 duplicate \(user, item\) pair\(s\).*CLI: --duplicates"):
+        Ratings.from_arrays(["007", "7"], ["1", "1"], [1.0, 2.0], id_type="int")
+    r = Ratings.from_arrays(["007", "7"], ["1", "1"], [1.0, 2.0], id_type="int",
+                            duplicates="mean")
+    assert r.users.ids.tolist() == [7] and r.rating.tolist() == [1.5]
+    assert Ratings.from_arrays([3], [4], [1.0], id_type="str").users.ids.tolist() == ["3"]
+    # a test set read as text encodes onto integer training vocabularies
+    train = Ratings.from_arrays([1, 2], [10, 20], [1.0, 2.0])
+    test = Ratings.from_arrays(["2", "1"], ["10", "20"], [3.0, 4.0], user_vocab=train.users,
+                               item_vocab=train.items)
+    assert test.users == train.users and test.user.tolist() == [1, 0]

@@ -71,11 +71,14 @@ def test_unknown_mask_returns_minus_one():
 
 
 def test_wrong_kind_of_id_is_unknown():
+    # text ids meet an integer vocabulary through their canonical integer text only
+    # (issue 17 item 2: "1" used to be unknown here)
     v = Vocabulary([1, 2], "user")
-    with pytest.raises(UnknownIdError, match=r"^1 unknown user id\(s\): '1'$"):
-        v.encode(["1", "1"])
-    idx, known = v.encode(["1", "2"], unknown="mask")
-    assert (idx == -1).all() and not known.any()
+    with pytest.raises(UnknownIdError, match=r"^1 unknown user id\(s\): '01'; "):
+        v.encode(["01", "1"])
+    idx, known = v.encode(["1", "2", "x"], unknown="mask")
+    np.testing.assert_array_equal(idx, [0, 1, -1])
+    np.testing.assert_array_equal(known, [True, True, False])
 
 
 def test_bad_policy():
@@ -152,3 +155,56 @@ def test_contains_len_iter_repr():
     assert "x" in v and "q" not in v and len(v) == 4 and list(v) == ["x", "y", "z", "w"]
     assert repr(v) == "Vocabulary(user, n=4, ids=['x', 'y', 'z', ...])"
     assert v.is_string and not Vocabulary([1]).is_string
+
+
+# ---------------------------------------------------------------- id types (issue 17 item 2)
+def test_parse_ids_auto_keeps_text_unless_every_id_is_canonical_int():
+    from bayesmf.data.vocab import parse_ids
+
+    out = parse_ids(["007", "7", "0007"], "auto", "user")
+    assert out.dtype == object and out.tolist() == ["007", "7", "0007"]
+    assert parse_ids(["1e3", "1000"]).tolist() == ["1e3", "1000"]
+    for not_plain in (["+7", "8"], [" 7", "8"], ["-0", "8"], ["99999999999999999999", "1"]):
+        assert parse_ids(not_plain).dtype == object, not_plain
+    ints = parse_ids(["12", "-3", "0", "9223372036854775807"])
+    assert ints.dtype == np.int64 and ints.tolist() == [12, -3, 0, 9223372036854775807]
+    assert parse_ids(np.array([5, 6])).dtype == np.int64  # integer input stays integer
+
+
+def test_parse_ids_str_and_int():
+    from bayesmf.data.vocab import parse_ids
+
+    assert parse_ids([12, -3], "str").tolist() == ["12", "-3"]
+    assert parse_ids(["007", " +7 ", "-01"], "int").tolist() == [7, 7, -1]
+    with pytest.raises(DataError, match=r"1 user id\(s\) are not integers in the int64 range "
+                                        r"\(id_type='int'\), e.g. \['1e3'\]"):
+        parse_ids(["1e3", "5"], "int", "user")
+    with pytest.raises(DataError, match="not integers in the int64 range"):
+        parse_ids(["99999999999999999999"], "int")
+    with pytest.raises(DataError, match=r"id_type must be one of \['auto', 'str', 'int'\]"):
+        parse_ids(["1"], "float")
+
+
+def test_text_ids_match_an_integer_vocabulary_by_canonical_text():
+    v = Vocabulary([7, 12, 1000], "user")
+    np.testing.assert_array_equal(v.encode(["12", "7"]), [1, 0])
+    assert v.coerce(["12", "1000"]).dtype == np.int64
+    assert "12" in v and "012" not in v and 12 in v and "x" not in v
+    with pytest.raises(UnknownIdError, match=r"^1 unknown user id\(s\): '007'; .*leading zeros"
+                                             r".*as integers, 7 would match"):
+        v.encode(["007", "12"])
+    with pytest.raises(UnknownIdError, match=r"'u1'; this user vocabulary holds integer ids"):
+        v.encode(["u1"])
+    with pytest.warns(UserWarning, match=r"1 user id\(s\) treated as unknown: .*'\+7'"):
+        idx, known = v.encode(["+7", "12", "newcomer"], unknown="mask")
+    np.testing.assert_array_equal(idx, [-1, 1, -1])
+    assert v.extend(["13"]).ids.tolist() == [7, 12, 1000, 13]
+
+
+def test_integer_ids_match_a_text_vocabulary_by_canonical_text():
+    s = Vocabulary(["7", "007", "12"], "item")
+    np.testing.assert_array_equal(s.encode([12, 7]), [2, 0])
+    assert 7 in s and s.coerce([7]).tolist() == ["7"]
+    with pytest.raises(UnknownIdError, match=r"1 unknown item id\(s\): '8'"):
+        s.encode([8])
+    assert s.extend([5]).ids.tolist() == ["7", "007", "12", "5"]

@@ -451,3 +451,87 @@ def test_unparsable_movielens_file(tmp_path):
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.5,99\n")
     ml = load_movielens("25m", path=tmp_path)  # extracted folder, no movies.csv/README
     assert ml.ratings.nnz == 1 and len(ml.movies) == 0 and ml.license == ""
+
+
+# ============================================================== issue 17: one reader, ids as text
+def test_source_ids_stay_as_written(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("user,item,rating\n007,1e3,4\n7,1000,3\n0007,1000,2\n")
+    r = load_ratings_source(p)  # used to merge 007/7/0007 into one user and 1e3/1000
+    assert sorted(r.users.ids.tolist()) == ["0007", "007", "7"]
+    assert sorted(r.items.ids.tolist()) == ["1000", "1e3"]
+    with pytest.raises(DataError, match=r"item id\(s\) are not integers .*\['1e3'\]"):
+        load_ratings_source(p, id_type="int")
+    q = tmp_path / "q.csv"
+    q.write_text("user,item,rating\n007,1,4\n7,2,3\n")
+    assert load_ratings_source(q, id_type="str").items.ids.tolist() == ["1", "2"]
+    d = _write(tmp_path / "d.csv", "user,item,rating\n007,1,4\n7,1,3\n")
+    assert load_ratings_source(d).nnz == 2  # two users
+    with pytest.raises(DataError, match=r"1 duplicate \(user, item\) pair\(s\), e.g. \[\(7, 1\)\]"):
+        load_ratings_source(d, id_type="int")  # asked for: 007 is 7
+    plain = load_ratings_source(_write(tmp_path / "p.csv", "user,item,rating\n12,5,4\n-3,0,1\n"))
+    assert plain.users.ids.dtype == np.int64 and plain.users.ids.tolist() == [-3, 12]
+    with pytest.raises(DataError, match=r"id_type must be one of \['auto', 'str', 'int'\]"):
+        load_ratings_source(p, id_type="number")
+    assert load_ratings_source("movielens:latest-small", id_type="str").users.is_string
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_read_ratings_file_pairs_aliases_and_edge_cases(tmp_path):
+    from bayesmf.datasets import read_ratings_file
+
+    pairs = read_ratings_file(_write(tmp_path / "p.csv", "userId,movieId\n1,2\n3,4\n"),
+                              require_rating=False)
+    assert list(pairs.columns) == ["user", "item"] and pairs["user"].tolist() == [1, 3]
+    with pytest.raises(DataError, match=r"p.csv: missing column\(s\) \['rating'\]"):
+        read_ratings_file(tmp_path / "p.csv")
+    nums = read_ratings_file(_write(tmp_path / "n.dat", "1::10\n2::11\n"), require_rating=False)
+    assert nums["item"].tolist() == [10, 11]
+    # "NA" is an id, an empty id field is a clear error
+    na = read_ratings_file(_write(tmp_path / "na.csv", 'user,item,rating\n" 1 ",NA,3\n2,5,\n'))
+    assert na["item"].tolist() == ["NA", "5"] and na["user"].tolist() == [1, 2]
+    assert np.isnan(na["rating"].iloc[1])
+    with pytest.raises(DataError, match=r"m.csv: 1 missing item id\(s\) in column 'item'"):
+        read_ratings_file(_write(tmp_path / "m.csv", "user,item,rating\n1,,3\n"))
+    with pytest.raises(DataError, match=r"only.csv has no data rows \(only a header\)"):
+        read_ratings_file(_write(tmp_path / "only.csv", "user,item,rating\n"))
+    with pytest.raises(DataError, match="z.csv is empty"):
+        read_ratings_file(_write(tmp_path / "z.csv", ""))
+    gz = tmp_path / "e.csv.gz"
+    with gzip.open(gz, "wt") as fh:
+        fh.write("")
+    with pytest.raises(DataError, match="e.csv.gz is empty"):
+        read_ratings_file(gz)
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read .*bad.csv.gz"):
+        read_ratings_file(bad)
+    zp = tmp_path / "r.dat.zip"
+    with zipfile.ZipFile(zp, "w") as z:
+        z.writestr("ratings.dat", "1::10::4::5\n2::10::3::6\n")
+    assert read_ratings_file(zp)["timestamp"].tolist() == [5, 6]
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("user,item,rating\nJos\xe9,1,3\n".encode("latin-1"))
+    assert read_ratings_file(latin)["user"].tolist() == ["Jos\xe9"]
+
+
+def test_parquet_is_always_readable_and_typed(tmp_path):
+    # pyarrow is a core dependency now (issue 17 item 3)
+    import pyarrow  # noqa: F401
+
+    from bayesmf.datasets import read_ratings_file
+
+    p = tmp_path / "r.parquet"
+    pd.DataFrame({"userId": ["1", "2"], "item": [3, 4], "score": [1.0, 2.0]}).to_parquet(p)
+    r = load_ratings_source(p)
+    assert r.users.ids.tolist() == ["1", "2"]  # a text column stays text with "auto"
+    assert load_ratings_source(p, id_type="int").users.ids.tolist() == [1, 2]
+    assert read_ratings_file(p, require_rating=False)["item"].tolist() == [3, 4]
+    broken = tmp_path / "b.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="cannot read the Parquet file"):
+        load_ratings_source(broken)

@@ -358,3 +358,107 @@ def test_every_error_is_a_bayesmf_error_and_a_builtin():
 def test_estimator_none_settings_are_errors_not_silent_defaults(df, field, value):
     with pytest.raises(SpecError, match=field):
         BayesMF(method="map", **{field: value}).fit(df)
+
+
+# ----------------------------------------------------------------------------- issue 17
+def test_fit_accepts_duplicates_and_as_ratings_is_exported(df):
+    dup = pd.concat([df, df.iloc[:3].assign(rating=5.0)], ignore_index=True)
+    with pytest.raises(DataError, match=r"3 duplicate \(user, item\) pair\(s\).*"
+                                        r"bayesmf.BayesMF.fit"):
+        BayesMF("map", rank=1).fit(dup)
+    m = BayesMF("map", rank=1).fit(dup, duplicates="last")
+    assert m.posterior.users.ids.tolist() == sorted(df["user"].unique().tolist())
+    assert bayesmf.as_ratings(dup, duplicates="mean").nnz == len(df)
+    assert "as_ratings" in bayesmf.__all__
+    with pytest.raises(DataError, match="duplicates= must be one of"):
+        BayesMF("map", rank=1).fit(dup, duplicates="max")
+
+
+def test_fit_on_int_ids_predicts_string_ids(fitted, df):
+    # a CSV read with dtype=str, or JSON: "12" is the integer id 12 (used to be silently
+    # unknown, every row the cold-start fallback)
+    pairs = df.iloc[:5]
+    as_int = fitted.predict(pairs)
+    as_str = fitted.predict(pairs.astype({"user": str, "item": str}))
+    assert as_str["known_user"].all() and as_str["known_item"].all()
+    np.testing.assert_allclose(as_str["mean"], as_int["mean"])
+    with pytest.warns(UserWarning, match="treated as unknown: .*leading zeros"):
+        padded = fitted.predict((["01"], ["1"]))
+    assert not padded["known_user"].iloc[0] and padded["known_item"].iloc[0]
+    with pytest.raises(UnknownIdError, match=r"unknown user id\(s\): '01'; .*plain integers"):
+        fitted.predict((["01"], ["1"]), unknown="raise")
+
+
+def test_huge_ratings_are_a_data_error_not_a_floating_point_error(df):
+    with pytest.raises(DataError, match=r"too large .*rescale them"):
+        BayesMF("map", rank=1).fit(df.assign(rating=df["rating"] * 1e300))
+
+
+def _message_texts(node):
+    """The string literals of an expression, f-string fields replaced by NUL."""
+    import ast
+
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.JoinedStr):
+            out.append("".join(v.value if isinstance(v, ast.Constant) else "\0"
+                               for v in n.values))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.append(n.value)
+    return "\0".join(out)
+
+
+def test_every_api_named_in_an_error_message_exists():
+    """Error and warning messages that name an API (``bayesmf.as_ratings``,
+    ``Ratings.with_vocabularies``) name something importable (issue 17 item 7)."""
+    import ast
+    import importlib
+    import pathlib
+    import re
+
+    qualified = re.compile(r"\bbayesmf(?:\.[A-Za-z_]\w*)+")
+    bare = re.compile(r"(?<![\w.])([A-Z]\w*)\.([a-z_]\w*)")
+    homes = [importlib.import_module(m) for m in
+             ("bayesmf", "bayesmf.data", "bayesmf.datasets", "bayesmf.posterior",
+              "bayesmf.model.spec", "bayesmf.errors")]
+
+    def resolve_qualified(name):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for p in parts[cut:]:
+                obj = getattr(obj, p)
+            return obj
+        raise ImportError(name)
+
+    root = pathlib.Path(bayesmf.__file__).parent
+    refs = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Raise) and n.exc is not None:
+                node = n.exc
+            elif isinstance(n, ast.Call) and (
+                    getattr(n.func, "attr", getattr(n.func, "id", "")).endswith(
+                        ("Error", "Warning")) or getattr(n.func, "attr", "") == "warn"):
+                node = n
+            else:
+                continue
+            text = _message_texts(node)
+            refs += [(m.group(0).rstrip("."), None, path.name) for m in qualified.finditer(text)]
+            refs += [(m.group(1), m.group(2), path.name) for m in bare.finditer(text)]
+    assert any(r[0] == "bayesmf.as_ratings" for r in refs)  # the scan sees messages
+    bad = []
+    for name, attr, where in refs:
+        try:
+            if attr is None:
+                resolve_qualified(name)
+            else:
+                owner = next(getattr(h, name) for h in homes if hasattr(h, name))
+                getattr(owner, attr)
+        except (ImportError, AttributeError, StopIteration):
+            bad.append(f"{where}: {name}{'.' + attr if attr else ''}")
+    assert not bad, f"error messages name APIs that do not exist: {bad}"

@@ -5,7 +5,8 @@ with optional ``timestamp[n]`` -- never a dense users x items matrix. Indices ar
 ``int32`` positions in :attr:`Ratings.users` / :attr:`Ratings.items`; ratings are
 ``float64`` (cast to float32 by the inference code).
 
-Validation happens once, in the constructors: NaN/inf or non-numeric ratings, duplicate
+Validation happens once, in the constructors: NaN/inf, non-numeric or too large
+(``|r| >= 1e15``, see :data:`MAX_ABS_RATING`) ratings, duplicate
 ``(user, item)`` pairs (error by default; ``duplicates="last"|"first"|"mean"`` resolve
 them), empty input, mismatched lengths, indices outside the vocabularies, negative values
 where counts are expected (``counts=True``).
@@ -19,12 +20,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bayesmf.data.vocab import Vocabulary
+from bayesmf.data.vocab import Vocabulary, parse_ids
 from bayesmf.errors import DataError
 
-__all__ = ["Ratings", "RatingScale"]
+__all__ = ["Ratings", "RatingScale", "MAX_ABS_RATING"]
 
 _DUP_POLICIES = ("raise", "last", "first", "mean")
+
+#: Largest accepted rating magnitude (exclusive). The inference code works in float32 and
+#: forms sums of squared ratings and residuals over all ratings: with ``|r| < 1e15`` and up
+#: to 1e8 ratings, ``sum r^2 < 1e38`` stays below float32's maximum (3.4e38), and every
+#: float64 statistic is far from overflow. Larger values (e.g. ratings x 1e300) are
+#: rejected at validation with a message to rescale, instead of overflowing later.
+MAX_ABS_RATING = 1e15
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,15 @@ def _numeric_values(values, name: str = "rating") -> np.ndarray:
         raise DataError(
             f"{int(bad.sum())} {name} value(s) are NaN or infinite (first at row(s) "
             f"{pos[:5].tolist()}); drop or impute them before fitting"
+        )
+    big = np.abs(arr) >= MAX_ABS_RATING
+    if big.any():
+        pos = np.flatnonzero(big)
+        raise DataError(
+            f"{int(big.sum())} {name} value(s) are too large (e.g. {arr[pos[0]]:g} at row "
+            f"{int(pos[0])}): {name}s must be finite with |r| < {MAX_ABS_RATING:g}, or the "
+            f"model's sums of squares overflow float32/float64; rescale them (e.g. divide "
+            f"by {10.0 ** np.ceil(np.log10(np.abs(arr).max())):g} or take logs)"
         )
     return arr
 
@@ -154,13 +171,18 @@ class Ratings:
     def from_arrays(cls, users, items, ratings, timestamps=None, *,
                     user_vocab: Vocabulary | None = None, item_vocab: Vocabulary | None = None,
                     duplicates: str = "raise", unknown: str = "raise",
-                    counts: bool = False) -> "Ratings":
+                    counts: bool = False, id_type: str | None = None) -> "Ratings":
         """From raw id arrays and rating values.
 
         ``user_vocab``/``item_vocab`` encode with existing vocabularies (e.g. a test set
         sharing the training vocabularies). ``unknown="raise"`` rejects ids outside them,
         ``unknown="extend"`` appends new ids. ``counts=True`` additionally requires
-        non-negative values (play counts).
+        non-negative values (play counts). ``duplicates`` resolves repeated
+        ``(user, item)`` pairs: ``"raise"`` (default), ``"last"``/``"first"`` (keep the
+        last/first row in input order) or ``"mean"`` (average; latest timestamp).
+        ``id_type`` (``None``: keep the ids' types) applies
+        :func:`bayesmf.data.vocab.parse_ids` (``"auto"``, ``"str"`` or ``"int"``) to both
+        id arrays first.
         """
         if duplicates not in _DUP_POLICIES:
             raise DataError(f"duplicates= must be one of {_DUP_POLICIES}, got {duplicates!r}")
@@ -174,6 +196,9 @@ class Ratings:
         n = len(values)
         if len(users) != n or len(items) != n:
             raise DataError(f"length mismatch: {len(users)} users, {len(items)} items, {n} ratings")
+        if id_type is not None:
+            users = parse_ids(users, id_type, "user")
+            items = parse_ids(items, id_type, "item")
         uv = _vocab_for(users, user_vocab, "user", unknown)
         iv = _vocab_for(items, item_vocab, "item", unknown)
         u = uv.encode(users)
@@ -376,7 +401,9 @@ def _resolve_duplicates(user, item, rating, timestamp, policy, users, items):
         pairs = [tuple(x.item() if isinstance(x, np.generic) else x for x in p) for p in pairs]
         raise DataError(
             f"{int(dup_next.sum())} duplicate (user, item) pair(s), e.g. {pairs}; "
-            "pass duplicates='last', 'first' or 'mean' to resolve them"
+            "pass duplicates='last', 'first' or 'mean' to resolve them (Ratings.from_arrays, "
+            "Ratings.from_dataframe, bayesmf.BayesMF.fit, bayesmf.as_ratings, "
+            "bayesmf.datasets.load_ratings_source; CLI: --duplicates)"
         )
     starts = np.concatenate([[True], ~dup_next])
     group = np.cumsum(starts) - 1

@@ -11,11 +11,33 @@ Unknown-id policy of :meth:`Vocabulary.encode`:
   the offending ids;
 * ``unknown="mask"``: return ``(index, known)`` where unknown entries have index ``-1``
   and ``known`` is a boolean mask.
+
+Id types. A vocabulary holds either ``int64`` ids or text ids, never both. Lookups
+(:meth:`Vocabulary.encode`, :meth:`~Vocabulary.extend`, :meth:`~Vocabulary.coerce`, ``in``)
+accept the other type through the *canonical text of an integer*: the decimal string
+``str(n)`` of an int64 ``n`` -- optional ``-``, no ``+``, no leading zeros (``"0"``
+itself excepted), no spaces, no ``"-0"``. So an integer vocabulary matches ``"12"`` to
+``12`` but not ``"012"``, ``"+12"`` or ``" 12"`` (those are unknown ids, and
+``encode`` says why), and a text vocabulary matches the integer ``12`` to ``"12"``.
+This is the one place where ids of one type meet the other (the file readers, the
+estimator, the posterior and the CLI all go through it).
+
+:func:`parse_ids` applies an id-type policy to raw ids (used by the file readers):
+
+* ``"auto"``: text ids become ``int64`` only when **every** value is the canonical text
+  of an int64 (so nothing is lost: ``str(int(s)) == s``); otherwise all stay text exactly
+  as written, so ``"007"``, ``"7"`` and ``"0007"`` are three ids and ``"1e3"`` is not
+  ``"1000"``. Integer input stays integer.
+* ``"str"``: every id is text (integers become their canonical text).
+* ``"int"``: every id must be an integer; text matching ``[+-]?[0-9]+`` (surrounding
+  spaces ignored) is parsed, so ``"007"`` *is* ``7`` -- asked for explicitly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,7 +45,14 @@ import pandas as pd
 
 from bayesmf.errors import DataError, UnknownIdError
 
-__all__ = ["Vocabulary"]
+__all__ = ["Vocabulary", "parse_ids", "ID_TYPES"]
+
+ID_TYPES = ("auto", "str", "int")
+
+_CANONICAL_INT = r"0|-?[1-9][0-9]*"
+_LOOSE_INT = r"[ \t]*[+-]?[0-9]+[ \t]*"
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_INT64_MIN = int(np.iinfo(np.int64).min)
 
 _MISSING = object()
 
@@ -100,6 +129,101 @@ def _whole_floats(arr: np.ndarray, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _text_ints(arr: np.ndarray, pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """For an object array of str: ``(values, ok)`` where ``ok`` marks the entries that
+    fully match ``pattern`` and fit in int64, and ``values`` holds their integers (0
+    elsewhere). Vectorised with pyarrow compute (RE2 regex, string -> int64 cast); a plain
+    Python loop only for matches that overflow the fast path."""
+    n = len(arr)
+    vals = np.zeros(n, np.int64)
+    if n == 0:
+        return vals, np.zeros(0, bool)
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:  # pragma: no cover - pyarrow is a core dependency
+        return _text_ints_python(arr, pattern)
+    a = pa.array(arr, type=pa.string(), from_pandas=True)
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    ok = np.asarray(pc.fill_null(pc.match_substring_regex(a, f"^(?:{pattern})$"), False)
+                    .to_numpy(zero_copy_only=False), dtype=bool).copy()
+    if ok.any():
+        sub = pc.replace_substring_regex(pc.utf8_trim_whitespace(a.filter(pa.array(ok))),
+                                         r"^\+", "")
+        try:
+            vals[ok] = pc.cast(sub, pa.int64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, OverflowError):  # beyond int64 somewhere: exact loop
+            v, k = _text_ints_python(np.asarray(a.filter(pa.array(ok)).to_pylist(),
+                                                dtype=object), pattern)
+            vals[ok] = v
+            ok[np.flatnonzero(ok)[~k]] = False
+    return vals, ok
+
+
+def _text_ints_python(arr: np.ndarray, pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pure-Python form of :func:`_text_ints` (exact for any length of digits)."""
+    rx = re.compile(pattern)
+    vals = np.zeros(len(arr), np.int64)
+    ok = np.zeros(len(arr), bool)
+    for j, x in enumerate(arr):
+        if isinstance(x, str) and rx.fullmatch(x):
+            v = int(x)
+            if _INT64_MIN <= v <= _INT64_MAX:
+                vals[j], ok[j] = v, True
+    return vals, ok
+
+
+def parse_ids(raw, id_type: str = "auto", name: str = "id") -> np.ndarray:
+    """Apply an id-type policy to raw ids; returns an int64 array or an object array of str.
+
+    ``"auto"``: integers stay integers; text becomes int64 only when every value is the
+    canonical text of an int64 (``str(int(s)) == s``: no sign ``+``, no leading zeros, no
+    spaces), otherwise it stays text exactly as given -- so ``"007"``/``"7"`` stay two
+    ids and ``"1e3"`` is not ``1000``. ``"str"``: everything becomes text (integers
+    their canonical text). ``"int"``: everything must be an integer; text matching
+    ``[+-]?[0-9]+`` (surrounding spaces ignored) is parsed, so ``"007"`` becomes ``7``.
+
+    Raises
+    ------
+    DataError
+        An unknown ``id_type``; with ``"int"``, ids that are not integers (or overflow
+        int64); ids that are neither integers nor text (see :class:`Vocabulary`).
+    """
+    if id_type not in ID_TYPES:
+        raise DataError(f"id_type must be one of {list(ID_TYPES)}, got {id_type!r}")
+    if (isinstance(raw, (pd.Series, pd.Index)) and raw.dtype != object
+            and pd.api.types.is_string_dtype(raw.dtype) and id_type != "str"
+            and len(raw) and not raw.isna().any()):
+        # fast path for text columns read from files: test and cast them in pyarrow,
+        # without making Python str objects when they are all integers
+        pattern = _CANONICAL_INT if id_type == "auto" else _LOOSE_INT
+        if _text_ints(raw.iloc[:256] if isinstance(raw, pd.Series) else raw[:256],
+                      pattern)[1].all():
+            vals, ok = _text_ints(raw, pattern)
+            if ok.all():
+                return vals
+    arr = _as_id_array(raw, name)
+    if arr.dtype != object:  # integers
+        return arr.astype(str).astype(object) if id_type == "str" else arr
+    if id_type == "str":
+        return arr
+    if id_type == "auto":
+        if not _text_ints(arr[:256], _CANONICAL_INT)[1].all():  # cheap early exit
+            return arr
+        vals, ok = _text_ints(arr, _CANONICAL_INT)
+        return vals if ok.all() else arr
+    vals, ok = _text_ints(arr, _LOOSE_INT)
+    if not ok.all():
+        bad = pd.unique(arr[~ok])
+        raise DataError(
+            f"{int((~ok).sum())} {name + ' ' if name != 'id' else ''}id(s) are not integers "
+            f"in the int64 range (id_type='int'), e.g. "
+            f"{bad[:5].tolist()!r}; use id_type='auto' or 'str' to keep text ids"
+        )
+    return vals
+
+
 class Vocabulary:
     """An immutable, ordered mapping of raw ids to indices ``0..n-1``.
 
@@ -151,7 +275,12 @@ class Vocabulary:
         return len(self._index)
 
     def __contains__(self, raw) -> bool:
-        return raw in self._index
+        """``raw in vocab``, with the canonical-text rule between int and text ids."""
+        try:
+            arr = self.coerce([raw])
+        except DataError:
+            return False
+        return bool(self._lookup(arr)[0] >= 0)
 
     def __iter__(self):
         return iter(self._index)
@@ -188,32 +317,81 @@ class Vocabulary:
         return self.ids.dtype == object
 
     # ------------------------------------------------------------------ encode / decode
+    def coerce(self, raw) -> np.ndarray:
+        """Raw ids converted to this vocabulary's id type where the canonical-text rule
+        allows it: integers become their decimal text for a text vocabulary; text becomes
+        int64 for an integer vocabulary when *every* value is the canonical text of an
+        integer (``"12"``, not ``"012"``/``"+12"``/``" 12"``). Otherwise the ids are
+        returned as they are (text that cannot match an integer vocabulary stays text and
+        is reported unknown by :meth:`encode`)."""
+        arr = _as_id_array(raw, self.name)
+        if not len(arr) or not len(self):
+            return arr
+        if self.is_string:
+            return arr if arr.dtype == object else arr.astype(str).astype(object)
+        if arr.dtype == object:
+            vals, ok = _text_ints(arr, _CANONICAL_INT)
+            if ok.all():
+                return vals
+        return arr
+
+    def _lookup(self, arr: np.ndarray) -> np.ndarray:
+        """int32 indices (``-1`` unknown) of ids already passed through :meth:`coerce`;
+        text ids in an integer vocabulary match by their canonical integer text only."""
+        if arr.dtype == object and not self.is_string and len(self):
+            vals, ok = _text_ints(arr, _CANONICAL_INT)
+            idx = np.full(len(arr), -1, np.int32)
+            if ok.any():
+                idx[ok] = self._index.get_indexer(vals[ok])
+            return idx
+        return self._index.get_indexer(arr).astype(np.int32)
+
+    def _type_hint(self, bad: np.ndarray) -> str | None:
+        """Why text ids did not match an integer vocabulary (``None`` when it is not that)."""
+        if self.is_string or bad.dtype != object or not len(self):
+            return None
+        vals, loose = _text_ints(bad, _LOOSE_INT)
+        if loose.any():
+            ex = bad[loose][:3].tolist()
+            held = [str(v) for v in vals[loose][:3] if v in self._index]
+            also = (f" (as integers, {', '.join(held)} would match: write them that way, or "
+                    "read the file with id_type='int')" if held else "")
+            return (f"the {self.name} ids {ex!r} are integers written with leading zeros, a "
+                    f"sign or spaces; this {self.name} vocabulary holds integer ids and text "
+                    f"matches one only when written as plain integers such as '7'{also}")
+        return (f"this {self.name} vocabulary holds integer ids; text ids match only when "
+                "written as plain integers such as '7'")
+
     def encode(self, raw, unknown: str = "raise"):
         """Map raw ids to int32 indices.
 
         ``unknown="raise"`` raises :class:`UnknownIdError` naming the unknown ids;
-        ``unknown="mask"`` returns ``(indices, known_mask)`` with ``-1`` for unknown ids.
+        ``unknown="mask"`` returns ``(indices, known_mask)`` with ``-1`` for unknown ids
+        (and warns when integer-like text such as ``"007"`` went unmatched in an integer
+        vocabulary). Ids of the other type (text for an integer vocabulary, integers for
+        a text vocabulary) match through their canonical integer text; see the module
+        docstring.
         """
         if unknown not in ("raise", "mask"):
             raise ValueError(f"unknown= must be 'raise' or 'mask', got {unknown!r}")
-        arr = _as_id_array(raw, self.name)
-        if len(arr) and len(self) and (arr.dtype == object) != self.is_string:
-            # int ids looked up in a str vocabulary (or the reverse): nothing can match,
-            # which is almost always a caller mistake (e.g. ids read as text)
-            kind_v = "strings" if self.is_string else "integers"
-            kind_a = "strings" if arr.dtype == object else "integers"
-            if unknown == "raise":
-                bad = pd.unique(arr)
-                raise UnknownIdError(
-                    self.name, bad[:10].tolist(), len(bad)
-                ) from DataError(f"{self.name} vocabulary holds {kind_v}, got {kind_a}")
-        idx = self._index.get_indexer(arr).astype(np.int32)
+        arr = self.coerce(raw)
+        idx = self._lookup(arr)
         known = idx >= 0
         if unknown == "raise":
             if not known.all():
                 bad = pd.unique(arr[~known])
-                raise UnknownIdError(self.name, bad[:10].tolist(), len(bad))
+                exc = UnknownIdError(self.name, bad[:10].tolist(), len(bad))
+                hint = self._type_hint(bad)
+                if hint:
+                    exc.args = (f"{exc.args[0]}; {hint}",)
+                raise exc
             return idx
+        if not known.all() and arr.dtype == object and not self.is_string:
+            bad = pd.unique(arr[~known])
+            _, loose = _text_ints(bad, _LOOSE_INT)
+            if loose.any():
+                warnings.warn(f"{int(loose.sum())} {self.name} id(s) treated as unknown: "
+                              f"{self._type_hint(bad)}", UserWarning, stacklevel=2)
         return idx, known
 
     def decode(self, index) -> np.ndarray:
@@ -228,12 +406,15 @@ class Vocabulary:
     def extend(self, raw) -> "Vocabulary":
         """Return a new vocabulary with the unseen ids of ``raw`` appended in order of
         first appearance. Existing ids keep their indices."""
-        arr = _as_id_array(raw, self.name)
+        arr = self.coerce(raw)
         if len(arr) and len(self) and (arr.dtype == object) != self.is_string:
+            # only text that is not canonical integer text reaches here (coerce converted
+            # the rest)
+            _, canon = _text_ints(arr, _CANONICAL_INT)
             raise DataError(
-                f"cannot extend a {self.name} vocabulary of "
-                f"{'strings' if self.is_string else 'integers'} with "
-                f"{'strings' if arr.dtype == object else 'integers'}"
+                f"cannot extend a {self.name} vocabulary of integers with strings such as "
+                f"{arr[~canon][0]!r} (text joins an integer vocabulary only when written as "
+                "a plain integer such as '7')"
             )
         new = pd.unique(arr[self._index.get_indexer(arr) < 0])
         if len(new) == 0:
