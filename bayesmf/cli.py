@@ -20,14 +20,31 @@ Commands
     Top-n items per user (``--out recs.csv`` or printed).
 ``bayesmf similar MODEL --item ID --n 10``
     Items most similar to an item (cosine over factor draws).
+``bayesmf split RATINGS --strategy S --out-train TRAIN.csv --out-test TEST.csv``
+    Train/test files from one ratings file or dataset (:mod:`bayesmf.data.split`):
+    ``random``, ``per-user``, ``temporal`` (``--test-fraction``, ``--last-k`` or
+    ``--cutoff``) or ``leave-one-out``.
 
-Exit status: 0 on success, 2 for bad input (a clear one-line message on stderr).
+``bayesmf --version`` prints the version; ``bayesmf COMMAND -h`` the options of a command
+with their defaults.
+
+Output paths (``--out``, ``--checkpoint``, ``--out-train``, ``--out-test``) are checked
+before any work is done: the folder must exist and be writable, the path must not be a
+folder nor one of the command's input files. Predictions, recommendations and similar
+items are written with 6 significant digits (:data:`FLOAT_FORMAT`); ``split`` writes the
+ratings exactly as read.
+
+Exit status: 0 on success; 2 for bad input, a bad path or a failed file operation (a
+one-line message on stderr, also for errors of the argument parser); 1 for an unexpected
+internal error (one line; set ``BAYESMF_DEBUG=1`` for the traceback); 130 when
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +53,11 @@ import pandas as pd
 
 from bayesmf.errors import BayesMFError, DataError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "FLOAT_FORMAT"]
+
+#: ``float_format`` of the CSV files the CLI writes (predictions, recommendations,
+#: similar items): 6 significant digits, far below the posterior's own uncertainty.
+FLOAT_FORMAT = "%.6g"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -65,30 +86,29 @@ def _options(pairs: list[str] | None) -> dict:
 
 
 def _coerce_ids(values, vocab):
-    """Ids read from text (CLI, CSV) take the id type of the model's vocabulary."""
-    arr = np.asarray(values)
-    if vocab.is_string:
-        return np.asarray([str(x) for x in arr], dtype=object)
-    if arr.dtype.kind in "iu":
-        return arr
-    try:
-        return np.asarray([int(str(x).strip()) for x in arr], dtype=np.int64)
-    except ValueError:
-        return arr.astype(object)  # unknown ids; reported by the caller's policy
+    """Ids read as text (files, --users, --item) in the id type of the model's vocabulary,
+    by the vocabulary's canonical-text rule (:meth:`bayesmf.Vocabulary.coerce`): for an
+    integer vocabulary ``"12"`` is ``12`` but ``"012"`` stays text and is reported as an
+    unknown id."""
+    return vocab.coerce(values)
 
 
 def _read_table(path: str, user_col: str, item_col: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"file not found: {path}")
-    if p.suffix.lower() == ".parquet":
-        df = pd.read_parquet(p)
-    else:
-        sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
-        df = pd.read_csv(p, sep=sep)
-    missing = [c for c in (user_col, item_col) if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; it has {list(df.columns)}")
+    """A pairs/ratings file for a fitted model (predict, evaluate), read by the same reader
+    as ``fit`` and ``data info`` (:func:`bayesmf.datasets.read_ratings_file`: separator
+    sniffing, headerless files, ``userId``/``movieId`` aliases, ``.dat``, compression,
+    Parquet). The ratings are optional here; ids are kept as text, for the model's
+    vocabulary to match (:func:`_coerce_ids`). A rating column found under an alias
+    (``score``...) is also available as ``rating``."""
+    from bayesmf.datasets import _ALIASES, read_ratings_file
+
+    df = read_ratings_file(path, user_col=user_col, item_col=item_col, rating_col=None,
+                           timestamp_col=None, require_rating=False, id_type="str")
+    if "rating" not in df.columns:
+        lower = {str(c).lower(): c for c in df.columns}
+        alias = next((lower[x] for x in _ALIASES["rating"] if x in lower), None)
+        if alias is not None:
+            df["rating"] = df[alias]
     return df
 
 
@@ -100,13 +120,193 @@ def _load_model(path: str):
 
 def _source_kwargs(a) -> dict:
     return dict(user_col=a.user_col, item_col=a.item_col, rating_col=a.rating_col,
-                timestamp_col=a.timestamp_col)
+                timestamp_col=a.timestamp_col,
+                duplicates=getattr(a, "duplicates", None) or "raise",
+                id_type=getattr(a, "id_type", None) or "auto")
 
 
 def _progress(a) -> bool:
     if a.progress is not None:
         return a.progress
     return sys.stderr.isatty()
+
+
+#: (attribute, flag) of every output path of the commands
+_OUTPUTS = (("out", "--out"), ("checkpoint", "--checkpoint"), ("out_train", "--out-train"),
+            ("out_test", "--out-test"))
+#: attributes that name input files (compared with the outputs)
+_INPUTS = ("train", "test", "pairs", "model", "source", "ratings", "resume")
+
+
+def _check_output_path(path, flag: str) -> Path:
+    """Fail before any work is done when ``path`` cannot be written: it must not be empty
+    or a folder, its folder must exist and be a writable folder, and an existing file
+    there must be writable. Raises :class:`DataError` with a one-line reason."""
+    text = str(path)
+    if not text.strip():
+        raise DataError(f"{flag} is an empty path")
+    p = Path(text).expanduser()
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        raise DataError(f"{flag} {text}: is a folder; name a file to write, e.g. "
+                        f"{Path(text) / ('model.nc' if flag == '--out' else 'out.csv')}")
+    parent = p.parent
+    if not parent.exists():
+        raise DataError(f"{flag} {text}: the folder {parent} does not exist (create it "
+                        "first)")
+    if not parent.is_dir():
+        raise DataError(f"{flag} {text}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {text}: the folder {parent} is not writable")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise DataError(f"{flag} {text}: the file exists and is not writable")
+    return p
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.abspath(os.path.expanduser(str(a))) == \
+            os.path.abspath(os.path.expanduser(str(b)))
+
+
+def _check_outputs(a) -> None:
+    """Check every output path of the parsed arguments ``a`` (see
+    :func:`_check_output_path`), that no two outputs are the same file and that no output
+    would overwrite an input file of the command."""
+    outs = [(getattr(a, attr), flag) for attr, flag in _OUTPUTS if getattr(a, attr, None)]
+    for path, flag in outs:
+        _check_output_path(path, flag)
+    for j, (p1, f1) in enumerate(outs):
+        for p2, f2 in outs[j + 1:]:
+            if _same_file(p1, p2):
+                raise DataError(f"{f1} and {f2} name the same file {p1}")
+        for attr in _INPUTS:
+            src = getattr(a, attr, None)
+            if attr == "resume" and f1 == "--checkpoint":
+                continue  # a resumed run rewrites its checkpoint
+            if isinstance(src, str) and src and Path(src).expanduser().is_file() \
+                    and _same_file(p1, src):
+                raise DataError(f"{f1} {p1} is the input file {attr.upper()}; writing it "
+                                "would destroy the input")
+
+
+def _atomic_write(path, write) -> None:
+    """``write(tmp)`` to a temporary name next to ``path`` (same suffixes, so pandas
+    infers the same format and compression), then move it onto ``path``: a failed or
+    interrupted write leaves no partial file and no temporary file."""
+    p = Path(path).expanduser()
+    suffixes = "".join(p.suffixes[-2:]) if p.suffixes else ""
+    stem = p.name[:len(p.name) - len(suffixes)] if suffixes else p.name
+    tmp = p.with_name(f".{stem}.tmp{os.getpid()}{suffixes}")
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _write_table(df: pd.DataFrame, path, float_format: str | None = None) -> None:
+    """A table as CSV (``.tsv``/``.tab``: tab-separated; ``.gz`` etc. compressed) or
+    Parquet (``.parquet``/``.pq``), written atomically."""
+    p = Path(path)
+    low = [s.lower() for s in p.suffixes]
+    if low and low[-1] in (".parquet", ".pq"):
+        import importlib.util
+
+        find = importlib.util.find_spec
+        if not (find("pyarrow") or find("fastparquet")):
+            raise DataError(f"writing the Parquet file {path} needs pyarrow (pip install "
+                            "pyarrow); or name a .csv file")
+        _atomic_write(p, lambda t: df.to_parquet(t, index=False))
+        return
+    sep = "\t" if any(s in (".tsv", ".tab") for s in low) else ","
+    _atomic_write(p, lambda t: df.to_csv(t, index=False, sep=sep,
+                                         float_format=float_format))
+
+
+def _int_at_least(minimum: int, name: str):
+    """argparse type: an integer ``>= minimum`` (messages name the option, as the
+    library's own checks do: ``rank must be >= 0, got -2``)."""
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {v}")
+        return v
+
+    return conv
+
+
+def _open_fraction(name: str):
+    """argparse type: a number strictly between 0 and 1."""
+    def conv(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        if not 0.0 < v < 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1), got {text}")
+        return v
+
+    return conv
+
+
+def _id_list(text: str) -> str:
+    """``--users``: comma-separated ids, none of them empty; returned re-joined without
+    the blanks around the ids."""
+    ids = [x.strip() for x in text.split(",")]
+    if not any(ids):
+        raise argparse.ArgumentTypeError(f"no id in {text!r}; pass comma-separated ids, "
+                                         "e.g. --users 1,2,3 (leave it out for all users)")
+    if "" in ids:
+        raise argparse.ArgumentTypeError(f"empty id at position {ids.index('') + 1} of "
+                                         f"{text!r}; pass comma-separated ids, e.g. 1,2,3")
+    return ",".join(ids)
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+_CLI_STRATEGIES = ("mean", "ucb", "lcb", "thompson", "prob")
+
+
+def _strategy(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("utility", "expected_utility"):
+        raise argparse.ArgumentTypeError(
+            "'utility' ranks by the expected value of a Python function u(rating) and is "
+            "available from the Python API only: bayesmf.recommend.recommend(posterior, "
+            "users, strategy='utility', utility=u); the CLI offers "
+            + ", ".join(_CLI_STRATEGIES))
+    if t not in _CLI_STRATEGIES:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from "
+                                         f"{', '.join(_CLI_STRATEGIES)})")
+    return t
+
+
+def _in_training(post, test) -> int:
+    """Number of ``test`` rows whose (user, item) pair is a training pair of ``post``."""
+    u, i, ku, ki = post.encode_pairs(test.users.decode(test.user),
+                                     test.items.decode(test.item))
+    known = np.asarray(ku) & np.asarray(ki)
+    t = post.train
+    if not known.any() or not len(t.seen_indices):
+        return 0
+    M = np.int64(len(post.items))
+    rows = np.repeat(np.arange(len(t.seen_indptr) - 1, dtype=np.int64),
+                     np.diff(t.seen_indptr))
+    seen = rows * M + t.seen_indices.astype(np.int64)
+    q = np.asarray(u, np.int64)[known] * M + np.asarray(i, np.int64)[known]
+    return int(np.isin(q, seen).sum())
 
 
 # ---------------------------------------------------------------------- commands
@@ -165,11 +365,19 @@ def cmd_fit(a) -> int:
         if not side.exists():
             raise DataError(f"cannot resume: {side} (written next to the checkpoint by "
                             "'bayesmf fit --checkpoint') is missing")
-        saved = json.loads(side.read_text())
+        try:
+            saved = json.loads(side.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot resume: {side} is not the settings file 'bayesmf fit "
+                            f"--checkpoint' writes ({exc})") from None
+        if not isinstance(saved, dict):
+            raise DataError(f"cannot resume: {side} is not the settings file 'bayesmf fit "
+                            "--checkpoint' writes")
         ckpt = a.resume
         for k, v in saved.items():
             setattr(a, k, v)
         a.resume = ckpt
+        _check_outputs(a)  # the saved --out/--checkpoint may no longer be writable
     if not a.train:
         raise DataError("TRAIN is required (a CSV/Parquet file or a dataset name such as "
                         "movielens:latest-small)")
@@ -187,7 +395,7 @@ def cmd_fit(a) -> int:
     if opts.get("checkpoint"):
         side = Path(str(opts["checkpoint"]) + ".cli.json")
         keep = {k: v for k, v in vars(a).items() if k not in ("func", "resume")}
-        side.write_text(json.dumps(keep))
+        _atomic_write(side, lambda t: Path(t).write_text(json.dumps(keep)))
     train = load_ratings_source(a.train, **_source_kwargs(a))
     model = BayesMF(method=a.method, rank=a.rank, likelihood=a.likelihood, prior=a.prior,
                     seed=a.seed,
@@ -195,6 +403,15 @@ def cmd_fit(a) -> int:
     model.fit(train)
     model.save(a.out)
     post = model.posterior_
+    if a.resume:
+        ck = post.attrs.get("checkpoint") or {}
+        unit = "sweep" if a.method == "gibbs" else "iteration"
+        total = (post.attrs.get("settings") or {}).get("n_sweeps")
+        of = f" of {total}" if total is not None else ""
+        at = ck.get("resumed_at")
+        print(f"bayesmf fit: resumed {a.resume} at {unit} {at}{of}" if at is not None else
+              f"bayesmf fit: {a.resume} held no completed {unit}; started from the first",
+              file=sys.stderr)
     print(f"fitted {a.method} rank {a.rank} on {train.nnz:,} ratings "
           f"({train.n_users:,} users x {train.n_items:,} items) in {model.fit_seconds_:.2f} s; "
           f"{post.n_chains} chain(s) x {post.n_draws} draw(s); saved {a.out}")
@@ -212,11 +429,11 @@ def cmd_predict(a) -> int:
     out = pred.to_frame()[["user", "item", "mean", "std", "lower", "upper",
                            "known_user", "known_item"]]
     if a.out:
-        out.to_csv(a.out, index=False)
+        out.to_csv(a.out, index=False, float_format=FLOAT_FORMAT)
         print(f"wrote {len(out):,} predictions ({pred.uncertainty}; {a.interval:.0%} "
               f"interval) to {a.out}")
     else:
-        out.to_csv(sys.stdout, index=False)
+        out.to_csv(sys.stdout, index=False, float_format=FLOAT_FORMAT)
     return 0
 
 
@@ -239,6 +456,18 @@ def cmd_evaluate(a) -> int:
         test = Ratings.from_dataframe(df, a.user_col, a.item_col, a.rating_col,
                                       timestamp_col=None)
     res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking)
+    # test pairs that are training pairs: their rating metrics are in-sample (optimistic)
+    # and ranking skips them; counted in the output and warned about
+    n_in = _in_training(post, test)
+    res = {**{k: v for k, v in res.items() if k != "ranking"}, "n_in_train": n_in,
+           **({"ranking": res["ranking"]} if "ranking" in res else {})}
+    if n_in:
+        print(f"bayesmf evaluate: warning: {n_in:,} of {test.nnz:,} test pairs are training "
+              "pairs of the model; their rating metrics are in-sample (optimistic) and "
+              "ranking skips them", file=sys.stderr)
+    if a.out:
+        text = json.dumps(res, indent=2, default=float) + "\n"
+        _atomic_write(a.out, lambda t: Path(t).write_text(text))
     if a.json:
         print(json.dumps(res, indent=2, default=float))
     else:
@@ -274,10 +503,10 @@ def cmd_recommend(a) -> int:
     recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
                          exclude_seen=not a.include_seen, **kw)
     if a.out:
-        recs.to_csv(a.out, index=False)
+        recs.to_csv(a.out, index=False, float_format=FLOAT_FORMAT)
         print(f"wrote {len(recs):,} recommendations for {len(users):,} user(s) to {a.out}")
     else:
-        recs.to_csv(sys.stdout, index=False)
+        recs.to_csv(sys.stdout, index=False, float_format=FLOAT_FORMAT)
     return 0
 
 
@@ -288,120 +517,419 @@ def cmd_similar(a) -> int:
     post = model.posterior
     item = _coerce_ids([a.item], post.items)[0]
     out = similar_items(post, item, n=a.n)
-    out.to_csv(a.out if a.out else sys.stdout, index=False)
+    if a.out:
+        _write_table(out, a.out, FLOAT_FORMAT)
+        print(f"wrote {len(out):,} items similar to {a.item} to {a.out}")
+    else:
+        out.to_csv(sys.stdout, index=False, float_format=FLOAT_FORMAT)
+    return 0
+
+
+SPLIT_STRATEGIES = ("random", "per-user", "temporal", "leave-one-out")
+_SPLIT_FRACTION = 0.2
+
+
+def _split_settings(a) -> dict:
+    """Validate the flag combination of ``bayesmf split`` (before reading any data) and
+    return the keyword arguments of the :mod:`bayesmf.data.split` function."""
+    s = a.strategy
+    given = {"--test-fraction": a.test_fraction, "--min-train": a.min_train,
+             "--last-k": a.last_k, "--cutoff": a.cutoff}
+
+    def refuse(flag, why):
+        raise DataError(f"{flag} does not apply to --strategy {s} ({why})")
+
+    if s != "temporal":
+        for flag in ("--last-k", "--cutoff"):
+            if given[flag] is not None:
+                refuse(flag, "it selects the temporal split")
+    if s == "random":
+        if a.min_train is not None:
+            refuse("--min-train", "a random split does not keep rows per user; use "
+                   "--strategy per-user")
+        return {"test_fraction": a.test_fraction or _SPLIT_FRACTION, "seed": a.seed}
+    if s == "per-user":
+        return {"test_fraction": a.test_fraction or _SPLIT_FRACTION,
+                "min_train": 1 if a.min_train is None else a.min_train, "seed": a.seed}
+    if s == "leave-one-out":
+        if a.test_fraction is not None:
+            refuse("--test-fraction", "one rating per user goes to test")
+        return {"n_test": 1, "min_train": 1 if a.min_train is None else a.min_train,
+                "seed": a.seed}
+    # temporal: exactly one of --last-k, --cutoff, --test-fraction (default the latter)
+    modes = [f for f in ("--last-k", "--cutoff", "--test-fraction") if given[f] is not None]
+    if len(modes) > 1:
+        raise DataError(f"--strategy temporal takes one of --last-k, --cutoff and "
+                        f"--test-fraction, got {' and '.join(modes)}")
+    if a.min_train is not None and a.last_k is None:
+        refuse("--min-train", "only the per-user --last-k temporal split keeps training "
+               "rows per user")
+    if a.last_k is not None:
+        return {"last_k": a.last_k, "min_train": 1 if a.min_train is None else a.min_train}
+    if a.cutoff is not None:
+        c = _parse_value(a.cutoff)
+        return {"cutoff": c if isinstance(c, (int, float)) else a.cutoff}
+    return {"test_fraction": a.test_fraction or _SPLIT_FRACTION}
+
+
+def cmd_split(a) -> int:
+    """``bayesmf split``: train/test files from one ratings source.
+
+    Strategies (functions of :mod:`bayesmf.data.split`, same seeds, same splits):
+
+    ``random``         :func:`random_split`: ``round(f n)`` rows chosen uniformly
+    ``per-user``       :func:`user_split` with ``test_fraction``: per user
+                       ``round(f n_u)`` random rows, keeping ``min_train`` (default 1)
+                       training rows, so every test user is in train
+    ``leave-one-out``  :func:`user_split` with ``n_test=1``: one random row per user that
+                       has more than ``min_train`` rows; every test user is in train
+    ``temporal``       :func:`temporal_split`: the latest ``round(f n)`` rows overall
+                       (default), the ratings at or after ``--cutoff``, or per user its
+                       ``--last-k`` latest rows (every test user then in train)
+
+    Both files have the columns ``user,item,rating[,timestamp]`` with the ids exactly as
+    the ratings reader (:func:`bayesmf.datasets.load_ratings_source`) read them and the
+    ratings written exactly (no rounding); timestamps as unix seconds.
+    """
+    from bayesmf.data.split import random_split, temporal_split, user_split
+    from bayesmf.datasets import load_ratings_source
+
+    kw = _split_settings(a)
+    ratings = load_ratings_source(a.ratings, **_source_kwargs(a))
+    fn = {"random": random_split, "per-user": user_split, "leave-one-out": user_split,
+          "temporal": temporal_split}[a.strategy]
+    split = fn(ratings, **kw)
+    _write_table(split.train.to_dataframe(), a.out_train)
+    _write_table(split.test.to_dataframe(), a.out_test)
+    i = split.info
+    seed = "" if a.strategy == "temporal" else f", seed {a.seed}"
+    print(f"split {a.ratings} ({a.strategy}{seed}): {i.n_train:,} train / "
+          f"{i.n_test:,} test ratings -> "
+          f"{a.out_train}, {a.out_test}; test rows whose user is not in train: "
+          f"{i.test_unseen_users:,}, whose item is not in train: {i.test_unseen_items:,}")
     return 0
 
 
 # ---------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help when it has a meaningful default (not
+    ``None``/``False``, and not already stated). Descriptions and epilogs keep their line
+    breaks: each line is wrapped to the terminal width on its own, and indented lines
+    (tables, examples) are kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            if not line.strip() or line.startswith(" "):
+                out.append(indent + line)
+            else:
+                out.append(textwrap.fill(line, width, initial_indent=indent,
+                                         subsequent_indent=indent))
+        return "\n".join(out)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("%(default)" in text or "default:" in text or d is None or d is False
+                or d is argparse.SUPPRESS or isinstance(d, bool)):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL,
+                                                    argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Parser errors as one line (``bayesmf fit: error: ... (see 'bayesmf fit -h')``),
+    exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
+_DESCRIPTION = ("bayesmf: probabilistic and Bayesian matrix factorization for recommender "
+                "systems, with the posterior carried into prediction intervals, ranking "
+                "and evaluation.")
+_EPILOG = """\
+examples:
+  bayesmf split ratings.csv --strategy per-user --out-train train.csv --out-test test.csv
+  bayesmf fit train.csv --method gibbs --rank 10 --out model.nc
+  bayesmf predict model.nc pairs.csv --out predictions.csv
+  bayesmf evaluate model.nc test.csv --json
+  bayesmf recommend model.nc --users 1,2 --n 10 --strategy ucb
+
+Ratings files are CSV/TSV (optionally .gz/.bz2/.xz/.zip) or Parquet with columns \
+user, item, rating[, timestamp] (other names: --user-col etc.); dataset names such as \
+movielens:latest-small work wherever a ratings file does. 'bayesmf COMMAND -h' lists \
+the options of a command.
+
+exit status: 0 success; 2 bad input, bad path or failed file operation (one line on \
+stderr); 1 unexpected internal error (BAYESMF_DEBUG=1 shows the traceback); 130 \
+interrupted.
+"""
+
+
+def _command(sub, name: str, help: str, description: str | None = None, **kw):
+    return sub.add_parser(name, help=help, description=description or help,
+                          formatter_class=_HelpFormatter, **kw)
+
+
 def _add_columns(p):
-    p.add_argument("--user-col", default="user", help="user id column (default: user)")
-    p.add_argument("--item-col", default="item", help="item id column (default: item)")
-    p.add_argument("--rating-col", default="rating", help="rating column (default: rating)")
+    p.add_argument("--user-col", default="user", help="name of the user id column")
+    p.add_argument("--item-col", default="item", help="name of the item id column")
+    p.add_argument("--rating-col", default="rating", help="name of the rating column")
     p.add_argument("--timestamp-col", default="auto",
-                   help="timestamp column (default: 'timestamp' when present)")
+                   help="name of the timestamp column; 'auto' uses a column named "
+                        "timestamp when there is one")
+
+
+def _add_reading(p):
+    """--duplicates and --id-type: how a ratings file becomes Ratings (fit, data info)."""
+    p.add_argument("--duplicates", default="raise", choices=["raise", "last", "first", "mean"],
+                   help="repeated (user, item) pairs: raise an error, keep the last or first "
+                        "row in file order, or average them (default: raise)")
+    p.add_argument("--id-type", default="auto", choices=["auto", "str", "int"],
+                   help="auto: ids are integers only when every id is written as a plain "
+                        "integer (no leading zeros or '+'), else text exactly as written "
+                        "('007' and '7' differ); str: always text; int: always integers "
+                        "('007' is 7) (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bayesmf import __version__
     from bayesmf.infer import METHODS
     from bayesmf.model.likelihoods import LIKELIHOODS
     from bayesmf.model.priors import FACTOR_PRIORS
 
-    ap = argparse.ArgumentParser(prog="bayesmf", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="bayesmf", description=_DESCRIPTION, epilog=_EPILOG,
+                 formatter_class=_HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"bayesmf {__version__}",
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            title="commands")
 
-    data = sub.add_parser("data", help="dataset utilities")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    info = dsub.add_parser("info", help="summary of a dataset or ratings file")
-    info.add_argument("source", help="file path or dataset name (movielens:latest-small)")
-    info.add_argument("--json", action="store_true")
+    def nonneg(name):
+        return _int_at_least(0, name)
+
+    def positive(name):
+        return _int_at_least(1, name)
+
+    data = _command(sub, "data", "dataset utilities (data info)")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND",
+                               title="subcommands")
+    info = _command(dsub, "info", "summary of a ratings file or dataset: counts, sparsity, "
+                    "rating scale, ratings per user and item")
+    info.add_argument("source", help="ratings file (CSV/TSV/Parquet) or dataset name, e.g. "
+                                     "movielens:latest-small")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_columns(info)
+    _add_reading(info)
     info.set_defaults(func=cmd_data_info)
 
-    fit = sub.add_parser("fit", help="fit a model and save it")
-    fit.add_argument("train", nargs="?", help="CSV/TSV/Parquet file or dataset name")
-    fit.add_argument("--method", default="map", choices=sorted(METHODS))
-    fit.add_argument("--rank", type=int, default=10)
+    fit = _command(sub, "fit", "fit a model and save it",
+                   "Fit a matrix factorization model to a ratings file and save it (netCDF). "
+                   "MCMC settings left out take the method's defaults.")
+    fit.add_argument("train", nargs="?", metavar="TRAIN",
+                     help="ratings file (CSV/TSV/Parquet) or dataset name, e.g. "
+                          "movielens:latest-small (not needed with --resume)")
+    fit.add_argument("--method", default="map", choices=sorted(METHODS),
+                     help="inference: map (point estimate), gibbs (BPMF Gibbs sampler), "
+                          "nuts (NumPyro NUTS), svi (variational), pymc-nuts / pymc-advi")
+    fit.add_argument("--rank", type=nonneg("rank"), default=10,
+                     help="number of latent factors (0: biases only)")
     fit.add_argument("--likelihood", default="gaussian", choices=sorted(LIKELIHOODS),
                      help="observation family: gaussian (ratings as continuous), ordinal "
                           "(ordered probit over the star levels), bernoulli-probit / "
                           "bernoulli-logit (0/1 data); predict writes the expected rating "
-                          "or P(y=1) in 'mean' (default: gaussian)")
+                          "or P(y=1) in 'mean'")
     fit.add_argument("--prior", default="normal-wishart", choices=sorted(FACTOR_PRIORS),
                      help="factor prior of the Bayesian methods: normal-wishart (BPMF) or "
-                          "normal-gamma (per-dimension, libFM/myFM style) (default: "
-                          "normal-wishart)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", help="model file to write (netCDF)")
-    fit.add_argument("--samples", type=int, help="MCMC draws kept per chain (num_samples)")
-    fit.add_argument("--warmup", type=int, help="MCMC warm-up sweeps (num_warmup)")
-    fit.add_argument("--chains", type=int, help="number of chains (num_chains)")
-    fit.add_argument("--thin", type=int, help="keep every T-th draw")
-    fit.add_argument("--max-iter", type=int, help="MAP iterations")
-    fit.add_argument("--solver", help="MAP solver (als, lbfgs, adam)")
-    fit.add_argument("--checkpoint", help="write resumable checkpoints to this path")
-    fit.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
-    fit.add_argument("--resume", help="resume the run that checkpointed to this path")
+                          "normal-gamma (per-dimension, libFM/myFM style)")
+    fit.add_argument("--seed", type=nonneg("seed"), default=0, help="random seed")
+    fit.add_argument("--out", metavar="MODEL", help="model file to write (netCDF, e.g. "
+                                                    "model.nc); required")
+    fit.add_argument("--samples", type=positive("samples"),
+                     help="MCMC draws kept per chain (num_samples)")
+    fit.add_argument("--warmup", type=nonneg("warmup"),
+                     help="MCMC warm-up iterations (num_warmup)")
+    fit.add_argument("--chains", type=positive("chains"),
+                     help="number of chains (num_chains)")
+    fit.add_argument("--thin", type=positive("thin"), help="keep every T-th draw")
+    fit.add_argument("--max-iter", type=positive("max_iter"),
+                     help="MAP: maximum iterations")
+    fit.add_argument("--solver", choices=["als", "lbfgs", "adam"],
+                     help="MAP solver (als for the Gaussian likelihood, lbfgs otherwise)")
+    fit.add_argument("--checkpoint", metavar="PATH",
+                     help="gibbs/nuts: write resumable checkpoints to PATH (plus "
+                          "PATH.cli.json with these settings)")
+    fit.add_argument("--checkpoint-every", type=positive("checkpoint_every"), metavar="N",
+                     help="iterations between checkpoints")
+    fit.add_argument("--resume", metavar="PATH",
+                     help="continue the killed run that checkpointed to PATH, with its "
+                          "saved settings")
     fit.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="any method option, e.g. --option guide=lowrank (repeatable)")
+                     help="any option of the method, e.g. --option guide=lowrank "
+                          "(repeatable)")
     pg = fit.add_mutually_exclusive_group()
-    pg.add_argument("--progress", dest="progress", action="store_true", default=None)
-    pg.add_argument("--no-progress", dest="progress", action="store_false")
+    pg.add_argument("--progress", dest="progress", action="store_true", default=None,
+                    help="show a progress bar (default: when stderr is a terminal)")
+    pg.add_argument("--no-progress", dest="progress", action="store_false",
+                    help="no progress bar")
     _add_columns(fit)
+    _add_reading(fit)
     fit.set_defaults(func=cmd_fit)
 
-    pr = sub.add_parser("predict", help="predict ratings with intervals for pairs")
-    pr.add_argument("model")
-    pr.add_argument("pairs", help="CSV with user,item columns")
-    pr.add_argument("--out", help="CSV to write (default: stdout)")
-    pr.add_argument("--interval", type=float, default=0.9)
+    pr = _command(sub, "predict", "predict ratings with intervals for user-item pairs",
+                  "Predictive mean, standard deviation and central interval for every "
+                  "(user, item) pair of a file; unknown users/items get the population "
+                  "fallback (flagged in known_user/known_item) unless --strict.")
+    pr.add_argument("model", help="model file written by 'bayesmf fit'")
+    pr.add_argument("pairs", help="CSV/TSV/Parquet file with user and item columns")
+    pr.add_argument("--out", help="CSV file to write (default: standard output)")
+    pr.add_argument("--interval", type=_open_fraction("interval"), default=0.9,
+                    help="probability of the central predictive interval")
     pr.add_argument("--clip", action="store_true", help="clip to the training rating scale")
-    pr.add_argument("--strict", action="store_true", help="error on unknown ids")
+    pr.add_argument("--strict", action="store_true",
+                    help="error on unknown user or item ids")
     _add_columns(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("evaluate", help="metrics on held-out ratings")
-    ev.add_argument("model")
-    ev.add_argument("test", help="CSV with user,item,rating columns or a dataset name")
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("--k", type=int, default=10, help="cut-off for ranking metrics")
+    ev = _command(sub, "evaluate", "metrics on held-out ratings",
+                  "Rating metrics (RMSE, MAE, NLPD, CRPS, interval coverage and width) and "
+                  "ranking metrics at k on held-out ratings. Test pairs that are training "
+                  "pairs are counted (n_in_train) and warned about.")
+    ev.add_argument("model", help="model file written by 'bayesmf fit'")
+    ev.add_argument("test", help="CSV/TSV/Parquet file with user, item and rating columns, "
+                                 "or a dataset name")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--out", metavar="FILE", help="also write the metrics as JSON to FILE")
+    ev.add_argument("--k", type=positive("k"), default=10,
+                    help="cut-off of the ranking metrics")
     ev.add_argument("--no-ranking", action="store_true", help="rating metrics only")
     _add_columns(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    rc = sub.add_parser("recommend", help="top-n recommendations")
-    rc.add_argument("model")
-    rc.add_argument("--users", help="comma-separated raw user ids (default: all users)")
-    rc.add_argument("--n", type=int, default=10)
-    rc.add_argument("--strategy", default="mean",
-                    choices=["mean", "ucb", "lcb", "thompson", "prob"])
-    rc.add_argument("--seed", type=int)
-    rc.add_argument("--threshold", type=float, help="relevance threshold for 'prob'")
-    rc.add_argument("--quantile", type=float, help="quantile for ucb/lcb")
+    rc = _command(sub, "recommend", "top-n recommendations",
+                  "Top-n items per user, ranked by a strategy over the posterior predictive. "
+                  "Items a user rated in training are excluded unless --include-seen. "
+                  "(The 'utility' strategy takes a Python function and is API-only.)")
+    rc.add_argument("model", help="model file written by 'bayesmf fit'")
+    rc.add_argument("--users", type=_id_list, metavar="ID,ID,...",
+                    help="comma-separated user ids (default: all users)")
+    rc.add_argument("--n", type=positive("n"), default=10, help="items per user")
+    rc.add_argument("--strategy", type=_strategy, default="mean",
+                    metavar="{" + ",".join(_CLI_STRATEGIES) + "}",
+                    help="mean: predictive mean; ucb / lcb: upper / lower predictive "
+                         "quantile (--quantile); thompson: one posterior draw per user "
+                         "(--seed); prob: P(rating >= --threshold)")
+    rc.add_argument("--seed", type=nonneg("seed"), help="seed of thompson (default: 0)")
+    rc.add_argument("--threshold", type=float,
+                    help="relevance threshold of 'prob' (default: 4.0)")
+    rc.add_argument("--quantile", type=_open_fraction("quantile"),
+                    help="quantile of ucb / lcb (default: 0.9 / 0.1)")
     rc.add_argument("--include-seen", action="store_true",
                     help="do not exclude items the user rated in training")
-    rc.add_argument("--out", help="CSV to write (default: stdout)")
+    rc.add_argument("--out", help="CSV file to write (default: standard output)")
     rc.set_defaults(func=cmd_recommend)
 
-    si = sub.add_parser("similar", help="items similar to an item")
-    si.add_argument("model")
-    si.add_argument("--item", required=True)
-    si.add_argument("--n", type=int, default=10)
-    si.add_argument("--out")
+    si = _command(sub, "similar", "items similar to an item",
+                  "Items most similar to an item: cosine similarity of the item factors, "
+                  "averaged over the posterior draws.")
+    si.add_argument("model", help="model file written by 'bayesmf fit'")
+    si.add_argument("--item", required=True, type=_nonempty, metavar="ID",
+                    help="item id (required)")
+    si.add_argument("--n", type=positive("n"), default=10, help="number of similar items")
+    si.add_argument("--out", help="CSV file to write (default: standard output)")
     si.set_defaults(func=cmd_similar)
+
+    sp = _command(sub, "split", "split a ratings file into train and test files",
+                  "Split one ratings file or dataset into train and test files "
+                  "(bayesmf.data.split). Strategies:\n\n"
+                  "  random         a random --test-fraction of all ratings\n"
+                  "  per-user       per user a random --test-fraction of its ratings; every\n"
+                  "                 user keeps --min-train training ratings\n"
+                  "  leave-one-out  per user one random rating (users with more than\n"
+                  "                 --min-train ratings)\n"
+                  "  temporal       the latest --test-fraction of all ratings by time, or the\n"
+                  "                 ratings at or after --cutoff, or per user its --last-k\n"
+                  "                 latest (needs timestamps)\n\n"
+                  "The files have the columns user,item,rating[,timestamp] with the ids as "
+                  "read and the ratings unrounded; they feed 'bayesmf fit' and "
+                  "'bayesmf evaluate' directly.")
+    sp.add_argument("ratings", metavar="RATINGS",
+                    help="ratings file (CSV/TSV/Parquet) or dataset name")
+    sp.add_argument("--strategy", default="random", choices=SPLIT_STRATEGIES,
+                    help="how test ratings are chosen (see above)")
+    sp.add_argument("--test-fraction", type=_open_fraction("test_fraction"), metavar="F",
+                    help="fraction of ratings (per user for per-user) that goes to test; "
+                         "random, per-user, temporal (default: 0.2)")
+    sp.add_argument("--seed", type=nonneg("seed"), default=0,
+                    help="seed of the random choices (random, per-user, leave-one-out)")
+    sp.add_argument("--min-train", type=nonneg("min_train"), metavar="K",
+                    help="per-user, leave-one-out, temporal --last-k: training ratings "
+                         "every user keeps (default: 1, so every test user is in train)")
+    sp.add_argument("--last-k", type=positive("last_k"), metavar="K",
+                    help="temporal: per user its K latest ratings go to test")
+    sp.add_argument("--cutoff", metavar="TIME",
+                    help="temporal: ratings at or after TIME (unix seconds or a date such "
+                         "as 2015-01-01, UTC) go to test")
+    sp.add_argument("--out-train", required=True, metavar="FILE",
+                    help="training ratings file to write (.csv, .tsv, .parquet; .gz etc. "
+                         "compress); required")
+    sp.add_argument("--out-test", required=True, metavar="FILE",
+                    help="test ratings file to write; required")
+    _add_columns(sp)
+    sp.set_defaults(func=cmd_split)
     return ap
 
 
+def _os_error_line(exc: OSError) -> str:
+    """``OSError`` as one line: ``<file>: <reason>`` (both files for a rename)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if n]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
 def main(argv=None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Every user-facing error -- a :class:`~bayesmf.errors.BayesMFError`, a failed file
+    operation (:class:`OSError`, e.g. a permission error while writing), an unreadable
+    table, an argument the parser rejects -- is printed as one line on stderr and gives
+    exit status 2. Output paths are checked before any work. Anything else is a bug:
+    one line and status 1 (``BAYESMF_DEBUG=1`` re-raises it with its traceback)."""
     ap = build_parser()
-    a = ap.parse_args(argv)
     try:
+        a = ap.parse_args(argv)
+    except SystemExit as exc:  # --help/--version (0) or a parser error (2, printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    name = a.command if a.command != "data" else f"data {a.data_command}"
+    try:
+        _check_outputs(a)
         return int(a.func(a) or 0)
     except BayesMFError as exc:
-        print(f"bayesmf {a.command}: error: {exc}", file=sys.stderr)
+        msg = str(exc).strip().replace("\n", " ")
+        print(f"bayesmf {name}: error: {msg}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError) as exc:
-        print(f"bayesmf {a.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"bayesmf {name}: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().replace("\n", " ")
+        print(f"bayesmf {name}: error: cannot read the input table: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bayesmf {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("BAYESMF_DEBUG"):
+            raise
+        msg = str(exc).strip().replace("\n", " ")
+        print(f"bayesmf {name}: internal error: {type(exc).__name__}: {msg} (a bug; "
+              "BAYESMF_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

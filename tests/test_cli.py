@@ -71,7 +71,8 @@ def test_fit_predict_evaluate_round_trip(small_csv):
 
     model = bayesmf.load(d / "m.nc")
     api = model.predict(pairs, user_col="uid", item_col="movie", interval=0.8)
-    np.testing.assert_allclose(api["mean"].to_numpy(), pred["mean"].to_numpy(), rtol=1e-6)
+    # the CSV holds 6 significant digits (FLOAT_FORMAT): relative error <= 5e-6
+    np.testing.assert_allclose(api["mean"].to_numpy(), pred["mean"].to_numpy(), rtol=6e-6)
     ev = _run("evaluate", d / "m.nc", d / "test.csv", "--json", "--no-ranking", *cols)
     metrics = json.loads(ev.stdout)
     test = pd.read_csv(d / "test.csv")
@@ -164,3 +165,258 @@ def test_cli_likelihoods_end_to_end(small_csv, tmp_path, likelihood):
                      "--rank", 2, "--out", tmp_path / "x.nc", check=False)
         assert stars.returncode != 0 and "0/1" in stars.stderr
         assert "Traceback" not in stars.stderr
+
+
+# ----------------------------------------------------------------------------- split
+@pytest.fixture(scope="module")
+def stamped_csv(tmp_path_factory):
+    """Ratings with string user ids, integer item ids and timestamps."""
+    rng = np.random.default_rng(7)
+    uu, ii = np.nonzero(rng.random((30, 25)) < 0.45)
+    df = pd.DataFrame({"user": [f"u{u:02d}" for u in uu], "item": ii + 500,
+                       "rating": rng.choice([1.0, 2.5, 3.0, 4.5, 5.0], len(uu)),
+                       "timestamp": 10**9 + rng.permutation(len(uu)) * 60})
+    d = tmp_path_factory.mktemp("split")
+    df.to_csv(d / "all.csv", index=False)
+    return d
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    ("random", []), ("per-user", ["--test-fraction", "0.3"]), ("leave-one-out", []),
+    ("temporal", []), ("temporal", ["--last-k", "2"])])
+def test_split_command(stamped_csv, tmp_path, capsys, strategy, extra):
+    """``bayesmf split`` partitions the rows exactly, writes the ids and ratings as read,
+    keeps every test user in train where the strategy promises it, matches the
+    bayesmf.data.split function, and its files go straight into fit and evaluate."""
+    from bayesmf.data.split import random_split, temporal_split, user_split
+    from bayesmf.datasets import load_ratings_source
+
+    src = stamped_csv / "all.csv"
+    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
+    assert main(["split", str(src), "--strategy", strategy, "--seed", "3", *extra,
+                 "--out-train", str(tr), "--out-test", str(te)]) == 0
+    assert "test rows whose user is not in train" in capsys.readouterr().out
+    full = pd.read_csv(src)
+    a, b = pd.read_csv(tr), pd.read_csv(te)
+    assert list(a.columns) == list(b.columns) == ["user", "item", "rating", "timestamp"]
+    key = ["user", "item"]
+    both = pd.concat([a, b]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(both, full.sort_values(key).reset_index(drop=True))
+    assert not set(map(tuple, a[key].values)) & set(map(tuple, b[key].values))
+    # the same split as the library function with the same seed
+    r = load_ratings_source(src)
+    ref = {"random": lambda: random_split(r, 0.2, seed=3),
+           "per-user": lambda: user_split(r, 0.3, seed=3),
+           "leave-one-out": lambda: user_split(r, n_test=1, seed=3),
+           "temporal": lambda: (temporal_split(r, last_k=2) if extra
+                                else temporal_split(r, test_fraction=0.2))}[strategy]()
+    got = set(map(tuple, b[key].values))
+    want = set(map(tuple, ref.test.to_dataframe()[key].values))
+    assert got == want
+    if strategy in ("per-user", "leave-one-out") or extra == ["--last-k", "2"]:
+        assert set(b["user"]) <= set(a["user"])  # promised: every test user is in train
+    if strategy == "leave-one-out":
+        assert b.groupby("user").size().eq(1).all()
+        assert set(b["user"]) == set(full["user"][full.groupby("user")["user"].transform(
+            "size") > 1])
+    if strategy == "temporal" and not extra:
+        assert b["timestamp"].min() >= a["timestamp"].max()
+    if extra == ["--last-k", "2"]:
+        last = full.sort_values("timestamp").groupby("user").tail(2)
+        assert set(map(tuple, last[key].values)) == got
+    # round trip through fit and evaluate
+    model = tmp_path / "m.nc"
+    assert main(["fit", str(tr), "--rank", "2", "--out", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(te), "--json", "--no-ranking"]) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    assert res["n_test"] == len(b) and res["n_in_train"] == 0 and "warning" not in cap.err
+    if strategy in ("per-user", "leave-one-out"):
+        assert res["n_cold"] == int((~b["item"].isin(a["item"])).sum())
+
+
+def test_split_writes_ids_and_ratings_exactly(tmp_path, capsys):
+    """String ids that look like numbers stay as read by the ratings reader, and
+    ratings are not rounded (predictions are; see FLOAT_FORMAT)."""
+    from bayesmf.datasets import load_ratings_source
+
+    df = pd.DataFrame({"user": ["a", "b", "a", "b", "c", "c"],
+                       "item": [10, 10, 11, 12, 11, 12],
+                       "rating": [0.1 + 0.2, 1 / 3, 4.0, 2.5, 1e-7, 123456.789]})
+    df.to_csv(tmp_path / "r.csv", index=False)
+    assert main(["split", str(tmp_path / "r.csv"), "--strategy", "per-user",
+                 "--test-fraction", "0.5", "--out-train", str(tmp_path / "a.tsv"),
+                 "--out-test", str(tmp_path / "b.csv.gz")]) == 0
+    back = pd.concat([pd.read_csv(tmp_path / "a.tsv", sep="\t"),
+                      pd.read_csv(tmp_path / "b.csv.gz")]).sort_values(["user", "item"])
+    src = load_ratings_source(tmp_path / "r.csv").to_dataframe().sort_values(["user", "item"])
+    assert back["user"].tolist() == src["user"].tolist()
+    assert back["item"].tolist() == src["item"].tolist()
+    assert back["rating"].tolist() == src["rating"].tolist()  # bit-exact
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_evaluate_on_training_pairs_warns_and_counts(small_csv, tmp_path, capsys):
+    d = small_csv
+    cols = ["--user-col", "uid", "--item-col", "movie", "--rating-col", "stars"]
+    model = tmp_path / "m.nc"
+    assert main(["fit", str(d / "train.csv"), "--rank", "2", "--out", str(model), *cols]) == 0
+    capsys.readouterr()
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(model), str(d / "train.csv"), "--json", "--out", str(out),
+                 *cols]) == 0
+    cap = capsys.readouterr()
+    n = len(pd.read_csv(d / "train.csv"))
+    assert f"warning: {n:,} of {n:,} test pairs are training pairs" in cap.err
+    res = json.loads(cap.out)
+    assert res["n_in_train"] == n and "in-sample" in res["ranking"]["skipped"]
+    assert json.loads(out.read_text()) == res
+    # mixed: half held-out, half training pairs
+    mix = pd.concat([pd.read_csv(d / "test.csv"), pd.read_csv(d / "train.csv").iloc[:25]])
+    mix.to_csv(tmp_path / "mix.csv", index=False)
+    assert main(["evaluate", str(model), str(tmp_path / "mix.csv"), "--json", *cols]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["n_in_train"] == 25 and "25 of 85" in cap.err
+
+
+def test_csv_floats_have_six_significant_digits(small_csv, tmp_path, capsys):
+    d = small_csv
+    cols = ["--user-col", "uid", "--item-col", "movie", "--rating-col", "stars"]
+    model = tmp_path / "m.nc"
+    assert main(["fit", str(d / "train.csv"), "--rank", "2", "--out", str(model), *cols]) == 0
+    pd.read_csv(d / "test.csv")[["uid", "movie"]].to_csv(tmp_path / "p.csv", index=False)
+    assert main(["predict", str(model), str(tmp_path / "p.csv"), "--out",
+                 str(tmp_path / "pred.csv"), "--user-col", "uid", "--item-col", "movie"]) == 0
+    assert main(["similar", str(model), "--item", "1000", "--n", "3"]) == 0
+    assert main(["recommend", str(model), "--users", "user1", "--n", "3"]) == 0
+    capsys.readouterr()
+    text = (tmp_path / "pred.csv").read_text()
+    numbers = [x for line in text.splitlines()[1:] for x in line.split(",")[2:6]]
+    assert numbers and max(len(x.lstrip("-").replace(".", "").lstrip("0").split("e")[0])
+                           for x in numbers) <= 6
+
+
+def test_fit_resume_reports_the_sweep(small_csv, tmp_path, capsys):
+    d = small_csv
+    cols = ["--user-col", "uid", "--item-col", "movie", "--rating-col", "stars"]
+    ck = tmp_path / "ck.npz"
+    args = ["fit", str(d / "train.csv"), "--method", "gibbs", "--rank", "2", "--samples",
+            "6", "--warmup", "4", "--checkpoint", str(ck), "--checkpoint-every", "5",
+            "--no-progress", "--out", str(tmp_path / "g.nc"), *cols]
+    assert main(args) == 0
+    assert "resumed" not in capsys.readouterr().err
+    assert main(["fit", "--resume", str(ck)]) == 0
+    err = capsys.readouterr().err
+    assert f"resumed {ck} at sweep 10 of 10" in err
+
+
+# ----------------------------------------------------------------------------- issue 17
+@pytest.fixture(scope="module")
+def int_model(tmp_path_factory):
+    """A MAP model on integer ids 1..20 x 101..115 (written as plain integers)."""
+    rng = np.random.default_rng(3)
+    uu, ii = np.nonzero(rng.random((20, 15)) < 0.6)
+    df = pd.DataFrame({"user": uu + 1, "item": ii + 101,
+                       "rating": rng.integers(1, 6, len(uu)).astype(float)})
+    d = tmp_path_factory.mktemp("ids")
+    df.to_csv(d / "train.csv", index=False)
+    assert main(["fit", str(d / "train.csv"), "--method", "map", "--rank", "2",
+                 "--out", str(d / "m.nc"), "--no-progress"]) == 0
+    return d, df
+
+
+def test_predict_and_evaluate_read_files_like_fit(int_model, capsys):
+    """predict/evaluate use the reader of fit (issue 17 item 3): sniffed separators,
+    headerless files, userId/movieId and score aliases, .dat, .gz, Parquet."""
+    import gzip
+    import io
+
+    d, df = int_model
+    pairs = df.iloc[:6]
+    variants = {
+        "alias.csv": pairs.rename(columns={"user": "userId", "item": "movieId"})[
+            ["userId", "movieId"]].to_csv(index=False),
+        "headerless.tsv": pairs[["user", "item"]].to_csv(sep="\t", index=False, header=False),
+        "pairs.dat": "".join(f"{u}::{i}\n" for u, i in zip(pairs["user"], pairs["item"])),
+    }
+    for name, text in variants.items():
+        (d / name).write_text(text)
+    with gzip.open(d / "semi.csv.gz", "wt") as fh:
+        fh.write(pairs[["user", "item"]].to_csv(sep=";", index=False))
+    pairs[["user", "item"]].to_parquet(d / "pairs.parquet")
+    outs = []
+    for name in (*variants, "semi.csv.gz", "pairs.parquet"):
+        capsys.readouterr()
+        assert main(["predict", str(d / "m.nc"), str(d / name)]) == 0, name
+        outs.append(pd.read_csv(io.StringIO(capsys.readouterr().out)))
+    for out in outs:
+        assert out["known_user"].all() and out["known_item"].all()
+        np.testing.assert_allclose(out["mean"], outs[0]["mean"])
+        assert out["user"].tolist() == pairs["user"].tolist()
+    # evaluate: a score alias and a headerless .dat file with ratings
+    df.iloc[:30].rename(columns={"rating": "score"}).to_csv(d / "test_score.csv", index=False)
+    (d / "test.dat").write_text("".join(f"{u}::{i}::{r:g}\n" for u, i, r in
+                                        df.iloc[:30].itertuples(index=False)))
+    res = []
+    for name in ("test_score.csv", "test.dat"):
+        capsys.readouterr()
+        assert main(["evaluate", str(d / "m.nc"), str(d / name), "--json", "--no-ranking"]) == 0
+        res.append(json.loads(capsys.readouterr().out))
+    assert res[0]["rmse"] == pytest.approx(res[1]["rmse"])
+
+
+def test_empty_and_header_only_pair_files_are_one_line_errors(int_model, capsys, tmp_path):
+    d, _ = int_model
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("user,item\n")
+    (tmp_path / "norating.csv").write_text("user,item\n1,101\n")
+    for args, msg in [(["predict", "empty.csv"], "empty.csv is empty"),
+                      (["predict", "header.csv"], "has no data rows"),
+                      (["evaluate", "empty.csv"], "empty.csv is empty"),
+                      (["evaluate", "norating.csv"], "missing rating column 'rating'")]:
+        capsys.readouterr()
+        rc = main([args[0], str(d / "m.nc"), str(tmp_path / args[1])])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and msg in err[0], (args, err)
+
+
+def test_predict_matches_text_ids_by_canonical_integer_text(int_model, capsys, tmp_path):
+    """A pairs file with "007" for an integer-id model: that row is unknown, and said so;
+    "7" is user 7 (issue 17 item 2)."""
+    import io
+
+    d, _ = int_model
+    (tmp_path / "p.csv").write_text("user,item\n7,101\n007,101\n")
+    with pytest.warns(UserWarning, match="leading zeros"):
+        assert main(["predict", str(d / "m.nc"), str(tmp_path / "p.csv")]) == 0
+    out = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"user": str})
+    assert out["user"].tolist() == ["7", "007"]
+    assert out["known_user"].tolist() == [True, False]
+    rc = main(["predict", str(d / "m.nc"), str(tmp_path / "p.csv"), "--strict"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown user id(s): '007'" in err and "plain integers" in err
+
+
+def test_fit_and_data_info_duplicates_and_id_type_flags(capsys, tmp_path):
+    """--duplicates and --id-type on fit and data info (issue 17 items 2 and 7)."""
+    p = tmp_path / "r.csv"
+    p.write_text("user,item,rating\n007,1,4\n7,1,2\n7,2,5\n8,2,1\n8,1,3\n")
+    assert main(["data", "info", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 3  # 007 and 7 differ
+    rc = main(["data", "info", str(p), "--id-type", "int"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "duplicate (user, item) pair(s)" in err and "--duplicates" in err
+    assert main(["data", "info", str(p), "--id-type", "int", "--duplicates", "mean",
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["users"], info["ratings"]) == (2, 4)
+    assert main(["fit", str(p), "--id-type", "int", "--duplicates", "first", "--rank", "1",
+                 "--out", str(tmp_path / "m.nc")]) == 0
+    import bayesmf
+
+    post = bayesmf.load(tmp_path / "m.nc").posterior
+    assert post.users.ids.tolist() == [7, 8]
+    assert main(["fit", str(p), "--id-type", "str", "--duplicates", "last", "--rank", "1",
+                 "--out", str(tmp_path / "s.nc")]) == 0
+    assert bayesmf.load(tmp_path / "s.nc").posterior.users.ids.tolist() == ["007", "7", "8"]

@@ -17,7 +17,8 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import SpecError
 from bayesmf.infer import get_method
-from bayesmf.infer.map import DEFAULTS, _validation_mask, fit_map, map_objective
+from bayesmf.infer.map import (DEFAULTS, _validation_mask, fit_map, map_objective,
+                                noise_precision_mode)
 from bayesmf.model.likelihood import Params
 from bayesmf.model.spec import ModelSpec
 
@@ -190,9 +191,12 @@ def test_posterior_contract(als, data):
     assert als.method == "map" and als.n_chains == 1 and als.n_draws == 1
     assert als.draws["U"].shape == (1, 1, N, K) and als.draws["V"].shape == (1, 1, M, K)
     assert als.draws["U"].dtype == np.float32
-    # tau: ML estimate from the training residuals
+    # tau: the mode under the Gamma(noise_a, noise_b) prior, from the training residuals
     r = data.train.rating - _pred(als, data.train.user, data.train.item)
-    assert float(als.draws["tau"][0, 0]) == pytest.approx(len(r) / np.sum(r ** 2), rel=1e-3)
+    a, b = als.spec.priors.noise_a, als.spec.priors.noise_b
+    assert b == pytest.approx(np.var(data.train.rating), rel=1e-6)  # scale-aware default
+    assert float(als.draws["tau"][0, 0]) == pytest.approx(
+        (len(r) + 2 * a - 2) / (np.sum(r ** 2) + 2 * b), rel=1e-3)
     assert als.sample_stats["train_rmse"][0, 0] == pytest.approx(np.sqrt(np.mean(r ** 2)),
                                                                   rel=1e-3)
     t = als.attrs["timings"]
@@ -360,3 +364,48 @@ def test_early_stopping_returns_the_best_validation_iterate(data, engine):
 def test_progress_bar(data, capsys):
     fit_map(data.train, SPEC, progress=True, max_iter=3)
     assert "map/als" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- noise floor
+def test_noise_precision_mode_is_the_gamma_posterior_mode():
+    from scipy import stats
+
+    sse, n, a, b = 3.7, 11, 1.5, 0.4
+    tau = noise_precision_mode(sse, n, a, b)
+    grid = np.linspace(0.01, 20, 200001)
+    logp = stats.gamma.logpdf(grid, a + n / 2, scale=1 / (b + sse / 2))
+    assert tau == pytest.approx(grid[np.argmax(logp)], abs=2e-4)
+    assert tau == pytest.approx((n + 2 * a - 2) / (sse + 2 * b))
+    # no interior mode (one residual, a <= 1/2): the posterior mean
+    assert noise_precision_mode(0.0, 1, 0.5, 2.0) == pytest.approx(2 / 4)
+    with pytest.raises(SpecError):
+        noise_precision_mode(1.0, 10, 1.0, 0.0)
+
+
+def test_constant_ratings_give_a_finite_noise_and_real_intervals():
+    """A perfect fit (every rating 4) used to give tau = n / (1e-12 n): 90% intervals of
+    width 3e-6, also for unknown pairs. The Gamma(1, s^2 = 1) prior floors the noise
+    variance at 2/n."""
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.5)
+    r = Ratings.from_indices(u, i, np.full(len(u), 4.0), Vocabulary(np.arange(30), "user"),
+                             Vocabulary(np.arange(20), "item"))
+    post = fit_map(r, ModelSpec(rank=2))
+    tau = float(post.draws["tau"][0, 0])
+    assert tau == pytest.approx(len(u) / 2.0, rel=1e-3)  # n / (0 + 2 * 1)
+    pr = post.predict(np.array([0, 5]), np.array([0, 3]), interval=0.9)
+    width = pr.upper - pr.lower
+    assert np.all(width == pytest.approx(2 * 1.6449 / np.sqrt(tau), rel=1e-3))
+    assert np.all(width > 0.1)
+    np.testing.assert_allclose(pr.mean, 4.0, atol=1e-4)
+
+
+def test_noise_prior_strength_moves_tau_and_fixed_noise_ignores_it(data, default_fit):
+    from bayesmf.model.spec import BayesPriors
+
+    strong = fit_map(data.train, SPEC.replace(priors=BayesPriors(noise_a=1.0, noise_b=1e4)))
+    assert float(strong.draws["tau"][0, 0]) < 0.1 * float(default_fit.draws["tau"][0, 0])
+    np.testing.assert_array_equal(strong.draws["U"], default_fit.draws["U"])  # same mode
+    fixed = fit_map(data.train, SPEC.replace(noise="fixed", noise_precision=3.0,
+                                             priors=BayesPriors(noise_b=1e4)))
+    assert float(fixed.draws["tau"][0, 0]) == pytest.approx(3.0)

@@ -57,9 +57,27 @@ With ``validation_fraction > 0`` a random fraction of the training ratings (draw
 RMSE is returned once it has not improved for ``patience`` iterations.
 
 Noise: :math:`\tau` does not change the minimiser. With ``spec.noise == "learned"`` the
-returned :math:`\tau` is the maximum-likelihood estimate from the training residuals,
-:math:`\hat\tau = |\Omega| / \sum_\Omega (r_{ui}-\hat r_{ui})^2` (optimistic: training
-residuals are smaller than test residuals); otherwise ``spec.noise_precision``.
+returned :math:`\tau` is the mode of its posterior given the fitted residuals under the
+noise prior :math:`\tau\sim\mathrm{Gamma}(a_\tau, b_\tau)` of ``spec.priors``
+(``noise_a``, ``noise_b``; shape, rate) -- the Gamma prior acts as a MAP penalty
+:math:`-(a_\tau-1)\log\tau + b_\tau\tau` on :math:`\tau`. With :math:`n=|\Omega|` and
+:math:`S=\sum_\Omega (r_{ui}-\hat r_{ui})^2`,
+
+.. math::
+
+    \hat\tau = \arg\max_\tau\; \tau^{n/2} e^{-\tau S/2}\,\tau^{a_\tau-1}e^{-b_\tau\tau}
+             = \frac{n + 2a_\tau - 2}{S + 2b_\tau}
+
+(:func:`noise_precision_mode`). The prior floors the noise variance at
+:math:`1/\hat\tau \ge 2b_\tau/(n + 2a_\tau - 2)`: a perfect fit (constant ratings, or
+more parameters than ratings) gives a finite :math:`\tau` and predictive intervals of a
+sensible width instead of zero-width ones, while on real data (:math:`S \gg 2b_\tau`) it
+equals the maximum-likelihood :math:`n/S` to a relative :math:`O(1/n)` (MovieLens-100K
+u1: 1.6211 either way). With the scale-aware default :math:`b_\tau=s^2` (:math:`s` the
+standard deviation of the training ratings, 1 when they are constant) and
+:math:`a_\tau=1`, :math:`\hat\tau = n/(S + 2s^2)`. The estimate is still optimistic:
+training residuals are smaller than test residuals. With ``spec.noise == "fixed"``,
+``spec.noise_precision``.
 
 Defaults: ALS ``max_iter=50, tol=1e-3`` (about 10 sweeps on MovieLens-100K; like
 Spark's ``maxIter=10`` this stops well before machine precision, where held-out error no
@@ -106,7 +124,7 @@ from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
-__all__ = ["fit_map", "map_objective", "DEFAULTS", "SOLVERS"]
+__all__ = ["fit_map", "map_objective", "noise_precision_mode", "DEFAULTS", "SOLVERS"]
 
 SOLVERS = ("als", "lbfgs", "adam")
 
@@ -158,6 +176,28 @@ def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias, lik=N
         return sse(p, users, items, ratings) + _penalty(p, reg_factors, reg_bias)
     lp = lik.log_prob(ratings, predict_mean(p, users, items), theta)
     return -2.0 * lp.sum() + _penalty(p, reg_factors, reg_bias)
+
+
+def noise_precision_mode(sse: float, n: int, a: float = 1.0, b: float = 1.0) -> float:
+    r"""MAP estimate of the noise precision :math:`\tau` from ``n`` residuals with sum
+    of squares ``sse`` under the prior :math:`\tau\sim\mathrm{Gamma}(a, b)` (shape,
+    rate): the mode of the Gamma posterior :math:`\mathrm{Gamma}(a + n/2, b + S/2)`,
+
+    .. math::
+
+        \hat\tau = \frac{n + 2a - 2}{S + 2b}.
+
+    When the posterior shape :math:`a + n/2` is at most 1 (one residual and
+    :math:`a \le 1/2`) the density has no interior mode; its mean
+    :math:`(n + 2a)/(S + 2b)` is returned instead. Finite and positive for every
+    ``sse >= 0`` since ``b > 0``."""
+    sse, n, a, b = float(sse), float(n), float(a), float(b)
+    if not (b > 0 and a > 0 and sse >= 0 and n >= 0):
+        raise SpecError(f"noise prior Gamma(a={a}, b={b}) with n={n}, sse={sse} is invalid")
+    shape = n + 2.0 * a - 2.0
+    if shape <= 0:
+        shape = n + 2.0 * a
+    return shape / (sse + 2.0 * b)
 
 
 def _penalty(p: Params, reg_factors, reg_bias):
@@ -626,8 +666,9 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     # --- result
     n_fit = len(rating)
     sse_train = float(train_rmse_fn(p, obs)) ** 2 * n_fit
-    if spec.noise == "learned":
-        tau = n_fit / max(sse_train, 1e-12 * n_fit)
+    if spec.noise == "learned":  # the mode under the Gamma noise prior (module docs)
+        tau = noise_precision_mode(sse_train, n_fit, spec.priors.noise_a,
+                                   spec.priors.noise_b)
     else:
         tau = spec.noise_precision
     P = {k: np.asarray(v, np.float32) for k, v in p._asdict().items()}
