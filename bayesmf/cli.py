@@ -424,6 +424,7 @@ def cmd_predict(a) -> int:
     df = _read_table(a.pairs, a.user_col, a.item_col)
     users = _coerce_ids(df[a.user_col].to_numpy(), post.users)
     items = _coerce_ids(df[a.item_col].to_numpy(), post.items)
+    # mean and interval bounds on the training rating scale unless --no-clip
     pred = post.predict(users, items, interval=a.interval, clip=a.clip,
                         unknown="raise" if a.strict else "fallback")
     out = pred.to_frame()[["user", "item", "mean", "std", "lower", "upper",
@@ -500,8 +501,13 @@ def cmd_recommend(a) -> int:
         kw["threshold"] = a.threshold
     if a.quantile is not None:
         kw["quantile"] = a.quantile
+    if a.screen_size is not None:
+        kw["screen_size"] = a.screen_size
+    # columns: user, item, rank, score (the strategy's ranking score), mean (the predicted
+    # rating, on the training scale unless --no-clip), std, std_param, known_user
     recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
-                         exclude_seen=not a.include_seen, **kw)
+                         exclude_seen=not a.include_seen, quantile_method=a.quantile_method,
+                         clip=a.clip, **kw)
     if a.out:
         recs.to_csv(a.out, index=False, float_format=FLOAT_FORMAT)
         print(f"wrote {len(recs):,} recommendations for {len(users):,} user(s) to {a.out}")
@@ -790,7 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="CSV file to write (default: standard output)")
     pr.add_argument("--interval", type=_open_fraction("interval"), default=0.9,
                     help="probability of the central predictive interval")
-    pr.add_argument("--clip", action="store_true", help="clip to the training rating scale")
+    pcl = pr.add_mutually_exclusive_group()
+    pcl.add_argument("--no-clip", dest="clip", action="store_false",
+                     help="report the raw mixture mean and quantiles, which may leave the "
+                          "rating scale (default: mean and bounds clipped to the training "
+                          "scale; std is never clipped)")
+    pcl.add_argument("--clip", dest="clip", action="store_true",
+                     help="clip to the training rating scale (the default; accepted for "
+                          "compatibility)")
+    pr.set_defaults(clip=True)
     pr.add_argument("--strict", action="store_true",
                     help="error on unknown user or item ids")
     _add_columns(pr)
@@ -829,6 +843,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="relevance threshold of 'prob' (default: 4.0)")
     rc.add_argument("--quantile", type=_open_fraction("quantile"),
                     help="quantile of ucb / lcb (default: 0.9 / 0.1)")
+    rc.add_argument("--quantile-method", default="approx",
+                    choices=["bounded", "exact", "approx", "gaussian"],
+                    help="top-n search of ucb / lcb / prob: approx (default; screen, then "
+                         "solve the best few exactly; matched 'exact' on every user "
+                         "measured), bounded (also certify the rest: guaranteed the lists "
+                         "of 'exact'), exact (solve every pair; slow), gaussian "
+                         "(moment-matched quantile)")
+    rc.add_argument("--screen-size", type=positive("screen-size"),
+                    help="items per user scored exactly after screening (bounded, approx)")
+    rc.add_argument("--no-clip", dest="clip", action="store_false",
+                    help="report the raw predicted mean (default: clipped to the training "
+                         "rating scale; the ranking score is never clipped)")
     rc.add_argument("--include-seen", action="store_true",
                     help="do not exclude items the user rated in training")
     rc.add_argument("--out", help="CSV file to write (default: standard output)")

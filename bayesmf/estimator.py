@@ -198,10 +198,11 @@ class BayesMF:
         return hasattr(self, "posterior_")
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, pairs, *, interval: float = 0.9, clip: bool = False,
+    def predict(self, pairs, *, interval: float = 0.9, clip: bool = True,
                 unknown: str = "fallback", user_col: str = "user",
                 item_col: str = "item") -> pd.DataFrame:
-        """Predictive mean, std and central interval for (user, item) pairs.
+        """Predictive mean, std and central interval for (user, item) pairs (the mean and
+        the bounds clipped to the training rating scale unless ``clip=False``).
 
         ``pairs`` is a DataFrame with user and item columns (raw ids), a Ratings
         container, or a ``(users, items)`` tuple. Returns a DataFrame with columns

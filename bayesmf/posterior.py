@@ -343,7 +343,7 @@ class Posterior:
                          hint="pass fewer pairs per call or thin the posterior")
         return self.predictive_mixture(u, i, ku, ki)
 
-    def predict(self, users, items, interval: float = 0.9, clip: bool = False,
+    def predict(self, users, items, interval: float = 0.9, clip: bool = True,
                 unknown: str = "fallback", method: str = "mixture") -> Prediction:
         """Predictive mean, std and central interval for pairs of **raw ids**.
 
@@ -352,7 +352,18 @@ class Posterior:
         interval : float
             Central interval probability (``0.9`` -> 5% and 95% quantiles).
         clip : bool
-            Clip mean and bounds to the training rating scale (the std is not changed).
+            Report the mean and the interval bounds on the training rating scale
+            ``[train.scale.min, train.scale.max]`` (default ``True``):
+            ``mean = clip(E[r])``, ``lower/upper = clip(F^{-1}(q))``. Only these reported
+            point values are clipped: the predictive distribution keeps its mass (the
+            Gaussian mixture still extends beyond the scale), ``std``/``std_param`` are
+            those of the unclipped mixture, and :meth:`predictive`, :meth:`quantiles`,
+            :meth:`prob_at_least`, :meth:`log_predictive_density` and the metrics NLPD,
+            CRPS, PIT and coverage use the unclipped density. ``False`` reports the raw
+            mixture mean and quantiles (a 5-star model may then predict 5.2 with an upper
+            bound of 7.5). Ordinal and Bernoulli predictions already lie on their
+            support, so clipping leaves them unchanged; a degenerate training scale
+            (all ratings equal) leaves the values unclipped (:meth:`clip_to_scale`).
         unknown : {"fallback", "raise"}
             Unknown ids use the population fallback (see module docs) or raise.
         method : {"mixture", "gaussian"}
@@ -370,13 +381,25 @@ class Posterior:
         out = self.summarize_indices(u, i, ku, ki, interval=interval, method=method)
         mean, std, std_p, lo, hi = out
         if clip:
-            mean, lo, hi = (self.train.scale.clip(x) for x in (mean, lo, hi))
+            mean, lo, hi = (self.clip_to_scale(x) for x in (mean, lo, hi))
         return Prediction(raw_u, raw_i, mean, std, std_p, lo, hi, ku, ki, interval,
                           self.uncertainty)
 
+    def clip_to_scale(self, x):
+        """``x`` clipped to the training rating scale ``[train.scale.min, max]``
+        (reported point predictions; NaN stays NaN). A degenerate scale (every training
+        rating equal, ``max <= min``) says nothing about the range: ``x`` is returned
+        unchanged."""
+        x = np.asarray(x, np.float64)
+        lo, hi = float(self.train.scale.min), float(self.train.scale.max)
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+            return x
+        return np.clip(x, lo, hi)
+
     def summarize_indices(self, u, i, known_user=None, known_item=None,
                           interval: float = 0.9, method: str = "mixture"):
-        """Index-level predictive summary: ``(mean, std, std_param, lower, upper)``."""
+        """Index-level predictive summary: ``(mean, std, std_param, lower, upper)`` of the
+        unclipped mixture (:meth:`predict` clips the reported values)."""
         if method not in ("mixture", "gaussian"):
             raise SpecError(f"method must be 'mixture' or 'gaussian', got {method!r}")
         u = np.asarray(u)

@@ -420,3 +420,55 @@ def test_fit_and_data_info_duplicates_and_id_type_flags(capsys, tmp_path):
     assert main(["fit", str(p), "--id-type", "str", "--duplicates", "last", "--rank", "1",
                  "--out", str(tmp_path / "s.nc")]) == 0
     assert bayesmf.load(tmp_path / "s.nc").posterior.users.ids.tolist() == ["007", "7", "8"]
+
+
+@pytest.fixture(scope="module")
+def high_model(tmp_path_factory):
+    """A saved Gaussian posterior whose predictions leave the 1..5 scale (mu + 2)."""
+    from _uq_synth import make_posterior
+    from bayesmf import io
+
+    post, _ = make_posterior(n_users=12, n_items=40, k=2, draws=30, draw_sd=0.3, seed=2)
+    post.draws["mu"] = post.draws["mu"] + 2.0
+    d = tmp_path_factory.mktemp("clip")
+    io.save(post, d / "high.nc")
+    pd.DataFrame({"user": [0, 1, 2, 3], "item": [0, 1, 2, 3]}).to_csv(d / "pairs.csv",
+                                                                    index=False)
+    return d
+
+
+def test_predict_cli_clips_by_default_no_clip_gives_raw(high_model, capsys):
+    d = high_model
+    outs = {}
+    for flag in ([], ["--clip"], ["--no-clip"]):
+        assert main(["predict", str(d / "high.nc"), str(d / "pairs.csv"),
+                     "--out", str(d / "p.csv"), *flag]) == 0
+        outs[tuple(flag)] = pd.read_csv(d / "p.csv")
+    capsys.readouterr()
+    raw, clipped = outs[("--no-clip",)], outs[()]
+    assert raw["upper"].max() > 5.0 and raw["mean"].max() > 5.0
+    assert clipped["upper"].max() <= 5.0 and clipped["mean"].max() <= 5.0
+    np.testing.assert_allclose(clipped["mean"], np.clip(raw["mean"], 1, 5), rtol=1e-5)
+    np.testing.assert_allclose(clipped["std"], raw["std"])  # the spread is not clipped
+    pd.testing.assert_frame_equal(outs[("--clip",)], clipped)  # --clip: accepted no-op
+
+
+def test_recommend_cli_quantile_method_and_clipped_mean(high_model, capsys):
+    d = high_model
+    tabs = {}
+    for qm in ("bounded", "exact", "approx"):
+        assert main(["recommend", str(d / "high.nc"), "--strategy", "ucb", "--n", "4",
+                     "--quantile-method", qm, "--out", str(d / f"r_{qm}.csv")]) == 0
+        tabs[qm] = pd.read_csv(d / f"r_{qm}.csv")
+    assert main(["recommend", str(d / "high.nc"), "--strategy", "prob", "--threshold", "5",
+                 "--n", "4", "--screen-size", "4", "--no-clip",
+                 "--out", str(d / "r_raw.csv")]) == 0
+    capsys.readouterr()
+    assert tabs["bounded"]["item"].tolist() == tabs["exact"]["item"].tolist()
+    np.testing.assert_allclose(tabs["bounded"]["score"], tabs["exact"]["score"], rtol=1e-5)
+    rec = tabs["bounded"]
+    assert list(rec.columns[:5]) == ["user", "item", "rank", "score", "mean"]
+    assert rec["score"].max() > 5.0 and rec["mean"].max() <= 5.0  # score is not clipped
+    assert pd.read_csv(d / "r_raw.csv")["mean"].max() > 5.0
+    assert main(["recommend", str(d / "high.nc"), "--quantile-method", "fast"]) == 2
+    assert "--quantile-method" in capsys.readouterr().err

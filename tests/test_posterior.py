@@ -88,9 +88,14 @@ def test_mixture_quantile_single_component_is_gaussian():
 
 
 def test_raw_id_predict_matches_index_predict(post):
-    pred = post.predict(["u1", "u4"], [101, 103])
+    pred = post.predict(["u1", "u4"], [101, 103], clip=False)
     ref = post.summarize_indices(np.array([1, 4]), np.array([1, 3]))
     np.testing.assert_allclose(pred.mean, ref[0])
+    clipped = post.predict(["u1", "u4"], [101, 103])  # default: on the rating scale
+    lo, hi = post.train.scale.min, post.train.scale.max
+    for a, b in ((clipped.mean, ref[0]), (clipped.lower, ref[3]), (clipped.upper, ref[4])):
+        np.testing.assert_allclose(a, np.clip(b, lo, hi))
+    np.testing.assert_allclose(clipped.std, ref[1])  # the spread is not clipped
     assert pred.known_user.all() and pred.known_item.all()
     assert pred.uncertainty == "parameter + noise"
     df = pred.to_frame()
@@ -203,3 +208,62 @@ def test_vocabulary_mismatch_reencodes(post):
     lpd = post.log_predictive_density(other)
     assert np.isfinite(lpd).all() and len(lpd) == 2
     assert Vocabulary(["a"], "user") != train.users
+
+
+def test_predict_clips_to_the_scale_by_default_and_keeps_the_mixture():
+    """Means and interval bounds are reported on the rating scale by default; the
+    predictive distribution (quantiles, density, std) is not clipped."""
+    train = _train()
+    p = _posterior(train)
+    p.draws["mu"] = p.draws["mu"] + np.float32(2.0)  # push predictions above 5 stars
+    u, i = ["u0", "u1", "u2"], [100, 101, 102]
+    raw = p.predict(u, i, clip=False)
+    assert raw.mean.max() > 5.0 and raw.upper.max() > 5.0  # it leaves the scale
+    d = p.predict(u, i)
+    lo, hi = train.scale.min, train.scale.max
+    np.testing.assert_allclose(d.mean, np.clip(raw.mean, lo, hi))
+    np.testing.assert_allclose(d.lower, np.clip(raw.lower, lo, hi))
+    np.testing.assert_allclose(d.upper, np.clip(raw.upper, lo, hi))
+    np.testing.assert_allclose(d.std, raw.std)
+    assert d.upper.max() <= hi and d.mean.max() <= hi
+    np.testing.assert_allclose(p.quantiles(u, i, [0.95])[0], raw.upper)  # unclipped
+
+
+@pytest.mark.parametrize("likelihood", ["ordinal", "bernoulli-probit"])
+def test_clipping_leaves_discrete_predictions_unchanged(likelihood):
+    from bayesmf.model.likelihoods import get_likelihood
+
+    rng = np.random.default_rng(3)
+    ordinal = likelihood == "ordinal"
+    users, items = np.repeat(np.arange(8), 6), np.tile(np.arange(6), 8)
+    y = rng.integers(1, 6, len(users)).astype(float) if ordinal else \
+        rng.integers(0, 2, len(users)).astype(float)
+    train = Ratings.from_arrays(users, items, y)
+    lik = get_likelihood(likelihood).fit_data(y) if ordinal else get_likelihood(likelihood)
+    C, D, k = 1, 20, 2
+    draws = {"mu": np.zeros((C, D)), "bu": rng.normal(0, 1, (C, D, 8)),
+             "bi": rng.normal(0, 1, (C, D, 6)),
+             "U": rng.normal(0, 1, (C, D, 8, k)).astype(np.float32),
+             "V": rng.normal(0, 1, (C, D, 6, k)).astype(np.float32)}
+    if ordinal:
+        draws["cutpoints"] = np.tile(np.array([-1.5, -0.5, 0.5, 1.5]), (C, D, 1))
+    p = Posterior(draws, ModelSpec(rank=k, likelihood=lik), train.users, train.items,
+                  TrainInfo.from_ratings(train), "synthetic")
+    a = p.predict(users[:10], items[:10])
+    b = p.predict(users[:10], items[:10], clip=False)
+    for x, z in ((a.mean, b.mean), (a.lower, b.lower), (a.upper, b.upper)):
+        np.testing.assert_array_equal(x, z)
+    assert a.mean.min() >= train.scale.min and a.mean.max() <= train.scale.max
+
+
+def test_degenerate_scale_is_not_clipped_to_a_point():
+    """All training ratings equal: the 'scale' [4, 4] says nothing about the range, so
+    intervals keep their width."""
+    rng = np.random.default_rng(0)
+    u, i = np.repeat(np.arange(5), 4), np.tile(np.arange(4), 5)
+    train = Ratings.from_arrays(u, i, np.full(len(u), 4.0))
+    p = _posterior(train, C=1, D=20)
+    pred = p.predict(u[:3], i[:3])
+    raw = p.predict(u[:3], i[:3], clip=False)
+    np.testing.assert_array_equal(pred.lower, raw.lower)
+    assert np.all(pred.upper - pred.lower > 0.1)

@@ -100,7 +100,7 @@ def test_append_to_and_fold_in_item():
     f = fold_in(post, {1: 5.0, 2: 1.0}, user=100, seed=1)
     p2 = f.append_to()
     assert len(p2.users) == 13 and p2.train.user_counts[-1] == 2
-    pred = p2.predict([100, 100], [5, 6])
+    pred = p2.predict([100, 100], [5, 6], clip=False)
     assert pred.mean == pytest.approx(f.predict([5, 6])["mean"].to_numpy(), abs=1e-5)
     rec = recommend(p2, [100], n=20)
     assert not ({1, 2} & set(rec.item)) and len(rec) == 18

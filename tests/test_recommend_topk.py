@@ -95,7 +95,7 @@ def test_exact_mean_differs_from_mean_factors_when_chains_rotate():
     post.draws["U"][1] *= -1
     post.draws["V"][1] *= -1
     exact = recommend(post, None, n=5, exclude_seen=False)
-    pred = post.predict(exact.user, exact.item).mean
+    pred = post.predict(exact.user, exact.item, clip=False).mean
     assert exact["score"].to_numpy() == pytest.approx(pred, abs=1e-5)
     mf = approx_error(post, "mean-factors", n=5)
     lr = approx_error(post, "lowrank", n=5)  # rank k*chains + 8 keeps both rotations
@@ -130,3 +130,53 @@ def test_bias_only_model():
     assert rec[rec.user == 0]["item"].tolist() == list(np.argsort(-bi, kind="stable")[:4])
     fast = recommend(p0, [0, 1], n=4, exclude_seen=False, approx="lowrank", uncertainty=False)
     assert fast["item"].tolist() == rec["item"].tolist()
+
+
+def test_n_is_capped_at_the_catalogue(monkeypatch):
+    """n=10**9 on a 40-item model used to allocate users x 10**9 results (21 GB)."""
+    from bayesmf import _memory as mem
+    from bayesmf.recommend import recommend_indices
+
+    post, _ = make_posterior(n_users=20, n_items=40, k=2, draws=5, seed=3)
+    monkeypatch.setenv(mem.ENV_VAR, "20MB")
+    for st in ("mean", "ucb", "thompson"):
+        rec = recommend(post, [0, 1], n=10**9, strategy=st, exclude_seen=False)
+        assert rec.groupby("user").size().tolist() == [40, 40]
+        assert sorted(rec[rec.user == 0].item) == list(range(40))
+    _, res = recommend_indices(post, None, 10**9, candidates=[1, 2, 3])
+    assert res.items.shape == (20, 3)
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(SpecError):
+            recommend(post, [0], n=bad)
+    with pytest.raises(SpecError):
+        recommend(post, [0], chunk_size="big")
+
+
+def test_work_arrays_go_through_the_memory_guard(monkeypatch):
+    from bayesmf import _memory as mem
+    from bayesmf.errors import MemoryLimitError
+
+    post, _ = make_posterior(n_users=50, n_items=300, k=3, draws=40, seed=4)
+    monkeypatch.setenv(mem.ENV_VAR, "1MB")
+    # one chunk of all users x items x draws: 50 x 300 x 40 x 32 B = 19 MB
+    with pytest.raises(MemoryLimitError, match="per-draw scores of 50 users x 300 items"):
+        recommend(post, None, n=5, strategy="ucb", quantile_method="exact", chunk_size=50)
+    big, _ = make_posterior(n_users=400, n_items=300, k=3, draws=40, seed=4)
+    with pytest.raises(MemoryLimitError, match="bounded top-5 work arrays of 400 users"):
+        recommend(big, None, n=5, strategy="ucb", chunk_size=10**6)
+    assert len(recommend(big, None, n=5, strategy="ucb")) == 2000  # default chunks fit
+    monkeypatch.setenv(mem.ENV_VAR, "2GB")
+    assert len(recommend(post, None, n=5, strategy="ucb", chunk_size=50)) == 250
+
+
+def test_mean_column_is_clipped_score_is_not():
+    post, _ = make_posterior(n_users=10, n_items=30, k=2, draws=8, seed=8)
+    post.draws["mu"] = post.draws["mu"] + 3.0  # predictions far above the 5-star scale
+    hi = post.train.scale.max
+    for st in ("mean", "ucb"):
+        rec = recommend(post, None, n=3, strategy=st)
+        raw = recommend(post, None, n=3, strategy=st, clip=False)
+        assert rec["score"].max() > hi and (rec["mean"] <= hi).all()
+        assert rec["item"].tolist() == raw["item"].tolist()
+        np.testing.assert_allclose(rec["mean"], np.minimum(raw["mean"], hi))
+        np.testing.assert_allclose(rec["score"], raw["score"])

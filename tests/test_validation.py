@@ -180,7 +180,7 @@ def test_predict_input_shapes(fitted, df):
 
 
 def test_recommend_arguments(fitted):
-    with pytest.raises(SpecError, match="n must be >= 1, got 0"):
+    with pytest.raises(SpecError, match="n must be an integer >= 1, got 0"):
         fitted.recommend([0], n=0)
     with pytest.raises(SpecError, match="unknown strategy 'bogus'"):
         fitted.recommend([0], strategy="bogus")

@@ -6,10 +6,14 @@ path, the low-rank and mean-factor approximations and their error are documented
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
+from bayesmf._memory import check_allocation, memory_limit
 from bayesmf.errors import SpecError
 from bayesmf.model import linear
+from bayesmf.scoring.bounded import supports_bounded
 from bayesmf.scoring.strategies import (Strategy, key_rng, scores_from_components,
                                         scores_from_mixture, thompson_draw_index)
 
@@ -17,6 +21,8 @@ __all__ = ["Scorer", "UserBlock", "WORK_ELEMS"]
 
 #: elements of one work array (draws x users x items for per-draw strategies)
 WORK_ELEMS = 1 << 22
+_HINT = ("pass fewer users per call or a smaller chunk_size, restrict the candidate items, "
+         "or thin the posterior (Posterior.thin)")
 _WORK_ELEMS = WORK_ELEMS
 
 
@@ -67,6 +73,17 @@ class Scorer:
         self.work_elems = int(work_elems)
         self._q = None
         self._Vaug = None
+        self._moments = None  # screening moments of the bounded top-n (scoring.bounded)
+        self.stats = {"rescored": 0, "certified": 0, "solved": 0}
+        self._lock = threading.Lock()
+
+    def stats_add(self, **kw):
+        """Count pairs of the bounded top-n path: ``rescored`` (screened items scored
+        exactly), ``certified`` (proved below the n-th score without solving), ``solved``
+        (neither: scored exactly)."""
+        with self._lock:
+            for key, v in kw.items():
+                self.stats[key] += int(v)
 
     # ---------------------------------------------------------------- user blocks
     def pop_moments(self):
@@ -106,6 +123,9 @@ class Scorer:
         """``x_{i,s}^T Cov_s([b_u, U_u]) x_{i,s}`` with ``x_i = [1, V_i]`` for the
         candidate items ``(S, J)``: the fallback user's extra variance."""
         if self._q is None:
+            check_allocation(8 * self.S * self.J * (self.k + 3),
+                             f"fallback variances of {self.J} items x {self.S} draws",
+                             hint=_HINT)
             _, a_cov = self.pop_moments()
             x = np.concatenate([np.ones((self.S, self.J, 1)), self.V.astype(np.float64)],
                                axis=-1)
@@ -116,6 +136,10 @@ class Scorer:
         """``(m, sd)`` each ``(S, c, J')`` for the block against candidate columns
         ``cols`` (positions in the candidate set; ``None``: all)."""
         noise = self.st.noise if noise is None else noise
+        ncol = self.J if cols is None else len(cols)
+        check_allocation(8 * 4 * self.S * len(block) * ncol,
+                         f"per-draw scores of {len(block)} users x {ncol} items x "
+                         f"{self.S} draws", hint=_HINT)
         V = self.V if cols is None else self.V[:, cols]
         bi = self.bi if cols is None else self.bi[:, cols]
         m = linear.block_eta(self.mu, block.b, bi, block.F, V)
@@ -130,6 +154,8 @@ class Scorer:
         """``(m, v)`` each ``(S, c, n)`` for per-row columns ``cols (c, n)`` (>= 0);
         ``v`` is the extra (fallback) variance without the noise."""
         cols = np.asarray(cols, np.int64)
+        check_allocation(8 * 3 * self.S * cols.size,
+                         f"components of {cols.size} pairs x {self.S} draws", hint=_HINT)
         m = self.mu[:, None, None] + block.b[:, :, None] + self.bi[:, cols]  # S, c, n
         if self.k:
             for s in range(self.S):  # per draw: gathers from one cache-sized item matrix
@@ -176,6 +202,9 @@ class Scorer:
         """``[V~, base_i]`` with ``V~ = [V_1..V_S]`` ``(J, kS)`` and the item part of the
         mean ``base_i = mean(mu) + mean_s b_{i,s}`` appended (float32)."""
         if self._Vaug is None:
+            check_allocation(4 * self.J * (self.S * self.k + 2),
+                             f"the stacked item draws ({self.J} items x {self.S} draws x "
+                             f"rank {self.k})", hint=_HINT)
             base = (self.mu.mean() + self.bi.mean(axis=0)).astype(np.float32)
             if self.approx is None:
                 Vt = self.V.transpose(1, 0, 2).reshape(self.J, self.S * self.k)
@@ -218,6 +247,9 @@ class Scorer:
     def mean_scores(self, block: UserBlock, u=None, known=None):
         """Posterior-mean scores ``(c, J)`` (float32) without the user constant
         ``mean_s b_{u,s}`` (added by :meth:`user_const`; it does not change a ranking)."""
+        rows = len(block) if block is not None else len(u)
+        check_allocation(4 * rows * (self.J + self.S * self.k + 1),
+                         f"mean scores of {rows} users x {self.J} items", hint=_HINT)
         A = self._item_aug()
         X = self._user_rows(block, u, known)
         Xa = np.empty((X.shape[0], X.shape[1] + 1), np.float32)
@@ -243,12 +275,42 @@ class Scorer:
         if self.st.name == "thompson":
             draw = thompson_draw_index(keys, self.st.seed, self.S)
             block = self.thompson_block(block, draw, keys)
+            return self.thompson_scores(block, draw)
         rng = np.random.default_rng(self.st.seed) if self.st.name == "utility" else None
         if self.lik.mean_is_linear:
             m, sd = self.components(block)
             return scores_from_components(m, sd, self.st, draw_index=draw, rng=rng)
         m, sd = self.components(block, noise=False)
         return self.scores_of_components(m, sd * sd, draw_index=draw, rng=rng)
+
+    def thompson_scores(self, block: UserBlock, draw):
+        r"""Thompson scores ``(c, J)``: row ``r`` scored by its own draw ``s = draw[r]``
+        only, :math:`m_s = \mu_s + b_{u,s} + b_{i,s} + U_{u,s}^\top V_{i,s}` (through the
+        likelihood's component mean for non-Gaussian families). Rows sharing a draw are
+        one GEMM, so the cost is that of one draw, not ``S`` (``block`` has no fallback
+        rows: :meth:`thompson_block` replaced them by population members)."""
+        draw = np.asarray(draw, np.int64)
+        c = len(block)
+        check_allocation(8 * 3 * c * self.J, f"Thompson scores of {c} users x {self.J} "
+                         "items", hint=_HINT)
+        out = np.empty((c, self.J))
+        order = np.argsort(draw, kind="stable")
+        ds = draw[order]
+        cuts = np.flatnonzero(np.diff(ds)) + 1
+        for grp in np.split(order, cuts):
+            if not len(grp):
+                continue
+            s = int(draw[grp[0]])
+            m = (self.mu[s] + block.b[s, grp][:, None]) + self.bi[s][None, :]
+            if self.k:  # float64 GEMM rounded to float32: the same bits for any grouping
+                f = block.F[s, grp].astype(np.float64)
+                m = m + (f @ self.V[s].T.astype(np.float64)).astype(np.float32)
+            if not self.lik.mean_is_linear:
+                th = {name: v[s:s + 1] for name, v in self.theta.items()}
+                m = self.lik.predictive(m[None], np.zeros((1,) + m.shape), th) \
+                    .component_means()[0]
+            out[grp] = m
+        return out
 
     def scores_of_components(self, m, v, draw_index=None, rng=None):
         """Strategy scores from per-draw linear predictors ``m`` and their extra
@@ -264,13 +326,25 @@ class Scorer:
 
     def chunk_rows(self, chunk_size=None) -> int:
         if chunk_size is not None:
-            if int(chunk_size) < 1:
-                raise SpecError("chunk_size must be >= 1")
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+                    or int(chunk_size) < 1:
+                raise SpecError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
             return int(chunk_size)
+        J = max(self.J, 1)
         if self.st.name == "mean" and self.lik.mean_is_linear:  # ~2M float32 scores per chunk
-            return max(16, min(1024, (self.work_elems // 2) // max(self.J, 1)))
-        K = self.lik.K if self.lik.name == "ordinal" else 1  # categorical probs per pair
-        return max(1, self.work_elems // max(self.S * self.J * K, 1))
+            rows, per_row = max(16, min(1024, (self.work_elems // 2) // J)), 8 * J
+        elif supports_bounded(self):  # screening works on ~2M-element (rows x items) arrays
+            rows, per_row = max(1, min(512, (self.work_elems // 2) // J)), 64 * J
+        elif self.st.name == "thompson":  # one draw per row: (rows x items) arrays
+            rows, per_row = max(1, min(1024, (self.work_elems // 2) // J)), 24 * J
+        else:
+            K = self.lik.K if self.lik.name == "ordinal" else 1  # categorical probs per pair
+            rows = max(1, self.work_elems // max(self.S * J * K, 1))
+            per_row = 32 * self.S * J * K
+        lim, _ = memory_limit()
+        if lim:  # a chunk's work arrays stay within 1/8 of the memory limit (threads)
+            rows = max(1, min(rows, (lim // 8) // per_row))
+        return rows
 
 
 
@@ -315,6 +389,8 @@ def _lowrank_factors(post, r: int, oversample: int = 16, power_iters: int = 2, s
     rows ``X = (1/S) U~ W^T`` (all float32). Returns dict(Q, W, X, rank, sv)."""
     S, k = post.n_samples, post.spec.rank
     M, N = len(post.items), len(post.users)
+    check_allocation(4 * (2 * M * S * k + (M + N) * (r + oversample)),
+                     f"the low-rank factors (rank {r}) of {M} items x {S} draws", hint=_HINT)
     Vt = post.flat("V").transpose(1, 0, 2).reshape(M, S * k).astype(np.float32)
     r = int(min(r, M, S * k))
     l = int(min(r + oversample, M, S * k))
