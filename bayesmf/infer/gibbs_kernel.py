@@ -18,6 +18,7 @@ from bayesmf.infer.gibbs_steps import (latent_scale_move, mu_draw, rows_draw, sc
                                        shift_move, translation_move)
 from bayesmf.model import linear
 from bayesmf.model.random import standard_gamma
+from bayesmf.model.reduce import sharded, total
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "BPMFKernelState"]
@@ -84,10 +85,20 @@ class _Cfg(NamedTuple):
     init_scale: float
     data_mean: float
     spec: ModelSpec
+    #: the shard axis the global statistics are psum-ed over when the sweep is traced under
+    #: shard_map/pmap with each shard holding a slice of the data (None: unsharded); see
+    #: :mod:`bayesmf.model.reduce`
+    axis_name: str | None = None
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
-    """One full Gibbs sweep (module docs, steps 0-7)."""
+    """One full Gibbs sweep (module docs, steps 0-7); its global statistics go through
+    :mod:`bayesmf.model.reduce` (``cfg.axis_name``)."""
+    with sharded(cfg.axis_name):
+        return _sweep(cfg, data, key, s)
+
+
+def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     dt = s.U.dtype
     k = cfg.k
     lik = cfg.spec.likelihood
@@ -105,9 +116,9 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         mu_V, Lam_V = prior.hyper_step(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0, g[2 + k:])
     lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
     if cfg.user_bias:
-        lam_bu = g[0] / (cfg.bias_b + 0.5 * jnp.sum(s.bu * s.bu))
+        lam_bu = g[0] / (cfg.bias_b + 0.5 * total(s.bu * s.bu))
     if cfg.item_bias:
-        lam_bi = g[1] / (cfg.bias_b + 0.5 * jnp.sum(s.bi * s.bi))
+        lam_bi = g[1] / (cfg.bias_b + 0.5 * total(s.bi * s.bi))
     y, u, i = data.rating, data.user, data.item
     bu, bi, U, V, mu = s.bu, s.bi, s.U, s.V, s.mu
     # step 0: Gaussian pseudo-observations z with precision weights w (z = y, w = tau

@@ -13,7 +13,7 @@ from jax import lax
 
 from bayesmf.infer._rowblocks import gaussian_from_precision, solve_rows
 from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
-from bayesmf.model.random import long_sum as _sum
+from bayesmf.model.reduce import count, reduce, total
 from bayesmf.model.random import standard_gamma
 
 __all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "mu_draw", "tau_draw",
@@ -46,7 +46,7 @@ def _side_prior(k, with_bias, lam_b, Lam, mu_f, dt):
 
 def bias_precision_draw(key, b, a0, b0):
     r"""Step 2: :math:`\lambda_b \sim \mathrm{Gamma}(a_0 + n/2,\ b_0 + \tfrac12\sum b^2)`."""
-    return _gamma_precision(key, a0 + b.shape[0] / 2, b0 + 0.5 * jnp.sum(b * b), b.dtype)
+    return _gamma_precision(key, a0 + count(b.shape[0]) / 2, b0 + 0.5 * total(b * b), b.dtype)
 
 
 def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f):
@@ -71,11 +71,11 @@ def mu_draw(key, s_res, tau, lambda_mu, mu_mean):
     pseudo-observation precisions of an augmented likelihood)."""
     dt = s_res.dtype
     if jnp.ndim(tau) == 0:
-        prec = lambda_mu + tau * s_res.shape[0]
-        mean = (lambda_mu * mu_mean + tau * _sum(s_res)) / prec
+        prec = lambda_mu + tau * count(s_res.shape[0])
+        mean = (lambda_mu * mu_mean + tau * total(s_res, long=True)) / prec
     else:
-        prec = lambda_mu + _sum(tau)
-        mean = (lambda_mu * mu_mean + _sum(tau * s_res)) / prec
+        prec = lambda_mu + total(tau, long=True)
+        mean = (lambda_mu * mu_mean + total(tau * s_res, long=True)) / prec
     return (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
 
 
@@ -99,8 +99,8 @@ def translation_move(key, mu, b, lam_b, lambda_mu, mu_mean):
     Without it, :math:`\mu` and the biases trade off only through their weak priors and a
     chain started far away drifts back very slowly."""
     dt = b.dtype
-    prec = lambda_mu + b.shape[0] * lam_b
-    mean = (lam_b * jnp.sum(b) - lambda_mu * (mu - mu_mean)) / prec
+    prec = lambda_mu + count(b.shape[0]) * lam_b
+    mean = (lam_b * total(b) - lambda_mu * (mu - mu_mean)) / prec
     c = (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
     return mu + c, b - c
 
@@ -136,10 +136,11 @@ def shift_move(key, F, mu_F, b, G, mu, Lam_F, lam_b, beta0, lambda_mu, mu_mean,
     row-wise updates can only move through the priors; this move lets it travel, and with
     it :math:`\mu` (through the biases and the translation moves)."""
     dt = F.dtype
-    Gbar = jnp.mean(G, axis=0) if with_mu else jnp.zeros((G.shape[1],), dt)
+    Gbar = total(G, axis=0) / count(G.shape[0]) if with_mu else jnp.zeros((G.shape[1],), dt)
     Gc = G - Gbar
-    A = beta0 * Lam_F + lam_b * (Gc.T @ Gc) + lambda_mu * jnp.outer(Gbar, Gbar)
-    h = beta0 * (Lam_F @ mu_F) - lam_b * (Gc.T @ b) - lambda_mu * Gbar * (mu - mu_mean)
+    GcGc, Gcb = reduce((Gc.T @ Gc, Gc.T @ b))
+    A = beta0 * Lam_F + lam_b * GcGc + lambda_mu * jnp.outer(Gbar, Gbar)
+    h = beta0 * (Lam_F @ mu_F) - lam_b * Gcb - lambda_mu * Gbar * (mu - mu_mean)
     c = gaussian_from_precision(0.5 * (A + A.T), h, key)
     return F - c, mu_F - c, b + Gc @ c, mu + Gbar @ c
 

@@ -119,10 +119,13 @@ class NormalGamma(FactorPrior):
         import jax
         import jax.numpy as jnp
 
-        n, k = F.shape
+        from bayesmf.model.reduce import count, total
+
+        k = F.shape[1]
+        n = count(F.shape[0])
         dt = F.dtype
-        Fbar = jnp.mean(F, axis=0)
-        S = jnp.sum((F - Fbar) ** 2, axis=0)
+        Fbar = total(F, axis=0) / n
+        S = total((F - Fbar) ** 2, axis=0)
         bn = beta0 + n
         rate = 1.0 / (2.0 * w0) + 0.5 * (S + beta0 * n * Fbar * Fbar / bn)
         lam = g / rate
@@ -149,13 +152,15 @@ def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
     from jax import lax
 
     from bayesmf.model.random import standard_gamma
+    from bayesmf.model.reduce import count, reduce, total
 
-    n, k = F.shape
+    k = F.shape[1]
+    n = count(F.shape[0])  # global rows (bayesmf.model.reduce: sharded rows are summed)
     dt = F.dtype
     kw, kd, km = jax.random.split(key, 3)
-    Fbar = jnp.mean(F, axis=0)
+    Fbar = total(F, axis=0) / n
     Fc = F - Fbar
-    S = Fc.T @ Fc
+    S = reduce(Fc.T @ Fc)
     beta_n = beta0 + n
     nu_n = nu0 + n
     mu_n = (n * Fbar) / beta_n

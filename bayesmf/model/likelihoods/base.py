@@ -121,8 +121,11 @@ class Likelihood:
     def _info(self, y, eta, theta, lp):
         import jax.numpy as jnp
 
+        from bayesmf.model.reduce import count, total
+
         e = self.decode_jnp(y) - self.point_mean(eta, theta)
-        return {"train_rmse": jnp.sqrt(jnp.mean(e * e)), "log_likelihood": jnp.sum(lp)}
+        return {"train_rmse": jnp.sqrt(total(e * e, long=True) / count(e.shape[0])),
+                "log_likelihood": total(lp, long=True)}
 
     def decode_jnp(self, y):
         """Internal values -> data scale (jnp)."""
@@ -145,9 +148,11 @@ class Likelihood:
         import jax
         import jax.numpy as jnp
 
+        from bayesmf.model.reduce import total
+
         def f(xx):
             s = jnp.exp(xx)
-            return (jnp.sum(self.log_prob(y, s * eta, self.scale_theta(theta, s, spec)))
+            return (total(self.log_prob(y, s * eta, self.scale_theta(theta, s, spec)))
                     + self.scale_log_prior(theta, xx, spec))
 
         d1 = jax.grad(f)

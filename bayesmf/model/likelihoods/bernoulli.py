@@ -197,11 +197,13 @@ class BernoulliLogit(_Bernoulli):
         import jax
         import jax.numpy as jnp
 
+        from bayesmf.model.reduce import reduce
+
         t = jnp.exp(x) * eta
         p = jax.nn.sigmoid(t)
-        f = jnp.sum(y * t - jax.nn.softplus(t))
-        f1 = jnp.sum(t * (y - p))
-        return f, f1, f1 - jnp.sum(t * t * p * (1.0 - p))
+        f, f1, f2 = reduce((jnp.sum(y * t - jax.nn.softplus(t)), jnp.sum(t * (y - p)),
+                            jnp.sum(t * t * p * (1.0 - p))))
+        return f, f1, f1 - f2
 
     def working(self, y, eta, theta):
         import jax

@@ -61,11 +61,12 @@ class Gaussian(Likelihood):
     def update_theta(self, key, y, eta, theta, spec):
         import jax.numpy as jnp
 
-        from bayesmf.model.random import gamma_draw, long_sum
+        from bayesmf.model.random import gamma_draw
+        from bayesmf.model.reduce import count, total
 
-        n = y.shape[0]
+        n = count(y.shape[0])
         e = y - eta
-        sse = long_sum(e * e)
+        sse = total(e * e, long=True)
         tau = theta["tau"]
         if spec.noise == "learned":
             pri = spec.priors

@@ -117,12 +117,14 @@ def interval_scale_fgh(a, b, x):
     + \beta^2\ell_{\beta\beta})`. One pass over the observations."""
     import jax.numpy as jnp
 
+    from bayesmf.model.reduce import reduce
+
     s = jnp.exp(x)
     lz, la, lb, laa, lbb, lab, a0, b0 = interval_derivs(a * s, b * s)
     al, be = a0, b0
-    d1 = jnp.sum(al * la + be * lb)
-    d2 = d1 + jnp.sum(al * al * laa + 2 * al * be * lab + be * be * lbb)
-    return jnp.sum(lz), d1, d2
+    f, d1, d2 = reduce((jnp.sum(lz), jnp.sum(al * la + be * lb),
+                        jnp.sum(al * al * laa + 2 * al * be * lab + be * be * lbb)))
+    return f, d1, d1 + d2
 
 
 def newton_mode(fgh, u0, steps: int = _NEWTON_STEPS, f=None):
@@ -327,18 +329,22 @@ class OrdinalProbit(Likelihood):
         if d > 0:
             dt = eta.dtype
 
+            from bayesmf.model.reduce import count, reduce, total
+
             def logp(u):
                 c = self.cut_from_u(u, K, fix)
-                return jnp.sum(self.log_prob(y, eta, {"cutpoints": c})) + self.log_prior_u(u, fix)
+                return total(self.log_prob(y, eta, {"cutpoints": c})) + self.log_prior_u(u, fix)
 
             u0 = self.u_from_cut(cut, fix)
             # the proposal depends on (eta, y) only -- an independence sampler: Newton from
             # the moment-matched cutpoints of eta + N(0, 1) at the level frequencies
             from jax.scipy.special import ndtri
 
-            counts = jnp.zeros((K,), dt).at[y.astype(jnp.int32)].add(1.0) + 0.5
+            counts = reduce(jnp.zeros((K,), dt).at[y.astype(jnp.int32)].add(1.0)) + 0.5
             cum = jnp.cumsum(counts)[:-1] / jnp.sum(counts)
-            c_mm = jnp.mean(eta) + jnp.sqrt(1.0 + jnp.var(eta)) * ndtri(cum)
+            n_obs = count(eta.shape[0])
+            m_eta = total(eta) / n_obs
+            c_mm = m_eta + jnp.sqrt(1.0 + total((eta - m_eta) ** 2) / n_obs) * ndtri(cum)
             c_mm = c_mm - c_mm[0] if fix else c_mm
             c_mm = jnp.concatenate([c_mm[:1], c_mm[:1] + jnp.cumsum(
                 jnp.maximum(jnp.diff(c_mm), 1e-3))]) if K > 2 else c_mm
@@ -409,7 +415,10 @@ class OrdinalProbit(Likelihood):
         def seg(v):
             return jax.ops.segment_sum(v, yi, num_segments=K)
 
-        Sa, Sb, Saa, Sbb, Sab = seg(la), seg(lb), seg(laa), seg(lbb), seg(lab)
+        from bayesmf.model.reduce import reduce
+
+        Sa, Sb, Saa, Sbb, Sab, slz = reduce((seg(la), seg(lb), seg(laa), seg(lbb), seg(lab),
+                                             jnp.sum(lz)))
         g_c = Sb[:-1] + Sa[1:]
         h_diag = Sbb[:-1] + Saa[1:]
         h_off = Sab[1:-1]
@@ -424,7 +433,7 @@ class OrdinalProbit(Likelihood):
         tail = jnp.flip(jnp.cumsum(jnp.flip(g_c)))          # sum_{j >= i} g_c[j]
         D = eg * tail[1:]                                   # gap m enters c_{m+1..}
         sd = self._prior_sd(d, fix, dt)
-        f = jnp.sum(lz) + self.log_prior_u(u, fix)
+        f = slz + self.log_prior_u(u, fix)
         g = J.T @ g_c - u / sd ** 2
         H2 = J.T @ H_c @ J
         H2 = H2.at[gap0:, gap0:].add(jnp.diag(D))
