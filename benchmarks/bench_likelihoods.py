@@ -457,6 +457,13 @@ def plan_rows(task, split_name, a):
             rows.append(("bayesmf-ordinal", f"rank 10; {a.warmup} warm-up + {a.samples}, "
                          f"seed {a.seed}", bayesmf_likelihood_row,
                          ("ordinal", 10, a.warmup, a.samples, a.seed)))
+            if a.doc_rows and split_name == "ml100k-u3":
+                # myFM's documented protocol applied to bayesmf: the same number of
+                # sweeps, every sweep kept from the start (no warm-up), the same seed
+                r, it, kept, seed = DOC_SETTINGS["ordinal"]
+                rows.append(("bayesmf-ordinal [docs protocol]", f"rank {r}; {it} sweeps, "
+                             f"keep all {kept}, seed {seed}", bayesmf_likelihood_row,
+                             ("ordinal", r, 0, kept, seed)))
     elif task == "binary":
         for r in (8, 10):
             rows.append((f"myfm-classifier r{r}", f"rank {r}; {matched}", myfm_binary,
