@@ -180,3 +180,27 @@ def test_mean_column_is_clipped_score_is_not():
         assert rec["item"].tolist() == raw["item"].tolist()
         np.testing.assert_allclose(rec["mean"], np.minimum(raw["mean"], hi))
         np.testing.assert_allclose(rec["score"], raw["score"])
+
+
+def test_bernoulli_mean_strategy_ranks_by_probability_not_by_mean_eta():
+    """Issue 12: top-k of a Bernoulli model ranks by the posterior mean of P(y=1) (the
+    mixture mean), which is not the order of the mean linear predictor; the score column
+    is that probability."""
+    import pandas as pd
+
+    import bayesmf
+
+    rng = np.random.default_rng(0)
+    U, V = rng.normal(size=(40, 2)), rng.normal(size=(30, 2))
+    uu, ii = np.nonzero(rng.random((40, 30)) < 0.5)
+    y = ((U[uu] * V[ii]).sum(1) + rng.normal(0, 1, len(uu)) > 0).astype(float)
+    m = bayesmf.BayesMF(method="gibbs", likelihood="bernoulli-probit", rank=2,
+                        num_samples=50, num_warmup=50).fit(
+        pd.DataFrame({"user": uu, "item": ii, "rating": y}))
+    post = m.posterior_
+    recs = recommend(post, [0, 1], n=5, exclude_seen=False)
+    for u, g in recs.groupby("user"):
+        p = np.asarray(post.predictive(np.full(30, u), post.items.ids).mean())
+        np.testing.assert_allclose(g["score"].to_numpy(), np.sort(p)[::-1][:5], rtol=1e-5)
+        np.testing.assert_allclose(g["score"].to_numpy(), g["mean"].to_numpy(), rtol=1e-6)
+        assert (g["score"] <= 1).all() and (g["score"] >= 0).all()

@@ -225,13 +225,14 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
         rows = np.arange(a, min(nU, a + step))
         if perm is not None:
             rows = perm[rows]
-        light = (st.name == "mean" and sc.approx is not None and not uncertainty
+        linear_mean = st.name == "mean" and sc.lik.mean_is_linear
+        light = (linear_mean and sc.approx is not None and not uncertainty
                  and isinstance(src, _PosteriorUsers) and src.known[rows].all())
         block = None if light else src.block(sc, rows)
         if bounded:
             idx, vals, valid = bounded_topn(sc, block, n, excluded_mask(rows))
             return _store(rows, block, idx, vals, valid, None)
-        if st.name == "mean":
+        if linear_mean:  # the GEMM fast path: E[y] is the mean linear predictor
             uk = src.index_known(rows) if hasattr(src, "index_known") else (None, None)
             s = sc.mean_scores(block, *uk)
             const = sc.user_const(block) if block is not None else sc.user_const_known(uk[0])
