@@ -238,11 +238,13 @@ class BayesMF:
         return self.posterior.to_datatree(**kwargs)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> "BayesMF":
-        """Write the fitted model to a netCDF file (see :mod:`bayesmf.io`)."""
+    def save(self, path, **options) -> "BayesMF":
+        """Write the fitted model to a netCDF file; ``options`` go to
+        :func:`bayesmf.io.save` (``mode="draws"|"summary"``, ``draws=`` how many to keep:
+        80 by default, ``"all"`` for every draw; ``thin=``)."""
         from bayesmf import io
 
-        io.save(self.posterior, path)
+        io.save(self.posterior, path, **options)
         return self
 
     @classmethod

@@ -265,7 +265,7 @@ def test_model_file_with_wrong_schema_or_missing_parts(model_file, tmp_path):
     v.attrs["bayesmf_schema"] = 99
     v.to_netcdf(tmp_path / "v99.nc", engine="h5netcdf")
     with pytest.raises(ModelFileError, match="has model schema version 99; this bayesmf "
-                                             r"reads versions \[1, 2\]"):
+                                             r"reads versions \[1, 2, 3\]"):
         bayesmf.load(tmp_path / "v99.nc")
     n = ds.copy()
     del n.attrs["bayesmf_schema"]
