@@ -1,8 +1,11 @@
 r"""Checkpoint and resume for scan-based samplers.
 
-A sampler written as a pure kernel ``step(key, state) -> (state, info)`` runs through
-:func:`run_chunked` in **chunks** of ``every`` iterations; after each chunk the driver
-writes a checkpoint. A run that is killed (SIGKILL, OOM, pre-emption) and restarted with
+A sampler written as a pure kernel ``step(key, state) -> (state, info)`` runs through the
+driver (:mod:`bayesmf.infer.driver`: :func:`~bayesmf.infer.driver.run_chains` for the
+package's samplers, :func:`~bayesmf.infer.driver.run_chunked` for custom scan kernels;
+both still importable from here) in **chunks** of iterations; at every
+``checkpoint_every`` iterations the driver writes a checkpoint with this module's file
+functions. A run that is killed (SIGKILL, OOM, pre-emption) and restarted with
 ``resume=True`` continues from the last checkpoint and ends with exactly the draws of an
 uninterrupted run: the same number, no duplicates or gaps, **bit-identical** values.
 
@@ -57,21 +60,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from bayesmf._memory import check_allocation
 from bayesmf.errors import ModelFileError, SpecError
-from bayesmf.infer import check_int as _check_int
 
-__all__ = ["CHECKPOINT_VERSION", "ChunkedRun", "fingerprint", "iteration_keys",
-           "scan_chunk", "run_chunked", "save_checkpoint", "load_checkpoint",
-           "kept_iterations", "atomic_save_npz", "restore_state"]
+__all__ = ["CHECKPOINT_VERSION", "fingerprint", "iteration_keys", "save_checkpoint",
+           "load_checkpoint", "kept_iterations", "atomic_save_npz", "restore_state"]
 
 CHECKPOINT_VERSION = 1
 _FORMAT = "bayesmf-checkpoint"
@@ -172,27 +171,6 @@ def kept_iterations(n_iter: int, warmup: int = 0, thin: int = 1) -> np.ndarray:
     return t[(t >= warmup) & ((t - warmup) % thin == 0)]
 
 
-def scan_chunk(step: Callable, extract: Callable | None = None, *, jit: bool = True):
-    """Build a chunk function for :func:`run_chunked` from a pure kernel.
-
-    ``step(key, state) -> (state, info)``; the chunk function
-    ``chunk(state, keys) -> (state, outputs)`` runs ``lax.scan`` over ``keys`` and returns
-    per-iteration ``outputs = extract(state, info)`` (default: the new state). Compiled
-    once per chunk length (the last chunk may be shorter: at most two compilations).
-    """
-    import jax
-    from jax import lax
-
-    def chunk(state, keys):
-        def body(s, k):
-            s2, info = step(k, s)
-            return s2, (s2 if extract is None else extract(s2, info))
-
-        return lax.scan(body, state, keys)
-
-    return jax.jit(chunk) if jit else chunk
-
-
 # ----------------------------------------------------------------------------- file io
 def _fsync_dir(path: Path) -> None:
     try:
@@ -207,10 +185,66 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_TMP_TAG = ".tmp"
+
+
+def _tmp_name(path: Path) -> Path:
+    """The temporary name a write of ``path`` goes through: ``.<name>.tmp<pid>`` in the
+    same folder (so :func:`os.replace` never crosses a file system)."""
+    return path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier write of this name has finished or died: stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, OverflowError):
+        return True  # exists (another user's process) or cannot tell: leave it alone
+    return True
+
+
+def _remove_stale_temps(folder: Path, name: str | None = None) -> int:
+    """Delete the temporary files ``.<name>.tmp<pid>`` in ``folder`` whose writer no
+    longer runs: leftovers of a write killed (SIGKILL, OOM, power loss) between creating
+    the temporary file and moving it into place, which no ``finally`` could remove.
+    A temporary file of a live process (another run writing there now) is kept; one
+    carrying this process's own pid is stale (this process is not writing it: its
+    writes are sequential). ``name=None`` sweeps every file name (the draw-parts folder,
+    which only bayesmf writes). Returns the number of files removed; never raises."""
+    import glob
+
+    removed = 0
+    try:
+        stem = "*" if name is None else glob.escape(name)
+        candidates = list(folder.glob(f".{stem}{_TMP_TAG}*"))
+    except OSError:
+        return 0
+    for f in candidates:
+        pid = f.name.rpartition(_TMP_TAG)[2]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            f.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def atomic_save_npz(path, arrays: dict) -> str:
-    """Write ``arrays`` to ``path`` (uncompressed npz) atomically; returns its SHA-256."""
+    """Write ``arrays`` to ``path`` (uncompressed npz) atomically; returns its SHA-256.
+
+    The archive is written to the temporary name ``.<name>.tmp<pid>`` in the same folder,
+    flushed and fsync'ed, then moved onto ``path`` with :func:`os.replace`. Any exception
+    (disk full, permission, interrupt) removes the temporary file and leaves ``path`` as
+    it was. A write killed outright cannot clean up after itself; its temporary file is
+    removed by the next save of the same name (:func:`_remove_stale_temps`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_stale_temps(path.parent, path.name)
+    tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -220,8 +254,12 @@ def atomic_save_npz(path, arrays: dict) -> str:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:  # pragma: no cover - never mask the original error
+            pass
     return digest
 
 
@@ -247,7 +285,9 @@ def _leaf_names(tree) -> list[str]:
 def save_checkpoint(path, *, state, key, iteration: int, n_iter: int, fingerprint: str,
                     parts: list, warmup: int = 0, thin: int = 1,
                     meta: dict | None = None) -> None:
-    """Write the checkpoint file ``path`` (see the module docs) atomically."""
+    """Write the checkpoint file ``path`` (see the module docs) atomically, then remove
+    the temporary files that killed writes of earlier draw parts left in
+    ``<path>.draws/`` (a resumed run's first save cleans up after the run it resumes)."""
     import jax
 
     leaves = jax.tree_util.tree_leaves(state)
@@ -263,6 +303,10 @@ def save_checkpoint(path, *, state, key, iteration: int, n_iter: int, fingerprin
     for j, leaf in enumerate(leaves):
         arrays[f"state/{j}"] = _host(leaf)
     atomic_save_npz(path, arrays)
+    # draw parts whose write was killed (the next save after a resume gets here too)
+    pdir = _parts_dir(Path(path))
+    if pdir.is_dir():
+        _remove_stale_temps(pdir)
 
 
 class _Loaded(NamedTuple):
@@ -351,129 +395,11 @@ def _load_part(pdir: Path, part: dict, n_leaves: int) -> list:
 
 
 # ----------------------------------------------------------------------------- driver
-class ChunkedRun(NamedTuple):
-    """Result of :func:`run_chunked`.
+def __getattr__(name):
+    # the host loop lives in bayesmf.infer.driver (the one driver of every sampler);
+    # these names stay importable from here for custom kernels written against them
+    if name in ("run_chunked", "scan_chunk", "ChunkedRun"):
+        from bayesmf.infer import driver
 
-    ``state``: the final sampler state; ``draws``: the kept outputs, a pytree shaped like
-    one iteration's output with a leading axis of kept iterations; ``kept``: the kept
-    iteration numbers; ``resumed_at``: the iteration a resume started from (``None`` for a
-    fresh run); ``chunks_run``: chunks computed by this call."""
-
-    state: Any
-    draws: Any
-    kept: np.ndarray
-    resumed_at: int | None
-    chunks_run: int
-
-
-def run_chunked(chunk_fn: Callable, state, key, n_iter: int, *, every: int | None = None,
-                checkpoint_path=None, resume: bool = False, warmup: int = 0, thin: int = 1,
-                fingerprint: str = "", meta: dict | None = None,
-                on_chunk: Callable | None = None, memory_limit=None) -> ChunkedRun:
-    """Run ``n_iter`` iterations of a scan kernel in chunks, checkpointing after each.
-
-    Parameters
-    ----------
-    chunk_fn : callable
-        ``chunk_fn(state, keys) -> (state, outputs)``: runs ``len(keys)`` iterations with
-        the given per-iteration keys; ``outputs`` is a pytree with leading axis
-        ``len(keys)`` (see :func:`scan_chunk`).
-    state : pytree of arrays
-        The initial state (also the template a resumed state is restored into).
-    key : jax PRNG key
-        Base key; iteration ``t`` uses ``fold_in(key, t)``.
-    n_iter : int
-        Total iterations including warm-up.
-    every : int, optional
-        Iterations per chunk (= checkpoint interval); default ``n_iter`` (one chunk).
-    checkpoint_path : path, optional
-        Checkpoint file (draw parts go to ``<path>.draws/``). ``None``: no checkpoints.
-    resume : bool
-        Continue from ``checkpoint_path`` (which must exist and match ``fingerprint``,
-        ``n_iter``, ``warmup``, ``thin``); otherwise any old checkpoint there is replaced.
-    warmup, thin : int
-        Outputs of iterations ``t >= warmup`` with ``(t - warmup) % thin == 0`` are kept.
-    fingerprint : str
-        Of the data and settings (:func:`fingerprint`); the base key is added to it.
-    on_chunk : callable, optional
-        ``on_chunk(iterations_done, n_iter)`` after each chunk (and its checkpoint).
-    memory_limit : optional
-        Limit for the kept draws (see :func:`bayesmf._memory.check_allocation`).
-    """
-    import jax
-
-    n_iter = _check_int("n_iter", n_iter, 1)
-    warmup = _check_int("warmup", warmup, 0)
-    thin = _check_int("thin", thin, 1)
-    every = n_iter if every is None else _check_int("checkpoint_every", every, 1)
-    if resume and checkpoint_path is None:
-        raise SpecError("resume=True needs a checkpoint path")
-    kept = kept_iterations(n_iter, warmup, thin)
-    fp = _fingerprint(fingerprint, _host(key), n_iter, warmup, thin)
-
-    # output structure and the memory the kept draws will take
-    out_shape = jax.eval_shape(chunk_fn, state, iteration_keys(key, 0, 1))[1]
-    out_def = jax.tree_util.tree_structure(out_shape)
-    out_leaves_shape = jax.tree_util.tree_leaves(out_shape)
-    row_bytes = sum(int(np.prod(s.shape[1:])) * np.dtype(s.dtype).itemsize
-                    for s in out_leaves_shape)
-    check_allocation(row_bytes * len(kept), f"the {len(kept)} kept draws of the sampler "
-                     f"({row_bytes:,} bytes each)", memory_limit)
-
-    path = None if checkpoint_path is None else Path(checkpoint_path)
-    t = 0
-    parts: list = []
-    collected: list = []  # per part: list of leaves
-    resumed_at = None
-    if path is not None and resume:
-        ck = load_checkpoint(path, fingerprint=fp, n_iter=n_iter, warmup=warmup, thin=thin)
-        info = ck.info
-        state = restore_state(ck, state, path)
-        t = int(info["iteration"])
-        parts = list(info["parts"])
-        pdir = _parts_dir(path)
-        n_out = out_def.num_leaves
-        collected = [_load_part(pdir, p, n_out) for p in parts]
-        if sum(p["rows"] for p in parts) != int(np.sum(kept < t)):
-            raise ModelFileError(f"{path}: its draw parts do not cover iterations 0..{t}")
-        resumed_at = t
-    elif path is not None:
-        if path.exists():
-            path.unlink()
-        pdir = _parts_dir(path)
-        if pdir.exists():
-            shutil.rmtree(pdir)
-    if path is not None:
-        _parts_dir(path).mkdir(parents=True, exist_ok=True)
-
-    chunks_run = 0
-    while t < n_iter:
-        n = min(every, n_iter - t)
-        state, out = chunk_fn(state, iteration_keys(key, t, n))
-        rows = np.flatnonzero((kept >= t) & (kept < t + n))
-        sel = kept[rows] - t
-        leaves = [np.asarray(a)[sel] for a in jax.tree_util.tree_leaves(out)]
-        collected.append(leaves)
-        if path is not None:
-            fname = f"part-{t:09d}-{t + n:09d}.npz"
-            digest = atomic_save_npz(_parts_dir(path) / fname,
-                                     {f"d/{j}": a for j, a in enumerate(leaves)})
-            parts.append({"file": fname, "start": t, "end": t + n, "rows": len(sel),
-                          "sha256": digest})
-        t += n
-        chunks_run += 1
-        if path is not None:
-            save_checkpoint(path, state=state, key=key, iteration=t, n_iter=n_iter,
-                            fingerprint=fp, parts=parts, warmup=warmup, thin=thin,
-                            meta=meta)
-        if on_chunk is not None:
-            on_chunk(t, n_iter)
-
-    n_out = out_def.num_leaves
-    if collected:
-        draws_leaves = [np.concatenate([c[j] for c in collected], axis=0)
-                        for j in range(n_out)]
-    else:  # pragma: no cover - n_iter >= 1 always runs a chunk
-        draws_leaves = [np.zeros((0,) + s.shape[1:], s.dtype) for s in out_leaves_shape]
-    draws = jax.tree_util.tree_unflatten(out_def, draws_leaves)
-    return ChunkedRun(state, draws, kept, resumed_at, chunks_run)
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -89,10 +89,14 @@ Kernel, drivers, determinism
 ``step(key, state) -> (state, info)``. :func:`fit_gibbs` runs sweep ``t`` (0-based,
 warm-up included) of chain ``c`` with ``fold_in(chain_key_c, t)``, where the chain keys
 are ``split(PRNGKey(seed), num_chains)`` (the convention of
-:mod:`bayesmf.infer.checkpoint`). One compiled ``fori_loop`` advances the chains over any
-range of sweeps, writing kept draws into preallocated float32 buffers, so chunking for
-the progress bar never changes the result nor recompiles. Kept sweeps are
-``t = num_warmup + j * thin`` for ``j < num_samples``. Identical seeds give bit-identical
+:mod:`bayesmf.infer.checkpoint`). The chains run through the package's one driver,
+:func:`bayesmf.infer.driver.run_chains` (shared with NUTS): one compiled ``fori_loop``
+advances them over any range of sweeps and returns the kept draws of that range in a
+buffer whose size depends on the size of one draw only, so chunking for the progress bar
+or checkpoints never changes the result, and other ``num_samples``, ``num_warmup`` or
+``thin`` reuse the compiled code (in process; across processes through JAX's persistent
+compilation cache). Kept sweeps are ``t = num_warmup + j * thin`` for
+``j < num_samples``. Identical seeds give bit-identical
 draws on CPU.
 
 Streaming predictions (option ``predict_pairs=(u_idx, i_idx)``): at every kept draw
@@ -106,26 +110,22 @@ scalar and hyper quantities go to ``posterior.attrs["traces"]``; use the streame
 summaries for predictions of the requested pairs.
 
 Layout: the conditional draws and moves are in :mod:`bayesmf.infer.gibbs_steps`, the
-kernel (state, data, one sweep) in :mod:`bayesmf.infer.gibbs_kernel`, and this module is
-the driver (:func:`fit_gibbs`); it re-exports the kernel and step names.
+kernel (state, data, one sweep) in :mod:`bayesmf.infer.gibbs_kernel`, the chain driver in
+:mod:`bayesmf.infer.driver`, and this module is the method (:func:`fit_gibbs`: options,
+the sweep as a driver program, the posterior); it re-exports the kernel and step names.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from bayesmf._memory import check_allocation
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options
+from bayesmf.infer.driver import Program, compile_logger, run_chains
 from bayesmf.infer.gibbs_kernel import BPMFGibbs, GibbsData, GibbsState, _Cfg, _step
 from bayesmf.infer.gibbs_steps import (bias_precision_draw, latent_scale_move,  # noqa: F401
                                        mu_draw, rows_draw, sample_normal_wishart,
@@ -168,115 +168,32 @@ def _draw_names(lik, store_draws: bool) -> tuple:
     return (_DRAW_NAMES_FULL if store_draws else _DRAW_NAMES_SMALL) + tuple(lik.theta_names)
 
 
-class _Acc(NamedTuple):
-    """Welford accumulators for streamed pair predictions of one chain."""
+def _program(cfg: _Cfg, names: tuple) -> Program:
+    """The Gibbs sweep as a :class:`~bayesmf.infer.driver.Program`: one sweep per
+    iteration, the draws ``names`` kept, the pair predictions ``E[y | eta]`` (``eta``
+    for the Gaussian, ``P(y=1)`` / the expected rating otherwise) and ``1/tau`` streamed."""
+    lik = cfg.spec.likelihood
 
-    n: jnp.ndarray       # () kept draws so far
-    mean: jnp.ndarray    # (P,)
-    m2: jnp.ndarray      # (P,)
-    nv: jnp.ndarray      # () running mean of 1/tau (Gaussian; 0 otherwise)
+    def step(data, key, state):
+        return _step(cfg, data, key, state)
 
+    def extract(data, state, info):
+        vals = {**state.flat(), **info}
+        return {n: vals[n] for n in names}
 
-def _make_advance(cfg: _Cfg):
-    """``advance(data, pairs, state, bufs, acc, key, t0, t1, warmup, thin)``: sweeps
-    ``t0 <= t < t1`` of one chain; kept sweeps (``t = warmup + j*thin``, ``j`` below the
-    buffer length) write their draw into ``bufs[name][j]`` and update ``acc``."""
+    def stream(pairs, state):
+        pu, pi = pairs
+        m = linear.eta(state.mu, state.bu, state.bi, state.U, state.V, pu, pi)
+        if not lik.mean_is_linear:  # stream E[y | eta] (P(y=1), E[rating])
+            m = lik.point_mean(m, state.theta)
+        nv = 1.0 / state.tau if "tau" in state.theta else jnp.zeros((), m.dtype)
+        return m, nv
 
-    def advance(data, pairs, state, bufs, acc, key, t0, t1, warmup, thin):
-        n_kept = next(iter(bufs.values())).shape[0]
+    def postfix(info):
+        return {"train_rmse": f"{float(np.mean(info['train_rmse'])):.4f}"}
 
-        def body(t, carry):
-            state, bufs, acc, info = carry
-            state, info = _step(cfg, data, jax.random.fold_in(key, t), state)
-            rel = t - warmup
-            keep = (rel >= 0) & (rel % thin == 0) & (rel // thin < n_kept)
-
-            def write(args):
-                bufs, acc = args
-                j = rel // thin
-                vals = {**state.flat(), **info}
-                bufs = {n: lax.dynamic_update_index_in_dim(b, vals[n].astype(b.dtype), j, 0)
-                        for n, b in bufs.items()}
-                if pairs is not None:
-                    pu, pi = pairs
-                    lik = cfg.spec.likelihood
-                    m = linear.eta(state.mu, state.bu, state.bi, state.U, state.V, pu, pi)
-                    if not lik.mean_is_linear:  # stream E[y | eta] (P(y=1), E[rating])
-                        m = lik.point_mean(m, state.theta)
-                    n1 = acc.n + 1
-                    d = m - acc.mean
-                    mean = acc.mean + d / n1
-                    nv = 1.0 / state.tau if "tau" in state.theta else jnp.zeros((), m.dtype)
-                    acc = _Acc(n1, mean, acc.m2 + d * (m - mean), acc.nv + (nv - acc.nv) / n1)
-                return bufs, acc
-
-            bufs, acc = lax.cond(keep, write, lambda a: a, (bufs, acc))
-            return state, bufs, acc, info
-
-        info0 = {"train_rmse": jnp.zeros((), state.U.dtype),
-                 "log_likelihood": jnp.zeros((), state.U.dtype)}
-        return lax.fori_loop(t0, t1, body, (state, bufs, acc, info0))
-
-    return advance
-
-
-#: compiled drivers, keyed by static settings and argument shapes (no recompilation when
-#: the same problem is fitted again, e.g. with another seed)
-_COMPILED: dict = {}
-
-
-def _signature(tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return (treedef, tuple((np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype")
-                            else str(x.dtype)) for x in leaves))
-
-
-def _chain_mesh(n_chains: int):
-    """A 1-d mesh ``("chain",)`` over the largest number of local devices that divides
-    ``n_chains``, or None when that is below 2."""
-    from jax.sharding import Mesh
-
-    devs = jax.local_devices()
-    n = max(d for d in range(1, min(n_chains, len(devs)) + 1) if n_chains % d == 0)
-    return Mesh(np.array(devs[:n]), ("chain",)) if n >= 2 else None
-
-
-#: which arguments of ``advance`` carry a leading chain axis (vmapped over when the chains
-#: are vectorized, split over the devices when they run in parallel)
-_CHAIN_ARGS = (False, False, True, True, True, True, False, False, False, False)
-
-
-def _place(args, mesh):
-    """Put ``advance``'s arguments on ``mesh``: chain-axis arguments split over the devices,
-    the rest replicated (no copy when already there)."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as Ps
-
-    return tuple(a if a is None else jax.device_put(
-        a, NamedSharding(mesh, Ps("chain") if split else Ps()))
-        for a, split in zip(args, _CHAIN_ARGS))
-
-
-def _compiled_advance(cfg, vectorized, args, mesh=None):
-    key = (cfg, vectorized, None if mesh is None else tuple(mesh.devices.flat),
-           _signature(args))
-    hit = key in _COMPILED
-    if not hit:
-        adv = _make_advance(cfg)
-        if vectorized:
-            adv = jax.vmap(adv, in_axes=tuple(0 if c else None for c in _CHAIN_ARGS))
-        if mesh is not None:
-            from jax import shard_map
-            from jax.sharding import PartitionSpec as Ps
-
-            specs = tuple(Ps("chain") if split else Ps() for split in _CHAIN_ARGS)
-            adv = shard_map(adv, mesh=mesh, in_specs=specs, out_specs=Ps("chain"),
-                            check_vma=False)
-            args = _place(args, mesh)
-        _COMPILED[key] = jax.jit(adv, donate_argnums=(3, 4)).lower(*args).compile()
-        if len(_COMPILED) > 16:
-            _COMPILED.pop(next(iter(_COMPILED)))
-    return _COMPILED[key], hit
+    return Program("gibbs", step, extract, stream, ("bpmf-gibbs", cfg, names), postfix,
+                   "sweep")
 
 
 def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
@@ -352,131 +269,52 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
     state = jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
-    # buffers (C, S, ...) and accumulators (C, ...)
-    shapes = {**{n: v.shape[1:] for n, v in state.flat().items()},
-              "train_rmse": (), "log_likelihood": ()}
-    buf_bytes = sum(C * S * int(np.prod(shapes[n], dtype=np.int64)) * dt.itemsize
-                    for n in names)
-    check_allocation(buf_bytes, f"the Gibbs draw buffers ({C} chain(s) x {S} draws)",
-                     opts["memory_limit"], hint="keep fewer draws (num_samples, thin), "
-                     "fewer chains, or store_draws=False with predict_pairs= to stream "
-                     "predictions without storing the factor draws")
-    bufs = {n: jnp.zeros((C, S) + tuple(shapes[n]), dt) for n in names}
-    P = 0 if pairs is None else int(pairs[0].shape[0])
-    acc = _Acc(jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),
-               jnp.zeros((C,), dt))
-
-    i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
-    Wj, Tj = i32(W), i32(T)
-    t_c = time.perf_counter()
-    method, mesh = opts["chain_method"], None
-    if method == "parallel":
-        mesh = _chain_mesh(C)
-        if mesh is None:
-            warnings.warn(
-                f"chain_method='parallel': {len(jax.local_devices())} device(s) for {C} "
-                "chain(s); running them vectorized on one device. On CPU, make JAX start "
-                "with N devices: XLA_FLAGS=--xla_force_host_platform_device_count=N (or "
-                "numpyro.set_host_device_count(N)) before jax is imported.", stacklevel=2)
-            method = "vectorized"
-    if method in ("vectorized", "parallel"):
-        compiled, cached = _compiled_advance(
-            cfg, True, (kern.data, pairs, state, bufs, acc, keys, i32(0), i32(1), Wj, Tj),
-            mesh)
-
-        def run(state, bufs, acc, t0, t1):
-            args = (kern.data, pairs, state, bufs, acc, keys, i32(t0), i32(t1), Wj, Tj)
-            return compiled(*(args if mesh is None else _place(args, mesh)))
-    else:
-        one = lambda x: jax.tree_util.tree_map(lambda a: a[0], x)  # noqa: E731
-        compiled, cached = _compiled_advance(
-            cfg, False, (kern.data, pairs, one(state), one(bufs), one(acc), keys[0], i32(0),
-                         i32(1), Wj, Tj))
-
-        def run(state, bufs, acc, t0, t1):
-            outs = []
-            for c in range(C):
-                pick = lambda x: jax.tree_util.tree_map(lambda a: a[c], x)  # noqa: E731,B023
-                outs.append(compiled(kern.data, pairs, pick(state), pick(bufs), pick(acc),
-                                     keys[c], i32(t0), i32(t1), Wj, Tj))
-            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
-    compile_s = time.perf_counter() - t_c
-
-    every = opts["progress_every"]
-    if every is None:
-        every = max(1, -(-n_iter // 50)) if progress else n_iter
-    every = _pos_int("progress_every", every, 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_iter, desc=f"gibbs x{C}", unit="sweep")
-    t = 0
-    resumed_at = None
-    fp = None
+    fp = ""
     if ckpt_path is not None:
         from bayesmf.infer import checkpoint as _ck
 
         pp = None if pairs is None else tuple(np.asarray(a) for a in pairs)
         fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
                              opts["chain_method"], int(opts["max_width"]), pp)
-        if opts["resume"]:
-            ck = _ck.load_checkpoint(ckpt_path, fingerprint=fp, n_iter=n_iter, warmup=W,
-                                     thin=T)
-            state, bufs, acc = _ck.restore_state(ck, (state, bufs, acc), ckpt_path)
-            state, bufs, acc = jax.tree_util.tree_map(jnp.asarray, (state, bufs, acc))
-            t = resumed_at = int(ck.info["iteration"])
-            if bar is not None:
-                bar.update(t)
-
-    def save(t_done):
-        _ck.save_checkpoint(ckpt_path, state=(state, bufs, acc), key=keys, iteration=t_done,
-                            n_iter=n_iter, fingerprint=fp, parts=[], warmup=W, thin=T,
-                            meta={"sampler": "bpmf-gibbs", "seed": int(seed)})
-
-    t_s = time.perf_counter()
-    while t < n_iter:
-        t1 = min(n_iter, t + every, (t // ck_every + 1) * ck_every)
-        state, bufs, acc, info = run(state, bufs, acc, t, t1)
-        if ckpt_path is not None and (t1 % ck_every == 0 or t1 == n_iter):
-            save(t1)
-        if bar is not None:
-            rm = np.asarray(info["train_rmse"])
-            bar.set_postfix(train_rmse=f"{float(rm.mean()):.4f}",
-                            phase="warmup" if t1 <= W else "sampling")
-            bar.update(t1 - t)
-        t = t1
-    jax.block_until_ready(bufs)
-    sample_s = time.perf_counter() - t_s
-    if bar is not None:
-        bar.close()
-
-    host = {n: np.asarray(b) for n, b in bufs.items()}
+    log = compile_logger(progress)
+    run = run_chains(_program(cfg, names), kern.data, state, keys, num_samples=S,
+                     num_warmup=W, thin=T, chain_method=opts["chain_method"], pairs=pairs,
+                     checkpoint=ckpt_path, checkpoint_every=ck_every, resume=opts["resume"],
+                     fingerprint=fp, meta={"sampler": "bpmf-gibbs", "seed": int(seed)},
+                     progress=progress, progress_every=opts["progress_every"],
+                     memory_limit=opts["memory_limit"], log=log,
+                     what=f"the Gibbs draw buffers ({C} chain(s) x {S} draws)",
+                     hint="keep fewer draws (num_samples, thin), fewer chains, or "
+                     "store_draws=False with predict_pairs= to stream predictions without "
+                     "storing the factor draws")
+    state = run.state
+    host = dict(run.draws)
+    resumed_at = run.resumed_at
     attrs = {
         "seed": int(seed), "sampler": "bpmf-gibbs",
         "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "n_sweeps": n_iter},
-        "chain_method_used": method,
-        "devices": 1 if mesh is None else int(mesh.devices.size),
-        "compile_seconds": compile_s, "compile_cached": bool(cached),
-        "sampling_seconds": sample_s,
-        "seconds_per_sweep": sample_s / max(1, n_iter - (resumed_at or 0)),
+        "chain_method_used": run.chain_method_used,
+        "devices": run.devices,
+        "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
+        "sampling_seconds": run.sampling_seconds,
+        "seconds_per_sweep": run.sampling_seconds / max(1, run.n_run),
+        "draws_per_call": run.slots,
         "kept_sweeps": "num_warmup + j * thin, j < num_samples",
     }
     if ckpt_path is not None:
         attrs["checkpoint"] = {"path": str(ckpt_path), "every": ck_every,
                                "resumed_at": resumed_at}
     if pairs is not None:
-        n = np.asarray(acc.n, np.float64)[:, None]  # (C,1)
-        cm = np.asarray(acc.mean, np.float64)
-        m2 = np.asarray(acc.m2, np.float64)
+        n, cm, m2, nv = (np.asarray(a, np.float64) for a in run.stream)
+        n = n[:, None]  # (C,1)
         tot = n.sum()
         mean = (n * cm).sum(0) / tot
         # pooled variance over all chains' draws: within + between chain parts
         var = (m2.sum(0) + (n * (cm - mean) ** 2).sum(0)) / tot
-        nv = float((np.asarray(acc.nv, np.float64) * n[:, 0]).sum() / tot)
+        nv = float((nv * n[:, 0]).sum() / tot)
         attrs["streamed_predictions"] = {
             "user": np.asarray(pairs[0]).tolist(), "item": np.asarray(pairs[1]).tolist(),
             "mean": mean.tolist(), "var_param": var.tolist(), "noise_var": nv,
