@@ -459,7 +459,13 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
             with warnings.catch_warnings():
                 # constant quantities (e.g. a fixed bias) give nan diagnostics, not noise
                 warnings.simplefilter("ignore", RuntimeWarning)
-                rhat = np.asarray(azs.rhat(X, chain_axis=0, draw_axis=1), float)
+                if C == 1 and D >= 4:  # one chain: R-hat of its halves (split R-hat;
+                    # arviz_stats gives NaN for a single chain)
+                    h = D // 2
+                    rhat = np.asarray(azs.rhat(np.stack([X[0, :h], X[0, D - h:]]),
+                                               chain_axis=0, draw_axis=1), float)
+                else:
+                    rhat = np.asarray(azs.rhat(X, chain_axis=0, draw_axis=1), float)
                 ess_b = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="bulk"), float)
                 ess_t = np.asarray(azs.ess(X, chain_axis=0, draw_axis=1, method="tail",
                                            prob=(0.05, 0.95)), float)

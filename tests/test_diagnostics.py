@@ -252,3 +252,21 @@ def test_bias_only_model(data):
     # predictions of a bias-only model are mu + b_u + b_i, draw by draw
     row = df[df.kind == "prediction"].iloc[0]
     assert np.isfinite(row["rhat"]) and row["rhat"] < 1.2
+
+
+def test_diagnose_one_chain_reports_split_rhat(data):
+    """One chain: R-hat of its two halves (split R-hat), not NaN; a chain whose halves
+    sit at different offsets is flagged."""
+    from bayesmf.posterior import Posterior
+
+    r, t = data
+
+    def one_chain(p):
+        d1 = {n: np.asarray(v).reshape((1, -1) + np.shape(v)[2:]) for n, v in p.draws.items()}
+        return Posterior(d1, p.spec, p.users, p.items, p.train, "synthetic")
+
+    ok = diagnose(one_chain(make_posterior(r, t, chains=1, draws=200)), n_probe=10)
+    assert np.isfinite(ok.rhat).all() and ok.rhat.max() < 1.05
+    bad = diagnose(one_chain(make_posterior(r, t, mode="stuck", chains=2, draws=100)),
+                   n_probe=10)
+    assert bad[bad.kind == "prediction"].rhat.median() > 1.5

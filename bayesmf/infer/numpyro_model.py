@@ -33,13 +33,17 @@ centring is exact (it only helps initialisation and conditioning).
   but drops the prior's off-diagonal (correlation) part: factor dimensions are a-priori
   independent. Cheaper (no triangular solves) and often easier for NUTS; NOT the Gibbs prior.
 
-**Parametrisation** (``centered``): ``centered=False`` (default, best for NUTS on
-hierarchical models: removes the funnel between precisions and effects) samples standard
-normals and builds the effects deterministically:
+**Parametrisation** (``centered``): ``centered=False`` (the default of
+:func:`build_model` and SVI; the textbook choice for NUTS on hierarchical models with
+little data per group: removes the funnel between precisions and effects) samples
+standard normals and builds the effects deterministically:
 :math:`b_u = z_u/\sqrt{\lambda_{b_u}}`, :math:`\mu_U = L^{-\top} z_\mu/\sqrt{\beta_0}`,
 :math:`U_u = \mu_U + L^{-\top} z_u`  (``x = L^{-T} z`` has covariance
 :math:`L^{-\top}L^{-1} = \Lambda_U^{-1}`). ``centered=True`` samples ``bu``, ``U``, ...
-directly. Either way the sites ``mu, bu, bi, U, V, tau`` (and hyperparameters
+directly; NUTS defaults to it (on MovieLens-100K it mixed the predictions ~2x better per
+second, ``benchmarks/results/nuts_defaults.md``). The centred Wishart rows use a
+precision-Cholesky normal whose log density is a matmul (:func:`_precision_mvn`). Either
+way the sites ``mu, bu, bi, U, V, tau`` (and hyperparameters
 ``lambda_bu, lambda_bi, mu_U, Lambda_U, mu_V, Lambda_V``) are recorded (deterministic
 sites when non-centred), which is what :func:`draws_from_samples` reads.
 
@@ -49,6 +53,10 @@ by ``nnz / batch_size`` (unbiased ELBO estimate).
 
 Switched-off terms (``user_bias=False``, ``rank=0``, ...) have no sites; their draws are
 zero arrays. ``noise="fixed"`` keeps :math:`\tau` = ``spec.noise_precision``.
+
+**Initial values** (NUTS ``init="map"``): :func:`map_init_values` maps a MAP fit to the
+latent sites of either parametrisation, :func:`init_strategy` turns the ``init`` option
+into a NumPyro init strategy.
 """
 
 from __future__ import annotations
@@ -64,7 +72,8 @@ from bayesmf.infer import fitted_spec
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
-           "FACTOR_PRIORS", "effective_nu0", "resolve_factor_prior"]
+           "FACTOR_PRIORS", "effective_nu0", "resolve_factor_prior", "INITS",
+           "map_init_values", "init_to_values_or_median", "init_strategy"]
 
 FACTOR_PRIORS = ("wishart", "diag")
 
@@ -129,6 +138,44 @@ def _tril_indices(k):
     return r, c
 
 
+_PRECISION_MVN = None
+
+
+def _precision_mvn():
+    r"""``MultivariateNormal`` given the lower Cholesky factor :math:`P` of its precision
+    (:math:`\Lambda = PP^\top`), whose ``log_prob`` is
+    :math:`\sum_j\log P_{jj} - \tfrac k2\log 2\pi - \tfrac12\lVert (x-m)P\rVert^2`
+    for rows :math:`x` -- a matmul instead of numpyro's triangular solve with one
+    right-hand side per row (same density; that solve made the centred model's gradient
+    ~20x slower on CPU). ``sample`` is the parent's."""
+    global _PRECISION_MVN
+    if _PRECISION_MVN is None:
+        import numpyro.distributions as dist
+        from jax.scipy.linalg import solve_triangular
+        from numpyro.distributions.util import validate_sample
+
+        class PrecisionMVN(dist.MultivariateNormal):
+            pytree_data_fields = ("prec_tril",)
+
+            def __init__(self, loc, prec_tril, *, validate_args=None):
+                self.prec_tril = prec_tril
+                k = prec_tril.shape[-1]
+                p_inv = solve_triangular(prec_tril, jnp.eye(k, dtype=prec_tril.dtype),
+                                         lower=True)
+                super().__init__(loc, scale_tril=jnp.linalg.cholesky(p_inv.T @ p_inv),
+                                 validate_args=validate_args)
+
+            @validate_sample
+            def log_prob(self, value):
+                d = (value - self.loc) @ self.prec_tril
+                k = self.prec_tril.shape[-1]
+                return (jnp.sum(jnp.log(jnp.diagonal(self.prec_tril, axis1=-2, axis2=-1)), -1)
+                        - 0.5 * k * np.log(2 * np.pi) - 0.5 * jnp.sum(d * d, -1))
+
+        _PRECISION_MVN = PrecisionMVN
+    return _PRECISION_MVN
+
+
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
                 centered: bool = False, factor_prior: str | None = None,
                 batch_size: int | None = None, y_offset: float | None = None):
@@ -183,18 +230,21 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             if k > 1:
                 A = A.at[tri_r, tri_c].set(off)
             L = np.sqrt(w0) * A                      # Lambda = L L^T  (Cholesky factor)
-            Lam = numpyro.deterministic("Lambda_" + side, L @ L.T)
+            numpyro.deterministic("Lambda_" + side, L @ L.T)
 
-            def inv_t(z):  # rows z -> L^{-T} z  (covariance Lambda^{-1})
-                zz = z if z.ndim == 2 else z[None, :]
-                out = solve_triangular(L, zz.T, lower=True, trans="T").T
-                return out if z.ndim == 2 else out[0]
+            # rows z -> L^{-T} z (covariance Lambda^{-1}), i.e. z @ L^{-1}: one k x k
+            # triangular inverse and a matmul. (A triangular solve with n right-hand
+            # sides made the whole gradient 5-30x slower on a loaded 2-core CPU.)
+            L_inv = solve_triangular(L, jnp.eye(k, dtype=L.dtype), lower=True)
+
+            def inv_t(z):
+                return z @ L_inv
 
             if centered:
-                mu_f = numpyro.sample("mu_" + side, dist.MultivariateNormal(
-                    jnp.zeros(k), precision_matrix=beta0 * Lam))
+                mu_f = numpyro.sample("mu_" + side, _precision_mvn()(
+                    jnp.zeros(k), np.sqrt(beta0) * L))
                 with numpyro.plate(plate_name, n):
-                    F = numpyro.sample(side, dist.MultivariateNormal(mu_f, precision_matrix=Lam))
+                    F = numpyro.sample(side, _precision_mvn()(mu_f, L))
             else:
                 zm = numpyro.sample("mu_" + side + "_z", dist.Normal(jnp.zeros(k), 1.0).to_event(1))
                 mu_f = numpyro.deterministic("mu_" + side, inv_t(zm) / np.sqrt(beta0))
@@ -293,3 +343,214 @@ def draws_from_samples(samples: dict, spec: ModelSpec, n_users: int, n_items: in
         if h in samples:
             out[h] = get(h)
     return {n: np.ascontiguousarray(a, dtype=dtype) for n, a in out.items()}
+
+
+# ----------------------------------------------------------------------------- MAP init
+#: ``init`` options of the NUTS sampler (:func:`init_strategy`)
+INITS = ("map", "median")
+
+
+def _gamma_mean(a, b):
+    return np.asarray(a, np.float64) / np.asarray(b, np.float64)
+
+
+def _factor_hyper(F: np.ndarray, pri, nu0: float, factor_prior: str):
+    r"""Conditional posterior mean of the factor hyperparameters given the rows ``F``
+    (n, k): :math:`\mu_n = n\bar F/(\beta_0+n)` and, for the Wishart,
+    :math:`E\Lambda = \nu_n W_n` with :math:`\nu_n = \nu_0 + n`,
+    :math:`W_n^{-1} = (w_0 I)^{-1} + S + \frac{\beta_0 n}{\beta_0+n}\bar F\bar F^\top`
+    (:math:`S` the scatter matrix); for the diagonal prior
+    :math:`E\lambda_j = \frac{\nu_0/2 + (n+1)/2}{1/(2w_0) + \frac12(\sum_u (F_{uj}-\mu_j)^2
+    + \beta_0\mu_j^2)}`."""
+    n, k = F.shape
+    w0, beta0 = float(pri.w0), float(pri.beta0)
+    Fbar = F.mean(0) if n else np.zeros(k)
+    mu = n * Fbar / (beta0 + n)
+    if factor_prior == "wishart":
+        D = F - Fbar
+        Winv = np.eye(k) / w0 + D.T @ D + (beta0 * n / (beta0 + n)) * np.outer(Fbar, Fbar)
+        Lam = (nu0 + n) * np.linalg.inv(Winv)
+        return mu, 0.5 * (Lam + Lam.T)
+    ss = ((F - mu) ** 2).sum(0) + beta0 * mu ** 2
+    return mu, _gamma_mean(nu0 / 2 + (n + 1) / 2, 1 / (2 * w0) + 0.5 * ss)
+
+
+def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = None, *,
+                    centered: bool = False, factor_prior: str | None = None,
+                    seed: int = 0, map_options: dict | None = None) -> dict:
+    r"""Initial values of the latent sites of :func:`build_model` at the MAP fit.
+
+    Runs :func:`bayesmf.infer.map.fit_map` (``map_options``, default ALS) on ``train`` and
+    maps its single draw to the model's sample sites:
+
+    * ``mu_c`` :math:`= \hat\mu - \text{offset}`; ``tau`` = the MAP :math:`\hat\tau`
+      (learned Gaussian noise); ``cut_u`` from the MAP cutpoints (ordinal);
+    * hyperparameters, which MAP does not estimate, at their conditional posterior mean
+      given the MAP effects (one "expected Gibbs step"):
+      :math:`\lambda_{b} = (a_b + n/2)/(b_b + \tfrac12\sum b^2)`, and
+      :math:`\mu_U, \Lambda_U` (or :math:`\lambda_U`) as in :func:`_factor_hyper`;
+    * Wishart sites through the Bartlett decomposition of :math:`\Lambda_U = L L^\top`
+      (:math:`A = L/\sqrt{w_0}`, ``U_chi2`` :math:`= \mathrm{diag}(A)^2`, ``U_offdiag`` the
+      strict lower triangle of :math:`A`);
+    * effects directly when ``centered``, else their standard-normal pre-images, the
+      inverse of the model's maps: ``bu_z`` :math:`= b_u\sqrt{\lambda_{b_u}}`,
+      ``mu_U_z`` :math:`= \sqrt{\beta_0} L^\top\mu_U`, ``U_z`` rows
+      :math:`L^\top(U_u - \mu_U)` (diagonal prior: :math:`L = \mathrm{diag}\sqrt{\lambda_U}`).
+
+    So the model's deterministic sites ``mu, bu, bi, U, V`` reproduce the MAP point
+    exactly (up to float32 rounding). The values are checked against a trace of the model
+    (site names and shapes) and the joint log density at them must be finite; otherwise a
+    :class:`~bayesmf.errors.SpecError` says why (:func:`init_strategy` then falls back to
+    the prior median). Sites the MAP fit does not give (likelihood parameters of other
+    families) are left out and start at their prior median.
+    """
+    from bayesmf.errors import BayesMFError
+    from bayesmf.infer.map import fit_map
+
+    spec = fitted_spec(train, spec)
+    spec, factor_prior = resolve_factor_prior(spec, factor_prior)
+    if factor_prior not in FACTOR_PRIORS:
+        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
+    if data is None:
+        data = model_data(train, spec)
+    try:
+        post = fit_map(train, spec, seed=int(seed), **(map_options or {}))
+    except (BayesMFError, ArithmeticError, np.linalg.LinAlgError, RuntimeError) as e:
+        raise SpecError(f"MAP initialisation: the MAP fit failed "
+                        f"({type(e).__name__}: {e})") from e
+    P = {n: np.asarray(a[0, 0], np.float64) for n, a in post.draws.items()}
+    for n, a in P.items():
+        if not np.all(np.isfinite(a)):
+            raise SpecError(f"MAP initialisation: the MAP fit gave non-finite {n!r}")
+    pri = spec.priors
+    k = spec.rank
+    nu0 = float(effective_nu0(spec))
+    vals: dict = {}
+    if spec.global_mean:
+        vals["mu_c"] = P["mu"] - data.offset
+    lik = spec.likelihood
+    if "tau" in lik.theta_names and spec.noise == "learned" and "tau" in P:
+        vals["tau"] = P["tau"]
+    if "cutpoints" in P and hasattr(lik, "u_from_cut"):
+        fix = bool(spec.global_mean)
+        if lik.n_free(lik.K, fix) > 0:
+            vals["cut_u"] = np.asarray(lik.u_from_cut(P["cutpoints"], fix), np.float64)
+    for name, use in (("bu", spec.user_bias), ("bi", spec.item_bias)):
+        if not use:
+            continue
+        b = P[name]
+        lam = float(_gamma_mean(pri.bias_a + b.size / 2, pri.bias_b + 0.5 * (b @ b)))
+        vals["lambda_" + name] = lam
+        vals[name if centered else name + "_z"] = b if centered else b * np.sqrt(lam)
+    if k:
+        r, c = _tril_indices(k)
+        for side in ("U", "V"):
+            F = P[side]
+            mu, lam = _factor_hyper(F, pri, nu0, factor_prior)
+            if factor_prior == "wishart":
+                try:
+                    L = np.linalg.cholesky(lam)
+                except np.linalg.LinAlgError as e:
+                    raise SpecError(f"MAP initialisation: Lambda_{side} is not positive "
+                                    "definite") from e
+                A = L / np.sqrt(float(pri.w0))
+                vals[side + "_chi2"] = np.diag(A) ** 2
+                if k > 1:
+                    vals[side + "_offdiag"] = A[r, c]
+            else:
+                vals["lambda_" + side] = lam
+                L = np.diag(np.sqrt(lam))
+            if centered:
+                vals["mu_" + side] = mu
+                vals[side] = F
+            else:
+                vals["mu_" + side + "_z"] = np.sqrt(float(pri.beta0)) * (L.T @ mu)
+                vals[side + "_z"] = (F - mu) @ L
+    out = {n: jnp.asarray(v, jnp.float32) for n, v in vals.items()}
+    _check_init(out, spec, data, centered, factor_prior)
+    return out
+
+
+def _check_init(values: dict, spec, data: ModelData, centered: bool, factor_prior: str):
+    """Names and shapes of ``values`` against an abstract trace of the model
+    (``jax.eval_shape``, nothing compiled); then, in one compiled call, every value inside
+    its site's support and a finite joint log density."""
+    import jax
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+                        y_offset=data.y_offset, centered=centered, factor_prior=factor_prior)
+    args = tuple(jnp.asarray(a) for a in data.args)
+
+    def run(vals):
+        # the pattern of numpyro's initialize_model: sites not in ``vals`` (and improper
+        # ones) get the median/uniform init, so the trace never samples an improper prior
+        tr = handlers.trace(handlers.substitute(
+            handlers.seed(model, jax.random.PRNGKey(0)),
+            substitute_fn=init_to_values_or_median(values=vals))).get_trace(*args)
+        latent = {n: s for n, s in tr.items()
+                  if s["type"] == "sample" and not s["is_observed"]}
+        ok = {n: jnp.all(latent[n]["fn"].support(latent[n]["value"]))
+              for n in vals if n in latent}
+        full = {n: s["value"] for n, s in latent.items()}
+        return full, ok, log_density(model, args, {}, full)[0]
+
+    shapes = jax.eval_shape(lambda v: run(v)[0], values)
+    for n, v in values.items():
+        if n not in shapes:
+            raise SpecError(f"MAP initialisation: the model has no latent site {n!r}")
+        if tuple(v.shape) != tuple(shapes[n].shape):
+            raise SpecError(f"MAP initialisation: site {n!r} has shape {tuple(v.shape)}, the "
+                            f"model expects {tuple(shapes[n].shape)}")
+    _, ok, lp = jax.jit(run)(values)
+    for n, good in ok.items():
+        if not bool(good):
+            raise SpecError(f"MAP initialisation: site {n!r} is outside its support")
+    if not np.isfinite(float(lp)):
+        raise SpecError("MAP initialisation: the log density at the MAP point is not finite")
+
+
+def init_to_values_or_median(site=None, values=None, num_samples: int = 15):
+    """NumPyro init strategy: ``values[name]`` for the latent sites in ``values``, the
+    prior median (``init_to_median``) for the others."""
+    from functools import partial
+
+    from numpyro.infer import init_to_median
+
+    if site is None:
+        return partial(init_to_values_or_median, values=values or {}, num_samples=num_samples)
+    if site["type"] == "sample" and not site["is_observed"] and site["name"] in values:
+        import jax
+        import jax.numpy as jnp
+
+        # JAX's default float (float64 under jax_enable_x64): NUTS needs the start to have
+        # the dtype the model computes in
+        return jnp.asarray(values[site["name"]],
+                           jax.dtypes.canonicalize_dtype(jnp.float64))
+    return init_to_median(site, num_samples=num_samples)
+
+
+def init_strategy(init: str, train: Ratings, spec: ModelSpec, data: ModelData, *,
+                  centered: bool = False, factor_prior: str | None = None, seed: int = 0):
+    """The NumPyro ``init_strategy`` for the NUTS ``init`` option: ``"median"`` ->
+    ``init_to_median(num_samples=15)``; ``"map"`` -> :func:`init_to_values_or_median` at
+    :func:`map_init_values`, falling back to the median (with a ``UserWarning`` naming the
+    reason) when the MAP fit or its mapping fails. Every chain starts at the same MAP point
+    (the warm-up then moves them apart; with several chains, R-hat is less sensitive to
+    multimodality than with dispersed starts)."""
+    import warnings
+
+    from numpyro.infer import init_to_median
+
+    if init not in INITS:
+        raise SpecError(f"init must be one of {INITS}, got {init!r}")
+    if init == "map":
+        try:
+            values = map_init_values(train, spec, data, centered=centered,
+                                     factor_prior=factor_prior, seed=seed)
+            return init_to_values_or_median(values=values)
+        except SpecError as e:
+            warnings.warn(f"{e}; starting NUTS at the prior median instead",
+                          UserWarning, stacklevel=3)
+    return init_to_median(num_samples=15)

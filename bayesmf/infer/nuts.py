@@ -1,8 +1,8 @@
 r"""Full-posterior inference with NumPyro's No-U-Turn sampler (method ``"nuts"``).
 
 Samples the model of :mod:`bayesmf.infer.numpyro_model` (BPMF with biases; exact
-Normal-Wishart factor hyperprior by default, non-centred) with
-``numpyro.infer.MCMC(NUTS(...))``. Because :math:`U` and :math:`V` are identified only up
+Normal-Wishart factor hyperprior by default, centred, started at the MAP fit) with
+NumPyro's ``NUTS`` kernel, run by the package's chain driver (below). Because :math:`U` and :math:`V` are identified only up
 to rotation/sign, judge convergence on predictions, biases, :math:`\mu`, :math:`\tau`
 (``Posterior.sample_stats`` carries the NUTS diagnostics per chain and draw).
 
@@ -15,10 +15,15 @@ Options (``fit_nuts(train, spec, **options)``):
 ``thin``           1            keep every ``thin``-th draw
 ``chain_method``   sequential   ``"sequential"`` or ``"vectorized"`` (one process;
                                 ``"parallel"`` needs one JAX device per chain)
-``centered``       False        centred or non-centred parametrisation
+``centered``       True         centred (True) or non-centred parametrisation
 ``factor_prior``   wishart      ``"wishart"`` (exact NW, as Gibbs) or ``"diag"``
 ``target_accept``  0.8          dual-averaging target acceptance probability
-``max_tree_depth`` 10
+``max_tree_depth`` 7            at most 2**7 - 1 = 127 leapfrog steps per draw
+``init``           map          ``"map"``: start at the MAP fit (hyperparameters at their
+                                conditional mean, see
+                                :func:`~bayesmf.infer.numpyro_model.map_init_values`;
+                                falls back to the median with a warning); ``"median"``:
+                                the prior median
 ``dense_mass``     False        diagonal (False) or dense mass matrix
 ``checkpoint``     None         file path: run resumably (see below)
 ``checkpoint_every`` None       iterations per checkpoint (default: ~10 per run)
@@ -26,19 +31,36 @@ Options (``fit_nuts(train, spec, **options)``):
 ``memory_limit``   None         limit for the kept draws (:mod:`bayesmf._memory`)
 =================  ===========  =====================================================
 
-Checkpointed runs
------------------
-With ``checkpoint=PATH`` the chains do not go through ``MCMC.run`` but through
-:func:`bayesmf.infer.checkpoint.run_chunked` with the same NumPyro ``NUTS`` kernel
-(``kernel.init`` / ``kernel.sample``, chains vectorised with ``vmap``; warm-up adaptation
-lives in the kernel state, so it checkpoints too). Every ``checkpoint_every`` iterations
-the state of all chains and the draws so far are written atomically; ``resume=True``
-continues a killed run and ends with exactly the draws of an uninterrupted checkpointed
-run (iteration ``t`` of chain ``c`` uses ``fold_in(split(PRNGKey(seed), C)[c], t)``, so
-the draws do not depend on ``checkpoint_every`` or on where the run was interrupted).
-They differ from the draws of the un-checkpointed ``MCMC`` path with the same seed
-(another key schedule), and ``native["mcmc"]`` is then ``None`` (``native["kernel"]``
-holds the NUTS kernel).
+Why these defaults (measured on MovieLens-100K u1, rank 5, one chain, 2 shared cores;
+``benchmarks/bench_nuts_defaults.py``, ``benchmarks/results/nuts_defaults.md``): trees
+saturate at every depth up to 8 and stop at depth 8 (255 steps) when allowed 10, so the
+old depth 10 cost ~4x depth 7 per draw without more ESS per second; depth 7 gives the
+best ESS/s of the probe predictions (depth 6 is faster per draw but its worst probe
+prediction mixes 4x worse). The centred parametrisation gave ~2x the ESS/s of the
+non-centred one on predictions and more ESS on ``tau`` (the data are informative enough
+per user and item that the funnel the non-centred form removes is mild; for very sparse
+data try ``centered=False``). The MAP start removes the long transient from the prior
+median (30 of 50 draws divergent, R-hat 2 at 50 + 50 draws). With these defaults
+``bayesmf fit u1.base --method nuts --rank 5 --samples 200 --warmup 200 --chains 1``
+takes 2.7-3.8 minutes (load 2-4) with split R-hat <= 1.06 and bulk ESS >= 40 on 50 probe
+predictions. Weak spot: the global mean :math:`\mu` mixes slowly (ESS 2-11 of 200; the
+MAP puts the whole offset in :math:`\mu`, the posterior shares it with
+:math:`\mu_U^\top\mu_V`); the Gibbs sampler mixes it 10-50x better per draw (ESS 95).
+
+Driver, checkpoints
+-------------------
+The chains do not go through ``numpyro.infer.MCMC`` but through the package's one chain
+driver, :func:`bayesmf.infer.driver.run_chains` (shared with Gibbs), with NumPyro's
+``NUTS`` kernel (``kernel.init`` / ``kernel.sample``; warm-up adaptation lives in the
+kernel state, so it checkpoints too): the same progress bar (draws/s and ETA), compile
+message and cache, memory check and checkpoints as Gibbs. Iteration ``t`` of chain ``c``
+uses ``fold_in(split(PRNGKey(seed), C)[c], t)``, so the draws do not depend on
+``checkpoint_every`` or on where a run was interrupted: with ``checkpoint=PATH`` every
+``checkpoint_every`` iterations the state of all chains and the draws so far are written
+atomically, and ``resume=True`` continues a killed run to exactly the draws of an
+uninterrupted one (checkpointed or not). ``attrs["timings"]`` splits init, compile,
+warm-up and sampling seconds; ``attrs["seconds_per_draw"]`` is the post-warm-up time per
+iteration (all chains).
 """
 
 from __future__ import annotations
@@ -51,17 +73,18 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, build_model, draws_from_samples,
-                                         model_data, resolve_factor_prior)
+from bayesmf.infer.driver import Program, compile_logger, run_chains
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, INITS, build_model, draws_from_samples,
+                                         init_strategy, model_data, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
 __all__ = ["fit_nuts", "DEFAULTS"]
 
 DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
-                chain_method="sequential", centered=False, factor_prior=None,
-                target_accept=0.8, max_tree_depth=10, dense_mass=False, checkpoint=None,
-                checkpoint_every=None, resume=False, memory_limit=None)
+                chain_method="sequential", centered=True, factor_prior=None,
+                target_accept=0.8, max_tree_depth=7, dense_mass=False, checkpoint=None,
+                checkpoint_every=None, resume=False, memory_limit=None, init="map")
 
 
 def _validate(o: dict) -> dict:
@@ -75,6 +98,8 @@ def _validate(o: dict) -> dict:
     if o["chain_method"] not in ("sequential", "vectorized", "parallel"):
         raise SpecError(f"chain_method must be 'sequential', 'vectorized' or 'parallel', "
                         f"got {o['chain_method']!r}")
+    if o["init"] not in INITS:
+        raise SpecError(f"init must be one of {INITS}, got {o['init']!r}")
     if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
     for b in ("centered", "dense_mass"):
@@ -96,46 +121,60 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
              **options) -> Posterior:
     """Sample the BPMF posterior with NumPyro NUTS; returns a :class:`Posterior`.
 
-    ``native`` holds ``{"model", "model_args", "mcmc", "offset"}``: the NumPyro model
+    ``native`` holds ``{"model", "model_args", "kernel", "offset"}``: the NumPyro model
     function (``model(users, items, y)``, centred ratings ``y = r - offset``), its
-    arguments, and the ``MCMC`` object (``mcmc.get_samples()``, ``print_summary()``...).
+    arguments and the ``NUTS`` kernel. The chains run through the package's one driver
+    (:func:`bayesmf.infer.driver.run_chains`), as the Gibbs sweeps do.
     """
     spec = fitted_spec(train, spec, "nuts")
     o = _validate(check_options("nuts", options, DEFAULTS))
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     import jax
     import jax.numpy as jnp
-    from numpyro.infer import MCMC, NUTS, init_to_median
+    from numpyro.infer import NUTS
 
     data = model_data(train, spec)
     model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
                         centered=o["centered"], factor_prior=o["factor_prior"])
     kernel = NUTS(model, target_accept_prob=float(o["target_accept"]),
                   max_tree_depth=o["max_tree_depth"], dense_mass=o["dense_mass"],
-                  init_strategy=init_to_median(num_samples=15))
-    mcmc = MCMC(kernel, num_warmup=o["num_warmup"], num_samples=o["num_samples"],
-                num_chains=o["num_chains"], thinning=o["thin"],
-                chain_method=o["chain_method"], progress_bar=bool(progress))
+                  init_strategy=init_strategy(o["init"], train, spec, data,
+                                              centered=o["centered"],
+                                              factor_prior=o["factor_prior"], seed=int(seed)))
     args = tuple(jnp.asarray(a) for a in data.args)
-    extra = ("diverging", "num_steps", "accept_prob", "energy", "adapt_state.step_size",
-             "potential_energy")
-    key = jax.random.PRNGKey(int(seed))
+    C, W, S, T = o["num_chains"], o["num_warmup"], o["num_samples"], o["thin"]
+    keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
+    t0 = time.perf_counter()
+    # warm-up adaptation lives in the kernel state (NumPyro's functional HMC), so it
+    # runs, checkpoints and resumes through the driver like the Gibbs sweep
+    # one unbatched init per chain: the kernel's sample function stays per-chain (the
+    # driver vectorises it itself)
+    states = [kernel.init(jax.random.fold_in(k, 2**31 - 1), W, model_args=args)
+              for k in keys]
+    state = jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]),
+                                   *states)
+    fp = ""
+    if o["checkpoint"] is not None:
+        from bayesmf.infer import checkpoint as ck
+
+        fp = ck.fingerprint(train, spec, int(seed), {k: v for k, v in o.items()
+                                                     if k not in ("checkpoint",
+                                                                  "checkpoint_every",
+                                                                  "resume", "memory_limit")})
+    t1 = time.perf_counter()
+    run = run_chains(_program(kernel), args, state, keys, num_samples=S // T, num_warmup=W,
+                     thin=T, chain_method=o["chain_method"], checkpoint=o["checkpoint"],
+                     checkpoint_every=o["checkpoint_every"], resume=o["resume"],
+                     fingerprint=fp, meta={"sampler": "numpyro-nuts"}, progress=progress,
+                     memory_limit=o["memory_limit"], log=compile_logger(progress),
+                     what=f"the NUTS draws ({C} chain(s) x {S // T} draws)")
+    t2 = time.perf_counter()
+    samples, ex = run.draws["z"], {n: v for n, v in run.draws.items() if n != "z"}
     ckpt = None
     if o["checkpoint"] is not None:
-        samples, ex, t0, t1, t2, ckpt = _run_checkpointed(kernel, args, train, spec, o,
-                                                           int(seed), progress)
-        mcmc = None
-    else:
-        t0 = time.perf_counter()
-        if o["num_warmup"] > 0:
-            mcmc.warmup(key, *args, extra_fields=extra, collect_warmup=False)
-            key = mcmc.post_warmup_state.rng_key
-        t1 = time.perf_counter()
-        mcmc.run(key, *args, extra_fields=extra)
-        t2 = time.perf_counter()
-        samples = mcmc.get_samples(group_by_chain=True)
-        ex = mcmc.get_extra_fields(group_by_chain=True)
-
+        ckpt = {"path": str(o["checkpoint"]),
+                "every": o["checkpoint_every"] or max(1, -(-run.n_iter // 10)),
+                "resumed_at": run.resumed_at}
     draws = draws_from_samples(samples, spec, data.n_users, data.n_items, data.offset)
     num_steps = np.asarray(ex["num_steps"]).astype(np.int64)
     stats = {
@@ -152,71 +191,35 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
         "settings": dict(o),
         "backend": "numpyro",
         "offset": data.offset,
-        "timings": {"warmup_s": t1 - t0, "sampling_s": t2 - t1, "total_s": t2 - t0},
+        "timings": {"init_s": t1 - t0, "compile_s": run.compile_seconds,
+                    "warmup_s": run.warmup_seconds,
+                    "sampling_s": run.sampling_seconds - run.warmup_seconds,
+                    "total_s": t2 - t0},
+        "compile_seconds": run.compile_seconds,
+        "seconds_per_draw": (run.sampling_seconds - run.warmup_seconds)
+        / max(1, run.n_iter - W),
         "n_divergent": int(stats["diverging"].sum()),
         "mean_tree_depth": float(stats["tree_depth"].mean()),
     }
     if ckpt is not None:
         attrs["checkpoint"] = ckpt
-    native = {"model": model, "model_args": args, "mcmc": mcmc, "kernel": kernel,
-              "offset": data.offset}
+    native = {"model": model, "model_args": args, "kernel": kernel, "offset": data.offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "nuts", stats, native, attrs)
 
 
-def _run_checkpointed(kernel, args, train, spec, o, seed, progress):
-    """The chains of ``kernel`` (a NumPyro ``NUTS``) through
-    :func:`~bayesmf.infer.checkpoint.run_chunked`: returns ``(samples, extra_fields, t0,
-    t1, t2, info)`` shaped like ``MCMC.get_samples/get_extra_fields(group_by_chain=True)``
-    (see the module docs, *Checkpointed runs*)."""
-    import jax
-    import jax.numpy as jnp
+def _program(kernel) -> Program:
+    """NumPyro's NUTS kernel as a :class:`~bayesmf.infer.driver.Program`: one NUTS
+    transition (with its warm-up adaptation while ``state.i < num_warmup``) per iteration;
+    kept: the constrained sample ``z`` and the sampler statistics."""
 
-    from bayesmf.infer import checkpoint as ck
+    def step(args, key, st):
+        return kernel.sample(st._replace(rng_key=key), args, {}), {}
 
-    C, W, S, T = o["num_chains"], o["num_warmup"], o["num_samples"], o["thin"]
-    n_iter = W + (S // T - 1) * T + 1  # keeps S // T draws, as MCMC(thinning=T)
-    keys = jax.random.split(jax.random.PRNGKey(seed), C)
-    t0 = time.perf_counter()
-    state = kernel.init(jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys), W,
-                        model_args=args)
-    constrain = kernel.postprocess_fn(args, {})
-
-    def step(kc, st):
-        # the kernel vectorises itself over a batch of chain keys (as MCMC "vectorized")
-        return kernel.sample(st._replace(rng_key=kc), args, {}), None
-
-    def extract(st, _):
-        return {"z": jax.vmap(constrain)(st.z), "diverging": st.diverging,
+    def extract(args, st, info):
+        return {"z": kernel.postprocess_fn(args, {})(st.z), "diverging": st.diverging,
                 "num_steps": st.num_steps, "accept_prob": st.accept_prob,
                 "energy": st.energy, "adapt_state.step_size": st.adapt_state.step_size,
                 "potential_energy": st.potential_energy}
 
-    every = o["checkpoint_every"] or max(1, -(-n_iter // 10))
-    fp = ck.fingerprint(train, spec, seed, {k: v for k, v in o.items()
-                                            if k not in ("checkpoint", "checkpoint_every",
-                                                         "resume", "memory_limit")})
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_iter, desc=f"nuts x{C} (checkpointed)", unit="it")
-
-    def on_chunk(t, n):
-        if bar is not None:
-            bar.update(t - bar.n)
-
-    t1 = time.perf_counter()
-    res = ck.run_chunked(ck.scan_chunk(step, extract), state, keys, n_iter, every=every,
-                         checkpoint_path=o["checkpoint"], resume=o["resume"], warmup=W,
-                         thin=T, fingerprint=fp, meta={"sampler": "numpyro-nuts"},
-                         on_chunk=on_chunk, memory_limit=o["memory_limit"])
-    t2 = time.perf_counter()
-    if bar is not None:
-        bar.close()
-    # (kept, C, ...) -> (C, kept, ...)
-    sw = lambda a: jnp.swapaxes(jnp.asarray(a), 0, 1)  # noqa: E731
-    samples = {n: sw(v) for n, v in res.draws["z"].items()}
-    extra = {n: sw(v) for n, v in res.draws.items() if n != "z"}
-    info = {"path": str(o["checkpoint"]), "every": every, "resumed_at": res.resumed_at}
-    return samples, extra, t0, t1, t2, info
+    return Program("nuts", step, extract, None, None, None, "draw")
