@@ -101,7 +101,7 @@ def test_append_to_and_fold_in_item():
     p2 = f.append_to()
     assert len(p2.users) == 13 and p2.train.user_counts[-1] == 2
     pred = p2.predict([100, 100], [5, 6], clip=False)
-    assert pred.mean == pytest.approx(f.predict([5, 6])["mean"].to_numpy(), abs=1e-5)
+    assert pred.mean == pytest.approx(f.predict([5, 6], clip=False)["mean"].to_numpy(), abs=1e-5)
     rec = recommend(p2, [100], n=20)
     assert not ({1, 2} & set(rec.item)) and len(rec) == 18
     with pytest.raises(DataError):
@@ -121,3 +121,14 @@ def test_append_to_and_fold_in_item():
     assert 555 not in set(r[r.user == 0].item) and 555 in set(r[r.user == 5].item)
     pr = fi.predict([5])
     assert pr["mean"].to_numpy() == pytest.approx(p3.predict([5], [555]).mean, abs=1e-5)
+
+
+def test_folded_predictions_are_clipped_to_the_rating_scale_by_default():
+    post, _ = _hyper_posterior()
+    lo, hi = float(post.train.scale.min), float(post.train.scale.max)
+    f = fold_in(post, {2: hi, 7: hi, 11: hi}, user=77, mode="mean")
+    p = f.predict(post.items.ids)
+    assert p["mean"].between(lo, hi).all() and p["upper"].le(hi).all()
+    assert p["lower"].ge(lo).all()
+    raw = f.predict(post.items.ids, clip=False)
+    np.testing.assert_allclose(np.clip(raw["mean"], lo, hi), p["mean"])

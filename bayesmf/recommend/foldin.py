@@ -187,7 +187,7 @@ class _Folded:
             m = m + np.einsum("snk,sjk->snj", self.F, OF)
         return m, np.sqrt(np.broadcast_to(p.noise_var()[:, None, None], m.shape))
 
-    def _predict(self, other_raw, other_vocab, interval):
+    def _predict(self, other_raw, other_vocab, interval, clip=True):
         from bayesmf.predictive import mixture_quantile
 
         other_raw = np.atleast_1d(np.asarray(other_raw))
@@ -199,6 +199,8 @@ class _Folded:
         nv = float(self.posterior.noise_var().mean())
         lo = mixture_quantile(m, sd, a)
         hi = mixture_quantile(m, sd, 1 - a)
+        if clip:  # reported values on the rating scale, as Posterior.predict
+            mean, lo, hi = (self.posterior.clip_to_scale(x) for x in (mean, lo, hi))
         n, J = mean.shape
         other = "item" if self.side == "user" else "user"
         return pd.DataFrame({
@@ -232,9 +234,11 @@ class FoldedUsers(_Folded):
         return id_keys(self.raw[rows])
 
     # --- use
-    def predict(self, items, interval: float = 0.9) -> pd.DataFrame:
-        """Predictive ``mean, std, std_param, lower, upper`` of every (new user, item)."""
-        return self._predict(items, self.posterior.items, interval)
+    def predict(self, items, interval: float = 0.9, clip: bool = True) -> pd.DataFrame:
+        """Predictive ``mean, std, std_param, lower, upper`` of every (new user, item);
+        mean and bounds clipped to the training rating scale unless ``clip=False``
+        (:meth:`bayesmf.posterior.Posterior.predict`)."""
+        return self._predict(items, self.posterior.items, interval, clip)
 
     def recommend(self, n: int = 10, strategy: str = "mean", **kwargs) -> pd.DataFrame:
         """:func:`bayesmf.recommend.recommend` for these users."""
@@ -257,9 +261,10 @@ class FoldedItems(_Folded):
 
     side = "item"
 
-    def predict(self, users, interval: float = 0.9) -> pd.DataFrame:
-        """Predictive ``mean, std, std_param, lower, upper`` of every (new item, user)."""
-        return self._predict(users, self.posterior.users, interval)
+    def predict(self, users, interval: float = 0.9, clip: bool = True) -> pd.DataFrame:
+        """Predictive ``mean, std, std_param, lower, upper`` of every (new item, user);
+        clipped to the rating scale unless ``clip=False``."""
+        return self._predict(users, self.posterior.users, interval, clip)
 
     def append_to(self, posterior: Posterior | None = None) -> Posterior:
         """A new :class:`Posterior` with these items appended (recommendable by
