@@ -240,15 +240,8 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
             keys = src.keys(rows) if st.name == "thompson" else None
             s = sc.scores(block, keys=keys)
             const = None
-        if exclude_seen:
-            rr, it = src.seen(rows)
-            if pos_of is not None:
-                it = pos_of[it]
-                keep = it >= 0
-                rr, it = rr[keep], it[keep]
-            s[rr, it] = -np.inf
-        if excl_pos is not None and len(excl_pos):
-            s[:, excl_pos] = -np.inf
+        if exclude_seen or (excl_pos is not None and len(excl_pos)):
+            s[excluded_mask(rows)] = -np.inf
         idx, vals, valid = topn_indices(s, n)
         del s
         _store(rows, block, idx, vals, valid, const)
