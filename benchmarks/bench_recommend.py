@@ -306,11 +306,11 @@ def write_strategies_md(results, path: Path, env: dict):
              f"before/after {env['load_before']} / {env['load_after']} -- wall times are "
              "inflated by other jobs; CPU s (process time, all threads) is the steadier "
              "number. Command: `" + env["command"] + "`.", "",
-             "`bounded` (the default) returns exactly the lists of `exact` (every pair's "
+             "`bounded` returns exactly the lists of `exact` (every pair's "
              "mixture quantile / probability solved): it screens with a moment-matched "
              "Gaussian, solves the best few per user and certifies all other items below "
              "the 10th exact score with per-draw bounds (bayesmf/scoring/bounded.py). "
-             "`approx` skips the certificate. `exact` is timed on a few users and "
+             "`approx` (the default) skips the certificate. `exact` is timed on a few users and "
              "extrapolated. `x mean` = time / time of the `mean` strategy (all users).", ""]
     for r in results:
         lines += [f"## {r['model']}", "",
