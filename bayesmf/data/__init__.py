@@ -5,6 +5,8 @@ Datasets (MovieLens loaders, the packaged ``ml-latest-small``) live in
 """
 
 from bayesmf.data.filters import FilterResult, binarize, kcore
+from bayesmf.data.interactions import Interactions, InteractionSplit
+from bayesmf.data.negatives import NegativeSampler
 from bayesmf.data.ratings import RatingScale, Ratings
 from bayesmf.data.split import (
     KFold,
@@ -31,4 +33,7 @@ __all__ = [
     "user_split",
     "temporal_split",
     "kfold",
+    "Interactions",
+    "InteractionSplit",
+    "NegativeSampler",
 ]
