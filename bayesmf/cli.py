@@ -85,11 +85,16 @@ def _options(pairs: list[str] | None) -> dict:
     return out
 
 
-def _coerce_ids(values, vocab):
+def _coerce_ids(values, vocab, id_type: str = "auto"):
     """Ids read as text (files, --users, --item) in the id type of the model's vocabulary,
     by the vocabulary's canonical-text rule (:meth:`bayesmf.Vocabulary.coerce`): for an
     integer vocabulary ``"12"`` is ``12`` but ``"012"`` stays text and is reported as an
-    unknown id."""
+    unknown id -- unless ``--id-type int`` parses ``"012"`` as ``12`` (``str``: the ids
+    are text, e.g. for a model fitted with text ids)."""
+    if id_type in ("int", "str"):
+        from bayesmf.data.vocab import parse_ids
+
+        values = parse_ids(np.asarray(values, dtype=object), id_type)
     return vocab.coerce(values)
 
 
@@ -443,8 +448,8 @@ def cmd_predict(a) -> int:
     model = _load_model(a.model)
     post = model.posterior
     df = _read_table(a.pairs, a.user_col, a.item_col)
-    users = _coerce_ids(df[a.user_col].to_numpy(), post.users)
-    items = _coerce_ids(df[a.item_col].to_numpy(), post.items)
+    users = _coerce_ids(df[a.user_col].to_numpy(), post.users, a.id_type)
+    items = _coerce_ids(df[a.item_col].to_numpy(), post.items, a.id_type)
     # mean and interval bounds on the training rating scale unless --no-clip
     pred = post.predict(users, items, interval=a.interval, clip=a.clip,
                         unknown="raise" if a.strict else "fallback")
@@ -473,8 +478,10 @@ def cmd_evaluate(a) -> int:
         df = _read_table(a.test, a.user_col, a.item_col)
         if a.rating_col not in df.columns:
             raise DataError(f"{a.test}: missing rating column {a.rating_col!r}")
-        df = df.assign(**{a.user_col: _coerce_ids(df[a.user_col].to_numpy(), post.users),
-                          a.item_col: _coerce_ids(df[a.item_col].to_numpy(), post.items)})
+        df = df.assign(**{a.user_col: _coerce_ids(df[a.user_col].to_numpy(), post.users,
+                                                  a.id_type),
+                          a.item_col: _coerce_ids(df[a.item_col].to_numpy(), post.items,
+                                                  a.id_type)})
         test = Ratings.from_dataframe(df, a.user_col, a.item_col, a.rating_col,
                                       timestamp_col=None)
     res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking)
@@ -512,7 +519,8 @@ def cmd_recommend(a) -> int:
     model = _load_model(a.model)
     post = model.posterior
     if a.users:
-        users = _coerce_ids([u for u in a.users.split(",") if u.strip()], post.users)
+        users = _coerce_ids([u for u in a.users.split(",") if u.strip()], post.users,
+                            a.id_type)
     else:
         users = post.users.ids
     kw = {}
@@ -542,7 +550,7 @@ def cmd_similar(a) -> int:
 
     model = _load_model(a.model)
     post = model.posterior
-    item = _coerce_ids([a.item], post.items)[0]
+    item = _coerce_ids([a.item], post.items, a.id_type)[0]
     out = similar_items(post, item, n=a.n)
     if a.out:
         _write_table(out, a.out, FLOAT_FORMAT)
@@ -724,6 +732,15 @@ def _add_reading(p):
                         "('007' is 7) (default: auto)")
 
 
+def _add_model_id_type(p):
+    """--id-type of the commands that read ids for a fitted model."""
+    p.add_argument("--id-type", default="auto", choices=["auto", "str", "int"],
+                   help="how ids read from files or flags meet the model's ids: auto: the "
+                        "model's rule (for integer ids '12' is 12, '012' is unknown); int: "
+                        "parse every id as an integer ('012' is 12); str: ids are text "
+                        "(default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bayesmf import __version__
     from bayesmf.infer import METHODS
@@ -837,6 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--strict", action="store_true",
                     help="error on unknown user or item ids")
     _add_columns(pr)
+    _add_model_id_type(pr)
     pr.set_defaults(func=cmd_predict)
 
     ev = _command(sub, "evaluate", "metrics on held-out ratings",
@@ -852,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cut-off of the ranking metrics")
     ev.add_argument("--no-ranking", action="store_true", help="rating metrics only")
     _add_columns(ev)
+    _add_model_id_type(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     rc = _command(sub, "recommend", "top-n recommendations",
@@ -887,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--include-seen", action="store_true",
                     help="do not exclude items the user rated in training")
     rc.add_argument("--out", help="CSV file to write (default: standard output)")
+    _add_model_id_type(rc)
     rc.set_defaults(func=cmd_recommend)
 
     si = _command(sub, "similar", "items similar to an item",
@@ -897,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="item id (required)")
     si.add_argument("--n", type=positive("n"), default=10, help="number of similar items")
     si.add_argument("--out", help="CSV file to write (default: standard output)")
+    _add_model_id_type(si)
     si.set_defaults(func=cmd_similar)
 
     sp = _command(sub, "split", "split a ratings file into train and test files",

@@ -472,3 +472,34 @@ def test_recommend_cli_quantile_method_and_clipped_mean(high_model, capsys):
     assert pd.read_csv(d / "r_raw.csv")["mean"].max() > 5.0
     assert main(["recommend", str(d / "high.nc"), "--quantile-method", "fast"]) == 2
     assert "--quantile-method" in capsys.readouterr().err
+
+
+def test_id_type_int_lets_zero_padded_ids_meet_an_integer_model(tmp_path, capsys):
+    """Issue 17 item 2: a model fitted on integer ids; a pairs file writes '007'. By
+    default '007' is not user 7 (unknown: fallback, known_user False); --id-type int
+    parses it as 7."""
+    import numpy as np
+    import pandas as pd
+
+    from bayesmf.cli import main
+
+    rng = np.random.default_rng(0)
+    uu, ii = np.nonzero(rng.random((12, 10)) < 0.6)
+    pd.DataFrame({"user": uu, "item": ii, "rating": rng.integers(1, 6, len(uu))}).to_csv(
+        tmp_path / "train.csv", index=False)
+    model = tmp_path / "m.nc"
+    assert main(["fit", str(tmp_path / "train.csv"), "--method", "map", "--rank", "2",
+                 "--out", str(model)]) == 0
+    (tmp_path / "pairs.csv").write_text("user,item\n007,3\n7,3\n")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(model), str(tmp_path / "pairs.csv"), "--out", str(out)]) == 0
+    df = pd.read_csv(out, dtype={"user": str})
+    assert df["known_user"].tolist() == [False, True]
+    assert main(["predict", str(model), str(tmp_path / "pairs.csv"), "--out", str(out),
+                 "--id-type", "int"]) == 0
+    df = pd.read_csv(out)
+    assert df["known_user"].tolist() == [True, True]
+    assert df["mean"].iloc[0] == df["mean"].iloc[1]
+    assert main(["recommend", str(model), "--users", "007", "--n", "2", "--id-type",
+                 "int"]) == 0
+    assert "7," in capsys.readouterr().out
