@@ -49,7 +49,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bayesmf.data.filters import kcore_mask
-from bayesmf.data.ratings import Ratings, _numeric_values
+from bayesmf.data.ratings import Ratings, _numeric_values, _PairMatrix
 from bayesmf.data.split import _check_fraction, _rank_within_user, _rng
 from bayesmf.data.vocab import Vocabulary, parse_ids
 from bayesmf.errors import DataError
@@ -104,7 +104,7 @@ def _timestamps(ts, n: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-class Interactions:
+class Interactions(_PairMatrix):
     """Aggregated implicit feedback: one stored pair per ``(user, item)`` with its event
     count, optional summed weight and latest timestamp, plus the user/item vocabularies.
 
@@ -271,26 +271,6 @@ class Interactions:
                    timestamp=None if ts is None else ts[order])
 
     # ----------------------------------------------------------------- basic facts
-    @property
-    def nnz(self) -> int:
-        """Number of stored (user, item) pairs."""
-        return len(self.user)
-
-    def __len__(self) -> int:
-        return self.nnz
-
-    @property
-    def n_users(self) -> int:
-        return len(self.users)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n_users, self.n_items)
-
     @property
     def density(self) -> float:
         """``nnz / (users * items)``."""

@@ -95,7 +95,35 @@ def _numeric_values(values, name: str = "rating") -> np.ndarray:
     return arr
 
 
-class Ratings:
+class _PairMatrix:
+    """Shape facts of a users x items container of stored pairs (``user``, ``users``,
+    ``items``): shared by :class:`Ratings` and
+    :class:`~bayesmf.data.interactions.Interactions`."""
+
+    __slots__ = ()
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (user, item) pairs."""
+        return len(self.user)
+
+    def __len__(self) -> int:
+        return self.nnz
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_users, self.n_items)
+
+
+class Ratings(_PairMatrix):
     """Observed (user, item, rating[, timestamp]) entries with their vocabularies.
 
     Build with :meth:`from_dataframe`, :meth:`from_arrays`, :meth:`from_sparse` or
@@ -246,25 +274,6 @@ class Ratings:
         return cls.from_indices(coo.row, coo.col, coo.data, uv, iv)
 
     # ----------------------------------------------------------------- basic facts
-    @property
-    def nnz(self) -> int:
-        return len(self.rating)
-
-    def __len__(self) -> int:
-        return self.nnz
-
-    @property
-    def n_users(self) -> int:
-        return len(self.users)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n_users, self.n_items)
-
     @property
     def sparsity(self) -> float:
         """``1 - nnz / (users * items)``."""
