@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -279,7 +280,11 @@ def _open_fraction(name: str):
 
 def _id_list(text: str) -> str:
     """``--users``: comma-separated ids, none of them empty; returned re-joined without
-    the blanks around the ids."""
+    the blanks around the ids. ``@FILE`` (one id per line) is read by the command."""
+    if text.startswith("@"):
+        if not text[1:].strip():
+            raise argparse.ArgumentTypeError("@FILE needs a file name, e.g. --users @ids.txt")
+        return text
     ids = [x.strip() for x in text.split(",")]
     if not any(ids):
         raise argparse.ArgumentTypeError(f"no id in {text!r}; pass comma-separated ids, "
@@ -288,6 +293,27 @@ def _id_list(text: str) -> str:
         raise argparse.ArgumentTypeError(f"empty id at position {ids.index('') + 1} of "
                                          f"{text!r}; pass comma-separated ids, e.g. 1,2,3")
     return ",".join(ids)
+
+
+def _confidence(text: str) -> dict:
+    """``--confidence KIND:ALPHA[:EPS]`` -> the implicit likelihood's settings."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("linear", "log"):
+        raise argparse.ArgumentTypeError(f"expected KIND:ALPHA[:EPS] with KIND linear or log, "
+                                         f"e.g. log:2 or linear:0.01; got {text!r}")
+    try:
+        nums = [float(x) for x in parts[1:]]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ALPHA and EPS must be numbers, got {text!r}") \
+            from None
+    if not all(math.isfinite(x) for x in nums) or nums[0] < 0 or (len(nums) > 1
+                                                                  and nums[1] <= 0):
+        raise argparse.ArgumentTypeError(f"ALPHA must be >= 0 and EPS > 0 (finite), got "
+                                         f"{text!r}")
+    out = {"transform": parts[0], "alpha": nums[0]}
+    if len(nums) > 1:
+        out["eps"] = nums[1]
+    return out
 
 
 def _nonempty(text: str) -> str:
@@ -355,6 +381,10 @@ def cmd_data_info(a) -> int:
     return 0
 
 
+#: what ``bayesmf fit`` runs when --method / --rank are left out, per --feedback
+_DEFAULT_METHOD = {"explicit": "map", "implicit": "gibbs"}
+_DEFAULT_RANK = {"explicit": 10, "implicit": 64}
+
 _FIT_FLAGS = {"samples": "num_samples", "warmup": "num_warmup", "chains": "num_chains",
               "thin": "thin", "max_iter": "max_iter", "solver": "solver",
               "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every"}
@@ -416,8 +446,36 @@ def cmd_fit(a) -> int:
         side = Path(str(opts["checkpoint"]) + ".cli.json")
         keep = {k: v for k, v in vars(a).items() if k not in ("func", "resume")}
         _atomic_write(side, lambda t: Path(t).write_text(json.dumps(keep)))
-    train = load_ratings_source(a.train, **_source_kwargs(a))
-    model = BayesMF(method=a.method, rank=a.rank, likelihood=a.likelihood, prior=a.prior,
+    feedback = getattr(a, "feedback", None) or "explicit"
+    method = a.method or _DEFAULT_METHOD[feedback]
+    rank = a.rank if a.rank is not None else _DEFAULT_RANK[feedback]
+    likelihood = a.likelihood or ("implicit" if feedback == "implicit" else "gaussian")
+    conf = getattr(a, "confidence", None)
+    if feedback == "implicit":
+        from bayesmf.datasets import load_interactions_source
+
+        if a.duplicates != "raise":
+            raise DataError("--duplicates applies to ratings; with --feedback implicit "
+                            "repeated (user, item) rows are events and are summed")
+        train = load_interactions_source(
+            a.train, user_col=a.user_col, item_col=a.item_col,
+            count_col="auto" if a.rating_col == "rating" else a.rating_col,
+            timestamp_col=a.timestamp_col, positive_threshold=a.positive_threshold,
+            id_type=a.id_type or "auto")
+    else:
+        for flag, v in (("--confidence", conf), ("--positive-threshold",
+                                                 getattr(a, "positive_threshold", None))):
+            if v is not None:
+                raise DataError(f"{flag} applies to --feedback implicit")
+        train = load_ratings_source(a.train, **_source_kwargs(a))
+    if conf is not None:
+        if likelihood != "implicit":
+            raise DataError(f"--confidence sets the implicit likelihood's confidence; it "
+                            f"does not apply to --likelihood {likelihood}")
+        from bayesmf.model.likelihoods import ImplicitGaussian
+
+        likelihood = ImplicitGaussian(**conf)
+    model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=a.prior,
                     seed=a.seed,
                     progress=_progress(a), **opts)
     model.fit(train)
@@ -430,14 +488,15 @@ def cmd_fit(a) -> int:
               + (" (rebuilt from per-row summaries)" if a.save_mode == "summary" else ""))
     if a.resume:
         ck = post.attrs.get("checkpoint") or {}
-        unit = "sweep" if a.method == "gibbs" else "iteration"
+        unit = "sweep" if method == "gibbs" else "iteration"
         total = (post.attrs.get("settings") or {}).get("n_sweeps")
         of = f" of {total}" if total is not None else ""
         at = ck.get("resumed_at")
         print(f"bayesmf fit: resumed {a.resume} at {unit} {at}{of}" if at is not None else
               f"bayesmf fit: {a.resume} held no completed {unit}; started from the first",
               file=sys.stderr)
-    print(f"fitted {a.method} rank {a.rank} on {train.nnz:,} ratings "
+    what = "interactions" if feedback == "implicit" else "ratings"
+    print(f"fitted {method} rank {rank} on {train.nnz:,} {what} "
           f"({train.n_users:,} users x {train.n_items:,} items) in {model.fit_seconds_:.2f} s; "
           f"{post.n_chains} chain(s) x {post.n_draws} draw(s); saved {a.out} "
           f"({stored}, {Path(a.out).stat().st_size / 1e6:.1f} MB)")
@@ -518,7 +577,9 @@ def cmd_recommend(a) -> int:
 
     model = _load_model(a.model)
     post = model.posterior
-    if a.users:
+    if a.users and a.users.startswith("@"):
+        users = _coerce_ids(_read_id_file(a.users[1:]), post.users, a.id_type)
+    elif a.users:
         users = _coerce_ids([u for u in a.users.split(",") if u.strip()], post.users,
                             a.id_type)
     else:
@@ -543,6 +604,23 @@ def cmd_recommend(a) -> int:
     else:
         recs.to_csv(sys.stdout, index=False, float_format=FLOAT_FORMAT)
     return 0
+
+
+def _read_id_file(path: str) -> list:
+    """Ids of ``--users @FILE``: one per line, blank lines and surrounding spaces ignored."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"--users @{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"--users @{path}: is a folder, not a file of ids") from None
+    except UnicodeDecodeError:
+        raise DataError(f"--users @{path}: not a UTF-8 text file of ids") from None
+    ids = [x.strip() for x in text.splitlines() if x.strip()]
+    if not ids:
+        raise DataError(f"--users @{path}: the file lists no id (one id per line)")
+    return ids
 
 
 def cmd_similar(a) -> int:
@@ -778,16 +856,35 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("train", nargs="?", metavar="TRAIN",
                      help="ratings file (CSV/TSV/Parquet) or dataset name, e.g. "
                           "movielens:latest-small (not needed with --resume)")
-    fit.add_argument("--method", default="map", choices=sorted(METHODS),
+    fit.add_argument("--feedback", default="explicit", choices=["explicit", "implicit"],
+                     help="explicit: TRAIN holds ratings (user,item,rating); implicit: "
+                          "TRAIN holds events or counts (user,item[,count]; repeated rows "
+                          "are summed; a column named count/plays/clicks/weight/rating is "
+                          "the count, else each row is one event) and the model is the "
+                          "confidence-weighted implicit model over all pairs")
+    fit.add_argument("--method", default=None, choices=sorted(METHODS),
                      help="inference: map (point estimate), gibbs (BPMF Gibbs sampler), "
-                          "nuts (NumPyro NUTS), svi (variational), pymc-nuts / pymc-advi")
-    fit.add_argument("--rank", type=nonneg("rank"), default=10,
-                     help="number of latent factors (0: biases only)")
-    fit.add_argument("--likelihood", default="gaussian", choices=sorted(LIKELIHOODS),
-                     help="observation family: gaussian (ratings as continuous), ordinal "
-                          "(ordered probit over the star levels), bernoulli-probit / "
-                          "bernoulli-logit (0/1 data); predict writes the expected rating "
-                          "or P(y=1) in 'mean'")
+                          "nuts (NumPyro NUTS), svi (variational), pymc-nuts / pymc-advi "
+                          f"(default: {_DEFAULT_METHOD['explicit']} for explicit, "
+                          f"{_DEFAULT_METHOD['implicit']} for implicit feedback)")
+    fit.add_argument("--rank", type=nonneg("rank"), default=None,
+                     help="number of latent factors (0: biases only; default "
+                          f"{_DEFAULT_RANK['explicit']} for explicit, "
+                          f"{_DEFAULT_RANK['implicit']} for implicit feedback)")
+    fit.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
+                     help="observation family: gaussian (ratings as continuous, the "
+                          "default), ordinal (ordered probit over the star levels), "
+                          "bernoulli-probit / bernoulli-logit (0/1 data), implicit (the "
+                          "default of --feedback implicit); predict writes the expected "
+                          "rating, P(y=1) or the preference score in 'mean'")
+    fit.add_argument("--confidence", type=_confidence, metavar="KIND:ALPHA[:EPS]",
+                     help="--feedback implicit: confidence of an observed pair c = 1 + "
+                          "ALPHA*f(count) with f = linear (count) or log (log(1 + "
+                          "count/EPS)), e.g. log:2 or linear:0.01 (default: "
+                          "the implicit likelihood's log:2:1)")
+    fit.add_argument("--positive-threshold", type=float, metavar="T",
+                     help="--feedback implicit with a rating dataset (movielens:...): the "
+                          "pairs rated >= T are the positives (default: every rated pair)")
     fit.add_argument("--prior", default="normal-wishart", choices=sorted(FACTOR_PRIORS),
                      help="factor prior of the Bayesian methods: normal-wishart (BPMF) or "
                           "normal-gamma (per-dimension, libFM/myFM style)")
@@ -878,8 +975,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "Items a user rated in training are excluded unless --include-seen. "
                   "(The 'utility' strategy takes a Python function and is API-only.)")
     rc.add_argument("model", help="model file written by 'bayesmf fit'")
-    rc.add_argument("--users", type=_id_list, metavar="ID,ID,...",
-                    help="comma-separated user ids (default: all users)")
+    who = rc.add_mutually_exclusive_group()
+    who.add_argument("--users", type=_id_list, metavar="ID,ID,...|@FILE",
+                     help="comma-separated user ids, or @FILE with one id per line "
+                          "(default: all users)")
+    who.add_argument("--all-users", action="store_true",
+                     help="every user of the model (the default without --users)")
     rc.add_argument("--n", type=positive("n"), default=10, help="items per user")
     rc.add_argument("--strategy", type=_strategy, default="mean",
                     metavar="{" + ",".join(_CLI_STRATEGIES) + "}",

@@ -65,6 +65,7 @@ __all__ = [
     "load_movielens",
     "load_movielens_fold",
     "load_ratings_source",
+    "load_interactions_source",
     "read_ratings_file",
     "get_data_home",
 ]
@@ -775,3 +776,67 @@ def load_ratings_source(source, *, user_col: str = "user", item_col: str = "item
     return Ratings.from_dataframe(df, user_col=user_col, item_col=item_col,
                                   rating_col=rating_col, timestamp_col=tcol,
                                   duplicates=duplicates)
+
+
+#: column names read as the count / weight of an event file, in order of preference
+COUNT_COLUMNS = ("count", "counts", "plays", "playcount", "play_count", "clicks", "weight",
+                 "rating")
+
+
+def load_interactions_source(source, *, user_col: str = "user", item_col: str = "item",
+                             count_col: str | None = "auto",
+                             timestamp_col: str | None = "auto", positive_threshold=None,
+                             id_type: str = "auto", data_home=None,
+                             download: bool = True):
+    """Implicit feedback (:class:`~bayesmf.data.Interactions`) from an event file or a
+    dataset name (``bayesmf fit --feedback implicit``).
+
+    * an event file (``user,item[,count][,timestamp]`` rows, any format of
+      :func:`read_ratings_file`): repeated ``(user, item)`` rows are aggregated (counts
+      summed, latest timestamp kept). ``count_col="auto"`` takes the first column named
+      one of :data:`COUNT_COLUMNS` (case-insensitive; a headerless third column counts),
+      and without one every row is one event; a named ``count_col`` must exist.
+      Counts must be finite and >= 0; pairs whose total is 0 are dropped;
+    * ``"movielens:VARIANT"``: the rated pairs as positives, those with ``rating >=
+      positive_threshold`` when it is given (every rated pair otherwise), with count 1.
+    """
+    from bayesmf.data.interactions import Interactions
+
+    if isinstance(source, str) and source.lower().startswith("movielens:"):
+        r = load_ratings_source(source, id_type=id_type, data_home=data_home,
+                                download=download)
+        t = float(np.min(r.rating)) if positive_threshold is None else positive_threshold
+        return Interactions.from_ratings(r, t)
+    if positive_threshold is not None:
+        raise DataError("positive_threshold applies to rating datasets (movielens:...); an "
+                        "event file lists the positives themselves")
+    df = read_ratings_file(source, user_col=user_col, item_col=item_col, rating_col=None,
+                           timestamp_col=timestamp_col, require_rating=False,
+                           id_type=id_type)
+    lower = {str(c).lower(): c for c in df.columns}
+    if count_col == "auto":
+        found = next((lower[c] for c in COUNT_COLUMNS if c in lower), None)
+    elif count_col is None:
+        found = None
+    else:
+        if count_col not in df.columns:
+            raise DataError(f"missing count column {count_col!r}; the file has "
+                            f"{list(df.columns)}")
+        found = count_col
+    tcol = None
+    if timestamp_col is not None:
+        want = "timestamp" if timestamp_col == "auto" else timestamp_col
+        if want in df.columns:
+            tcol = want
+        elif timestamp_col != "auto":
+            raise DataError(f"missing timestamp column {want!r}; the file has "
+                            f"{list(df.columns)}")
+    counts = None
+    if found is not None:
+        col = df[found]
+        if not pd.api.types.is_numeric_dtype(col):
+            raise DataError(f"count column {found!r} holds non-numbers (e.g. "
+                            f"{col.iloc[0]!r}); counts and weights must be numbers")
+        counts = col.to_numpy(np.float64)
+    return Interactions.from_arrays(df[user_col].to_numpy(), df[item_col].to_numpy(), counts,
+                                    None if tcol is None else df[tcol])

@@ -481,7 +481,7 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
     spec = posterior.spec
     if spec.global_mean:
         add("global", "mu", dr["mu"])
-    if spec.noise == "learned":
+    if spec.noise == "learned" and "tau" in dr:
         add("global", "tau", dr["tau"])
     for h in ("lambda_bu", "lambda_bi"):
         if h in dr and np.asarray(dr[h]).shape == (C, D):

@@ -31,12 +31,15 @@ __all__ = ["BayesMF", "as_ratings", "load"]
 
 _SPEC_FIELDS = ("rank", "likelihood", "prior", "global_mean", "user_bias", "item_bias", "noise",
                 "noise_precision", "reg_factors", "reg_bias", "init_scale")
+_BIAS_FIELDS = ("global_mean", "user_bias", "item_bias")
 
 
 def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
                rating_col: str = "rating", duplicates: str = "raise",
                id_type: str | None = None) -> Ratings:
-    """Accept a :class:`Ratings` or a DataFrame with user/item/rating columns.
+    """Accept a :class:`Ratings`, an :class:`~bayesmf.data.Interactions` (its counts or
+    weights become the values: the input of the implicit likelihood) or a DataFrame with
+    user/item/rating columns.
 
     For a DataFrame, ``duplicates`` resolves repeated ``(user, item)`` pairs
     (``"raise"``, ``"last"``, ``"first"``, ``"mean"``) and ``id_type`` (``None`` keeps the
@@ -46,6 +49,10 @@ def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
     """
     if isinstance(data, Ratings):
         return data
+    from bayesmf.data.interactions import Interactions
+
+    if isinstance(data, Interactions):
+        return data.to_ratings()
     if isinstance(data, pd.DataFrame):
         return Ratings.from_dataframe(data, user_col, item_col, rating_col,
                                       duplicates=duplicates, id_type=id_type)
@@ -54,7 +61,7 @@ def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
 
 
 class BayesMF:
-    """Matrix factorization with biases, fitted by MAP or full Bayesian inference.
+    r"""Matrix factorization with biases, fitted by MAP or full Bayesian inference.
 
     Model (observed entries only): ``y_ui ~ p(y | eta_ui, theta)`` with the linear
     predictor ``eta_ui = mu + b_u + b_i + U_u . V_i`` and the likelihood chosen by
@@ -66,19 +73,26 @@ class BayesMF:
         Inference method (see :data:`bayesmf.infer.METHODS`).
     rank : int
         Number of latent factors (0 = biases only).
-    likelihood : {"gaussian", "ordinal", "bernoulli-probit", "bernoulli-logit"} or Likelihood
+    likelihood : {"gaussian", "ordinal", "bernoulli-probit", "bernoulli-logit", "implicit"} or Likelihood
         The observation family (:mod:`bayesmf.model.likelihoods`): ``"gaussian"`` for
         ratings treated as continuous; ``"ordinal"`` (ordered probit with learned
         cutpoints) for star ratings -- predictions are expected ratings and the predictive
         is categorical over the levels; ``"bernoulli-probit"`` / ``"bernoulli-logit"``
-        for 0/1 data (thumbs, clicks) -- predictions are P(y=1). Every method runs every
-        family (MAP solves non-Gaussian families by L-BFGS).
+        for 0/1 data (thumbs, clicks) -- predictions are P(y=1); ``"implicit"`` for
+        counts or clicks of which only the positives are listed (plays, purchases: the
+        confidence-weighted model of implicit ALS over the whole matrix, fitted to an
+        :class:`~bayesmf.data.Interactions` or a user/item/count frame; methods ``map``
+        and ``gibbs``). MAP solves the Bernoulli and ordinal families by L-BFGS.
     prior : {"normal-wishart", "normal-gamma"} or FactorPrior
         The factor prior of the Bayesian methods (:mod:`bayesmf.model.priors`): the
         BPMF Normal-Wishart (default) or independent Normal-Gamma precisions per factor
         dimension (libFM/myFM style). Hyperparameters in ``priors``; their scale-aware
         defaults follow the training data.
-    global_mean, user_bias, item_bias, noise, noise_precision, reg_factors, reg_bias, init_scale
+    global_mean, user_bias, item_bias : bool, optional
+        Include :math:`\mu`, :math:`b_u`, :math:`b_i`; ``None`` (default) takes the
+        likelihood's default: on for ratings and 0/1 data, off for ``"implicit"`` (the
+        implicit-ALS model :math:`p_{ui} \sim N(U_u^\top V_i, 1/(\tau c_{ui}))`).
+    noise, noise_precision, reg_factors, reg_bias, init_scale
         Model switches and MAP regularisation, see :class:`~bayesmf.model.spec.ModelSpec`.
     priors : BayesPriors or dict, optional
         Hyperpriors of the Bayesian methods.
@@ -100,8 +114,9 @@ class BayesMF:
     """
 
     def __init__(self, method: str = "map", rank: int = 10, *, likelihood="gaussian",
-                 prior="normal-wishart", global_mean: bool = True,
-                 user_bias: bool = True, item_bias: bool = True, noise: str = "learned",
+                 prior="normal-wishart", global_mean: bool | None = None,
+                 user_bias: bool | None = None, item_bias: bool | None = None,
+                 noise: str = "learned",
                  noise_precision: float = 1.0, reg_factors: float | None = None,
                  reg_bias: float | None = None, init_scale: float = 0.1,
                  priors: BayesPriors | dict | None = None, seed: int = 0,
@@ -145,7 +160,13 @@ class BayesMF:
         # None means "the spec's default" only for the regularisation strengths; every
         # other setting must be given (rank=None is an error, not a silent rank 10)
         kw = {n: getattr(self, n) for n in _SPEC_FIELDS
-              if getattr(self, n) is not None or n not in ("reg_factors", "reg_bias")}
+              if getattr(self, n) is not None
+              or n not in ("reg_factors", "reg_bias") + _BIAS_FIELDS}
+        if any(getattr(self, n) is None for n in _BIAS_FIELDS):
+            from bayesmf.model.likelihoods import get_likelihood
+
+            on = bool(get_likelihood(self.likelihood).default_biases)
+            kw.update({n: on for n in _BIAS_FIELDS if getattr(self, n) is None})
         if self.priors is not None:
             kw["priors"] = (BayesPriors(**self.priors) if isinstance(self.priors, dict)
                             else self.priors)
@@ -158,8 +179,9 @@ class BayesMF:
     # ------------------------------------------------------------------ fitting
     def fit(self, data, *, user_col: str = "user", item_col: str = "item",
             rating_col: str = "rating", duplicates: str = "raise",
-            id_type: str | None = None) -> "BayesMF":
-        """Fit to ratings (a :class:`Ratings` or a DataFrame); returns ``self``.
+            id_type: str | None = None, negatives=None) -> "BayesMF":
+        """Fit to ratings (a :class:`Ratings` or a DataFrame) or implicit feedback (an
+        :class:`~bayesmf.data.Interactions`); returns ``self``.
 
         For a DataFrame: ``duplicates="raise"|"last"|"first"|"mean"`` resolves repeated
         ``(user, item)`` pairs (raise by default), ``id_type=None|"auto"|"str"|"int"``
@@ -167,19 +189,58 @@ class BayesMF:
         Ids given later to ``predict``/``recommend`` as text (``"12"``) match integer ids
         (``12``) when they are the canonical text of the integer
         (:class:`~bayesmf.data.vocab.Vocabulary`).
+
+        Implicit positives with a Bernoulli likelihood. An :class:`Interactions` lists
+        positives only, so a ``"bernoulli-logit"``/``"bernoulli-probit"`` model needs
+        ``negatives=``: a :class:`~bayesmf.data.negatives.NegativeSampler` (its own seed),
+        its ``to_dict()``, or a rule string ``kind[^beta][:n[/user]]`` such as
+        ``"uniform:4"`` (4 uniform negatives per positive) or ``"popularity:4"``
+        (drawn with probability proportional to item popularity), seeded with this
+        estimator's ``seed`` (grammar: :mod:`bayesmf.data.negatives`). The model is fitted
+        to ``y_ui = 1`` on every stored pair and ``y_ui = 0`` on ``m_u`` distinct sampled
+        non-positive items per user
+        (:meth:`~bayesmf.data.negatives.NegativeSampler.training_ratings`).
+        The rule, its seed and the counts go to ``posterior_.attrs["negatives"]`` (saved
+        with the model). The seen pairs (``exclude_seen`` in ``recommend``) are the
+        positives only: sampled negatives stay recommendable.
+
+        Raises
+        ------
+        SpecError
+            A Bernoulli likelihood given an Interactions without ``negatives=`` (it would
+            see only 1s); ``negatives=`` with another likelihood or with data that are not
+            an Interactions; an unparseable rule.
         """
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise SpecError(f"seed must be an integer, got {self.seed!r}")
         fit_fn = get_method(self.method)
         spec = self.make_spec()
-        train = as_ratings(data, user_col=user_col, item_col=item_col, rating_col=rating_col,
-                           duplicates=duplicates, id_type=id_type)
+        seen = neg_record = None
+        sampled = _negatives_setup(data, spec, negatives, int(self.seed))
+        if sampled is not None:
+            sampler, seed = sampled
+            train = sampler.training_ratings(data, seed)
+            seen = data
+            n_pos = int(data.nnz)
+            want = sampler.n_per_user(data)
+            neg_record = {**sampler.to_dict(), "seed": int(seed), "rule": sampler.to_string(),
+                          "distinct": True, "n_positives": n_pos,
+                          "n_negatives": int(train.nnz - n_pos),
+                          "capped_users": int((want > sampler.n_candidates(data)).sum())}
+        else:
+            train = as_ratings(data, user_col=user_col, item_col=item_col,
+                               rating_col=rating_col, duplicates=duplicates, id_type=id_type)
         spec.check_data(train.n_users, train.n_items, train.nnz)
         _check_draws_memory(self.method, fit_fn, spec, train, self.options)
         t0 = time.perf_counter()
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
                       **self.options)
         self.fit_seconds_ = time.perf_counter() - t0
+        if seen is not None:
+            from bayesmf.posterior import TrainInfo
+
+            post.train = TrainInfo.from_ratings(train, seen=seen, **post.train.extra)
+            post.attrs["negatives"] = neg_record
         post.attrs.setdefault("estimator", _jsonable_params(self.get_params()))
         post.attrs.setdefault("fit_seconds", self.fit_seconds_)
         self.posterior_ = post
@@ -223,8 +284,11 @@ class BayesMF:
         """Rating (and ranking) metrics on held-out ratings; see
         :func:`bayesmf.evaluate.evaluate`."""
         from bayesmf import evaluate as ev
+        from bayesmf.data.interactions import Interactions
 
-        return ev.evaluate(self.posterior, as_ratings(test), **kwargs)
+        if not isinstance(test, Interactions):
+            test = as_ratings(test)
+        return ev.evaluate(self.posterior, test, **kwargs)
 
     def recommend(self, users, n: int = 10, strategy: str = "mean", **kwargs) -> pd.DataFrame:
         """Top-``n`` items per user; see :func:`bayesmf.recommend.recommend`."""
@@ -265,6 +329,42 @@ def load(path) -> BayesMF:
     from bayesmf import io
 
     return BayesMF.from_posterior(io.load(path))
+
+
+def _negatives_setup(data, spec, negatives, seed: int):
+    """``(sampler, seed)`` when ``data`` are implicit positives to be fitted by a
+    Bernoulli likelihood with sampled negatives, ``None`` for an ordinary fit; SpecError
+    for the combinations that cannot be meant (see :meth:`BayesMF.fit`)."""
+    from bayesmf.data.interactions import Interactions
+    from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
+
+    lik = spec.likelihood
+    bernoulli = isinstance(lik, (BernoulliLogit, BernoulliProbit))
+    implicit = isinstance(data, Interactions)
+    if negatives is None:
+        if bernoulli and implicit:
+            raise SpecError(
+                f"likelihood {lik.name!r} fitted to an Interactions would see only its "
+                f"positives (every value 1) and learn nothing; pass negatives= to add "
+                f"sampled non-interacted pairs as 0s, e.g. fit(interactions, "
+                f"negatives='uniform:4') or negatives=NegativeSampler(...), or give 0/1 "
+                f"Ratings that already hold negatives")
+        return None
+    if not bernoulli:
+        raise SpecError(f"negatives= applies to the Bernoulli likelihoods "
+                        f"('bernoulli-logit', 'bernoulli-probit') only, not {lik.name!r}; "
+                        f"drop it (likelihood='implicit' weights every unobserved pair "
+                        f"instead)")
+    if not implicit:
+        raise SpecError(f"negatives= needs implicit positives as an Interactions, got "
+                        f"{type(data).__name__}; build one with Interactions.from_dataframe"
+                        f"(...) or Interactions.from_ratings(ratings, threshold), or fit 0/1 "
+                        f"Ratings without negatives=")
+    from bayesmf.data.negatives import as_sampler
+
+    # a sampler or its dict keeps its own seed; a rule string takes the estimator's
+    sampler = as_sampler(negatives, seed=seed)
+    return sampler, sampler.seed
 
 
 def _check_draws_memory(method, fit_fn, spec, train, options) -> None:

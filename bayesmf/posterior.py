@@ -65,6 +65,13 @@ class TrainInfo:
 
     ``seen_indptr``/``seen_indices`` are the CSR structure (users x items) of the training
     pairs, used for exclude-seen recommendation.
+
+    ``scale`` and ``global_mean`` describe the fitted values. The pair facts --
+    ``n_train``, ``user_counts``, ``item_counts`` and the seen structure -- describe the
+    **seen** pairs: the training pairs themselves, except for a Bernoulli fit on implicit
+    positives plus sampled negatives (``BayesMF.fit(interactions, negatives=...)``), where
+    they are the positives only (a sampled negative was never seen by its user and stays
+    recommendable); ``extra["n_fit"]`` then counts every fitted pair.
     """
 
     scale: RatingScale
@@ -77,13 +84,32 @@ class TrainInfo:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_ratings(cls, r: Ratings, **extra) -> "TrainInfo":
-        csr = r.to_csr()
-        return cls(scale=r.scale, global_mean=r.mean, n_train=r.nnz,
-                   user_counts=r.user_counts().astype(np.int64),
-                   item_counts=r.item_counts().astype(np.int64),
-                   seen_indptr=csr.indptr.astype(np.int64),
-                   seen_indices=csr.indices.astype(np.int32), extra=dict(extra))
+    def from_ratings(cls, r: Ratings, *, seen=None, **extra) -> "TrainInfo":
+        """From the training ratings ``r``. ``seen`` (a Ratings or Interactions on the
+        same vocabularies, default ``r``) gives the seen pairs and their counts; when it
+        is not ``r``, ``extra["n_fit"] = r.nnz`` records the fitted pairs."""
+        if seen is None or seen is r:
+            csr = r.to_csr()
+            return cls(scale=r.scale, global_mean=r.mean, n_train=r.nnz,
+                       user_counts=r.user_counts().astype(np.int64),
+                       item_counts=r.item_counts().astype(np.int64),
+                       seen_indptr=csr.indptr.astype(np.int64),
+                       seen_indices=csr.indices.astype(np.int32), extra=dict(extra))
+        if len(seen.users) != len(r.users) or len(seen.items) != len(r.items) \
+                or seen.users != r.users or seen.items != r.items:
+            raise DataError("TrainInfo: the seen pairs must share the training ratings' "
+                            "user and item vocabularies")
+        extra = {"n_fit": int(r.nnz), **extra}
+        su = np.asarray(seen.user, np.int64)
+        si = np.asarray(seen.item, np.int64)
+        N, M = len(r.users), len(r.items)
+        user_counts = np.bincount(su, minlength=N).astype(np.int64)
+        order = np.lexsort((si, su))
+        return cls(scale=r.scale, global_mean=r.mean, n_train=int(len(su)),
+                   user_counts=user_counts,
+                   item_counts=np.bincount(si, minlength=M).astype(np.int64),
+                   seen_indptr=np.concatenate([[0], np.cumsum(user_counts)]).astype(np.int64),
+                   seen_indices=si[order].astype(np.int32), extra=dict(extra))
 
     def seen_items(self, user_index: int) -> np.ndarray:
         return self.seen_indices[self.seen_indptr[user_index]:self.seen_indptr[user_index + 1]]
@@ -391,7 +417,7 @@ class Posterior:
         rating equal, ``max <= min``) says nothing about the range: ``x`` is returned
         unchanged."""
         x = np.asarray(x, np.float64)
-        lo, hi = float(self.train.scale.min), float(self.train.scale.max)
+        lo, hi = self.likelihood.clip_range(self.train.scale)
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
             return x
         return np.clip(x, lo, hi)

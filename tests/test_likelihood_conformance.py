@@ -52,5 +52,5 @@ def test_fold_in_refuses_non_gaussian_clearly():
 
     post = get_method("map")(planted("bernoulli-logit"), ModelSpec(rank=1,
                                                                    likelihood="bernoulli-logit"))
-    with pytest.raises(SpecError, match="supports the 'gaussian' likelihood"):
+    with pytest.raises(SpecError, match="supports the 'gaussian' and 'implicit' likelihoods"):
         fold_in(post, {1000: 1.0, 1007: 0.0})

@@ -6,7 +6,7 @@ Datasets (MovieLens loaders, the packaged ``ml-latest-small``) live in
 
 from bayesmf.data.filters import FilterResult, binarize, kcore
 from bayesmf.data.interactions import Interactions, InteractionSplit
-from bayesmf.data.negatives import NegativeSampler
+from bayesmf.data.negatives import NegativeSampler, as_sampler, with_negatives
 from bayesmf.data.ratings import RatingScale, Ratings
 from bayesmf.data.split import (
     KFold,
@@ -36,4 +36,6 @@ __all__ = [
     "Interactions",
     "InteractionSplit",
     "NegativeSampler",
+    "as_sampler",
+    "with_negatives",
 ]

@@ -349,15 +349,20 @@ class Interactions(_PairMatrix):
         a = _finite(alpha, "alpha")
         if a < 0:
             raise DataError(f"alpha must be >= 0, got {alpha!r}")
-        r = self.value
-        if kind == "linear":
-            return 1.0 + a * r
-        if kind == "log":
-            e = _finite(eps, "eps")
-            if e <= 0:
-                raise DataError(f"eps must be > 0, got {eps!r}")
-            return 1.0 + a * np.log1p(r / e)
-        raise DataError(f"kind must be 'linear' or 'log', got {kind!r}")
+        if kind not in TRANSFORMS:
+            raise DataError(f"kind must be 'linear' or 'log', got {kind!r}")
+        e = _finite(eps, "eps")
+        if e <= 0:
+            raise DataError(f"eps must be > 0, got {eps!r}")
+        return confidence(self.value, a, kind, e)
+
+    def to_ratings(self) -> Ratings:
+        """The stored pairs with their :attr:`value` (count or weight) as a
+        :class:`Ratings` (same vocabularies and timestamps): the training input of the
+        implicit likelihood (``BayesMF(likelihood="implicit").fit(interactions)`` calls
+        it)."""
+        return Ratings.from_indices(self.user, self.item, self.value, self.users, self.items,
+                                    timestamp=self.timestamp)
 
     def binarize(self, threshold: float = 1.0) -> Ratings:
         """0/1 labels on the stored pairs as a :class:`Ratings` (for the Bernoulli
@@ -532,6 +537,21 @@ class InteractionSplit:
     def __repr__(self) -> str:
         return (f"InteractionSplit({self.method}: train={self.train.nnz}, "
                 f"test={self.test.nnz}, dropped unseen={self.test_dropped_unseen})")
+
+
+#: confidence transforms ``f`` of ``c = 1 + alpha * f(r)``
+TRANSFORMS = ("linear", "log")
+
+
+def confidence(r, alpha: float, transform: str, eps: float) -> np.ndarray:
+    """Hu-Koren-Volinsky confidence ``c = 1 + alpha * f(r)`` with ``f(r) = r`` (``"linear"``)
+    or ``log(1 + r/eps)`` (``"log"``): the one implementation, used by
+    :meth:`Interactions.confidence` and the implicit likelihood
+    (:class:`~bayesmf.model.likelihoods.ImplicitGaussian`). Arguments are not checked."""
+    r = np.asarray(r, np.float64)
+    if transform == "linear":
+        return 1.0 + alpha * r
+    return 1.0 + alpha * np.log1p(r / eps)
 
 
 def _finite(x, name: str) -> float:

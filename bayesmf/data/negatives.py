@@ -26,6 +26,36 @@ hit a positive are redrawn); draws still pending after a few rounds (users whose
 hold most of the mass) are drawn exactly from their complement, so it always terminates.
 The result never contains a positive of its user. A user whose positives hold all of the
 mass (every item, or every item with ``pi > 0``) raises :class:`~bayesmf.errors.DataError`.
+
+Training sets for the Bernoulli likelihoods (:meth:`NegativeSampler.training_ratings`,
+:func:`with_negatives`). A 0/1 training set holds each ``(user, item)`` pair once, so the
+negatives of a user are drawn **without replacement** (``sample(..., distinct=True)``):
+``m_u`` distinct items from ``q_u``, by successive sampling -- the first ``m_u`` distinct
+values of an i.i.d. stream from ``q_u`` (draws that repeat an accepted item are rejected
+like positives; Gumbel-free, the same law as ``numpy``'s ``choice(replace=False, p=q_u)``).
+A user cannot get more distinct negatives than there are candidates, so
+
+    m_u = min(per_positive * n_u  (or per_user),  |A_u|),   A_u = {i not in P_u : pi(i) > 0}
+
+(the cap is reached only by users whose positives cover most of the catalogue; the number
+of capped users is reported). The training ratings are then
+
+    y_ui = 1 for (u, i) in P_u,     y_ui = 0 for the sampled (u, i),
+
+on the interactions' vocabularies, sorted by ``(user, item)``.
+
+Short rule strings (:meth:`NegativeSampler.from_string`, the ``negatives=`` argument of
+:meth:`bayesmf.BayesMF.fit`)::
+
+    rule  := kind ["^" beta] [":" n ["/user"]]
+    kind  := "uniform" | "popularity"
+    beta  := a number >= 0 (popularity only; default 1)
+    n     := an integer >= 1 (default 1): negatives per positive, or per user with "/user"
+
+e.g. ``"uniform:4"`` (4 uniform negatives per positive), ``"popularity:4"``
+(``pi(i) = d_i``), ``"popularity^0.75:2"``, ``"uniform:50/user"``. Spaces are ignored and
+the kind is case-insensitive. A string carries no seed: it gets one from the caller
+(``BayesMF.fit`` uses the estimator's ``seed``).
 """
 
 from __future__ import annotations
@@ -34,14 +64,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+import re
+
 from bayesmf.data.interactions import Interactions
+from bayesmf.data.ratings import Ratings
 from bayesmf.errors import DataError, SpecError
 
-__all__ = ["NegativeSampler"]
+__all__ = ["NegativeSampler", "as_sampler", "with_negatives"]
 
 _KINDS = ("uniform", "popularity")
 _SCHEMA = 1
 _REJECTION_ROUNDS = 16
+_RULE = re.compile(r"^(?P<kind>[a-z]+)(?:\^(?P<beta>[^:]+))?(?::(?P<n>[^/]+)(?P<per>/user)?)?$")
 
 
 def _is_int(x) -> bool:
@@ -107,11 +141,17 @@ class NegativeSampler:
             return n_u * self.per_positive
         return np.where(n_u > 0, self.per_user, 0).astype(np.int64)
 
-    def sample(self, interactions: Interactions, seed: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, interactions: Interactions, seed: int | None = None, *,
+               distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Draw negatives: ``(user_idx, item_idx)`` int32 arrays (indices into the
         interactions' vocabularies), grouped by user in index order. Deterministic for a
         seed (``seed=None`` uses :attr:`seed`). Never returns a positive of its user.
+
+        ``distinct=False`` draws with replacement (a pair may repeat). ``distinct=True``
+        draws each user's negatives without replacement (successive sampling, see the
+        module docstring) with ``m_u`` capped at the number of candidate items
+        ``|A_u|``; :meth:`training_ratings` uses it. The two modes consume the random
+        stream differently: they do not give the same pairs for one seed.
 
         Raises
         ------
@@ -145,10 +185,13 @@ class NegativeSampler:
                 f"{int(stuck.sum())} user(s) have interacted with {what}, so no negative can "
                 f"be drawn for them (e.g. user {interactions.users.ids[u0]!r}); drop them "
                 "(e.g. with a k-core on items) or sample per_user only for others")
+        if distinct:
+            m_u = np.minimum(m_u, self.n_candidates(interactions))
         users = np.repeat(np.arange(interactions.n_users, dtype=np.int64), m_u)
         items = np.full(len(users), -1, np.int64)
         pos_keys = (interactions.user.astype(np.int64) * n_items
                     + interactions.item.astype(np.int64))  # sorted: stored order
+        acc_keys = np.zeros(0, np.int64)  # accepted (user, item) keys, sorted (distinct)
         cdf = np.cumsum(p)
         pending = np.arange(len(users))
         for _ in range(_REJECTION_ROUNDS):
@@ -159,17 +202,104 @@ class NegativeSampler:
             else:
                 draw = np.searchsorted(cdf, rng.random(len(pending)) * cdf[-1], side="right")
                 draw = np.minimum(draw, n_items - 1)
-            ok = ~_is_positive(pos_keys, users[pending] * n_items + draw)
+            keys = users[pending] * n_items + draw
+            ok = ~_is_positive(pos_keys, keys)
+            if distinct:
+                if len(acc_keys):
+                    ok &= ~_is_positive(acc_keys, keys)
+                # of repeats within this round keep the first (earliest in the stream)
+                first = np.zeros(len(keys), bool)
+                first[np.unique(keys, return_index=True)[1]] = True
+                ok &= first
+                acc_keys = np.sort(np.concatenate([acc_keys, keys[ok]]))
             items[pending[ok]] = draw[ok]
             pending = pending[~ok]
         if len(pending):  # exact draws from the complement for the heavy users left
             indptr = interactions.indptr
+            slots = np.concatenate([[0], np.cumsum(m_u)])  # user u's slots: a range
             for u in np.unique(users[pending]):
                 rows = pending[users[pending] == u]
                 w = p.copy()
                 w[interactions.item[indptr[u]:indptr[u + 1]]] = 0.0
-                items[rows] = rng.choice(n_items, size=len(rows), p=w / w.sum())
+                if distinct:
+                    mine = items[slots[u]:slots[u + 1]]
+                    w[mine[mine >= 0]] = 0.0
+                items[rows] = rng.choice(n_items, size=len(rows), p=w / w.sum(),
+                                         replace=not distinct)
         return users.astype(np.int32), items.astype(np.int32)
+
+    def n_candidates(self, interactions: Interactions) -> np.ndarray:
+        """``|A_u|`` per user index: items with ``pi(i) > 0`` that are not positives of
+        ``u`` (the most distinct negatives the user can get)."""
+        pos = self.item_weights(interactions) > 0
+        return (int(pos.sum()) - np.bincount(interactions.user,
+                                             weights=pos[interactions.item].astype(np.float64),
+                                             minlength=interactions.n_users)
+                ).astype(np.int64)
+
+    def training_ratings(self, interactions: Interactions, seed: int | None = None
+                         ) -> Ratings:
+        """The 0/1 training set of a Bernoulli likelihood: every stored pair of
+        ``interactions`` as ``1`` plus, per user, ``m_u`` distinct sampled negatives as
+        ``0`` (``sample(..., distinct=True)``; ``m_u`` capped at ``|A_u|``, see the module
+        docstring). Same vocabularies as ``interactions``; sorted by ``(user, item)``; no
+        timestamps. Deterministic for a seed (``seed=None`` uses :attr:`seed`).
+
+        >>> s = NegativeSampler("uniform", per_positive=4, seed=1)
+        >>> r = s.training_ratings(interactions)  # doctest: +SKIP
+        """
+        nu, ni = self.sample(interactions, seed, distinct=True)
+        user = np.concatenate([interactions.user.astype(np.int64), nu.astype(np.int64)])
+        item = np.concatenate([interactions.item.astype(np.int64), ni.astype(np.int64)])
+        y = np.concatenate([np.ones(interactions.nnz), np.zeros(len(nu))])
+        order = np.lexsort((item, user))
+        return Ratings.from_indices(user[order].astype(np.int32),
+                                    item[order].astype(np.int32), y[order],
+                                    interactions.users, interactions.items)
+
+    def to_string(self) -> str:
+        """The rule as a short string (the grammar of :meth:`from_string`)."""
+        beta = f"^{self.beta!r}" if self.kind == "popularity" and self.beta != 1.0 else ""
+        n = (f"{self.per_positive}" if self.per_positive is not None
+             else f"{self.per_user}/user")
+        return f"{self.kind}{beta}:{n}"
+
+    @classmethod
+    def from_string(cls, text: str, seed: int = 0) -> "NegativeSampler":
+        """Parse a short rule such as ``"uniform:4"`` or ``"popularity^0.75:2"`` (the
+        grammar is in the module docstring); ``seed`` becomes the sampler's seed."""
+        if not isinstance(text, str):
+            raise SpecError(f"a negative-sampling rule must be a string, got {text!r}")
+        m = _RULE.match("".join(text.split()).lower())
+        if m is None:
+            raise SpecError(f"cannot parse the negative-sampling rule {text!r}; write "
+                            "kind[^beta][:n[/user]], e.g. 'uniform:4', 'popularity:4', "
+                            "'popularity^0.75:2' or 'uniform:50/user'")
+        kind = m["kind"]
+        if kind not in _KINDS:
+            raise SpecError(f"unknown negative-sampling kind {kind!r} in {text!r}; choose "
+                            f"one of {list(_KINDS)}")
+        kw: dict = {"kind": kind, "seed": seed}
+        if m["beta"] is not None:
+            if kind != "popularity":
+                raise SpecError(f"'^beta' applies to 'popularity' only, got {text!r}")
+            try:
+                kw["beta"] = float(m["beta"])
+            except ValueError:
+                raise SpecError(f"beta must be a number, got {m['beta']!r} in {text!r}"
+                                ) from None
+        if m["n"] is not None:
+            if not m["n"].isdigit() or int(m["n"]) < 1:
+                raise SpecError(f"the number of negatives must be an integer >= 1, got "
+                                f"{m['n']!r} in {text!r}")
+            n = int(m["n"])
+        else:
+            n = 1
+        if m["per"]:
+            kw.update(per_positive=None, per_user=n)
+        else:
+            kw["per_positive"] = n
+        return cls(**kw)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
@@ -197,3 +327,29 @@ def _is_positive(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     j = np.searchsorted(sorted_keys, keys)
     j = np.minimum(j, len(sorted_keys) - 1)
     return sorted_keys[j] == keys
+
+
+def as_sampler(negatives, seed: int = 0) -> NegativeSampler:
+    """A :class:`NegativeSampler` from one itself (returned unchanged: it keeps its own
+    seed), its :meth:`~NegativeSampler.to_dict` record, or a short rule string
+    (:meth:`NegativeSampler.from_string`, given ``seed``). Anything else raises
+    :class:`~bayesmf.errors.SpecError`."""
+    if isinstance(negatives, NegativeSampler):
+        return negatives
+    if isinstance(negatives, dict):
+        return NegativeSampler.from_dict(negatives)
+    if isinstance(negatives, str):
+        return NegativeSampler.from_string(negatives, seed=seed)
+    raise SpecError(f"negatives= must be a NegativeSampler, its dict, or a rule such as "
+                    f"'uniform:4'; got {type(negatives).__name__} {negatives!r}")
+
+
+def with_negatives(interactions: Interactions, negatives, seed: int | None = None
+                   ) -> Ratings:
+    """The 0/1 training :class:`~bayesmf.data.ratings.Ratings` of ``interactions`` with
+    sampled negatives: ``as_sampler(negatives).training_ratings(interactions, seed)``
+    (a rule string takes ``seed``, default 0; a sampler uses its own seed unless ``seed``
+    is given). Positives are 1, negatives 0; see :meth:`NegativeSampler.training_ratings`.
+    """
+    s = as_sampler(negatives, seed=0 if seed is None else seed)
+    return s.training_ratings(interactions, seed)

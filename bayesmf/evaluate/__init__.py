@@ -6,46 +6,59 @@
 
 from __future__ import annotations
 
+from bayesmf.data.interactions import Interactions
 from bayesmf.errors import DataError
 from bayesmf.evaluate.calibration import (calibration, coverage_curve, pit_histogram,
                                           pit_values)
 from bayesmf.evaluate.protocols import build_task, rank_task, ranking_evaluate
-from bayesmf.evaluate.ranking import mean_metrics, ranking_metrics, ranks_from_scores
+from bayesmf.evaluate.ranking import (catalogue_coverage, mean_metrics, ranking_metrics,
+                                      ranks_from_scores, topk_mask)
 from bayesmf.evaluate.rating import (coverage_from_pit, gaussian_crps, mae, mixture_crps,
                                      mixture_logpdf, mixture_pit, rating_metrics, rmse)
 
 __all__ = ["evaluate", "rmse", "mae", "gaussian_crps", "mixture_crps", "mixture_logpdf",
            "mixture_pit", "coverage_from_pit", "rating_metrics", "pit_values",
            "coverage_curve", "pit_histogram", "calibration", "ranking_metrics",
-           "mean_metrics", "ranks_from_scores", "build_task", "rank_task",
-           "ranking_evaluate"]
+           "mean_metrics", "ranks_from_scores", "topk_mask", "catalogue_coverage",
+           "build_task", "rank_task", "ranking_evaluate"]
 
 
 def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
-             relevance_threshold: float = 4.0, ranking: bool = True, protocol: str = "full",
-             draws: bool = False, seed: int = 0, strategy: str = "mean",
-             n_negatives: int = 100, sampling: str = "uniform", clip: bool = True,
-             max_draws: int | None = 50, approx=None, widths: bool = True) -> dict:
+             relevance_threshold: float | None = None, ranking: bool = True,
+             protocol: str = "full", draws: bool = False, seed: int = 0,
+             strategy: str = "mean", n_negatives: int = 100, sampling: str | None = None,
+             negatives=None, clip: bool = True, max_draws: int | None = 50, approx=None,
+             widths: bool = True) -> dict:
     """All metrics of ``posterior`` on the held-out ``test`` ratings, as a JSON-able dict.
 
     Rating metrics (:func:`~bayesmf.evaluate.rating.rating_metrics`): ``rmse``, ``mae``
     (clipped predictive mean), ``nlpd`` (mixture log density), ``crps`` (closed form for
     the Gaussian mixture), ``coverage`` and ``interval_width`` per central-interval level,
     ``calibration_error``. Ranking metrics (``ranking=True``; protocol ``"full"`` or
-    ``"sampled"``, relevance ``rating >= relevance_threshold``) under ``"ranking"``:
-    ``precision@k``, ``recall@k``, ``hit_rate@k``, ``ndcg@k``, ``map@k``, ``mrr@k``,
-    ``auc``. ``draws=True`` adds, for every metric, its distribution over posterior draws
-    (``{"mean", "lower", "upper"}``, 90% interval) under ``"draws"``.
+    ``"sampled"``; see :func:`~bayesmf.evaluate.protocols.ranking_evaluate`) under
+    ``"ranking"``: ``precision@k``, ``recall@k``, ``hit_rate@k``, ``ndcg@k``, ``map@k``,
+    ``mrr@k``, ``auc`` (and ``catalogue_coverage@k`` for the full protocol). Relevance:
+    ``rating >= relevance_threshold`` (default 4.0; every test pair for an
+    implicit-feedback posterior unless a threshold is given). ``draws=True`` adds, for
+    every metric, its distribution over posterior draws (``{"mean", "lower",
+    "upper"}``, 90% interval) under ``"draws"``.
+
+    An :class:`~bayesmf.data.interactions.Interactions` test set (implicit feedback) has
+    no ratings to score: the rating metrics are skipped (``"rating_metrics"`` says so)
+    and every test interaction is relevant.
     """
     out = {"method": posterior.method, "n_samples": int(posterior.n_samples)}
-    out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
-                              widths=widths))
+    if isinstance(test, Interactions):
+        out["rating_metrics"] = "skipped: an Interactions test set has no ratings"
+    else:
+        out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
+                                  widths=widths))
     if ranking:
         try:
             out["ranking"] = ranking_evaluate(
                 posterior, test, k, protocol, relevance_threshold=relevance_threshold,
-                n_negatives=n_negatives, sampling=sampling, seed=seed, strategy=strategy,
-                draws=draws, max_draws=max_draws, approx=approx)
+                n_negatives=n_negatives, sampling=sampling, negatives=negatives, seed=seed,
+                strategy=strategy, draws=draws, max_draws=max_draws, approx=approx)
         except DataError as exc:  # no test user has a relevant known item
             out["ranking"] = {"protocol": protocol, "k": int(k), "skipped": str(exc)}
     return out

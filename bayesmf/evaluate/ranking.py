@@ -18,7 +18,14 @@ With :math:`h_j=\mathbb 1[r_j<k]`, :math:`H=\sum_j h_j`:
   non-relevant candidate) pairs ordered correctly (full list, not truncated at k)
 
 Users with :math:`R=0` get NaN for every metric and are left out of the means; AUC is NaN
-when every candidate is relevant (:math:`C=R`).
+when every candidate is relevant (:math:`C=R`). HR@k is ``hit_rate@k``; MRR is truncated
+at k (``mrr@k``: 0 when no relevant item reaches the top k).
+
+Catalogue coverage@k (full protocol; :func:`topk_mask`, :func:`catalogue_coverage`): with
+:math:`T_u` the top-k list of user :math:`u` among its candidates (same stable order as the
+ranks) and :math:`\mathcal U` the evaluated users,
+:math:`\mathrm{coverage@k}=|\bigcup_{u\in\mathcal U}T_u|\,/\,M` over all :math:`M`
+items of the catalogue: how much of the catalogue the recommender ever shows.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 
-__all__ = ["ranking_metrics", "mean_metrics", "ranks_from_scores", "METRICS"]
+__all__ = ["ranking_metrics", "mean_metrics", "ranks_from_scores", "topk_mask",
+           "catalogue_coverage", "METRICS"]
 
 METRICS = ("precision", "recall", "hit_rate", "ndcg", "map", "mrr", "auc")
 
@@ -119,3 +127,39 @@ def ranks_from_scores(scores, rel_pos, rel_mask, max_elems: int = 1 << 24):
         eq = ((s == v) & (cols[None, None, :] < pos[sl][:, :, None])).sum(axis=2)
         ranks[sl] = gt + eq
     return ranks, mask
+
+
+def topk_mask(scores, k: int) -> np.ndarray:
+    """``(c, J)`` boolean: the top-``k`` entries of each row among its finite scores
+    (``-inf``/NaN = not a candidate), in the stable descending order of
+    :func:`ranks_from_scores` (ties go to the lower column), i.e. exactly the columns
+    whose rank is ``< k``. Rows with fewer than ``k`` candidates keep all of them.
+    Cost: one ``np.partition`` per row (no full sort)."""
+    k = int(k)
+    if k < 1:
+        raise SpecError(f"k must be >= 1, got {k}")
+    s = np.asarray(scores, np.float64)
+    if s.ndim != 2:
+        raise SpecError(f"scores must be 2-D, got shape {s.shape}")
+    fin = np.isfinite(s)
+    c, J = s.shape
+    if k >= J or c == 0:
+        return fin.copy()
+    x = np.where(fin, s, -np.inf)
+    t = -np.partition(-x, k - 1, axis=1)[:, k - 1:k]  # k-th largest per row
+    gt = fin & (x > t)
+    eq = fin & (x == t)
+    need = k - gt.sum(axis=1, keepdims=True)
+    return gt | (eq & (np.cumsum(eq, axis=1) <= need))
+
+
+def catalogue_coverage(top_lists, n_items: int) -> float:
+    """Fraction of the ``n_items`` catalogue items in at least one top-k list:
+    ``top_lists`` is a ``(users, n_items)`` boolean mask (:func:`topk_mask`) or an
+    ``(n_items,)`` mask already OR-ed over users."""
+    m = np.asarray(top_lists, bool)
+    if m.ndim == 2:
+        m = m.any(axis=0)
+    if m.shape != (int(n_items),):
+        raise SpecError(f"top-k mask has {m.shape[-1]} columns, expected {n_items} items")
+    return float(m.sum()) / float(n_items) if n_items else float("nan")

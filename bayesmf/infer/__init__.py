@@ -78,10 +78,7 @@ def fitted_spec(train, spec, method: str | None = None):
     fitted = lik.fit_data(train.rating)
     changes = {} if fitted == lik else {"likelihood": fitted}
     if not spec.priors.is_resolved:
-        import numpy as np
-
-        scale = float(np.std(train.rating)) if lik.mean_is_linear else 1.0
-        changes["priors"] = spec.priors.resolved(scale)
+        changes["priors"] = spec.priors.resolved(fitted.prior_scale(train.rating))
     spec.prior.nu0(spec)  # validates nu0 against the rank
     return spec.replace(**changes) if changes else spec
 

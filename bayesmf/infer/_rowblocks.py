@@ -154,7 +154,7 @@ def _scatter_add(a, idx, vals):
 
 
 def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=jnp,
-                   dense_gram=None):
+                   dense_gram=None, rhs=None):
     r"""``(P, h)`` of every row: ``P (n_rows, d, d)``, ``h (n_rows, d)`` (see module docs),
     computed in the array namespace ``xp`` (``jax.numpy`` or ``numpy``).
 
@@ -164,7 +164,15 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     :math:`h_r = \eta_0 + \sum_j w_j y_j x`. ``prior_prec`` ``(d, d)`` or per row
     ``(n_rows, d, d)``, ``prior_shift`` ``(d,)`` or per row ``(n_rows, d)`` (a per-row
     prior mean, e.g. from side information); ``dense_gram (d, d)`` is added to every
-    :math:`P_r` (e.g. the all-items Gram :math:`Y^\top Y` of implicit ALS)."""
+    :math:`P_r` (e.g. the all-items Gram :math:`Y^\top Y` of implicit ALS).
+
+    ``rhs (nnz,)`` (with per-observation weights only) replaces the products
+    :math:`w_j y_j` in :math:`h_r` by given values: :math:`h_r = \eta_0 + \sum_j
+    \mathrm{rhs}_j x_{c(j)}` while :math:`P_r` keeps the weights :math:`w_j`. A
+    full-matrix model whose unobserved pairs are pseudo-observations needs it: its
+    observed pairs enter as corrections to the dense terms, with a Gram weight
+    :math:`w_j - w_0` and a right-hand side :math:`w_j y_j - w_0 y_{0j}` that is not a
+    product of the two (``y`` is then ignored)."""
     X = xp.asarray(X)
     dt = X.dtype
     n, d = blocks.degree.shape[0], X.shape[1]
@@ -173,7 +181,9 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     weighted = xp.ndim(tau) > 0
     if weighted:
         w = xp.asarray(tau, dt)
-        y = y * w
+        y = xp.asarray(rhs, dt) if rhs is not None else y * w
+    elif rhs is not None:
+        raise ValueError("row_precisions: rhs= needs per-observation weights")
     G = xp.zeros((n, d, d), dt)
     h = xp.zeros((n, d), dt)
     for r, c, o in zip(blocks.seg_row, blocks.seg_cols, blocks.seg_obs):
@@ -233,7 +243,7 @@ def _retry_bad_factors_vmap(axis_size, in_batched, P, L):
 
 
 def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp,
-               dense_gram=None):
+               dense_gram=None, rhs=None):
     """Conditional mean (``key=None``) or a draw of every row's Gaussian.
 
     For every row ``r`` with observation set ``O_r``::
@@ -246,7 +256,7 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     ``X (n_other, d)``, ``y (nnz,)`` in the original observation order, ``tau`` scalar or
     per-observation weights ``(nnz,)`` (then ``tau * ...`` reads ``sum_j w_j ...``),
     ``prior_prec (d, d)`` or ``(n_rows, d, d)``, ``prior_shift (d,)`` or ``(n_rows, d)``,
-    ``dense_gram (d, d)`` added to every ``P_r`` (:func:`row_precisions`). Rows without observations get the prior
+    ``dense_gram (d, d)`` added to every ``P_r``, ``rhs`` (:func:`row_precisions`). Rows without observations get the prior
     ``N(prior_prec^{-1} prior_shift, prior_prec^{-1})``. jit-compatible (``blocks`` may be
     a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
     computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
@@ -255,9 +265,10 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         if key is not None:
             raise ValueError("solve_rows: draws (key=...) need xp=jax.numpy")
         P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np,
-                              dense_gram=dense_gram)
+                              dense_gram=dense_gram, rhs=rhs)
         return np.linalg.solve(P, h[..., None])[..., 0]
-    P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, dense_gram=dense_gram)
+    P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, dense_gram=dense_gram,
+                          rhs=rhs)
     return gaussian_from_precision(P, h, key)
 
 

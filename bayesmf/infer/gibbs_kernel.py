@@ -126,13 +126,23 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     eta0 = linear.eta(mu, bu, bi, U, V, u, i) if lik.augmented else None
     kz, ktheta = jax.random.split(ktau)
     z, w = lik.gaussianize(kz, y, eta0, s.theta)
+    # a full-matrix likelihood (implicit feedback): the unobserved pairs are the
+    # pseudo-observation (y0, w0); its dense terms enter in closed form
+    bg = lik.background(s.theta)
+    if bg is not None:
+        y0, w0 = bg
+        n_all = float(cfg.n_users) * float(cfg.n_items)
+
+    def side_bg(b_other, idx):
+        return None if bg is None else (w0, y0 - mu - b_other[idx], y0 - mu - b_other)
+
     if cfg.user_bias or k:
         bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
-                              lam_bu, Lam_U, mu_U)
+                              lam_bu, Lam_U, mu_U, side_bg(bi, i))
         U = U_new if k else U
     if cfg.item_bias or k:
         bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
-                              lam_bi, Lam_V, mu_V)
+                              lam_bi, Lam_V, mu_V, side_bg(bu, u))
         V = V_new if k else V
     if k:
         ksv, ksu, kc = jax.random.split(kc, 3)
@@ -155,7 +165,11 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     if k:
         lin = lin + jnp.sum(U[u] * V[i], axis=1)
     if cfg.global_mean:
-        mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean)
+        mbg = None
+        if bg is not None:
+            sum_lin = linear.full_moments(jnp.zeros((), dt), bu, bi, U, V)[0]
+            mbg = (w0, n_all, y0 * n_all - sum_lin, y0 - lin)
+        mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean, mbg)
     eta = mu + lin
     theta = s.theta
     if lik.latent_scale_fixed:  # step 6b: the scale of eta against the unit latent noise
@@ -165,7 +179,11 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
                                  Lam_V, lam_bu, lam_bi, theta)
         eta = eta * sc
     # step 7: the likelihood's parameters (tau, cutpoints) given the new eta
-    theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec)
+    if bg is None:
+        theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec)
+    else:
+        s1, s2 = linear.full_moments(mu, bu, bi, U, V)
+        theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec, full=(n_all, s1, s2))
     theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
     new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
     return new, {n: jnp.asarray(v, dt) for n, v in info.items()}

@@ -49,28 +49,55 @@ def bias_precision_draw(key, b, a0, b0):
     return _gamma_precision(key, a0 + count(b.shape[0]) / 2, b0 + 0.5 * total(b * b), b.dtype)
 
 
-def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f):
+def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
-    ``b`` is zeros without the bias column, ``F`` has ``k`` columns."""
+    ``b`` is zeros without the bias column, ``F`` has ``k`` columns.
+
+    ``background = (w0, t0_obs, t0_other)`` (a full-matrix likelihood,
+    :meth:`~bayesmf.model.likelihoods.Likelihood.background`): every pair of the row with
+    every other-side row is an observation, the unobserved ones with weight ``w0`` and
+    target ``t0 = y0 - mu - b_other`` (``t0_other (n_other,)``; ``t0_obs (nnz,)`` the same
+    at the observed pairs). The dense part enters once per side (Gram
+    :math:`w_0 X^	op X`, shift :math:`w_0 X^	op t_0`) and each observed pair as the
+    correction of its background term (weight :math:`w_j - w_0`, right-hand side
+    :math:`w_j y_j - w_0 t_{0j}`); see :mod:`bayesmf.model.likelihoods.implicit`."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
     X = jnp.concatenate(cols, axis=1)
     P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
-    Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
+    if background is None:
+        Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
+    else:
+        w0, t0_obs, t0_other = background
+        w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
+        Z = solve_rows(blocks, X, y, w - w0, P0, h0 + w0 * (t0_other @ X), key=key,
+                       dense_gram=w0 * (X.T @ X), rhs=w * y - w0 * t0_obs)
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
     return b, Z[:, int(with_bias):]
 
 
-def mu_draw(key, s_res, tau, lambda_mu, mu_mean):
+def mu_draw(key, s_res, tau, lambda_mu, mu_mean, background=None):
     r"""Step 6: :math:`\mu \sim \mathcal N((\lambda_\mu m_\mu + \sum w s)/(\lambda_\mu
     + \sum w),\ 1/(\lambda_\mu + \sum w))` with ``s_res = z - b_u - b_i - U.V`` and the
     weights ``w = tau`` (a scalar: :math:`\sum w = \tau n`) or per observation (the
-    pseudo-observation precisions of an augmented likelihood)."""
+    pseudo-observation precisions of an augmented likelihood).
+
+    ``background = (w0, n_all, sum_t0, t0_obs)`` (full-matrix likelihood): the sums run
+    over all ``n_all`` pairs, the unobserved ones with weight ``w0`` and residual
+    ``t0 = y0 - b_u - b_i - U.V`` (``sum_t0`` over all pairs in closed form, ``t0_obs``
+    at the observed ones): :math:`\sum w = w_0 n_{all} + \sum_O (w - w_0)`,
+    :math:`\sum w s = w_0\sum_{all} t_0 + \sum_O (w s - w_0 t_0)`."""
     dt = s_res.dtype
-    if jnp.ndim(tau) == 0:
+    if background is not None:
+        w0, n_all, sum_t0, t0_obs = background
+        w = jnp.broadcast_to(jnp.asarray(tau, dt), s_res.shape)
+        prec = lambda_mu + w0 * n_all + total(w - w0, long=True)
+        mean = (lambda_mu * mu_mean + w0 * sum_t0
+                + total(w * s_res - w0 * t0_obs, long=True)) / prec
+    elif jnp.ndim(tau) == 0:
         prec = lambda_mu + tau * count(s_res.shape[0])
         mean = (lambda_mu * mu_mean + tau * total(s_res, long=True)) / prec
     else:

@@ -585,6 +585,10 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     """
     t_start = time.perf_counter()
     spec = fitted_spec(train, spec, "map")
+    if spec.likelihood.full_matrix:  # implicit feedback: implicit ALS over all pairs
+        from bayesmf.infer.implicit_map import fit_map_implicit
+
+        return fit_map_implicit(train, spec, seed=seed, progress=progress, **options)
     if not spec.likelihood.mean_is_linear:
         return _fit_map_glm(train, spec, seed, progress, options, t_start)
     opts = _check(check_options("map", options, DEFAULTS))

@@ -10,7 +10,9 @@ r"""The linear predictor, the one copy of it that every other module calls.
 * :func:`eta_draws` -- every draw at index pairs, ``(S, n)`` float64 (numpy);
 * :func:`block_eta` -- every draw for a block of users against candidate items,
   ``(S, rows, cols)`` (recommendation);
-* :func:`population_moments` / :func:`pair_moments` -- the unknown-id fallback.
+* :func:`population_moments` / :func:`pair_moments` -- the unknown-id fallback;
+* :func:`full_moments` -- :math:`\sum\eta` and :math:`\sum\eta^2` over the whole
+  ``N x M`` matrix in closed form (full-matrix likelihoods: implicit feedback).
 
 **Unknown ids.** An unknown user is treated as a random member of the training
 population: per draw its augmented vector :math:`a_u = [b_u, U_u]` is replaced by the
@@ -31,7 +33,8 @@ import numpy as np
 
 from bayesmf._xp import array_namespace
 
-__all__ = ["eta", "eta_draws", "block_eta", "population_moments", "pair_moments"]
+__all__ = ["eta", "eta_draws", "block_eta", "population_moments", "pair_moments",
+           "full_moments"]
 
 
 def eta(mu, bu, bi, U, V, users, items):
@@ -44,6 +47,23 @@ def eta(mu, bu, bi, U, V, users, items):
 
         dot = jnp.sum(U[users] * V[items], axis=-1)
     return mu + bu[users] + bi[items] + dot
+
+
+def full_moments(mu, bu, bi, U, V):
+    r"""``(sum_eta, sum_eta2)`` over all ``N x M`` pairs without forming them:
+    :math:`\sum_{u,i}\eta_{ui} = M\sum_u(\mu + b_u) + N\sum_i b_i + (\sum_u U_u)^\top
+    (\sum_i V_i)` and, with :math:`A_u = (\mu + b_u, 1, U_u)` and
+    :math:`B_i = (1, b_i, V_i)` (so :math:`\eta_{ui} = A_u^\top B_i`),
+    :math:`\sum_{u,i}\eta_{ui}^2 = \langle A^\top A, B^\top B\rangle`
+    (elementwise product summed). Cost :math:`O((N + M)k^2)`; numpy or JAX."""
+    xp = array_namespace(U)
+    N, M = bu.shape[0], bi.shape[0]
+    a = mu + bu
+    s1 = M * xp.sum(a) + N * xp.sum(bi) + xp.sum(xp.sum(U, axis=0) * xp.sum(V, axis=0))
+    A = xp.concatenate([a[:, None], xp.ones((N, 1), U.dtype), U], axis=1)
+    B = xp.concatenate([xp.ones((M, 1), V.dtype), bi[:, None], V], axis=1)
+    s2 = xp.sum((A.T @ A) * (B.T @ B))
+    return s1, s2
 
 
 def eta_draws(draws: dict, u, i) -> np.ndarray:

@@ -62,16 +62,32 @@ _SIDES = {
 }
 
 
-def conditional_gaussian(Z, y, tau, P0, m0):
+def conditional_gaussian(Z, y, tau, P0, m0, background=None):
     r"""Per-draw Gaussian conditional of a linear-Gaussian model.
 
-    ``Z (S, n, d)``, ``y (S, n)`` residual targets, ``tau (S,)``, prior precision
-    ``P0 (S, d, d)`` and mean ``m0 (S, d)``. Returns ``(mean (S, d), chol (S, d, d))``
-    with :math:`P = P_0 + \tau Z^\top Z = LL^\top`, mean :math:`P^{-1}(P_0m_0+\tau Z^\top y)`.
-    """
+    ``Z (S, n, d)``, ``y (S, n)`` residual targets, ``tau (S,)`` (or per-observation
+    weights ``(S, n)``), prior precision ``P0 (S, d, d)`` and mean ``m0 (S, d)``. Returns
+    ``(mean (S, d), chol (S, d, d))`` with :math:`P = P_0 + \tau Z^\top Z = LL^\top`,
+    mean :math:`P^{-1}(P_0m_0+\tau Z^\top y)`.
+
+    ``background = (w0 (S,), t0 (S, n), G (S, d, d), g (S, d))`` (a full-matrix
+    likelihood: every other-side row is an observation, the unobserved ones the
+    pseudo-observation of weight :math:`w_0`): :math:`P = P_0 + G + \sum_j (w_j - w_0)
+    z_jz_j^\top`, :math:`h = P_0m_0 + g + \sum_j (w_jy_j - w_0t_{0j})z_j` with the dense
+    terms :math:`G = w_0X^\top X`, :math:`g = w_0X^\top t_0` over all other-side rows
+    (:func:`bayesmf.infer.gibbs_steps.rows_draw`)."""
     tau = np.asarray(tau, np.float64)
-    P = P0 + tau[:, None, None] * np.einsum("snd,sne->sde", Z, Z)
-    h = np.einsum("sde,se->sd", P0, m0) + tau[:, None] * np.einsum("snd,sn->sd", Z, y)
+    w = tau[:, None] if tau.ndim == 1 else tau
+    w = np.broadcast_to(w, y.shape)
+    if background is None:
+        gw, rhs = w, w * y
+        G, g = 0.0, 0.0
+    else:
+        w0, t0, G, g = background
+        w0 = np.asarray(w0, np.float64)[:, None]
+        gw, rhs = w - w0, w * y - w0 * t0
+    P = P0 + np.einsum("snd,sn,sne->sde", Z, gw, Z) + G
+    h = np.einsum("sde,se->sd", P0, m0) + np.einsum("snd,sn->sd", Z, rhs) + g
     L = np.linalg.cholesky(P)
     mean = np.linalg.solve(P, h[..., None])[..., 0]
     return mean, L
@@ -314,10 +330,10 @@ def _append(p: Posterior, side, raw, b, F, rated):
 
 def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     lik = posterior.likelihood
-    if not lik.mean_is_linear:
+    if lik.augmented:
         raise SpecError(
             f"fold-in is the conjugate Gaussian update of one {side}'s row and supports the "
-            f"'gaussian' likelihood; this posterior's likelihood is {lik.name!r}: refit with "
+            f"'gaussian' and 'implicit' likelihoods; this posterior's likelihood is {lik.name!r}: refit with "
             f"the new {side}'s data, or predict for it through the population fallback "
             "(unknown ids in predict/recommend)")
     cfg = _SIDES[side]
@@ -336,6 +352,17 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     tau = posterior.flat("tau").astype(np.float64)
     ob = posterior.flat(cfg["other_bias"])
     oF = posterior.flat(cfg["other_F"])
+    bg = lik.background({"tau": tau})
+    if bg is not None:  # full-matrix likelihood: the dense terms of every other-side row
+        y0, w0 = bg
+        X = np.empty((S, oF.shape[1], dd))
+        if use_bias:
+            X[..., 0] = 1.0
+        if k:
+            X[..., dd - k:] = oF
+        t0_all = y0 - mu[:, None] - ob.astype(np.float64)
+        dense = (w0[:, None, None] * np.einsum("smd,sme->sde", X, X),
+                 w0[:, None] * np.einsum("smd,sm->sd", X, t0_all))
     ids = pd.unique(df[side].to_numpy())
     if len(ids) == 0:  # no ratings at all: one user/item with the prior only
         ids = np.array([new_id])
@@ -362,8 +389,15 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
             Z[..., 0] = 1.0
         if k:
             Z[..., dd - k:] = oF[:, oi].astype(np.float64)
-        res = y[None, :] - mu[:, None] - ob[:, oi].astype(np.float64)
-        mean, L = conditional_gaussian(Z, res, tau, P0, m0)
+        if len(y):
+            lik.check_values(y)
+        z, w = lik.gaussianize(None, np.asarray(lik.encode(y))[None, :], None,
+                               {"tau": tau[:, None]})
+        off = mu[:, None] + ob[:, oi].astype(np.float64)
+        res = np.broadcast_to(np.asarray(z, np.float64), (S, len(oi))) - off
+        w = np.broadcast_to(np.asarray(w, np.float64), (S, len(oi)))
+        mean, L = conditional_gaussian(
+            Z, res, w, P0, m0, None if bg is None else (w0, y0 - off, *dense))
         if mode == "sample":
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
             z = rng.standard_normal((S, dd))

@@ -7,6 +7,7 @@ name                    for                                         class
 ``"ordinal"``           star ratings (integer or half stars)        :class:`OrdinalProbit`
 ``"bernoulli-probit"``  thumbs, clicks, any 0/1 column              :class:`BernoulliProbit`
 ``"bernoulli-logit"``   the same with the logistic link             :class:`BernoulliLogit`
+``"implicit"``          counts/clicks over the whole matrix (HKV)   :class:`ImplicitGaussian`
 ======================  ==========================================  =====================
 
 :func:`get_likelihood` turns a name (or an instance) into a likelihood object;
@@ -20,16 +21,19 @@ from bayesmf.errors import SpecError
 from bayesmf.model.likelihoods.base import Likelihood
 from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
 from bayesmf.model.likelihoods.gaussian import Gaussian
+from bayesmf.model.likelihoods.implicit import ImplicitGaussian
 from bayesmf.model.likelihoods.ordinal import OrdinalProbit
 
 __all__ = ["Likelihood", "Gaussian", "OrdinalProbit", "BernoulliProbit", "BernoulliLogit",
-           "LIKELIHOODS", "SUPPORTED", "get_likelihood", "likelihood_from_dict"]
+           "ImplicitGaussian", "LIKELIHOODS", "SUPPORTED", "get_likelihood", "likelihood_from_dict"]
 
 #: registry: name -> class
-LIKELIHOODS = {c.name: c for c in (Gaussian, OrdinalProbit, BernoulliProbit, BernoulliLogit)}
+LIKELIHOODS = {c.name: c for c in (Gaussian, OrdinalProbit, BernoulliProbit, BernoulliLogit,
+                                     ImplicitGaussian)}
 _ALIASES = {"normal": "gaussian", "ordered-probit": "ordinal", "probit": "bernoulli-probit",
             "logit": "bernoulli-logit", "logistic": "bernoulli-logit",
-            "bernoulli": "bernoulli-logit"}
+            "bernoulli": "bernoulli-logit", "wmf": "implicit", "implicit-als": "implicit",
+            "hkv": "implicit"}
 #: likelihood name -> inference methods that run it
 SUPPORTED = {n: tuple(c.methods) for n, c in LIKELIHOODS.items()}
 

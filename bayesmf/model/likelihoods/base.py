@@ -69,6 +69,12 @@ class Likelihood:
     #: the scale of eta is fixed by the likelihood (unit latent noise: probit, ordinal,
     #: logit): Gibbs adds the latent scale move (:func:`bayesmf.infer.gibbs.latent_scale_move`)
     latent_scale_fixed = False
+    #: every pair of the matrix is an observation; the unobserved ones are the shared
+    #: pseudo-observation of :meth:`background` (implicit feedback); the sweep adds the
+    #: dense terms in closed form
+    full_matrix = False
+    #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
+    default_biases = True
 
     # ------------------------------------------------------------------ data
     def fit_data(self, y: np.ndarray) -> "Likelihood":
@@ -87,6 +93,22 @@ class Likelihood:
         """A good starting value of :math:`\\mu` (also the centring offset of the PPL
         models) from the training values (data scale)."""
         return 0.0
+
+    def prior_scale(self, y: np.ndarray) -> float:
+        """The data scale of the scale-aware prior defaults
+        (:meth:`~bayesmf.model.spec.BayesPriors.resolved`): 1 (a fixed latent scale)."""
+        return 1.0
+
+    def clip_range(self, scale) -> tuple:
+        """``(lo, hi)`` that reported point predictions are clipped to, from the training
+        :class:`~bayesmf.data.ratings.RatingScale` (default: its min and max)."""
+        return float(scale.min), float(scale.max)
+
+    def background(self, theta: dict):
+        """``(y0, w0)`` of a :attr:`full_matrix` family: every unobserved pair is a
+        Gaussian pseudo-observation ``y0`` with precision weight ``w0``; ``None`` for a
+        family of the observed pairs only."""
+        return None
 
     def init_theta(self, y: np.ndarray, spec) -> dict:
         """Initial :math:`\\theta` (numpy scalars/arrays, float32) from the training values."""

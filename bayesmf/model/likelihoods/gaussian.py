@@ -41,6 +41,9 @@ class Gaussian(Likelihood):
     def eta_offset(self, y):
         return float(np.mean(y)) if len(y) else 0.0
 
+    def prior_scale(self, y):
+        return float(np.std(y)) if len(y) else 1.0
+
     def init_theta(self, y, spec):
         return {"tau": np.asarray(spec.noise_precision, np.float32)}
 

@@ -1,0 +1,198 @@
+"""Bayesian implicit ALS: the implicit likelihood's Gibbs sweep over the positives equals
+the sweep over the explicit full matrix; closed-form sums; MAP; errors; recovery."""
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesmf
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import DataError, SpecError
+from bayesmf.infer.gibbs_kernel import BPMFGibbs
+from bayesmf.model import linear
+from bayesmf.model.likelihoods import Gaussian, ImplicitGaussian
+from bayesmf.model.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class _FullWeighted(Gaussian):
+    """Test-only family: every pair of the matrix stored explicitly, internal value
+    ``c * (2p - 1)`` (p the 0/1 preference, c its confidence): the weighted Gaussian
+    model the implicit likelihood represents without the unobserved pairs."""
+
+    name = "test-full-weighted"
+
+    def prior_scale(self, y):
+        return 1.0
+
+    def eta_offset(self, y):
+        return 0.0
+
+    def gaussianize(self, key, y, eta, theta):
+        import jax.numpy as jnp
+
+        return (y > 0).astype(y.dtype), theta["tau"] * jnp.abs(y)
+
+    def update_theta(self, key, y, eta, theta, spec):
+        import jax.numpy as jnp
+
+        from bayesmf.model.random import gamma_draw
+
+        p, c = (y > 0).astype(y.dtype), jnp.abs(y)
+        sse = jnp.sum(c * (p - eta) ** 2)
+        n = y.shape[0]
+        tau = gamma_draw(key, spec.priors.noise_a + n / 2, spec.priors.noise_b + 0.5 * sse,
+                         y.dtype)
+        return {"tau": tau}, {"train_rmse": jnp.sqrt(sse / n), "log_likelihood": -sse}
+
+
+def _problem(seed=0, N=12, M=9, density=0.3):
+    rng = np.random.default_rng(seed)
+    P = rng.random((N, M)) < density
+    P[np.arange(N), rng.integers(0, M, N)] = True    # no empty user
+    P[rng.integers(0, N, M), np.arange(M)] = True    # no empty item
+    u, i = np.nonzero(P)
+    counts = rng.integers(1, 20, len(u)).astype(float)
+    return P, u, i, counts
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_sweep_equals_the_explicit_full_matrix_sweep(biases):
+    P, u, i, counts = _problem()
+    N, M = P.shape
+    lik = ImplicitGaussian(alpha=3.0, transform="log")
+    pos = Ratings.from_arrays(u, i, counts)
+    C = np.ones((N, M))
+    C[u, i] = lik.encode(counts)
+    uu, ii = np.meshgrid(np.arange(N), np.arange(M), indexing="ij")
+    full = Ratings.from_indices(uu.ravel(), ii.ravel(), (C * (2 * P - 1)).ravel(),
+                                pos.users, pos.items)
+    kw = dict(rank=3, global_mean=biases, user_bias=biases, item_bias=biases)
+    g_imp = BPMFGibbs(pos, ModelSpec(likelihood=lik, **kw))
+    g_full = BPMFGibbs(full, ModelSpec(likelihood=_FullWeighted(), **kw))
+    key = jax.random.PRNGKey(3)
+    s_imp = g_imp.init(key, init_scale=0.5)
+    s_full = g_full.init(key, init_scale=0.5)
+    for t in range(3):
+        k = jax.random.fold_in(key, t)
+        s_imp, info_imp = g_imp.step(k, s_imp)
+        s_full, info_full = g_full.step(k, s_full)
+        for name in ("mu", "bu", "bi", "U", "V", "mu_U", "Lambda_U", "tau"):
+            a, b = np.asarray(getattr(s_imp, name)), np.asarray(getattr(s_full, name))
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3, err_msg=f"{name} sweep {t}")
+        np.testing.assert_allclose(float(info_imp["train_rmse"]),
+                                   float(info_full["train_rmse"]), rtol=1e-3)
+    assert np.ptp(np.asarray(s_imp.U)) > 0.01      # the factors moved: not a trivial match
+    if biases:
+        assert abs(float(s_imp.mu)) > 1e-4
+
+
+def test_full_moments_equal_the_dense_sums():
+    rng = np.random.default_rng(1)
+    N, M, k = 7, 5, 3
+    mu, bu, bi = 0.3, rng.normal(size=N), rng.normal(size=M)
+    U, V = rng.normal(size=(N, k)), rng.normal(size=(M, k))
+    E = mu + bu[:, None] + bi[None, :] + U @ V.T
+    s1, s2 = linear.full_moments(np.float64(mu), bu, bi, U, V)
+    assert s1 == pytest.approx(E.sum(), rel=1e-12)
+    assert s2 == pytest.approx((E * E).sum(), rel=1e-12)
+
+
+def test_map_is_implicit_als_and_tau_is_the_mode_of_the_dense_residual():
+    P, u, i, counts = _problem(2, N=30, M=20)
+    df = pd.DataFrame({"user": u, "item": i, "count": counts})
+    m = bayesmf.BayesMF(method="map", rank=4, likelihood="implicit", reg_factors=0.5,
+                        max_iter=30, solver="cholesky").fit(df, rating_col="count")
+    post = m.posterior
+    U, V = post.draws["U"][0, 0].astype(float), post.draws["V"][0, 0].astype(float)
+    lik = post.likelihood
+    C = np.ones(P.shape)
+    C[u, i] = lik.encode(counts)
+    E = U @ V.T
+    sse = (C * (P - E) ** 2).sum()
+    # the last half-step is the exact minimiser in V: the HKV gradient in V vanishes
+    grad_V = -2 * ((C * (P - E)).T @ U) + 2 * 0.5 * V
+    assert np.abs(grad_V).max() < 1e-3 * np.abs(V).max()
+    a, b = post.spec.priors.noise_a, post.spec.priors.noise_b
+    n = P.size
+    tau_mode = (a + n / 2 - 1) / (b + sse / 2)
+    assert float(post.draws["tau"][0, 0]) == pytest.approx(tau_mode, rel=2e-3)
+    assert np.all(post.draws["bu"] == 0) and np.all(post.draws["mu"] == 0)
+
+
+def test_gibbs_recovers_a_planted_ranking():
+    rng = np.random.default_rng(0)
+    N, M, k = 150, 100, 3
+    U, V = rng.normal(size=(N, k)), rng.normal(size=(M, k))
+    prob = 1 / (1 + np.exp(-(1.5 * U @ V.T - 2.5)))
+    P = rng.random((N, M)) < prob
+    u, i = np.nonzero(P)
+    inter = bayesmf.data.Interactions.from_arrays(u, i, rng.poisson(2, len(u)) + 1)
+    m = bayesmf.BayesMF(method="gibbs", rank=6, likelihood="implicit", num_samples=60,
+                        num_warmup=60).fit(inter)
+    post = m.posterior
+    E = np.einsum("cdnk,cdmk->nm", post.draws["U"], post.draws["V"]) / post.n_samples
+    # AUC of the posterior-mean preference against the planted probability's ranking
+    from scipy.stats import rankdata
+
+    truth = (prob > 0.5).ravel()
+    r = rankdata(E.ravel())
+    n1, n0 = truth.sum(), (~truth).sum()
+    auc = (r[truth].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+    assert auc > 0.93
+    rec = m.recommend([0, 1, 2], n=5)
+    seen = set(zip(u.tolist(), i.tolist()))
+    assert not any((int(a), int(b)) in seen for a, b in zip(rec["user"], rec["item"]))
+    np.testing.assert_allclose(rec["mean"], rec["score"], rtol=1e-6)   # mean = the score
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.nan])
+def test_bad_counts_are_data_errors(bad):
+    df = pd.DataFrame({"user": [0, 0, 1], "item": [0, 1, 1], "rating": [1.0, bad, 2.0]})
+    with pytest.raises(DataError):
+        bayesmf.BayesMF(method="map", rank=1, likelihood="implicit").fit(df)
+
+
+def test_unsupported_method_and_map_biases_are_spec_errors():
+    df = pd.DataFrame({"user": [0, 0, 1, 2], "item": [0, 1, 1, 2], "rating": [1.0, 3, 2, 1]})
+    for method in ("nuts", "svi", "pymc-advi"):
+        with pytest.raises(SpecError, match="does not support likelihood 'implicit'"):
+            bayesmf.BayesMF(method=method, rank=1, likelihood="implicit").fit(df)
+    with pytest.raises(SpecError, match="switch off"):
+        bayesmf.BayesMF(method="map", rank=1, likelihood="implicit", user_bias=True).fit(df)
+    with pytest.raises(SpecError, match="alpha"):
+        ImplicitGaussian(alpha=-1.0)
+    with pytest.raises(SpecError, match="transform"):
+        ImplicitGaussian(transform="sqrt")
+
+
+def test_bias_defaults_follow_the_likelihood():
+    assert bayesmf.BayesMF(likelihood="implicit").make_spec().user_bias is False
+    assert bayesmf.BayesMF().make_spec().user_bias is True
+    assert bayesmf.BayesMF(likelihood="wmf", item_bias=True).make_spec().item_bias is True
+
+
+def test_fold_in_is_the_dense_weighted_ridge_update():
+    P, u, i, counts = _problem(4, N=25, M=15)
+    df = pd.DataFrame({"user": u, "item": i, "rating": counts})
+    m = bayesmf.BayesMF(method="map", rank=3, likelihood="implicit", reg_factors=0.7,
+                        max_iter=5).fit(df)
+    post = m.posterior
+    V = post.draws["V"][0, 0].astype(float)
+    tau = float(post.draws["tau"][0, 0])
+    new = pd.DataFrame({"user": "x", "item": [1, 4, 7], "rating": [3.0, 1.0, 10.0]})
+    folded = bayesmf.recommend.fold_in(post, new, user="x")
+    c = np.ones(V.shape[0])
+    c[[1, 4, 7]] = post.likelihood.encode(np.array([3.0, 1.0, 10.0]))
+    p = np.zeros(V.shape[0])
+    p[[1, 4, 7]] = 1.0
+    A = tau * (V.T @ (c[:, None] * V) + 0.7 * np.eye(3))
+    x = np.linalg.solve(A, tau * V.T @ (c * p))
+    np.testing.assert_allclose(folded.F[0, 0], x, rtol=1e-4, atol=1e-6)
+    rec = folded.recommend(n=3)
+    assert not set(rec["item"]) & {1, 4, 7}
+    with pytest.raises(DataError):
+        bayesmf.recommend.fold_in(post, new.assign(rating=[1.0, 0.0, 2.0]), user="x")
