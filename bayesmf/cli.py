@@ -529,7 +529,21 @@ def cmd_evaluate(a) -> int:
 
     model = _load_model(a.model)
     post = model.posterior
-    if ":" in a.test and not Path(a.test).exists():
+    if post.likelihood.full_matrix:
+        # implicit feedback: the test file lists held-out interactions (user,item[,count]);
+        # every pair is relevant and there are no ratings to score
+        from bayesmf.data.interactions import Interactions
+
+        df = _read_table(a.test, a.user_col, a.item_col)
+        counts = None
+        for c in (a.rating_col, "count", "weight"):
+            if c in df.columns and pd.api.types.is_numeric_dtype(df[c]):
+                counts = df[c].to_numpy(np.float64)
+                break
+        test = Interactions.from_arrays(
+            _coerce_ids(df[a.user_col].to_numpy(), post.users, a.id_type),
+            _coerce_ids(df[a.item_col].to_numpy(), post.items, a.id_type), counts)
+    elif ":" in a.test and not Path(a.test).exists():
         from bayesmf.datasets import load_ratings_source
 
         test = load_ratings_source(a.test, **_source_kwargs(a))
@@ -543,7 +557,7 @@ def cmd_evaluate(a) -> int:
                                                   a.id_type)})
         test = Ratings.from_dataframe(df, a.user_col, a.item_col, a.rating_col,
                                       timestamp_col=None)
-    res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking)
+    res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking, protocol=a.protocol)
     # test pairs that are training pairs: their rating metrics are in-sample (optimistic)
     # and ranking skips them; counted in the output and warned about
     n_in = _in_training(post, test)
@@ -960,12 +974,19 @@ def build_parser() -> argparse.ArgumentParser:
                   "pairs are counted (n_in_train) and warned about.")
     ev.add_argument("model", help="model file written by 'bayesmf fit'")
     ev.add_argument("test", help="CSV/TSV/Parquet file with user, item and rating columns, "
-                                 "or a dataset name")
+                                 "or a dataset name; for an implicit-feedback model the "
+                                 "held-out interactions (user,item[,count]), all relevant")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--out", metavar="FILE", help="also write the metrics as JSON to FILE")
     ev.add_argument("--k", type=positive("k"), default=10,
                     help="cut-off of the ranking metrics")
     ev.add_argument("--no-ranking", action="store_true", help="rating metrics only")
+    ev.add_argument("--protocol", default="full", choices=["full", "sampled"],
+                    help="ranking protocol: full (every item the user did not interact with "
+                         "in training is a candidate) or sampled (the relevant items among "
+                         "100 uniformly sampled never-seen items); sampled metrics are "
+                         "inflated and can order models differently (Krichene & Rendle "
+                         "2020): report full ranking")
     _add_columns(ev)
     _add_model_id_type(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -44,12 +44,16 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     "upper"}``, 90% interval) under ``"draws"``.
 
     An :class:`~bayesmf.data.interactions.Interactions` test set (implicit feedback) has
-    no ratings to score: the rating metrics are skipped (``"rating_metrics"`` says so)
-    and every test interaction is relevant.
+    no ratings to score, and an implicit-feedback posterior (a full-matrix likelihood)
+    predicts preferences, not counts: the rating metrics are skipped
+    (``"rating_metrics"`` says so) and every test interaction is relevant.
     """
     out = {"method": posterior.method, "n_samples": int(posterior.n_samples)}
     if isinstance(test, Interactions):
         out["rating_metrics"] = "skipped: an Interactions test set has no ratings"
+    elif posterior.likelihood.full_matrix:
+        out["rating_metrics"] = ("skipped: an implicit-feedback model predicts preferences, "
+                                 "not the test values (counts)")
     else:
         out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
                                   widths=widths))

@@ -1,0 +1,96 @@
+"""The implicit-feedback CLI: fit --feedback implicit on an event log, predict writes the
+ranking score, recommend excludes the training interactions (--users @FILE, --all-users),
+evaluate ranks held-out interactions; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesmf.cli import main
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory):
+    """An event log (repeated rows = repeated plays) with a planted rank-2 taste."""
+    rng = np.random.default_rng(0)
+    n_u, n_i = 40, 25
+    U, V = rng.normal(size=(n_u, 2)), rng.normal(size=(n_i, 2))
+    p = 1 / (1 + np.exp(-(2 * U @ V.T - 1.5)))
+    uu, ii = np.nonzero(rng.random((n_u, n_i)) < p)
+    reps = rng.integers(1, 4, len(uu))
+    df = pd.DataFrame({"user": np.repeat([f"u{u}" for u in uu], reps),
+                       "item": np.repeat(ii + 100, reps)})
+    d = tmp_path_factory.mktemp("cli_implicit")
+    test_rows = rng.choice(len(uu), 30, replace=False)
+    test = pd.DataFrame({"user": [f"u{uu[j]}" for j in test_rows], "item": ii[test_rows] + 100})
+    keep = ~pd.MultiIndex.from_frame(df).isin(pd.MultiIndex.from_frame(test))
+    df[keep].sample(frac=1, random_state=0).to_csv(d / "events.csv", index=False)
+    test.to_csv(d / "test.csv", index=False)
+    return d
+
+
+def test_fit_recommend_predict_evaluate(events, capsys):
+    d = events
+    assert main(["fit", str(d / "events.csv"), "--feedback", "implicit", "--rank", "3",
+                 "--samples", "30", "--warmup", "30", "--confidence", "log:4",
+                 "--out", str(d / "m.nc"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted gibbs rank 3" in out and "interactions" in out
+    ev = pd.read_csv(d / "events.csv")
+    seen = set(zip(ev["user"], ev["item"]))
+    (d / "ids.txt").write_text("u0\n\nu1\n")
+    assert main(["recommend", str(d / "m.nc"), "--users", f"@{d / 'ids.txt'}", "--n", "5",
+                 "--out", str(d / "r.csv")]) == 0
+    rec = pd.read_csv(d / "r.csv")
+    assert set(rec["user"]) == {"u0", "u1"} and len(rec) == 10
+    assert not any((u, i) in seen for u, i in zip(rec["user"], rec["item"]))
+    np.testing.assert_allclose(rec["mean"], rec["score"], rtol=1e-5)
+    assert main(["recommend", str(d / "m.nc"), "--all-users", "--n", "2",
+                 "--out", str(d / "all.csv")]) == 0
+    assert pd.read_csv(d / "all.csv")["user"].nunique() == ev["user"].nunique()
+    # predict: 'mean' is the score the default strategy ranks by (no clipping to [0, 1])
+    pairs = rec[["user", "item"]]
+    pairs.to_csv(d / "pairs.csv", index=False)
+    assert main(["predict", str(d / "m.nc"), str(d / "pairs.csv"),
+                 "--out", str(d / "p.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(d / "p.csv")["mean"], rec["score"], rtol=1e-4,
+                               atol=1e-6)
+    capsys.readouterr()
+    assert main(["evaluate", str(d / "m.nc"), str(d / "test.csv"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["rating_metrics"].startswith("skipped")
+    assert res["ranking"]["relevant_pairs"] == 30
+    assert 0 < res["ranking"]["hit_rate@10"] <= 1
+
+
+def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
+    assert main(["fit", str(events / "events.csv"), "--feedback", "implicit", "--method",
+                 "map", "--rank", "2", "--out", str(tmp_path / "m.nc")]) == 0
+    assert "fitted map rank 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--confidence", "log:1"], "--confidence applies to --feedback implicit"),
+    (["--positive-threshold", "4"], "--positive-threshold applies to --feedback implicit"),
+    (["--feedback", "implicit", "--confidence", "cubic:1"], "KIND linear or log"),
+    (["--feedback", "implicit", "--confidence", "log:-1"], "ALPHA must be >= 0"),
+    (["--feedback", "implicit", "--duplicates", "mean"], "repeated (user, item) rows"),
+    (["--feedback", "implicit", "--likelihood", "gaussian", "--confidence", "log:1"],
+     "does not apply to --likelihood gaussian"),
+])
+def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, msg):
+    code = main(["fit", str(events / "events.csv"), "--out", str(tmp_path / "m.nc"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and err.count("\n") == 1
+
+
+def test_negative_counts_are_refused(capsys, tmp_path):
+    (tmp_path / "e.csv").write_text("user,item,count\na,x,2\nb,x,-1\n")
+    code = main(["fit", str(tmp_path / "e.csv"), "--feedback", "implicit",
+                 "--out", str(tmp_path / "m.nc")])
+    err = capsys.readouterr().err
+    assert code == 2 and "count" in err and err.count("\n") == 1
