@@ -199,4 +199,5 @@ def test_version_and_help(capsys):
                 shown = fmt._get_help_string(act) % {"default": d}
                 assert f"default: {d}" in shown, (name, act.option_strings, shown)
     fit_help = " ".join(parsers["fit"].format_help().split())
-    assert "(default: map)" in fit_help and "(default: 10)" in fit_help
+    assert "(default: map for explicit, gibbs for implicit feedback)" in fit_help
+    assert "default 10 for explicit, 64 for implicit feedback" in fit_help
