@@ -15,7 +15,7 @@ import importlib
 from bayesmf.errors import SpecError
 
 __all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "fitted_spec",
-           "check_int"]
+           "check_int", "likelihood_fitter"]
 
 #: method name -> "module:function"
 METHODS: dict[str, str] = {
@@ -33,6 +33,20 @@ def get_method(name: str):
     if not isinstance(name, str) or name not in METHODS:
         raise SpecError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     mod, fn = METHODS[name].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def likelihood_fitter(method: str, spec):
+    """The fit function a likelihood brings for ``method`` (its ``fitters`` mapping of
+    method name -> ``"module:function"``), or ``None`` for the method's own.
+
+    A family whose inference is not the shared one (implicit ALS for the MAP of the
+    implicit likelihood, a Poisson-Gamma sampler) plugs in here: each ``fit_<method>``
+    asks first, so no inference path branches on the family's name."""
+    target = dict(getattr(spec.likelihood, "fitters", None) or {}).get(method)
+    if target is None:
+        return None
+    mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
 
 

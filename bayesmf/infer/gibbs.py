@@ -230,8 +230,12 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     in the sweep time), ``sampling_seconds`` and ``seconds_per_sweep`` (sampling wall
     time / sweeps, all chains together).
     """
+    from bayesmf.infer import likelihood_fitter
     from bayesmf.posterior import Posterior, TrainInfo
 
+    own = likelihood_fitter("gibbs", spec)  # a family with its own sampler
+    if own is not None:
+        return own(train, spec, seed=seed, progress=progress, **options)
     opts = check_options("gibbs", options, DEFAULTS)
     S = _pos_int("num_samples", opts["num_samples"], 1)
     W = _pos_int("num_warmup", opts["num_warmup"], 0)

@@ -118,7 +118,7 @@ import optax
 from bayesmf._xp import array_namespace
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import likelihood_fitter, check_options, fitted_spec
 from bayesmf.infer._rowblocks import build_row_blocks, solve_rows
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
@@ -585,10 +585,9 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     """
     t_start = time.perf_counter()
     spec = fitted_spec(train, spec, "map")
-    if spec.likelihood.full_matrix:  # implicit feedback: implicit ALS over all pairs
-        from bayesmf.infer.implicit_map import fit_map_implicit
-
-        return fit_map_implicit(train, spec, seed=seed, progress=progress, **options)
+    own = likelihood_fitter("map", spec)  # e.g. implicit ALS for the implicit likelihood
+    if own is not None:
+        return own(train, spec, seed=seed, progress=progress, **options)
     if not spec.likelihood.mean_is_linear:
         return _fit_map_glm(train, spec, seed, progress, options, t_start)
     opts = _check(check_options("map", options, DEFAULTS))

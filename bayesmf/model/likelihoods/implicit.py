@@ -99,6 +99,8 @@ class ImplicitGaussian(Gaussian):
     full_matrix = True
     #: bias terms are off unless asked for (the implicit-ALS model)
     default_biases = False
+    #: MAP is implicit ALS (:mod:`bayesmf.infer.implicit_map`)
+    fitters = {"map": "bayesmf.infer.implicit_map:fit_map_implicit"}
 
     def __post_init__(self):
         for n in ("alpha", "eps"):
