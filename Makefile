@@ -34,7 +34,7 @@ $(VENV)/.ok-core: $(VENV)/.ok-python pyproject.toml
 	@touch $@
 
 $(VENV)/.ok-dev: $(VENV)/.ok-core pyproject.toml
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev,spark]'
 	@touch $@
 
 $(VENV)/.ok-bench: $(VENV)/.ok-dev pyproject.toml

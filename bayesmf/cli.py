@@ -589,6 +589,8 @@ def _flatten(d, prefix=""):
 def cmd_recommend(a) -> int:
     from bayesmf import recommend as rec
 
+    if a.master is not None and a.engine != "spark":
+        raise DataError("--master applies to --engine spark only")
     model = _load_model(a.model)
     post = model.posterior
     if a.users and a.users.startswith("@"):
@@ -609,15 +611,68 @@ def cmd_recommend(a) -> int:
         kw["screen_size"] = a.screen_size
     # columns: user, item, rank, score (the strategy's ranking score), mean (the predicted
     # rating, on the training scale unless --no-clip), std, std_param, known_user
-    recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
-                         exclude_seen=not a.include_seen, quantile_method=a.quantile_method,
-                         clip=a.clip, **kw)
+    if a.engine == "spark":
+        recs = _recommend_on_spark(a, post, users, kw)
+    else:
+        recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
+                             exclude_seen=not a.include_seen,
+                             quantile_method=a.quantile_method, clip=a.clip, **kw)
     if a.out:
-        recs.to_csv(a.out, index=False, float_format=FLOAT_FORMAT)
+        _write_table(recs, a.out, float_format=FLOAT_FORMAT)
         print(f"wrote {len(recs):,} recommendations for {len(users):,} user(s) to {a.out}")
     else:
         recs.to_csv(sys.stdout, index=False, float_format=FLOAT_FORMAT)
     return 0
+
+
+def _recommend_on_spark(a, post, users, kw) -> pd.DataFrame:
+    """``recommend --engine spark``: score on Spark executors (:mod:`bayesmf.spark`) and
+    collect the lists in the order of the local engine (users as requested, then rank),
+    so both engines write the same table. Uses the active SparkSession when there is one
+    (``--master`` is then ignored), else starts one on ``--master`` (default
+    ``local[*]``) and stops it afterwards."""
+    from bayesmf.spark import ALL_COLUMNS, _pyspark, recommend_spark
+
+    _pyspark()  # a clear error naming the extra when pyspark is missing
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    own = spark is None
+    if own:
+        master = a.master or "local[*]"
+        builder = (SparkSession.builder.master(master).appName("bayesmf recommend")
+                   .config("spark.ui.showConsoleProgress", "false"))
+        if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+            # local workers run this interpreter (the one that has bayesmf); pyspark
+            # reads only the environment variable
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+        try:
+            spark = builder.getOrCreate()
+        except Exception as exc:  # no Java, a bad master URL, an unreachable cluster
+            from bayesmf.errors import SpecError
+
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpecError(f"--engine spark: cannot start Spark on {master}: {msg}") from None
+    try:
+        all_users = not a.users
+        uniq = pd.unique(np.asarray(users))
+        users_df = None if all_users else spark.createDataFrame(
+            pd.DataFrame({"user": pd.Series(uniq, dtype=object if uniq.dtype == object
+                                            else np.int64)}))
+        recs = recommend_spark(post, users_df, spark=spark, n=a.n, strategy=a.strategy,
+                               exclude_seen=not a.include_seen,
+                               quantile_method=a.quantile_method, clip=a.clip,
+                               columns="all", **kw).toPandas()
+    finally:
+        if own:
+            spark.stop()
+    order = pd.DataFrame({"user": np.asarray(users), "_pos": np.arange(len(users))})
+    recs = order.merge(recs, on="user", how="inner", sort=False)
+    recs = recs.sort_values(["_pos", "rank"], kind="stable").drop(columns="_pos")
+    recs = recs.reset_index(drop=True)[list(ALL_COLUMNS)]
+    recs["rank"] = recs["rank"].astype(np.int64)
+    recs["known_user"] = recs["known_user"].astype(bool)
+    return recs
 
 
 def _read_id_file(path: str) -> list:
@@ -1027,7 +1082,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "rating scale; the ranking score is never clipped)")
     rc.add_argument("--include-seen", action="store_true",
                     help="do not exclude items the user rated in training")
-    rc.add_argument("--out", help="CSV file to write (default: standard output)")
+    rc.add_argument("--engine", choices=["local", "spark"], default="local",
+                    help="local: this process (default); spark: Spark executors (needs "
+                         "pip install 'bayesmf[spark]'; the same lists and columns)")
+    rc.add_argument("--master", metavar="URL",
+                    help="Spark master of --engine spark, e.g. local[2] or spark://host:7077 "
+                         "(default: local[*]; ignored inside an active Spark session)")
+    rc.add_argument("--out", help="file to write: CSV, .tsv, or Parquet for .parquet/.pq "
+                                  "(default: CSV on standard output)")
     _add_model_id_type(rc)
     rc.set_defaults(func=cmd_recommend)
 

@@ -9,13 +9,15 @@ import pytest
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import DataError, SpecError
 from bayesmf.infer import METHODS, get_method
+from bayesmf.model.likelihoods import SUPPORTED
 from bayesmf.model.spec import ModelSpec
 from bayesmf.testing.conformance import ConformanceTests, fit_fast, planted
 
 LIKELIHOODS = ("ordinal", "bernoulli-probit", "bernoulli-logit")
 
 
-@pytest.fixture(scope="module", params=[(m, lk) for lk in LIKELIHOODS for m in sorted(METHODS)],
+@pytest.fixture(scope="module", params=[(m, lk) for lk in LIKELIHOODS for m in sorted(METHODS)
+                                               if m in SUPPORTED[lk]],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def fitted(request):
     method, lik = request.param

@@ -52,8 +52,9 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     if isinstance(test, Interactions):
         out["rating_metrics"] = "skipped: an Interactions test set has no ratings"
     elif posterior.likelihood.full_matrix:
-        out["rating_metrics"] = ("skipped: an implicit-feedback model predicts preferences, "
-                                 "not the test values (counts)")
+        out["rating_metrics"] = ("skipped: this model covers all user-item pairs; a list of "
+                                 "held-out interactions has no zeros, so rating metrics on "
+                                 "it would be biased (ranking metrics are the measure)")
     else:
         out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
                                   widths=widths))

@@ -203,7 +203,7 @@ def rating_metrics(posterior, test, *, levels=(0.5, 0.8, 0.9, 0.95), clip: bool 
             for l in lv:
                 d_cov[l] += _interval_hits(one, yy, l)[0].sum(axis=1)
     discrete = bool(mix.discrete)
-    pred = posterior.train.scale.clip(mean) if clip else mean
+    pred = posterior.clip_to_scale(mean) if clip else mean
     if discrete:
         coverage = {f"{l:g}": float(np.mean(inside[l])) for l in lv}
     else:

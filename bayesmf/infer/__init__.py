@@ -25,6 +25,7 @@ METHODS: dict[str, str] = {
     "svi": "bayesmf.infer.svi:fit_svi",
     "pymc-nuts": "bayesmf.infer.pymc:fit_pymc_nuts",
     "pymc-advi": "bayesmf.infer.pymc:fit_pymc_advi",
+    "cavi": "bayesmf.infer.hpf:fit_cavi",
 }
 
 

@@ -5,7 +5,8 @@ logpdf, quantile, interval, prob_at_least, crps, pit, sample, expect, take``):
 
 * :class:`GaussianMixture` ``(m, sd, param_var=None)`` -- Gaussian likelihood;
 * :class:`BernoulliMixture` ``(p)`` -- 0/1 data (probit / logit);
-* :class:`CategoricalMixture` ``(probs, levels)`` -- ordered rating levels (ordered probit).
+* :class:`CategoricalMixture` ``(probs, levels)`` -- ordered rating levels (ordered probit);
+* :class:`PoissonMixture` ``(rate)`` -- counts (hierarchical Poisson factorization).
 
 ``evaluate`` and ``recommend`` ask the mixture, never a formula. :func:`mixture_quantile`
 is the one quantile solver of the package. Pure numpy/scipy.
@@ -18,8 +19,9 @@ from bayesmf.predictive.gaussian import (GaussianMixture, gauss_hermite_expectat
                                          gaussian_crps, mixture_cdf, mixture_crps,
                                          mixture_logpdf, mixture_pit, mixture_quantile,
                                          thin_index)
+from bayesmf.predictive.poisson import PoissonMixture
 
 __all__ = ["Mixture", "DiscreteMixture", "GaussianMixture", "BernoulliMixture",
-           "CategoricalMixture", "mixture_quantile", "mixture_cdf", "mixture_logpdf",
-           "mixture_pit", "mixture_crps", "gaussian_crps", "gauss_hermite_expectation",
-           "thin_index", "PROB_EPS", "clip_prob"]
+           "CategoricalMixture", "PoissonMixture", "mixture_quantile", "mixture_cdf",
+           "mixture_logpdf", "mixture_pit", "mixture_crps", "gaussian_crps",
+           "gauss_hermite_expectation", "thin_index", "PROB_EPS", "clip_prob"]

@@ -8,6 +8,7 @@ name                    for                                         class
 ``"bernoulli-probit"``  thumbs, clicks, any 0/1 column              :class:`BernoulliProbit`
 ``"bernoulli-logit"``   the same with the logistic link             :class:`BernoulliLogit`
 ``"implicit"``          counts/clicks over the whole matrix (HKV)   :class:`ImplicitGaussian`
+``"poisson"``           counts over the whole matrix (HPF)          :class:`Poisson`
 ======================  ==========================================  =====================
 
 :func:`get_likelihood` turns a name (or an instance) into a likelihood object;
@@ -23,17 +24,19 @@ from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
 from bayesmf.model.likelihoods.gaussian import Gaussian
 from bayesmf.model.likelihoods.implicit import ImplicitGaussian
 from bayesmf.model.likelihoods.ordinal import OrdinalProbit
+from bayesmf.model.likelihoods.poisson import Poisson
 
 __all__ = ["Likelihood", "Gaussian", "OrdinalProbit", "BernoulliProbit", "BernoulliLogit",
-           "ImplicitGaussian", "LIKELIHOODS", "SUPPORTED", "get_likelihood", "likelihood_from_dict"]
+           "ImplicitGaussian", "Poisson", "LIKELIHOODS", "SUPPORTED", "get_likelihood",
+           "likelihood_from_dict"]
 
 #: registry: name -> class
 LIKELIHOODS = {c.name: c for c in (Gaussian, OrdinalProbit, BernoulliProbit, BernoulliLogit,
-                                     ImplicitGaussian)}
+                                     ImplicitGaussian, Poisson)}
 _ALIASES = {"normal": "gaussian", "ordered-probit": "ordinal", "probit": "bernoulli-probit",
             "logit": "bernoulli-logit", "logistic": "bernoulli-logit",
             "bernoulli": "bernoulli-logit", "wmf": "implicit", "implicit-als": "implicit",
-            "hkv": "implicit"}
+            "hkv": "implicit", "hpf": "poisson"}
 #: likelihood name -> inference methods that run it
 SUPPORTED = {n: tuple(c.methods) for n, c in LIKELIHOODS.items()}
 

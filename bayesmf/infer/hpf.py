@@ -1,0 +1,566 @@
+r"""Hierarchical Poisson factorization (Gopalan, Hofman & Blei 2015): the conjugate Gibbs
+sampler (JAX, through the shared chain driver) and coordinate-ascent variational inference
+(CAVI), both returning the shared :class:`~bayesmf.posterior.Posterior`.
+
+Model (:class:`~bayesmf.model.likelihoods.Poisson`; Gamma in shape/rate form):
+
+.. math::
+
+    y_{ui}\sim\mathrm{Poisson}(\theta_u^\top\beta_i)\ \ \forall(u,i),\quad
+    \theta_{uk}\sim\mathrm{Gamma}(a,\xi_u),\quad \xi_u\sim\mathrm{Gamma}(a', a'/b'),\quad
+    \beta_{ik}\sim\mathrm{Gamma}(c,\eta_i),\quad \eta_i\sim\mathrm{Gamma}(c', c'/d').
+
+**Auxiliary counts.** :math:`y_{ui} = \sum_k z_{uik}` with independent
+:math:`z_{uik}\sim\mathrm{Poisson}(\theta_{uk}\beta_{ik})`; given :math:`y` the split is
+multinomial,
+
+.. math::
+
+    z_{ui\cdot}\mid y,\theta,\beta \sim \mathrm{Mult}\bigl(y_{ui},\ \phi_{ui}\bigr),\qquad
+    \phi_{uik} = \frac{\theta_{uk}\beta_{ik}}{\sum_j\theta_{uj}\beta_{ij}},
+
+and :math:`z_{ui\cdot} = 0` wherever :math:`y_{ui} = 0`, so only the non-zeros are
+visited. With :math:`z` the model is conjugate.
+
+Gibbs sweep
+-----------
+1. **Split** every non-zero count (:func:`multinomial_split`): a count of 1 goes to one
+   factor drawn by inverting the CDF of :math:`\phi_{ui}` with one uniform; larger counts
+   by :math:`k-1` conditional binomials
+   :math:`z_k\sim\mathrm{Bin}(y - \sum_{j<k}z_j,\ \phi_k/\sum_{j\ge k}\phi_j)`. The
+   per-user and per-item totals :math:`\sum_i z_{uik}`, :math:`\sum_u z_{uik}` are
+   scatter-adds (segment sums) over the non-zeros.
+2. :math:`\theta_{uk}\sim\mathrm{Gamma}\bigl(a + \sum_i z_{uik},\ \xi_u + \sum_i\beta_{ik}\bigr)`
+3. :math:`\xi_u\sim\mathrm{Gamma}\bigl(a' + ka,\ a'/b' + \sum_k\theta_{uk}\bigr)`
+4. :math:`\beta_{ik}\sim\mathrm{Gamma}\bigl(c + \sum_u z_{uik},\ \eta_i + \sum_u\theta_{uk}\bigr)`
+5. :math:`\eta_i\sim\mathrm{Gamma}\bigl(c' + kc,\ c'/d' + \sum_k\beta_{ik}\bigr)`
+
+The sums over **all** pairs are the column sums :math:`\sum_i\beta_i`,
+:math:`\sum_u\theta_u`. The Gamma shapes of steps 2-5 are all known after step 1, so one
+call of :func:`bayesmf.model.random.standard_gamma` (written out: ``jax.random.gamma``
+costs seconds of compile) draws every standard variate of the sweep and steps 2-5 divide
+by their rates in turn. Cost per sweep :math:`O(\text{nnz}\cdot k + (N+M)k)`.
+
+The sweep runs through :func:`bayesmf.infer.driver.run_chains` (chains, warm-up,
+thinning, progress, checkpoints/resume, compile cache). Kept draws: ``U`` = θ,
+``V`` = β, ``xi``, ``eta`` (item activity), zeros for ``mu, bu, bi``;
+``sample_stats``: ``log_likelihood`` (all pairs, of the kept state) and ``train_rmse``
+(over all pairs: :math:`\sum_{u,i}(y-r)^2 = \sum_{y>0}(y^2 - 2yr) +
+\langle\theta^\top\theta, \beta^\top\beta\rangle`).
+
+Initial state: :math:`\theta, \beta` uniform on :math:`s[0.5, 1.5]`,
+:math:`s=\sqrt{\bar y/k}` (:math:`\bar y` the mean count over all pairs),
+:math:`\xi = b'`, :math:`\eta = d'`.
+
+CAVI
+----
+Mean field :math:`q(\theta_{uk}) = \mathrm{Gamma}(\gamma^{s}_{uk}, \gamma^{r}_{uk})`,
+:math:`q(\beta_{ik}) = \mathrm{Gamma}(\lambda^{s}_{ik}, \lambda^{r}_{ik})`,
+:math:`q(\xi_u) = \mathrm{Gamma}(\kappa^s_u, \kappa^r_u)`,
+:math:`q(\eta_i) = \mathrm{Gamma}(\tau^s_i, \tau^r_i)`,
+:math:`q(z_{ui}) = \mathrm{Mult}(y_{ui}, \phi_{ui})`. One iteration (the paper's
+Algorithm 1), with :math:`E\log\theta = \psi(\gamma^s) - \log\gamma^r` and
+:math:`E\theta = \gamma^s/\gamma^r`:
+
+.. math::
+
+    \phi_{uik} &\propto \exp\{E\log\theta_{uk} + E\log\beta_{ik}\} \\
+    \gamma^s_{uk} &= a + \textstyle\sum_i y_{ui}\phi_{uik},\quad
+    \gamma^r_{uk} = E\xi_u + \sum_i E\beta_{ik},\quad
+    \kappa^r_u = a'/b' + \textstyle\sum_k E\theta_{uk} \\
+    \lambda^s_{ik} &= c + \textstyle\sum_u y_{ui}\phi_{uik},\quad
+    \lambda^r_{ik} = E\eta_i + \sum_u E\theta_{uk},\quad
+    \tau^r_i = c'/d' + \textstyle\sum_k E\beta_{ik}
+
+(:math:`\kappa^s = a' + ka`, :math:`\tau^s = c' + kc` fixed). :math:`\phi` is never
+stored: with :math:`A_{uk} = e^{E\log\theta_{uk}}`, :math:`B_{ik} = e^{E\log\beta_{ik}}`
+and :math:`S_{ui} = A_u^\top B_i`,
+:math:`\sum_i y_{ui}\phi_{uik} = A_{uk}\sum_i (y_{ui}/S_{ui})B_{ik}` -- a sparse
+matrix product, as in KL-NMF (:mod:`bayesmf.infer.nmf`). Every update is the exact
+maximiser of the ELBO in its block, so the ELBO never decreases. The tracked ELBO is
+the one at the optimal :math:`\phi` for the current Gamma parameters,
+
+.. math::
+
+    \mathcal L = \sum_{y_{ui}>0}\bigl[y_{ui}\log S_{ui} - \log y_{ui}!\bigr]
+    - \Bigl(\sum_u E\theta_u\Bigr)^\top\Bigl(\sum_i E\beta_i\Bigr)
+    + E_q[\log p(\theta\mid\xi) + \log p(\xi) + \log p(\beta\mid\eta) + \log p(\eta)]
+    + \mathbb H[q(\theta)] + \mathbb H[q(\xi)] + \mathbb H[q(\beta)] + \mathbb H[q(\eta)],
+
+with :math:`E_q\log\mathrm{Gamma}(x; \alpha, \rho) = \alpha E\log\rho - \log\Gamma(\alpha) +
+(\alpha-1)E\log x - E\rho\,Ex` and the Gamma entropy :math:`\mathbb H = s - \log r +
+\log\Gamma(s) + (1-s)\psi(s)`; it is computed from the same :math:`S_{ui}` as the next
+:math:`\phi` update. Iterations stop when the relative ELBO change falls below ``tol``
+(after ``min_iter``) or at ``max_iter``. Computed in float64 (numpy/scipy, no compile).
+The returned Posterior (method ``"cavi"``, one chain) holds ``num_samples`` independent
+draws from the variational posteriors of :math:`\theta, \beta, \xi, \eta`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from bayesmf.errors import SpecError
+from bayesmf.infer import check_int as _pos_int
+from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer.nmf import SparseCounts, check_poisson_spec, poisson_loglik
+
+__all__ = ["fit_gibbs_hpf", "fit_cavi", "multinomial_split", "cavi", "cavi_elbo",
+           "HPFData", "HPFState", "GIBBS_DEFAULTS", "CAVI_DEFAULTS", "DEFAULTS"]
+
+#: options of :func:`fit_gibbs_hpf`
+GIBBS_DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1,
+                      chain_method="vectorized", progress_every=None, checkpoint=None,
+                      checkpoint_every=None, resume=False, memory_limit=None)
+#: options of :func:`fit_cavi`
+CAVI_DEFAULTS = dict(max_iter=500, min_iter=10, tol=1e-5, num_samples=100)
+#: the options of the method registered in :data:`bayesmf.infer.METHODS` (``cavi``)
+DEFAULTS = CAVI_DEFAULTS
+#: ranks up to which the inverse-CDF split of the counts of 1 is unrolled over the factors
+_UNROLL = 64
+
+
+# ----------------------------------------------------------------------------- data
+class HPFData(NamedTuple):
+    """The non-zero counts, split into counts of 1 (``u1, i1``) and larger counts
+    (``u2, i2, y2``); int32 indices, ``y2`` float."""
+
+    u1: object
+    i1: object
+    u2: object
+    i2: object
+    y2: object
+
+
+class HPFState(NamedTuple):
+    """One chain's state: ``theta (N, k)``, ``beta (M, k)``, ``xi (N,)``, ``eta (M,)``."""
+
+    theta: object
+    beta: object
+    xi: object
+    eta: object
+
+
+class _Cfg(NamedTuple):
+    N: int
+    M: int
+    K: int
+    hyper: tuple  # (a, a', b', c, c', d')
+    log_fact: float  # sum log y! over the non-zeros
+
+
+def multinomial_split(key, w1, y2=None, w2=None):
+    r"""The auxiliary split of the Gibbs sweep (module docs).
+
+    ``w1 (n1, k)``: non-negative weights :math:`\theta_{uk}\beta_{ik}` of the counts equal
+    to 1; returns the factor index of each ``(n1,)`` (inverse CDF of the normalised
+    weights, one uniform each: the number of partial sums below :math:`U\sum_k w_k`,
+    capped at :math:`k-1` against round-off). ``y2 (n2,)``, ``w2 (n2, k)``: larger
+    counts and their weights; returns ``z (n2, k)`` with ``z ~ Mult(y2, w2 / sum w2)``
+    row-wise (conditional binomials in a ``lax.scan`` over the factors). Rows whose
+    weights are all zero go to the first factor / are split by ``Bin(., 0)`` up to the
+    last factor, which takes the rest (they cannot occur with positive factors). Either
+    part may be ``None`` (returned as ``None``)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    k1, k2 = jax.random.split(key)
+    out1 = out2 = None
+    if w1 is not None:
+        K = w1.shape[1]
+        if K <= _UNROLL:
+            # k = #{j : w_1 + ... + w_j < t}, the running sum unrolled over the columns:
+            # one fused pass, no (n1, k) cumsum (1.4x faster on CPU at k = 32)
+            t = jax.random.uniform(k1, w1.shape[:1], w1.dtype) * w1.sum(axis=1)
+            run = jnp.zeros_like(t)
+            cnt = jnp.zeros(t.shape, jnp.int32)
+            for j in range(K):
+                run = run + w1[:, j]
+                cnt = cnt + (run < t)
+        else:
+            cum = jnp.cumsum(w1, axis=1)
+            t = jax.random.uniform(k1, w1.shape[:1], w1.dtype) * cum[:, -1]
+            cnt = jnp.sum(cum < t[:, None], axis=1)
+        out1 = jnp.minimum(cnt, K - 1).astype(jnp.int32)
+    if y2 is not None:
+        K = w2.shape[1]
+        wt = w2.T  # (K, n2)
+        tail = jnp.cumsum(wt[::-1], axis=0)[::-1]  # sum_{j >= k} w_j
+        p = jnp.where(tail > 0, wt / jnp.where(tail > 0, tail, 1.0), 0.0)
+        p = jnp.clip(p, 0.0, 1.0)
+
+        def body(rem, xs):
+            kk, pk = xs
+            z = jax.random.binomial(kk, rem, pk).astype(rem.dtype)
+            z = jnp.minimum(z, rem)
+            return rem - z, z
+
+        rem, Z = lax.scan(body, y2.astype(w2.dtype), (jax.random.split(k2, K - 1), p[:-1]))
+        out2 = jnp.concatenate([Z, rem[None]], axis=0).T
+    return out1, out2
+
+
+def _sweep(cfg: _Cfg, data: HPFData, key, state: HPFState):
+    """One Gibbs sweep (module docs); returns ``(state, info)``."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf.model.random import standard_gamma
+
+    a, ap, bp, c, cp, dp = cfg.hyper
+    N, M, K = cfg.N, cfg.M, cfg.K
+    th, be, xi, et = state
+    dt = th.dtype
+    k_split, k_gamma = jax.random.split(key)
+    has1, has2 = data.u1.shape[0] > 0, data.u2.shape[0] > 0
+    w1 = th[data.u1] * be[data.i1] if has1 else None
+    w2 = th[data.u2] * be[data.i2] if has2 else None
+    z1, z2 = multinomial_split(k_split, w1, data.y2 if has2 else None, w2)
+    cu = jnp.zeros((N * K,), dt)
+    ci = jnp.zeros((M * K,), dt)
+    if has1:
+        cu = cu.at[data.u1 * K + z1].add(1.0)
+        ci = ci.at[data.i1 * K + z1].add(1.0)
+    cu = cu.reshape(N, K)
+    ci = ci.reshape(M, K)
+    if has2:
+        cu = cu + jax.ops.segment_sum(z2, data.u2, N)
+        ci = ci + jax.ops.segment_sum(z2, data.i2, M)
+    # every standard Gamma variate of the sweep in one call (the shapes are known now)
+    shapes = jnp.concatenate([a + cu.ravel(), c + ci.ravel(),
+                              jnp.full((N,), ap + K * a, dt), jnp.full((M,), cp + K * c, dt)])
+    g = standard_gamma(k_gamma, shapes, dt)
+    tiny = jnp.asarray(1e-30, dt)
+    g_th = g[:N * K].reshape(N, K)
+    g_be = g[N * K:(N + M) * K].reshape(M, K)
+    g_xi = g[(N + M) * K:(N + M) * K + N]
+    g_et = g[(N + M) * K + N:]
+    th = jnp.maximum(g_th / (xi[:, None] + be.sum(0)[None, :]), tiny)
+    xi = jnp.maximum(g_xi / (ap / bp + th.sum(1)), tiny)
+    be = jnp.maximum(g_be / (et[:, None] + th.sum(0)[None, :]), tiny)
+    et = jnp.maximum(g_et / (cp / dp + be.sum(1)), tiny)
+    # the log likelihood of the state that entered the sweep (free: from the weights)
+    ll_in = -jnp.dot(state.theta.sum(0), state.beta.sum(0))
+    if has1:
+        ll_in = ll_in + jnp.sum(jnp.log(jnp.maximum(w1.sum(1), tiny)))
+    if has2:
+        ll_in = ll_in + jnp.sum(data.y2 * jnp.log(jnp.maximum(w2.sum(1), tiny)))
+    return HPFState(th, be, xi, et), {"log_likelihood_in": ll_in - cfg.log_fact}
+
+
+def _fit_stats(cfg: _Cfg, data: HPFData, state: HPFState):
+    """``(log_likelihood, train_rmse)`` of a state over all pairs (module docs)."""
+    import jax.numpy as jnp
+
+    th, be = state.theta, state.beta
+    tiny = jnp.asarray(1e-30, th.dtype)
+    ll = -jnp.dot(th.sum(0), be.sum(0)) - cfg.log_fact
+    sq = jnp.sum((th.T @ th) * (be.T @ be))  # sum over all pairs of r^2
+    if data.u1.shape[0]:
+        r1 = jnp.sum(th[data.u1] * be[data.i1], axis=1)
+        ll = ll + jnp.sum(jnp.log(jnp.maximum(r1, tiny)))
+        sq = sq + jnp.sum(1.0 - 2.0 * r1)
+    if data.u2.shape[0]:
+        y2 = data.y2
+        r2 = jnp.sum(th[data.u2] * be[data.i2], axis=1)
+        ll = ll + jnp.sum(y2 * jnp.log(jnp.maximum(r2, tiny)))
+        sq = sq + jnp.sum(y2 * y2 - 2.0 * y2 * r2)
+    rmse = jnp.sqrt(jnp.maximum(sq, 0.0) / (float(cfg.N) * float(cfg.M)))
+    return ll, rmse
+
+
+def _program(cfg: _Cfg):
+    from bayesmf.infer.driver import Program
+
+    def step(data, key, state):
+        return _sweep(cfg, data, key, state)
+
+    def extract(data, state, info):
+        ll, rmse = _fit_stats(cfg, data, state)
+        return {"U": state.theta, "V": state.beta, "xi": state.xi, "eta": state.eta,
+                "log_likelihood": ll, "train_rmse": rmse}
+
+    def postfix(info):
+        return {"loglik": f"{float(np.mean(info['log_likelihood_in'])):.6g}"}
+
+    return Program("hpf-gibbs", step, extract, None, ("hpf-gibbs", cfg), postfix, "sweep")
+
+
+def _split_data(train, spec):
+    """``(SparseCounts, HPFData)`` of the training counts."""
+    import jax.numpy as jnp
+
+    y = spec.likelihood.encode(train.rating)
+    sc = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
+    one = sc.y == 1
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    data = HPFData(i32(sc.user[one]), i32(sc.item[one]), i32(sc.user[~one]),
+                   i32(sc.item[~one]), jnp.asarray(sc.y[~one], jnp.float32))
+    return sc, data
+
+
+def _hyper(lik) -> tuple:
+    return tuple(float(getattr(lik, n)) for n in ("a", "a_prime", "b_prime", "c", "c_prime",
+                                                  "d_prime"))
+
+
+def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options):
+    """The HPF Gibbs sampler (module docs) as the ``gibbs`` method of the Poisson
+    likelihood; returns a :class:`~bayesmf.posterior.Posterior` (method ``"gibbs"``).
+
+    Options: ``num_samples`` (200), ``num_warmup`` (100), ``num_chains`` (1), ``thin``
+    (1), ``chain_method`` (``"vectorized"`` | ``"sequential"`` | ``"parallel"``),
+    ``progress_every``, ``checkpoint``/``checkpoint_every``/``resume`` (as
+    :func:`bayesmf.infer.gibbs.fit_gibbs`) and ``memory_limit``. ``attrs`` record the
+    seed, settings, ``compile_seconds``, ``sampling_seconds`` and ``seconds_per_sweep``
+    (sampling wall time / sweeps, all chains together)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf.infer.driver import compile_logger, run_chains
+    from bayesmf.posterior import Posterior, TrainInfo
+
+    spec = fitted_spec(train, spec, "gibbs")
+    check_poisson_spec(spec, "gibbs")
+    opts = check_options("gibbs", options, GIBBS_DEFAULTS)
+    S = _pos_int("num_samples", opts["num_samples"], 1)
+    W = _pos_int("num_warmup", opts["num_warmup"], 0)
+    C = _pos_int("num_chains", opts["num_chains"], 1)
+    T = _pos_int("thin", opts["thin"], 1)
+    if not isinstance(opts["resume"], bool):
+        raise SpecError(f"resume must be True or False, got {opts['resume']!r}")
+    if opts["resume"] and opts["checkpoint"] is None:
+        raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
+    n_iter = W + (S - 1) * T + 1
+    lik = spec.likelihood
+    sc, data = _split_data(train, spec)
+    N, M, K = train.n_users, train.n_items, spec.rank
+    cfg = _Cfg(N, M, K, _hyper(lik), float(sc.log_fact))
+    a, ap, bp, c, cp, dp = cfg.hyper
+    s = float(np.sqrt(max(sc.total, 1e-30) / (float(N) * float(M) * K)))
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return HPFState(s * jax.random.uniform(k1, (N, K), jnp.float32, 0.5, 1.5),
+                        s * jax.random.uniform(k2, (M, K), jnp.float32, 0.5, 1.5),
+                        jnp.full((N,), bp, jnp.float32), jnp.full((M,), dp, jnp.float32))
+
+    keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
+    state = jax.vmap(lambda kk: init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
+    fp = ""
+    if opts["checkpoint"] is not None:
+        from bayesmf.infer import checkpoint as _ck
+
+        fp = _ck.fingerprint("hpf-gibbs", train, spec, int(seed), S, W, C, T,
+                             opts["chain_method"])
+    run = run_chains(_program(cfg), data, state, keys, num_samples=S, num_warmup=W, thin=T,
+                     chain_method=opts["chain_method"], checkpoint=opts["checkpoint"],
+                     checkpoint_every=opts["checkpoint_every"], resume=opts["resume"],
+                     fingerprint=fp, meta={"sampler": "hpf-gibbs", "seed": int(seed)},
+                     progress=progress, progress_every=opts["progress_every"],
+                     memory_limit=opts["memory_limit"], log=compile_logger(progress),
+                     what=f"the HPF Gibbs draw buffers ({C} chain(s) x {S} draws)",
+                     hint="keep fewer draws (num_samples, thin) or fewer chains")
+    host = dict(run.draws)
+    stats = {"log_likelihood": host.pop("log_likelihood"),
+             "train_rmse": host.pop("train_rmse")}
+    f32 = np.float32
+    draws = {n: np.asarray(v, f32) for n, v in host.items()}
+    draws.update({"mu": np.zeros((C, S), f32), "bu": np.zeros((C, S, N), f32),
+                  "bi": np.zeros((C, S, M), f32)})
+    attrs = {
+        "seed": int(seed), "sampler": "hpf-gibbs",
+        "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
+                     "chain_method": opts["chain_method"], "n_sweeps": n_iter,
+                     "hyper": dict(zip(("a", "a_prime", "b_prime", "c", "c_prime",
+                                        "d_prime"), cfg.hyper))},
+        "chain_method_used": run.chain_method_used, "devices": run.devices,
+        "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
+        "sampling_seconds": run.sampling_seconds,
+        "seconds_per_sweep": run.sampling_seconds / max(1, run.n_run),
+        "draws_per_call": run.slots,
+        "kept_sweeps": "num_warmup + j * thin, j < num_samples",
+        "n_ones": int(data.u1.shape[0]), "n_larger": int(data.u2.shape[0]),
+    }
+    if opts["checkpoint"] is not None:
+        attrs["checkpoint"] = {"path": str(opts["checkpoint"]),
+                               "resumed_at": run.resumed_at}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "gibbs", sample_stats=stats, attrs=attrs)
+
+
+# ----------------------------------------------------------------------------- CAVI
+def _gamma_entropy(s, r):
+    from scipy.special import digamma, gammaln
+
+    return s - np.log(r) + gammaln(s) + (1.0 - s) * digamma(s)
+
+
+def cavi_elbo(data: SparseCounts, hyper: tuple, p: dict, log_S=None) -> float:
+    """The ELBO at the optimal :math:`\\phi` for the Gamma parameters ``p`` (keys ``gs,
+    gr, ks, kr, ls, lr, ts, tr``; module docs). ``log_S`` (the log normalisers
+    :math:`\\log S_{ui}` at the non-zeros) is computed when not given."""
+    from scipy.special import digamma, gammaln
+
+    a, ap, bp, c, cp, dp = hyper
+    ElT = digamma(p["gs"]) - np.log(p["gr"])
+    ElB = digamma(p["ls"]) - np.log(p["lr"])
+    ET, EB = p["gs"] / p["gr"], p["ls"] / p["lr"]
+    ElX = digamma(p["ks"]) - np.log(p["kr"])
+    ElE = digamma(p["ts"]) - np.log(p["tr"])
+    EX, EE = p["ks"] / p["kr"], p["ts"] / p["tr"]
+    K = ET.shape[1]
+    if log_S is None:
+        log_S = _log_normalisers(data, ElT, ElB)[0]
+    lik = float(data.y @ log_S) - data.log_fact - float(ET.sum(0) @ EB.sum(0))
+    pr_t = float(np.sum(a * ElX) * K - ET.shape[0] * K * gammaln(a)
+                 + (a - 1.0) * ElT.sum() - np.sum(EX[:, None] * ET))
+    pr_x = float(np.sum(ap * np.log(ap / bp) - gammaln(ap) + (ap - 1.0) * ElX
+                        - ap / bp * EX))
+    pr_b = float(np.sum(c * ElE) * K - EB.shape[0] * K * gammaln(c)
+                 + (c - 1.0) * ElB.sum() - np.sum(EE[:, None] * EB))
+    pr_e = float(np.sum(cp * np.log(cp / dp) - gammaln(cp) + (cp - 1.0) * ElE
+                        - cp / dp * EE))
+    ent = float(_gamma_entropy(p["gs"], p["gr"]).sum() + _gamma_entropy(p["ks"], p["kr"]).sum()
+                + _gamma_entropy(p["ls"], p["lr"]).sum()
+                + _gamma_entropy(p["ts"], p["tr"]).sum())
+    return lik + pr_t + pr_x + pr_b + pr_e + ent
+
+
+def _log_normalisers(data: SparseCounts, ElT, ElB):
+    """``(log S, A', B', S')``: ``A' = exp(ElT - max_k)``, ``B'`` alike, ``S' = A'_u . B'_i``
+    at the non-zeros and ``log S = log S' + max_u + max_i``."""
+    mA = ElT.max(axis=1)
+    mB = ElB.max(axis=1)
+    A = np.exp(ElT - mA[:, None])
+    B = np.exp(ElB - mB[:, None])
+    Sp = np.maximum(data.rates(A, B), np.finfo(np.float64).tiny)
+    return np.log(Sp) + mA[data.user] + mB[data.item], A, B, Sp
+
+
+def cavi(data: SparseCounts, rank: int, hyper: tuple, *, max_iter: int = 500,
+         min_iter: int = 10, tol: float = 1e-5, seed: int = 0, callback=None):
+    """CAVI for HPF (module docs). Returns ``(params, info)``: the variational Gamma
+    parameters (``gs, gr`` of θ, ``ks, kr`` of ξ, ``ls, lr`` of β, ``ts, tr`` of η) and
+    ``info = {"elbo": trace, "iterations", "converged", "seconds"}``; ``elbo[t]`` is the
+    ELBO after ``t`` iterations (``elbo[0]`` at the initial values).
+    ``callback(it, elbo)`` after each iteration."""
+    from scipy.special import digamma
+
+    a, ap, bp, c, cp, dp = hyper
+    rng = np.random.default_rng(seed)
+    N, M, K = data.N, data.M, rank
+    s = np.sqrt(max(data.total, 1e-300) / (float(N) * float(M) * K))
+    p = {"gs": a + rng.uniform(0.0, 1.0, (N, K)), "ls": c + rng.uniform(0.0, 1.0, (M, K)),
+         "ks": np.full(N, ap + K * a), "ts": np.full(M, cp + K * c)}
+    p["gr"] = p["gs"] / (s * rng.uniform(0.5, 1.5, (N, K)))
+    p["lr"] = p["ls"] / (s * rng.uniform(0.5, 1.5, (M, K)))
+    p["kr"] = p["ks"] / bp
+    p["tr"] = p["ts"] / dp
+    trace = []
+    converged = False
+    t0 = time.perf_counter()
+    it = 0
+    while True:
+        ElT = digamma(p["gs"]) - np.log(p["gr"])
+        ElB = digamma(p["ls"]) - np.log(p["lr"])
+        log_S, A, B, Sp = _log_normalisers(data, ElT, ElB)
+        trace.append(cavi_elbo(data, hyper, p, log_S))
+        if callback is not None and it > 0:
+            callback(it, trace[-1])
+        if it > 0 and it >= min_iter and \
+                abs(trace[-1] - trace[-2]) <= tol * max(abs(trace[-1]), 1e-12):
+            converged = True
+            break
+        if it >= max_iter:
+            break
+        it += 1
+        # phi (implicit) -> the shapes of theta and beta (same phi for both)
+        QB, QtA = data.ratio_products(data.y / Sp, A, B)
+        gs = a + A * QB
+        ls = c + B * QtA
+        # theta's rate with the current E[xi], E[beta]; then xi
+        p["gs"] = gs
+        p["gr"] = (p["ks"] / p["kr"])[:, None] + (p["ls"] / p["lr"]).sum(0)[None, :]
+        p["kr"] = ap / bp + (p["gs"] / p["gr"]).sum(1)
+        # beta with the new E[theta]; then eta
+        p["ls"] = ls
+        p["lr"] = (p["ts"] / p["tr"])[:, None] + (p["gs"] / p["gr"]).sum(0)[None, :]
+        p["tr"] = cp / dp + (p["ls"] / p["lr"]).sum(1)
+    return p, {"elbo": np.asarray(trace), "iterations": it, "converged": converged,
+               "seconds": time.perf_counter() - t0}
+
+
+def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
+    """Coordinate-ascent VI of HPF (module docs), the ``cavi`` method; returns a
+    :class:`~bayesmf.posterior.Posterior` (method ``"cavi"``, one chain of
+    ``num_samples`` draws from the variational posteriors).
+
+    Options: ``max_iter`` (500), ``min_iter`` (10), ``tol`` (1e-5, relative ELBO change),
+    ``num_samples`` (100). ``attrs``: ``converged``, ``iterations``, ``elbo``,
+    ``elbo_trace`` and timings; ``native``: the variational parameters."""
+    from bayesmf.posterior import Posterior, TrainInfo
+
+    t0 = time.perf_counter()
+    spec = fitted_spec(train, spec, "cavi")
+    check_poisson_spec(spec, "cavi")
+    opts = check_options("cavi", options, CAVI_DEFAULTS)
+    max_iter = _pos_int("max_iter", opts["max_iter"], 1)
+    min_iter = _pos_int("min_iter", opts["min_iter"], 0)
+    S = _pos_int("num_samples", opts["num_samples"], 1)
+    tol = opts["tol"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not tol >= 0:
+        raise SpecError(f"tol must be a number >= 0, got {tol!r}")
+    hyper = _hyper(spec.likelihood)
+    y = spec.likelihood.encode(train.rating)
+    data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc="HPF CAVI", unit="it")
+
+    def cb(it, elbo):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(elbo=f"{elbo:.8g}")
+
+    try:
+        p, info = cavi(data, spec.rank, hyper, max_iter=max_iter, min_iter=min_iter,
+                       tol=float(tol), seed=int(seed), callback=cb)
+    finally:
+        if bar is not None:
+            bar.close()
+    t1 = time.perf_counter()
+    rng = np.random.default_rng([int(seed), 1])
+    N, M = train.n_users, train.n_items
+    f32 = np.float32
+    tiny = 1e-30
+    draws = {
+        "U": np.maximum(rng.gamma(p["gs"], 1.0 / p["gr"], (S,) + p["gs"].shape), tiny),
+        "V": np.maximum(rng.gamma(p["ls"], 1.0 / p["lr"], (S,) + p["ls"].shape), tiny),
+        "xi": rng.gamma(p["ks"], 1.0 / p["kr"], (S, N)),
+        "eta": rng.gamma(p["ts"], 1.0 / p["tr"], (S, M)),
+    }
+    draws = {n: v.astype(f32)[None] for n, v in draws.items()}
+    draws.update({"mu": np.zeros((1, S), f32), "bu": np.zeros((1, S, N), f32),
+                  "bi": np.zeros((1, S, M), f32)})
+    elbo = info["elbo"]
+    mean_ll = poisson_loglik(data, p["gs"] / p["gr"], p["ls"] / p["lr"])
+    attrs = {"seed": int(seed), "solver": "hpf-cavi",
+             "settings": {"max_iter": max_iter, "min_iter": min_iter, "tol": float(tol),
+                          "num_samples": S,
+                          "hyper": dict(zip(("a", "a_prime", "b_prime", "c", "c_prime",
+                                             "d_prime"), hyper))},
+             "converged": bool(info["converged"]), "iterations": int(info["iterations"]),
+             "elbo": float(elbo[-1]), "elbo_trace": [float(e) for e in elbo],
+             "log_likelihood_at_mean": mean_ll,
+             "timings": {"fit_s": float(info["seconds"]), "draws_s": time.perf_counter() - t1,
+                         "total_s": time.perf_counter() - t0}}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "cavi", {}, p, attrs)

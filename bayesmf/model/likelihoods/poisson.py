@@ -1,0 +1,204 @@
+r"""Counts over the **whole** matrix: hierarchical Poisson factorization (HPF; Gopalan,
+Hofman & Blei 2015, "Scalable Recommendation with Hierarchical Poisson Factorization").
+
+Data: the observed (user, item) pairs with a non-negative integer count :math:`y_{ui}`
+(plays, clicks, purchases; 0/1 implicit feedback is the special case of counts 1). Every
+pair of the ``n_users x n_items`` matrix is an observation; an unlisted pair has
+:math:`y_{ui} = 0`.
+
+.. math::
+
+    y_{ui} &\sim \mathrm{Poisson}(\theta_u^\top\beta_i)\qquad\text{for all } (u, i), \\
+    \theta_{uk} &\sim \mathrm{Gamma}(a, \xi_u),\qquad
+        \xi_u \sim \mathrm{Gamma}(a', a'/b')\qquad(\text{user activity}), \\
+    \beta_{ik} &\sim \mathrm{Gamma}(c, \eta_i),\qquad
+        \eta_i \sim \mathrm{Gamma}(c', c'/d')\qquad(\text{item popularity}),
+
+Gamma in shape/rate form; the paper's defaults :math:`a = a' = c = c' = 0.3`,
+:math:`b' = d' = 1`. The zeros enter only through sums: the log likelihood is
+
+.. math::
+
+    \log p(y\mid\theta,\beta) = \sum_{y_{ui} > 0}\bigl[y_{ui}\log(\theta_u^\top\beta_i)
+    - \log y_{ui}!\bigr] - \Bigl(\sum_u\theta_u\Bigr)^\top\Bigl(\sum_i\beta_i\Bigr),
+
+so every fit costs :math:`O(\text{nnz}\cdot k + (N + M)k)`, never :math:`O(NM)`.
+
+**In the shared linear predictor.** :math:`\eta_{ui} = \mu + b_u + b_i + U_u^\top V_i` with
+:math:`\mu = b_u = b_i = 0`, :math:`U = \theta`, :math:`V = \beta` (non-negative): the
+Poisson rate is :math:`\eta_{ui}` itself (identity link). The posterior also keeps the
+draws ``xi`` (``(C, D, N)``) and ``eta`` (``(C, D, M)``, the *item activity*
+:math:`\eta_i` of the paper, not the linear predictor). No likelihood parameter
+(``theta_names = ()``).
+
+**Inference** (the family's own fitters; it does not use the Gaussian row sweep,
+:meth:`Poisson.background` is None):
+
+* ``gibbs`` -- the conjugate Gibbs sampler with the auxiliary multinomial split of each
+  count over the factors (:func:`bayesmf.infer.hpf.fit_gibbs_hpf`);
+* ``cavi`` -- the paper's coordinate-ascent variational inference
+  (:func:`bayesmf.infer.hpf.fit_cavi`); the Posterior holds draws from the variational
+  Gamma posteriors;
+* ``map`` -- KL-NMF by the multiplicative updates of Lee & Seung
+  (:func:`bayesmf.infer.nmf.fit_map_nmf`): the maximum-likelihood factors (the HPF
+  priors with shapes below 1 have no mode).
+
+Biases and a global mean are not part of the model (``default_biases = False``; the
+fitters refuse a spec that switches them on).
+
+**Predictive.** For a new pair the predictive is the Poisson mixture
+:math:`\frac1S\sum_s\mathrm{Poisson}(\lambda_s)`, :math:`\lambda_s = \theta_{u,s}^\top
+\beta_{i,s}` (:class:`~bayesmf.predictive.PoissonMixture`): ``mean`` ranks by the
+posterior-mean rate, ``prob`` with threshold 1 gives the relevance probability
+:math:`P(y\ge1) = 1 - \frac1S\sum_s e^{-\lambda_s}`, UCB/LCB use its integer quantiles.
+An unknown id (population fallback) uses the population-mean rate per draw; the fallback
+variance of :math:`\eta` is not added (the mixture stays Poisson). Point predictions are
+not clipped (:meth:`Poisson.clip_range`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bayesmf.errors import DataError, SpecError
+from bayesmf.model.likelihoods.base import Likelihood
+
+__all__ = ["Poisson", "check_counts"]
+
+_HYPER = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime")
+
+
+def check_counts(y, what: str = "the Poisson likelihood") -> np.ndarray:
+    """``y`` as float64 after checking that every value is a finite non-negative integer
+    (:class:`~bayesmf.errors.DataError` otherwise); 0/1 data pass."""
+    y = np.asarray(y)
+    if y.dtype.kind == "b":
+        return y.astype(np.float64)
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{what} models counts; got values of dtype {y.dtype}")
+    y = y.astype(np.float64)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise DataError(f"{what}: {int(bad.sum())} count(s) are NaN or infinite")
+    neg = y < 0
+    if neg.any():
+        raise DataError(f"{what}: {int(neg.sum())} count(s) are negative (e.g. "
+                        f"{y[np.flatnonzero(neg)[0]]:g}); counts must be >= 0")
+    frac = y != np.floor(y)
+    if frac.any():
+        raise DataError(f"{what}: {int(frac.sum())} count(s) are not integers (e.g. "
+                        f"{y[np.flatnonzero(frac)[0]]:g}); give event counts, or use "
+                        "likelihood='implicit' for real-valued weights")
+    return y
+
+
+@dataclass(frozen=True)
+class Poisson(Likelihood):
+    """Hierarchical Poisson factorization (module docs).
+
+    Parameters
+    ----------
+    a, a_prime, b_prime : float > 0
+        :math:`\\theta_{uk}\\sim\\mathrm{Gamma}(a, \\xi_u)`,
+        :math:`\\xi_u\\sim\\mathrm{Gamma}(a', a'/b')` (so :math:`E\\xi_u = b'`).
+    c, c_prime, d_prime : float > 0
+        :math:`\\beta_{ik}\\sim\\mathrm{Gamma}(c, \\eta_i)`,
+        :math:`\\eta_i\\sim\\mathrm{Gamma}(c', c'/d')`.
+    """
+
+    a: float = 0.3
+    a_prime: float = 0.3
+    b_prime: float = 1.0
+    c: float = 0.3
+    c_prime: float = 0.3
+    d_prime: float = 1.0
+
+    name = "poisson"
+    theta_names = ()
+    discrete = True
+    mean_is_linear = False
+    augmented = False
+    methods = ("map", "gibbs", "cavi")
+    #: every pair is an observation (the zeros enter through closed-form sums)
+    full_matrix = True
+    #: no global mean or biases: the rate is theta_u . beta_i
+    default_biases = False
+    #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
+    fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
+               "map": "bayesmf.infer.nmf:fit_map_nmf"}
+
+    def __post_init__(self):
+        for n in _HYPER:
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(float(v)) or float(v) <= 0:
+                raise SpecError(f"poisson likelihood: {n} must be a finite number > 0, "
+                                f"got {v!r}")
+            object.__setattr__(self, n, float(v))
+
+    # ------------------------------------------------------------------ data
+    def check_values(self, y, training=False):
+        y = check_counts(y, "the Poisson likelihood")
+        if training and len(y) and not (y > 0).any():
+            raise DataError("the Poisson likelihood: every training count is 0; list the "
+                            "pairs with a positive count (unlisted pairs are zeros)")
+
+    def encode(self, y):
+        return check_counts(y)
+
+    def eta_offset(self, y):
+        return 0.0
+
+    def prior_scale(self, y) -> float:
+        return 1.0
+
+    def clip_range(self, scale):
+        # no clipping: the mean is the expected count (the score the mean strategy ranks
+        # by); the training scale (often all 1s) says nothing about its range
+        return -math.inf, math.inf
+
+    def background(self, theta):
+        """None: the family has its own samplers, not the Gaussian background sweep."""
+        return None
+
+    def describe(self):
+        return (f"poisson (HPF: a={self.a:g}, a'={self.a_prime:g}, b'={self.b_prime:g}, "
+                f"c={self.c:g}, c'={self.c_prime:g}, d'={self.d_prime:g})")
+
+    # ------------------------------------------------------------------ math
+    def log_prob(self, y, eta, theta):
+        r""":math:`y\log\eta - \eta - \log y!` of a listed pair (jnp); the unlisted pairs
+        add :math:`-\sum\eta` over the rest of the matrix, which is not pointwise."""
+        import jax.numpy as jnp
+        from jax.scipy.special import gammaln
+
+        lam = jnp.maximum(eta, jnp.finfo(jnp.result_type(eta)).tiny)
+        return y * jnp.log(lam) - lam - gammaln(y + 1.0)
+
+    def point_mean(self, eta, theta):
+        return eta
+
+    def gaussianize(self, key, y, eta, theta):
+        raise SpecError("the Poisson likelihood has its own Gibbs sampler "
+                        "(bayesmf.infer.hpf.fit_gibbs_hpf), not the Gaussian row sweep")
+
+    def update_theta(self, key, y, eta, theta, spec, full=None):
+        raise SpecError("the Poisson likelihood has no likelihood parameter to sample")
+
+    def working(self, y, eta, theta):
+        raise SpecError("the Poisson likelihood is fitted by KL-NMF "
+                        "(bayesmf.infer.nmf.fit_map_nmf), not IRLS")
+
+    # ------------------------------------------------------------------ predictive
+    def predictive(self, m, v, theta):
+        """:class:`~bayesmf.predictive.PoissonMixture` of the rates ``max(m, 0)`` (the
+        fallback variance ``v`` is not used: module docs)."""
+        from bayesmf.predictive import PoissonMixture
+
+        return PoissonMixture(np.maximum(np.asarray(m, np.float64), 0.0))
+
+    def prior_simulate(self, rng, eta, theta):
+        return rng.poisson(np.maximum(np.asarray(eta, np.float64), 0.0)).astype(np.float64)

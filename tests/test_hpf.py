@@ -1,0 +1,335 @@
+"""Hierarchical Poisson factorization: the multinomial split, Gibbs / CAVI / KL-NMF
+against planted factors and closed forms, the Poisson predictive mixture, the estimator
+path (fit, recommend, evaluate) and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import digamma, gammaln
+from scipy.stats import gamma as gamma_dist
+from scipy.stats import poisson
+
+import bayesmf
+from bayesmf.data.interactions import Interactions
+from bayesmf.data.ratings import Ratings
+from bayesmf.errors import DataError, SpecError
+from bayesmf.infer import get_method
+from bayesmf.infer.nmf import SparseCounts, kl_nmf, kl_objective
+from bayesmf.model.likelihoods import Poisson, get_likelihood, likelihood_from_dict
+from bayesmf.model.spec import ModelSpec
+from bayesmf.predictive import PoissonMixture
+
+K = 3
+SPEC = ModelSpec(rank=K, likelihood="poisson", global_mean=False, user_bias=False,
+                 item_bias=False)
+
+
+def _planted(seed=0, N=60, M=40):
+    rng = np.random.default_rng(seed)
+    th = rng.gamma(0.5, 1.0, (N, K))
+    be = 1.5 * rng.gamma(0.5, 1.0, (M, K))
+    R = th @ be.T
+    Y = rng.poisson(R)
+    Y[np.arange(N), rng.integers(0, M, N)] += 1  # every user and item has a count
+    Y[rng.integers(0, N, M), np.arange(M)] += 1
+    u, i = np.nonzero(Y)
+    return Ratings.from_arrays(u, i, Y[u, i].astype(float)), R, Y
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+def _mean_rates(post):
+    U, V = post.flat("U").astype(np.float64), post.flat("V").astype(np.float64)
+    return np.einsum("snk,smk->nm", U, V) / U.shape[0]
+
+
+def _check_recovery(post, train, R):
+    """Posterior-mean rates correlate with the planted ones (> 0.9) and their total is
+    the total count (the scale, which a correlation does not see)."""
+    Rp = R[np.asarray(post.users.ids)][:, np.asarray(post.items.ids)]
+    Rhat = _mean_rates(post)
+    assert np.corrcoef(Rhat.ravel(), Rp.ravel())[0, 1] > 0.9
+    assert Rhat.sum() == pytest.approx(train.rating.sum(), rel=0.03)
+
+
+# ----------------------------------------------------------------------------- split
+def test_multinomial_split_conditional_moments():
+    import jax
+
+    from bayesmf.infer.hpf import multinomial_split
+
+    w1 = np.array([[1.0, 1.0, 2.0], [0.2, 0.0, 0.8], [5.0, 3.0, 2.0]], np.float32)
+    y2 = np.array([2.0, 7.0, 40.0, 13.0], np.float32)
+    w2 = np.array([[1.0, 2.0, 1.0], [0.5, 0.0, 1.5], [3.0, 1.0, 1.0], [0.0, 0.0, 2.0]],
+                  np.float32)
+    R = 20000
+    f = jax.jit(jax.vmap(lambda k: multinomial_split(k, w1, y2, w2)))
+    z1, z2 = (np.asarray(a) for a in f(jax.random.split(jax.random.PRNGKey(0), R)))
+    # counts of 1: one factor each, frequencies phi (5 binomial standard errors)
+    p1 = w1 / w1.sum(1, keepdims=True)
+    freq = np.stack([(z1 == k).mean(0) for k in range(3)], axis=1)
+    assert np.all(np.abs(freq - p1) <= 5 * np.sqrt(p1 * (1 - p1) / R) + 1e-12)
+    assert np.all(freq[p1 == 0] == 0)  # a zero weight never receives a count
+    # larger counts: integers summing to y exactly; E z = y p, Cov z = y (diag p - p p^T)
+    assert np.all(z2 == np.round(z2)) and np.all(z2 >= 0)
+    np.testing.assert_array_equal(z2.sum(-1), np.broadcast_to(y2, (R, 4)))
+    p2 = w2 / w2.sum(1, keepdims=True)
+    for r in range(4):
+        cov = y2[r] * (np.diag(p2[r]) - np.outer(p2[r], p2[r]))
+        se = np.sqrt(np.diag(cov) / R)
+        assert np.all(np.abs(z2[:, r].mean(0) - y2[r] * p2[r]) <= 5 * se + 1e-9), r
+        emp = np.cov(z2[:, r].T)
+        # the variance of a sample covariance entry is about (C_jj C_kk + C_jk^2) / R
+        tol = 6 * np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov ** 2) / R) + 1e-9
+        assert np.all(np.abs(emp - cov) <= tol), r
+    np.testing.assert_array_equal(z2[:, 3], np.broadcast_to([0, 0, 13], (R, 3)))
+
+
+# ----------------------------------------------------------------------------- Gibbs
+@pytest.fixture(scope="module")
+def gibbs_post(planted):
+    train, _, _ = planted
+    return get_method("gibbs")(train, SPEC, seed=0, num_samples=60, num_warmup=200,
+                               num_chains=2)
+
+
+def test_gibbs_recovers_planted_rates(gibbs_post, planted):
+    train, R, _ = planted
+    post = gibbs_post
+    assert post.method == "gibbs" and (post.n_chains, post.n_draws) == (2, 60)
+    assert np.all(post.draws["U"] > 0) and np.all(post.draws["V"] > 0)
+    assert post.draws["xi"].shape == (2, 60, train.n_users)
+    assert post.draws["eta"].shape == (2, 60, train.n_items)
+    assert post.sample_stats["log_likelihood"].shape == (2, 60)
+    assert not np.array_equal(post.draws["U"][0], post.draws["U"][1])  # own chain keys
+    assert np.all(post.draws["mu"] == 0) and np.all(post.draws["bu"] == 0)
+    _check_recovery(post, train, R)
+    # the draws move
+    assert np.ptp(post.flat("U")[:, 0, 0]) > 0
+
+
+def test_gibbs_fit_statistics_are_the_all_pairs_sums(gibbs_post, planted):
+    train, _, _ = planted
+    post = gibbs_post
+    Y = np.zeros((train.n_users, train.n_items))
+    Y[train.user, train.item] = train.rating
+    U, V = post.draws["U"][1, -1].astype(np.float64), post.draws["V"][1, -1].astype(np.float64)
+    Rs = U @ V.T
+    ll = np.sum(poisson.logpmf(Y, Rs))  # dense, zeros included
+    assert post.sample_stats["log_likelihood"][1, -1] == pytest.approx(ll, rel=2e-4)
+    rmse = np.sqrt(np.mean((Y - Rs) ** 2))
+    assert post.sample_stats["train_rmse"][1, -1] == pytest.approx(rmse, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- CAVI
+@pytest.fixture(scope="module")
+def cavi_post(planted):
+    train, _, _ = planted
+    return get_method("cavi")(train, SPEC, seed=0)
+
+
+def test_cavi_recovers_planted_rates_and_elbo_never_decreases(cavi_post, planted):
+    train, R, _ = planted
+    post = cavi_post
+    assert post.method == "cavi" and post.attrs["converged"]
+    e = np.asarray(post.attrs["elbo_trace"])
+    assert len(e) > 5
+    assert np.all(np.diff(e) >= -1e-10 * np.abs(e[1:]))
+    _check_recovery(post, train, R)
+    assert np.all(post.draws["U"] > 0)
+
+
+def test_cavi_elbo_matches_the_explicit_phi_form(planted):
+    """The collapsed ELBO equals the ELBO written with the explicit optimal phi and
+    scipy's Gamma entropies (at random variational parameters)."""
+    from bayesmf.infer.hpf import cavi_elbo
+
+    train, _, _ = planted
+    data = SparseCounts(train.user, train.item, train.rating, train.n_users, train.n_items)
+    rng = np.random.default_rng(5)
+    N, M = train.n_users, train.n_items
+    p = {"gs": rng.uniform(0.3, 2, (N, K)), "gr": rng.uniform(0.5, 3, (N, K)),
+         "ls": rng.uniform(0.3, 2, (M, K)), "lr": rng.uniform(0.5, 3, (M, K)),
+         "ks": rng.uniform(0.5, 2, N), "kr": rng.uniform(0.5, 2, N),
+         "ts": rng.uniform(0.5, 2, M), "tr": rng.uniform(0.5, 2, M)}
+    a, ap, bp, c, cp, dp = 0.3, 0.3, 1.0, 0.3, 0.3, 1.0
+    El = lambda s, r: digamma(s) - np.log(r)  # noqa: E731
+    ElT, ElB, ElX, ElE = El(p["gs"], p["gr"]), El(p["ls"], p["lr"]), El(p["ks"], p["kr"]), \
+        El(p["ts"], p["tr"])
+    ET, EB, EX, EE = p["gs"] / p["gr"], p["ls"] / p["lr"], p["ks"] / p["kr"], p["ts"] / p["tr"]
+    e = ElT[data.user] + ElB[data.item]
+    phi = np.exp(e - e.max(1, keepdims=True))
+    phi /= phi.sum(1, keepdims=True)
+    y = data.y
+    Ez = y[:, None] * phi
+    # E log p(z | theta, beta) - E log q(z), the log z! terms cancelling
+    lz = np.sum(Ez * (e - np.log(phi))) - np.sum(gammaln(y + 1)) - np.sum(ET @ EB.T)
+    lp = (np.sum(a * ElX[:, None] - gammaln(a) + (a - 1) * ElT - EX[:, None] * ET)
+          + np.sum(ap * np.log(ap / bp) - gammaln(ap) + (ap - 1) * ElX - ap / bp * EX)
+          + np.sum(c * ElE[:, None] - gammaln(c) + (c - 1) * ElB - EE[:, None] * EB)
+          + np.sum(cp * np.log(cp / dp) - gammaln(cp) + (cp - 1) * ElE - cp / dp * EE))
+    H = sum(gamma_dist(p[s], scale=1 / p[r]).entropy().sum()
+            for s, r in (("gs", "gr"), ("ls", "lr"), ("ks", "kr"), ("ts", "tr")))
+    want = lz + lp + H
+    assert cavi_elbo(data, (a, ap, bp, c, cp, dp), p) == pytest.approx(want, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- KL-NMF
+def test_kl_nmf_objective_never_increases_and_is_the_dense_divergence(planted):
+    train, R, Y = planted
+    data = SparseCounts(train.user, train.item, train.rating, train.n_users, train.n_items)
+    W, H, info = kl_nmf(data, K, max_iter=150, tol=0.0, seed=1)
+    obj = info["objective"]
+    assert len(obj) == 151
+    assert np.all(np.diff(obj) <= 1e-10 * np.abs(obj[1:]))
+    assert obj[-1] < 0.5 * obj[0]
+    Yd = np.zeros((train.n_users, train.n_items))
+    Yd[train.user, train.item] = train.rating
+    Rw = W @ H.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dense = np.sum(np.where(Yd > 0, Yd * np.log(Yd / Rw), 0.0) - Yd + Rw)
+    assert kl_objective(data, W, H) == pytest.approx(dense, rel=1e-10)
+    # with an L1 penalty the penalised objective is monotone too
+    _, _, info = kl_nmf(data, K, max_iter=50, tol=0.0, l1=0.5, seed=1)
+    assert np.all(np.diff(info["objective"]) <= 1e-10 * np.abs(info["objective"][1:]))
+
+
+def test_map_is_kl_nmf_and_recovers_rates(planted):
+    train, R, _ = planted
+    post = get_method("map")(train, SPEC, seed=0)
+    assert post.method == "map" and post.is_point_estimate
+    assert np.all(post.draws["U"] >= 0)
+    _check_recovery(post, train, R)
+
+
+# ----------------------------------------------------------------------------- predictive
+def test_poisson_mixture_against_hand_computations():
+    lam = np.array([[0.5, 2.0, 0.0], [1.5, 3.0, 0.0]])
+    mix = PoissonMixture(lam)
+    np.testing.assert_allclose(mix.mean(), [1.0, 2.5, 0.0])
+    np.testing.assert_allclose(mix.param_var(), [0.25, 0.25, 0.0])
+    np.testing.assert_allclose(mix.var(), [1.25, 2.75, 0.0])
+    np.testing.assert_allclose(mix.prob_at_least(1),
+                               1 - 0.5 * (np.exp(-lam[0]) + np.exp(-lam[1])))
+    np.testing.assert_allclose(mix.prob_at_least(0), 1.0)
+    np.testing.assert_allclose(mix.prob_at_least(2.5), 1 - mix.cdf(2))
+    y = np.array([3.0, 0.0, 0.0])
+    pm = 0.5 * (poisson.pmf(y, lam[0]) + poisson.pmf(y, lam[1]))
+    np.testing.assert_allclose(mix.pmf(y), pm)
+    np.testing.assert_allclose(mix.logpdf(y), np.log(pm))
+    assert mix.logpdf([1.0, 1.0, 1.0])[2] == pytest.approx(np.log(1e-15))  # impossible
+    F = lambda x: 0.5 * (poisson.cdf(x, lam[0]) + poisson.cdf(x, lam[1]))  # noqa: E731
+    np.testing.assert_allclose(mix.cdf([1.7, -0.5, 4.0]), [F(1)[0], 0.0, F(4)[2]])
+    for q in (0.1, 0.5, 0.9, 0.999):
+        want = [min(k for k in range(100) if F(k)[j] >= q) for j in range(3)]
+        np.testing.assert_array_equal(mix.quantile(q), want)
+    np.testing.assert_allclose(mix.pit(y), F(y - 1) + 0.5 * pm)
+    ks = np.arange(200)[:, None]
+    crps = np.sum((F(ks) - (y <= ks)) ** 2, axis=0)
+    np.testing.assert_allclose(mix.crps(y), crps, rtol=1e-9)
+    np.testing.assert_allclose(mix.expect(lambda k: k * k), mix.var() + mix.mean() ** 2)
+    np.testing.assert_array_equal(mix.mode(), [0.0, 2.0, 0.0])
+    s = mix.sample(np.random.default_rng(0), 200000)
+    np.testing.assert_allclose(s.mean(0), mix.mean(), atol=0.02)
+    np.testing.assert_allclose(s.var(0), mix.var(), atol=0.05)
+    np.testing.assert_allclose(mix.take([1]).mean(), lam[1])
+    assert mix.per_draw().shape == (2, 3) and mix.discrete
+    for bad in (-1.0, 0.5, np.nan):
+        with pytest.raises(DataError):
+            mix.logpdf([bad, 0.0, 0.0])
+    with pytest.raises(DataError):
+        PoissonMixture([[-0.1]])
+
+
+def test_likelihood_builds_the_mixture_and_round_trips():
+    lik = get_likelihood("poisson")
+    assert isinstance(lik, Poisson) and get_likelihood("hpf") == lik
+    assert lik.full_matrix and not lik.default_biases and lik.theta_names == ()
+    assert lik.background({}) is None
+    mix = lik.predictive(np.array([[0.4], [1.2]]), np.zeros((2, 1)), {})
+    assert isinstance(mix, PoissonMixture)
+    np.testing.assert_allclose(mix.prob_at_least(1), 1 - np.mean(np.exp(-np.array([0.4, 1.2]))))
+    custom = Poisson(a=0.5, c_prime=2.0)
+    assert likelihood_from_dict(custom.to_dict()) == custom
+    with pytest.raises(SpecError, match="a must be"):
+        Poisson(a=0.0)
+
+
+# ----------------------------------------------------------------------------- estimator
+def _interactions(seed=3, N=40, M=30):
+    rng = np.random.default_rng(seed)
+    th = rng.gamma(0.5, 1.0, (N, K))
+    be = 1.5 * rng.gamma(0.5, 1.0, (M, K))
+    Y = rng.poisson(th @ be.T)
+    Y[np.arange(N), rng.integers(0, M, N)] += 1
+    Y[rng.integers(0, N, M), np.arange(M)] += 1
+    u, i = np.nonzero(Y)
+    perm = rng.permutation(len(u))
+    test, train = perm[:60], perm[60:]
+    tr = Interactions.from_arrays(u[train], i[train], Y[u[train], i[train]])
+    keep = np.isin(u[test], tr.users.ids) & np.isin(i[test], tr.items.ids)
+    te = Interactions.from_arrays(u[test][keep], i[test][keep], Y[u[test], i[test]][keep],
+                                  user_vocab=tr.users, item_vocab=tr.items)
+    df = pd.DataFrame({"user": u[train], "item": i[train], "count": Y[u[train], i[train]]})
+    return tr, te, df
+
+
+@pytest.mark.parametrize("method, opts", [("map", {"max_iter": 100}),
+                                          ("cavi", {"num_samples": 30}),
+                                          ("gibbs", {"num_samples": 30, "num_warmup": 50})])
+def test_estimator_fit_recommend_evaluate(method, opts):
+    tr, te, df = _interactions()
+    model = bayesmf.BayesMF(method=method, likelihood="poisson", rank=K, **opts).fit(tr)
+    post = model.posterior
+    assert post.method == method and post.likelihood.name == "poisson"
+    users = list(tr.users.ids[:5])
+    rec = model.recommend(users, n=5)
+    seen = set(zip(tr.users.decode(tr.user), tr.items.decode(tr.item)))
+    assert len(rec) == 25
+    assert not any((u, i) in seen for u, i in zip(rec["user"], rec["item"]))
+    assert np.all(rec["score"].to_numpy() >= 0)
+    for st, kw in (("ucb", {}), ("lcb", {}), ("thompson", {}), ("prob", {"threshold": 1})):
+        r = model.recommend(users[:2], n=3, strategy=st, **kw)
+        assert len(r) == 6 and not any((u, i) in seen for u, i in zip(r["user"], r["item"]))
+    out = model.evaluate(te)
+    assert "skipped" in out["rating_metrics"]
+    rk = out["ranking"]
+    assert isinstance(rk, dict) and rk
+    if method == "cavi":  # a DataFrame of counts fits too, to the same model
+        m2 = bayesmf.BayesMF(method=method, likelihood="poisson", rank=K, **opts).fit(
+            df, rating_col="count")
+        np.testing.assert_allclose(m2.posterior.draws["U"], post.draws["U"])
+
+
+def test_bad_counts_are_data_errors():
+    base = pd.DataFrame({"user": [0, 0, 1, 2], "item": [0, 1, 1, 2],
+                         "rating": [1.0, 2.0, 3.0, 1.0]})
+    for bad, msg in ((-1.0, "negative"), (1.5, "not integers"), (np.nan, "NaN")):
+        df = base.copy()
+        df.loc[1, "rating"] = bad
+        with pytest.raises(DataError, match=msg):
+            bayesmf.BayesMF(method="map", likelihood="poisson", rank=1).fit(df)
+    # binary data are counts
+    df = base.assign(rating=[1.0, 0.0, 1.0, 1.0])
+    bayesmf.BayesMF(method="map", likelihood="poisson", rank=1, max_iter=5).fit(df)
+    with pytest.raises(DataError, match="not integers"):
+        model = bayesmf.BayesMF(method="map", likelihood="poisson", rank=1, max_iter=5).fit(
+            base)
+        model.posterior.log_predictive_density(Ratings.from_arrays([0], [1], [0.5]))
+
+
+def test_unsupported_methods_and_specs_are_spec_errors(planted):
+    train, _, _ = planted
+    with pytest.raises(SpecError, match="does not support likelihood 'poisson'"):
+        get_method("nuts")(train, SPEC)
+    with pytest.raises(SpecError, match="does not support likelihood 'gaussian'"):
+        get_method("cavi")(train, ModelSpec(rank=2))
+    with pytest.raises(SpecError, match="global_mean"):
+        get_method("cavi")(train, ModelSpec(rank=2, likelihood="poisson"))
+    with pytest.raises(SpecError, match="unknown option"):
+        get_method("gibbs")(train, SPEC, num_samples=5, predict_pairs=None)
