@@ -100,6 +100,16 @@ class BayesMF:
         Random seed; same data + settings + seed give identical results.
     progress : bool
         Show a progress bar while fitting.
+    user_features, item_features : Features or DataFrame, optional
+        Side information for the Macau prior (``method="gibbs"`` only): a
+        :class:`~bayesmf.data.features.Features` or a DataFrame with a ``user``/``item``
+        id column and one column per feature (encoded by
+        :meth:`~bayesmf.data.features.Features.from_frame`); every id of the training data
+        needs a row. The factor rows then have prior mean :math:`\mu + \beta^\top x`
+        (:mod:`bayesmf.infer.gibbs`), and ids with features but no ratings can be
+        predicted with ``posterior_.with_features(...)``. They are data, not settings:
+        not part of :meth:`get_params` nor of the saved ``estimator`` record (the model
+        file stores them with the posterior).
     **options
         Method options, e.g. ``num_samples``, ``num_warmup``, ``num_chains``, ``thin``
         (MCMC), ``solver``, ``max_iter`` (MAP), ``num_steps``, ``guide``, ``batch_size``
@@ -120,8 +130,11 @@ class BayesMF:
                  noise_precision: float = 1.0, reg_factors: float | None = None,
                  reg_bias: float | None = None, init_scale: float = 0.1,
                  priors: BayesPriors | dict | None = None, seed: int = 0,
-                 progress: bool = False, **options):
+                 progress: bool = False, user_features=None, item_features=None,
+                 **options):
         self.method = method
+        self.user_features = user_features
+        self.item_features = item_features
         self.rank = rank
         self.likelihood = likelihood
         self.prior = prior
@@ -233,8 +246,14 @@ class BayesMF:
         spec.check_data(train.n_users, train.n_items, train.nnz)
         _check_draws_memory(self.method, fit_fn, spec, train, self.options)
         t0 = time.perf_counter()
+        feat_opts = {n: v for n, v in (("user_features", self.user_features),
+                                       ("item_features", self.item_features))
+                     if v is not None}
+        if feat_opts and self.method != "gibbs":
+            raise SpecError(f"user_features/item_features (the Macau prior) need "
+                            f"method='gibbs', got method={self.method!r}")
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
-                      **self.options)
+                      **self.options, **feat_opts)
         self.fit_seconds_ = time.perf_counter() - t0
         if seen is not None:
             from bayesmf.posterior import TrainInfo

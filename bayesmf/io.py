@@ -7,6 +7,11 @@ pickle. It holds:
   user and item ids as coordinates ``user`` / ``item``;
 * ``sample_stats__*`` variables (per chain and draw);
 * the training facts (``train__*``: counts, seen-pair CSR structure);
+* side features of a Macau model (``features__<side>__indptr|indices|data``: the CSR
+  matrix, rows = the vocabulary, cold-start rows included; the schema -- columns,
+  categories, scaling -- in the JSON attribute ``features``); the link matrices
+  ``beta_U``/``beta_V`` are draws with dims ``(chain, draw, user_feature|item_feature,
+  factor)`` (rotated with the factors in summary files);
 * global attributes: ``bayesmf_schema`` (an integer), the ``spec`` (JSON), ``method``,
   the rating ``scale`` (JSON), free ``attrs`` (JSON), the file ``mode`` and what
   :func:`save` kept (``saved``, JSON: chains and draws kept and of how many).
@@ -99,6 +104,9 @@ _DIMS = {
     "Lambda_V": ("chain", "draw", "factor", "factor_"),
     "lambda_bu": ("chain", "draw"), "lambda_bi": ("chain", "draw"),
     "cutpoints": ("chain", "draw", "cutpoint"),
+    "beta_U": ("chain", "draw", "user_feature", "factor"),
+    "beta_V": ("chain", "draw", "item_feature", "factor"),
+    "lambda_beta_U": ("chain", "draw"), "lambda_beta_V": ("chain", "draw"),
 }
 
 
@@ -265,6 +273,8 @@ def _summary_data(post: Posterior, n_out: int, dtype):
         a = np.asarray(arr).reshape((S,) + np.shape(arr)[2:])[pick]
         if name in ("mu_U", "mu_V"):
             a = np.einsum("sk,skj->sj", a, R[pick])
+        elif name in ("beta_U", "beta_V"):  # the link matrices map into the rotated space
+            a = np.einsum("sfk,skj->sfj", a, R[pick])
         elif name in ("Lambda_U", "Lambda_V"):  # precision of R^T x: R^T Lambda R
             a = np.einsum("sik,sij,sjl->skl", R[pick], a, R[pick])
         a = a[None]
@@ -364,6 +374,7 @@ def save(posterior: Posterior, path, *, mode: str = "draws", draws="auto", thin=
         if len(di) < D or len(ci) < C:
             saved.update(chain_index=ci.tolist(), draw_index=di.tolist())
         schema = _DRAWS_SCHEMA
+    feats = _features_data(posterior, data)
     t = posterior.train
     data["train__user_counts"] = (("user",), t.user_counts)
     data["train__item_counts"] = (("item",), t.item_counts)
@@ -383,6 +394,8 @@ def save(posterior: Posterior, path, *, mode: str = "draws", draws="auto", thin=
         "user_id_kind": "str" if posterior.users.is_string else "int",
         "item_id_kind": "str" if posterior.items.is_string else "int",
     }
+    if feats:
+        attrs["features"] = json.dumps(feats)
     coords = {"user": posterior.users.ids, "item": posterior.items.ids}
     ds = xr.Dataset(data, coords=coords, attrs=attrs)
     encoding = {name: {"zlib": True, "complevel": int(compression), "shuffle": True}
@@ -399,6 +412,48 @@ def save(posterior: Posterior, path, *, mode: str = "draws", draws="auto", thin=
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _features_data(post: Posterior, data: dict) -> dict:
+    """Side features (Macau): the matrix as CSR arrays ``features__<side>__indptr|indices|
+    data`` in ``data`` (rows = the vocabulary); returns the JSON record of the schemas."""
+    import scipy.sparse as sps
+
+    out = {}
+    for side, f in (getattr(post, "features", None) or {}).items():
+        if f is None:
+            continue
+        X = sps.csr_matrix(f.X)
+        data[f"features__{side}__indptr"] = ((f"features_{side}_indptr",),
+                                             X.indptr.astype(np.int64))
+        data[f"features__{side}__indices"] = ((f"features_{side}_nnz",),
+                                              X.indices.astype(np.int64))
+        data[f"features__{side}__data"] = ((f"features_{side}_nnz",),
+                                           X.data.astype(np.float64))
+        out[side] = {**f.to_dict(include_data=False), "sparse": f.is_sparse,
+                     "shape": list(X.shape)}
+    return out
+
+
+def _load_features(ds, users, items) -> dict:
+    """The side features stored by :func:`_features_data` (rows = the vocabularies)."""
+    import scipy.sparse as sps
+
+    from bayesmf.data.features import Features
+
+    out = {}
+    rec = json.loads(ds.attrs["features"]) if "features" in ds.attrs else {}
+    for side, r in rec.items():
+        vocab = users if side == "user" else items
+        shape = tuple(r["shape"])
+        if shape[0] != len(vocab):
+            raise ModelFileError(f"the stored {side} features have {shape[0]} rows for "
+                                 f"{len(vocab)} {side}s")
+        X = sps.csr_matrix((ds[f"features__{side}__data"].values,
+                            ds[f"features__{side}__indices"].values,
+                            ds[f"features__{side}__indptr"].values), shape=shape)
+        out[side] = Features(vocab, X if r.get("sparse") else X.toarray(), r["schema"], side)
+    return out
 
 
 def _check_writable(path: Path) -> None:
@@ -489,7 +544,7 @@ def load(path) -> Posterior:
         items = Vocabulary([str(x) for x in ids("item")] if ds.attrs.get("item_id_kind") == "str"
                            else ids("item"), "item")
         draws = {n: ds[n].values for n in ds.data_vars
-                 if not n.startswith(("sample_stats__", "train__", "summary__"))}
+                 if not n.startswith(("sample_stats__", "train__", "summary__", "features__"))}
         stats = {n[len("sample_stats__"):]: ds[n].values for n in ds.data_vars
                  if n.startswith("sample_stats__")}
         if mode == "summary":
@@ -508,7 +563,8 @@ def load(path) -> Posterior:
             raise ModelFileError(f"{path}: seen-pair structure does not match the users")
         if saved is not None:
             attrs["saved"] = saved
-        return Posterior(draws, spec, users, items, train, method, stats, None, attrs)
+        feats = _load_features(ds, users, items)
+        return Posterior(draws, spec, users, items, train, method, stats, None, attrs, feats)
     except (ModelFileError, MemoryLimitError):
         raise
     except Exception as exc:

@@ -32,6 +32,30 @@ replaced by the population mean and covariance :math:`(\bar a_s, \Sigma_s)`, giv
 population members). The fallback mean and variance equal the moments of the mixture of
 known-user predictions over users, so it is exactly as uncertain as "some user". These rows
 are flagged ``known_user=False`` / ``known_item=False``.
+
+Side features and cold start (the Macau prior, ``BayesMF(method="gibbs",
+user_features=..., item_features=...)``): the posterior keeps the features of its ids in
+``posterior.features`` (``{"user": Features | None, "item": ...}``, aligned to the
+vocabularies) and the draws ``beta_U (C,D,F_U,k)``, ``lambda_beta_U`` (``_V`` alike).
+:meth:`Posterior.with_features` adds **cold-start ids** -- ids with features but no
+ratings -- to a new posterior: under the model a new user has
+:math:`U_u \mid s \sim \mathcal N(\mu_{U,s} + \beta_{U,s}^\top x_u, \Lambda_{U,s}^{-1})`
+and :math:`b_u \mid s \sim \mathcal N(0, \lambda_{b_u,s}^{-1})` (0 without user biases),
+independent of everything else given draw :math:`s`. Its rows are appended with the
+per-draw **means** (:math:`U_{u,s} = \mu_{U,s} + \beta_{U,s}^\top x_u`, :math:`b_{u,s}=0`)
+and :meth:`pair_moments` adds the exact extra variance of such a pair: with the other
+side's per-draw factor mean :math:`c_s` and covariance :math:`C_s` (0 for a fitted row,
+:math:`\Lambda_{V,s}^{-1}` for a cold one, the population covariance for an unknown id),
+:math:`v_s \mathrel{+}= \lambda_{b_u,s}^{-1} + c_s^\top\Lambda_{U,s}^{-1}c_s +
+\operatorname{tr}(\Lambda_{U,s}^{-1}C_s)` (the trace counted once per pair). This is
+narrower than the population fallback, whose covariance also holds the spread of
+:math:`\beta^\top x` over the population. ``predict``, ``predictive``, ``quantiles``,
+the metrics and the ``"mean"`` top-n scores are exact for cold ids; top-n strategies
+that score per draw (``thompson``, ``upper``, ``prob``) see the cold rows at their
+per-draw means (without the extra variance). The cold rows of each side are the index
+range ``attrs["cold_start"][side] = [start, stop)`` (the population fallback of unknown
+ids leaves them out; rows appended later, e.g. by fold-in, are not cold); the model file
+stores the features with their schema.
 """
 
 from __future__ import annotations
@@ -169,7 +193,7 @@ class Posterior:
 
     def __init__(self, draws: dict, spec: ModelSpec, users: Vocabulary, items: Vocabulary,
                  train: TrainInfo, method: str, sample_stats: dict | None = None,
-                 native=None, attrs: dict | None = None):
+                 native=None, attrs: dict | None = None, features: dict | None = None):
         lik = spec.likelihood
         required = ETA_NAMES + tuple(lik.theta_names)
         missing = [n for n in required if n not in draws]
@@ -205,6 +229,9 @@ class Posterior:
         self.sample_stats = {k: np.asarray(v) for k, v in (sample_stats or {}).items()}
         self.native = native
         self.attrs = dict(attrs or {})
+        #: side features (Macau): ``{"user": Features | None, "item": Features | None}``
+        #: aligned to the vocabularies (module docs)
+        self.features = {"user": None, "item": None, **dict(features or {})}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -280,7 +307,7 @@ class Posterior:
         ss = {k: np.asarray(v)[cs][:, ds] for k, v in self.sample_stats.items()
               if np.ndim(v) >= 2}
         return Posterior(nd, self.spec, self.users, self.items, self.train, self.method,
-                         ss, self.native, self.attrs)
+                         ss, self.native, self.attrs, self.features)
 
     def thin(self, every: int) -> "Posterior":
         if every < 1:
@@ -326,7 +353,12 @@ class Posterior:
                 2 * S * max(len(self.users), len(self.items)) * max(k, 1) * 8,
                 "population moments of the factors (unknown-id fallback)",
                 hint="thin the posterior (Posterior.thin) or keep fewer draws")
-            self._pop_cache = linear.population_moments(*(self.flat(n) for n in ETA_NAMES[1:]))
+            bu, bi, U, V = (self.flat(n) for n in ETA_NAMES[1:])
+            if "cold_start" in self.attrs:  # the population: the rows fitted to ratings
+                ku = ~self._cold_rows("user", np.arange(len(self.users)))
+                ki = ~self._cold_rows("item", np.arange(len(self.items)))
+                bu, U, bi, V = bu[:, ku], U[:, ku], bi[:, ki], V[:, ki]
+            self._pop_cache = linear.population_moments(bu, bi, U, V)
         return self._pop_cache
 
     def pair_moments(self, u, i, known_user=None, known_item=None):
@@ -340,7 +372,145 @@ class Posterior:
         _check_index_range(u, ku, len(self.users), "user")
         _check_index_range(i, ki, len(self.items), "item")
         pop = None if (ku.all() and ki.all()) else self._population_moments()
-        return linear.pair_moments({n: self.flat(n) for n in ETA_NAMES}, u, i, ku, ki, pop)
+        flat = {n: self.flat(n) for n in ETA_NAMES}
+        m, v = linear.pair_moments(flat, u, i, ku, ki, pop)
+        if "cold_start" in self.attrs:
+            self._add_cold_variance(v, flat, u, i, ku, ki, pop)
+        return m, v
+
+    # ------------------------------------------------------------------ cold start
+    def cold_range(self, side: str) -> tuple:
+        """``(start, stop)``: the index range of the cold-start rows of ``side``
+        ("user"/"item") added by :meth:`with_features` (empty without)."""
+        n = len(self.users) if side == "user" else len(self.items)
+        a, b = self.attrs.get("cold_start", {}).get(side, (n, n))
+        return int(a), int(b)
+
+    def _cold_rows(self, side, idx):
+        a, b = self.cold_range(side)
+        return (idx >= a) & (idx < b)
+
+    def _cold_moments(self, side: str):
+        r"""Per draw ``(var_b (S,), Sigma (S, k, k))``: the prior variance of a cold row's
+        bias and the covariance :math:`\Lambda^{-1}` of its factors."""
+        cache = self.__dict__.setdefault("_cold_cache", {})
+        if side not in cache:
+            S_ = "U" if side == "user" else "V"
+            on = self.spec.user_bias if side == "user" else self.spec.item_bias
+            lb = self.flat("lambda_bu" if side == "user" else "lambda_bi").astype(np.float64)
+            vb = 1.0 / lb if on else np.zeros(self.n_samples)
+            Lam = self.flat(f"Lambda_{S_}").astype(np.float64)
+            Sig = np.linalg.inv(Lam)
+            cache[side] = (vb, 0.5 * (Sig + Sig.transpose(0, 2, 1)))
+        return cache[side]
+
+    def _add_cold_variance(self, v, flat, u, i, ku, ki, pop):
+        """Add the extra variance of pairs with a cold-start row (module docs), in place."""
+        cu = ku & self._cold_rows("user", u)
+        ci = ki & self._cold_rows("item", i)
+        if not (cu.any() or ci.any()):
+            return
+        k = self.spec.rank
+
+        def other(sel, side, idx, known, cold):
+            """Factor mean (S, n, k) and covariance (S, n, k, k) or None of the other
+            side's rows of the selected pairs."""
+            S_ = "U" if side == "user" else "V"
+            F = flat[S_][:, np.where(known[sel], idx[sel], 0)].astype(np.float64)
+            unk = ~known[sel]
+            cov = None
+            if unk.any():
+                pmean, pcov = pop[side]
+                F[:, unk] = pmean[:, None, 1:]
+                cov = np.zeros(F.shape + (k,))
+                cov[:, unk] = pcov[:, None, 1:, 1:]
+            if cold[sel].any():
+                cov = np.zeros(F.shape + (k,)) if cov is None else cov
+                cov[:, cold[sel]] = self._cold_moments(side)[1][:, None]
+            return F, cov
+
+        if cu.any():  # cold user: var b_u + c' A c + tr(A C)
+            vb, A = self._cold_moments("user")
+            c, C = other(cu, "item", i, ki, ci)
+            v[:, cu] += vb[:, None] + np.einsum("snk,skl,snl->sn", c, A, c)
+            if C is not None:
+                v[:, cu] += np.einsum("skl,snlk->sn", A, C)
+        if ci.any():  # cold item: var b_i + a' C a (+ tr(C A) for a population user)
+            vb, Cv = self._cold_moments("item")
+            a, A = other(ci, "user", u, ku, np.zeros_like(cu))
+            v[:, ci] += vb[:, None] + np.einsum("snk,skl,snl->sn", a, Cv, a)
+            if A is not None:
+                v[:, ci] += np.einsum("skl,snlk->sn", Cv, A)
+
+    def with_features(self, user_features=None, item_features=None) -> "Posterior":
+        r"""A posterior with **cold-start ids** added: every id of ``user_features`` /
+        ``item_features`` (a :class:`~bayesmf.data.features.Features` or a DataFrame with
+        the columns the model was fitted with) that is not in the vocabulary is appended,
+        its factor rows per draw at :math:`\mu_s + \beta_s^\top x` and its bias at 0,
+        with the model's extra variance added at prediction (module docs). Rows of ids
+        the model already knows are ignored (their factors come from their ratings).
+        Needs a Macau posterior with features on that side (``BayesMF(method="gibbs",
+        user_features=...)``)."""
+        from bayesmf.data.features import Features
+
+        draws = dict(self.draws)
+        vocabs = {"user": self.users, "item": self.items}
+        feats = dict(self.features)
+        cold = {side: list(self.cold_range(side)) for side in ("user", "item")}
+        C, D = self.n_chains, self.n_draws
+        for side, new in (("user", user_features), ("item", item_features)):
+            if new is None:
+                continue
+            S_ = "U" if side == "user" else "V"
+            base = self.features.get(side)
+            if base is None or f"beta_{S_}" not in self.draws:
+                raise SpecError(f"this posterior has no {side} features (fit with "
+                                f"BayesMF(method='gibbs', {side}_features=...))")
+            if isinstance(new, pd.DataFrame):
+                new = base.transform(new, side if side in new.columns else None)
+            elif not isinstance(new, Features):
+                raise DataError(f"{side}_features must be a Features or a DataFrame, got "
+                                f"{type(new).__name__}")
+            elif new.schema != base.schema:
+                raise DataError(f"{side}_features were encoded with another schema than the "
+                                f"model's; pass the raw DataFrame (or use "
+                                f"posterior.features[{side!r}].transform(df))")
+            _, known = vocabs[side].encode(new.ids.ids, unknown="mask")
+            if known.all():
+                continue
+            n_side = len(vocabs[side])
+            if len(base) != n_side:
+                raise SpecError(f"the {side} features cover {len(base)} of the {n_side} "
+                                f"{side}s of this posterior (rows appended without "
+                                f"features); add cold-start {side}s before appending")
+            if cold[side][0] == cold[side][1]:
+                cold[side] = [n_side, n_side]
+            elif cold[side][1] != n_side:
+                raise SpecError(f"cannot add cold-start {side}s after rows were appended "
+                                f"behind the earlier cold-start ones")
+            new = new.subset(new.ids.ids[~known])
+            X = new.dense()
+            mu_f = self.draws[f"mu_{S_}"].astype(np.float64)          # C, D, k
+            beta = self.draws[f"beta_{S_}"].astype(np.float64)        # C, D, F, k
+            rows = mu_f[:, :, None, :] + np.einsum("nf,cdfk->cdnk", X, beta)
+            draws[S_] = np.concatenate([draws[S_], rows.astype(draws[S_].dtype)], axis=2)
+            b = "bu" if side == "user" else "bi"
+            draws[b] = np.concatenate([draws[b], np.zeros((C, D, len(new)), draws[b].dtype)],
+                                      axis=2)
+            vocabs[side] = vocabs[side].extend(new.ids.ids)
+            feats[side] = base.concat(new)
+            cold[side][1] = len(vocabs[side])
+        t = self.train
+        n_u, n_i = len(vocabs["user"]) - len(self.users), len(vocabs["item"]) - len(self.items)
+        train = TrainInfo(t.scale, t.global_mean, t.n_train,
+                          np.concatenate([t.user_counts, np.zeros(n_u, np.int64)]),
+                          np.concatenate([t.item_counts, np.zeros(n_i, np.int64)]),
+                          np.concatenate([t.seen_indptr,
+                                          np.full(n_u, t.seen_indptr[-1], np.int64)]),
+                          t.seen_indices, dict(t.extra))
+        attrs = {**self.attrs, "cold_start": cold}
+        return Posterior(draws, self.spec, vocabs["user"], vocabs["item"], train,
+                         self.method, self.sample_stats, self.native, attrs, feats)
 
     def _chunks(self, n: int):
         step = max_pairs_per_block(self.n_samples, self.spec.rank, _BLOCK_ELEMS)

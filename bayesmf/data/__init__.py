@@ -4,6 +4,7 @@ Datasets (MovieLens loaders, the packaged ``ml-latest-small``) live in
 :mod:`bayesmf.datasets`.
 """
 
+from bayesmf.data.features import Features
 from bayesmf.data.filters import FilterResult, binarize, kcore
 from bayesmf.data.interactions import Interactions, InteractionSplit
 from bayesmf.data.negatives import NegativeSampler, as_sampler, with_negatives
@@ -38,4 +39,5 @@ __all__ = [
     "NegativeSampler",
     "as_sampler",
     "with_negatives",
+    "Features",
 ]

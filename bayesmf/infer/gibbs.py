@@ -83,6 +83,54 @@ Full conditionals, in the order of one sweep
 
 Each sweep also records the train RMSE and the log likelihood of the new state.
 
+Side features: the Macau prior (Simm et al. 2015)
+-------------------------------------------------
+With ``user_features=`` (a :class:`~bayesmf.data.features.Features` ``X_U (N, F)``,
+aligned to the training users; items alike) the user rows get a feature-dependent mean
+and the link matrix :math:`\beta_U\ (F\times k)` the prior of the paper, **coupled to**
+:math:`\Lambda_U` (not an independent Gaussian):
+
+.. math::
+
+    U_u &\sim \mathcal N(\mu_U + \beta_U^\top x_u,\ \Lambda_U^{-1}),\qquad
+    \beta_{U,f} \sim \mathcal N(0, (\lambda_\beta\Lambda_U)^{-1})\ \ (f = 1..F),
+    \ \text{i.e.}\ \beta_U \sim \mathcal{MN}(0, \lambda_\beta^{-1}I_F, \Lambda_U^{-1}) \\
+    \lambda_\beta &\sim \mathrm{Gamma}(a_\beta, b_\beta)\quad
+    (\texttt{lambda\_beta\_prior} = (a_\beta, b_\beta) = (1, 1))
+
+Step 1 then becomes, per side with features (:math:`R = U - X\beta`):
+
+* 1a. :math:`(\mu_U, \Lambda_U)` from the Normal-Wishart (Normal-Gamma) step on the
+  residual rows :math:`R`, with :math:`\nu_0 \to \nu_0 + F` and
+  :math:`W_N^{-1} \mathrel{+}= \lambda_\beta\beta^\top\beta` (the coupled prior of
+  :math:`\beta` is a likelihood term of :math:`\Lambda`; :mod:`bayesmf.model.priors`);
+* 1b. :math:`\beta_U \sim \mathcal{MN}(K^{-1}X^\top(U - 1\mu_U^\top), K^{-1},
+  \Lambda_U^{-1})`, :math:`K = X^\top X + \lambda_\beta I_F`
+  (:func:`~bayesmf.infer.gibbs_steps.macau_beta_draw`): a Cholesky of :math:`K` (formed
+  once on the host as :math:`X^\top X`, plus the diagonal each sweep) and triangular
+  solves up to 1000 features (``beta_solver="auto"``); beyond that, or with
+  ``beta_solver="cg"``, Macau's noise trick solved by conjugate gradients on
+  :math:`v\mapsto X^\top(Xv) + \lambda_\beta v` (sparse ``X`` as COO triplets, never an
+  :math:`F\times F` matrix; ``cg_tol``, ``cg_maxiter``, warm start at the last
+  :math:`\beta`);
+* 1c. :math:`\lambda_\beta \sim \mathrm{Gamma}(a_\beta + Fk/2,\ b_\beta +
+  \tfrac12\operatorname{tr}(\beta\Lambda_U\beta^\top))`;
+
+and in steps 3/4 each row's prior shift is :math:`\Lambda_U(\mu_U + \beta_U^\top x_u)`
+(the per-row shift of :func:`~bayesmf.infer._rowblocks.solve_rows`), for every
+likelihood the sweep serves (Gaussian, ordinal, Bernoulli share that step). The group
+moves stay exact with :math:`\beta` carried along: the shift moves change
+:math:`U` and :math:`\mu_U` together (residuals unchanged), the scale move maps
+:math:`\beta_U \to s\beta_U`, :math:`\beta_V \to \beta_V/s` and the latent scale move
+:math:`\beta \to \sqrt s\,\beta` (the coupled prior is invariant under
+:math:`(\beta, \Lambda) \to (c\beta, c^{-2}\Lambda)` once the Jacobian is counted).
+The draws ``beta_U (C,D,F_U,k)``, ``lambda_beta_U`` (``_V`` alike) are kept, the
+aligned features go to ``posterior.features``; cold-start prediction in
+:mod:`bayesmf.posterior` (:meth:`~bayesmf.posterior.Posterior.with_features`). Without
+features the sweep, its random stream and its draws are bit-identical to the plain
+model (the Macau draws use their own key, ``fold_in(key, 0x4D41)``). Data sharded over
+devices (``axis_name``) is not supported with features.
+
 Kernel, drivers, determinism
 ----------------------------
 :class:`BPMFGibbs` is a pure functional kernel: ``init(key) -> GibbsState`` and
@@ -153,7 +201,9 @@ def __getattr__(name):
 DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_draws=True,
                 predict_pairs=None, dtype="float32", chain_method="vectorized",
                 progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
-                resume=False, memory_limit=None)
+                resume=False, memory_limit=None, user_features=None, item_features=None,
+                beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
+                cg_maxiter=200)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -162,10 +212,15 @@ _DRAW_NAMES_FULL = ("mu", "bu", "bi", "U", "V", "mu_U", "Lambda_U", "mu_V", "Lam
 _DRAW_NAMES_SMALL = ("mu", "mu_U", "Lambda_U", "mu_V", "Lambda_V", "lambda_bu", "lambda_bi")
 
 
-def _draw_names(lik, store_draws: bool) -> tuple:
+def _draw_names(lik, store_draws: bool, macau: tuple = ()) -> tuple:
     """Kept draw names: the model's (all, or the small ones without per-row arrays) plus
-    the likelihood's parameters."""
-    return (_DRAW_NAMES_FULL if store_draws else _DRAW_NAMES_SMALL) + tuple(lik.theta_names)
+    the likelihood's parameters, plus ``beta_U, lambda_beta_U`` (``_V``) of the sides with
+    features (Macau)."""
+    mc = tuple(n for side, _, _ in macau for n in
+               ((f"beta_{'U' if side == 'user' else 'V'}",
+                 f"lambda_beta_{'U' if side == 'user' else 'V'}")))
+    return (_DRAW_NAMES_FULL if store_draws else _DRAW_NAMES_SMALL) + tuple(lik.theta_names) \
+        + mc
 
 
 def _program(cfg: _Cfg, names: tuple) -> Program:
@@ -217,6 +272,12 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     sweeps per compiled call; ``max_width`` (128) segment width of the row blocks;
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
+    Macau (module docs): ``user_features``, ``item_features`` (None) a
+    :class:`~bayesmf.data.features.Features` or DataFrame per side; ``beta_solver``
+    ("auto": Cholesky up to 1000 features, else "cg"); ``lambda_beta_prior`` ((1, 1): the
+    Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
+    (200) of the CG solver.
+
     Checkpoints: ``checkpoint`` (None) a file path; every ``checkpoint_every`` sweeps
     (default: about 10 checkpoints per run) the sampler state, the kept draws so far and
     the streamed accumulators are written there atomically
@@ -256,7 +317,11 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if ck_every is None:
         ck_every = max(1, -(-n_iter // 10)) if ckpt_path is not None else n_iter
     ck_every = _pos_int("checkpoint_every", ck_every, 1)
-    kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"])
+    kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"],
+                     user_features=opts["user_features"], item_features=opts["item_features"],
+                     beta_solver=opts["beta_solver"],
+                     lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
+                     cg_maxiter=opts["cg_maxiter"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
     if opts["predict_pairs"] is not None:
@@ -268,7 +333,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                         or pi.max() >= cfg.n_items):
             raise SpecError("predict_pairs indices fall outside the training vocabularies")
         pairs = (jnp.asarray(pu, jnp.int32), jnp.asarray(pi, jnp.int32))
-    names = _draw_names(cfg.spec.likelihood, opts["store_draws"])
+    names = _draw_names(cfg.spec.likelihood, opts["store_draws"], cfg.macau)
     names = names + ("train_rmse", "log_likelihood")
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
@@ -280,6 +345,18 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         pp = None if pairs is None else tuple(np.asarray(a) for a in pairs)
         fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
                              opts["chain_method"], int(opts["max_width"]), pp)
+        if cfg.macau:  # a run with features never resumes one without (or other ones)
+            import hashlib
+
+            h = hashlib.sha256(fp.encode())
+            for side in ("user", "item"):
+                f = kern.features[side]
+                if f is not None:
+                    h.update(side.encode())
+                    h.update(repr(f.schema).encode())
+                    h.update(np.ascontiguousarray(f.dense(), np.float64).tobytes())
+            h.update(repr((cfg.macau, cfg.lambda_beta_a, cfg.lambda_beta_b)).encode())
+            fp = h.hexdigest()
     log = compile_logger(progress)
     run = run_chains(_program(cfg, names), kern.data, state, keys, num_samples=S,
                      num_warmup=W, thin=T, chain_method=opts["chain_method"], pairs=pairs,
@@ -300,6 +377,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "n_sweeps": n_iter},
+        **({"macau": {"sides": [list(m) for m in cfg.macau],
+                      "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}
+           if cfg.macau else {}),
         "chain_method_used": run.chain_method_used,
         "devices": run.devices,
         "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
@@ -333,8 +413,11 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         draws = {n: np.asarray(v)[:, None] for n, v in state.flat().items()}
         stats = {n: v[:, -1:] for n, v in stats.items()}
     draws = {n: np.asarray(v, np.float32) for n, v in draws.items()}
-    return Posterior(draws, cfg.spec, train.users, train.items, TrainInfo.from_ratings(train),
+    post = Posterior(draws, cfg.spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "gibbs", sample_stats=stats, attrs=attrs)
+    if cfg.macau:
+        post.features = dict(kern.features)
+    return post
 
 
 def streamed_predictions(posterior) -> dict:

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.data.ratings import Ratings
-from bayesmf.errors import SpecError
+from bayesmf.errors import DataError, SpecError
 from bayesmf.infer import fitted_spec
 from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks
-from bayesmf.infer.gibbs_steps import (latent_scale_move, mu_draw, rows_draw, scale_move,
-                                       shift_move, translation_move)
+from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
+                                       macau_beta_draw, macau_data, macau_lambda_draw,
+                                       mu_draw, rows_draw, scale_move, shift_move,
+                                       translation_move)
 from bayesmf.model import linear
 from bayesmf.model.random import standard_gamma
 from bayesmf.model.reduce import sharded, total
@@ -39,6 +41,9 @@ class GibbsState(NamedTuple):
     Lambda_V: jnp.ndarray   # (k, k)
     lambda_bu: jnp.ndarray  # ()
     lambda_bi: jnp.ndarray  # ()
+    #: the Macau prior's link matrices and their precisions (only the sides with features):
+    #: ``beta_U (F_U, k)``, ``lambda_beta_U ()``, ``beta_V``, ``lambda_beta_V``
+    macau: dict = {}
 
     @property
     def tau(self):
@@ -48,7 +53,8 @@ class GibbsState(NamedTuple):
     def flat(self) -> dict:
         """The state as draw names -> arrays (the likelihood's parameters at top level)."""
         d = self._asdict()
-        return {**{n: v for n, v in d.items() if n != "theta"}, **d["theta"]}
+        return {**{n: v for n, v in d.items() if n not in ("theta", "macau")}, **d["theta"],
+                **d["macau"]}
 
 
 class GibbsData(NamedTuple):
@@ -59,6 +65,9 @@ class GibbsData(NamedTuple):
     rating: jnp.ndarray   # (n,) float: the likelihood's internal coding of the values
     ublocks: RowBlocks    # rows = users, cols = items
     iblocks: RowBlocks    # rows = items, cols = users
+    #: side features of the Macau prior: ``{"user": MacauData, "item": MacauData}`` (the
+    #: sides that have them; None without)
+    feats: dict | None = None
 
 
 class _Cfg(NamedTuple):
@@ -89,11 +98,21 @@ class _Cfg(NamedTuple):
     #: shard_map/pmap with each shard holding a slice of the data (None: unsharded); see
     #: :mod:`bayesmf.model.reduce`
     axis_name: str | None = None
+    #: the Macau prior: ``(side, n_features, solver)`` per side with features (static)
+    macau: tuple = ()
+    #: Gamma(a, b) prior of each side's lambda_beta
+    lambda_beta_a: float = 1.0
+    lambda_beta_b: float = 1.0
+    cg_tol: float = 1e-6
+    cg_maxiter: int = 200
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     """One full Gibbs sweep (module docs, steps 0-7); its global statistics go through
     :mod:`bayesmf.model.reduce` (``cfg.axis_name``)."""
+    if cfg.axis_name is not None and cfg.macau:
+        raise SpecError("side features (Macau) are not supported with data sharded over "
+                        "devices")
     with sharded(cfg.axis_name):
         return _sweep(cfg, data, key, s)
 
@@ -106,14 +125,43 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     # every Gamma variate of the sweep in one batched call (their shapes are static):
     # lambda_bu, lambda_bi, then the Bartlett chi-squares of Lambda_U and Lambda_V
     prior = cfg.spec.prior
+    mc = {side: nf for side, nf, _ in cfg.macau} if k else {}
+    nu_u = cfg.nu0 + mc.get("user", 0)  # Macau: nu0 + F (priors module docs)
+    nu_i = cfg.nu0 + mc.get("item", 0)
     shapes = np.concatenate([[cfg.bias_a + cfg.n_users / 2, cfg.bias_a + cfg.n_items / 2],
-                             prior.gamma_shapes(cfg.n_users, k, cfg.nu0),
-                             prior.gamma_shapes(cfg.n_items, k, cfg.nu0)])
+                             prior.gamma_shapes(cfg.n_users, k, nu_u),
+                             prior.gamma_shapes(cfg.n_items, k, nu_i)])
     g = standard_gamma(kg, shapes, dt)
     mu_U, Lam_U, mu_V, Lam_V = s.mu_U, s.Lambda_U, s.mu_V, s.Lambda_V
+    macau = dict(s.macau)
+    off = {}  # Macau: the per-row prior offsets X beta of the rows step
+    if mc:  # step 1m: (mu, Lambda) | residuals, then beta, then lambda_beta (module docs)
+        km = jax.random.fold_in(key, 0x4D41)  # own stream: no change to the plain sweep
+        gb = standard_gamma(jax.random.fold_in(km, 0), np.asarray(
+            [cfg.lambda_beta_a + nf * k / 2.0 for _, nf, _ in cfg.macau]), dt)
     if k:  # step 1: the factor prior's hyperparameters (Normal-Wishart or Normal-Gamma)
-        mu_U, Lam_U = prior.hyper_step(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0, g[2:2 + k])
-        mu_V, Lam_V = prior.hyper_step(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0, g[2 + k:])
+        for j, (side, nf, solver) in enumerate(cfg.macau):
+            F_rows, kh = (s.U, kUh) if side == "user" else (s.V, kVh)
+            S_, n = ("U", cfg.n_users) if side == "user" else ("V", cfg.n_items)
+            f = data.feats[side]
+            beta, lb = macau[f"beta_{S_}"], macau[f"lambda_beta_{S_}"]
+            gh = g[2:2 + k] if side == "user" else g[2 + k:]
+            m_, L_ = prior.hyper_step(kh, F_rows - feature_matmul(f, beta, n), cfg.beta0,
+                                      nu_u if side == "user" else nu_i, cfg.w0, gh,
+                                      extra=lb * (beta.T @ beta))
+            beta = macau_beta_draw(jax.random.fold_in(km, 1 + j), F_rows, m_, L_, lb, f, nf,
+                                   solver, beta, cfg.cg_tol, cfg.cg_maxiter).astype(dt)
+            lb = macau_lambda_draw(gb[j], cfg.lambda_beta_b, beta, L_).astype(dt)
+            macau[f"beta_{S_}"], macau[f"lambda_beta_{S_}"] = beta, lb
+            off[side] = feature_matmul(f, beta, n)
+            if side == "user":
+                mu_U, Lam_U = m_, L_
+            else:
+                mu_V, Lam_V = m_, L_
+        if "user" not in mc:
+            mu_U, Lam_U = prior.hyper_step(kUh, s.U, cfg.beta0, cfg.nu0, cfg.w0, g[2:2 + k])
+        if "item" not in mc:
+            mu_V, Lam_V = prior.hyper_step(kVh, s.V, cfg.beta0, cfg.nu0, cfg.w0, g[2 + k:])
     lam_bu, lam_bi = s.lambda_bu, s.lambda_bi
     if cfg.user_bias:
         lam_bu = g[0] / (cfg.bias_b + 0.5 * total(s.bu * s.bu))
@@ -138,11 +186,11 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
 
     if cfg.user_bias or k:
         bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
-                              lam_bu, Lam_U, mu_U, side_bg(bi, i))
+                              lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"))
         U = U_new if k else U
     if cfg.item_bias or k:
         bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
-                              lam_bi, Lam_V, mu_V, side_bg(bu, u))
+                              lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"))
         V = V_new if k else V
     if k:
         ksv, ksu, kc = jax.random.split(kc, 3)
@@ -153,8 +201,14 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         if cfg.item_bias:
             U, mu_U, bi, mu = shift_move(ksu, U, mu_U, bi, V, mu, Lam_U, lam_bi, **sh)
         ksc, kc = jax.random.split(kc)
-        U, mu_U, Lam_U, V, mu_V, Lam_V = scale_move(ksc, U, mu_U, Lam_U, V, mu_V, Lam_V,
-                                                    cfg.w0)
+        if mc:
+            U, mu_U, Lam_U, V, mu_V, Lam_V, bU, bV = scale_move(
+                ksc, U, mu_U, Lam_U, V, mu_V, Lam_V, cfg.w0, macau.get("beta_U"),
+                macau.get("beta_V"))
+            macau.update({n: b for n, b in (("beta_U", bU), ("beta_V", bV)) if b is not None})
+        else:
+            U, mu_U, Lam_U, V, mu_V, Lam_V = scale_move(ksc, U, mu_U, Lam_U, V, mu_V, Lam_V,
+                                                        cfg.w0)
     if cfg.global_mean:
         kcu, kci = jax.random.split(kc)
         if cfg.user_bias:
@@ -178,6 +232,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
          sc) = latent_scale_move(ksc2, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V,
                                  Lam_V, lam_bu, lam_bi, theta)
         eta = eta * sc
+        macau = {n: (v * jnp.sqrt(sc) if n.startswith("beta_") else v)
+                 for n, v in macau.items()}  # beta moves with its factors (latent scale)
     # step 7: the likelihood's parameters (tau, cutpoints) given the new eta
     if bg is None:
         theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec)
@@ -185,7 +241,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         s1, s2 = linear.full_moments(mu, bu, bi, U, V)
         theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec, full=(n_all, s1, s2))
     theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
-    new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi)
+    new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
+                     {n: jnp.asarray(v, dt) for n, v in macau.items()})
     return new, {n: jnp.asarray(v, dt) for n, v in info.items()}
 
 
@@ -203,9 +260,14 @@ def _init(cfg: _Cfg, key, dt, theta0: dict, init_scale=None, mu=None, tau=None) 
                             f"{cfg.spec.likelihood.name!r}")
         theta["tau"] = jnp.asarray(float(tau), dt)
     z = lambda *shape: jnp.zeros(shape, dt)  # noqa: E731
+    macau = {}
+    for side, nf, _ in (cfg.macau if k else ()):  # beta = 0, lambda_beta = 1
+        S_ = "U" if side == "user" else "V"
+        macau[f"beta_{S_}"] = z(nf, k)
+        macau[f"lambda_beta_{S_}"] = jnp.ones((), dt)
     return GibbsState(jnp.asarray(m, dt), z(cfg.n_users), z(cfg.n_items), U, V,
                       theta, z(k), jnp.eye(k, dtype=dt), z(k), jnp.eye(k, dtype=dt),
-                      jnp.ones((), dt), jnp.ones((), dt))
+                      jnp.ones((), dt), jnp.ones((), dt), macau)
 
 
 class BPMFGibbs:
@@ -221,7 +283,9 @@ class BPMFGibbs:
     ``train_rmse`` and ``log_likelihood``).
     """
 
-    def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128):
+    def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128,
+                 user_features=None, item_features=None, beta_solver="auto",
+                 lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         y_data = np.asarray(train.rating, np.float64)
@@ -244,6 +308,15 @@ class BPMFGibbs:
             noise_b=float(pri.noise_b), mu_mean=float(pri.mu_mean),
             lambda_mu=float(pri.lambda_mu), init_scale=float(spec.init_scale),
             data_mean=lik.eta_offset(y_data), spec=spec)
+        feats, macau, aligned = _macau_setup(train, spec, dt, user_features, item_features,
+                                             beta_solver, lambda_beta_prior)
+        if macau:
+            self.cfg = self.cfg._replace(
+                macau=macau, lambda_beta_a=float(lambda_beta_prior[0]),
+                lambda_beta_b=float(lambda_beta_prior[1]), cg_tol=float(cg_tol),
+                cg_maxiter=int(cg_maxiter))
+        #: the features aligned to the training vocabularies (None where not given)
+        self.features = aligned
         self.theta0 = lik.init_theta(y_data, spec)
         u = np.asarray(train.user, np.int32)
         i = np.asarray(train.item, np.int32)
@@ -252,13 +325,51 @@ class BPMFGibbs:
             _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
                                         max_width=max_width)),
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
-                                        max_width=max_width)))
+                                        max_width=max_width)),
+            feats or None)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
         return _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
 
     def step(self, key, state: GibbsState):
         return _step(self.cfg, self.data, key, state)
+
+
+#: beta_solver="auto": Cholesky of the F x F system up to this many features, CG beyond
+CHOLESKY_MAX_FEATURES = 1000
+
+
+def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior):
+    """Device features and the static Macau settings ``((side, F, solver), ...)``; the
+    features must be :class:`~bayesmf.data.features.Features` (aligned here to the
+    training vocabularies: every id needs a row)."""
+    from bayesmf.data.features import as_features
+
+    if solver not in ("auto", "cholesky", "cg"):
+        raise SpecError(f"beta_solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    try:
+        a, b = (float(x) for x in lb_prior)
+    except (TypeError, ValueError):
+        raise SpecError(f"lambda_beta_prior must be (shape, rate), got {lb_prior!r}") from None
+    if not (a > 0 and b > 0):
+        raise SpecError(f"lambda_beta_prior must be positive (shape, rate), got {lb_prior!r}")
+    feats, macau, aligned = {}, [], {"user": None, "item": None}
+    for side, f, vocab in (("user", user_features, train.users),
+                           ("item", item_features, train.items)):
+        f = as_features(f, side)
+        if f is None:
+            continue
+        if spec.rank == 0:
+            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
+        f = f.align(vocab)
+        if f.n_features == 0:
+            raise DataError(f"{side}_features have no feature columns")
+        s = solver if solver != "auto" else (
+            "cholesky" if f.n_features <= CHOLESKY_MAX_FEATURES else "cg")
+        feats[side] = macau_data(f.X, dt, s)
+        macau.append((side, int(f.n_features), s))
+        aligned[side] = f
+    return feats, tuple(macau), aligned
 
 
 def _to_device(b: RowBlocks) -> RowBlocks:

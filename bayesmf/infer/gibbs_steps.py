@@ -7,8 +7,11 @@ function's docstring; the sweep that strings them together is
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
+import jax.scipy.sparse.linalg  # noqa: F401 (macau_beta_draw, solver="cg")
 from jax import lax
 
 from bayesmf.infer._rowblocks import gaussian_from_precision, solve_rows
@@ -18,7 +21,8 @@ from bayesmf.model.random import standard_gamma
 
 __all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "mu_draw", "tau_draw",
            "translation_move", "shift_move", "scale_move", "latent_scale_move",
-           "standard_gamma"]
+           "standard_gamma", "MacauData", "macau_data", "feature_matmul", "feature_tmatmul",
+           "macau_beta_draw", "macau_lambda_draw"]
 
 
 def _gamma_precision(key, a, b, dt):
@@ -49,7 +53,8 @@ def bias_precision_draw(key, b, a0, b0):
     return _gamma_precision(key, a0 + count(b.shape[0]) / 2, b0 + 0.5 * total(b * b), b.dtype)
 
 
-def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None):
+def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
+              offset=None):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
@@ -62,12 +67,21 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     at the observed pairs). The dense part enters once per side (Gram
     :math:`w_0 X^	op X`, shift :math:`w_0 X^	op t_0`) and each observed pair as the
     correction of its background term (weight :math:`w_j - w_0`, right-hand side
-    :math:`w_j y_j - w_0 t_{0j}`); see :mod:`bayesmf.model.likelihoods.implicit`."""
+    :math:`w_j y_j - w_0 t_{0j}`); see :mod:`bayesmf.model.likelihoods.implicit`.
+
+    ``offset (n_rows, k)`` (the Macau prior, :func:`macau_beta_draw`): row ``r``'s factor
+    prior mean is :math:`\mu_f + o_r` (:math:`o_r = \beta^\top x_r`), so the prior shift
+    becomes per row, :math:`[0, \Lambda(\mu_f + o_r)]`."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
     X = jnp.concatenate(cols, axis=1)
     P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+    if offset is not None and k:
+        sh = offset @ Lam  # Lam symmetric: (Lam o_r)^T
+        if with_bias:
+            sh = jnp.concatenate([jnp.zeros((n_rows, 1), dt), sh], axis=1)
+        h0 = h0[None, :] + sh
     if background is None:
         Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
     else:
@@ -172,7 +186,7 @@ def shift_move(key, F, mu_F, b, G, mu, Lam_F, lam_b, beta0, lambda_mu, mu_mean,
     return F - c, mu_F - c, b + Gc @ c, mu + Gbar @ c
 
 
-def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
+def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0, beta_U=None, beta_V=None):
     r"""Step 5b: Metropolis group move along the likelihood-flat scale direction
 
     .. math::
@@ -196,7 +210,15 @@ def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
     :math:`\mathcal N(x^*, 1.2^2/(4\sqrt{ab}))` from :math:`x = 0` (the current state)
     keeps the posterior invariant. Without it the factor scale (row norms,
     :math:`\operatorname{tr}\Lambda`) drifts along this ridge only through the row
-    updates. Returns the moved ``(U, mu_U, Lam_U, V, mu_V, Lam_V)``."""
+    updates. Returns the moved ``(U, mu_U, Lam_U, V, mu_V, Lam_V)``.
+
+    With the Macau prior (``beta_U``/``beta_V`` given) the link matrices move with their
+    factors, :math:`\beta_U \to s\beta_U`, :math:`\beta_V \to \beta_V/s`: the
+    residuals :math:`U - X\beta_U` scale like :math:`U`, and the coupled prior
+    :math:`\mathcal N(\beta_f \mid 0, (\lambda_\beta\Lambda)^{-1})` is invariant once
+    its Jacobian :math:`s^{Fk}` is counted (:math:`\det(s^{-2}\Lambda)^{F/2}
+    s^{Fk} = \det\Lambda^{F/2}`), so the target of :math:`\log s` is unchanged; the
+    moved pair is then appended to the returned tuple."""
     dt = U.dtype
     a = jnp.trace(Lam_U) / w0
     b = jnp.trace(Lam_V) / w0
@@ -214,7 +236,11 @@ def scale_move(key, U, mu_U, Lam_U, V, mu_V, Lam_V, w0):
     log_acc = logp(x) - logp(jnp.zeros((), dt)) + logq(jnp.zeros((), dt)) - logq(x)
     accept = jnp.log(jax.random.uniform(ku, (), dt, minval=jnp.finfo(dt).tiny)) < log_acc
     s = jnp.where(accept, jnp.exp(x), jnp.ones((), dt)).astype(dt)
-    return U * s, mu_U * s, Lam_U / (s * s), V / s, mu_V / s, Lam_V * (s * s)
+    out = (U * s, mu_U * s, Lam_U / (s * s), V / s, mu_V / s, Lam_V * (s * s))
+    if beta_U is None and beta_V is None:
+        return out
+    return out + (None if beta_U is None else beta_U * s,
+                  None if beta_V is None else beta_V / s)
 
 
 def latent_scale_move(key, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V,
@@ -305,3 +331,115 @@ u_0}2 x - 	frac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
             lam_bu / (s * s), lam_bi / (s * s), theta, s)
 
 
+
+
+# ----------------------------------------------------------------------------- Macau
+class MacauData(NamedTuple):
+    """Side features of one side in device form (a pytree): dense ``X (n, F)``, or the
+    COO triplets ``rows, cols, vals`` of a sparse one (``X`` None); ``XtX (F, F)``
+    (Cholesky solver only, else None)."""
+
+    X: Any
+    rows: Any
+    cols: Any
+    vals: Any
+    XtX: Any
+
+
+def macau_data(X, dtype, solver: str) -> MacauData:
+    """:class:`MacauData` from a dense array or a scipy sparse matrix (host, once per
+    fit). ``X^T X`` is formed on the host in float64 for the Cholesky solver."""
+    import numpy as np
+    import scipy.sparse as sps
+
+    XtX = None
+    if sps.issparse(X):
+        C = sps.coo_matrix(X)
+        if solver == "cholesky":
+            XtX = jnp.asarray((X.T @ X).toarray(), dtype)
+        return MacauData(None, jnp.asarray(C.row, jnp.int32), jnp.asarray(C.col, jnp.int32),
+                         jnp.asarray(C.data, dtype), XtX)
+    X = np.asarray(X, np.float64)
+    if solver == "cholesky":
+        XtX = jnp.asarray(X.T @ X, dtype)
+    return MacauData(jnp.asarray(X, dtype), None, None, None, XtX)
+
+
+def feature_matmul(f: MacauData, B, n: int):
+    """:math:`XB` ``(n, k)`` for ``B (F, k)``."""
+    if f.X is not None:
+        return f.X @ B
+    return jax.ops.segment_sum(f.vals[:, None] * B[f.cols], f.rows, num_segments=n)
+
+
+def feature_tmatmul(f: MacauData, R, n_features: int):
+    """:math:`X^\top R` ``(F, k)`` for ``R (n, k)``."""
+    if f.X is not None:
+        return f.X.T @ R
+    return jax.ops.segment_sum(f.vals[:, None] * R[f.rows], f.cols, num_segments=n_features)
+
+
+def _tri(L, B, transpose):
+    return lax.linalg.triangular_solve(L, B, left_side=True, lower=True, transpose_a=transpose)
+
+
+def macau_beta_draw(key, F_rows, mu_F, Lam, lam_beta, f: MacauData, n_features: int,
+                    solver: str = "cholesky", beta_prev=None, cg_tol: float = 1e-6,
+                    cg_maxiter: int = 200):
+    r"""The link matrix of the Macau prior (Simm et al. 2015) from its conditional.
+
+    Model of one side's rows: :math:`F_r = \mu_F + \beta^\top x_r + e_r`,
+    :math:`e_r \sim \mathcal N(0, \Lambda^{-1})`, and the coupled prior of the rows
+    :math:`\beta_f` of :math:`\beta\ (F\times k)`:
+    :math:`\beta_f \sim \mathcal N(0, (\lambda_\beta\Lambda)^{-1})`, i.e. the matrix normal
+    :math:`\beta \sim \mathcal{MN}(0, \lambda_\beta^{-1} I_F, \Lambda^{-1})`. With
+    :math:`R = F - 1\mu_F^\top` and :math:`K = X^\top X + \lambda_\beta I_F`:
+
+    .. math::
+
+        \beta \mid \cdot \sim \mathcal{MN}(K^{-1}X^\top R,\ K^{-1},\ \Lambda^{-1})
+
+    (:math:`\Lambda` cancels from the mean because the prior is coupled to it).
+
+    ``solver="cholesky"`` (default up to 1000 features): :math:`K = LL^\top`,
+    :math:`\Lambda = CC^\top`, :math:`\beta = K^{-1}X^\top R + L^{-\top} Z C^{-1}` with
+    :math:`Z` standard normal ``(F, k)`` -- triangular solves only, no explicit inverse.
+    ``solver="cg"`` (more features, or a sparse ``X`` too wide for an ``F x F`` matrix):
+    the noise trick of Macau, solve :math:`K\beta = X^\top(R + E_1) + \sqrt{\lambda_\beta}
+    E_2` with the rows of :math:`E_1 (n\times k)` and :math:`E_2 (F\times k)` drawn from
+    :math:`\mathcal N(0, \Lambda^{-1})` (then :math:`\beta` has exactly the law above) by
+    conjugate gradients on :math:`v \mapsto X^\top X v + \lambda_\beta v` (never forming
+    :math:`X^\top X`), warm-started at ``beta_prev``, to relative residual ``cg_tol`` or
+    ``cg_maxiter`` iterations (an inexact solve shifts the draw by the CG error)."""
+    dt = F_rows.dtype
+    n, k = F_rows.shape
+    kz, k2 = jax.random.split(key)
+    C = jnp.linalg.cholesky(0.5 * (Lam + Lam.T))
+    R = F_rows - mu_F
+    eye = jnp.eye(n_features, dtype=dt)
+    if solver == "cholesky":
+        K = f.XtX + lam_beta * eye
+        L = jnp.linalg.cholesky(K)
+        mean = _tri(L, _tri(L, feature_tmatmul(f, R, n_features), False), True)
+        A = _tri(L, jax.random.normal(kz, (n_features, k), dt), True)   # L^{-T} Z
+        noise = _tri(C, A.T, True).T                                     # A C^{-1}
+        return mean + noise
+    if solver != "cg":
+        raise ValueError(f"unknown beta solver {solver!r}")
+    E1 = _tri(C, jax.random.normal(kz, (n, k), dt).T, True).T
+    E2 = _tri(C, jax.random.normal(k2, (n_features, k), dt).T, True).T
+    rhs = feature_tmatmul(f, R + E1, n_features) + jnp.sqrt(lam_beta) * E2
+
+    def op(B):
+        return feature_tmatmul(f, feature_matmul(f, B, n), n_features) + lam_beta * B
+
+    x0 = jnp.zeros_like(rhs) if beta_prev is None else beta_prev
+    beta, _ = jax.scipy.sparse.linalg.cg(op, rhs, x0=x0, tol=cg_tol, maxiter=cg_maxiter)
+    return beta
+
+
+def macau_lambda_draw(g, b0, beta, Lam):
+    r""":math:`\lambda_\beta \sim \mathrm{Gamma}(a_0 + Fk/2,\ b_0 +
+    \tfrac12\operatorname{tr}(\beta\Lambda\beta^\top))` from the standard Gamma variate
+    ``g`` of shape :math:`a_0 + Fk/2`."""
+    return g / (b0 + 0.5 * jnp.sum((beta @ Lam) * beta))

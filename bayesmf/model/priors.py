@@ -22,6 +22,15 @@ Because the diagonal prior is the marginal of the Wishart's diagonal with the sa
 have the same form for both: they only involve :math:`\beta_0\Lambda` and
 :math:`\operatorname{tr}\Lambda / w_0` (see :mod:`bayesmf.infer.gibbs`).
 
+**Macau** (side features, :mod:`bayesmf.infer.gibbs`): the rows have prior mean
+:math:`\mu_F + \beta^\top x_r` and the link matrix the coupled prior
+:math:`\beta_f \sim \mathcal N(0, (\lambda_\beta\Lambda_F)^{-1})`, so the hyper step
+takes the residual rows :math:`F_r - \beta^\top x_r`, :math:`\nu_0 + F` (``F``
+features) in place of :math:`\nu_0`, and ``extra`` :math:`= \lambda_\beta\beta^\top\beta`
+added to :math:`W_N^{-1}` (Normal-Gamma: half its diagonal added to the rates):
+:math:`p(\Lambda\mid\cdot) \propto p(\Lambda)\prod_r\mathcal N(\cdot)
+\det\Lambda^{F/2}\exp(-\tfrac12\lambda_\beta\operatorname{tr}\Lambda\beta^\top\beta)`.
+
 Each prior gives the Gibbs hyper step (:meth:`FactorPrior.gamma_shapes` + :meth:`hyper_step`:
 the sweep draws all its Gamma variates in one batched call), a numpy prior draw (SBC) and
 its name in the NumPyro/PyMC models (``factor_prior="wishart"|"diag"``).
@@ -63,9 +72,11 @@ class FactorPrior:
         """Shapes of the ``k`` standard Gamma variates the hyper step needs."""
         raise NotImplementedError
 
-    def hyper_step(self, key, F, beta0: float, nu0: float, w0: float, g):
-        """``(mu_F, Lambda_F)`` from their conditional given the rows ``F (n, k)``; ``g``
-        holds the ``k`` standard Gamma variates of :meth:`gamma_shapes`."""
+    def hyper_step(self, key, F, beta0: float, nu0: float, w0: float, g, extra=None):
+        r"""``(mu_F, Lambda_F)`` from their conditional given the rows ``F (n, k)``; ``g``
+        holds the ``k`` standard Gamma variates of :meth:`gamma_shapes`; ``extra (k, k)``
+        an additional scatter term (Macau: :math:`\lambda_\beta\beta^\top\beta`, with
+        ``nu0`` raised by the number of features; module docs)."""
         raise NotImplementedError
 
     def prior_draw(self, rng, k: int, nu0: float, w0: float) -> np.ndarray:
@@ -91,8 +102,8 @@ class NormalWishart(FactorPrior):
     def gamma_shapes(self, n, k, nu0):
         return (nu0 + n - np.arange(k)) / 2.0
 
-    def hyper_step(self, key, F, beta0, nu0, w0, g):
-        return sample_normal_wishart(key, F, beta0, nu0, w0, chi2=2.0 * g)
+    def hyper_step(self, key, F, beta0, nu0, w0, g, extra=None):
+        return sample_normal_wishart(key, F, beta0, nu0, w0, chi2=2.0 * g, extra=extra)
 
     def prior_draw(self, rng, k, nu0, w0):
         A = np.zeros((k, k))
@@ -115,7 +126,7 @@ class NormalGamma(FactorPrior):
     def gamma_shapes(self, n, k, nu0):
         return np.full(k, nu0 / 2.0 + n / 2.0)
 
-    def hyper_step(self, key, F, beta0, nu0, w0, g):
+    def hyper_step(self, key, F, beta0, nu0, w0, g, extra=None):
         import jax
         import jax.numpy as jnp
 
@@ -128,6 +139,8 @@ class NormalGamma(FactorPrior):
         S = total((F - Fbar) ** 2, axis=0)
         bn = beta0 + n
         rate = 1.0 / (2.0 * w0) + 0.5 * (S + beta0 * n * Fbar * Fbar / bn)
+        if extra is not None:
+            rate = rate + 0.5 * jnp.diagonal(extra)
         lam = g / rate
         mu = n * Fbar / bn + jax.random.normal(key, (k,), dt) / jnp.sqrt(bn * lam)
         return mu, jnp.diag(lam)
@@ -136,7 +149,7 @@ class NormalGamma(FactorPrior):
         return np.diag(rng.gamma(nu0 / 2.0, 2.0 * w0, k))
 
 
-def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
+def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None, extra=None):
     r"""Draw :math:`(\mu, \Lambda)` from the Normal-Wishart conditional given rows ``F (n, k)``
     (prior :math:`\mu_0 = 0`, :math:`W_0 = w_0 I`); see step 1 of the module docs.
 
@@ -145,7 +158,9 @@ def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
     :math:`\Lambda = BB^\top` with :math:`B = C^{-\top}A`; then
     :math:`\mu = \mu_N + \beta_N^{-1/2} C A^{-\top}\varepsilon`.
     ``chi2`` optionally supplies the ``k`` draws :math:`\chi^2_{\nu_N - j}` (the sweep
-    draws all its Gamma variates in one batched call).
+    draws all its Gamma variates in one batched call); ``extra (k, k)`` is added to
+    :math:`W_N^{-1}` (the Macau prior's :math:`\lambda_\beta\beta^\top\beta`, with
+    ``nu0`` already raised by the number of features).
     """
     import jax
     import jax.numpy as jnp
@@ -165,6 +180,8 @@ def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None):
     nu_n = nu0 + n
     mu_n = (n * Fbar) / beta_n
     Winv = jnp.eye(k, dtype=dt) / w0 + S + (beta0 * n / beta_n) * jnp.outer(Fbar, Fbar)
+    if extra is not None:
+        Winv = Winv + extra
     Winv = 0.5 * (Winv + Winv.T)
     C = jnp.linalg.cholesky(Winv)
     if chi2 is None:
