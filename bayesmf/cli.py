@@ -406,6 +406,38 @@ def _devices_for_parallel_chains(opts: dict) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+#: ``--prior gamma``: the Poisson likelihood's own Gamma priors on theta, xi, beta, eta
+_HPF_PRIOR = "gamma"
+
+
+def _fit_prior(prior, likelihood):
+    """``(prior, own)``: the ``prior=`` of the estimator for ``--prior`` and
+    ``--likelihood``, and the name of a family's own prior to record (or None).
+
+    ``--likelihood poisson`` (HPF) has its own hierarchical Gamma priors (hyperparameters
+    on :class:`~bayesmf.model.likelihoods.Poisson`) and does not use the spec's Gaussian
+    factor prior: ``--prior gamma`` (implied when left out) gives the spec's default
+    prior, which the Poisson fitters ignore, and ``own = "gamma"`` (cmd_fit records it as
+    ``attrs["factor_prior"]`` in the model file). ``gamma`` with another likelihood, or a
+    Gaussian factor prior with poisson, is a :class:`SpecError`."""
+    from bayesmf.errors import SpecError
+    from bayesmf.model.likelihoods import get_likelihood
+
+    poisson = get_likelihood(likelihood).name == "poisson"
+    if poisson:
+        if prior not in (None, _HPF_PRIOR):
+            raise SpecError(f"--prior {prior} is a Gaussian factor prior; --likelihood "
+                            f"poisson has its own Gamma priors (--prior {_HPF_PRIOR}, "
+                            "its default)")
+        return "normal-wishart", _HPF_PRIOR
+    if prior == _HPF_PRIOR:
+        lik = getattr(likelihood, "name", likelihood)
+        raise SpecError(f"--prior {_HPF_PRIOR} (the Poisson family's Gamma priors) needs "
+                        f"--likelihood poisson; --likelihood {lik} takes normal-wishart "
+                        "or normal-gamma")
+    return prior or "normal-wishart", None
+
+
 def cmd_fit(a) -> int:
     from bayesmf.datasets import load_ratings_source
     from bayesmf.estimator import BayesMF
@@ -451,6 +483,7 @@ def cmd_fit(a) -> int:
     rank = a.rank if a.rank is not None else _DEFAULT_RANK[feedback]
     likelihood = a.likelihood or ("implicit" if feedback == "implicit" else "gaussian")
     conf = getattr(a, "confidence", None)
+    prior, own_prior = _fit_prior(getattr(a, "prior", None), likelihood)
     if feedback == "implicit":
         from bayesmf.datasets import load_interactions_source
 
@@ -475,10 +508,12 @@ def cmd_fit(a) -> int:
         from bayesmf.model.likelihoods import ImplicitGaussian
 
         likelihood = ImplicitGaussian(**conf)
-    model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=a.prior,
+    model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed,
                     progress=_progress(a), **opts)
     model.fit(train)
+    if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
+        model.posterior_.attrs["factor_prior"] = own_prior
     model.save(a.out, mode=a.save_mode, draws=a.save_draws)
     post = model.posterior_
     from bayesmf.io import load as _load_saved
@@ -933,7 +968,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "confidence-weighted implicit model over all pairs")
     fit.add_argument("--method", default=None, choices=sorted(METHODS),
                      help="inference: map (point estimate), gibbs (BPMF Gibbs sampler), "
-                          "nuts (NumPyro NUTS), svi (variational), pymc-nuts / pymc-advi "
+                          "nuts (NumPyro NUTS), svi (variational), cavi (HPF variational, "
+                          "--likelihood poisson), pymc-nuts / pymc-advi "
                           f"(default: {_DEFAULT_METHOD['explicit']} for explicit, "
                           f"{_DEFAULT_METHOD['implicit']} for implicit feedback)")
     fit.add_argument("--rank", type=nonneg("rank"), default=None,
@@ -944,8 +980,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="observation family: gaussian (ratings as continuous, the "
                           "default), ordinal (ordered probit over the star levels), "
                           "bernoulli-probit / bernoulli-logit (0/1 data), implicit (the "
-                          "default of --feedback implicit); predict writes the expected "
-                          "rating, P(y=1) or the preference score in 'mean'")
+                          "default of --feedback implicit), poisson (HPF on counts, with "
+                          "--prior gamma); predict writes the expected rating, P(y=1), the "
+                          "preference score or the expected count in 'mean'")
     fit.add_argument("--confidence", type=_confidence, metavar="KIND:ALPHA[:EPS]",
                      help="--feedback implicit: confidence of an observed pair c = 1 + "
                           "ALPHA*f(count) with f = linear (count) or log (log(1 + "
@@ -954,9 +991,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--positive-threshold", type=float, metavar="T",
                      help="--feedback implicit with a rating dataset (movielens:...): the "
                           "pairs rated >= T are the positives (default: every rated pair)")
-    fit.add_argument("--prior", default="normal-wishart", choices=sorted(FACTOR_PRIORS),
-                     help="factor prior of the Bayesian methods: normal-wishart (BPMF) or "
-                          "normal-gamma (per-dimension, libFM/myFM style)")
+    fit.add_argument("--prior", default=None, choices=sorted(FACTOR_PRIORS) + [_HPF_PRIOR],
+                     help="factor prior of the Bayesian methods: normal-wishart (BPMF, the "
+                          "default) or normal-gamma (per-dimension, libFM/myFM style) for "
+                          "the Gaussian-factor models; gamma: the Poisson family's own "
+                          "hierarchical Gamma priors (HPF), the default and only choice of "
+                          "--likelihood poisson")
     fit.add_argument("--seed", type=nonneg("seed"), default=0, help="random seed")
     fit.add_argument("--out", metavar="MODEL", help="model file to write (netCDF, e.g. "
                                                     "model.nc); required")

@@ -10,6 +10,7 @@ from bayesmf.data.interactions import Interactions
 from bayesmf.errors import DataError
 from bayesmf.evaluate.calibration import (calibration, coverage_curve, pit_histogram,
                                           pit_values)
+from bayesmf.evaluate.counts import heldout_poisson_loglik
 from bayesmf.evaluate.protocols import build_task, rank_task, ranking_evaluate
 from bayesmf.evaluate.ranking import (catalogue_coverage, mean_metrics, ranking_metrics,
                                       ranks_from_scores, topk_mask)
@@ -20,7 +21,7 @@ __all__ = ["evaluate", "rmse", "mae", "gaussian_crps", "mixture_crps", "mixture_
            "mixture_pit", "coverage_from_pit", "rating_metrics", "pit_values",
            "coverage_curve", "pit_histogram", "calibration", "ranking_metrics",
            "mean_metrics", "ranks_from_scores", "topk_mask", "catalogue_coverage",
-           "build_task", "rank_task", "ranking_evaluate"]
+           "build_task", "rank_task", "ranking_evaluate", "heldout_poisson_loglik"]
 
 
 def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
