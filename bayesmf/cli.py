@@ -25,6 +25,27 @@ Commands
     ``random``, ``per-user``, ``temporal`` (``--test-fraction``, ``--last-k`` or
     ``--cutoff``) or ``leave-one-out``.
 
+Side information (the Macau prior, :mod:`bayesmf.data.features`)
+    ``bayesmf fit TRAIN --method gibbs --user-features users.csv --item-features
+    items.csv --out MODEL``. A features file (CSV/TSV/Parquet, with a header) has an id
+    column -- ``user`` / ``item``, a usual alias (``userId``, ``movieId``, ``item_id``...)
+    or the ``--user-col`` / ``--item-col`` name -- and one column per feature: numbers as
+    they are (standardised), text one-hot, text with ``|`` multi-valued
+    (``Action|Comedy``). Its ids are read as text and matched to the model's ids by the
+    same rule as the ratings (``--id-type``). Every training id needs a row; other rows
+    are allowed (ignored by the fit). A text column with a different value on every row
+    (a title) is refused. Any other method: error, exit 2.
+    ``predict`` and ``recommend`` take the same two flags to reach **cold-start** ids: ids
+    of a features file that the model does not know are appended by
+    :meth:`bayesmf.Posterior.with_features` (factors mu + beta' x per draw,
+    encoded with the schema stored in the model file). A cold-start id is a row of the
+    posterior, not the population fallback: ``known_user`` / ``known_item`` say **True**
+    ("the model has a row for this id", as in the Python API); the extra columns
+    ``cold_user`` / ``cold_item`` (written only when a features flag is given) say
+    whether that row comes from the features alone. Ids in neither the model nor the
+    file stay on the population fallback (``known_*=False``). ``recommend`` scores cold
+    items for every user and, without ``--users``, lists cold users too.
+
 ``bayesmf --version`` prints the version; ``bayesmf COMMAND -h`` the options of a command
 with their defaults.
 
@@ -118,6 +139,185 @@ def _read_table(path: str, user_col: str, item_col: str) -> pd.DataFrame:
     return df
 
 
+#: a text column with a distinct value on every row of a features file of at least this
+#: many rows is an identifier or free text (a title), not a feature: refused
+_ID_LIKE_MIN_ROWS = 20
+
+
+def _read_features(path: str, side: str, id_col: str | None = None) -> pd.DataFrame:
+    """A side-information file (``--user-features`` / ``--item-features``) as a DataFrame
+    with the id column renamed to ``side`` and the ids kept as text (the caller matches
+    them to a vocabulary with :func:`_coerce_ids`, the rule of the ratings ids).
+
+    Formats: delimited text with a header (separator sniffed from the first line among
+    ``::``, tab, ``,``, ``;``, ``|``, whitespace; ``.gz`` etc. compressed; UTF-8, else
+    Latin-1) or Parquet (``.parquet``/``.pq``). The id column is ``id_col`` (the command's
+    ``--user-col``/``--item-col``) when the file has it, else ``user``/``item`` or a
+    usual alias (``userId``, ``movieId``, ``item_id``... case-insensitive); every other
+    column is one feature, encoded by :meth:`bayesmf.data.features.Features.from_frame`:
+    numbers as they are (standardised), text one-hot, text containing ``|`` multi-hot.
+    Empty fields and the usual NA markers are missing values (a DataError when encoded).
+    A text column with a distinct value on every row (an identifier or a title) is
+    refused: one-hot it would tell the model nothing about another id."""
+    from bayesmf.datasets import (_ALIASES, _NA_VALUES, _decode, _is_number, _open_binary,
+                                  _read_parquet, _sniff)
+
+    flag = f"--{side}-features"
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise DataError(f"{flag} {path}: no such file")
+    if p.is_dir():
+        raise DataError(f"{flag} {path}: is a folder, not a features file")
+    low = [s.lower() for s in p.suffixes]
+    if low and low[-1] in (".parquet", ".pq"):
+        df = _read_parquet(p)
+        columns = list(df.columns)
+    else:
+        try:
+            with _open_binary(p) as fh:
+                head = _decode(fh.readline(65536)).rstrip("\r\n")
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{flag} {path}: cannot read it: {exc}") from None
+        if not head.strip():
+            raise DataError(f"{flag} {path}: the file is empty")
+        sep, fields = _sniff(head)
+        if all(_is_number(f) for f in fields):
+            raise DataError(f"{flag} {path}: the first line is all numbers; a features "
+                            f"file needs a header naming the {side} id column and the "
+                            "features")
+        engine = "python" if sep == "::" else "c"
+
+        def frame(encoding, **kw):
+            with _open_binary(p) as fh:
+                return pd.read_csv(fh, sep=sep, engine=engine, encoding=encoding, **kw)
+
+        def read(encoding):
+            cols = list(frame(encoding, nrows=0).columns)
+            idc = _features_id_column(cols, side, id_col)
+            return frame(encoding, dtype={idc: str} if idc in cols else None,
+                         keep_default_na=False,
+                         na_values={c: ([""] if c == idc else _NA_VALUES) for c in cols})
+
+        try:
+            try:
+                df = read("utf-8")
+            except UnicodeDecodeError:
+                df = read("latin-1")
+        except (ValueError, pd.errors.ParserError, OSError, EOFError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{flag} {path}: cannot parse it: {msg}") from None
+        columns = list(df.columns)
+    if len(df) == 0:
+        raise DataError(f"{flag} {path}: no data rows")
+    idc = _features_id_column(columns, side, id_col)
+    if idc not in columns:
+        names = f"{id_col!r}, " if id_col and id_col != side else ""
+        raise DataError(f"{flag} {path}: no {side} id column ({names}{side!r} or an alias "
+                        f"such as {_ALIASES[side][1]!r}); the columns are {columns[:8]}")
+    ids = df[idc]
+    if ids.isna().any():
+        rows = np.flatnonzero(ids.isna().to_numpy())
+        raise DataError(f"{flag} {path}: {len(rows)} missing {side} id(s) (first at data "
+                        f"row(s) {rows[:5].tolist()})")
+    ids = ids.astype(str).str.strip().to_numpy(dtype=object)
+    feats = df.drop(columns=[idc])
+    if side in feats.columns:
+        raise DataError(f"{flag} {path}: the id column is {idc!r} and another column is "
+                        f"named {side!r}; rename one of them")
+    if feats.shape[1] == 0:
+        raise DataError(f"{flag} {path}: no feature columns besides the id column {idc!r}")
+    n = len(df)
+    for c in feats.columns:
+        col = feats[c]
+        if (n >= _ID_LIKE_MIN_ROWS and not pd.api.types.is_numeric_dtype(col)
+                and not pd.api.types.is_bool_dtype(col) and not col.isna().any()
+                and not col.astype(str).str.contains("|", regex=False).any()
+                and col.nunique() == n):
+            raise DataError(f"{flag} {path}: column {c!r} has a different text value on "
+                            f"every row (an identifier or free text such as a title, not "
+                            "a feature); drop it from the file")
+    return pd.concat([pd.DataFrame({side: ids}, index=df.index), feats], axis=1)
+
+
+def _features_id_column(columns, side: str, id_col: str | None) -> str:
+    """The id column of a features file: ``id_col`` when present, else ``side`` or its
+    first alias present (case-insensitive); ``side`` when none is (reported missing)."""
+    if id_col and id_col in columns:
+        return id_col
+    if side in columns:
+        return side
+    from bayesmf.datasets import _ALIASES
+
+    lower = {str(c).lower(): c for c in columns}
+    return next((lower[x] for x in _ALIASES[side] if x in lower), side)
+
+
+def _feature_files(a) -> dict:
+    """``{side: path}`` of the ``--user-features`` / ``--item-features`` given."""
+    return {side: getattr(a, f"{side}_features", None) for side in ("user", "item")
+            if getattr(a, f"{side}_features", None)}
+
+
+def _fit_features(a, train) -> dict:
+    """``bayesmf fit``: the features files as the ``user_features=`` / ``item_features=``
+    DataFrames of :class:`~bayesmf.estimator.BayesMF`, their ids matched to the training
+    vocabularies by the rule of ``--id-type``; every training id needs a row (rows of ids
+    without ratings are allowed: they set the scaling of numeric features and the
+    categories seen, and are ignored by the fit)."""
+    out = {}
+    for side, path in _feature_files(a).items():
+        vocab = train.users if side == "user" else train.items
+        df = _read_features(path, side, getattr(a, f"{side}_col", None))
+        df[side] = _coerce_ids(df[side].to_numpy(), vocab, a.id_type or "auto")
+        idx, known = vocab.encode(df[side].to_numpy(), unknown="mask")
+        have = np.zeros(len(vocab), bool)
+        have[idx[known]] = True
+        if not have.all():
+            ex = ", ".join(repr(x.item() if isinstance(x, np.generic) else x)
+                           for x in vocab.ids[~have][:3])
+            raise DataError(f"--{side}-features {path}: {int((~have).sum())} of "
+                            f"{len(vocab)} {side} id(s) of TRAIN have no row, e.g. {ex}")
+        out[f"{side}_features"] = df
+    return out
+
+
+def _with_cold_start(a, post):
+    """``predict`` / ``recommend`` with ``--user-features`` / ``--item-features``: the
+    posterior with the ids of the files that the model does not know appended as
+    **cold-start** rows (:meth:`bayesmf.Posterior.with_features`: per draw
+    :math:`\\mu + \\beta^\\top x`, encoded with the model's stored feature schema). Ids
+    the model knows keep their fitted rows; ids in neither stay on the population
+    fallback. Needs a model fitted with features on that side."""
+    files = _feature_files(a)
+    for side, path in files.items():
+        flag = f"--{side}-features"
+        feats = getattr(post, "features", None) or {}
+        S_ = "U" if side == "user" else "V"
+        if feats.get(side) is None or f"beta_{S_}" not in post.draws:
+            raise DataError(f"{flag}: the model {a.model} was fitted without {side} "
+                            f"features; fit it with 'bayesmf fit --method gibbs {flag} "
+                            "FILE'")
+        vocab = post.users if side == "user" else post.items
+        df = _read_features(path, side, getattr(a, f"{side}_col", None))
+        df[side] = _coerce_ids(df[side].to_numpy(), vocab, a.id_type)
+        try:
+            post = post.with_features(**{f"{side}_features": df})
+        except DataError as exc:
+            raise DataError(f"{flag} {path}: {exc}") from None
+    return post
+
+
+def _cold_flags(post, users, items) -> dict:
+    """``cold_user`` / ``cold_item``: whether each id is a cold-start row (built from its
+    features alone, :meth:`bayesmf.Posterior.cold_range`)."""
+    out = {}
+    for side, ids, vocab in (("user", users, post.users), ("item", items, post.items)):
+        idx, known = vocab.encode(np.asarray(ids), unknown="mask")
+        lo, hi = post.cold_range(side)
+        out[f"cold_{side}"] = np.asarray(known & (idx >= lo) & (idx < hi), bool)
+    return out
+
+
 def _load_model(path: str):
     from bayesmf.estimator import load
 
@@ -141,7 +341,8 @@ def _progress(a) -> bool:
 _OUTPUTS = (("out", "--out"), ("checkpoint", "--checkpoint"), ("out_train", "--out-train"),
             ("out_test", "--out-test"))
 #: attributes that name input files (compared with the outputs)
-_INPUTS = ("train", "test", "pairs", "model", "source", "ratings", "resume")
+_INPUTS = ("train", "test", "pairs", "model", "source", "ratings", "resume",
+           "user_features", "item_features")
 
 
 def _save_draws(text: str):
@@ -391,17 +592,20 @@ _FIT_FLAGS = {"samples": "num_samples", "warmup": "num_warmup", "chains": "num_c
 
 
 def _devices_for_parallel_chains(opts: dict) -> None:
-    """``--option chain_method=parallel`` on CPU: start JAX with one host device per chain
-    (up to the CPU count) unless XLA_FLAGS already says how many; only possible before
-    jax is imported, which in the CLI happens after this point."""
+    """``--option chain_method=parallel`` (``sharded``) on CPU: start JAX with one host
+    device per chain (per shard: ``shard_devices``, default every core), up to the CPU
+    count, unless XLA_FLAGS already says how many; only possible before jax is imported,
+    which in the CLI happens after this point."""
     import os
 
-    if opts.get("chain_method") != "parallel" or "jax" in sys.modules:
+    if opts.get("chain_method") not in ("parallel", "sharded") or "jax" in sys.modules:
         return
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
-    n = min(int(opts.get("num_chains", 1)), os.cpu_count() or 1)
+    want = ((opts.get("shard_devices") or os.cpu_count() or 1)
+            if opts.get("chain_method") == "sharded" else opts.get("num_chains", 1))
+    n = min(int(want), os.cpu_count() or 1)
     if n > 1:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
@@ -484,6 +688,13 @@ def cmd_fit(a) -> int:
     likelihood = a.likelihood or ("implicit" if feedback == "implicit" else "gaussian")
     conf = getattr(a, "confidence", None)
     prior, own_prior = _fit_prior(getattr(a, "prior", None), likelihood)
+    feature_files = _feature_files(a)
+    if feature_files and method != "gibbs":
+        flags = " and ".join(f"--{side}-features" for side in feature_files)
+        verb = "need" if len(feature_files) > 1 else "needs"
+        given = f"got --method {method}" if a.method else f"the default --method is {method}"
+        raise DataError(f"{flags} (side information, the Macau prior) {verb} --method "
+                        f"gibbs; {given}")
     if feedback == "implicit":
         from bayesmf.datasets import load_interactions_source
 
@@ -508,9 +719,10 @@ def cmd_fit(a) -> int:
         from bayesmf.model.likelihoods import ImplicitGaussian
 
         likelihood = ImplicitGaussian(**conf)
+    feats = _fit_features(a, train) if feature_files else {}
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed,
-                    progress=_progress(a), **opts)
+                    progress=_progress(a), **feats, **opts)
     model.fit(train)
     if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
         model.posterior_.attrs["factor_prior"] = own_prior
@@ -540,7 +752,7 @@ def cmd_fit(a) -> int:
 
 def cmd_predict(a) -> int:
     model = _load_model(a.model)
-    post = model.posterior
+    post = _with_cold_start(a, model.posterior)
     df = _read_table(a.pairs, a.user_col, a.item_col)
     users = _coerce_ids(df[a.user_col].to_numpy(), post.users, a.id_type)
     items = _coerce_ids(df[a.item_col].to_numpy(), post.items, a.id_type)
@@ -549,6 +761,8 @@ def cmd_predict(a) -> int:
                         unknown="raise" if a.strict else "fallback")
     out = pred.to_frame()[["user", "item", "mean", "std", "lower", "upper",
                            "known_user", "known_item"]]
+    if _feature_files(a):  # which rows come from the features alone (cold start)
+        out = out.assign(**_cold_flags(post, users, items))
     if a.out:
         out.to_csv(a.out, index=False, float_format=FLOAT_FORMAT)
         print(f"wrote {len(out):,} predictions ({pred.uncertainty}; {a.interval:.0%} "
@@ -627,7 +841,7 @@ def cmd_recommend(a) -> int:
     if a.master is not None and a.engine != "spark":
         raise DataError("--master applies to --engine spark only")
     model = _load_model(a.model)
-    post = model.posterior
+    post = _with_cold_start(a, model.posterior)
     if a.users and a.users.startswith("@"):
         users = _coerce_ids(_read_id_file(a.users[1:]), post.users, a.id_type)
     elif a.users:
@@ -652,6 +866,9 @@ def cmd_recommend(a) -> int:
         recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
                              exclude_seen=not a.include_seen,
                              quantile_method=a.quantile_method, clip=a.clip, **kw)
+    if _feature_files(a):  # which users / items come from the features alone
+        recs = recs.assign(**_cold_flags(post, recs["user"].to_numpy(),
+                                         recs["item"].to_numpy()))
     if a.out:
         _write_table(recs, a.out, float_format=FLOAT_FORMAT)
         print(f"wrote {len(recs):,} recommendations for {len(users):,} user(s) to {a.out}")
@@ -914,6 +1131,36 @@ def _add_reading(p):
                         "('007' is 7) (default: auto)")
 
 
+_FEATURES_HELP = {
+    "fit": ("side information for the Macau prior (--method gibbs only): a CSV/TSV/Parquet "
+            "file with a header, an id column ({col}; --{side}-col names another) and one "
+            "column per feature (numbers as they are, standardised; text one-hot; text "
+            "with '|' multi-valued, e.g. Action|Comedy); every {side} of TRAIN needs a row "
+            "(rows of other {side}s are allowed and ignored); ids by the --id-type rule"),
+    "predict": ("{side} features (the file format of 'fit --{side}-features'; the model "
+                "must have been fitted with {side} features): {side}s of the file that the "
+                "model does not know are added as cold-start {side}s, their factors from "
+                "their features ({what}); {side}s in neither stay on the population "
+                "fallback"),
+}
+_FEATURES_WHAT = {
+    ("predict", "user"): "known_user=True, cold_user=True",
+    ("predict", "item"): "known_item=True, cold_item=True",
+    ("recommend", "user"): "they get lists; marked cold_user=True",
+    ("recommend", "item"): "candidates for every user; marked cold_item=True",
+}
+
+
+def _add_features(p, command: str):
+    """--user-features / --item-features (fit; predict and recommend: cold start)."""
+    for side in ("user", "item"):
+        col = "user, userId, user_id..." if side == "user" else "item, movieId, item_id..."
+        text = _FEATURES_HELP["fit" if command == "fit" else "predict"]
+        p.add_argument(f"--{side}-features", metavar="FILE",
+                       help=text.format(side=side, col=col,
+                                        what=_FEATURES_WHAT.get((command, side), "")))
+
+
 def _add_model_id_type(p):
     """--id-type of the commands that read ids for a fitted model."""
     p.add_argument("--id-type", default="auto", choices=["auto", "str", "int"],
@@ -1035,6 +1282,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show a progress bar (default: when stderr is a terminal)")
     pg.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar")
+    _add_features(fit, "fit")
     _add_columns(fit)
     _add_reading(fit)
     fit.set_defaults(func=cmd_fit)
@@ -1059,6 +1307,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(clip=True)
     pr.add_argument("--strict", action="store_true",
                     help="error on unknown user or item ids")
+    _add_features(pr, "predict")
     _add_columns(pr)
     _add_model_id_type(pr)
     pr.set_defaults(func=cmd_predict)
@@ -1130,6 +1379,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: local[*]; ignored inside an active Spark session)")
     rc.add_argument("--out", help="file to write: CSV, .tsv, or Parquet for .parquet/.pq "
                                   "(default: CSV on standard output)")
+    _add_features(rc, "recommend")
     _add_model_id_type(rc)
     rc.set_defaults(func=cmd_recommend)
 

@@ -419,6 +419,9 @@ class _StubPosterior:
         self.mix, self.y = mix, np.asarray(y, float)
         self.n_samples = mix.n_components
 
+    def clip_to_scale(self, x):
+        return self.train.scale.clip(x)
+
     def _test_arrays(self, test):
         n = len(self.y)
         ones = np.ones(n, bool)

@@ -83,7 +83,7 @@ def test_rank_zero_is_the_bias_only_model(df, fitted):
 # ----------------------------------------------------------------------------- methods
 @pytest.mark.parametrize("name", ["bogus", "MAP", "", None, 3])
 def test_unknown_method(df, name):
-    with pytest.raises(SpecError, match=r"unknown method .*; choose one of \['gibbs', 'map'"):
+    with pytest.raises(SpecError, match=r"unknown method .*; choose one of \['cavi', 'gibbs', 'map'"):
         BayesMF(name, rank=2).fit(df)
     with pytest.raises(SpecError, match="unknown method"):
         get_method(name)
@@ -354,10 +354,18 @@ def test_every_error_is_a_bayesmf_error_and_a_builtin():
 
 
 @pytest.mark.parametrize("field, value", [("rank", None), ("noise", None),
-                                          ("global_mean", None)])
+                                          ("global_mean", "yes")])
 def test_estimator_none_settings_are_errors_not_silent_defaults(df, field, value):
     with pytest.raises(SpecError, match=field):
         BayesMF(method="map", **{field: value}).fit(df)
+
+
+def test_estimator_bias_switches_none_means_the_likelihoods_default(df):
+    # None is documented for the three bias switches only: the likelihood's default
+    spec = BayesMF(method="map", global_mean=None, user_bias=None).make_spec()
+    assert spec.global_mean is True and spec.user_bias is True
+    spec = BayesMF(method="map", likelihood="implicit", global_mean=None).make_spec()
+    assert spec.global_mean is False
 
 
 # ----------------------------------------------------------------------------- issue 17

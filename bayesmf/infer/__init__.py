@@ -44,7 +44,8 @@ def likelihood_fitter(method: str, spec):
     A family whose inference is not the shared one (implicit ALS for the MAP of the
     implicit likelihood, a Poisson-Gamma sampler) plugs in here: each ``fit_<method>``
     asks first, so no inference path branches on the family's name."""
-    target = dict(getattr(spec.likelihood, "fitters", None) or {}).get(method)
+    lik = getattr(spec, "likelihood", None)  # not a ModelSpec: the method's checks say so
+    target = dict(getattr(lik, "fitters", None) or {}).get(method)
     if target is None:
         return None
     mod, fn = target.split(":")

@@ -272,13 +272,19 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     return gaussian_from_precision(P, h, key)
 
 
-def gaussian_from_precision(P, h, key=None):
+def gaussian_from_precision(P, h, key=None, noise=None):
     """Mean ``P^{-1} h`` (``key=None``) or a draw of ``N(P^{-1} h, P^{-1})`` for one or a
     batch of precisions ``P (..., d, d)`` and shifts ``h (..., d)``: with ``P = L L^T``,
-    ``z = L^{-T}(L^{-1} h + eps)``, ``eps ~ N(0, I)`` (jittered Cholesky retry as above)."""
+    ``z = L^{-T}(L^{-1} h + eps)``, ``eps ~ N(0, I)`` (jittered Cholesky retry as above).
+
+    ``noise (..., d, 1)``: the standard normal ``eps`` given by the caller instead of drawn
+    from ``key`` (the sharded sampler, :mod:`bayesmf.infer.sharded`, slices it out of the
+    draw of all rows so that the draws do not depend on the number of devices)."""
     L = _safe_cholesky(P)
     w = lax.linalg.triangular_solve(L, h[..., None], left_side=True, lower=True)
-    if key is not None:
+    if noise is not None:
+        w = w + jnp.asarray(noise, w.dtype)
+    elif key is not None:
         w = w + jax.random.normal(key, w.shape, w.dtype)
     z = lax.linalg.triangular_solve(L, w, left_side=True, lower=True, transpose_a=True)
     return z[..., 0]

@@ -157,6 +157,10 @@ holds only the **final state of each chain** (``D = 1``) and the kept traces of 
 scalar and hyper quantities go to ``posterior.attrs["traces"]``; use the streamed
 summaries for predictions of the requested pairs.
 
+One chain over several devices (``chain_method="sharded"``): the row solves are split over
+the devices, everything else is computed on replicated arrays; see
+:mod:`bayesmf.infer.sharded` (layout, what is bit-identical, the multi-host recipe).
+
 Layout: the conditional draws and moves are in :mod:`bayesmf.infer.gibbs_steps`, the
 kernel (state, data, one sweep) in :mod:`bayesmf.infer.gibbs_kernel`, the chain driver in
 :mod:`bayesmf.infer.driver`, and this module is the method (:func:`fit_gibbs`: options,
@@ -203,7 +207,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
-                cg_maxiter=200)
+                cg_maxiter=200, shard_devices=None)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -266,9 +270,16 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     local devices with ``shard_map``, e.g. one chain per CPU core when JAX was started with
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N``; with fewer than 2 usable
     devices it warns and runs vectorized; measured on 2 cores, 2 chains on ML-100K: 1.7x
-    the throughput of "vectorized" at rank 10, 1.8x at rank 32; ``attrs`` record
-    ``chain_method_used`` and ``devices``); ``progress_every`` (None: about 50 progress
-    updates)
+    the throughput of "vectorized" at rank 10, 1.8x at rank 32 | "sharded": ONE chain
+    split over the devices, :mod:`bayesmf.infer.sharded` -- each device solves the rows of
+    a contiguous, observation-balanced range of users and of items and the new rows are
+    all-gathered each half-sweep; the random draws are those of the unsharded chain for
+    any number of devices, so the draws equal the "sequential" chain's up to float
+    summation order; several chains run one after another, each over all devices; not
+    with side features or full-matrix likelihoods (SpecError); ``attrs`` record
+    ``chain_method_used`` and ``devices``); ``shard_devices`` (None: all of
+    ``jax.devices()``; only with "sharded") the number of devices of the sharded chain;
+    ``progress_every`` (None: about 50 progress updates)
     sweeps per compiled call; ``max_width`` (128) segment width of the row blocks;
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
@@ -302,9 +313,13 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     W = _pos_int("num_warmup", opts["num_warmup"], 0)
     C = _pos_int("num_chains", opts["num_chains"], 1)
     T = _pos_int("thin", opts["thin"], 1)
-    if opts["chain_method"] not in ("vectorized", "sequential", "parallel"):
-        raise SpecError("chain_method must be 'vectorized', 'sequential' or 'parallel', "
-                        f"got {opts['chain_method']!r}")
+    if opts["chain_method"] not in ("vectorized", "sequential", "parallel", "sharded"):
+        raise SpecError("chain_method must be 'vectorized', 'sequential', 'parallel' or "
+                        f"'sharded', got {opts['chain_method']!r}")
+    sharded = opts["chain_method"] == "sharded"
+    if opts["shard_devices"] is not None and not sharded:
+        raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
+                        f"{opts['chain_method']!r}")
     if not isinstance(opts["store_draws"], bool):
         raise SpecError(f"store_draws must be True or False, got {opts['store_draws']!r}")
     n_iter = W + (S - 1) * T + 1
@@ -358,8 +373,19 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
             h.update(repr((cfg.macau, cfg.lambda_beta_a, cfg.lambda_beta_b)).encode())
             fp = h.hexdigest()
     log = compile_logger(progress)
-    run = run_chains(_program(cfg, names), kern.data, state, keys, num_samples=S,
-                     num_warmup=W, thin=T, chain_method=opts["chain_method"], pairs=pairs,
+    program, data, method = _program(cfg, names), kern.data, opts["chain_method"]
+    if sharded:  # one chain over all devices; several chains one after another
+        from bayesmf.infer import sharded as _sh
+
+        mesh = _sh.shard_mesh(opts["shard_devices"])
+        data = _sh.sharded_data(kern, train, mesh, max_width=int(opts["max_width"]))
+        n_dev = int(mesh.devices.size)
+        program = program._replace(
+            step=_sh.sharded_step(cfg, mesh), cache_key=(
+                "bpmf-gibbs-sharded", cfg, names, tuple(d.id for d in mesh.devices.flat)))
+        method = "sequential"
+    run = run_chains(program, data, state, keys, num_samples=S,
+                     num_warmup=W, thin=T, chain_method=method, pairs=pairs,
                      checkpoint=ckpt_path, checkpoint_every=ck_every, resume=opts["resume"],
                      fingerprint=fp, meta={"sampler": "bpmf-gibbs", "seed": int(seed)},
                      progress=progress, progress_every=opts["progress_every"],
@@ -380,8 +406,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}
            if cfg.macau else {}),
-        "chain_method_used": run.chain_method_used,
-        "devices": run.devices,
+        "chain_method_used": "sharded" if sharded else run.chain_method_used,
+        "devices": n_dev if sharded else run.devices,
         "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
         "sampling_seconds": run.sampling_seconds,
         "seconds_per_sweep": run.sampling_seconds / max(1, run.n_run),

@@ -117,7 +117,14 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         return _sweep(cfg, data, key, s)
 
 
-def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
+def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=None):
+    """One sweep. Hooks of the sharded sampler (:mod:`bayesmf.infer.sharded`; None: the
+    plain computation): ``rows_fn`` draws one side's rows, with the signature of
+    :func:`~bayesmf.infer.gibbs_steps.rows_draw`; ``obs_fn(f)`` evaluates a
+    per-observation function ``f(users, items) -> (n,)`` at all observations (default
+    ``f(data.user, data.item)``)."""
+    rows_draw_ = rows_draw if rows_fn is None else rows_fn
+    per_obs = (lambda f: f(data.user, data.item)) if obs_fn is None else obs_fn
     dt = s.U.dtype
     k = cfg.k
     lik = cfg.spec.likelihood
@@ -171,7 +178,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     bu, bi, U, V, mu = s.bu, s.bi, s.U, s.V, s.mu
     # step 0: Gaussian pseudo-observations z with precision weights w (z = y, w = tau
     # for the Gaussian likelihood; an augmentation draw for the others)
-    eta0 = linear.eta(mu, bu, bi, U, V, u, i) if lik.augmented else None
+    eta0 = per_obs(lambda uu, ii: linear.eta(mu, bu, bi, U, V, uu, ii)) \
+        if lik.augmented else None
     kz, ktheta = jax.random.split(ktau)
     z, w = lik.gaussianize(kz, y, eta0, s.theta)
     # a full-matrix likelihood (implicit feedback): the unobserved pairs are the
@@ -185,12 +193,12 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         return None if bg is None else (w0, y0 - mu - b_other[idx], y0 - mu - b_other)
 
     if cfg.user_bias or k:
-        bu, U_new = rows_draw(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
-                              lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"))
+        bu, U_new = rows_draw_(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
+                               lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"))
         U = U_new if k else U
     if cfg.item_bias or k:
-        bi, V_new = rows_draw(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
-                              lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"))
+        bi, V_new = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
+                               lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"))
         V = V_new if k else V
     if k:
         ksv, ksu, kc = jax.random.split(kc, 3)
@@ -215,9 +223,14 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
             mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
         if cfg.item_bias:
             mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
-    lin = bu[u] + bi[i]
-    if k:
-        lin = lin + jnp.sum(U[u] * V[i], axis=1)
+
+    def lin_at(uu, ii):
+        lin = bu[uu] + bi[ii]
+        if k:
+            lin = lin + jnp.sum(U[uu] * V[ii], axis=1)
+        return lin
+
+    lin = per_obs(lin_at)
     if cfg.global_mean:
         mbg = None
         if bg is not None:

@@ -58,7 +58,7 @@ precision's conditional is
 (``bayesmf predict`` writes it), also where it falls outside :math:`[0, 1]`.
 
 Methods: ``gibbs`` (the sweep above) and ``map`` (implicit ALS,
-:func:`bayesmf.infer.implicit_als.fit_map_implicit`, factors only).
+:func:`bayesmf.infer.implicit_map.fit_map_implicit`, factors only).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class ImplicitGaussian(Gaussian):
 
     def working(self, y, eta, theta):
         raise SpecError("the implicit likelihood is fitted by implicit ALS "
-                        "(bayesmf.infer.implicit_als.fit_map_implicit), not IRLS")
+                        "(bayesmf.infer.implicit_map.fit_map_implicit), not IRLS")
 
     def prior_simulate(self, rng, eta, theta):
         raise SpecError("the implicit likelihood models the whole matrix; simulate "

@@ -1,0 +1,241 @@
+"""One Gibbs chain sharded over devices (bayesmf.infer.sharded, chain_method="sharded"):
+the row layout (contiguous balanced ranges, every observation on exactly one device, the
+gather indices), the per-device row Grams against the unsharded ones, the 1-device
+sharded chain against the unsharded one, and -- in a subprocess started with 2 CPU
+devices -- the 2-device chain against the unsharded one (Gaussian and bernoulli-probit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesmf.data.features import Features
+from bayesmf.data.ratings import Ratings
+from bayesmf.data.vocab import Vocabulary
+from bayesmf.errors import SpecError
+from bayesmf.infer import gibbs as G
+from bayesmf.infer import sharded as SH
+from bayesmf.infer._rowblocks import build_row_blocks, row_precisions
+from bayesmf.model.spec import ModelSpec
+
+
+def _data(seed=0, n=40, m=30, density=0.4, binary=False):
+    rng = np.random.default_rng(seed)
+    U, V = rng.normal(size=(n, 2)), rng.normal(size=(m, 2))
+    # uneven degrees: the first users rate much more (balancing by observations matters)
+    p = density * np.linspace(2.0, 0.3, n)[:, None] * np.ones((1, m))
+    uu, ii = np.nonzero(rng.random((n, m)) < p)
+    r = 3.0 + np.sum(U[uu] * V[ii], 1) + 0.5 * rng.normal(size=uu.size)
+    if binary:
+        r = (r > 3.0).astype(float)
+    perm = rng.permutation(uu.size)  # observation order is not row order
+    return Ratings.from_indices(uu[perm], ii[perm], r[perm], Vocabulary(np.arange(n)),
+                                Vocabulary(np.arange(m)))
+
+
+# ----------------------------------------------------------------------------- layout
+def test_partition_rows_is_contiguous_and_balanced_by_weight():
+    # weights 5,1,1,1,1,1 (total 10): the half-way cut falls after the first row
+    np.testing.assert_array_equal(SH.partition_rows([5, 1, 1, 1, 1, 1], 2), [0, 1, 6])
+    # with a per-row cost of 1: weights 6,2,2,2,2,2 (total 16), cut nearest to 8 -> 2
+    np.testing.assert_array_equal(SH.partition_rows([5, 1, 1, 1, 1, 1], 2, 1.0), [0, 2, 6])
+    # equal degrees: equal ranges; more devices than rows: empty ranges, still contiguous
+    np.testing.assert_array_equal(SH.partition_rows(np.ones(9), 3), [0, 3, 6, 9])
+    b = SH.partition_rows([3, 3], 4)
+    assert b[0] == 0 and b[-1] == 2 and np.all(np.diff(b) >= 0)
+    with pytest.raises(SpecError, match="devices must be >= 1"):
+        SH.partition_rows([1], 0)
+
+
+@pytest.mark.parametrize("D", [1, 2, 3])
+def test_shard_blocks_hold_every_observation_once_and_gather_back(D):
+    tr = _data()
+    u, i = np.asarray(tr.user), np.asarray(tr.item)
+    sb = SH.build_shard_blocks(u, i, tr.n_users, tr.n_items, D, max_width=8)
+    R = sb.rows.shape[1]
+    seen = []
+    for p in range(D):
+        for r, c, o in zip(sb.blocks.seg_row, sb.blocks.seg_cols, sb.blocks.seg_obs):
+            real = c[p] < tr.n_items  # padding points at the zero design row n_items
+            rows_g = sb.rows[p][np.repeat(r[p][:, None], c.shape[2], 1)[real]]
+            np.testing.assert_array_equal(u[o[p][real]], rows_g)  # obs of this row
+            np.testing.assert_array_equal(i[o[p][real]], c[p][real])
+            seen.append(o[p][real])
+        # the device's degree vector counts its rows' observations
+        deg = np.bincount(u, minlength=tr.n_users)
+        own = np.flatnonzero(sb.gather[p] // R == p)
+        np.testing.assert_array_equal(sb.blocks.degree[p][sb.gather[p][own] - p * R],
+                                      deg[own])
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(tr.nnz))
+    # the all-gather of per-device rows (value = global row index) back in row order
+    np.testing.assert_array_equal(sb.rows.reshape(-1)[sb.gather[0]], np.arange(tr.n_users))
+    # the all-gather of per-device observations back in observation order
+    np.testing.assert_array_equal(sb.obs.reshape(-1)[sb.obs_gather[0]], np.arange(tr.nnz))
+    # observation balance: no device holds more than its share plus one row's degree
+    per_dev = [np.isin(u, np.flatnonzero(sb.gather[p] // R == p)).sum() for p in range(D)]
+    assert max(per_dev) <= tr.nnz / D + np.bincount(u).max()
+
+
+def test_per_device_row_grams_equal_the_unsharded_ones():
+    tr = _data(1)
+    u, i = np.asarray(tr.user), np.asarray(tr.item)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(tr.n_items, 3))
+    y, w = rng.normal(size=tr.nnz), rng.gamma(2.0, 1.0, tr.nnz)
+    P0, h0 = np.eye(3), np.zeros(3)
+    P, h = row_precisions(build_row_blocks(u, i, tr.n_users, n_other=tr.n_items,
+                                           max_width=8), X, y, w, P0, h0, xp=np)
+    sb = SH.build_shard_blocks(u, i, tr.n_users, tr.n_items, 2, max_width=8)
+    parts = []
+    for p in range(2):
+        bp = type(sb.blocks)(*(tuple(a[p] for a in f) if isinstance(f, tuple) else f[p]
+                               for f in sb.blocks))
+        parts.append(row_precisions(bp, X, y, w, P0, h0, xp=np))
+    Pg = np.concatenate([a[0] for a in parts])[sb.gather[0]]
+    hg = np.concatenate([a[1] for a in parts])[sb.gather[0]]
+    np.testing.assert_allclose(Pg, P, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(hg, h, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_sharded_refusals():
+    tr = _data()
+    kw = dict(num_samples=2, num_warmup=1)
+    with pytest.raises(SpecError, match="shard_devices applies to chain_method='sharded'"):
+        G.fit_gibbs(tr, ModelSpec(rank=2), shard_devices=1, **kw)
+    with pytest.raises(SpecError, match="shard_devices must be an integer >= 1"):
+        G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=0, **kw)
+    with pytest.raises(SpecError, match="JAX sees .* device"):
+        G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=4096, **kw)
+    with pytest.raises(SpecError, match="'vectorized', 'sequential', 'parallel' or 'sharded'"):
+        G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="pmap", **kw)
+    X = np.random.default_rng(0).normal(size=(tr.n_users, 2))
+    uf = Features.from_frame(pd.DataFrame({"user": np.arange(tr.n_users), "x0": X[:, 0],
+                                           "x1": X[:, 1]}))
+    with pytest.raises(SpecError, match="does not support side features"):
+        G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", user_features=uf, **kw)
+    imp = Ratings.from_indices(np.asarray(tr.user), np.asarray(tr.item),
+                               np.ones(tr.nnz), tr.users, tr.items)
+    with pytest.raises(SpecError, match="full-matrix likelihood 'implicit'"):
+        G.fit_gibbs(imp, ModelSpec(rank=2, likelihood="implicit"), chain_method="sharded",
+                    **kw)
+
+
+# ----------------------------------------------------------------------------- chains
+_KW = dict(seed=4, num_warmup=4, num_samples=4)
+_NAMES = ("mu", "bu", "bi", "U", "V", "Lambda_U", "lambda_bu")
+
+
+def test_one_device_sharded_chain_equals_the_unsharded_chain():
+    """On one device the sharded sweep computes the unsharded sweep's numbers: the same
+    keys, the noise of all rows sliced (here: all of it), the same segments."""
+    tr = _data(3)
+    sh = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=1, **_KW)
+    seq = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sequential", **_KW)
+    assert sh.attrs["chain_method_used"] == "sharded" and sh.attrs["devices"] == 1
+    for n in _NAMES + ("tau",):
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-5, atol=1e-5,
+                                   err_msg=n)
+
+
+_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import jax
+from test_sharded import _data, _KW, _NAMES
+from bayesmf.infer import gibbs as G
+from bayesmf.model.spec import ModelSpec
+out = {{"n_devices": len(jax.devices())}}
+for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
+    tr = _data(5, binary=lik != "gaussian")
+    pairs = (np.arange(20), np.arange(20) % tr.n_items)
+    kw = dict(_KW, num_chains=C, predict_pairs=pairs)
+    sh = G.fit_gibbs(tr, ModelSpec(rank=2, likelihood=lik), chain_method="sharded", **kw)
+    seq = G.fit_gibbs(tr, ModelSpec(rank=2, likelihood=lik), chain_method="sequential",
+                      **kw)
+    out[lik] = {{
+        "used": sh.attrs["chain_method_used"], "devices": sh.attrs["devices"],
+        "shape": list(sh.draws["U"].shape),
+        "max_draw_diff": float(max(np.abs(sh.draws[n] - seq.draws[n]).max()
+                                   for n in _NAMES)),
+        "max_pred_diff": float(np.abs(np.subtract(
+            sh.attrs["streamed_predictions"]["mean"],
+            seq.attrs["streamed_predictions"]["mean"])).max()),
+        "draws_differ_between_chains": bool(C == 1 or np.abs(
+            sh.draws["U"][0] - sh.draws["U"][1]).max() > 1e-2)}}
+print(json.dumps(out))
+"""
+
+
+def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
+    """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
+    one after the other, 1 bernoulli-probit chain through the augmentation path) are the
+    unsharded chains up to float summation order in the row Grams."""
+    script = tmp_path / "sharded2.py"
+    script.write_text(_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["n_devices"] == 2
+    for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
+        r = out[lik]
+        assert r["used"] == "sharded" and r["devices"] == 2, r
+        assert r["shape"][:2] == [C, _KW["num_samples"]], r
+        assert r["max_draw_diff"] < 1e-4 and r["max_pred_diff"] < 1e-4, (lik, r)
+        assert r["draws_differ_between_chains"], r
+
+
+_MP_SCRIPT = """
+import json, sys
+pid, port = int(sys.argv[1]), int(sys.argv[2])
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{{port}}", num_processes=2, process_id=pid)
+sys.path.insert(0, {tests!r})
+import numpy as np
+from test_sharded import _data, _KW, _NAMES
+from bayesmf.infer import gibbs as G
+from bayesmf.model.spec import ModelSpec
+sh = G.fit_gibbs(_data(5), ModelSpec(rank=2), chain_method="sharded", **_KW)
+print(json.dumps({{"devices": sh.attrs["devices"], "local": len(jax.local_devices()),
+                  "draws": {{n: np.asarray(sh.draws[n]).tolist() for n in _NAMES}}}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_sharded_chain_equals_the_unsharded_chain(tmp_path):
+    """Two processes on localhost (``jax.distributed.initialize``, one CPU device each,
+    gloo collectives): the sharded chain over both is the unsharded chain, on each host."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "mp.py"
+    script.write_text(_MP_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(p), str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:]
+    seq = G.fit_gibbs(_data(5), ModelSpec(rank=2), chain_method="sequential", **_KW)
+    for so, _ in outs:
+        r = json.loads(so.strip().splitlines()[-1])
+        assert r["devices"] == 2 and r["local"] == 1
+        for n in _NAMES:
+            np.testing.assert_allclose(np.asarray(r["draws"][n]), seq.draws[n], rtol=1e-4,
+                                       atol=1e-4, err_msg=n)
