@@ -92,8 +92,16 @@ class BayesMF:
         Include :math:`\mu`, :math:`b_u`, :math:`b_i`; ``None`` (default) takes the
         likelihood's default: on for ratings and 0/1 data, off for ``"implicit"`` (the
         implicit-ALS model :math:`p_{ui} \sim N(U_u^\top V_i, 1/(\tau c_{ui}))`).
-    noise, noise_precision, reg_factors, reg_bias, init_scale
-        Model switches and MAP regularisation, see :class:`~bayesmf.model.spec.ModelSpec`.
+    noise : {"auto", "learned", "fixed"}
+        Learn the Gaussian noise precision or keep it at ``noise_precision``; ``"auto"``
+        (default) takes the likelihood's default: learned for ratings, fixed at 16 for
+        ``"implicit"`` (a learned precision is pinned by the millions of unobserved
+        pairs and regularises too little for ranking; ``benchmarks/results/implicit_bayes.md``).
+    noise_precision : float, optional
+        Initial or fixed noise precision; ``None`` takes the likelihood's default (1, or 16
+        for ``"implicit"``).
+    reg_factors, reg_bias, init_scale
+        MAP regularisation and initial spread, see :class:`~bayesmf.model.spec.ModelSpec`.
     priors : BayesPriors or dict, optional
         Hyperpriors of the Bayesian methods.
     seed : int
@@ -126,8 +134,8 @@ class BayesMF:
     def __init__(self, method: str = "map", rank: int = 10, *, likelihood="gaussian",
                  prior="normal-wishart", global_mean: bool | None = None,
                  user_bias: bool | None = None, item_bias: bool | None = None,
-                 noise: str = "learned",
-                 noise_precision: float = 1.0, reg_factors: float | None = None,
+                 noise: str = "auto",
+                 noise_precision: float | None = None, reg_factors: float | None = None,
                  reg_bias: float | None = None, init_scale: float = 0.1,
                  priors: BayesPriors | dict | None = None, seed: int = 0,
                  progress: bool = False, user_features=None, item_features=None,
@@ -174,12 +182,20 @@ class BayesMF:
         # other setting must be given (rank=None is an error, not a silent rank 10)
         kw = {n: getattr(self, n) for n in _SPEC_FIELDS
               if getattr(self, n) is not None
-              or n not in ("reg_factors", "reg_bias") + _BIAS_FIELDS}
-        if any(getattr(self, n) is None for n in _BIAS_FIELDS):
+              or n not in ("reg_factors", "reg_bias", "noise_precision") + _BIAS_FIELDS}
+        lik = None
+        if (any(getattr(self, n) is None for n in _BIAS_FIELDS) or self.noise == "auto"
+                or self.noise_precision is None):
             from bayesmf.model.likelihoods import get_likelihood
 
-            on = bool(get_likelihood(self.likelihood).default_biases)
+            lik = get_likelihood(self.likelihood)
+        if any(getattr(self, n) is None for n in _BIAS_FIELDS):
+            on = bool(lik.default_biases)
             kw.update({n: on for n in _BIAS_FIELDS if getattr(self, n) is None})
+        if self.noise == "auto":  # the likelihood's default noise setting
+            kw["noise"] = lik.default_noise[0]
+        if self.noise_precision is None:
+            kw["noise_precision"] = lik.default_noise[1]
         if self.priors is not None:
             kw["priors"] = (BayesPriors(**self.priors) if isinstance(self.priors, dict)
                             else self.priors)

@@ -105,7 +105,8 @@ def test_map_is_implicit_als_and_tau_is_the_mode_of_the_dense_residual():
     P, u, i, counts = _problem(2, N=30, M=20)
     df = pd.DataFrame({"user": u, "item": i, "count": counts})
     m = bayesmf.BayesMF(method="map", rank=4, likelihood="implicit", reg_factors=0.5,
-                        max_iter=30, solver="cholesky").fit(df, rating_col="count")
+                        noise="learned", max_iter=30, solver="cholesky").fit(
+                            df, rating_col="count")
     post = m.posterior
     U, V = post.draws["U"][0, 0].astype(float), post.draws["V"][0, 0].astype(float)
     lik = post.likelihood
@@ -169,7 +170,13 @@ def test_unsupported_method_and_map_biases_are_spec_errors():
         ImplicitGaussian(transform="sqrt")
 
 
-def test_bias_defaults_follow_the_likelihood():
+def test_bias_and_noise_defaults_follow_the_likelihood():
+    spec = bayesmf.BayesMF(likelihood="implicit").make_spec()
+    assert spec.user_bias is False and (spec.noise, spec.noise_precision) == ("fixed", 16.0)
+    spec = bayesmf.BayesMF(likelihood="implicit", noise="learned").make_spec()
+    assert (spec.noise, spec.noise_precision) == ("learned", 16.0)
+    assert (bayesmf.BayesMF().make_spec().noise, bayesmf.BayesMF().make_spec().noise_precision
+            ) == ("learned", 1.0)
     assert bayesmf.BayesMF(likelihood="implicit").make_spec().user_bias is False
     assert bayesmf.BayesMF().make_spec().user_bias is True
     assert bayesmf.BayesMF(likelihood="wmf", item_bias=True).make_spec().item_bias is True

@@ -75,6 +75,8 @@ class Likelihood:
     full_matrix = False
     #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
     default_biases = True
+    #: the estimator's default ``(noise, noise_precision)`` (``noise="auto"``)
+    default_noise = ("learned", 1.0)
     #: method name -> ``"module:function"`` of a family-specific fit function that the
     #: method's ``fit_<method>`` hands over to (:func:`bayesmf.infer.likelihood_fitter`)
     fitters: ClassVar[dict] = {}

@@ -99,6 +99,11 @@ class ImplicitGaussian(Gaussian):
     full_matrix = True
     #: bias terms are off unless asked for (the implicit-ALS model)
     default_biases = False
+    #: the estimator's default noise: fixed at tau = 16. The effective ridge strength of
+    #: implicit ALS is Lambda / tau; tau learned from all N x M pairs is pinned by the
+    #: unobserved ones and regularises too little for ranking (Last.fm validation NDCG@20
+    #: 0.206 learned vs 0.217 at tau = 16; ML-1M within 0.004 of the best fixed tau).
+    default_noise = ("fixed", 16.0)
     #: MAP is implicit ALS (:mod:`bayesmf.infer.implicit_map`)
     fitters = {"map": "bayesmf.infer.implicit_map:fit_map_implicit"}
 
