@@ -106,6 +106,7 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer._progress import iteration_bar
 from bayesmf.infer.nmf import SparseCounts, check_poisson_spec, poisson_loglik
 
 __all__ = ["fit_gibbs_hpf", "fit_cavi", "multinomial_split", "cavi", "cavi_elbo",
@@ -519,23 +520,9 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
     hyper = _hyper(spec.likelihood)
     y = spec.likelihood.encode(train.rating)
     data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iter, desc="HPF CAVI", unit="it")
-
-    def cb(it, elbo):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(elbo=f"{elbo:.8g}")
-
-    try:
+    with iteration_bar(progress, max_iter, "HPF CAVI", "elbo") as tick:
         p, info = cavi(data, spec.rank, hyper, max_iter=max_iter, min_iter=min_iter,
-                       tol=float(tol), seed=int(seed), callback=cb)
-    finally:
-        if bar is not None:
-            bar.close()
+                       tol=float(tol), seed=int(seed), callback=lambda it, elbo: tick(elbo))
     t1 = time.perf_counter()
     rng = np.random.default_rng([int(seed), 1])
     N, M = train.n_users, train.n_items

@@ -29,8 +29,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from bayesmf.errors import SpecError
-from bayesmf.infer import check_int, check_options
+from bayesmf.infer import check_int, check_options, require_factors_only
+from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_implicit", "DEFAULTS"]
 
@@ -47,36 +47,18 @@ def fit_map_implicit(train, spec, *, seed: int = 0, progress: bool = False, **op
 
     t0 = time.perf_counter()
     opts = check_options("map", options, DEFAULTS)
-    on = [n for n in ("global_mean", "user_bias", "item_bias") if getattr(spec, n)]
-    if on:
-        raise SpecError(f"MAP of the implicit likelihood is implicit ALS over the factors "
-                        f"only; switch off {', '.join(on)} (global_mean=False, "
-                        "user_bias=False, item_bias=False, the default of "
-                        "BayesMF(likelihood='implicit')) or fit them by method='gibbs'")
-    if spec.rank < 1:
-        raise SpecError("MAP of the implicit likelihood needs rank >= 1")
+    require_factors_only(spec, "implicit ALS (the MAP of the implicit likelihood; fit "
+                         "biases by method='gibbs')", "map", "implicit")
     lik = spec.likelihood
     c = lik.encode(train.rating)
     C = sp.csr_matrix((c, (train.user, train.item)), shape=(train.n_users, train.n_items))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=check_int("max_iter", opts["max_iter"]), desc="implicit ALS")
-
-    def cb(it, X, Y, loss):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.6g}")
-
-    try:
+    with iteration_bar(progress, check_int("max_iter", opts["max_iter"]), "implicit ALS",
+                       "loss") as tick:
         X, Y, info = implicit_als(C, spec.rank, reg=spec.reg_factors,
                                   iterations=opts["max_iter"], solver=opts["solver"],
                                   cg_steps=opts["cg_steps"], seed=seed,
-                                  init_scale=spec.init_scale, callback=cb)
-    finally:
-        if bar is not None:
-            bar.close()
+                                  init_scale=spec.init_scale,
+                                  callback=lambda it, X, Y, loss: tick(loss))
     N, M = train.n_users, train.n_items
     z = np.zeros
     _, s2 = linear.full_moments(np.float64(0), z(N), z(M), X.astype(np.float64),

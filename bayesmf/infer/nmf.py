@@ -46,7 +46,8 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_int, check_options, fitted_spec
+from bayesmf.infer import check_int, check_options, fitted_spec, require_factors_only
+from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_nmf", "kl_nmf", "kl_objective", "SparseCounts", "check_poisson_spec",
            "DEFAULTS"]
@@ -99,14 +100,7 @@ class SparseCounts:
 def check_poisson_spec(spec, method: str) -> None:
     """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i` only: a spec with
     a global mean or biases, or rank 0, is refused (:class:`SpecError`)."""
-    on = [n for n in ("global_mean", "user_bias", "item_bias") if getattr(spec, n)]
-    if on:
-        raise SpecError(f"the Poisson likelihood ({method}) models the rate theta_u . beta_i "
-                        f"without a global mean or biases; switch off {', '.join(on)} "
-                        "(global_mean=False, user_bias=False, item_bias=False, the default "
-                        "of BayesMF(likelihood='poisson'))")
-    if spec.rank < 1:
-        raise SpecError(f"the Poisson likelihood ({method}) needs rank >= 1")
+    require_factors_only(spec, "the Poisson likelihood", method, "poisson")
 
 
 def kl_objective(data: SparseCounts, W, H, l1: float = 0.0) -> float:
@@ -175,23 +169,9 @@ def fit_map_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options
     check_poisson_spec(spec, "map")
     y = spec.likelihood.encode(train.rating)
     data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iter, desc="KL-NMF", unit="it")
-
-    def cb(it, obj):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(objective=f"{obj:.6g}")
-
-    try:
+    with iteration_bar(progress, max_iter, "KL-NMF", "objective") as tick:
         W, H, info = kl_nmf(data, spec.rank, max_iter=max_iter, tol=tol, l1=l1,
-                            seed=int(seed), callback=cb)
-    finally:
-        if bar is not None:
-            bar.close()
+                            seed=int(seed), callback=lambda it, obj: tick(obj))
     N, M = train.n_users, train.n_items
     ll = poisson_loglik(data, W, H)
     f32 = np.float32

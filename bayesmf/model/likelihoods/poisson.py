@@ -149,12 +149,6 @@ class Poisson(Likelihood):
     def encode(self, y):
         return check_counts(y)
 
-    def eta_offset(self, y):
-        return 0.0
-
-    def prior_scale(self, y) -> float:
-        return 1.0
-
     def clip_range(self, scale):
         # no clipping: the mean is the expected count (the score the mean strategy ranks
         # by); the training scale (often all 1s) says nothing about its range
