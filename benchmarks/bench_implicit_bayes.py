@@ -1,17 +1,20 @@
 #!/usr/bin/env python
-"""Bayesian implicit ALS (the ``implicit`` likelihood sampled by the Gibbs sweep) on the
+r"""Bayesian implicit ALS (the ``implicit`` likelihood sampled by the Gibbs sweep) on the
 implicit-feedback peer splits (issue 13).
 
 Splits and metric code are the peer harness's (``shared/bench/implicit_peers.py``:
 ``make_split``, ``evaluate``); nothing is re-implemented. Protocol per split:
 
-1. tuning: each setting of a small grid over the confidence ``c = 1 + alpha f(r)``
-   (``--grid``; ML-1M is binary, so only ``alpha`` matters) is fitted by
+1. tuning, stage 1: each setting of a small grid over the confidence
+   ``c = 1 + alpha f(r)`` (:data:`GRIDS`; ML-1M is binary, so only ``alpha`` matters),
+   with the noise precision learned, is fitted by
    ``BayesMF(method="gibbs", likelihood=ImplicitGaussian(...), rank=--rank)`` with
    ``--tune-samples`` kept draws after as many warm-up sweeps on the harness's ``split.fit``
-   and scored on ``split.val``; the split's main metric (sampled NDCG@10 on ML-1M, NDCG@20
-   on Last.fm) picks the setting; every hyperparameter of the model (factor precisions,
-   their means, the noise precision) is *learned* by the sampler, not tuned;
+   and scored on ``split.val``; stage 2 refits the best confidence with the noise
+   precision *fixed* at each of ``--taus`` (the effective HKV regularisation is
+   :math:`\Lambda/\tau`; a learned :math:`\tau` is pinned by the ``N x M`` background
+   pseudo-observations); the split's main metric (sampled NDCG@10 on ML-1M, NDCG@20 on
+   Last.fm) picks the setting; the factor precisions and means are always learned;
 2. the chosen setting is refitted on ``split.train`` (``--samples`` / ``--warmup``,
    seed = the split seed) and scored on ``split.test`` with the posterior-mean preference
    :math:`\\frac1S\\sum_s U_s V_s^\\top` (the ``mean`` strategy).
@@ -81,11 +84,12 @@ def mean_scorer(post):
     return score
 
 
-def fit(X, kind, alpha, rank, ns, nw, seed):
+def fit(X, kind, alpha, rank, ns, nw, seed, tau=None):
     lik = ImplicitGaussian(alpha=alpha, transform=kind)
+    noise = {} if tau is None else {"noise": "fixed", "noise_precision": tau}
     t0 = time.perf_counter()
     m = bayesmf.BayesMF(method="gibbs", rank=rank, likelihood=lik, num_samples=ns,
-                        num_warmup=nw, seed=seed).fit(to_ratings(X))
+                        num_warmup=nw, seed=seed, **noise).fit(to_ratings(X))
     post = m.posterior
     a = post.attrs
     return post, {"fit_s": round(time.perf_counter() - t0, 1),
@@ -112,21 +116,29 @@ def run_split(name, args, log=print) -> dict:
     main = ip.MAIN_METRIC[name]
     grid = GRIDS["lastfm" if name.startswith("lastfm") else "ml1m"]
     trials = []
-    for kind, alpha in grid:
+
+    def trial(kind, alpha, tau=None):
         post, t = fit(split.fit, kind, alpha, args.rank, args.tune_samples, args.tune_samples,
-                      args.seed)
+                      args.seed, tau)
         met = ip.evaluate(mean_scorer(post), split.fit, split.val, split.priority, split.kind)
-        trials.append({"kind": kind, "alpha": alpha, "val": met, **t})
-        log(f"  tune {kind}:{alpha:g}: val {main} {met[main]:.4f} ({t})")
+        trials.append({"kind": kind, "alpha": alpha, "tau": tau, "val": met, **t})
+        log(f"  tune {kind}:{alpha:g} tau={tau or 'learned'}: val {main} {met[main]:.4f} ({t})")
+
+    for kind, alpha in grid:                         # stage 1: confidence, tau learned
+        trial(kind, alpha)
+    best = max(trials, key=lambda r: r["val"][main])
+    for tau in args.taus:                            # stage 2: tau fixed at the best alpha
+        trial(best["kind"], best["alpha"], tau)
     best = max(trials, key=lambda r: r["val"][main])
     post, t = fit(split.train, best["kind"], best["alpha"], args.rank, args.samples,
-                  args.warmup, args.seed)
+                  args.warmup, args.seed, best["tau"])
     met = ip.evaluate(mean_scorer(post), split.train, split.test, split.priority, split.kind)
-    log(f"  final {best['kind']}:{best['alpha']:g}: {met} ({t})")
+    log(f"  final {best['kind']}:{best['alpha']:g} tau={best['tau']}: {met} ({t})")
     als = als_seconds(split.train, args.rank, best["kind"], best["alpha"])
     log(f"  implicit_als s/iter (same rank, same data): {als}")
     return {"split_info": split.info, "main_metric": main, "trials": trials,
-            "setting": {"kind": best["kind"], "alpha": best["alpha"], "rank": args.rank,
+            "setting": {"kind": best["kind"], "alpha": best["alpha"], "tau": best["tau"],
+                        "rank": args.rank,
                         "samples": args.samples, "warmup": args.warmup},
             "test": met, "fit": t, "als_s_per_iter": als,
             "load_average_end": [round(x, 2) for x in os.getloadavg()]}
@@ -150,8 +162,8 @@ def render(doc) -> str:
         s = r["setting"]
         out.append("| **bayesmf bayes-ials (gibbs)** | "
                    + " | ".join(f"{r['test'][c]:.4f}" for c in cols)
-                   + f" | rank {s['rank']}, c = 1 + {s['alpha']:g}*{s['kind']}, "
-                     f"{s['warmup']}+{s['samples']} sweeps |")
+                   + f" | rank {s['rank']}, c = 1 + {s['alpha']:g}*{s['kind']}, tau "
+                     f"{s['tau'] or 'learned'}, {s['warmup']}+{s['samples']} sweeps |")
         for ref in REFERENCE[name]:
             vals = ref[1:1 + len(cols)]
             out.append(f"| {ref[0]} (reference) | "
@@ -163,13 +175,14 @@ def render(doc) -> str:
             for m, v in tg.items()) + ".")
         out.append("")
         out.append(f"Validation ({r['main_metric']}): " + ", ".join(
-            f"{t['kind']}:{t['alpha']:g} {t['val'][r['main_metric']]:.4f}"
+            f"{t['kind']}:{t['alpha']:g}/tau {t['tau'] or 'learned'} "
+            f"{t['val'][r['main_metric']]:.4f}"
             for t in r["trials"]) + ".")
         f = r["fit"]
         out.append(f"Final fit {f['fit_s']} s wall (compile {f['compile_s']} s); "
                    f"**{f['s_per_sweep']} s per Gibbs sweep** vs bayesmf implicit_als "
                    f"{r['als_s_per_iter']['cg']} s/iter (CG, 3 steps, 1 BLAS thread) and "
-                   f"{r['als_s_per_iter']['cholesky']} s/iter (Cholesky); learned tau "
+                   f"{r['als_s_per_iter']['cholesky']} s/iter (Cholesky); tau (mean over draws) "
                    f"{f['tau_mean']:.3g}, mean diag Lambda_U {f['lambda_U_mean_diag']:.3g}; "
                    f"load at the end {r['load_average_end']}.")
         out.append("")
@@ -183,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=ip.DEFAULT_DATA)
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--tune-samples", type=int, default=40)
+    ap.add_argument("--taus", type=lambda v: [float(x) for x in v.split(",")],
+                    default=[1.0, 4.0, 16.0],
+                    help="stage 2: fixed noise precisions tried at the best confidence")
     ap.add_argument("--samples", type=int, default=80)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--out", type=Path, default=RESULTS / "implicit_bayes.md")

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Hierarchical Poisson factorization (``likelihood="poisson"``: Gibbs and CAVI) on the
+implicit-feedback peer splits (issue 14).
+
+Splits and metric code are the peer harness's (``shared/bench/implicit_peers.py``). Per
+split: the rank is chosen on the harness's validation carve by CAVI (fast) among
+``--ranks``; then Gibbs (``--warmup`` + ``--samples`` sweeps) and CAVI are refitted on
+``split.train`` at that rank and scored on ``split.test`` by the posterior-mean rate
+:math:`\\frac1S\\sum_s \\theta_s\\beta_s^\\top` (the ``mean`` strategy). The model's
+hyperparameters are the paper's (a = a' = c = c' = 0.3, b' = d' = 1), not tuned. The model
+sees 1 per pair by default (``--weighting bin``; the peers' HPF runners pick binary or
+log weights on Last.fm, and Poisson needs integers: raw play counts, up to 352,698, are
+``--weighting raw``); ML-1M pairs are 1. Also the held-out
+Poisson log-likelihood per test non-zero (``bayesmf.evaluate.heldout_poisson_loglik``).
+
+The peer rows (hpfrec / cornac HPF, implicit ALS, EASE) are reference figures from
+``shared/bench/README.md``, not measured in this run.
+
+    .venv/bin/python benchmarks/bench_hpf.py --splits lastfm-80-20,ml1m-loo,ml1m-ncf
+"""
+
+from __future__ import annotations
+
+import sys
+
+sys.path.insert(0, "/work/shared/bench")
+import implicit_peers as ip  # noqa: E402  -- first: it pins BLAS/OpenMP to one thread
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import bayesmf  # noqa: E402
+from bayesmf.data.interactions import Interactions  # noqa: E402
+from bayesmf.data.vocab import Vocabulary  # noqa: E402
+from bayesmf.evaluate import heldout_poisson_loglik  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = {
+    "ml1m-ncf": [("hpfrec-hpf", 0.6409, 0.3720, 0.0707, 0.0347),
+                 ("implicit-als", 0.7267, 0.4489, 0.0960, 0.0487),
+                 ("cornac-ease[full-tuned]", 0.6974, 0.4434, 0.1121, 0.0552)],
+    "ml1m-loo": [("hpfrec-hpf", 0.7727, 0.5140, 0.1637, 0.0919),
+                 ("implicit-als", 0.8366, 0.6036, 0.2480, 0.1356),
+                 ("cornac-ease[full-tuned]", 0.8141, 0.5944, 0.2624, 0.1511)],
+    "lastfm-80-20": [("hpfrec-hpf", 0.2067, 0.2100, 0.1420),
+                     ("cornac-hpf", 0.1946, 0.1964, 0.1346),
+                     ("implicit-als", 0.2687, 0.2748, 0.1899),
+                     ("cornac-ease", 0.2734, 0.2784, 0.1902)],
+}
+
+
+WEIGHTING = {"raw": np.rint, "bin": np.ones_like}
+
+
+def interactions(X, weighting="bin") -> Interactions:
+    X = X.tocoo()
+    return Interactions.from_arrays(X.row, X.col, WEIGHTING[weighting](X.data),
+                                    user_vocab=Vocabulary(np.arange(X.shape[0])),
+                                    item_vocab=Vocabulary(np.arange(X.shape[1])))
+
+
+def scorer(post):
+    S = post.n_samples
+    U = post.draws["U"].reshape(S, *post.draws["U"].shape[2:])
+    V = post.draws["V"].reshape(S, *post.draws["V"].shape[2:])
+
+    def score(rows):
+        out = np.zeros((len(rows), V.shape[1]))
+        for s in range(S):
+            out += U[s][rows] @ V[s].T
+        return out / S
+    return score
+
+
+def fit(X, method, rank, args, seed):
+    opts = (dict(num_samples=args.samples, num_warmup=args.warmup) if method == "gibbs"
+            else {})
+    t0 = time.perf_counter()
+    m = bayesmf.BayesMF(method=method, rank=rank, likelihood="poisson", seed=seed,
+                        **opts).fit(interactions(X, args.weighting))
+    return m.posterior, time.perf_counter() - t0
+
+
+def run_split(name, args, log=print) -> dict:
+    split = ip.make_split(name, args.data, args.seed)
+    log(f"== {name}: {split.info}")
+    main = ip.MAIN_METRIC[name]
+    tune = {}
+    for r in args.ranks:
+        post, s = fit(split.fit, "cavi", r, args, args.seed)
+        tune[r] = ip.evaluate(scorer(post), split.fit, split.val, split.priority,
+                              split.kind)[main]
+        log(f"  tune cavi rank {r}: val {main} {tune[r]:.4f} ({s:.1f} s)")
+    rank = max(tune, key=tune.get)
+    out = {"split_info": split.info, "rank": rank, "tune": tune, "results": {}}
+    if name.startswith("lastfm") and args.weighting == "raw":  # held-out play counts
+        ru, ri, cnt = ip.load_lastfm(args.data)
+        uids, u = np.unique(ru, return_inverse=True)
+        iids, i = np.unique(ri, return_inverse=True)
+        full = ip.to_csr(u, i, cnt, (len(uids), len(iids)))
+        y = np.asarray(full[split.test.users, split.test.items]).ravel()
+    else:
+        y = np.ones(len(split.test.users))
+    test_inter = Interactions.from_arrays(
+        split.test.users, split.test.items, np.rint(y),
+        user_vocab=Vocabulary(np.arange(split.n_users)),
+        item_vocab=Vocabulary(np.arange(split.n_items)))
+    for method in ("cavi", "gibbs"):
+        post, s = fit(split.train, method, rank, args, args.seed)
+        met = ip.evaluate(scorer(post), split.train, split.test, split.priority, split.kind)
+        res = {"metrics": met, "fit_s": round(s, 1)}
+        if method == "gibbs":
+            res["s_per_sweep"] = round(post.attrs.get("seconds_per_sweep", float("nan")), 4)
+        res["heldout_loglik_per_nonzero"] = float(heldout_poisson_loglik(post, test_inter))
+        out["results"][method] = res
+        log(f"  {method} rank {rank}: {met} ({res})")
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+def render(doc) -> str:
+    lines = ["# Hierarchical Poisson factorization on the implicit-feedback peer splits", "",
+             "bayesmf `likelihood=\"poisson\"` (HPF, paper hyperparameters), rank chosen by "
+             "CAVI on the validation carve, refitted on train; ranking by the posterior-mean "
+             f"rate; counts weighted `{doc.get('weighting', 'bin')}`. Splits and metrics from `shared/bench/implicit_peers.py`. **Peer rows are "
+             "reference figures from `shared/bench/README.md`, not measured in this run.**",
+             "", f"Generated {doc['generated']}; command: `{doc['command']}`.", ""]
+    for name, r in doc["splits"].items():
+        cols = (["sampled_HR@10", "sampled_NDCG@10", "HR@10", "NDCG@10"]
+                if name.startswith("ml1m") else ["Recall@20", "NDCG@20", "Precision@10"])
+        lines += [f"## `{name}` (rank {r['rank']}; validation: "
+                  + ", ".join(f"{k}: {v:.4f}" for k, v in r["tune"].items()) + ")", "",
+                  "| method | " + " | ".join(cols) + " | fit s |", "|---" * (len(cols) + 2) + "|"]
+        for m, res in r["results"].items():
+            extra = f" ({res['s_per_sweep']} s/sweep)" if "s_per_sweep" in res else ""
+            lines.append(f"| **bayesmf hpf-{m}** | "
+                         + " | ".join(f"{res['metrics'][c]:.4f}" for c in cols)
+                         + f" | {res['fit_s']}{extra}; held-out log-lik per non-zero "
+                           f"{res['heldout_loglik_per_nonzero']:.4f} |")
+        for ref in REFERENCE[name]:
+            lines.append(f"| {ref[0]} (reference) | "
+                         + " | ".join(f"{v:.4f}" for v in ref[1:1 + len(cols)]) + " | |")
+        lines += ["", f"Load average at the end: {r['load_average_end']}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--splits", default="lastfm-80-20,ml1m-loo,ml1m-ncf")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=ip.DEFAULT_DATA)
+    ap.add_argument("--ranks", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[32, 64])
+    ap.add_argument("--weighting", choices=sorted(WEIGHTING), default="bin",
+                    help="counts the model sees: bin (1 per listened pair, as the peers' "
+                         "HPF grids choose on Last.fm) or raw play counts")
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "hpf.md")
+    a = ap.parse_args(argv)
+    jpath = a.out.with_suffix(".json")
+    doc = json.loads(jpath.read_text()) if jpath.exists() else {"splits": {}}
+    for name in a.splits.split(","):
+        doc["splits"][name] = run_split(name, a)
+        doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"), weighting=a.weighting,
+                   command="python benchmarks/bench_hpf.py " + " ".join(
+                       argv if argv is not None else sys.argv[1:]))
+        jpath.write_text(json.dumps(doc, indent=1, default=float))
+        a.out.write_text(render(doc))
+    print(a.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
