@@ -382,8 +382,8 @@ def rank_task(posterior, task: RankingTask, k: int = 10, strategy="mean", *, dra
     d_covered = np.zeros((len(sel_draws), M), bool) if (full and draws) else None
     if chunk_size is None:
         per_user = M if full else S * L * max(sc.k, 1)
-        if full and st.name != "mean":
-            per_user = S * M
+        if full and (st.name != "mean" or not sc.lik.mean_is_linear):
+            per_user = S * M  # per-draw scores (a non-linear mean: E[P(y=1)], E[rating])
         chunk_size = max(1, min(1024, (1 << 22) // max(per_user, 1)))
     keys_all = posterior.users.ids[task.users] if len(task.users) else task.users
 
