@@ -39,6 +39,9 @@ from bayesmf.data.interactions import Interactions  # noqa: E402
 from bayesmf.data.vocab import Vocabulary  # noqa: E402
 from bayesmf.evaluate import heldout_poisson_loglik  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_implicit_bayes import mean_scorer  # noqa: E402  (E[U V^T] over the draws)
+
 HERE = Path(__file__).resolve().parent
 REFERENCE = {
     "ml1m-ncf": [("hpfrec-hpf", 0.6409, 0.3720, 0.0707, 0.0347),
@@ -64,19 +67,6 @@ def interactions(X, weighting="bin") -> Interactions:
                                     item_vocab=Vocabulary(np.arange(X.shape[1])))
 
 
-def scorer(post):
-    S = post.n_samples
-    U = post.draws["U"].reshape(S, *post.draws["U"].shape[2:])
-    V = post.draws["V"].reshape(S, *post.draws["V"].shape[2:])
-
-    def score(rows):
-        out = np.zeros((len(rows), V.shape[1]))
-        for s in range(S):
-            out += U[s][rows] @ V[s].T
-        return out / S
-    return score
-
-
 def fit(X, method, rank, args, seed):
     opts = (dict(num_samples=args.samples, num_warmup=args.warmup) if method == "gibbs"
             else {})
@@ -93,7 +83,7 @@ def run_split(name, args, log=print) -> dict:
     tune = {}
     for r in args.ranks:
         post, s = fit(split.fit, "cavi", r, args, args.seed)
-        tune[r] = ip.evaluate(scorer(post), split.fit, split.val, split.priority,
+        tune[r] = ip.evaluate(mean_scorer(post), split.fit, split.val, split.priority,
                               split.kind)[main]
         log(f"  tune cavi rank {r}: val {main} {tune[r]:.4f} ({s:.1f} s)")
     rank = max(tune, key=tune.get)
@@ -112,7 +102,7 @@ def run_split(name, args, log=print) -> dict:
         item_vocab=Vocabulary(np.arange(split.n_items)))
     for method in ("cavi", "gibbs"):
         post, s = fit(split.train, method, rank, args, args.seed)
-        met = ip.evaluate(scorer(post), split.train, split.test, split.priority, split.kind)
+        met = ip.evaluate(mean_scorer(post), split.train, split.test, split.priority, split.kind)
         res = {"metrics": met, "fit_s": round(s, 1)}
         if method == "gibbs":
             res["s_per_sweep"] = round(post.attrs.get("seconds_per_sweep", float("nan")), 4)
