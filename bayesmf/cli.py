@@ -35,6 +35,10 @@ Side information (the Macau prior, :mod:`bayesmf.data.features`)
     same rule as the ratings (``--id-type``). Every training id needs a row; other rows
     are allowed (ignored by the fit). A text column with a different value on every row
     (a title) is refused. Any other method: error, exit 2.
+    ``--implicit-terms user,item`` adds the SVD++ terms (which items a user rated, not
+    how; which users rated an item) as feature blocks built from the training pairs, with
+    or without features files; a cold-start row can list its known ids in a column
+    ``implicit:items`` / ``implicit:users`` of its features file (``12|50|181``).
     ``predict`` and ``recommend`` take the same two flags to reach **cold-start** ids: ids
     of a features file that the model does not know are appended by
     :meth:`bayesmf.Posterior.with_features` (factors mu + beta' x per draw,
@@ -721,7 +725,7 @@ def cmd_fit(a) -> int:
         likelihood = ImplicitGaussian(**conf)
     feats = _fit_features(a, train) if feature_files else {}
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
-                    seed=a.seed,
+                    seed=a.seed, implicit_terms=a.implicit_terms,
                     progress=_progress(a), **feats, **opts)
     model.fit(train)
     if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
@@ -1283,6 +1287,11 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar")
     _add_features(fit, "fit")
+    fit.add_argument("--implicit-terms", default=None, metavar="SIDES",
+                     help="SVD++-style implicit terms: 'user' (the items each user rated "
+                          "inform the user factor), 'item' (the users who rated an item "
+                          "inform the item factor) or 'user,item'; built from the training "
+                          "pairs as features of the Macau prior (--method gibbs)")
     _add_columns(fit)
     _add_reading(fit)
     fit.set_defaults(func=cmd_fit)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from bayesmf.data.features import add_implicit_terms, parse_implicit_terms
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import DataError, NotFittedError, SpecError
 from bayesmf.infer import get_method
@@ -118,6 +119,12 @@ class BayesMF:
         predicted with ``posterior_.with_features(...)``. They are data, not settings:
         not part of :meth:`get_params` nor of the saved ``estimator`` record (the model
         file stores them with the posterior).
+    implicit_terms : {"user", "item", "user,item"} or None
+        SVD++-style implicit terms (:func:`bayesmf.data.features.add_implicit_terms`):
+        the user factor's prior mean gets :math:`|N(u)|^{-1/2}\sum_{j\in N(u)} y_j` over
+        the items the user rated (which, not how), the item factor the flipped term over
+        the users who rated it; built from the training pairs as a feature block of the
+        Macau prior, joined after ``user_features``/``item_features``.
     **options
         Method options, e.g. ``num_samples``, ``num_warmup``, ``num_chains``, ``thin``
         (MCMC), ``solver``, ``max_iter`` (MAP), ``num_steps``, ``guide``, ``batch_size``
@@ -139,10 +146,11 @@ class BayesMF:
                  reg_bias: float | None = None, init_scale: float = 0.1,
                  priors: BayesPriors | dict | None = None, seed: int = 0,
                  progress: bool = False, user_features=None, item_features=None,
-                 **options):
+                 implicit_terms=None, **options):
         self.method = method
         self.user_features = user_features
         self.item_features = item_features
+        self.implicit_terms = implicit_terms
         self.rank = rank
         self.likelihood = likelihood
         self.prior = prior
@@ -161,7 +169,8 @@ class BayesMF:
 
     # ------------------------------------------------------------------ configuration
     def get_params(self) -> dict:
-        p = {n: getattr(self, n) for n in ("method",) + _SPEC_FIELDS + ("seed", "progress")}
+        p = {n: getattr(self, n) for n in ("method",) + _SPEC_FIELDS + ("seed", "progress",
+                                                                        "implicit_terms")}
         p["priors"] = self.priors
         p.update(self.options)
         return p
@@ -170,7 +179,8 @@ class BayesMF:
         """Change settings (scikit-learn style); method options go to ``options``.
         Returns ``self``; the fitted posterior, if any, is kept until the next ``fit``."""
         for k, v in params.items():
-            if k in ("method", "seed", "progress", "priors") + _SPEC_FIELDS:
+            if k in ("method", "seed", "progress", "priors",
+                     "implicit_terms") + _SPEC_FIELDS:
                 setattr(self, k, v)
             else:
                 self.options[k] = v
@@ -262,8 +272,13 @@ class BayesMF:
         spec.check_data(train.n_users, train.n_items, train.nnz)
         _check_draws_memory(self.method, fit_fn, spec, train, self.options)
         t0 = time.perf_counter()
-        feat_opts = {n: v for n, v in (("user_features", self.user_features),
-                                       ("item_features", self.item_features))
+        uf, itf = self.user_features, self.item_features
+        if parse_implicit_terms(self.implicit_terms):
+            if seen is not None:
+                raise SpecError("implicit_terms cannot be combined with sampled negatives "
+                                "(the negatives are not interactions of the user)")
+            uf, itf = add_implicit_terms(train, self.implicit_terms, uf, itf)
+        feat_opts = {n: v for n, v in (("user_features", uf), ("item_features", itf))
                      if v is not None}
         if feat_opts and self.method != "gibbs":
             raise SpecError(f"user_features/item_features (the Macau prior) need "

@@ -147,7 +147,7 @@ def _mc(f, n=4000):
     return np.asarray(jax.jit(jax.vmap(f))(keys), np.float64)
 
 
-@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+@pytest.mark.parametrize("solver", ["eigh", "cholesky", "cg"])
 def test_beta_conditional_closed_form(solver):
     rng = np.random.default_rng(3)
     n, nf, k = 7, 2, 2

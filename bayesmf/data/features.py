@@ -20,6 +20,20 @@ NaN in any column, duplicate or unknown ids and ids of the vocabulary without a 
 (:meth:`Features.transform`), a category not seen at fit time encodes as all zeros in that
 column's block (it says nothing the model knows).
 
+**Implicit terms** (SVD++, Koren 2008; the "flipped" item term of myFM's examples):
+:func:`implicit_features` builds, from the training pairs, the column block
+:math:`x_u = |N(u)|^{-1/2}\,\mathbf 1_{N(u)}` over the item ids (``N(u)``: the items user
+``u`` rated; the values are not used), kind ``"implicit"`` in the schema; for items the
+block over the user ids who rated the item. Used as Macau features, the prior mean of
+:math:`U_u` becomes :math:`\mu_U + \beta^\top x_u = \mu_U + |N(u)|^{-1/2}\sum_{j\in
+N(u)} y_j` with :math:`y_j` the rows of the link matrix :math:`\beta` -- exactly SVD++'s
+user factor :math:`p_u + |N(u)|^{-1/2}\sum_j y_j` with Gaussian priors on
+:math:`p_u = U_u - \mu_U - \beta^\top x_u` and on the :math:`y_j`
+(:func:`add_implicit_terms` joins the block to the side features; ``BayesMF(
+implicit_terms="user,item")``). In a frame, an implicit column holds the ids joined by
+``sep`` (``"12|50|181"``); ids not seen at fit time are ignored and the row is normalised
+by the number of known ids.
+
 Loaders: :func:`movielens_100k_user_features` (age, gender, occupation of ``u.user``),
 :func:`movielens_100k_item_features` (19 genre flags and release year of ``u.item``),
 :func:`movielens_movie_features` (genres and the year in the title of a latest-small
@@ -40,10 +54,13 @@ import scipy.sparse as sp
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
 
-__all__ = ["Features", "as_features", "movielens_100k_user_features",
+__all__ = ["Features", "as_features", "implicit_features", "add_implicit_terms",
+           "IMPLICIT_COLUMNS", "movielens_100k_user_features",
            "movielens_100k_item_features", "movielens_movie_features"]
 
 _KINDS = ("numeric", "categorical", "multi")
+#: the name of the implicit-term column of each side (the other side's ids it ranges over)
+IMPLICIT_COLUMNS = {"user": "implicit:items", "item": "implicit:users"}
 #: sparse="auto": CSR when there are at least this many features and the density is low
 _SPARSE_MIN_FEATURES = 500
 _SPARSE_MAX_DENSITY = 0.05
@@ -140,6 +157,11 @@ class Features:
         ids = Vocabulary(raw_ids.to_numpy(), side)
         if schema is not None:
             cols = [c["name"] for c in schema]
+            # an implicit-term column may be left out: no known interactions (all zeros)
+            absent = [c["name"] for c in schema if c.get("kind") == "implicit"
+                      and c["name"] not in df.columns]
+            if absent:
+                df = df.assign(**{c: "" for c in absent})
             miss = [c for c in cols if c not in df.columns]
             if miss:
                 raise DataError(f"features: the schema needs column(s) {miss} missing from "
@@ -230,6 +252,26 @@ class Features:
              else np.vstack([self.X, other.dense()]))
         return Features(ids, X, self.schema, self.side)
 
+    def join(self, other: "Features") -> "Features":
+        """The columns of ``self`` followed by those of ``other`` (same side; ``other``'s
+        rows aligned to ``self``'s ids, every id needs a row); sparse if either is."""
+        if other.side != self.side:
+            raise DataError(f"cannot join {other.side} features to {self.side} features")
+        other = other.align(self.ids)
+        names = set(c["name"] for c in self.schema)
+        clash = [c["name"] for c in other.schema if c["name"] in names]
+        if clash:
+            raise DataError(f"{self.side} features: column(s) {clash} appear in both")
+        sparse = self.is_sparse or other.is_sparse
+        X = (sp.hstack([sp.csr_matrix(self.X), sp.csr_matrix(other.X)], format="csr")
+             if sparse else np.hstack([self.X, other.X]))
+        return Features(self.ids, X, list(self.schema) + list(other.schema), self.side)
+
+    @property
+    def has_implicit(self) -> bool:
+        """Whether a column is an implicit-term block (:func:`implicit_features`)."""
+        return any(c.get("kind") == "implicit" for c in self.schema)
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self, include_data: bool = True) -> dict:
         """JSON-able: ``side``, ``schema`` and ``names``; with ``include_data`` also
@@ -258,6 +300,88 @@ class Features:
                 raise
             raise DataError(f"not a stored Features record: {type(exc).__name__}: {exc}") \
                 from None
+
+
+def _implicit_block(rows, cols, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """``A (n_rows, n_cols)`` with ``A[r, c] = |N(r)|^{-1/2}`` for the distinct pairs
+    (rows without pairs stay zero)."""
+    A = sp.csr_matrix((np.ones(len(rows)), (np.asarray(rows, np.int64),
+                                             np.asarray(cols, np.int64))),
+                      shape=(n_rows, n_cols))
+    A.sum_duplicates()
+    A.data[:] = 1.0
+    deg = np.diff(A.indptr)
+    A.data /= np.sqrt(np.repeat(np.maximum(deg, 1), deg))
+    return A
+
+
+def implicit_features(train, side: str, extra_pairs=None) -> Features:
+    """The implicit-term block of ``side`` (module docs) from the pairs of ``train`` (a
+    :class:`~bayesmf.data.ratings.Ratings` or anything with ``user``/``item`` index arrays
+    and ``users``/``items`` vocabularies; its values are not used), plus ``extra_pairs``
+    ``(user_idx, item_idx)``: pairs whose value is unknown but whose existence may be
+    used (e.g. the test pairs, where the protocol allows). Rows: the ``side``
+    vocabulary; columns: the other side's ids."""
+    if side not in ("user", "item"):
+        raise SpecError(f"side must be 'user' or 'item', got {side!r}")
+    u, i = np.asarray(train.user, np.int64), np.asarray(train.item, np.int64)
+    if extra_pairs is not None:
+        try:
+            eu, ei = (np.asarray(a) for a in extra_pairs)
+        except (TypeError, ValueError):
+            raise DataError("implicit extra pairs must be (user_idx, item_idx)") from None
+        if (eu.ndim != 1 or eu.shape != ei.shape or eu.dtype.kind not in "iu"
+                or ei.dtype.kind not in "iu"):
+            raise DataError("implicit extra pairs must be two equal-length 1-d integer "
+                            "index arrays")
+        if eu.size and (eu.min() < 0 or eu.max() >= len(train.users) or ei.min() < 0
+                        or ei.max() >= len(train.items)):
+            raise DataError("implicit extra pairs fall outside the training vocabularies")
+        u, i = np.concatenate([u, eu]), np.concatenate([i, ei])
+    rows_v, cols_v = (train.users, train.items) if side == "user" else \
+        (train.items, train.users)
+    r, c = (u, i) if side == "user" else (i, u)
+    X = _implicit_block(r, c, len(rows_v), len(cols_v))
+    schema = [{"name": IMPLICIT_COLUMNS[side], "kind": "implicit", "sep": "|",
+               "categories": [str(x) for x in cols_v.ids.tolist()]}]
+    return Features(rows_v, X, schema, side)
+
+
+def add_implicit_terms(train, terms, user_features=None, item_features=None,
+                       extra_pairs=None):
+    """``(user_features, item_features)`` with the implicit-term blocks of ``terms``
+    (``"user"``, ``"item"``, ``"user,item"``, a tuple of them, or None/empty for none)
+    joined after the given side features (module docs)."""
+    sides = parse_implicit_terms(terms)
+    out = {"user": as_features(user_features, "user"), "item": as_features(item_features,
+                                                                        "item")}
+    for side in sides:
+        vocab = train.users if side == "user" else train.items
+        block = implicit_features(train, side, extra_pairs)
+        base = out[side]
+        if base is not None and base.has_implicit:
+            raise DataError(f"{side}_features already hold an implicit-term block")
+        out[side] = block if base is None else base.align(vocab).join(block)
+    return out["user"], out["item"]
+
+
+def parse_implicit_terms(terms) -> tuple:
+    """``None``/``""``/``()`` -> ``()``; ``"user,item"`` / ``("item",)`` -> the sides,
+    validated."""
+    if terms is None or terms is False:
+        return ()
+    if isinstance(terms, str):
+        terms = [t.strip() for t in terms.split(",") if t.strip()]
+    try:
+        sides = tuple(terms)
+    except TypeError:
+        raise SpecError(f"implicit_terms must be 'user', 'item', 'user,item' or None, got "
+                        f"{terms!r}") from None
+    bad = [t for t in sides if t not in ("user", "item")]
+    if bad or len(set(sides)) != len(sides):
+        raise SpecError(f"implicit_terms must name 'user' and/or 'item' once each, got "
+                        f"{terms!r}")
+    return tuple(t for t in ("user", "item") if t in sides)
 
 
 def as_features(f, side: str) -> Features | None:
@@ -331,18 +455,20 @@ def _encode(spec: dict, col: pd.Series, side: str) -> sp.csr_matrix:
         if not np.all(np.isfinite(v)):
             raise DataError(f"features: column {spec['name']!r} has inf values")
         return sp.csr_matrix(((v - spec["mean"]) / spec["scale"])[:, None])
-    if kind not in ("categorical", "multi"):
+    if kind not in ("categorical", "multi", "implicit"):
         raise DataError(f"features: unknown column kind {kind!r} in the schema")
-    cats = {c: j for j, c in enumerate(spec["categories"])}
+    cats = {str(c): j for j, c in enumerate(spec["categories"])}
     vals = col.astype(str).tolist()
     rows, cols_ = [], []
     for r, x in enumerate(vals):
-        toks = x.split(spec["sep"]) if kind == "multi" else [x]
+        toks = x.split(spec["sep"]) if kind in ("multi", "implicit") else [x]
         for t in toks:
             j = cats.get(t)
             if j is not None:
                 rows.append(r)
                 cols_.append(j)
+    if kind == "implicit":
+        return _implicit_block(rows, cols_, n, len(cats))
     data = np.ones(len(rows))
     X = sp.csr_matrix((data, (rows, cols_)), shape=(n, len(cats)))
     X.sum_duplicates()

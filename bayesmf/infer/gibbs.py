@@ -106,9 +106,11 @@ Step 1 then becomes, per side with features (:math:`R = U - X\beta`):
   :math:`\beta` is a likelihood term of :math:`\Lambda`; :mod:`bayesmf.model.priors`);
 * 1b. :math:`\beta_U \sim \mathcal{MN}(K^{-1}X^\top(U - 1\mu_U^\top), K^{-1},
   \Lambda_U^{-1})`, :math:`K = X^\top X + \lambda_\beta I_F`
-  (:func:`~bayesmf.infer.gibbs_steps.macau_beta_draw`): a Cholesky of :math:`K` (formed
-  once on the host as :math:`X^\top X`, plus the diagonal each sweep) and triangular
-  solves up to 1000 features (``beta_solver="auto"``); beyond that, or with
+  (:func:`~bayesmf.infer.gibbs_steps.macau_beta_draw`): up to 4096 features
+  (``beta_solver="auto"``) exactly by the eigendecomposition :math:`X^\top X = QDQ^\top`
+  computed once on the host (:math:`K^{-1} = Q(D+\lambda_\beta)^{-1}Q^\top` for any
+  :math:`\lambda_\beta`: matrix products only each sweep); ``beta_solver="cholesky"``
+  factorises :math:`K` each sweep instead; beyond 4096 features, or with
   ``beta_solver="cg"``, Macau's noise trick solved by conjugate gradients on
   :math:`v\mapsto X^\top(Xv) + \lambda_\beta v` (sparse ``X`` as COO triplets, never an
   :math:`F\times F` matrix; ``cg_tol``, ``cg_maxiter``, warm start at the last
@@ -285,7 +287,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
     :class:`~bayesmf.data.features.Features` or DataFrame per side; ``beta_solver``
-    ("auto": Cholesky up to 1000 features, else "cg"); ``lambda_beta_prior`` ((1, 1): the
+    ("auto": "eigh" up to 4096 features, else "cg"; or "cholesky"); ``lambda_beta_prior`` ((1, 1): the
     Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
     (200) of the CG solver.
 

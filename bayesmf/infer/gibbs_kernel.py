@@ -348,8 +348,9 @@ class BPMFGibbs:
         return _step(self.cfg, self.data, key, state)
 
 
-#: beta_solver="auto": Cholesky of the F x F system up to this many features, CG beyond
-CHOLESKY_MAX_FEATURES = 1000
+#: beta_solver="auto": the eigh solver (one host eigendecomposition of the F x F Gram, then
+#: exact draws by matrix products) up to this many features, CG beyond
+EIGH_MAX_FEATURES = 4096
 
 
 def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior):
@@ -358,8 +359,9 @@ def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior
     training vocabularies: every id needs a row)."""
     from bayesmf.data.features import as_features
 
-    if solver not in ("auto", "cholesky", "cg"):
-        raise SpecError(f"beta_solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    if solver not in ("auto", "eigh", "cholesky", "cg"):
+        raise SpecError(f"beta_solver must be 'auto', 'eigh', 'cholesky' or 'cg', got "
+                        f"{solver!r}")
     try:
         a, b = (float(x) for x in lb_prior)
     except (TypeError, ValueError):
@@ -378,7 +380,7 @@ def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior
         if f.n_features == 0:
             raise DataError(f"{side}_features have no feature columns")
         s = solver if solver != "auto" else (
-            "cholesky" if f.n_features <= CHOLESKY_MAX_FEATURES else "cg")
+            "eigh" if f.n_features <= EIGH_MAX_FEATURES else "cg")
         feats[side] = macau_data(f.X, dt, s)
         macau.append((side, int(f.n_features), s))
         aligned[side] = f

@@ -337,32 +337,41 @@ u_0}2 x - 	frac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
 class MacauData(NamedTuple):
     """Side features of one side in device form (a pytree): dense ``X (n, F)``, or the
     COO triplets ``rows, cols, vals`` of a sparse one (``X`` None); ``XtX (F, F)``
-    (Cholesky solver only, else None)."""
+    (Cholesky solver only, else None); ``Q (F, F)``, ``evals (F,)`` the eigenvectors and
+    eigenvalues of :math:`X^\top X` (eigh solver only, else None)."""
 
     X: Any
     rows: Any
     cols: Any
     vals: Any
     XtX: Any
+    Q: Any = None
+    evals: Any = None
 
 
 def macau_data(X, dtype, solver: str) -> MacauData:
     """:class:`MacauData` from a dense array or a scipy sparse matrix (host, once per
-    fit). ``X^T X`` is formed on the host in float64 for the Cholesky solver."""
+    fit). ``X^T X`` is formed on the host in float64 for the Cholesky solver, and
+    eigendecomposed there (``numpy.linalg.eigh``, float64) for the eigh solver."""
     import numpy as np
     import scipy.sparse as sps
 
-    XtX = None
+    XtX = Q = evals = None
+    if solver in ("cholesky", "eigh"):
+        G = (X.T @ X).toarray() if sps.issparse(X) else \
+            np.asarray(X, np.float64).T @ np.asarray(X, np.float64)
+        G = np.asarray(G, np.float64)
+        if solver == "cholesky":
+            XtX = jnp.asarray(G, dtype)
+        else:
+            d, Qh = np.linalg.eigh(0.5 * (G + G.T))
+            Q, evals = jnp.asarray(Qh, dtype), jnp.asarray(np.maximum(d, 0.0), dtype)
     if sps.issparse(X):
         C = sps.coo_matrix(X)
-        if solver == "cholesky":
-            XtX = jnp.asarray((X.T @ X).toarray(), dtype)
         return MacauData(None, jnp.asarray(C.row, jnp.int32), jnp.asarray(C.col, jnp.int32),
-                         jnp.asarray(C.data, dtype), XtX)
+                         jnp.asarray(C.data, dtype), XtX, Q, evals)
     X = np.asarray(X, np.float64)
-    if solver == "cholesky":
-        XtX = jnp.asarray(X.T @ X, dtype)
-    return MacauData(jnp.asarray(X, dtype), None, None, None, XtX)
+    return MacauData(jnp.asarray(X, dtype), None, None, None, XtX, Q, evals)
 
 
 def feature_matmul(f: MacauData, B, n: int):
@@ -401,9 +410,15 @@ def macau_beta_draw(key, F_rows, mu_F, Lam, lam_beta, f: MacauData, n_features: 
 
     (:math:`\Lambda` cancels from the mean because the prior is coupled to it).
 
-    ``solver="cholesky"`` (default up to 1000 features): :math:`K = LL^\top`,
+    ``solver="cholesky"``: :math:`K = LL^\top`,
     :math:`\Lambda = CC^\top`, :math:`\beta = K^{-1}X^\top R + L^{-\top} Z C^{-1}` with
     :math:`Z` standard normal ``(F, k)`` -- triangular solves only, no explicit inverse.
+    ``solver="eigh"`` (default up to 4096 features): with the eigendecomposition
+    :math:`X^\top X = Q D Q^\top` computed once per fit on the host,
+    :math:`K^{-1} = Q (D + \lambda_\beta I)^{-1} Q^\top` for every
+    :math:`\lambda_\beta`, so :math:`\beta = Q (D+\lambda_\beta)^{-1} Q^\top X^\top R +
+    Q (D+\lambda_\beta)^{-1/2} Z C^{-1}` is exact and costs two :math:`F\times F` by
+    :math:`F\times k` products per sweep (no factorisation per sweep).
     ``solver="cg"`` (more features, or a sparse ``X`` too wide for an ``F x F`` matrix):
     the noise trick of Macau, solve :math:`K\beta = X^\top(R + E_1) + \sqrt{\lambda_\beta}
     E_2` with the rows of :math:`E_1 (n\times k)` and :math:`E_2 (F\times k)` drawn from
@@ -424,6 +439,11 @@ def macau_beta_draw(key, F_rows, mu_F, Lam, lam_beta, f: MacauData, n_features: 
         A = _tri(L, jax.random.normal(kz, (n_features, k), dt), True)   # L^{-T} Z
         noise = _tri(C, A.T, True).T                                     # A C^{-1}
         return mean + noise
+    if solver == "eigh":
+        inv = 1.0 / (f.evals + lam_beta)
+        mean = f.Q @ (inv[:, None] * (f.Q.T @ feature_tmatmul(f, R, n_features)))
+        A = f.Q @ (jnp.sqrt(inv)[:, None] * jax.random.normal(kz, (n_features, k), dt))
+        return mean + _tri(C, A.T, True).T
     if solver != "cg":
         raise ValueError(f"unknown beta solver {solver!r}")
     E1 = _tri(C, jax.random.normal(kz, (n, k), dt).T, True).T

@@ -39,6 +39,14 @@ used exactly like a trained user (:meth:`FoldedUsers.predict`,
 :meth:`FoldedUsers.recommend`, or :meth:`FoldedUsers.append_to` for a new
 :class:`~bayesmf.posterior.Posterior`). Items are folded in symmetrically
 (:func:`fold_in_item`, hyperparameters ``mu_V``, ``Lambda_V``, ``lambda_bi``).
+
+On a posterior with **implicit terms** (``BayesMF(implicit_terms=...)``: the Macau prior
+with the block :math:`x_u = |N(u)|^{-1/2}\mathbf 1_{N(u)}`, :mod:`bayesmf.data.features`),
+the ``"hyper"`` prior mean of a folded-in row is :math:`\mu_{U,s} + \beta_s^\top x_u` per
+draw, with :math:`N(u)` the known items of its ratings (the SVD++ term); its other
+feature columns, unknown here, are taken as zero (the population value of standardised
+and one-hot columns) -- give features through
+:meth:`~bayesmf.posterior.Posterior.with_features` to use them.
 """
 
 from __future__ import annotations
@@ -328,6 +336,29 @@ def _append(p: Posterior, side, raw, b, F, rated):
                      dict(p.attrs, folded_in=int(n)))
 
 
+def _implicit_offset(posterior, side, other_idx):
+    """``beta_s^T x (S, k)`` of a new row whose implicit block is ``other_idx`` (the
+    implicit-term columns of ``posterior.features[side]``), or None when the posterior has
+    no implicit terms on that side."""
+    f = posterior.features.get(side)
+    name = "beta_U" if side == "user" else "beta_V"
+    if f is None or not f.has_implicit or name not in posterior.draws:
+        return None
+    start, beta = 0, posterior.flat(name).astype(np.float64)  # (S, F, k)
+    x = np.zeros(beta.shape[1])
+    other_vocab = posterior.items if side == "user" else posterior.users
+    for col in f.schema:
+        width = 1 if col["kind"] == "numeric" else len(col["categories"])
+        if col["kind"] == "implicit" and len(other_idx):
+            cats = {str(c): j for j, c in enumerate(col["categories"])}
+            js = [cats[t] for t in map(str, other_vocab.ids[np.unique(other_idx)])
+                  if t in cats]
+            if js:
+                x[start + np.asarray(js)] = 1.0 / np.sqrt(len(js))
+        start += width
+    return np.einsum("f,sfk->sk", x, beta)
+
+
 def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     lik = posterior.likelihood
     if lik.augmented:
@@ -396,8 +427,13 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
         off = mu[:, None] + ob[:, oi].astype(np.float64)
         res = np.broadcast_to(np.asarray(z, np.float64), (S, len(oi))) - off
         w = np.broadcast_to(np.asarray(w, np.float64), (S, len(oi)))
+        m0_j = m0
+        shift = _implicit_offset(posterior, side, oi) if prior == "hyper" and k else None
+        if shift is not None:  # the SVD++ term of the prior mean (module docs)
+            m0_j = m0.copy()
+            m0_j[:, dd - k:] += shift
         mean, L = conditional_gaussian(
-            Z, res, w, P0, m0, None if bg is None else (w0, y0 - off, *dense))
+            Z, res, w, P0, m0_j, None if bg is None else (w0, y0 - off, *dense))
         if mode == "sample":
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
             z = rng.standard_normal((S, dd))
