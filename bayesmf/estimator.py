@@ -33,6 +33,9 @@ __all__ = ["BayesMF", "as_ratings", "load"]
 _SPEC_FIELDS = ("rank", "likelihood", "prior", "global_mean", "user_bias", "item_bias", "noise",
                 "noise_precision", "reg_factors", "reg_bias", "init_scale")
 _BIAS_FIELDS = ("global_mean", "user_bias", "item_bias")
+#: methods whose fit takes ``user_features``/``item_features`` (the Macau prior; the MAP
+#: solvers "als", "lbfgs", "adam" are options of "map")
+FEATURE_METHODS = ("gibbs", "map", "svi", "nuts")
 
 
 def as_ratings(data, *, user_col: str = "user", item_col: str = "item",
@@ -110,7 +113,8 @@ class BayesMF:
     progress : bool
         Show a progress bar while fitting.
     user_features, item_features : Features or DataFrame, optional
-        Side information for the Macau prior (``method="gibbs"`` only): a
+        Side information for the Macau prior (methods ``gibbs``, ``map``, ``svi``,
+        ``nuts``): a
         :class:`~bayesmf.data.features.Features` or a DataFrame with a ``user``/``item``
         id column and one column per feature (encoded by
         :meth:`~bayesmf.data.features.Features.from_frame`); every id of the training data
@@ -200,7 +204,8 @@ class BayesMF:
 
             lik = get_likelihood(self.likelihood)
         if any(getattr(self, n) is None for n in _BIAS_FIELDS):
-            on = bool(lik.default_biases)
+            # NMF (non-negative W H on the observed ratings) has no biases or mean
+            on = bool(lik.default_biases) and self.method != "nmf"
             kw.update({n: on for n in _BIAS_FIELDS if getattr(self, n) is None})
         if self.noise == "auto":  # the likelihood's default noise setting
             kw["noise"] = lik.default_noise[0]
@@ -280,9 +285,10 @@ class BayesMF:
             uf, itf = add_implicit_terms(train, self.implicit_terms, uf, itf)
         feat_opts = {n: v for n, v in (("user_features", uf), ("item_features", itf))
                      if v is not None}
-        if feat_opts and self.method != "gibbs":
-            raise SpecError(f"user_features/item_features (the Macau prior) need "
-                            f"method='gibbs', got method={self.method!r}")
+        if feat_opts and self.method not in FEATURE_METHODS:
+            raise SpecError(f"user_features/item_features (the Macau prior) need a method "
+                            f"in {FEATURE_METHODS} (e.g. method='gibbs'), got "
+                            f"method={self.method!r}")
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
                       **self.options, **feat_opts)
         self.fit_seconds_ = time.perf_counter() - t0

@@ -465,7 +465,8 @@ class Posterior:
             base = self.features.get(side)
             if base is None or f"beta_{S_}" not in self.draws:
                 raise SpecError(f"this posterior has no {side} features (fit with "
-                                f"BayesMF(method='gibbs', {side}_features=...))")
+                                f"BayesMF(method='gibbs' | 'map' | 'svi' | 'nuts', "
+                                f"{side}_features=...))")
             if isinstance(new, pd.DataFrame):
                 new = base.transform(new, side if side in new.columns else None)
             elif not isinstance(new, Features):

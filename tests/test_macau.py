@@ -248,8 +248,8 @@ def test_estimator_pass_through_and_errors(planted):
     df = pd.DataFrame({"user": planted["train"].users.decode(planted["train"].user),
                        "item": planted["train"].items.decode(planted["train"].item),
                        "rating": planted["train"].rating})
-    with pytest.raises(SpecError, match="method='gibbs'"):
-        BayesMF(method="map", rank=K, item_features=planted["itf"]).fit(df)
+    with pytest.raises(SpecError, match="the Macau prior"):
+        BayesMF(method="pymc-advi", rank=K, item_features=planted["itf"]).fit(df)
     with pytest.raises(SpecError, match="no item features"):
         BayesMF(method="map", rank=K).fit(df).posterior.with_features(
             item_features=planted["itf"])

@@ -79,6 +79,58 @@ standard deviation of the training ratings, 1 when they are constant) and
 training residuals are smaller than test residuals. With ``spec.noise == "fixed"``,
 ``spec.noise_precision``.
 
+Side features: the Macau prior as a ridge (``user_features=``, ``item_features=``)
+-------------------------------------------------------------------------------------
+With a :class:`~bayesmf.data.features.Features` ``X_U (N, F)`` for the users (items
+alike, each side independently) the ridge of :math:`U` is centred at a feature-dependent
+mean, the MAP counterpart of the Macau prior of :mod:`bayesmf.infer.gibbs` (Simm et al.
+2015) with the factor precision fixed at :math:`\Lambda_U = \tau\lambda_f I`:
+
+.. math::
+
+    J = \ldots + \lambda_f \sum_u \lVert U_u - \mu_U - \beta_U^\top x_u\rVert^2
+        + \lambda_f\bigl(\beta_0\lVert\mu_U\rVert^2
+        + \lambda_\beta\lVert\beta_U\rVert_F^2\bigr)
+
+(:math:`\beta_U\ (F\times k)`, :math:`\beta_0` = ``spec.priors.beta0``,
+:math:`\lambda_\beta` = option ``reg_beta``, default 1, the prior mean of the Gibbs
+sampler's :math:`\lambda_\beta`). This is :math:`-\tfrac2\tau\log` of the Gibbs model's
+density at :math:`\Lambda_U = \tau\lambda_f I`: :math:`\mu_U\mid\Lambda_U \sim
+\mathcal N(0, (\beta_0\Lambda_U)^{-1})` and the coupled prior
+:math:`\beta_{U,f} \sim \mathcal N(0, (\lambda_\beta\Lambda_U)^{-1})`, so the penalty of
+:math:`\beta` is :math:`\lambda_f\lambda_\beta` (the ratio of the two strengths that
+enters the ridge regression below is :math:`\lambda_\beta` itself). ALS adds two block
+minimisers per side and sweep, after that side's rows (so :math:`J` still never increases):
+
+* the rows solve with the per-row prior shift :math:`\lambda_f m_u`,
+  :math:`m_u = \mu_U + \beta_U^\top x_u` (the ``prior_shift`` hook of
+  :func:`~bayesmf.infer._rowblocks.solve_rows`);
+* :math:`(\mu_U, \beta_U)` jointly by the ridge regression of the rows on
+  :math:`\tilde X = [1, X]`:
+
+  .. math::
+
+      \begin{pmatrix}\mu_U^\top\\ \beta_U\end{pmatrix}
+      = \bigl(\tilde X^\top\tilde X + \mathrm{diag}(\beta_0, \lambda_\beta I_F)\bigr)^{-1}
+        \tilde X^\top U
+
+  by a Cholesky of the :math:`(F+1)^2` system (its Gram formed once on the host in
+  float64) up to 1000 features (``beta_solver="auto"``), else by conjugate gradients on
+  :math:`B \mapsto \tilde X^\top(\tilde X B) + \mathrm{diag}(\cdot) B`, warm-started at
+  the last :math:`\beta` (``cg_tol``, ``cg_maxiter``; a sparse ``X`` is multiplied as
+  scipy CSR in the numpy engine and as COO segment sums in JAX, never densified).
+
+The gradient solvers add :math:`\mu_U, \beta_U` to the optimised parameters (also for the
+non-Gaussian likelihoods, with :math:`\tau = 1`). The point posterior carries the draws of
+the Gibbs Macau posterior in the same layout -- ``beta_U (1,1,F,k)``, ``mu_U``,
+``lambda_beta_U`` (= ``reg_beta``), ``Lambda_U`` (:math:`=\tau\lambda_f I`, the prior
+precision of a row) and ``lambda_bu`` (:math:`=\tau\lambda_b`) -- and
+``posterior.features``, so :meth:`~bayesmf.posterior.Posterior.with_features` adds
+cold-start ids at :math:`\mu_U + \beta_U^\top x` with the prior's extra variance.
+``lambda_f = 0`` (a flat factor prior, on which features have no effect) is a
+:class:`~bayesmf.errors.SpecError`; so are features with ``rank=0`` and with a likelihood
+whose MAP is its own fitter (implicit ALS).
+
 Defaults: ALS ``max_iter=50, tol=1e-3`` (about 10 sweeps on MovieLens-100K; like
 Spark's ``maxIter=10`` this stops well before machine precision, where held-out error no
 longer changes -- pass a smaller ``tol`` for the exact minimiser); L-BFGS
@@ -108,7 +160,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +176,8 @@ from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
-__all__ = ["fit_map", "map_objective", "noise_precision_mode", "DEFAULTS", "SOLVERS"]
+__all__ = ["fit_map", "map_objective", "noise_precision_mode", "link_update", "DEFAULTS",
+           "SOLVERS", "BETA_SOLVERS"]
 
 SOLVERS = ("als", "lbfgs", "adam")
 
@@ -138,7 +191,16 @@ DEFAULTS = {
     "patience": 5,
     "learning_rate": None,
     "engine": "auto",
+    # side features (module docs): the ridge strength ratio of beta and its solver
+    "reg_beta": 1.0,
+    "beta_solver": "auto",
+    "cg_tol": 1e-6,
+    "cg_maxiter": 200,
 }
+
+BETA_SOLVERS = ("auto", "cholesky", "cg")
+#: ``beta_solver="auto"``: Cholesky of the (F+1) x (F+1) system up to this many features
+_CHOLESKY_MAX_FEATURES = 1000
 
 ENGINES = ("auto", "jax", "numpy")
 
@@ -164,18 +226,23 @@ _DTYPE = jnp.float32
 
 # ----------------------------------------------------------------------------- objective
 def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias, lik=None,
-                  theta=None):
+                  theta=None, prior_means=None):
     r"""The MAP (ridge) objective :math:`J(\theta)` of the module docstring:
-    ``sse + reg_factors * (|U|^2 + |V|^2) + reg_bias * (|bu|^2 + |bi|^2)``.
+    ``sse + reg_factors * (|U - M_U|^2 + |V - M_V|^2) + reg_bias * (|bu|^2 + |bi|^2)``.
 
+    ``prior_means=(M_U, M_V)`` (either may be None: zero) are the per-row prior means of
+    the factors (side features: :math:`M_U = 1\mu_U^\top + X_U\beta_U`; the penalty
+    of :math:`\mu_U, \beta_U` themselves is added by the caller, module docs).
     For a non-Gaussian likelihood ``lik`` (with its parameters ``theta``) the squared
     error is replaced by the deviance :math:`-2\sum\log p(y\mid\eta,\theta)` (which is
     the squared error for a Gaussian of unit precision), ``ratings`` in the likelihood's
     internal coding."""
+    MU, MV = prior_means if prior_means is not None else (None, None)
+    pen = _penalty(p, reg_factors, reg_bias, MU, MV)
     if lik is None or lik.mean_is_linear:
-        return sse(p, users, items, ratings) + _penalty(p, reg_factors, reg_bias)
+        return sse(p, users, items, ratings) + pen
     lp = lik.log_prob(ratings, predict_mean(p, users, items), theta)
-    return -2.0 * lp.sum() + _penalty(p, reg_factors, reg_bias)
+    return -2.0 * lp.sum() + pen
 
 
 def noise_precision_mode(sse: float, n: int, a: float = 1.0, b: float = 1.0) -> float:
@@ -200,8 +267,10 @@ def noise_precision_mode(sse: float, n: int, a: float = 1.0, b: float = 1.0) -> 
     return shape / (sse + 2.0 * b)
 
 
-def _penalty(p: Params, reg_factors, reg_bias):
-    penalty_f = (p.U * p.U).sum() + (p.V * p.V).sum()
+def _penalty(p: Params, reg_factors, reg_bias, MU=None, MV=None):
+    dU = p.U if MU is None else p.U - MU
+    dV = p.V if MV is None else p.V - MV
+    penalty_f = (dU * dU).sum() + (dV * dV).sum()
     penalty_b = (p.bu * p.bu).sum() + (p.bi * p.bi).sum()
     return reg_factors * penalty_f + reg_bias * penalty_b
 
@@ -218,6 +287,11 @@ class _Layout(NamedTuple):
     #: non-Gaussian likelihood (None: the Gaussian least-squares objective)
     lik: object = None
     fix_first: bool = True
+    #: side features: ``(("U"|"V", n_features, solver), ...)`` (static), and beta0
+    macau: tuple = ()
+    beta0: float = 0.0
+    cg_tol: float = 1e-6
+    cg_maxiter: int = 200
 
 
 class _Obs(NamedTuple):
@@ -252,6 +326,227 @@ def _active(p: Params, lay: _Layout) -> dict:
     return x
 
 
+# ----------------------------------------------------------------------------- side features
+class _Feat(NamedTuple):
+    """One side's features in solver form (a pytree): ``X`` dense ``(n, F)`` (or, numpy
+    engine, a scipy CSR matrix), or the COO triplets ``rows, cols, vals`` of a sparse
+    ``X`` in JAX (``X`` None); ``G`` the ``(F+1, F+1)`` Gram of :math:`[1, X]` (Cholesky
+    solver) or None."""
+
+    X: Any
+    rows: Any
+    cols: Any
+    vals: Any
+    G: Any
+
+
+class _Link(NamedTuple):
+    """The features of both sides (``_Feat`` or None) and the traced ``reg_beta``."""
+
+    U: Any
+    V: Any
+    reg_beta: Any
+
+
+def _xmul(fd: _Feat, B, n: int):
+    """:math:`XB` ``(n, k)``."""
+    if fd.X is not None:
+        return fd.X @ B
+    return jax.ops.segment_sum(fd.vals[:, None] * B[fd.cols], fd.rows, num_segments=n)
+
+
+def _xtmul(fd: _Feat, R, n_features: int):
+    r""":math:`X^\top R` ``(F, k)``."""
+    if fd.X is not None:
+        return fd.X.T @ R
+    return jax.ops.segment_sum(fd.vals[:, None] * R[fd.rows], fd.cols,
+                               num_segments=n_features)
+
+
+def _cg(op, b, x0, tol, maxiter):
+    """Conjugate gradients for the SPD ``op`` on arrays (all columns as one vector); JAX's
+    for JAX arrays, a plain loop for numpy (the compile-free engine)."""
+    if not isinstance(b, np.ndarray):
+        return jax.scipy.sparse.linalg.cg(op, b, x0=x0, tol=tol, maxiter=maxiter)[0]
+    x = np.array(x0, copy=True)
+    r = b - op(x)
+    d = r.copy()
+    rs = float((r * r).sum())
+    stop = (tol * math.sqrt(float((b * b).sum()))) ** 2
+    for _ in range(int(maxiter)):
+        if rs <= stop:
+            break
+        Ad = op(d)
+        a = rs / float((d * Ad).sum())
+        x += a * d
+        r -= a * Ad
+        rs_new = float((r * r).sum())
+        d = r + (rs_new / rs) * d
+        rs = rs_new
+    return x
+
+
+def link_update(F_rows, fd: _Feat, reg_beta, beta0: float, mu_prev, beta_prev, *,
+                solver: str = "cholesky", cg_tol: float = 1e-6, cg_maxiter: int = 200):
+    r"""The exact minimiser of the MAP objective over one side's link
+    :math:`(\mu_F, \beta_F)` given its rows ``F_rows (n, k)``: the ridge regression
+
+    .. math::
+
+        \begin{pmatrix}\mu_F^\top\\ \beta_F\end{pmatrix} = \bigl(\tilde X^\top\tilde X
+        + \mathrm{diag}(\beta_0, \lambda_\beta I_F)\bigr)^{-1}\tilde X^\top F,
+        \qquad \tilde X = [1, X]
+
+    (module docs). ``solver="cholesky"`` uses the precomputed Gram ``fd.G``; ``"cg"``
+    conjugate gradients from ``(mu_prev, beta_prev)`` (never an ``F x F`` matrix). Runs in
+    the array namespace of ``F_rows``. Returns ``(mu (k,), beta (F, k))``."""
+    xp = array_namespace(F_rows)
+    dt = F_rows.dtype
+    n = F_rows.shape[0]
+    nf = beta_prev.shape[0]
+    rhs = xp.concatenate([F_rows.sum(0)[None], _xtmul(fd, F_rows, nf)], axis=0)
+    diag = xp.concatenate([xp.full((1,), beta0, dt),
+                           (xp.ones((nf,), dt) * reg_beta).astype(dt)])
+    if solver == "cholesky":
+        K = fd.G + xp.diag(diag)
+        if xp is np:
+            import scipy.linalg as sla
+
+            B = sla.cho_solve(sla.cho_factor(K, lower=True), rhs)
+        else:
+            B = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(K, lower=True), rhs)
+    elif solver == "cg":
+        def op(B):
+            fit = B[0][None] + _xmul(fd, B[1:], n)
+            return xp.concatenate([fit.sum(0)[None], _xtmul(fd, fit, nf)], axis=0) \
+                + diag[:, None] * B
+
+        x0 = xp.concatenate([mu_prev[None], beta_prev], axis=0)
+        B = _cg(op, rhs, x0, cg_tol, cg_maxiter)
+    else:
+        raise ValueError(f"unknown beta solver {solver!r}")
+    B = B.astype(dt)
+    return B[0], B[1:]
+
+
+def _n_side(S: str, lay: _Layout) -> int:
+    return lay.n_users if S == "U" else lay.n_items
+
+
+def _prior_mean(mac: dict, link: _Link, S: str, lay: _Layout):
+    """The per-row prior mean :math:`1\\mu_S^\\top + X\\beta_S` of side ``S`` (None
+    without features on that side)."""
+    if not any(m[0] == S for m in lay.macau):
+        return None
+    return mac[f"mu_{S}"][None] + _xmul(getattr(link, S), mac[f"beta_{S}"], _n_side(S, lay))
+
+
+def _link_penalty(mac: dict, link: _Link, reg_f, lay: _Layout):
+    r""":math:`\lambda_f\sum_S(\beta_0\lVert\mu_S\rVert^2 + \lambda_\beta
+    \lVert\beta_S\rVert^2)` over the sides with features."""
+    tot = 0.0
+    for S, _, _ in lay.macau:
+        mu, beta = mac[f"mu_{S}"], mac[f"beta_{S}"]
+        tot = tot + lay.beta0 * (mu * mu).sum() + link.reg_beta * (beta * beta).sum()
+    return reg_f * tot
+
+
+def _full_objective(p: Params, mac: dict, obs, reg_f, reg_b, link: _Link, lay: _Layout,
+                    lik=None, theta=None):
+    """:func:`map_objective` with the side-feature terms (module docs)."""
+    if not lay.macau:
+        return map_objective(p, *obs, reg_f, reg_b, lik, theta)
+    means = (_prior_mean(mac, link, "U", lay), _prior_mean(mac, link, "V", lay))
+    return (map_objective(p, *obs, reg_f, reg_b, lik, theta, prior_means=means)
+            + _link_penalty(mac, link, reg_f, lay))
+
+
+def _link_step(F_rows, mac: dict, link: _Link, S: str, lay: _Layout) -> dict:
+    for side, _, solver in lay.macau:
+        if side == S:
+            mu, beta = link_update(F_rows, getattr(link, S), link.reg_beta, lay.beta0,
+                                   mac[f"mu_{S}"], mac[f"beta_{S}"], solver=solver,
+                                   cg_tol=lay.cg_tol, cg_maxiter=lay.cg_maxiter)
+            mac = {**mac, f"mu_{S}": mu, f"beta_{S}": beta}
+    return mac
+
+
+def _init_mac(lay: _Layout, *, numpy: bool = False) -> dict:
+    """Start of the link parameters: :math:`\\mu_S = 0`, :math:`\\beta_S = 0`."""
+    z = np.zeros if numpy else (lambda shape, dt: jnp.zeros(shape, dt))
+    mac = {}
+    for S, nf, _ in lay.macau:
+        mac[f"mu_{S}"] = z((lay.rank,), np.float32)
+        mac[f"beta_{S}"] = z((nf, lay.rank), np.float32)
+    return mac
+
+
+def _feature_setup(train: Ratings, spec: ModelSpec, user_features, item_features,
+                   opts: dict, numpy: bool):
+    """Aligned :class:`~bayesmf.data.features.Features` per side, the solver form of each
+    (:class:`_Feat`) and the static ``macau`` tuple of :class:`_Layout`."""
+    import scipy.sparse as sps
+
+    from bayesmf.data.features import as_features
+    from bayesmf.errors import DataError
+
+    aligned, feats, macau = {"user": None, "item": None}, {"U": None, "V": None}, []
+    for side, S, f, vocab in (("user", "U", user_features, train.users),
+                              ("item", "V", item_features, train.items)):
+        f = as_features(f, side)
+        if f is None:
+            continue
+        if spec.rank == 0:
+            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
+        if not spec.reg_factors > 0:
+            raise SpecError(f"{side}_features need reg_factors > 0 (with a flat factor prior "
+                            f"the features' prior mean has no effect on the MAP)")
+        f = f.align(vocab)
+        nf = f.n_features
+        if nf == 0:
+            raise DataError(f"{side}_features have no feature columns")
+        solver = opts["beta_solver"]
+        if solver == "auto":
+            solver = "cholesky" if nf <= _CHOLESKY_MAX_FEATURES else "cg"
+        X = f.X
+        G = None
+        if solver == "cholesky":
+            n = X.shape[0]
+            colsum = np.asarray(X.sum(0), np.float64).ravel()
+            XtX = (X.T @ X).toarray() if sps.issparse(X) else X.T @ X
+            G = np.block([[np.full((1, 1), float(n)), colsum[None]],
+                          [colsum[:, None], np.asarray(XtX, np.float64)]]).astype(np.float32)
+        if numpy:
+            Xo = sps.csr_matrix(X, dtype=np.float32) if sps.issparse(X) \
+                else np.asarray(X, np.float32)
+            fd = _Feat(Xo, None, None, None, G)
+        elif sps.issparse(X):
+            C = sps.coo_matrix(X)
+            fd = _Feat(None, jnp.asarray(C.row, jnp.int32), jnp.asarray(C.col, jnp.int32),
+                       jnp.asarray(C.data, _DTYPE), None if G is None else jnp.asarray(G))
+        else:
+            fd = _Feat(jnp.asarray(X, _DTYPE), None, None, None,
+                       None if G is None else jnp.asarray(G))
+        feats[S] = fd
+        macau.append((S, int(nf), solver))
+        aligned[side] = f
+    return aligned, feats, tuple(macau)
+
+
+def _macau_draws(mac: dict, lay: _Layout, tau: float, reg_f: float, reg_b: float,
+                 reg_beta: float) -> dict:
+    """The point posterior's Macau draws in the Gibbs layout (module docs)."""
+    out = {}
+    for S, _, _ in lay.macau:
+        out[f"mu_{S}"] = np.asarray(mac[f"mu_{S}"], np.float32)
+        out[f"beta_{S}"] = np.asarray(mac[f"beta_{S}"], np.float32)
+        out[f"lambda_beta_{S}"] = np.float32(reg_beta)
+        out[f"Lambda_{S}"] = (tau * max(reg_f, _REG_FLOOR)
+                              * np.eye(lay.rank)).astype(np.float32)
+        out["lambda_bu" if S == "U" else "lambda_bi"] = np.float32(tau * max(reg_b, _REG_FLOOR))
+    return out
+
+
 # ----------------------------------------------------------------------------- compile cache
 _CACHE: dict = {}
 
@@ -284,10 +579,11 @@ def _compiled(fn, static: dict, *args, small: bool = False, eager: bool = False)
 
 # ----------------------------------------------------------------------------- ALS
 def _side_solve(blocks, other, bias_other, y_base, rows_of_obs_other, use_bias, rank,
-                reg_f, reg_b):
+                reg_f, reg_b, offset=None):
     """Ridge solve of one side: per row ``(b, F)`` given the other side's factors (in the
     array namespace and dtype of ``other``: JAX when compiled, numpy on the
-    compile-free path)."""
+    compile-free path). ``offset (n, k)``: per-row prior means of the factors (side
+    features), entering as the per-row prior shift ``reg_f * offset``."""
     xp = array_namespace(other)
     dt = other.dtype
     n_other = other.shape[0]
@@ -302,7 +598,13 @@ def _side_solve(blocks, other, bias_other, y_base, rows_of_obs_other, use_bias, 
     d = X.shape[1]
     prior = xp.diag(xp.maximum(xp.concatenate(diag).astype(dt), _REG_FLOOR))
     y = y_base - bias_other[rows_of_obs_other]
-    Z = solve_rows(blocks, X, y, xp.ones((), dt), prior, xp.zeros((d,), dt), xp=xp)
+    shift = xp.zeros((d,), dt)
+    if offset is not None:
+        rf = xp.maximum(xp.asarray(reg_f, dt), xp.asarray(_REG_FLOOR, dt))
+        shift = (rf * offset).astype(dt)
+        if use_bias:
+            shift = xp.concatenate([xp.zeros((shift.shape[0], 1), dt), shift], axis=1)
+    Z = solve_rows(blocks, X, y, xp.ones((), dt), prior, shift, xp=xp)
     b = Z[:, 0] if use_bias else None
     F = Z[:, 1:] if use_bias else Z
     return b, F
@@ -327,28 +629,37 @@ def _recenter(p: Params, name: str, lay: _Layout) -> Params:
     return p._replace(mu=p.mu + c, **{name: b - c})
 
 
-def _als_sweep(p: Params, obs: _Obs, ublocks, iblocks, reg_f, reg_b, *, lay: _Layout):
-    """One ALS sweep (users, mu, items, mu; bias re-centring after each side); returns
-    the new params and J after it."""
+def _als_sweep(p: Params, obs: _Obs, ublocks, iblocks, reg_f, reg_b, mac=None, link=None, *,
+               lay: _Layout):
+    """One ALS sweep (users, mu, items, mu; bias re-centring after each side; with side
+    features each side's link ``(mu_S, beta_S)`` after its rows); returns the new params,
+    the new link parameters ``mac`` and J after it."""
+    mac = dict(mac or {})
     if lay.use_bu or lay.rank:
         b, F = _side_solve(ublocks, p.V, p.bi, obs.ratings - p.mu, obs.items,
-                           lay.use_bu, lay.rank, reg_f, reg_b)
+                           lay.use_bu, lay.rank, reg_f, reg_b, _prior_mean(mac, link, "U", lay))
         p = p._replace(bu=b if lay.use_bu else p.bu, U=F)
         if lay.use_bu:
             p = _recenter(p, "bu", lay)
     p = _mu_update(p, obs, lay)
+    mac = _link_step(p.U, mac, link, "U", lay)
     if lay.use_bi or lay.rank:
         b, F = _side_solve(iblocks, p.U, p.bu, obs.ratings - p.mu, obs.users,
-                           lay.use_bi, lay.rank, reg_f, reg_b)
+                           lay.use_bi, lay.rank, reg_f, reg_b, _prior_mean(mac, link, "V", lay))
         p = p._replace(bi=b if lay.use_bi else p.bi, V=F)
         if lay.use_bi:
             p = _recenter(p, "bi", lay)
+    mac = _link_step(p.V, mac, link, "V", lay)
     e = obs.ratings - predict_mean(p, obs.users, obs.items)
     if lay.use_mu:
         m = e.mean()
         p = p._replace(mu=p.mu + m)
         e = e - m
-    return p, (e * e).sum() + _penalty(p, reg_f, reg_b)
+    if not lay.macau:
+        return p, mac, (e * e).sum() + _penalty(p, reg_f, reg_b)
+    means = (_prior_mean(mac, link, "U", lay), _prior_mean(mac, link, "V", lay))
+    return p, mac, ((e * e).sum() + _penalty(p, reg_f, reg_b, *means)
+                    + _link_penalty(mac, link, reg_f, lay))
 
 
 # ----------------------------------------------------------------------------- gradient
@@ -376,17 +687,23 @@ def _theta_of(x: dict, lay: _Layout) -> dict:
     return {"cutpoints": lay.lik.cut_from_u(x["cut_u"], lay.lik.K, lay.fix_first)}
 
 
-def _x_objective(z: dict, obs: _Obs, reg_f, reg_b, lay: _Layout):
-    J = map_objective(_expand(z, lay), *obs, reg_f, reg_b, lay.lik, _theta_of(z, lay))
+def _mac_of(z: dict, lay: _Layout) -> dict:
+    return {n: z[n] for S, _, _ in lay.macau for n in (f"mu_{S}", f"beta_{S}")}
+
+
+def _x_objective(z: dict, obs: _Obs, reg_f, reg_b, link=None, *, lay: _Layout):
+    J = _full_objective(_expand(z, lay), _mac_of(z, lay), obs, reg_f, reg_b, link, lay,
+                        lay.lik, _theta_of(z, lay))
     if "cut_u" in z:  # the cutpoints' prior (module docs of the ordinal likelihood)
         J = J - 2.0 * lay.lik.log_prior_u(z["cut_u"], lay.fix_first)
     return J
 
 
-def _grad_step(x: dict, state, obs: _Obs, reg_f, reg_b, *, solver: str, lay: _Layout):
+def _grad_step(x: dict, state, obs: _Obs, reg_f, reg_b, link=None, *, solver: str,
+               lay: _Layout):
     """One full-batch step; returns (x_new, state_new, J(x_new) if known else J(x_old))."""
     def fun(z):
-        return _x_objective(z, obs, reg_f, reg_b, lay)
+        return _x_objective(z, obs, reg_f, reg_b, link, lay=lay)
 
     if solver == "lbfgs":
         value, grad = optax.value_and_grad_from_state(fun)(x, state=state)
@@ -416,8 +733,9 @@ def _rmse_x(x: dict, obs: _Obs, *, lay: _Layout):
     return (r * r).mean() ** 0.5
 
 
-def _objective_only(p: Params, obs: _Obs, reg_f, reg_b):
-    return map_objective(p, *obs, reg_f, reg_b)
+def _objective_only(p: Params, obs: _Obs, reg_f, reg_b, mac=None, link=None, *,
+                    lay: _Layout):
+    return _full_objective(p, mac or {}, obs, reg_f, reg_b, link, lay)
 
 
 def _init_params(seed: int, lay: _Layout, mu0: float, init_scale: float, *,
@@ -466,6 +784,19 @@ def _check(opts: dict) -> dict:
             raise SpecError(f"learning_rate must be a finite number > 0, got {lr!r}")
     elif lr is not None:
         raise SpecError(f"learning_rate applies to solver='adam' only (got solver={solver!r})")
+    rb = out["reg_beta"]
+    if not isinstance(rb, (int, float, np.floating)) or isinstance(rb, bool) \
+            or not (rb > 0) or not math.isfinite(rb):
+        raise SpecError(f"reg_beta must be a finite number > 0, got {rb!r}")
+    if out["beta_solver"] not in BETA_SOLVERS:
+        raise SpecError(f"beta_solver must be one of {BETA_SOLVERS}, got {out['beta_solver']!r}")
+    ct = out["cg_tol"]
+    if not isinstance(ct, (int, float, np.floating)) or isinstance(ct, bool) \
+            or not (ct > 0) or not math.isfinite(ct):
+        raise SpecError(f"cg_tol must be a finite number > 0, got {ct!r}")
+    cm = out["cg_maxiter"]
+    if isinstance(cm, bool) or not isinstance(cm, (int, np.integer)) or cm < 1:
+        raise SpecError(f"cg_maxiter must be a positive integer, got {cm!r}")
     engine = out["engine"]
     if engine not in ENGINES:
         raise SpecError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -555,7 +886,7 @@ def _iterate(advance, carry, J0: float, opts: dict, solver: str, val_rmse=None,
 
 # ----------------------------------------------------------------------------- main
 def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
-            **options) -> Posterior:
+            user_features=None, item_features=None, **options) -> Posterior:
     """Fit PMF (with the biases and mean of ``spec``) by MAP.
 
     Parameters
@@ -568,6 +899,10 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         biases start at 0 and :math:`\\mu` at the training mean) and the validation split.
     progress : bool
         Show a tqdm progress bar with the objective.
+    user_features, item_features : Features or DataFrame, optional
+        Side features (the Macau prior as a ridge, module docs): every training id needs
+        a row. Options ``reg_beta`` (1.0), ``beta_solver`` (``"auto"`` | ``"cholesky"``
+        | ``"cg"``), ``cg_tol`` (1e-6), ``cg_maxiter`` (200).
     **options
         ``solver`` (``"als"`` | ``"lbfgs"`` | ``"adam"``), ``max_iter``, ``tol``,
         ``validation_fraction``, ``patience``, ``learning_rate`` (adam), ``engine``
@@ -581,25 +916,35 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         ``objective``, ``objective_trace`` (per iteration), ``n_iter``, ``converged``,
         ``train_rmse`` (and ``val_rmse_trace`` with validation). ``attrs``: solver, engine,
         settings, iterations, convergence, stopping reason and timings (``setup_s``,
-        ``compile_s``, ``iterate_s``, ``total_s``).
+        ``compile_s``, ``iterate_s``, ``total_s``). With features also the draws
+        ``mu_S, beta_S, lambda_beta_S, Lambda_S`` and ``lambda_bu``/``lambda_bi`` of those
+        sides (the Gibbs Macau layout), ``posterior.features`` and ``attrs["macau"]``.
     """
     t_start = time.perf_counter()
     spec = fitted_spec(train, spec, "map")
+    has_features = user_features is not None or item_features is not None
     own = likelihood_fitter("map", spec)  # e.g. implicit ALS for the implicit likelihood
     if own is not None:
+        if has_features:
+            raise SpecError(f"user_features/item_features are not supported by the MAP of "
+                            f"likelihood {spec.likelihood.name!r} (its own fitter)")
         return own(train, spec, seed=seed, progress=progress, **options)
+    feature_args = (user_features, item_features)
     if not spec.likelihood.mean_is_linear:
-        return _fit_map_glm(train, spec, seed, progress, options, t_start)
+        return _fit_map_glm(train, spec, seed, progress, options, t_start, feature_args)
     opts = _check(check_options("map", options, DEFAULTS))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     solver = opts["solver"]
+    use_numpy = _use_numpy(opts, train.nnz, spec.rank)
+    aligned, feats, macau = _feature_setup(train, spec, *feature_args, opts, use_numpy)
     lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
-                  train.n_users, train.n_items)
+                  train.n_users, train.n_items, macau=macau,
+                  beta0=float(spec.priors.beta0) if macau else 0.0,
+                  cg_tol=float(opts["cg_tol"]), cg_maxiter=int(opts["cg_maxiter"]))
 
     # --- data (and the validation split)
     user, item, rating = train.user, train.item, train.rating
-    use_numpy = _use_numpy(opts, train.nnz, spec.rank)
     val = None
     if opts["validation_fraction"] > 0:
         n_val = int(round(opts["validation_fraction"] * train.nnz))
@@ -612,30 +957,34 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     obs = _obs(user, item, rating, numpy=use_numpy)
     scalar = np.float32 if use_numpy else (lambda v: jnp.asarray(v, _DTYPE))
     reg_f, reg_b = scalar(spec.reg_factors), scalar(spec.reg_bias)
+    link = _Link(feats["U"], feats["V"], scalar(opts["reg_beta"])) if macau else None
     compile_s = 0.0
     compiled = functools.partial(_compiled, small=train.nnz * (spec.rank + 2) < _SMALL_WORK,
                                  eager=use_numpy)
     p = _init_params(int(seed), lay, float(np.mean(rating)), spec.init_scale, numpy=use_numpy)
+    mac0 = _init_mac(lay, numpy=use_numpy)
     if solver == "als":
         ublocks = build_row_blocks(np.asarray(user), np.asarray(item), lay.n_users,
                                    n_other=lay.n_items)
         iblocks = build_row_blocks(np.asarray(item), np.asarray(user), lay.n_items,
                                    n_other=lay.n_users)
-        step, dt = compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f, reg_b)
+        step, dt = compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f, reg_b,
+                            mac0, link)
         compile_s += dt
         state = None
     else:
         lr = jnp.asarray(opts["learning_rate"] or 0.0, _DTYPE)
-        x = _active(p, lay)
+        x = {**_active(p, lay), **mac0}
         init, dt = compiled(_grad_init, {"solver": solver}, x, lr)
         compile_s += dt
         state = init(x, lr)
         step, dt = compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs,
-                            reg_f, reg_b)
+                            reg_f, reg_b, link)
         expand, dt2 = compiled(_expand, {"lay": lay}, x)
         compile_s += dt2
         compile_s += dt
-    objective_fn, dt = compiled(_objective_only, {}, p, obs, reg_f, reg_b)
+    objective_fn, dt = compiled(_objective_only, {"lay": lay}, p, obs, reg_f, reg_b, mac0,
+                                link)
     compile_s += dt
     rmse_fn = None                      # validation RMSE
     if val is not None:
@@ -647,23 +996,24 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
 
     # --- iterate
     if solver == "als":
-        def advance(p):
-            return step(p, obs, ublocks, iblocks, reg_f, reg_b)
-
-        carry, params = p, (lambda c: c)
+        advance = _als_advance(step, obs, ublocks, iblocks, reg_f, reg_b, link)
+        carry, params, links = (p, mac0), (lambda c: c[0]), (lambda c: c[1])
     else:
         def advance(c):
-            x, st, J = step(*c, obs, reg_f, reg_b)
+            x, st, J = step(*c, obs, reg_f, reg_b, link)
             return (x, st), J
 
         carry, params = (x, state), (lambda c: expand(c[0]))
-    it = _iterate(advance, carry, float(objective_fn(p, obs, reg_f, reg_b)), opts, solver,
+        links = (lambda c: _mac_of(c[0], lay))
+    J0 = float(objective_fn(p, obs, reg_f, reg_b, mac0, link))
+    it = _iterate(advance, carry, J0, opts, solver,
                   None if rmse_fn is None else (lambda c: float(rmse_fn(params(c), val))),
                   progress)
-    p = params(it["best"] if it["best"] is not None else it["carry"])
+    final = it["best"] if it["best"] is not None else it["carry"]
+    p, mac = params(final), links(final)
     trace, val_trace, best_val = it["trace"], it["val_trace"], it["best_val"]
     n_iter, converged, reason = it["n_iter"], it["converged"], it["reason"]
-    final_obj = float(objective_fn(p, obs, reg_f, reg_b))
+    final_obj = float(objective_fn(p, obs, reg_f, reg_b, mac, link))
     t_done = time.perf_counter()
 
     # --- result
@@ -676,6 +1026,8 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         tau = spec.noise_precision
     P = {k: np.asarray(v, np.float32) for k, v in p._asdict().items()}
     P["tau"] = np.float32(tau)
+    P.update(_macau_draws(mac, lay, float(tau), float(spec.reg_factors), float(spec.reg_bias),
+                          float(opts["reg_beta"])))
     draws = {k: np.asarray(v)[None, None] for k, v in P.items()}
     trace_arr = np.asarray(trace, np.float64)
     stats = {
@@ -705,12 +1057,28 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         attrs["validation"] = {"n_val": int(val.ratings.shape[0]), "n_fit": int(n_fit),
                                "best_rmse": float(best_val),
                                "best_iteration": int(np.argmin(val_trace)) + 1}
+    if macau:
+        attrs["macau"] = _macau_attrs(macau, opts)
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
-                     "map", stats, None, attrs)
+                     "map", stats, None, attrs, aligned if macau else None)
+
+
+def _als_advance(step, obs, ublocks, iblocks, reg_f, reg_b, link):
+    def advance(c):
+        pp, mm, J = step(c[0], obs, ublocks, iblocks, reg_f, reg_b, c[1], link)
+        return (pp, mm), J
+
+    return advance
+
+
+def _macau_attrs(macau: tuple, opts: dict) -> dict:
+    return {"sides": [["user" if S == "U" else "item", nf, solver] for S, nf, solver in macau],
+            "reg_beta": float(opts["reg_beta"])}
 
 
 # ----------------------------------------------------------------------------- GLM MAP
-def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_start):
+def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_start,
+                 feature_args=(None, None)):
     r"""MAP for a non-Gaussian likelihood (Bernoulli, ordinal): L-BFGS (or Adam) on
     :math:`-2\sum\log p(y\mid\eta,\theta) + \text{ridge} - 2\log p(\theta)` over the
     active parameters and, for the ordinal family, the unconstrained cutpoints. The
@@ -728,8 +1096,11 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     solver = opts["solver"]
     y_raw = np.asarray(train.rating, np.float64)
+    aligned, feats, macau = _feature_setup(train, spec, *feature_args, opts, False)
     lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
-                  train.n_users, train.n_items, lik, bool(spec.global_mean))
+                  train.n_users, train.n_items, lik, bool(spec.global_mean), macau=macau,
+                  beta0=float(spec.priors.beta0) if macau else 0.0,
+                  cg_tol=float(opts["cg_tol"]), cg_maxiter=int(opts["cg_maxiter"]))
     user, item, y = train.user, train.item, lik.encode(y_raw)
     val = None
     if opts["validation_fraction"] > 0:
@@ -741,8 +1112,10 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
         user, item, y = user[~is_val], item[~is_val], y[~is_val]
     obs = _obs(user, item, y)
     reg_f, reg_b = (jnp.asarray(v, _DTYPE) for v in (spec.reg_factors, spec.reg_bias))
+    link = _Link(feats["U"], feats["V"], jnp.asarray(opts["reg_beta"], _DTYPE)) \
+        if macau else None
     p = _init_params(int(seed), lay, lik.eta_offset(y_raw), spec.init_scale)
-    x = _active(p, lay)
+    x = {**_active(p, lay), **_init_mac(lay)}
     theta0 = lik.init_theta(y_raw, spec)
     if "cutpoints" in theta0 and lik.n_free(lik.K, lay.fix_first) > 0:
         x["cut_u"] = jnp.asarray(lik.u_from_cut(np.asarray(theta0["cutpoints"], np.float64),
@@ -751,22 +1124,24 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
     lr = jnp.asarray(opts["learning_rate"] or 0.0, _DTYPE)
     init, c1 = compiled(_grad_init, {"solver": solver}, x, lr)
     state = init(x, lr)
-    step, c2 = compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs, reg_f, reg_b)
-    objective_fn, c3 = compiled(_x_objective, {"lay": lay}, x, obs, reg_f, reg_b)
+    step, c2 = compiled(_grad_step, {"solver": solver, "lay": lay}, x, state, obs, reg_f, reg_b,
+                        link)
+    objective_fn, c3 = compiled(_x_objective, {"lay": lay}, x, obs, reg_f, reg_b, link)
     rmse_fn, c4 = compiled(_rmse_x, {"lay": lay}, x, obs)
     compile_s = c1 + c2 + c3 + c4
     t_iter = time.perf_counter()
 
     def advance(c):
-        xx, st, J = step(*c, obs, reg_f, reg_b)
+        xx, st, J = step(*c, obs, reg_f, reg_b, link)
         return (xx, st), J
 
-    it = _iterate(advance, (x, state), float(objective_fn(x, obs, reg_f, reg_b)), opts, solver,
+    it = _iterate(advance, (x, state), float(objective_fn(x, obs, reg_f, reg_b, link)), opts,
+                  solver,
                   None if val is None else (lambda c: float(rmse_fn(c[0], val))), progress)
     x = (it["best"] if it["best"] is not None else it["carry"])[0]
     trace, val_trace, best_val = it["trace"], it["val_trace"], it["best_val"]
     n_iter, converged, reason = it["n_iter"], it["converged"], it["reason"]
-    final_obj = float(objective_fn(x, obs, reg_f, reg_b))
+    final_obj = float(objective_fn(x, obs, reg_f, reg_b, link))
     t_done = time.perf_counter()
     p = _expand(x, lay)
     draws = {n: np.asarray(getattr(p, n), np.float32)[None, None]
@@ -774,6 +1149,9 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
     for n, v in _theta_of(x, lay).items():
         if n in lik.theta_names:
             draws[n] = np.asarray(v if "cut_u" in x else theta0[n], np.float32)[None, None]
+    for n, v in _macau_draws(_mac_of(x, lay), lay, 1.0, float(spec.reg_factors),
+                             float(spec.reg_bias), float(opts["reg_beta"])).items():
+        draws[n] = np.asarray(v)[None, None]
     stats = {"objective": np.array([[final_obj]]),
              "objective_trace": np.asarray(trace)[None, None],
              "n_iter": np.array([[n_iter]], np.int64),
@@ -788,5 +1166,7 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
     if val is not None:
         attrs["validation"] = {"best_rmse": float(best_val),
                                "best_iteration": int(np.argmin(val_trace)) + 1}
+    if macau:
+        attrs["macau"] = _macau_attrs(macau, opts)
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
-                     "map", stats, None, attrs)
+                     "map", stats, None, attrs, aligned if macau else None)

@@ -54,6 +54,25 @@ by ``nnz / batch_size`` (unbiased ELBO estimate).
 Switched-off terms (``user_bias=False``, ``rank=0``, ...) have no sites; their draws are
 zero arrays. ``noise="fixed"`` keeps :math:`\tau` = ``spec.noise_precision``.
 
+**Side features** (the Macau prior, ``features={"U": X_U, "V": X_V}`` of
+:func:`build_model`, built by :func:`model_features`): the prior of Gibbs
+(:mod:`bayesmf.infer.gibbs`, Simm et al. 2015), with the same draw names and layout,
+
+.. math::
+
+    U_u \sim \mathcal N(\mu_U + \beta_U^\top x_u, \Lambda_U^{-1}),\qquad
+    \beta_{U,f} \mid \Lambda_U, \lambda_{\beta} \sim
+    \mathcal N(0, (\lambda_\beta\Lambda_U)^{-1})\ (f = 1..F),\qquad
+    \lambda_\beta \sim \mathrm{Gamma}(a_\beta, b_\beta)
+
+(sites ``beta_U (F, k)``, ``lambda_beta_U``; ``lambda_beta_prior`` :math:`= (a_\beta,
+b_\beta) = (1, 1)`; items alike). Non-centred, :math:`\beta_U = L^{-\top}Z_\beta /
+\sqrt{\lambda_\beta}` row-wise from standard normals ``beta_U_z`` (diagonal prior:
+:math:`Z_\beta\,\mathrm{sd}/\sqrt{\lambda_\beta}`) and :math:`U_u = \mu_U + \beta_U^\top
+x_u + L^{-\top}z_u`. ``X`` is a dense constant of the model: a sparse
+:class:`~bayesmf.data.features.Features` is densified, and refused
+(:class:`~bayesmf.errors.SpecError`) above :data:`MAX_DENSE_FEATURES` features.
+
 **Initial values** (NUTS ``init="map"``): :func:`map_init_values` maps a MAP fit to the
 latent sites of either parametrisation, :func:`init_strategy` turns the ``init`` option
 into a NumPyro init strategy.
@@ -73,9 +92,53 @@ from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
            "FACTOR_PRIORS", "effective_nu0", "resolve_factor_prior", "INITS",
-           "map_init_values", "init_to_values_or_median", "init_strategy"]
+           "map_init_values", "init_to_values_or_median", "init_strategy", "model_features",
+           "MAX_DENSE_FEATURES"]
 
 FACTOR_PRIORS = ("wishart", "diag")
+#: side features are dense constants of the NumPyro model: a sparse Features with more
+#: columns than this is refused rather than densified
+MAX_DENSE_FEATURES = 5000
+
+
+def model_features(train: Ratings, spec: ModelSpec, user_features=None, item_features=None,
+                   method: str = "numpyro"):
+    """Side features for :func:`build_model`: ``(aligned, X)`` with ``aligned`` the
+    :class:`~bayesmf.data.features.Features` aligned to the training vocabularies
+    (``{"user": ..., "item": ...}``, None where not given; every training id needs a row)
+    and ``X`` ``{"U": (N, F) float32, "V": ...}`` (dense; only the sides given). A sparse
+    matrix is densified up to :data:`MAX_DENSE_FEATURES` columns."""
+    from bayesmf.data.features import as_features
+    from bayesmf.errors import DataError
+
+    aligned, X = {"user": None, "item": None}, {}
+    for side, S, f, vocab in (("user", "U", user_features, train.users),
+                              ("item", "V", item_features, train.items)):
+        f = as_features(f, side)
+        if f is None:
+            continue
+        if spec.rank == 0:
+            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
+        f = f.align(vocab)
+        if f.n_features == 0:
+            raise DataError(f"{side}_features have no feature columns")
+        if f.is_sparse and f.n_features > MAX_DENSE_FEATURES:
+            raise SpecError(f"method {method!r} holds the {side} features as a dense matrix; "
+                            f"{f.n_features} sparse features exceed {MAX_DENSE_FEATURES} "
+                            f"(use method='gibbs' or 'map', which keep X sparse)")
+        aligned[side] = f
+        X[S] = np.asarray(f.dense(), np.float32)
+    return aligned, X
+
+
+def _lambda_beta_prior(v) -> tuple:
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise SpecError(f"lambda_beta_prior must be (shape, rate), got {v!r}") from None
+    if not (a > 0 and b > 0 and np.isfinite(a) and np.isfinite(b)):
+        raise SpecError(f"lambda_beta_prior must be positive (shape, rate), got {v!r}")
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -178,7 +241,8 @@ def _precision_mvn():
 
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
                 centered: bool = False, factor_prior: str | None = None,
-                batch_size: int | None = None, y_offset: float | None = None):
+                batch_size: int | None = None, y_offset: float | None = None,
+                features: dict | None = None, lambda_beta_prior=(1.0, 1.0)):
     r"""Return ``model(users, items, y=None)`` for NumPyro (see the module docs).
 
     ``users``/``items`` are int index arrays of the observed entries, ``y`` the values
@@ -186,7 +250,9 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     of the likelihood parameters come from ``spec.likelihood`` (``numpyro_theta``,
     ``numpyro_obs``); it sees :math:`\eta` on the scale of ``y``, i.e. shifted by
     ``y_offset`` (default: ``offset`` for the Gaussian, 0 otherwise). Change priors by
-    building a new model from ``spec.replace(priors=...)``.
+    building a new model from ``spec.replace(priors=...)``. ``features`` ``{"U": X_U,
+    "V": X_V}`` (dense ``(n, F)``, :func:`model_features`) adds the Macau prior of that
+    side (module docs) with :math:`\lambda_\beta \sim` ``Gamma(*lambda_beta_prior)``.
     """
     import numpyro
     import numpyro.distributions as dist
@@ -208,6 +274,17 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     tri_r, tri_c = _tril_indices(k)
     # chi-square degrees of freedom of the Bartlett diagonal: nu0 - j, j = 0..k-1
     chi_df = nu0 - np.arange(k, dtype=np.float64)
+    feats = {S: jnp.asarray(X, jnp.float32) for S, X in (features or {}).items()
+             if X is not None}
+    for S, X in feats.items():
+        if S not in ("U", "V") or X.ndim != 2:
+            raise SpecError(f"features must map 'U'/'V' to (n, F) matrices, got {S!r}")
+        if X.shape[0] != (n_users if S == "U" else n_items):
+            raise SpecError(f"features[{S!r}] has {X.shape[0]} rows for "
+                            f"{n_users if S == 'U' else n_items} {S} rows")
+        if not k:
+            raise SpecError("side features (the Macau prior) need rank >= 1")
+    lb_a, lb_b = _lambda_beta_prior(lambda_beta_prior)
 
     def bias(name, lam_name, n, plate_name):
         lam = numpyro.sample(lam_name, dist.Gamma(pri.bias_a, pri.bias_b))
@@ -219,6 +296,25 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
                 z = numpyro.sample(name + "_z", dist.Normal(0.0, 1.0))
                 b = numpyro.deterministic(name, z * sd)
         return b
+
+    def link(side, plate_name, mu_f, centred_dist, inv_t):
+        r"""The rows' prior mean: ``mu_f`` without features on ``side``; else
+        :math:`\mu_F + X\beta` with the coupled prior of :math:`\beta` (module docs),
+        ``centred_dist(lambda_beta)`` the law of a row of :math:`\beta` (centred) or
+        ``inv_t`` the map of standard normal rows to covariance :math:`\Lambda^{-1}`."""
+        X = feats.get(side)
+        if X is None:
+            return mu_f
+        lb = numpyro.sample("lambda_beta_" + side, dist.Gamma(lb_a, lb_b))
+        with numpyro.plate(plate_name + "_feature", X.shape[1]):
+            if centered:
+                beta = numpyro.sample("beta_" + side, centred_dist(lb))
+            else:
+                zb = numpyro.sample("beta_" + side + "_z",
+                                    dist.Normal(jnp.zeros(k), 1.0).to_event(1))
+        if not centered:
+            beta = numpyro.deterministic("beta_" + side, inv_t(zb) / jnp.sqrt(lb))
+        return mu_f + X @ beta
 
     def factors(side, n, plate_name):
         if factor_prior == "wishart":
@@ -243,14 +339,17 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             if centered:
                 mu_f = numpyro.sample("mu_" + side, _precision_mvn()(
                     jnp.zeros(k), np.sqrt(beta0) * L))
+                loc = link(side, plate_name, mu_f,
+                           lambda lb: _precision_mvn()(jnp.zeros(k), jnp.sqrt(lb) * L), inv_t)
                 with numpyro.plate(plate_name, n):
-                    F = numpyro.sample(side, _precision_mvn()(mu_f, L))
+                    F = numpyro.sample(side, _precision_mvn()(loc, L))
             else:
                 zm = numpyro.sample("mu_" + side + "_z", dist.Normal(jnp.zeros(k), 1.0).to_event(1))
                 mu_f = numpyro.deterministic("mu_" + side, inv_t(zm) / np.sqrt(beta0))
+                loc = link(side, plate_name, mu_f, None, inv_t)
                 with numpyro.plate(plate_name, n):
                     Z = numpyro.sample(side + "_z", dist.Normal(jnp.zeros(k), 1.0).to_event(1))
-                F = numpyro.deterministic(side, mu_f + inv_t(Z))
+                F = numpyro.deterministic(side, loc + inv_t(Z))
         else:  # diagonal precision (ARD)
             lam = numpyro.sample("lambda_" + side, dist.Gamma(
                 jnp.full(k, nu0 / 2.0), 1.0 / (2.0 * w0)).to_event(1))
@@ -258,14 +357,18 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             sd = 1.0 / jnp.sqrt(lam)
             if centered:
                 mu_f = numpyro.sample("mu_" + side, dist.Normal(0.0, sd / np.sqrt(beta0)).to_event(1))
+                loc = link(side, plate_name, mu_f,
+                           lambda lb: dist.Normal(0.0, sd / jnp.sqrt(lb)).to_event(1),
+                           lambda z: z * sd)
                 with numpyro.plate(plate_name, n):
-                    F = numpyro.sample(side, dist.Normal(mu_f, sd).to_event(1))
+                    F = numpyro.sample(side, dist.Normal(loc, sd).to_event(1))
             else:
                 zm = numpyro.sample("mu_" + side + "_z", dist.Normal(jnp.zeros(k), 1.0).to_event(1))
                 mu_f = numpyro.deterministic("mu_" + side, zm * sd / np.sqrt(beta0))
+                loc = link(side, plate_name, mu_f, None, lambda z: z * sd)
                 with numpyro.plate(plate_name, n):
                     Z = numpyro.sample(side + "_z", dist.Normal(jnp.zeros(k), 1.0).to_event(1))
-                F = numpyro.deterministic(side, mu_f + Z * sd)
+                F = numpyro.deterministic(side, loc + Z * sd)
         return F
 
     def model(users, items, y=None):
@@ -305,10 +408,12 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     model.centered = centered
     model.factor_prior = factor_prior
     model.batch_size = batch_size
+    model.features = tuple(sorted(feats))
     return model
 
 
-_HYPER = ("lambda_bu", "lambda_bi", "mu_U", "Lambda_U", "mu_V", "Lambda_V")
+_HYPER = ("lambda_bu", "lambda_bi", "mu_U", "Lambda_U", "mu_V", "Lambda_V",
+          "beta_U", "lambda_beta_U", "beta_V", "lambda_beta_V")
 
 
 def draws_from_samples(samples: dict, spec: ModelSpec, n_users: int, n_items: int,
@@ -377,7 +482,9 @@ def _factor_hyper(F: np.ndarray, pri, nu0: float, factor_prior: str):
 
 def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = None, *,
                     centered: bool = False, factor_prior: str | None = None,
-                    seed: int = 0, map_options: dict | None = None) -> dict:
+                    seed: int = 0, map_options: dict | None = None,
+                    user_features=None, item_features=None,
+                    lambda_beta_prior=(1.0, 1.0)) -> dict:
     r"""Initial values of the latent sites of :func:`build_model` at the MAP fit.
 
     Runs :func:`bayesmf.infer.map.fit_map` (``map_options``, default ALS) on ``train`` and
@@ -397,6 +504,14 @@ def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = No
       ``mu_U_z`` :math:`= \sqrt{\beta_0} L^\top\mu_U`, ``U_z`` rows
       :math:`L^\top(U_u - \mu_U)` (diagonal prior: :math:`L = \mathrm{diag}\sqrt{\lambda_U}`).
 
+    With side features (``user_features``/``item_features``, the Macau prior) the MAP
+    fit has them too (:func:`bayesmf.infer.map.fit_map`), the factor hyperparameters
+    are the conditional means given the residual rows :math:`R = F - X\hat\beta`,
+    ``beta_U`` is the MAP :math:`\hat\beta` (non-centred ``beta_U_z`` :math:`=
+    \sqrt{\lambda_\beta}\,\hat\beta L`, the rows ``U_z`` :math:`= (R_u - \mu_U)^\top L`)
+    and ``lambda_beta_U`` its conditional mean :math:`(a_\beta + Fk/2)/(b_\beta +
+    \tfrac12\operatorname{tr}(\hat\beta\Lambda_U\hat\beta^\top))`.
+
     So the model's deterministic sites ``mu, bu, bi, U, V`` reproduce the MAP point
     exactly (up to float32 rounding). The values are checked against a trace of the model
     (site names and shapes) and the joint log density at them must be finite; otherwise a
@@ -413,8 +528,11 @@ def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = No
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
     if data is None:
         data = model_data(train, spec)
+    aligned, X = model_features(train, spec, user_features, item_features)
+    lb_a, lb_b = _lambda_beta_prior(lambda_beta_prior)
     try:
-        post = fit_map(train, spec, seed=int(seed), **(map_options or {}))
+        post = fit_map(train, spec, seed=int(seed), user_features=aligned["user"],
+                       item_features=aligned["item"], **(map_options or {}))
     except (BayesMFError, ArithmeticError, np.linalg.LinAlgError, RuntimeError) as e:
         raise SpecError(f"MAP initialisation: the MAP fit failed "
                         f"({type(e).__name__}: {e})") from e
@@ -446,7 +564,8 @@ def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = No
         r, c = _tril_indices(k)
         for side in ("U", "V"):
             F = P[side]
-            mu, lam = _factor_hyper(F, pri, nu0, factor_prior)
+            XB = X[side].astype(np.float64) @ P[f"beta_{side}"] if side in X else 0.0
+            mu, lam = _factor_hyper(F - XB, pri, nu0, factor_prior)
             if factor_prior == "wishart":
                 try:
                     L = np.linalg.cholesky(lam)
@@ -460,18 +579,28 @@ def map_init_values(train: Ratings, spec: ModelSpec, data: ModelData | None = No
             else:
                 vals["lambda_" + side] = lam
                 L = np.diag(np.sqrt(lam))
+            if side in X:
+                beta = P[f"beta_{side}"]
+                Lam = L @ L.T
+                lb = (lb_a + beta.size / 2.0) / (lb_b + 0.5 * np.sum((beta @ Lam) * beta))
+                vals["lambda_beta_" + side] = lb
+                if centered:
+                    vals["beta_" + side] = beta
+                else:
+                    vals["beta_" + side + "_z"] = np.sqrt(lb) * (beta @ L)
             if centered:
                 vals["mu_" + side] = mu
                 vals[side] = F
             else:
                 vals["mu_" + side + "_z"] = np.sqrt(float(pri.beta0)) * (L.T @ mu)
-                vals[side + "_z"] = (F - mu) @ L
+                vals[side + "_z"] = (F - XB - mu) @ L
     out = {n: jnp.asarray(v, jnp.float32) for n, v in vals.items()}
-    _check_init(out, spec, data, centered, factor_prior)
+    _check_init(out, spec, data, centered, factor_prior, X, (lb_a, lb_b))
     return out
 
 
-def _check_init(values: dict, spec, data: ModelData, centered: bool, factor_prior: str):
+def _check_init(values: dict, spec, data: ModelData, centered: bool, factor_prior: str,
+                features: dict | None = None, lambda_beta_prior=(1.0, 1.0)):
     """Names and shapes of ``values`` against an abstract trace of the model
     (``jax.eval_shape``, nothing compiled); then, in one compiled call, every value inside
     its site's support and a finite joint log density."""
@@ -480,7 +609,8 @@ def _check_init(values: dict, spec, data: ModelData, centered: bool, factor_prio
     from numpyro.infer.util import log_density
 
     model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
-                        y_offset=data.y_offset, centered=centered, factor_prior=factor_prior)
+                        y_offset=data.y_offset, centered=centered, factor_prior=factor_prior,
+                        features=features, lambda_beta_prior=lambda_beta_prior)
     args = tuple(jnp.asarray(a) for a in data.args)
 
     def run(vals):
@@ -532,7 +662,8 @@ def init_to_values_or_median(site=None, values=None, num_samples: int = 15):
 
 
 def init_strategy(init: str, train: Ratings, spec: ModelSpec, data: ModelData, *,
-                  centered: bool = False, factor_prior: str | None = None, seed: int = 0):
+                  centered: bool = False, factor_prior: str | None = None, seed: int = 0,
+                  user_features=None, item_features=None, lambda_beta_prior=(1.0, 1.0)):
     """The NumPyro ``init_strategy`` for the NUTS ``init`` option: ``"median"`` ->
     ``init_to_median(num_samples=15)``; ``"map"`` -> :func:`init_to_values_or_median` at
     :func:`map_init_values`, falling back to the median (with a ``UserWarning`` naming the
@@ -548,7 +679,10 @@ def init_strategy(init: str, train: Ratings, spec: ModelSpec, data: ModelData, *
     if init == "map":
         try:
             values = map_init_values(train, spec, data, centered=centered,
-                                     factor_prior=factor_prior, seed=seed)
+                                     factor_prior=factor_prior, seed=seed,
+                                     user_features=user_features,
+                                     item_features=item_features,
+                                     lambda_beta_prior=lambda_beta_prior)
             return init_to_values_or_median(values=values)
         except SpecError as e:
             warnings.warn(f"{e}; starting NUTS at the prior median instead",

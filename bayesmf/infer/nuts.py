@@ -29,7 +29,15 @@ Options (``fit_nuts(train, spec, **options)``):
 ``checkpoint_every`` None       iterations per checkpoint (default: ~10 per run)
 ``resume``         False        continue a killed run from ``checkpoint``
 ``memory_limit``   None         limit for the kept draws (:mod:`bayesmf._memory`)
+``lambda_beta_prior`` (1, 1)    Gamma (shape, rate) of :math:`\lambda_\beta` (features)
 =================  ===========  =====================================================
+
+Side features (``fit_nuts(..., user_features=, item_features=)``): the Macau prior of
+:mod:`bayesmf.infer.numpyro_model` (sites ``beta_U``, ``lambda_beta_U``; items alike; the
+MAP start fits the features too). The draws ``beta_U (C,D,F,k)``, ``lambda_beta_U`` and
+``posterior.features`` have the layout of the Gibbs Macau posterior, so
+:meth:`~bayesmf.posterior.Posterior.with_features` gives cold-start predictions; a
+checkpoint records the features and is refused for other ones.
 
 Why these defaults (measured on MovieLens-100K u1, rank 5, one chain, 2 shared cores;
 ``benchmarks/bench_nuts_defaults.py``, ``benchmarks/results/nuts_defaults.md``): trees
@@ -74,8 +82,9 @@ from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.driver import Program, compile_logger, run_chains
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, INITS, build_model, draws_from_samples,
-                                         init_strategy, model_data, resolve_factor_prior)
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, INITS, _lambda_beta_prior, build_model,
+                                         draws_from_samples, init_strategy, model_data,
+                                         model_features, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
@@ -84,7 +93,8 @@ __all__ = ["fit_nuts", "DEFAULTS"]
 DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
                 chain_method="sequential", centered=True, factor_prior=None,
                 target_accept=0.8, max_tree_depth=7, dense_mass=False, checkpoint=None,
-                checkpoint_every=None, resume=False, memory_limit=None, init="map")
+                checkpoint_every=None, resume=False, memory_limit=None, init="map",
+                lambda_beta_prior=(1.0, 1.0))
 
 
 def _validate(o: dict) -> dict:
@@ -114,11 +124,12 @@ def _validate(o: dict) -> dict:
     ta = o["target_accept"]
     if isinstance(ta, bool) or not isinstance(ta, (int, float)) or not 0 < ta < 1:
         raise SpecError(f"target_accept must be in (0, 1), got {ta!r}")
+    o["lambda_beta_prior"] = list(_lambda_beta_prior(o["lambda_beta_prior"]))
     return o
 
 
 def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
-             **options) -> Posterior:
+             user_features=None, item_features=None, **options) -> Posterior:
     """Sample the BPMF posterior with NumPyro NUTS; returns a :class:`Posterior`.
 
     ``native`` holds ``{"model", "model_args", "kernel", "offset"}``: the NumPyro model
@@ -126,6 +137,14 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     arguments and the ``NUTS`` kernel. The chains run through the package's one driver
     (:func:`bayesmf.infer.driver.run_chains`), as the Gibbs sweeps do.
     """
+    from bayesmf.infer import likelihood_fitter
+
+    own = likelihood_fitter("nuts", spec)  # a family with its own fitter (e.g. HPF)
+    if own is not None:
+        if user_features is not None or item_features is not None:
+            raise SpecError(f"side features are not supported by the "
+                            f"{spec.likelihood.name!r} likelihood's nuts fitter")
+        return own(train, spec, seed=seed, progress=progress, **options)
     spec = fitted_spec(train, spec, "nuts")
     o = _validate(check_options("nuts", options, DEFAULTS))
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
@@ -134,13 +153,18 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     from numpyro.infer import NUTS
 
     data = model_data(train, spec)
+    aligned, X = model_features(train, spec, user_features, item_features, "nuts")
     model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
-                        centered=o["centered"], factor_prior=o["factor_prior"])
+                        centered=o["centered"], factor_prior=o["factor_prior"], features=X,
+                        lambda_beta_prior=o["lambda_beta_prior"])
     kernel = NUTS(model, target_accept_prob=float(o["target_accept"]),
                   max_tree_depth=o["max_tree_depth"], dense_mass=o["dense_mass"],
                   init_strategy=init_strategy(o["init"], train, spec, data,
                                               centered=o["centered"],
-                                              factor_prior=o["factor_prior"], seed=int(seed)))
+                                              factor_prior=o["factor_prior"], seed=int(seed),
+                                              user_features=aligned["user"],
+                                              item_features=aligned["item"],
+                                              lambda_beta_prior=o["lambda_beta_prior"]))
     args = tuple(jnp.asarray(a) for a in data.args)
     C, W, S, T = o["num_chains"], o["num_warmup"], o["num_samples"], o["thin"]
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
@@ -161,6 +185,16 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
                                                      if k not in ("checkpoint",
                                                                   "checkpoint_every",
                                                                   "resume", "memory_limit")})
+        if X:  # a run with features never resumes one without (or other ones)
+            import hashlib
+
+            h = hashlib.sha256(fp.encode())
+            for side, f in aligned.items():
+                if f is not None:
+                    h.update(side.encode())
+                    h.update(repr(f.schema).encode())
+                    h.update(np.ascontiguousarray(f.dense(), np.float64).tobytes())
+            fp = h.hexdigest()
     t1 = time.perf_counter()
     run = run_chains(_program(kernel), args, state, keys, num_samples=S // T, num_warmup=W,
                      thin=T, chain_method=o["chain_method"], checkpoint=o["checkpoint"],
@@ -203,9 +237,13 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
     }
     if ckpt is not None:
         attrs["checkpoint"] = ckpt
+    if X:
+        attrs["macau"] = {"sides": [[side, f.n_features] for side, f in aligned.items()
+                                    if f is not None],
+                          "lambda_beta_prior": o["lambda_beta_prior"]}
     native = {"model": model, "model_args": args, "kernel": kernel, "offset": data.offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
-                     "nuts", stats, native, attrs)
+                     "nuts", stats, native, attrs, aligned if X else None)
 
 
 def _program(kernel) -> Program:

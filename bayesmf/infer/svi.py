@@ -29,7 +29,13 @@ Options: ``guide`` ("normal"), ``guide_rank`` (None: NumPyro's default), ``num_s
 (20000, the maximum), ``learning_rate`` (0.01), ``batch_size`` (None), ``num_samples``
 (500), ``tol`` (1e-4), ``window`` (100), ``patience`` (2), ``num_particles`` (1),
 ``init_scale`` (0.1, initial guide scale), ``centered`` (False), ``factor_prior``
-("wishart").
+("wishart"), ``lambda_beta_prior`` ((1, 1)).
+
+Side features (``fit_svi(..., user_features=, item_features=)``): the Macau prior of
+:mod:`bayesmf.infer.numpyro_model` (sites ``beta_U``, ``lambda_beta_U``; items alike),
+the guide covering :math:`\beta` like every other latent; the draws ``beta_U (1,D,F,k)``,
+``lambda_beta_U`` and ``posterior.features`` have the layout of the Gibbs Macau posterior,
+so :meth:`~bayesmf.posterior.Posterior.with_features` gives cold-start predictions.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, build_model, draws_from_samples,
-                                         model_data, resolve_factor_prior)
+from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, _lambda_beta_prior, build_model,
+                                         draws_from_samples, model_data, model_features,
+                                         resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
@@ -52,7 +59,8 @@ __all__ = ["fit_svi", "DEFAULTS", "GUIDES"]
 GUIDES = ("normal", "lowrank")
 DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=0.01,
                 batch_size=None, num_samples=500, tol=1e-4, window=100, patience=2,
-                num_particles=1, init_scale=0.1, centered=False, factor_prior=None)
+                num_particles=1, init_scale=0.1, centered=False, factor_prior=None,
+                lambda_beta_prior=(1.0, 1.0))
 
 
 def _pos_float(name, v):
@@ -80,16 +88,28 @@ def _validate(o: dict, nnz: int) -> dict:
     o["learning_rate"] = _pos_float("learning_rate", o["learning_rate"])
     o["tol"] = _pos_float("tol", o["tol"])
     o["init_scale"] = _pos_float("init_scale", o["init_scale"])
+    o["lambda_beta_prior"] = list(_lambda_beta_prior(o["lambda_beta_prior"]))
     return o
 
 
 def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
-            **options) -> Posterior:
+            user_features=None, item_features=None, **options) -> Posterior:
     """Fit a NumPyro autoguide by stochastic VI and return guide draws as a Posterior.
+
+    ``user_features``/``item_features`` (a :class:`~bayesmf.data.features.Features` or
+    DataFrame per side) add the Macau prior (module docs).
 
     ``native`` holds ``{"model", "guide", "params", "svi", "losses", "model_args",
     "offset"}`` (``losses``: the per-step loss = negative ELBO estimate).
     """
+    from bayesmf.infer import likelihood_fitter
+
+    own = likelihood_fitter("svi", spec)  # a family with its own fitter (e.g. HPF)
+    if own is not None:
+        if user_features is not None or item_features is not None:
+            raise SpecError(f"side features are not supported by the "
+                            f"{spec.likelihood.name!r} likelihood's svi fitter")
+        return own(train, spec, seed=seed, progress=progress, **options)
     spec = fitted_spec(train, spec, "svi")
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
@@ -101,9 +121,11 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     from numpyro.optim import optax_to_numpyro
 
     data = model_data(train, spec)
+    aligned, X = model_features(train, spec, user_features, item_features, "svi")
     model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
                         centered=o["centered"], factor_prior=o["factor_prior"],
-                        batch_size=o["batch_size"])
+                        batch_size=o["batch_size"], features=X,
+                        lambda_beta_prior=o["lambda_beta_prior"])
     init = init_to_median(num_samples=15)
     if o["guide"] == "normal":
         guide = AutoNormal(model, init_loc_fn=init, init_scale=o["init_scale"])
@@ -162,6 +184,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
 
     sites = ["mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi",
              "mu_U", "Lambda_U", "mu_V", "Lambda_V"]
+    sites += [n for S in X for n in (f"beta_{S}", f"lambda_beta_{S}")]
     pred = Predictive(model, guide=guide, params=params, num_samples=o["num_samples"],
                       return_sites=sites, parallel=False)
     samples = pred(k_draw, *args)
@@ -180,7 +203,11 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         "elbo_trace_window": W,
         "timings": {"fit_s": t1 - t0, "draws_s": t2 - t1, "total_s": t2 - t0},
     }
+    if X:
+        attrs["macau"] = {"sides": [[side, f.n_features] for side, f in aligned.items()
+                                    if f is not None],
+                          "lambda_beta_prior": o["lambda_beta_prior"]}
     native = {"model": model, "guide": guide, "params": params, "svi": svi,
               "losses": losses, "model_args": args, "offset": data.offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
-                     "svi", {}, native, attrs)
+                     "svi", {}, native, attrs, aligned if X else None)
