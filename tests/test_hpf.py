@@ -326,7 +326,7 @@ def test_bad_counts_are_data_errors():
 def test_unsupported_methods_and_specs_are_spec_errors(planted):
     train, _, _ = planted
     with pytest.raises(SpecError, match="does not support likelihood 'poisson'"):
-        get_method("nuts")(train, SPEC)
+        get_method("pymc-nuts")(train, SPEC)
     with pytest.raises(SpecError, match="does not support likelihood 'gaussian'"):
         get_method("cavi")(train, ModelSpec(rank=2))
     with pytest.raises(SpecError, match="global_mean"):

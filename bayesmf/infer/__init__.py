@@ -26,6 +26,7 @@ METHODS: dict[str, str] = {
     "pymc-nuts": "bayesmf.infer.pymc:fit_pymc_nuts",
     "pymc-advi": "bayesmf.infer.pymc:fit_pymc_advi",
     "cavi": "bayesmf.infer.hpf:fit_cavi",
+    "nmf": "bayesmf.infer.nmf:fit_nmf",
 }
 
 

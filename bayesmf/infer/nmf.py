@@ -35,6 +35,14 @@ about the mean count). Stopping: the relative decrease of the objective in one i
 below ``tol`` (``1e-6``) or ``max_iter`` (``300``) iterations.
 
 Options: ``max_iter``, ``tol``, ``l1``.
+
+Explicit ratings
+----------------
+:func:`fit_nmf` (method ``"nmf"``, Gaussian likelihood) is the Frobenius counterpart for
+explicit ratings on the **observed** entries only,
+:math:`\min_{W,H\ge0}\sum_{(u,i)\in\Omega}(r_{ui} - W_u^\top H_i)^2
++ \lambda(\lVert W\rVert_F^2 + \lVert H\rVert_F^2)`, by masked multiplicative updates
+that never increase the objective (the math is in its docstring).
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ from bayesmf.infer import check_int, check_options, fitted_spec, require_factors
 from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_nmf", "kl_nmf", "kl_objective", "SparseCounts", "check_poisson_spec",
-           "DEFAULTS"]
+           "DEFAULTS", "fit_nmf", "masked_nmf", "nmf_step", "frobenius_objective",
+           "ObservedEntries", "EXPLICIT_DEFAULTS"]
 
 DEFAULTS = {"max_iter": 300, "tol": 1e-6, "l1": 0.0}
 
@@ -200,3 +209,219 @@ def poisson_loglik(data: SparseCounts, A, B) -> float:
 
 def _is_num(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+
+
+# ============================================================================ explicit
+# Frobenius NMF of explicit ratings on the observed entries: the math is in fit_nmf.
+
+#: options of :func:`fit_nmf` (``l2=None``: ``spec.reg_factors``)
+EXPLICIT_DEFAULTS = {"max_iter": 500, "tol": 1e-6, "l2": None, "eps": 1e-12}
+
+
+class ObservedEntries(SparseCounts):
+    """The observed entries of an ``N x M`` rating matrix in CSR order, **zeros kept** (an
+    observed 0 is data, unlike the unlisted zeros of :class:`SparseCounts`); the same
+    :meth:`rates` and :meth:`ratio_products` (sparse products on the observed pattern).
+    Duplicate pairs are a :class:`~bayesmf.errors.DataError`."""
+
+    def __init__(self, user, item, r, n_users: int, n_items: int):
+        user = np.asarray(user, np.int64)
+        item = np.asarray(item, np.int64)
+        r = np.asarray(r, np.float64)
+        order = np.lexsort((item, user))
+        user, item, r = user[order], item[order], r[order]
+        if len(user) > 1:
+            dup = (np.diff(user) == 0) & (np.diff(item) == 0)
+            if dup.any():
+                from bayesmf.errors import DataError
+
+                raise DataError(f"{int(dup.sum())} duplicate (user, item) pair(s) among the "
+                                "observed ratings")
+        indptr = np.zeros(n_users + 1, np.int64)
+        np.cumsum(np.bincount(user, minlength=n_users), out=indptr[1:])
+        self.csr = sp.csr_matrix((r, item, indptr), shape=(n_users, n_items))
+        self.N, self.M = n_users, n_items
+        self.y = r
+        self.user, self.item = user, item
+        self.total = float(r.sum())
+        self.log_fact = float("nan")  # not a count matrix
+
+
+def frobenius_objective(data: ObservedEntries, W, H, l2: float = 0.0) -> float:
+    r""":math:`J(W, H) = \sum_{(u,i)\in\Omega}(r_{ui} - W_u^\top H_i)^2
+    + \lambda(\lVert W\rVert_F^2 + \lVert H\rVert_F^2)` over the observed entries
+    :math:`\Omega` (:func:`fit_nmf`)."""
+    e = data.y - data.rates(W, H)
+    return float(e @ e) + l2 * float(np.sum(W * W) + np.sum(H * H))
+
+
+def nmf_step(data: ObservedEntries, W, H, l2: float = 0.0, eps: float = 1e-12):
+    r"""One iteration of the masked multiplicative updates (:func:`fit_nmf`): ``W`` with
+    ``H`` fixed, then ``H`` with the new ``W``; returns ``(W, H)``."""
+    RH, _ = data.ratio_products(data.y, W, H)
+    PH, _ = data.ratio_products(data.rates(W, H), W, H)
+    W = W * (RH + eps) / (PH + l2 * W + eps)
+    _, RtW = data.ratio_products(data.y, W, H)
+    _, PtW = data.ratio_products(data.rates(W, H), W, H)
+    H = H * (RtW + eps) / (PtW + l2 * H + eps)
+    return W, H
+
+
+def masked_nmf(data: ObservedEntries, rank: int, *, max_iter: int = 500, tol: float = 1e-6,
+               l2: float = 0.0, eps: float = 1e-12, seed: int = 0, W0=None, H0=None,
+               callback=None):
+    """Frobenius NMF on the observed entries by masked multiplicative updates
+    (:func:`fit_nmf`). Returns ``(W, H, info)``, ``info = {"objective": trace (initial
+    value first, one value per iteration), "iterations", "converged", "seconds"}``;
+    ``W0, H0``: a start (default: uniform on :math:`s[0.5, 1.5]`,
+    :math:`s = \\sqrt{\\bar r/k}`); ``callback(it, objective)`` after each iteration."""
+    N, M = data.N, data.M
+    if W0 is None or H0 is None:
+        rng = np.random.default_rng(seed)
+        s = np.sqrt(max(data.total / max(data.nnz, 1), 1e-12) / rank)
+        W = s * rng.uniform(0.5, 1.5, (N, rank))
+        H = s * rng.uniform(0.5, 1.5, (M, rank))
+    else:
+        W, H = np.array(W0, np.float64), np.array(H0, np.float64)
+    trace = [frobenius_objective(data, W, H, l2)]
+    converged = False
+    t0 = time.perf_counter()
+    it = 0
+    for it in range(1, max_iter + 1):
+        W, H = nmf_step(data, W, H, l2, eps)
+        trace.append(frobenius_objective(data, W, H, l2))
+        if callback is not None:
+            callback(it, trace[-1])
+        if abs(trace[-2] - trace[-1]) <= tol * max(abs(trace[-1]), 1e-12):
+            converged = True
+            break
+    return W, H, {"objective": np.asarray(trace), "iterations": it, "converged": converged,
+                  "seconds": time.perf_counter() - t0}
+
+
+def fit_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options):
+    r"""Non-negative matrix factorisation of **explicit ratings on the observed entries**
+    (Frobenius loss), the ``nmf`` method of the Gaussian likelihood; returns a point
+    :class:`~bayesmf.posterior.Posterior` (one draw, method ``"nmf"``).
+
+    Objective, over the observed pairs :math:`\Omega` only (an unrated pair is missing,
+    not a zero), with :math:`W\in\mathbb R_+^{N\times k}`, :math:`H\in\mathbb
+    R_+^{M\times k}`:
+
+    .. math::
+
+        J(W, H) = \sum_{(u,i)\in\Omega}\bigl(r_{ui} - W_u^\top H_i\bigr)^2
+        + \lambda\bigl(\lVert W\rVert_F^2 + \lVert H\rVert_F^2\bigr),
+
+    i.e. the MAP objective of :mod:`bayesmf.infer.map` without mean and biases, restricted
+    to :math:`W, H \ge 0`. With the mask :math:`M_{ui} = [(u,i)\in\Omega]`, :math:`R` the
+    ratings on :math:`\Omega` (0 elsewhere) and :math:`P = M\circ(WH^\top)` the
+    predictions on :math:`\Omega`, the masked Lee & Seung updates are
+
+    .. math::
+
+        W \leftarrow W\circ\frac{RH + \epsilon}{PH + \lambda W + \epsilon},\qquad
+        H \leftarrow H\circ\frac{R^\top W + \epsilon}{P^\top W + \lambda H + \epsilon}
+
+    (:math:`P` recomputed between the two; element-wise products and ratios). **The
+    objective never increases**: for one row, :math:`J_u(w) = w^\top A w - 2b^\top w +
+    \text{const}` with :math:`A = \sum_{i\in\Omega_u}H_iH_i^\top + \lambda I` (non-negative
+    entries) and :math:`b = \sum_{i\in\Omega_u} r_{ui}H_i \ge 0`; the diagonal
+    :math:`K = \mathrm{diag}\bigl((Aw + \epsilon)/w\bigr)` satisfies :math:`K \succeq A`
+    (Lee & Seung's lemma, plus :math:`\mathrm{diag}(\epsilon/w)\succeq 0`), so the quadratic
+    with Hessian :math:`2K` touching :math:`J_u` at :math:`w` majorises it, and its minimiser
+    is exactly :math:`w\circ(b+\epsilon)/(Aw+\epsilon)` -- the update above. The rows of
+    :math:`W` are independent given :math:`H` (and vice versa), so each half step does not
+    increase :math:`J`. :math:`\epsilon` (option ``eps``, default ``1e-12``) guards the
+    division; it appears in numerator and denominator so the update stays the exact
+    majoriser minimiser and the fixed points are those of :math:`\epsilon = 0`
+    (:math:`b = Aw`, or :math:`w = 0`). Entries that start positive stay positive;
+    the updates need :math:`r_{ui}\ge 0` (star ratings), so a negative rating is a
+    :class:`~bayesmf.errors.DataError`. Cost per iteration: four sparse products on
+    :math:`\Omega` and two :math:`|\Omega|\times k` gathers, :math:`O(|\Omega| k)`.
+
+    Start: :math:`W, H` uniform on :math:`s[0.5, 1.5]`, :math:`s = \sqrt{\bar r/k}`
+    (:math:`\bar r` the mean rating: the initial predictions are about :math:`\bar r`).
+    Stop: the relative decrease of :math:`J` in one iteration below ``tol`` or
+    ``max_iter`` iterations. Float64 (numpy/scipy, no compile).
+
+    The model has **no global mean or biases** (they would have to be non-negative too):
+    the spec must switch them off (``global_mean=False, user_bias=False,
+    item_bias=False``), else :class:`~bayesmf.errors.SpecError`. Gaussian likelihood
+    only.
+
+    Options: ``max_iter`` (500), ``tol`` (1e-6), ``l2`` (None: ``spec.reg_factors``, the
+    :math:`\lambda` of the MAP objective), ``eps`` (1e-12).
+
+    The Posterior: ``U = W``, ``V = H``, zeros for ``mu, bu, bi``, ``tau`` the mode of the
+    noise precision given the residuals (as :func:`bayesmf.infer.map.fit_map`; the fixed
+    ``spec.noise_precision`` with ``noise="fixed"``). ``sample_stats``: ``objective``,
+    ``objective_trace`` (per iteration, initial value first), ``n_iter``, ``converged``,
+    ``train_rmse``.
+    """
+    from bayesmf.errors import DataError
+    from bayesmf.infer.map import noise_precision_mode
+    from bayesmf.posterior import Posterior, TrainInfo
+
+    t0 = time.perf_counter()
+    lik = getattr(spec, "likelihood", None)
+    if getattr(lik, "name", "gaussian") != "gaussian":
+        raise SpecError(f"method 'nmf' (Frobenius NMF of explicit ratings) needs the "
+                        f"Gaussian likelihood, got {lik.name!r}"
+                        + (" (counts: method='map' is KL-NMF)" if lik.name == "poisson"
+                           else ""))
+    spec = fitted_spec(train, spec)
+    opts = check_options("nmf", options, EXPLICIT_DEFAULTS)
+    max_iter = check_int("max_iter", opts["max_iter"], 1)
+    tol = float(opts["tol"]) if _is_num(opts["tol"]) else None
+    if tol is None or not tol >= 0 or not np.isfinite(tol):
+        raise SpecError(f"tol must be a finite number >= 0, got {opts['tol']!r}")
+    l2 = spec.reg_factors if opts["l2"] is None else opts["l2"]
+    if not _is_num(l2) or not np.isfinite(l2) or not l2 >= 0:
+        raise SpecError(f"l2 must be a finite number >= 0 (or None: spec.reg_factors), got "
+                        f"{opts['l2']!r}")
+    eps = opts["eps"]
+    if not _is_num(eps) or not np.isfinite(eps) or not eps > 0:
+        raise SpecError(f"eps must be a finite number > 0, got {eps!r}")
+    l2, eps = float(l2), float(eps)
+    on = [n for n in ("global_mean", "user_bias", "item_bias") if getattr(spec, n)]
+    if on:
+        raise SpecError(f"method 'nmf' models r_ui = W_u . H_i with W, H >= 0 (no mean or "
+                        f"biases); switch off {', '.join(on)} (global_mean=False, "
+                        "user_bias=False, item_bias=False)")
+    if spec.rank < 1:
+        raise SpecError("method 'nmf' needs rank >= 1")
+    r = np.asarray(train.rating, np.float64)
+    if (r < 0).any():
+        raise DataError(f"method 'nmf' needs non-negative ratings (the multiplicative "
+                        f"updates keep W, H >= 0); {int((r < 0).sum())} rating(s) are "
+                        f"negative (e.g. {r[np.flatnonzero(r < 0)[0]]:g}); shift the scale")
+    data = ObservedEntries(train.user, train.item, r, train.n_users, train.n_items)
+    with iteration_bar(progress, max_iter, "NMF", "objective") as tick:
+        W, H, info = masked_nmf(data, spec.rank, max_iter=max_iter, tol=tol, l2=l2, eps=eps,
+                                seed=int(seed), callback=lambda it, obj: tick(obj))
+    N, M, n = train.n_users, train.n_items, data.nnz
+    e = data.y - data.rates(W, H)
+    sse = float(e @ e)
+    if spec.noise == "learned":
+        tau = noise_precision_mode(sse, n, spec.priors.noise_a, spec.priors.noise_b)
+    else:
+        tau = spec.noise_precision
+    f32 = np.float32
+    z = np.zeros
+    draws = {"mu": z((1, 1), f32), "bu": z((1, 1, N), f32), "bi": z((1, 1, M), f32),
+             "U": W.astype(f32)[None, None], "V": H.astype(f32)[None, None],
+             "tau": np.full((1, 1), tau, f32)}
+    obj = info["objective"]
+    stats = {"objective": np.array([[obj[-1]]]), "objective_trace": obj[None, None],
+             "n_iter": np.array([[info["iterations"]]], np.int64),
+             "converged": np.array([[info["converged"]]]),
+             "train_rmse": np.array([[np.sqrt(sse / max(n, 1))]])}
+    attrs = {"seed": int(seed), "solver": "frobenius-nmf (masked multiplicative updates)",
+             "options": {"max_iter": max_iter, "tol": tol, "l2": l2, "eps": eps},
+             "iterations": int(info["iterations"]), "converged": bool(info["converged"]),
+             "objective": float(obj[-1]), "objective_initial": float(obj[0]),
+             "timings": {"iterate_s": float(info["seconds"]),
+                         "total_s": time.perf_counter() - t0}}
+    return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
+                     "nmf", stats, None, attrs)

@@ -39,6 +39,8 @@ draws ``xi`` (``(C, D, N)``) and ``eta`` (``(C, D, M)``, the *item activity*
 * ``cavi`` -- the paper's coordinate-ascent variational inference
   (:func:`bayesmf.infer.hpf.fit_cavi`); the Posterior holds draws from the variational
   Gamma posteriors;
+* ``svi`` / ``nuts`` -- NumPyro SVI (mean-field LogNormal guide) and NUTS (small data) of
+  the same model (:mod:`bayesmf.infer.hpf_numpyro`);
 * ``map`` -- KL-NMF by the multiplicative updates of Lee & Seung
   (:func:`bayesmf.infer.nmf.fit_map_nmf`): the maximum-likelihood factors (the HPF
   priors with shapes below 1 have no mode).
@@ -121,14 +123,16 @@ class Poisson(Likelihood):
     discrete = True
     mean_is_linear = False
     augmented = False
-    methods = ("map", "gibbs", "cavi")
+    methods = ("map", "gibbs", "cavi", "svi", "nuts")
     #: every pair is an observation (the zeros enter through closed-form sums)
     full_matrix = True
     #: no global mean or biases: the rate is theta_u . beta_i
     default_biases = False
     #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
     fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
-               "map": "bayesmf.infer.nmf:fit_map_nmf"}
+               "map": "bayesmf.infer.nmf:fit_map_nmf",
+               "svi": "bayesmf.infer.hpf_numpyro:fit_svi_hpf",
+               "nuts": "bayesmf.infer.hpf_numpyro:fit_nuts_hpf"}
 
     def __post_init__(self):
         for n in _HYPER:
