@@ -34,7 +34,8 @@ Side information (the Macau prior, :mod:`bayesmf.data.features`)
     (``Action|Comedy``). Its ids are read as text and matched to the model's ids by the
     same rule as the ratings (``--id-type``). Every training id needs a row; other rows
     are allowed (ignored by the fit). A text column with a different value on every row
-    (a title) is refused. Any other method: error, exit 2.
+    (a title) is refused. Methods gibbs, map, svi and nuts take features; any other
+    method: error, exit 2.
     ``--implicit-terms user,item`` adds the SVD++ terms (which items a user rated, not
     how; which users rated an item) as feature blocks built from the training pairs, with
     or without features files; a cold-start row can list its known ids in a column
@@ -299,8 +300,8 @@ def _with_cold_start(a, post):
         S_ = "U" if side == "user" else "V"
         if feats.get(side) is None or f"beta_{S_}" not in post.draws:
             raise DataError(f"{flag}: the model {a.model} was fitted without {side} "
-                            f"features; fit it with 'bayesmf fit --method gibbs {flag} "
-                            "FILE'")
+                            f"features; fit it with e.g. 'bayesmf fit --method gibbs "
+                            f"{flag} FILE'")
         vocab = post.users if side == "user" else post.items
         df = _read_features(path, side, getattr(a, f"{side}_col", None))
         df[side] = _coerce_ids(df[side].to_numpy(), vocab, a.id_type)
@@ -648,7 +649,7 @@ def _fit_prior(prior, likelihood):
 
 def cmd_fit(a) -> int:
     from bayesmf.datasets import load_ratings_source
-    from bayesmf.estimator import BayesMF
+    from bayesmf.estimator import FEATURE_METHODS, BayesMF
 
     if a.resume:
         side = Path(str(a.resume) + ".cli.json")
@@ -693,12 +694,13 @@ def cmd_fit(a) -> int:
     conf = getattr(a, "confidence", None)
     prior, own_prior = _fit_prior(getattr(a, "prior", None), likelihood)
     feature_files = _feature_files(a)
-    if feature_files and method != "gibbs":
-        flags = " and ".join(f"--{side}-features" for side in feature_files)
-        verb = "need" if len(feature_files) > 1 else "needs"
+    if (feature_files or a.implicit_terms) and method not in FEATURE_METHODS:
+        flags = " and ".join([f"--{side}-features" for side in feature_files]
+                             + (["--implicit-terms"] if a.implicit_terms else []))
+        verb = "need" if len(flags.split(" and ")) > 1 else "needs"
         given = f"got --method {method}" if a.method else f"the default --method is {method}"
         raise DataError(f"{flags} (side information, the Macau prior) {verb} --method "
-                        f"gibbs; {given}")
+                        f"gibbs, map, svi or nuts; {given}")
     if feedback == "implicit":
         from bayesmf.datasets import load_interactions_source
 
@@ -1291,7 +1293,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SVD++-style implicit terms: 'user' (the items each user rated "
                           "inform the user factor), 'item' (the users who rated an item "
                           "inform the item factor) or 'user,item'; built from the training "
-                          "pairs as features of the Macau prior (--method gibbs)")
+                          "pairs as features of the Macau prior (--method gibbs, map, svi or nuts)")
     _add_columns(fit)
     _add_reading(fit)
     fit.set_defaults(func=cmd_fit)

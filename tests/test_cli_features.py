@@ -179,15 +179,21 @@ def _err(capsys, *args):
     return err
 
 
-def test_features_need_gibbs(data, capsys):
+def test_features_need_a_feature_method(data, capsys):
     d = data["d"]
-    err = _err(capsys, "fit", d / "train.csv", "--method", "map", "--item-features",
+    err = _err(capsys, "fit", d / "train.csv", "--method", "pymc-advi", "--item-features",
                d / "items.csv", "--out", d / "x.nc")
-    assert "--item-features" in err and "--method gibbs" in err and "map" in err
-    err = _err(capsys, "fit", d / "train.csv", "--user-features", d / "users.csv",
-               "--out", d / "x.nc")  # the default method is map
-    assert "needs --method gibbs" in err and "default" in err
+    assert "--item-features" in err and "--method gibbs, map, svi or nuts" in err
+    assert "pymc-advi" in err
+    err = _err(capsys, "fit", d / "train.csv", "--method", "pymc-advi", "--implicit-terms",
+               "user", "--out", d / "x.nc")
+    assert "--implicit-terms" in err and "needs --method gibbs" in err
     assert not (d / "x.nc").exists()
+    # the default method (map) takes them: the MAP Macau prior
+    assert main(["fit", str(d / "train.csv"), "--user-features", str(d / "users.csv"),
+                 "--out", str(d / "x.nc")]) == 0
+    capsys.readouterr()
+    assert (d / "x.nc").exists()
 
 
 def test_fit_feature_file_errors(data, capsys):
