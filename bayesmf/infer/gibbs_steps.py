@@ -439,11 +439,11 @@ def macau_beta_draw(key, F_rows, mu_F, Lam, lam_beta, f: MacauData, n_features: 
         A = _tri(L, jax.random.normal(kz, (n_features, k), dt), True)   # L^{-T} Z
         noise = _tri(C, A.T, True).T                                     # A C^{-1}
         return mean + noise
-    if solver == "eigh":
+    if solver == "eigh":  # one product by Q for mean and noise together
         inv = 1.0 / (f.evals + lam_beta)
-        mean = f.Q @ (inv[:, None] * (f.Q.T @ feature_tmatmul(f, R, n_features)))
-        A = f.Q @ (jnp.sqrt(inv)[:, None] * jax.random.normal(kz, (n_features, k), dt))
-        return mean + _tri(C, A.T, True).T
+        ZC = _tri(C, jax.random.normal(kz, (n_features, k), dt).T, True).T   # Z C^{-1}
+        return f.Q @ (inv[:, None] * (f.Q.T @ feature_tmatmul(f, R, n_features))
+                      + jnp.sqrt(inv)[:, None] * ZC)
     if solver != "cg":
         raise ValueError(f"unknown beta solver {solver!r}")
     E1 = _tri(C, jax.random.normal(kz, (n, k), dt).T, True).T
