@@ -122,11 +122,16 @@ def _pointwise_loglik(posterior: Posterior, users, items, y, memory_limit=None):
     u, i, ku, ki = posterior.encode_pairs(users, items, unknown="fallback")
     out = np.empty((S, n), np.float32)
     half_log_2pi = 0.5 * np.log(2 * np.pi)
-    gaussian = posterior.likelihood.mean_is_linear
+    lik = posterior.likelihood
+    gaussian = lik.mean_is_linear
     for sl in _pair_chunks(n, S, posterior.spec.rank):
         if gaussian:
-            m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
-            z = (y[sl] - m) / sd
+            # the family's own term: N(t | m, v + 1/(tau c)); (t, c) = (y, 1) for the
+            # Gaussian, (1, confidence) for a listed implicit pair
+            t, c = lik.predictive_target(y[sl])
+            m, v = posterior.pair_moments(u[sl], i[sl], ku[sl], ki[sl])
+            sd = np.sqrt(v + posterior.noise_var()[:, None] / c)
+            z = (t - m) / sd
             out[:, sl] = -0.5 * z * z - np.log(sd) - half_log_2pi
         else:  # each draw's own distribution: log p(y | eta_s, theta_s)
             mix = posterior.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl]).per_draw()

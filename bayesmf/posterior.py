@@ -680,6 +680,7 @@ class Posterior:
         the Gaussian, a probability for discrete families) for a test set encoded with
         this posterior's vocabularies (or with raw ids re-encoded)."""
         u, i, ku, ki, y = self._test_arrays(ratings)
+        y, _ = self.likelihood.predictive_target(y)  # implicit: the preference 1
         out = np.empty(len(y))
         for sl in self._chunks(len(y)):
             out[sl] = self.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl]).logpdf(y[sl])

@@ -94,6 +94,15 @@ class Likelihood:
         """Data-scale values -> internal coding (float array)."""
         return np.asarray(y, np.float64)
 
+    def predictive_target(self, y: np.ndarray) -> tuple:
+        """``(t, c)`` of data-scale values ``y``: the value ``t`` the posterior predictive
+        (:meth:`predictive`) is a distribution of, and the factor ``c`` of the noise
+        precision in a listed pair's likelihood term. The identity ``(y, 1)`` except for a
+        family whose data are not on its predictive's scale (implicit feedback: the
+        preference ``1`` of a listed pair, with confidence ``c``)."""
+        y = np.asarray(y, np.float64)
+        return y, np.ones_like(y)
+
     def eta_offset(self, y: np.ndarray) -> float:
         """A good starting value of :math:`\\mu` (also the centring offset of the PPL
         models) from the training values (data scale)."""

@@ -146,6 +146,13 @@ class ImplicitGaussian(Gaussian):
     def eta_offset(self, y):
         return 0.0
 
+    def predictive_target(self, y):
+        """A listed pair is the preference ``p = 1`` with confidence ``c`` (its count is
+        not on the predictive's scale)."""
+        self.check_values(y)
+        c = self.encode(y)
+        return np.ones_like(c), c
+
     def prior_scale(self, y) -> float:
         return 1.0
 
