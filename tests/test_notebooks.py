@@ -41,7 +41,8 @@ pytest.importorskip("ipykernel")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 EXPECTED = {"01_quickstart.ipynb", "02_diagnostics.ipynb",
-            "03_uncertainty_recommendations.ipynb", "04_likelihoods.ipynb"}
+            "03_uncertainty_recommendations.ipynb", "04_likelihoods.ipynb",
+            "05_implicit_feedback.ipynb", "06_poisson_factors.ipynb"}
 _spec = importlib.util.spec_from_file_location("nb_execute", NOTEBOOKS / "execute.py")
 nbexec = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nbexec)
@@ -255,3 +256,19 @@ def test_04_likelihoods(tmp_path, monkeypatch, jax_cache):
     text = _text(nb)
     assert "log-loss" in text and "AUC" in text and "cut-point gaps" in text
     assert "stars to a Bernoulli model" in text and "0/1" in text
+
+
+def test_06_poisson_factors(tmp_path, monkeypatch, jax_cache):
+    nb = execute(NOTEBOOKS / "06_poisson_factors.ipynb", tmp_path, monkeypatch, jax_cache)
+    assert _images(nb) >= 2  # top items per factor, one user's factor shares
+    text = _text(nb)
+    assert "P(y>=1)" in text and "main factor" in text
+    assert "held-out log p(y) per non-zero count" in text
+
+
+def test_05_implicit_feedback(tmp_path, monkeypatch, jax_cache):
+    nb = execute(NOTEBOOKS / "05_implicit_feedback.ipynb", tmp_path, monkeypatch, jax_cache)
+    assert _images(nb) >= 1
+    text = _text(nb)
+    assert "held-out pairs" in text and "per sweep" in text
+    assert "uniform:4" in text and "recall@20" in text
