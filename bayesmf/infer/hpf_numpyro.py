@@ -93,6 +93,7 @@ from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer.hpf import _Cfg, _hyper, _split_data
 from bayesmf.infer.nmf import check_poisson_spec
+from bayesmf.infer.svi import run_windows
 
 __all__ = ["fit_svi_hpf", "fit_nuts_hpf", "build_hpf_model", "build_hpf_guide",
            "hpf_loglik", "all_pairs_stats", "SVI_DEFAULTS", "NUTS_DEFAULTS",
@@ -314,33 +315,9 @@ def fit_svi_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options
     def run_window(state):
         return jax.lax.scan(lambda s, _: svi.update(s, data), state, None, length=W)
 
-    n_windows = -(-o["num_steps"] // W)
-    losses, means = [], []
-    converged, streak = False, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_windows * W, desc="HPF svi", unit="step")
-    for w in range(n_windows):
-        state, ls = run_window(state)
-        ls = np.asarray(ls, np.float64)
-        losses.append(ls)
-        means.append(float(np.mean(ls)))
-        if bar is not None:
-            bar.update(W)
-            bar.set_postfix(elbo=f"{-means[-1]:.6g}")
-        if not np.isfinite(means[-1]):
-            break
-        if w > 0:
-            rel = abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-12)
-            streak = streak + 1 if rel < o["tol"] else 0
-            if streak >= o["patience"]:
-                converged = True
-                break
-    if bar is not None:
-        bar.close()
+    state, losses, means, converged = run_windows(
+        run_window, state, o["num_steps"], W, o["tol"], o["patience"], progress, "HPF svi")
     t1 = time.perf_counter()
-    losses = np.concatenate(losses)
     if not np.all(np.isfinite(losses[-W:])):
         raise FloatingPointError("HPF SVI diverged (non-finite ELBO); lower learning_rate "
                                  "or init_scale")

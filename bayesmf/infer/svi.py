@@ -54,7 +54,7 @@ from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, _lambda_beta_prior, buil
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
 
-__all__ = ["fit_svi", "DEFAULTS", "GUIDES"]
+__all__ = ["fit_svi", "run_windows", "DEFAULTS", "GUIDES"]
 
 GUIDES = ("normal", "lowrank")
 DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=0.01,
@@ -90,6 +90,41 @@ def _validate(o: dict, nnz: int) -> dict:
     o["init_scale"] = _pos_float("init_scale", o["init_scale"])
     o["lambda_beta_prior"] = list(_lambda_beta_prior(o["lambda_beta_prior"]))
     return o
+
+
+def run_windows(run_window, state, num_steps: int, window: int, tol: float, patience: int,
+                progress: bool = False, desc: str = "svi"):
+    """The windowed optimisation loop of the SVI fitters: ``run_window(state) -> (state,
+    losses (window,))`` compiled steps at a time until ``num_steps`` or until the
+    relative change of consecutive window means stays below ``tol`` for ``patience``
+    windows (module docs); a non-finite window mean stops early. Returns ``(state,
+    losses (steps,), means (one per window), converged)``."""
+    n_windows = -(-int(num_steps) // window)
+    losses, means = [], []
+    converged, streak = False, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_windows * window, desc=desc, unit="step")
+    for w in range(n_windows):
+        state, ls = run_window(state)
+        ls = np.asarray(ls, np.float64)
+        losses.append(ls)
+        means.append(float(np.mean(ls)))
+        if bar is not None:
+            bar.update(window)
+            bar.set_postfix(elbo=f"{-means[-1]:.6g}")
+        if not np.isfinite(means[-1]):
+            break
+        if w > 0:
+            rel = abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-12)
+            streak = streak + 1 if rel < tol else 0
+            if streak >= patience:
+                converged = True
+                break
+    if bar is not None:
+        bar.close()
+    return state, np.concatenate(losses), means, converged
 
 
 def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
@@ -150,33 +185,9 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
             return s, loss
         return jax.lax.scan(body, state, None, length=W)
 
-    n_windows = -(-o["num_steps"] // W)
-    losses, means = [], []
-    converged, streak = False, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_windows * W, desc="svi", unit="step")
-    for w in range(n_windows):
-        state, ls = run_window(state)
-        ls = np.asarray(ls, np.float64)
-        losses.append(ls)
-        means.append(float(np.mean(ls)))
-        if bar is not None:
-            bar.update(W)
-            bar.set_postfix(elbo=f"{-means[-1]:.4g}")
-        if not np.isfinite(means[-1]):
-            break
-        if w > 0:
-            rel = abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-12)
-            streak = streak + 1 if rel < o["tol"] else 0
-            if streak >= o["patience"]:
-                converged = True
-                break
-    if bar is not None:
-        bar.close()
+    state, losses, means, converged = run_windows(
+        run_window, state, o["num_steps"], W, o["tol"], o["patience"], progress, "svi")
     t1 = time.perf_counter()
-    losses = np.concatenate(losses)
     if not np.all(np.isfinite(losses[-W:])):
         raise FloatingPointError(
             "SVI diverged (non-finite ELBO); lower learning_rate or init_scale")
