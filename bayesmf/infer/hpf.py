@@ -92,6 +92,17 @@ with :math:`E_q\log\mathrm{Gamma}(x; \alpha, \rho) = \alpha E\log\rho - \log\Gam
 \log\Gamma(s) + (1-s)\psi(s)`; it is computed from the same :math:`S_{ui}` as the next
 :math:`\phi` update. Iterations stop when the relative ELBO change falls below ``tol``
 (after ``min_iter``) or at ``max_iter``. Computed in float64 (numpy/scipy, no compile).
+
+**Cost.** Per iteration: the rates :math:`S'_{ui}` at the non-zeros once (shared by the
+ELBO and the next :math:`\phi`), two sparse products :math:`QB`, :math:`Q^\top A` with
+:math:`Q = y/S'`, and :math:`O((N+M)k)` digammas/logs computed once and shared too. The
+rates are taken by blocks of consecutive users: a block whose non-zeros fill at least
+1/64 of its pairs reads them off the dense GEMM :math:`A_{\text{block}}B^\top` (BLAS,
+about 4x faster than gathering ``(nnz, k)`` rows on ML-1M at 4.4 % density), a sparser
+block gathers rows. The likelihood sum needs no per-non-zero shifts:
+:math:`\sum y\log S = \sum y\log S' + \sum_u y_{u\cdot}\max_k E\log\theta_{uk} +
+\sum_i y_{\cdot i}\max_k E\log\beta_{ik}`. Only the order of float64 additions differs
+from the direct formulas.
 The returned Posterior (method ``"cavi"``, one chain) holds ``num_samples`` independent
 draws from the variational posteriors of :math:`\theta, \beta, \xi, \eta`.
 """
@@ -395,29 +406,45 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
 
 
 # ----------------------------------------------------------------------------- CAVI
-def _gamma_entropy(s, r):
+class _Moments(NamedTuple):
+    """Of :math:`x\\sim\\mathrm{Gamma}(s, r)`: ``E`` = :math:`s/r`, ``El`` =
+    :math:`\\psi(s) - \\log r`, ``psi`` = :math:`\\psi(s)`, ``log_r``."""
+
+    E: np.ndarray
+    El: np.ndarray
+    psi: np.ndarray
+    log_r: np.ndarray
+
+
+def _moments(s, r) -> _Moments:
+    from scipy.special import digamma
+
+    psi, log_r = digamma(s), np.log(r)
+    return _Moments(s / r, psi - log_r, psi, log_r)
+
+
+def _gamma_entropy(s, r, m: _Moments | None = None):
+    """:math:`\\mathbb H[\\mathrm{Gamma}(s, r)] = s - \\log r + \\log\\Gamma(s) +
+    (1 - s)\\psi(s)` elementwise (``m``: the moments of ``(s, r)`` when at hand)."""
     from scipy.special import digamma, gammaln
 
-    return s - np.log(r) + gammaln(s) + (1.0 - s) * digamma(s)
+    if m is None:
+        return s - np.log(r) + gammaln(s) + (1.0 - s) * digamma(s)
+    return s - m.log_r + gammaln(s) + (1.0 - s) * m.psi
 
 
-def cavi_elbo(data: SparseCounts, hyper: tuple, p: dict, log_S=None) -> float:
-    """The ELBO at the optimal :math:`\\phi` for the Gamma parameters ``p`` (keys ``gs,
-    gr, ks, kr, ls, lr, ts, tr``; module docs). ``log_S`` (the log normalisers
-    :math:`\\log S_{ui}` at the non-zeros) is computed when not given."""
-    from scipy.special import digamma, gammaln
+def _elbo(data: SparseCounts, hyper: tuple, p: dict, mom: dict, y_log_S: float) -> float:
+    """The ELBO (module docs) from the moments ``mom`` (keys ``t, x, b, e``: θ, ξ, β, η)
+    of ``p`` and :math:`\\sum_{y_{ui}>0} y_{ui}\\log S_{ui}`."""
+    from scipy.special import gammaln
 
     a, ap, bp, c, cp, dp = hyper
-    ElT = digamma(p["gs"]) - np.log(p["gr"])
-    ElB = digamma(p["ls"]) - np.log(p["lr"])
-    ET, EB = p["gs"] / p["gr"], p["ls"] / p["lr"]
-    ElX = digamma(p["ks"]) - np.log(p["kr"])
-    ElE = digamma(p["ts"]) - np.log(p["tr"])
-    EX, EE = p["ks"] / p["kr"], p["ts"] / p["tr"]
+    ET, ElT = mom["t"].E, mom["t"].El
+    EB, ElB = mom["b"].E, mom["b"].El
+    EX, ElX = mom["x"].E, mom["x"].El
+    EE, ElE = mom["e"].E, mom["e"].El
     K = ET.shape[1]
-    if log_S is None:
-        log_S = _log_normalisers(data, ElT, ElB)[0]
-    lik = float(data.y @ log_S) - data.log_fact - float(ET.sum(0) @ EB.sum(0))
+    lik = y_log_S - data.log_fact - float(ET.sum(0) @ EB.sum(0))
     pr_t = float(np.sum(a * ElX) * K - ET.shape[0] * K * gammaln(a)
                  + (a - 1.0) * ElT.sum() - np.sum(EX[:, None] * ET))
     pr_x = float(np.sum(ap * np.log(ap / bp) - gammaln(ap) + (ap - 1.0) * ElX
@@ -426,21 +453,48 @@ def cavi_elbo(data: SparseCounts, hyper: tuple, p: dict, log_S=None) -> float:
                  + (c - 1.0) * ElB.sum() - np.sum(EE[:, None] * EB))
     pr_e = float(np.sum(cp * np.log(cp / dp) - gammaln(cp) + (cp - 1.0) * ElE
                         - cp / dp * EE))
-    ent = float(_gamma_entropy(p["gs"], p["gr"]).sum() + _gamma_entropy(p["ks"], p["kr"]).sum()
-                + _gamma_entropy(p["ls"], p["lr"]).sum()
-                + _gamma_entropy(p["ts"], p["tr"]).sum())
+    ent = float(_gamma_entropy(p["gs"], p["gr"], mom["t"]).sum()
+                + _gamma_entropy(p["ks"], p["kr"], mom["x"]).sum()
+                + _gamma_entropy(p["ls"], p["lr"], mom["b"]).sum()
+                + _gamma_entropy(p["ts"], p["tr"], mom["e"]).sum())
     return lik + pr_t + pr_x + pr_b + pr_e + ent
 
 
-def _log_normalisers(data: SparseCounts, ElT, ElB):
-    """``(log S, A', B', S')``: ``A' = exp(ElT - max_k)``, ``B'`` alike, ``S' = A'_u . B'_i``
-    at the non-zeros and ``log S = log S' + max_u + max_i``."""
+def _all_moments(p: dict) -> dict:
+    return {"t": _moments(p["gs"], p["gr"]), "x": _moments(p["ks"], p["kr"]),
+            "b": _moments(p["ls"], p["lr"]), "e": _moments(p["ts"], p["tr"])}
+
+
+def cavi_elbo(data: SparseCounts, hyper: tuple, p: dict, log_S=None) -> float:
+    """The ELBO at the optimal :math:`\\phi` for the Gamma parameters ``p`` (keys ``gs,
+    gr, ks, kr, ls, lr, ts, tr``; module docs). ``log_S`` (the log normalisers
+    :math:`\\log S_{ui}` at the non-zeros) is computed when not given."""
+    mom = _all_moments(p)
+    if log_S is None:
+        y_log_S = _log_normalisers(data, mom["t"].El, mom["b"].El)[0]
+    else:
+        y_log_S = float(data.y @ log_S)
+    return _elbo(data, hyper, p, mom, y_log_S)
+
+
+def _log_normalisers(data: SparseCounts, ElT, ElB, rates=None, y_rows=None, y_cols=None):
+    r"""``(sum y log S, A', B', S')``: ``A' = exp(ElT - max_k)``, ``B'`` alike,
+    ``S' = A'_u . B'_i`` at the non-zeros (by ``rates``, :meth:`SparseCounts.rates <bayesmf.infer.nmf.SparseCounts.rates>` of ``data``)
+    and :math:`\log S_{ui} = \log S'_{ui} + m^A_u + m^B_i`, so
+    :math:`\sum y\log S = \sum y\log S' + (\sum_i y_{ui})^\top m^A + (\sum_u y_{ui})^\top
+    m^B` (``y_rows``, ``y_cols``: the row and column sums of the counts)."""
+    if rates is None:
+        rates = data.rates
+    if y_rows is None:
+        y_rows = np.asarray(data.csr.sum(axis=1)).ravel()
+        y_cols = np.asarray(data.csr.sum(axis=0)).ravel()
     mA = ElT.max(axis=1)
     mB = ElB.max(axis=1)
     A = np.exp(ElT - mA[:, None])
     B = np.exp(ElB - mB[:, None])
-    Sp = np.maximum(data.rates(A, B), np.finfo(np.float64).tiny)
-    return np.log(Sp) + mA[data.user] + mB[data.item], A, B, Sp
+    Sp = np.maximum(rates(A, B), np.finfo(np.float64).tiny)
+    y_log_S = float(data.y @ np.log(Sp)) + float(y_rows @ mA) + float(y_cols @ mB)
+    return y_log_S, A, B, Sp
 
 
 def cavi(data: SparseCounts, rank: int, hyper: tuple, *, max_iter: int = 500,
@@ -449,9 +503,11 @@ def cavi(data: SparseCounts, rank: int, hyper: tuple, *, max_iter: int = 500,
     parameters (``gs, gr`` of θ, ``ks, kr`` of ξ, ``ls, lr`` of β, ``ts, tr`` of η) and
     ``info = {"elbo": trace, "iterations", "converged", "seconds"}``; ``elbo[t]`` is the
     ELBO after ``t`` iterations (``elbo[0]`` at the initial values).
-    ``callback(it, elbo)`` after each iteration."""
-    from scipy.special import digamma
+    ``callback(it, elbo)`` after each iteration.
 
+    Each iteration computes the rates :math:`S'` once (:meth:`bayesmf.infer.nmf.SparseCounts.rates`: dense GEMM blocks
+    where the counts are dense enough) and the digammas, logs and means of the Gamma
+    parameters once (:func:`_moments`); the ELBO and the next updates share them."""
     a, ap, bp, c, cp, dp = hyper
     rng = np.random.default_rng(seed)
     N, M, K = data.N, data.M, rank
@@ -462,15 +518,18 @@ def cavi(data: SparseCounts, rank: int, hyper: tuple, *, max_iter: int = 500,
     p["lr"] = p["ls"] / (s * rng.uniform(0.5, 1.5, (M, K)))
     p["kr"] = p["ks"] / bp
     p["tr"] = p["ts"] / dp
+    rates = data.rates
+    y_rows = np.asarray(data.csr.sum(axis=1)).ravel()
+    y_cols = np.asarray(data.csr.sum(axis=0)).ravel()
     trace = []
     converged = False
     t0 = time.perf_counter()
     it = 0
     while True:
-        ElT = digamma(p["gs"]) - np.log(p["gr"])
-        ElB = digamma(p["ls"]) - np.log(p["lr"])
-        log_S, A, B, Sp = _log_normalisers(data, ElT, ElB)
-        trace.append(cavi_elbo(data, hyper, p, log_S))
+        mom = _all_moments(p)
+        y_log_S, A, B, Sp = _log_normalisers(data, mom["t"].El, mom["b"].El, rates,
+                                             y_rows, y_cols)
+        trace.append(_elbo(data, hyper, p, mom, y_log_S))
         if callback is not None and it > 0:
             callback(it, trace[-1])
         if it > 0 and it >= min_iter and \
@@ -486,11 +545,12 @@ def cavi(data: SparseCounts, rank: int, hyper: tuple, *, max_iter: int = 500,
         ls = c + B * QtA
         # theta's rate with the current E[xi], E[beta]; then xi
         p["gs"] = gs
-        p["gr"] = (p["ks"] / p["kr"])[:, None] + (p["ls"] / p["lr"]).sum(0)[None, :]
-        p["kr"] = ap / bp + (p["gs"] / p["gr"]).sum(1)
+        p["gr"] = mom["x"].E[:, None] + mom["b"].E.sum(0)[None, :]
+        ET = p["gs"] / p["gr"]
+        p["kr"] = ap / bp + ET.sum(1)
         # beta with the new E[theta]; then eta
         p["ls"] = ls
-        p["lr"] = (p["ts"] / p["tr"])[:, None] + (p["gs"] / p["gr"]).sum(0)[None, :]
+        p["lr"] = mom["e"].E[:, None] + ET.sum(0)[None, :]
         p["tr"] = cp / dp + (p["ls"] / p["lr"]).sum(1)
     return p, {"elbo": np.asarray(trace), "iterations": it, "converged": converged,
                "seconds": time.perf_counter() - t0}

@@ -63,8 +63,65 @@ __all__ = ["fit_map_nmf", "kl_nmf", "kl_objective", "SparseCounts", "check_poiss
 
 DEFAULTS = {"max_iter": 300, "tol": 1e-6, "l1": 0.0}
 
-#: rows of the (nnz x k) gathers per block (bounds the work memory)
-_BLOCK = 1 << 17
+#: a block of user rows whose non-zeros fill at least this fraction of its ``rows x M``
+#: pairs gets its rates from a dense GEMM (:mod:`bayesmf.infer.hpf` docs, "Cost")
+_DENSE_MIN_FILL = 1.0 / 64
+#: entries of one dense ``rows x M`` block of the GEMM route (8 MB of float64)
+_DENSE_ENTRIES = 1 << 20
+#: non-zeros per chunk of the gather route (bounds its ``(chunk, k)`` temporaries)
+_GATHER_CHUNK = 1 << 17
+
+
+class _Rates:
+    r"""The rates :math:`S'_{ui} = A_u^\top B_i` at the non-zeros of ``data`` (float64),
+    by blocks of consecutive user rows (CSR order, so each block is a contiguous run of
+    non-zeros). A block of ``rows`` users is filled ``fill = nnz_block / (rows M)``; if
+    ``fill >= _DENSE_MIN_FILL`` its rates are read off the dense GEMM
+    :math:`A_{a:b}B^\top` (``rows x M``, one BLAS call, ``rows = _DENSE_ENTRIES // M``),
+    otherwise gathered row by row (:math:`\sum_k A_{uk}B_{ik}` over ``(chunk, k)``
+    gathers). Both give the same sums up to the order of
+    the ``k`` additions (float64 round-off)."""
+
+    def __init__(self, data: SparseCounts):
+        N, M = data.N, data.M
+        self.nnz, self.M = data.nnz, M
+        self.user, self.item = data.user, data.item
+        rows = max(1, _DENSE_ENTRIES // max(M, 1))
+        self.rows = rows
+        starts = np.arange(0, N, rows)
+        ends = np.minimum(starts + rows, N)
+        ip = data.csr.indptr
+        nz = ip[ends] - ip[starts]
+        dense = nz >= _DENSE_MIN_FILL * (ends - starts) * float(M)
+        segs = []  # (s, e, a, b, flat or None); runs of sparse blocks are merged
+        for a, b, d in zip(starts.tolist(), ends.tolist(), dense.tolist()):
+            s, e = int(ip[a]), int(ip[b])
+            if e == s:
+                continue
+            if d:
+                flat = (self.user[s:e] - a) * M + self.item[s:e]
+                segs.append((s, e, a, b, flat))
+            elif segs and segs[-1][4] is None and segs[-1][1] == s:
+                segs[-1] = (segs[-1][0], e, None, None, None)
+            else:
+                segs.append((s, e, None, None, None))
+        self.segs = segs
+        self.dense_nnz = int(sum(e - s for s, e, *_, f in segs if f is not None))
+
+    def __call__(self, A, B) -> np.ndarray:
+        out = np.empty(self.nnz)
+        buf = np.empty(self.rows * self.M) if self.dense_nnz else None
+        Bt = B.T
+        for s, e, a, b, flat in self.segs:
+            if flat is not None:
+                D = buf[:(b - a) * self.M].reshape(b - a, self.M)
+                np.matmul(A[a:b], Bt, out=D)
+                np.take(buf, flat, out=out[s:e])
+                continue
+            for c in range(s, e, _GATHER_CHUNK):
+                d = min(e, c + _GATHER_CHUNK)
+                out[c:d] = np.einsum("nk,nk->n", A[self.user[c:d]], B[self.item[c:d]])
+        return out
 
 
 class SparseCounts:
@@ -92,12 +149,12 @@ class SparseCounts:
         return int(self.y.shape[0])
 
     def rates(self, A, B) -> np.ndarray:
-        """:math:`A_u^\\top B_i` at every non-zero ``(u, i)`` (float64)."""
-        out = np.empty(self.nnz)
-        for a in range(0, self.nnz, _BLOCK):
-            b = min(self.nnz, a + _BLOCK)
-            out[a:b] = np.einsum("nk,nk->n", A[self.user[a:b]], B[self.item[a:b]])
-        return out
+        """:math:`A_u^\\top B_i` at every non-zero ``(u, i)`` (float64; dense GEMM blocks
+        where the rows are full enough, gathers elsewhere: :class:`_Rates`, planned once)."""
+        plan = getattr(self, "_plan", None)
+        if plan is None:
+            plan = self._plan = _Rates(self)
+        return plan(A, B)
 
     def ratio_products(self, q, A, B):
         """``(Q @ B, Q.T @ A)`` for the sparse matrix ``Q`` with values ``q`` on the
