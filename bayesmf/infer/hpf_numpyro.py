@@ -152,11 +152,21 @@ def build_hpf_model(N: int, M: int, K: int, hyper: tuple, log_fact: float = 0.0)
     return model
 
 
+def _float():
+    """JAX's default float dtype (float32; float64 when ``jax_enable_x64`` is on -- e.g.
+    after an import of ``pymc.sampling.jax``): the start values and guide parameters must
+    match the model's arrays, or NumPyro's tree building mixes dtypes."""
+    import jax
+
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
 def _start(sc, N, M, K, hyper, seed):
-    """The Gibbs start (module docs) as float32 arrays keyed by site."""
+    """The Gibbs start (module docs) as arrays of JAX's default float dtype keyed by
+    site."""
     rng = np.random.default_rng([int(seed), 7])
     s = float(np.sqrt(max(sc.total, 1e-30) / (float(N) * float(M) * K)))
-    f = np.float32
+    f = _float()
     return {"theta": (s * rng.uniform(0.5, 1.5, (N, K))).astype(f),
             "beta": (s * rng.uniform(0.5, 1.5, (M, K))).astype(f),
             "xi": np.full(N, hyper[2], f), "eta": np.full(M, hyper[5], f)}
@@ -252,9 +262,9 @@ def build_hpf_guide(start: dict, init_scale: float = 0.05):
     M = start["beta"].shape[0]
 
     def site(name):
-        x0 = np.asarray(start[name], np.float32)
+        x0 = np.asarray(start[name], _float())
         loc = numpyro.param(name + "_loc", np.log(x0))
-        scale = numpyro.param(name + "_scale", np.full(x0.shape, init_scale, np.float32),
+        scale = numpyro.param(name + "_scale", np.full(x0.shape, init_scale, x0.dtype),
                               constraint=dist.constraints.softplus_positive)
         return dist.LogNormal(loc, scale)
 
