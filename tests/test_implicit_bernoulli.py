@@ -306,7 +306,7 @@ def test_negatives_record_survives_save_load(planted, tmp_path):
     # thumbs of ML-100K: AUC 0.772 there vs 0.727 at 1) pulls these factors to zero (AUC
     # 0.627 = popularity); the hierarchical priors of Gibbs/SVI learn it
     ("map", dict(reg_factors=1.0)),
-    ("svi", dict(num_steps=1500, num_samples=50)),
+    pytest.param("svi", dict(num_steps=1500, num_samples=50), marks=pytest.mark.slow),
 ])
 def test_other_methods_on_positives_and_negatives(planted, method, opts):
     """The same positives + uniform:4 negatives through MAP and NumPyro SVI: they rank the

@@ -13,10 +13,12 @@ from bayesmf.infer import get_method
 from bayesmf.model.spec import ModelSpec
 from bayesmf.testing.conformance import FAST, ConformanceTests, planted
 
-#: (method, likelihood) pairs that take side features (the Bernoulli rows and SVI/NUTS,
-#: which have their own feature tests in test_macau_numpyro.py, run with ``-m slow``)
+#: (method, likelihood) pairs that take side features (the ordinal and Bernoulli rows
+#: and SVI/NUTS, which have their own feature tests in test_macau_numpyro.py, run with
+#: ``-m slow``)
 _slow = pytest.mark.slow
-PAIRS = [("gibbs", "gaussian"), ("gibbs", "ordinal"), ("map", "gaussian"),
+PAIRS = [("gibbs", "gaussian"), ("map", "gaussian"),
+         pytest.param(("gibbs", "ordinal"), marks=_slow),
          pytest.param(("gibbs", "bernoulli-probit"), marks=_slow),
          pytest.param(("gibbs", "bernoulli-logit"), marks=_slow),
          pytest.param(("map", "bernoulli-logit"), marks=_slow),

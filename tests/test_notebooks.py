@@ -266,6 +266,8 @@ def test_06_poisson_factors(tmp_path, monkeypatch, jax_cache):
     assert "held-out log p(y) per non-zero count" in text
 
 
+@pytest.mark.slow  # ~45 s warm, over a minute cold (four samplers compiled); the fast suite
+# still checks that its committed outputs are current (test_committed_with_current_outputs)
 def test_05_implicit_feedback(tmp_path, monkeypatch, jax_cache):
     nb = execute(NOTEBOOKS / "05_implicit_feedback.ipynb", tmp_path, monkeypatch, jax_cache)
     assert _images(nb) >= 1
