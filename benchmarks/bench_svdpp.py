@@ -189,7 +189,8 @@ def main(argv=None):
     a.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "env": env}, indent=1))
     lines = ["# Side features and SVD++ implicit terms on ML-100K: bayesmf Gibbs vs myFM "
              "(same features, same run)", "",
-             f"Command: `python {' '.join(['benchmarks/bench_svdpp.py'] + (argv or sys.argv[1:]))}`; "
+             "Command: `python "
+             f"{' '.join(['benchmarks/bench_svdpp.py'] + (argv or sys.argv[1:]))}`; "
              f"rank {a.rank}, {a.warmup} warm-up + {a.samples} kept sweeps (myFM: "
              f"{a.warmup + a.samples} iterations keeping the last {a.samples}), seed {a.seed}; "
              f"{env['date']}; load average {load0[0]:.1f} -> {env['loadavg_end'][0]:.1f} on "
