@@ -79,9 +79,16 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         m = bayesmf.BayesMF(method=method, likelihood="poisson", rank=a.rank, seed=a.seed,
                             **opts).fit(train)
+        fit_s = time.perf_counter() - t0
         rows.append((f"bayesmf HPF {method} (posterior predictive)",
-                     float(heldout_poisson_loglik(m.posterior, test)),
-                     time.perf_counter() - t0))
+                     float(heldout_poisson_loglik(m.posterior, test)), fit_s))
+        # the same fit as a point estimate, as cornac predicts: rate at the posterior
+        # (variational) means of theta and beta
+        U = m.posterior.draws["U"].mean(axis=(0, 1))
+        V = m.posterior.draws["V"].mean(axis=(0, 1))
+        r_pt = np.einsum("nk,nk->n", U[tu], V[ti])
+        rows.append((f"bayesmf HPF {method} (point estimate E[theta] . E[beta])",
+                     float(np.mean(poisson.logpmf(y, r_pt))), fit_s))
     lines = ["# Held-out Poisson log-likelihood per non-zero: bayesmf HPF vs cornac HPF", "",
              f"Command: `python benchmarks/bench_hpf_loglik.py {' '.join(argv or sys.argv[1:])}`"
              f"; split {a.split} ({split.info}), counts binarised, rank {a.rank}, seed "
@@ -90,9 +97,12 @@ def main(argv=None) -> int:
              f"{time.ctime()}, load {load0:.1f} -> {os.getloadavg()[0]:.1f} (2 CPUs).", "",
              "| model | held-out log p(y) per non-zero | fit s |", "|---|---|---|"]
     lines += [f"| {n} | {v:.4f} | {t:.1f} |" for n, v, t in rows]
-    best = max(rows[1:], key=lambda r: r[1])
-    lines += ["", f"Higher is better. Best bayesmf ({best[0]}) minus cornac: "
-              f"{best[1] - rows[0][1]:+.4f} nats per held-out non-zero."]
+    best = max((r for r in rows[1:] if "predictive" in r[0]), key=lambda r: r[1])
+    lines += ["", f"Higher is better. Best bayesmf predictive ({best[0]}) minus cornac: "
+              f"{best[1] - rows[0][1]:+.4f} nats per held-out non-zero. For a held-out "
+              "count of 1, p(1 | r) = r exp(-r) is concave for r < 2, so averaging it over "
+              "posterior draws (the predictive) scores below the same density at the mean "
+              "rate (Jensen); the point-estimate rows compare like with like."]
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
