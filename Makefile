@@ -22,7 +22,7 @@ help:
 	@echo "make demo      - set up .venv and run the demo on the packaged MovieLens latest-small"
 	@echo "make test      - set up .venv and run the fast test suite (< 15 min on 2 cores)"
 	@echo "make test-all  - all tests including those marked slow"
-	@echo "make bench     - benchmarks against the peers (myFM, smurff, Surprise, implicit)"
+	@echo "make bench     - benchmarks against the peers (myFM, smurff, Surprise, implicit, cornac)"
 
 $(VENV)/.ok-python:
 	@py=$$($(FIND_PYTHON)) || { echo "error: no Python >= 3.12 found (tried python3.12, python3.13, python3, pyenv versions). Install Python 3.12+ and retry." >&2; exit 1; }; \
