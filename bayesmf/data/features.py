@@ -54,7 +54,7 @@ import scipy.sparse as sp
 from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
 
-__all__ = ["Features", "as_features", "implicit_features", "add_implicit_terms",
+__all__ = ["Features", "as_features", "align_side_features", "implicit_features", "add_implicit_terms",
            "IMPLICIT_COLUMNS", "movielens_100k_user_features",
            "movielens_100k_item_features", "movielens_movie_features"]
 
@@ -395,6 +395,30 @@ def as_features(f, side: str) -> Features | None:
         return Features.from_frame(f, side=side, id_col=side if side in f.columns else None)
     raise DataError(f"{side}_features must be a Features or a DataFrame, got "
                     f"{type(f).__name__}")
+
+
+def align_side_features(train, rank: int, user_features=None, item_features=None) -> dict:
+    """The side features of a fit, checked and aligned to the training vocabularies:
+    ``{"user": Features | None, "item": Features | None}`` (None where not given).
+
+    Each given side goes through :func:`as_features` (a DataFrame is encoded), then
+    :meth:`Features.align` to ``train.users`` / ``train.items`` (every training id needs a
+    row); the Macau prior needs ``rank >= 1`` (:class:`~bayesmf.errors.SpecError`) and at
+    least one feature column (:class:`~bayesmf.errors.DataError`). Shared by every
+    inference method that takes features (Gibbs, MAP, NumPyro)."""
+    out = {"user": None, "item": None}
+    for side, f, vocab in (("user", user_features, train.users),
+                           ("item", item_features, train.items)):
+        f = as_features(f, side)
+        if f is None:
+            continue
+        if rank == 0:
+            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
+        f = f.align(vocab)
+        if f.n_features == 0:
+            raise DataError(f"{side}_features have no feature columns")
+        out[side] = f
+    return out
 
 
 # ----------------------------------------------------------------------------- schema

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.data.ratings import Ratings
-from bayesmf.errors import DataError, SpecError
+from bayesmf.errors import SpecError
 from bayesmf.infer import fitted_spec
 from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks
 from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
@@ -357,7 +357,7 @@ def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior
     """Device features and the static Macau settings ``((side, F, solver), ...)``; the
     features must be :class:`~bayesmf.data.features.Features` (aligned here to the
     training vocabularies: every id needs a row)."""
-    from bayesmf.data.features import as_features
+    from bayesmf.data.features import align_side_features
 
     if solver not in ("auto", "eigh", "cholesky", "cg"):
         raise SpecError(f"beta_solver must be 'auto', 'eigh', 'cholesky' or 'cg', got "
@@ -368,22 +368,16 @@ def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior
         raise SpecError(f"lambda_beta_prior must be (shape, rate), got {lb_prior!r}") from None
     if not (a > 0 and b > 0):
         raise SpecError(f"lambda_beta_prior must be positive (shape, rate), got {lb_prior!r}")
-    feats, macau, aligned = {}, [], {"user": None, "item": None}
-    for side, f, vocab in (("user", user_features, train.users),
-                           ("item", item_features, train.items)):
-        f = as_features(f, side)
+    feats, macau = {}, []
+    aligned = align_side_features(train, spec.rank, user_features, item_features)
+    for side in ("user", "item"):
+        f = aligned[side]
         if f is None:
             continue
-        if spec.rank == 0:
-            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
-        f = f.align(vocab)
-        if f.n_features == 0:
-            raise DataError(f"{side}_features have no feature columns")
         s = solver if solver != "auto" else (
             "eigh" if f.n_features <= EIGH_MAX_FEATURES else "cg")
         feats[side] = macau_data(f.X, dt, s)
         macau.append((side, int(f.n_features), s))
-        aligned[side] = f
     return feats, tuple(macau), aligned
 
 

@@ -487,24 +487,18 @@ def _feature_setup(train: Ratings, spec: ModelSpec, user_features, item_features
     (:class:`_Feat`) and the static ``macau`` tuple of :class:`_Layout`."""
     import scipy.sparse as sps
 
-    from bayesmf.data.features import as_features
-    from bayesmf.errors import DataError
+    from bayesmf.data.features import align_side_features
 
-    aligned, feats, macau = {"user": None, "item": None}, {"U": None, "V": None}, []
-    for side, S, f, vocab in (("user", "U", user_features, train.users),
-                              ("item", "V", item_features, train.items)):
-        f = as_features(f, side)
+    aligned = align_side_features(train, spec.rank, user_features, item_features)
+    feats, macau = {"U": None, "V": None}, []
+    for side, S in (("user", "U"), ("item", "V")):
+        f = aligned[side]
         if f is None:
             continue
-        if spec.rank == 0:
-            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
         if not spec.reg_factors > 0:
             raise SpecError(f"{side}_features need reg_factors > 0 (with a flat factor prior "
                             f"the features' prior mean has no effect on the MAP)")
-        f = f.align(vocab)
         nf = f.n_features
-        if nf == 0:
-            raise DataError(f"{side}_features have no feature columns")
         solver = opts["beta_solver"]
         if solver == "auto":
             solver = "cholesky" if nf <= _CHOLESKY_MAX_FEATURES else "cg"
@@ -529,7 +523,6 @@ def _feature_setup(train: Ratings, spec: ModelSpec, user_features, item_features
                        None if G is None else jnp.asarray(G))
         feats[S] = fd
         macau.append((S, int(nf), solver))
-        aligned[side] = f
     return aligned, feats, tuple(macau)
 
 

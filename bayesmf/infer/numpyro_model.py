@@ -108,25 +108,17 @@ def model_features(train: Ratings, spec: ModelSpec, user_features=None, item_fea
     (``{"user": ..., "item": ...}``, None where not given; every training id needs a row)
     and ``X`` ``{"U": (N, F) float32, "V": ...}`` (dense; only the sides given). A sparse
     matrix is densified up to :data:`MAX_DENSE_FEATURES` columns."""
-    from bayesmf.data.features import as_features
-    from bayesmf.errors import DataError
+    from bayesmf.data.features import align_side_features
 
-    aligned, X = {"user": None, "item": None}, {}
-    for side, S, f, vocab in (("user", "U", user_features, train.users),
-                              ("item", "V", item_features, train.items)):
-        f = as_features(f, side)
+    aligned, X = align_side_features(train, spec.rank, user_features, item_features), {}
+    for side, S in (("user", "U"), ("item", "V")):
+        f = aligned[side]
         if f is None:
             continue
-        if spec.rank == 0:
-            raise SpecError(f"{side}_features (the Macau prior) need rank >= 1")
-        f = f.align(vocab)
-        if f.n_features == 0:
-            raise DataError(f"{side}_features have no feature columns")
         if f.is_sparse and f.n_features > MAX_DENSE_FEATURES:
             raise SpecError(f"method {method!r} holds the {side} features as a dense matrix; "
                             f"{f.n_features} sparse features exceed {MAX_DENSE_FEATURES} "
                             f"(use method='gibbs' or 'map', which keep X sparse)")
-        aligned[side] = f
         X[S] = np.asarray(f.dense(), np.float32)
     return aligned, X
 
