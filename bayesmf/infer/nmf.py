@@ -183,6 +183,28 @@ def _objective(data: SparseCounts, r, W, H, l1: float) -> float:
     return d + l1 * float(W.sum() + H.sum())
 
 
+def _iterate(step, state, objective0: float, max_iter: int, tol: float, callback=None):
+    """Run ``state, J = step(state)`` until the relative change of the objective ``J`` in
+    one iteration is at most ``tol`` (converged) or ``max_iter`` iterations; ``callback(it,
+    J)`` after each. Returns ``(state, info)``, ``info = {"objective": trace (initial value
+    first), "iterations", "converged", "seconds"}``. The loop of both multiplicative-update
+    NMFs (KL and Frobenius)."""
+    trace = [float(objective0)]
+    converged = False
+    t0 = time.perf_counter()
+    it = 0
+    for it in range(1, max_iter + 1):
+        state, J = step(state)
+        trace.append(float(J))
+        if callback is not None:
+            callback(it, trace[-1])
+        if abs(trace[-2] - trace[-1]) <= tol * max(abs(trace[-1]), 1e-12):
+            converged = True
+            break
+    return state, {"objective": np.asarray(trace), "iterations": it, "converged": converged,
+                   "seconds": time.perf_counter() - t0}
+
+
 def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1e-6,
            l1: float = 0.0, seed: int = 0, callback=None):
     """KL-NMF by multiplicative updates (module docs). Returns ``(W, H, info)`` with
@@ -195,11 +217,9 @@ def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1
     H = s * rng.uniform(0.5, 1.5, (M, rank))
     tiny = np.finfo(np.float64).tiny
     r = np.maximum(data.rates(W, H), tiny)
-    trace = [_objective(data, r, W, H, l1)]
-    converged = False
-    t0 = time.perf_counter()
-    it = 0
-    for it in range(1, max_iter + 1):
+
+    def step(state):
+        W, H, r = state
         QH, _ = data.ratio_products(data.y / r, W, H)
         W = np.maximum(W * QH / (H.sum(0) + l1), tiny)
         q = data.y / np.maximum(data.rates(W, H), tiny)
@@ -207,14 +227,11 @@ def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1
         H = np.maximum(H * QtW / (W.sum(0) + l1), tiny)
         # the rates of the new (W, H): the objective and the next W update share them
         r = np.maximum(data.rates(W, H), tiny)
-        trace.append(_objective(data, r, W, H, l1))
-        if callback is not None:
-            callback(it, trace[-1])
-        if abs(trace[-2] - trace[-1]) <= tol * max(abs(trace[-1]), 1e-12):
-            converged = True
-            break
-    return W, H, {"objective": np.asarray(trace), "iterations": it, "converged": converged,
-                  "seconds": time.perf_counter() - t0}
+        return (W, H, r), _objective(data, r, W, H, l1)
+
+    (W, H, _), info = _iterate(step, (W, H, r), _objective(data, r, W, H, l1), max_iter,
+                               tol, callback)
+    return W, H, info
 
 
 def fit_map_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options):
@@ -340,20 +357,14 @@ def masked_nmf(data: ObservedEntries, rank: int, *, max_iter: int = 500, tol: fl
         H = s * rng.uniform(0.5, 1.5, (M, rank))
     else:
         W, H = np.array(W0, np.float64), np.array(H0, np.float64)
-    trace = [frobenius_objective(data, W, H, l2)]
-    converged = False
-    t0 = time.perf_counter()
-    it = 0
-    for it in range(1, max_iter + 1):
-        W, H = nmf_step(data, W, H, l2, eps)
-        trace.append(frobenius_objective(data, W, H, l2))
-        if callback is not None:
-            callback(it, trace[-1])
-        if abs(trace[-2] - trace[-1]) <= tol * max(abs(trace[-1]), 1e-12):
-            converged = True
-            break
-    return W, H, {"objective": np.asarray(trace), "iterations": it, "converged": converged,
-                  "seconds": time.perf_counter() - t0}
+
+    def step(state):
+        W, H = nmf_step(data, *state, l2, eps)
+        return (W, H), frobenius_objective(data, W, H, l2)
+
+    (W, H), info = _iterate(step, (W, H), frobenius_objective(data, W, H, l2), max_iter,
+                            tol, callback)
+    return W, H, info
 
 
 def fit_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options):
