@@ -174,3 +174,82 @@ def test_bad_indices_raise():
         build_row_blocks(np.array([0, 1]), np.array([0, 4]), 3, n_other=2)
     with pytest.raises(ValueError):
         build_row_blocks(np.array([0, 1]), np.array([0]), 3)
+
+
+# ----------------------------------------------------------------------------- split Gram
+@pytest.mark.parametrize("d", [17, 33])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_split_first_column_gram_matches_the_dense_reference(d, weighted):
+    """The Gram with the first design column split off (used for d = 17, 33, ...) is the
+    same matrix as the dense sum (float64 reference), weighted or not."""
+    from bayesmf.infer._rowblocks import _split_pays
+
+    assert _split_pays(d) and not _split_pays(11) and not _split_pays(65)
+    rows, cols, X, y, _, _ = _problem(seed=3, d=d, nnz=900)
+    X[:, 0] = 1.0                                 # the Gibbs design [1, F]
+    n = 30
+    rng = np.random.default_rng(4)
+    w = rng.uniform(0.2, 3.0, rows.size).astype(np.float32)
+    P0 = np.eye(d, dtype=np.float32)
+    s0 = rng.normal(size=d).astype(np.float32)
+    blocks = build_row_blocks(rows, cols, n, n_other=X.shape[0], max_width=16)
+    P, h = row_precisions(blocks, X, y, w if weighted else 2.0, P0, s0)
+    Pr, hr = np.zeros((n, d, d)), np.zeros((n, d))
+    for r in range(n):
+        o = rows == r
+        Xo = X[cols[o]].astype(np.float64)
+        wo = w[o] if weighted else np.full(o.sum(), 2.0)
+        Pr[r] = P0 + (Xo * wo[:, None]).T @ Xo
+        hr[r] = s0 + Xo.T @ (wo * y[o])
+    np.testing.assert_allclose(np.asarray(P), Pr, rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(h), hr, rtol=2e-5, atol=2e-4)
+
+
+# ----------------------------------------------------------------------------- row parts
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_row_parts_give_the_unpartitioned_precisions_and_draws(parts):
+    """Cutting the rows into contiguous parts changes only the grouping: the precisions,
+    the conditional means (JAX and numpy) and the draws (same noise, sliced per part)
+    equal those of one part, weighted or not, with a per-row prior shift."""
+    rows, cols, X, y, P0, _ = _problem(seed=6, nnz=800)
+    n, m = 30, X.shape[0]
+    rng = np.random.default_rng(7)
+    w = rng.uniform(0.2, 3.0, rows.size).astype(np.float32)
+    S0 = rng.normal(size=(n, X.shape[1])).astype(np.float32)      # per-row prior shift
+    one = build_row_blocks(rows, cols, n, n_other=m, max_width=16)
+    cut = build_row_blocks(rows, cols, n, n_other=m, max_width=16, parts=parts, row_cost=2)
+    rng_ = cut.part_ranges()
+    assert len(cut.parts) == parts and rng_[0][0] == 0 and rng_[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(rng_, rng_[1:]))
+    assert cut.n_rows == n and not cut.seg_row
+    for tau in (1.5, w):
+        Pa, ha = row_precisions(one, X, y, tau, P0, S0)
+        Pb, hb = row_precisions(cut, X, y, tau, P0, S0)
+        np.testing.assert_allclose(np.asarray(Pb), np.asarray(Pa), rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(hb), np.asarray(ha), rtol=1e-6, atol=1e-5)
+        key = jax.random.key(11)
+        np.testing.assert_allclose(np.asarray(solve_rows(cut, X, y, tau, P0, S0, key=key)),
+                                   np.asarray(solve_rows(one, X, y, tau, P0, S0, key=key)),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(solve_rows(cut, X, y, np.asarray(tau), P0, S0, xp=np),
+                                   solve_rows(one, X, y, np.asarray(tau), P0, S0, xp=np),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_row_parts_validation_and_auto_rule():
+    from bayesmf.errors import SpecError
+    from bayesmf.infer.gibbs_kernel import resolve_row_parts
+
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        build_row_blocks(np.array([0, 1]), np.array([0, 1]), 2, parts=0)
+    # more parts than rows: one part per row
+    b = build_row_blocks(np.array([0, 1]), np.array([0, 1]), 2, parts=5)
+    assert len(b.parts) == 2
+    for bad in (0, -1, 1.5, True, "four"):
+        with pytest.raises(SpecError, match="row_parts"):
+            resolve_row_parts(bad, 10)
+    assert resolve_row_parts(3, 10) == 3
+    if jax.default_backend() == "cpu":
+        assert resolve_row_parts("auto", 99_999) == 1
+        assert resolve_row_parts("auto", 438_885) == 4
+        assert resolve_row_parts("auto", 10_000_000) == 8

@@ -209,7 +209,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
-                cg_maxiter=200, shard_devices=None)
+                cg_maxiter=200, shard_devices=None, row_parts="auto")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -283,6 +283,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ``jax.devices()``; only with "sharded") the number of devices of the sharded chain;
     ``progress_every`` (None: about 50 progress updates)
     sweeps per compiled call; ``max_width`` (128) segment width of the row blocks;
+    ``row_parts`` ("auto": on CPU one per 100k observations, up to 8; or an int)
+    the contiguous row ranges each side's row solves are cut into, run concurrently on a
+    CPU (:mod:`bayesmf.infer._rowblocks`, **Row parts**; draws equal up to rounding);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -338,7 +341,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      user_features=opts["user_features"], item_features=opts["item_features"],
                      beta_solver=opts["beta_solver"],
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
-                     cg_maxiter=opts["cg_maxiter"])
+                     cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
     if opts["predict_pairs"] is not None:
@@ -361,7 +364,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
 
         pp = None if pairs is None else tuple(np.asarray(a) for a in pairs)
         fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
-                             opts["chain_method"], int(opts["max_width"]), pp)
+                             opts["chain_method"], int(opts["max_width"]), pp,
+                             *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()))
         if cfg.macau:  # a run with features never resumes one without (or other ones)
             import hashlib
 
@@ -404,7 +408,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
-                     "n_sweeps": n_iter},
+                     "row_parts": kern.row_parts, "n_sweeps": n_iter},
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}
            if cfg.macau else {}),

@@ -298,7 +298,8 @@ class BPMFGibbs:
 
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128,
                  user_features=None, item_features=None, beta_solver="auto",
-                 lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200):
+                 lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
+                 row_parts="auto"):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         y_data = np.asarray(train.rating, np.float64)
@@ -333,12 +334,13 @@ class BPMFGibbs:
         self.theta0 = lik.init_theta(y_data, spec)
         u = np.asarray(train.user, np.int32)
         i = np.asarray(train.item, np.int32)
+        #: row parts of each side's blocks (``row_parts``, :func:`resolve_row_parts`)
+        self.row_parts = resolve_row_parts(row_parts, u.size)
+        lay = dict(max_width=max_width, parts=self.row_parts, row_cost=(spec.rank + 1) / 3)
         self.data = GibbsData(
             jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
-            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
-                                        max_width=max_width)),
-            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
-                                        max_width=max_width)),
+            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items, **lay)),
+            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users, **lay)),
             feats or None)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
@@ -385,7 +387,33 @@ def _to_device(b: RowBlocks) -> RowBlocks:
     return RowBlocks(tuple(jnp.asarray(x) for x in b.seg_row),
                      tuple(jnp.asarray(x) for x in b.seg_cols),
                      tuple(jnp.asarray(x) for x in b.seg_obs),
-                     jnp.asarray(b.degree), jnp.asarray(b.n_other))
+                     jnp.asarray(b.degree), jnp.asarray(b.n_other),
+                     tuple(_to_device(p) for p in b.parts))
+
+
+#: ``row_parts="auto"``: one row part per this many training observations (up to
+#: :data:`ROW_PARTS_MAX`); fewer than this many observations: no parts (the extra compile
+#: time of the per-part buckets would not be paid back)
+ROW_PARTS_NNZ = 100_000
+ROW_PARTS_MAX = 8
+
+
+def resolve_row_parts(row_parts, nnz: int) -> int:
+    """The number of row parts of each side's blocks (:mod:`bayesmf.infer._rowblocks`,
+    **Row parts**): an int >= 1 as given, or ``"auto"``: on a CPU backend
+    ``min(8, nnz // 100_000)`` (at least 1), on an accelerator 1 (it runs a part's batched
+    products in parallel already). Measured on the ML-1M subset (438,885 ratings, rank
+    32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
+    8, 4 parts 0.163 / 8, 8 parts 0.144 / 22, 16 parts 0.164 / 39: the gain is partly
+    the two cores, partly smaller working sets; compile time grows with the parts."""
+    if row_parts == "auto":
+        if jax.default_backend() != "cpu":
+            return 1
+        return int(max(1, min(ROW_PARTS_MAX, nnz // ROW_PARTS_NNZ)))
+    if isinstance(row_parts, bool) or not isinstance(row_parts, (int, np.integer)) \
+            or row_parts < 1:
+        raise SpecError(f"row_parts must be 'auto' or an integer >= 1, got {row_parts!r}")
+    return int(row_parts)
 
 
 # ----------------------------------------------------------------------------- NumPyro

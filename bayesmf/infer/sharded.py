@@ -105,6 +105,7 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, gaussian_from_precision,
                                       row_precisions)
+from bayesmf.infer._rowblocks import partition_rows as _partition_rows
 
 __all__ = ["AXIS", "ShardBlocks", "partition_rows", "build_shard_blocks", "shard_mesh",
            "sharded_rows_draw", "sharded_obs", "sharded_step", "sharded_data", "place"]
@@ -133,21 +134,12 @@ class ShardBlocks(NamedTuple):
 
 
 def partition_rows(degree, n_devices: int, row_cost: float = 0.0) -> np.ndarray:
-    """Boundaries ``b (D+1,)`` of ``D`` contiguous row ranges ``[b[p], b[p+1])`` balanced
-    by the weight ``degree_r + row_cost`` (cumulative weight cut at ``p/D`` of the total,
-    to the nearest row)."""
-    deg = np.asarray(degree, np.float64)
-    D = int(n_devices)
-    if D < 1:
+    """Boundaries ``b (D+1,)`` of ``D`` contiguous row ranges balanced by the weight
+    ``degree_r + row_cost`` (:func:`bayesmf.infer._rowblocks.partition_rows`, with a
+    :class:`~bayesmf.errors.SpecError` for a device count below 1)."""
+    if int(n_devices) < 1:
         raise SpecError(f"the number of devices must be >= 1, got {n_devices!r}")
-    n = deg.size
-    cum = np.concatenate([[0.0], np.cumsum(deg + float(row_cost))])
-    targets = cum[-1] * np.arange(1, D) / D
-    hi = np.searchsorted(cum, targets, side="left").clip(0, n)
-    lo = (hi - 1).clip(0, n)
-    cut = np.where(np.abs(cum[lo] - targets) <= np.abs(cum[hi] - targets), lo, hi)
-    cut = np.maximum.accumulate(cut)
-    return np.concatenate([[0], cut, [n]]).astype(np.int64)
+    return _partition_rows(degree, n_devices, row_cost)
 
 
 def build_shard_blocks(rows, cols, n_rows: int, n_other: int, n_devices: int, *,
