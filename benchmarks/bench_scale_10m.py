@@ -80,7 +80,9 @@ def main(argv=None) -> int:
              f"{at['compile_seconds']:.1f} s + sampling) | {total / 60:.1f} min | < 20 min |",
              f"| test RMSE (noise floor {d['truth']['noise_std']}) | {rmse:.4f} | - |",
              f"| 90% coverage | {cov90:.3f} | - |",
-             f"| fit_gibbs wall | {fit_s:.0f} s | - |"]
+             f"| fit_gibbs wall | {fit_s:.0f} s | - |",
+             f"| row parts per side (`row_parts`) | {at['settings'].get('row_parts', 1)} | - |",
+             f"| compile cache hit | {at.get('compile_cached')} | - |"]
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
