@@ -61,7 +61,7 @@ from bayesmf.model.spec import ModelSpec
 
 __all__ = ["observed_pattern", "simulate", "quantities", "rank_of", "uniformity_tests",
            "ecdf_envelope", "run_sbc", "SBCResult", "narrowed", "rank_histogram_text",
-           "GibbsBatch", "NutsBatch"]
+           "GibbsBatch", "NutsBatch", "step_with_data"]
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -379,7 +379,7 @@ class GibbsBatch:
                 st = st._replace(mu=mean)
 
             def body(s, t):
-                s, _ = _bound_step(kern, data, jax.random.fold_in(key, t), s)
+                s, _ = step_with_data(kern, data, jax.random.fold_in(key, t), s)
                 return s, tuple(s.flat()[n] for n in keep_names)
 
             _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
@@ -483,8 +483,10 @@ class NutsBatch:
         return res
 
 
-def _bound_step(kern, data, key, state):
-    """``kern.step`` with the kernel's data replaced (a shallow copy, traced data)."""
+def step_with_data(kern, data, key, state):
+    """``kern.step`` with the kernel's data replaced by ``data`` (a shallow copy of the
+    kernel, so the data can be a traced argument: one compiled sweep runs every simulated
+    dataset of a batch). Used by the SBC harnesses of this package."""
     import copy
 
     k2 = copy.copy(kern)

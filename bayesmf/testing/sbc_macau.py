@@ -231,7 +231,7 @@ class MacauGibbsBatch:
                 st = st._replace(mu=mean)
 
             def body(s, t):
-                s, _ = sbc._bound_step(kern, data, jax.random.fold_in(key, t), s)
+                s, _ = sbc.step_with_data(kern, data, jax.random.fold_in(key, t), s)
                 flat = s.flat()
                 return s, tuple(flat[n] for n in keep)
 
