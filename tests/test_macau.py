@@ -25,36 +25,25 @@ from bayesmf.estimator import BayesMF
 from bayesmf.infer.gibbs import fit_gibbs
 from bayesmf.infer.gibbs_steps import macau_beta_draw, macau_data, macau_lambda_draw
 from bayesmf.model.spec import ModelSpec
+from _macau_planted import frame as _frame, planted_macau
 
 N, M, K, F, N_COLD = 150, 120, 2, 3, 12
 ML100K = Path("/work/shared/data/ml-100k")
 OPTS = dict(num_samples=150, num_warmup=150, seed=1)
 
 
-def _frame(side, ids, X):
-    return pd.DataFrame({side: ids, **{f"x{j}": X[:, j] for j in range(X.shape[1])}})
-
-
 @pytest.fixture(scope="module")
 def planted():
     """Factors = features @ beta + small noise; the last N_COLD items are cold (all their
     ratings held out)."""
-    rng = np.random.default_rng(0)
-    Xu, Xi = rng.normal(size=(N, F)), rng.normal(size=(M, F))
-    Bu, Bi = rng.normal(size=(F, K)), rng.normal(size=(F, K))
-    U = Xu @ Bu + 0.3 * rng.normal(size=(N, K))
-    V = Xi @ Bi + 0.3 * rng.normal(size=(M, K))
-    uu, ii = np.nonzero(rng.random((N, M)) < 0.25)
-    r = 3.0 + np.sum(U[uu] * V[ii], 1) + 0.5 * rng.normal(size=uu.size)
-    cold = ii >= M - N_COLD
+    p = planted_macau(0, N, M, 0.25, K, F, N_COLD)
+    uu, ii, r, cold, rng = p["uu"], p["ii"], p["r"], p["cold"], p["rng"]
     test_known = (~cold) & (rng.random(uu.size) < 0.15)
     tr = ~cold & ~test_known
     users, items = Vocabulary(np.arange(N)), Vocabulary(np.arange(M - N_COLD))
     train = Ratings.from_indices(uu[tr], ii[tr], r[tr], users, items)
-    return dict(train=train, Xu=Xu, Xi=Xi, Bu=Bu, Bi=Bi,
-                uf=Features.from_frame(_frame("user", np.arange(N), Xu)),
-                itf=Features.from_frame(_frame("item", np.arange(M), Xi)),
-                cold=(uu[cold], ii[cold], r[cold]),
+    return dict(train=train, Xu=p["Xu"], Xi=p["Xi"], Bu=p["Bu"], Bi=p["Bi"], uf=p["uf"],
+                itf=p["itf"], cold=(uu[cold], ii[cold], r[cold]),
                 known=(uu[test_known], ii[test_known], r[test_known]))
 
 

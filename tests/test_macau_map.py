@@ -8,7 +8,6 @@ engine (sparse COO features, CG) and L-BFGS are compiled once each."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sps
 
@@ -18,33 +17,22 @@ from bayesmf.data.vocab import Vocabulary
 from bayesmf.errors import DataError, SpecError
 from bayesmf.infer.map import _Feat, fit_map, link_update
 from bayesmf.model.spec import ModelSpec
+from _macau_planted import frame as _frame, planted_macau
 
 N, M, K, F, N_COLD, N_EMPTY = 150, 120, 2, 3, 12, 3
 SPEC = ModelSpec(rank=K, reg_factors=1.0, reg_bias=1.0)
 
 
-def _frame(side, ids, X):
-    return pd.DataFrame({side: ids, **{f"x{j}": X[:, j] for j in range(X.shape[1])}})
-
-
 @pytest.fixture(scope="module")
 def planted():
-    rng = np.random.default_rng(0)
-    Xu, Xi = rng.normal(size=(N, F)), rng.normal(size=(M, F))
-    Bu, Bi = rng.normal(size=(F, K)), rng.normal(size=(F, K))
-    U = Xu @ Bu + 0.3 * rng.normal(size=(N, K))
-    V = Xi @ Bi + 0.3 * rng.normal(size=(M, K))
-    uu, ii = np.nonzero(rng.random((N, M)) < 0.25)
-    r = 3.0 + np.sum(U[uu] * V[ii], 1) + 0.5 * rng.normal(size=uu.size)
-    cold = ii >= M - N_COLD
+    p = planted_macau(0, N, M, 0.25, K, F, N_COLD)
+    uu, ii, r, cold = p["uu"], p["ii"], p["r"], p["cold"]
     tr = ~cold & (uu < N - N_EMPTY)
     users, items = Vocabulary(np.arange(N)), Vocabulary(np.arange(M - N_COLD))
     train = Ratings.from_indices(uu[tr], ii[tr], r[tr], users, items)
-    return dict(train=train, Xu=Xu, Xi=Xi, Bu=Bu, Bi=Bi,
-                uf=Features.from_frame(_frame("user", np.arange(N), Xu)),
-                itf=Features.from_frame(_frame("item", np.arange(M), Xi)),
-                cold=(uu[cold & (uu < N - N_EMPTY)], ii[cold & (uu < N - N_EMPTY)],
-                      r[cold & (uu < N - N_EMPTY)]))
+    c = cold & (uu < N - N_EMPTY)
+    return dict(train=train, Xu=p["Xu"], Xi=p["Xi"], Bu=p["Bu"], Bi=p["Bi"], uf=p["uf"],
+                itf=p["itf"], cold=(uu[c], ii[c], r[c]))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sps
 from scipy import stats
@@ -22,29 +21,19 @@ from bayesmf.errors import SpecError
 from bayesmf.infer.numpyro_model import (MAX_DENSE_FEATURES, build_model, map_init_values,
                                          model_data, model_features)
 from bayesmf.model.spec import ModelSpec
+from _macau_planted import frame as _frame, planted_macau
 
 N, M, K, F, N_COLD = 60, 50, 2, 3, 8
 
 
-def _frame(side, ids, X):
-    return pd.DataFrame({side: ids, **{f"x{j}": X[:, j] for j in range(X.shape[1])}})
-
-
 @pytest.fixture(scope="module")
 def planted():
-    rng = np.random.default_rng(1)
-    Xu, Xi = rng.normal(size=(N, F)), rng.normal(size=(M, F))
-    Bu, Bi = rng.normal(size=(F, K)), rng.normal(size=(F, K))
-    U = Xu @ Bu + 0.3 * rng.normal(size=(N, K))
-    V = Xi @ Bi + 0.3 * rng.normal(size=(M, K))
-    uu, ii = np.nonzero(rng.random((N, M)) < 0.4)
-    r = 3.0 + np.sum(U[uu] * V[ii], 1) + 0.5 * rng.normal(size=uu.size)
-    cold = ii >= M - N_COLD
+    p = planted_macau(1, N, M, 0.4, K, F, N_COLD)
+    uu, ii, r, cold = p["uu"], p["ii"], p["r"], p["cold"]
     train = Ratings.from_indices(uu[~cold], ii[~cold], r[~cold], Vocabulary(np.arange(N)),
                                  Vocabulary(np.arange(M - N_COLD)))
-    return dict(train=train, uf=Features.from_frame(_frame("user", np.arange(N), Xu)),
-                itf=Features.from_frame(_frame("item", np.arange(M), Xi)),
-                items_df=_frame("item", np.arange(M), Xi),
+    return dict(train=train, uf=p["uf"], itf=p["itf"],
+                items_df=_frame("item", np.arange(M), p["Xi"]),
                 cold=(uu[cold], ii[cold], r[cold]))
 
 
