@@ -61,7 +61,7 @@ from bayesmf.model.spec import ModelSpec
 
 __all__ = ["observed_pattern", "simulate", "quantities", "rank_of", "uniformity_tests",
            "ecdf_envelope", "run_sbc", "SBCResult", "narrowed", "rank_histogram_text",
-           "GibbsBatch", "NutsBatch", "step_with_data"]
+           "GibbsBatch", "NutsBatch", "step_with_data", "simulate_observations"]
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -137,17 +137,10 @@ def simulate(spec: ModelSpec, users, items, n_users: int, n_items: int, rng,
         t[f"Lambda_{side}"] = Lam
         t[f"mu_{side}"] = mu_f
         t[side] = mu_f + np.linalg.solve(Lc.T, rng.standard_normal((k, n))).T
-    users = np.asarray(users)
-    items = np.asarray(items)
-    mean = (t["mu"] + t["bu"][users] + t["bi"][items]
-            + np.sum(t["U"][users] * t["V"][items], axis=-1))
-    lik = spec.likelihood
-    if lik.mean_is_linear:
-        y = mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
-    else:  # the family's own observation model and the prior of its parameters
+    if not spec.likelihood.mean_is_linear:  # the prior of the family's own parameters
         del t["tau"]
-        t.update(lik.theta_prior_draw(rng, spec))
-        y = lik.prior_simulate(rng, mean, t)
+        t.update(spec.likelihood.theta_prior_draw(rng, spec))
+    y = simulate_observations(rng, spec, t, users, items)
     return t, y
 
 
@@ -481,6 +474,22 @@ class NutsBatch:
                     d[n] = np.zeros((S,) + zeros[n])
             res.append(d)
         return res
+
+
+def simulate_observations(rng, spec: ModelSpec, t: dict, users, items) -> np.ndarray:
+    r"""The observations of the pairs ``(users, items)`` given the drawn parameters ``t``:
+    :math:`\eta = \mu + b_u + b_i + U_u\cdot V_i`, then ``y ~ N(eta, 1/tau)`` for the
+    Gaussian family or the family's own observation model
+    (:meth:`~bayesmf.model.likelihoods.Likelihood.prior_simulate`, with its parameters
+    already in ``t``)."""
+    users = np.asarray(users)
+    items = np.asarray(items)
+    mean = (t["mu"] + t["bu"][users] + t["bi"][items]
+            + np.sum(t["U"][users] * t["V"][items], axis=-1))
+    lik = spec.likelihood
+    if lik.mean_is_linear:
+        return mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
+    return lik.prior_simulate(rng, mean, t)
 
 
 def step_with_data(kern, data, key, state):

@@ -114,16 +114,8 @@ def simulate_macau(spec: ModelSpec, users, items, n_users: int, n_items: int, fe
         t[f"lambda_beta_{S}"] = lb
         t[S] = (t[f"mu_{S}"] + X @ beta
                 + np.linalg.solve(Lc.T, rng.standard_normal((k, n))).T)
-    users = np.asarray(users)
-    items = np.asarray(items)
-    mean = (t["mu"] + t["bu"][users] + t["bi"][items]
-            + np.sum(t["U"][users] * t["V"][items], axis=-1))
-    lik = spec.likelihood
-    if lik.mean_is_linear:
-        y = mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
-    else:  # simulate() already drew the family's parameters into t
-        y = lik.prior_simulate(rng, mean, t)
-    return t, y
+    # simulate() already drew the family's parameters into t
+    return t, sbc.simulate_observations(rng, spec, t, users, items)
 
 
 def macau_quantities(p: dict, spec: ModelSpec, pairs, n_bias: int, features: dict,
