@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-__all__ = ["synthetic_ml10m", "ML10M_RATINGS", "ML10M_USERS", "ML10M_ITEMS"]
+__all__ = ["synthetic_ml10m", "train_test", "ML10M_RATINGS", "ML10M_USERS", "ML10M_ITEMS"]
 
 ML10M_RATINGS, ML10M_USERS, ML10M_ITEMS = 10_000_054, 69_878, 10_677
 
@@ -107,3 +107,19 @@ def synthetic_ml10m(seed: int, n_ratings: int = 10_000_000, *, n_users: int | No
             "truth": {"mu": float(mu), "bu": bu, "bi": bi, "U": U, "V": V,
                       "noise_std": float(noise_std), "mean": mean},
             "seconds": time.perf_counter() - t0}
+
+
+def train_test(d: dict, test_share: float, seed: int = 1):
+    """Split a :func:`synthetic_ml10m` problem at random: ``(train, test)`` with ``train``
+    a :class:`~bayesmf.data.ratings.Ratings` over all users and items (ids = indices) and
+    ``test = (user, item, rating)`` arrays of about ``test_share`` of the pairs."""
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.data.vocab import Vocabulary
+
+    test = np.random.default_rng(seed).random(len(d["rating"])) < test_share
+    tr = ~test
+    train = Ratings.from_indices(d["user"][tr], d["item"][tr],
+                                 d["rating"][tr].astype(np.float64),
+                                 Vocabulary(np.arange(d["n_users"])),
+                                 Vocabulary(np.arange(d["n_items"])))
+    return train, (d["user"][test], d["item"][test], d["rating"][test])

@@ -25,10 +25,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _synth_ml10m import synthetic_ml10m  # noqa: E402
+from _synth_ml10m import synthetic_ml10m, train_test  # noqa: E402
 
-from bayesmf.data.ratings import Ratings  # noqa: E402
-from bayesmf.data.vocab import Vocabulary  # noqa: E402
 from bayesmf.infer.gibbs import fit_gibbs, streamed_predictions  # noqa: E402
 from bayesmf.model.spec import ModelSpec  # noqa: E402
 
@@ -45,19 +43,12 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     d = synthetic_ml10m(0, a.ratings)
     n = len(d["rating"])
-    test = np.random.default_rng(1).random(n) < 0.1
-    tr = ~test
-    train = Ratings.from_indices(d["user"][tr], d["item"][tr],
-                                 d["rating"][tr].astype(np.float64),
-                                 Vocabulary(np.arange(d["n_users"])),
-                                 Vocabulary(np.arange(d["n_items"])))
+    train, (tu, ti, y) = train_test(d, 0.1)
     t0 = time.perf_counter()
     post = fit_gibbs(train, ModelSpec(rank=a.rank), seed=0, num_warmup=a.warmup,
-                     num_samples=a.samples, store_draws=False,
-                     predict_pairs=(d["user"][test], d["item"][test]))
+                     num_samples=a.samples, store_draws=False, predict_pairs=(tu, ti))
     fit_s = time.perf_counter() - t0
     sp = streamed_predictions(post)
-    y = d["rating"][test]
     rmse = float(np.sqrt(np.mean((sp["mean"] - y) ** 2)))
     half = 1.6448536269514722 * np.sqrt(sp["var"])
     cov90 = float(np.mean(np.abs(y - sp["mean"]) <= half))
@@ -70,7 +61,7 @@ def main(argv=None) -> int:
              "JAX, no GPU).", "",
              f"Problem: {n:,} ratings of {d['n_users']:,} users x {d['n_items']:,} items "
              f"(`_synth_ml10m.py`: heavy-tailed degrees, planted rank 32 + biases, noise sd "
-             f"{d['truth']['noise_std']}), 90% train ({int(tr.sum()):,}), 10% held out; Gibbs "
+             f"{d['truth']['noise_std']}), 90% train ({train.nnz:,}), 10% held out; Gibbs "
              f"rank {a.rank}, Gaussian, Normal-Wishart, {a.warmup} warm-up + {a.samples} kept "
              "sweeps, 1 chain, `store_draws=False`, held-out predictions streamed.", "",
              "| quantity | measured | target |", "|---|---|---|",

@@ -108,30 +108,22 @@ def synthetic_part(n_ratings, sweeps, device, log):
     """(c): synthetic ML-10M-shaped problem, rank 32, store_draws=False."""
     import numpy as np
 
-    from _synth_ml10m import synthetic_ml10m
-    from bayesmf.data.ratings import Ratings
-    from bayesmf.data.vocab import Vocabulary
+    from _synth_ml10m import synthetic_ml10m, train_test
     from bayesmf.infer.gibbs import fit_gibbs, streamed_predictions
     from bayesmf.model.spec import ModelSpec
 
     d = synthetic_ml10m(0, n_ratings)
     log(f"[synthetic] {n_ratings} ratings, {d['n_users']} x {d['n_items']}: built in "
         f"{d['seconds']:.1f} s")
-    n = len(d["rating"])
-    test = np.random.default_rng(1).random(n) < 0.01
-    tr = ~test
-    train = Ratings.from_indices(d["user"][tr], d["item"][tr],
-                                 d["rating"][tr].astype(np.float64),
-                                 Vocabulary(np.arange(d["n_users"])),
-                                 Vocabulary(np.arange(d["n_items"])))
+    train, (tu, ti, y) = train_test(d, 0.01)
     warm = sweeps // 2
     t0 = time.perf_counter()
     post = fit_gibbs(train, ModelSpec(rank=32), seed=0, num_warmup=warm,
                      num_samples=max(1, sweeps - warm), store_draws=False,
-                     predict_pairs=(d["user"][test], d["item"][test]))
+                     predict_pairs=(tu, ti))
     wall = time.perf_counter() - t0
     sp = streamed_predictions(post)
-    rmse = float(np.sqrt(np.mean((sp["mean"] - d["rating"][test]) ** 2)))
+    rmse = float(np.sqrt(np.mean((sp["mean"] - y) ** 2)))
     a = post.attrs
     peak = peak_memory_mib(device)
     log(f"[synthetic r32] {a['settings']['n_sweeps']} sweeps: {a['seconds_per_sweep']:.4f} "
@@ -139,7 +131,7 @@ def synthetic_part(n_ratings, sweeps, device, log):
         f"(noise sd {d['truth']['noise_std']}), peak device memory "
         + (f"{peak:.0f} MiB" if peak is not None else "n/a"))
     return {"what": f"synthetic ML-10M shape ({d['n_users']} x {d['n_items']}), rank 32",
-            "n": int(tr.sum()), "sweeps": a["settings"]["n_sweeps"],
+            "n": train.nnz, "sweeps": a["settings"]["n_sweeps"],
             "s_per_sweep": a["seconds_per_sweep"], "compile_s": a["compile_seconds"],
             "fit_wall_s": wall, "rmse": rmse, "build_s": d["seconds"], "peak_mib": peak}
 
