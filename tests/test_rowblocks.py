@@ -253,3 +253,17 @@ def test_row_parts_validation_and_auto_rule():
         assert resolve_row_parts("auto", 99_999) == 1
         assert resolve_row_parts("auto", 438_885) == 4
         assert resolve_row_parts("auto", 10_000_000) == 8
+
+
+def test_a_non_finite_factor_shows_on_its_diagonal():
+    """The retry checks only diag(L): a failed factorisation (not positive definite, or
+    an infinite entry) is NaN there, and so is a NaN that enters off the diagonal."""
+    P = np.array([[[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                  [[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, np.nan]],
+                  [[1.0, np.inf, 0.0], [np.inf, 2.0, 0.0], [0.0, 0.0, 1.0]],
+                  [[4.0, 0.0, 0.0], [np.nan, 4.0, 0.0], [0.0, 0.0, 4.0]]], np.float32)
+    L = np.asarray(jnp.linalg.cholesky(P))
+    full = ~np.all(np.isfinite(L), axis=(-2, -1))
+    diag = ~np.all(np.isfinite(np.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    np.testing.assert_array_equal(diag, full)
+    assert full.tolist() == [True, True, True, True]
