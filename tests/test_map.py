@@ -409,3 +409,20 @@ def test_noise_prior_strength_moves_tau_and_fixed_noise_ignores_it(data, default
     fixed = fit_map(data.train, SPEC.replace(noise="fixed", noise_precision=3.0,
                                              priors=BayesPriors(noise_b=1e4)))
     assert float(fixed.draws["tau"][0, 0]) == pytest.approx(3.0)
+
+
+def test_als_row_parts_give_the_one_part_minimiser(data, als_jax):
+    """ALS on the JAX engine with each side's rows in 3 parts (solved as independent chains
+    of operations) reaches the same minimiser as one part, up to float32 rounding; bad
+    values are refused."""
+    parts = fit_map(data.train, SPEC, solver="als", engine="jax", row_parts=3, **TIGHT)
+    assert parts.attrs["row_parts"] == 3 and als_jax.attrs["row_parts"] == 1
+    assert parts.attrs["iterations"] == pytest.approx(als_jax.attrs["iterations"], abs=3)
+    for n in ("mu", "bu", "bi", "U", "V"):
+        np.testing.assert_allclose(parts.draws[n], als_jax.draws[n], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(parts.attrs["objective"], als_jax.attrs["objective"], rtol=1e-5)
+    # the compile-free numpy engine runs the parts one after another: it keeps one
+    assert fit_map(data.train, SPEC, engine="numpy", row_parts=3).attrs["row_parts"] == 1
+    for bad in (0, -1, 2.5, "many", True):
+        with pytest.raises(SpecError, match="row_parts"):
+            fit_map(data.train, SPEC, row_parts=bad)

@@ -238,7 +238,7 @@ def test_row_parts_give_the_unpartitioned_precisions_and_draws(parts):
 
 def test_row_parts_validation_and_auto_rule():
     from bayesmf.errors import SpecError
-    from bayesmf.infer.gibbs_kernel import resolve_row_parts
+    from bayesmf.infer._rowblocks import resolve_row_parts
 
     with pytest.raises(ValueError, match="parts must be >= 1"):
         build_row_blocks(np.array([0, 1]), np.array([0, 1]), 2, parts=0)

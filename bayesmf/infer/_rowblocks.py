@@ -58,8 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["RowBlocks", "build_row_blocks", "partition_rows", "solve_rows",
-           "row_precisions", "gaussian_from_precision"]
+from bayesmf.errors import SpecError
+
+__all__ = ["RowBlocks", "build_row_blocks", "partition_rows", "resolve_row_parts",
+           "solve_rows", "row_precisions", "gaussian_from_precision"]
 
 
 class RowBlocks(NamedTuple):
@@ -121,6 +123,32 @@ def partition_rows(degree, n_parts: int, row_cost: float = 0.0) -> np.ndarray:
     cut = np.where(np.abs(cum[lo] - targets) <= np.abs(cum[hi] - targets), lo, hi)
     cut = np.maximum.accumulate(cut)
     return np.concatenate([[0], cut, [n]]).astype(np.int64)
+
+
+#: ``row_parts="auto"``: one row part per this many training observations (up to
+#: :data:`ROW_PARTS_MAX`); fewer than this many observations: no parts (the extra compile
+#: time of the per-part buckets would not be paid back)
+ROW_PARTS_NNZ = 100_000
+ROW_PARTS_MAX = 8
+
+
+def resolve_row_parts(row_parts, nnz: int) -> int:
+    """The number of row parts of each side's blocks (:mod:`bayesmf.infer._rowblocks`,
+    **Row parts**): an int >= 1 as given, or ``"auto"``: on a CPU backend
+    ``min(8, nnz // 100_000)`` (at least 1), on an accelerator 1 (it runs a part's batched
+    products in parallel already). Used by the Gibbs sampler and ALS. Measured (Gibbs) on the ML-1M subset (438,885 ratings, rank
+    32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
+    8, 4 parts 0.163 / 8, 8 parts 0.144 / 22, 16 parts 0.164 / 39: the gain is partly
+    the two cores, partly smaller working sets; compile time grows with the parts."""
+    if row_parts == "auto":
+        if jax.default_backend() != "cpu":
+            return 1
+        return int(max(1, min(ROW_PARTS_MAX, nnz // ROW_PARTS_NNZ)))
+    if isinstance(row_parts, bool) or not isinstance(row_parts, (int, np.integer)) \
+            or row_parts < 1:
+        raise SpecError(f"row_parts must be 'auto' or an integer >= 1, got {row_parts!r}")
+    return int(row_parts)
+
 
 
 def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,

@@ -13,7 +13,7 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import fitted_spec
-from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks
+from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, resolve_row_parts
 from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, rows_draw, scale_move, shift_move,
@@ -389,31 +389,6 @@ def _to_device(b: RowBlocks) -> RowBlocks:
                      tuple(jnp.asarray(x) for x in b.seg_obs),
                      jnp.asarray(b.degree), jnp.asarray(b.n_other),
                      tuple(_to_device(p) for p in b.parts))
-
-
-#: ``row_parts="auto"``: one row part per this many training observations (up to
-#: :data:`ROW_PARTS_MAX`); fewer than this many observations: no parts (the extra compile
-#: time of the per-part buckets would not be paid back)
-ROW_PARTS_NNZ = 100_000
-ROW_PARTS_MAX = 8
-
-
-def resolve_row_parts(row_parts, nnz: int) -> int:
-    """The number of row parts of each side's blocks (:mod:`bayesmf.infer._rowblocks`,
-    **Row parts**): an int >= 1 as given, or ``"auto"``: on a CPU backend
-    ``min(8, nnz // 100_000)`` (at least 1), on an accelerator 1 (it runs a part's batched
-    products in parallel already). Measured on the ML-1M subset (438,885 ratings, rank
-    32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
-    8, 4 parts 0.163 / 8, 8 parts 0.144 / 22, 16 parts 0.164 / 39: the gain is partly
-    the two cores, partly smaller working sets; compile time grows with the parts."""
-    if row_parts == "auto":
-        if jax.default_backend() != "cpu":
-            return 1
-        return int(max(1, min(ROW_PARTS_MAX, nnz // ROW_PARTS_NNZ)))
-    if isinstance(row_parts, bool) or not isinstance(row_parts, (int, np.integer)) \
-            or row_parts < 1:
-        raise SpecError(f"row_parts must be 'auto' or an integer >= 1, got {row_parts!r}")
-    return int(row_parts)
 
 
 # ----------------------------------------------------------------------------- NumPyro

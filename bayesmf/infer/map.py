@@ -145,6 +145,11 @@ the ML-1M subset at rank 32 3.6 s against 2.3 + 2.8 s. ``"auto"`` (default) ther
 numpy for ALS when ``nnz * (rank + 1)**2 <= 1e9`` and the JAX backend is the CPU, and JAX
 otherwise (gradient solvers, large problems, GPU). Pass ``engine="jax"`` when refitting
 one data shape many times (hyperparameter searches), where the cached compile pays off.
+On the JAX engine each side's rows are cut into ``row_parts`` parts (``"auto"``: on a CPU
+one per 100k observations, up to 8; :func:`bayesmf.infer._rowblocks.resolve_row_parts`)
+whose solves XLA runs concurrently, as in the Gibbs sampler: on the 10M-rating synthetic
+problem of ``benchmarks/bench_scale_10m.py`` (rank 32, 2 cores) 3.82 s per ALS sweep with
+one part, 3.33 s with 8 (``results/scale_10m_map.md``).
 
 Compilation (JAX engine): every function that touches the device is compiled ahead of
 time and cached per process, keyed by the array shapes and the static model layout, so
@@ -171,7 +176,7 @@ from bayesmf._xp import array_namespace
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import likelihood_fitter, check_options, fitted_spec
-from bayesmf.infer._rowblocks import build_row_blocks, solve_rows
+from bayesmf.infer._rowblocks import build_row_blocks, resolve_row_parts, solve_rows
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -191,6 +196,8 @@ DEFAULTS = {
     "patience": 5,
     "learning_rate": None,
     "engine": "auto",
+    # ALS on the JAX engine: rows of each side in parts (bayesmf.infer._rowblocks, Row parts)
+    "row_parts": "auto",
     # side features (module docs): the ridge strength ratio of beta and its solver
     "reg_beta": 1.0,
     "beta_solver": "auto",
@@ -795,6 +802,7 @@ def _check(opts: dict) -> dict:
         raise SpecError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "numpy" and solver != "als":
         raise SpecError(f"engine='numpy' runs solver='als' only (got solver={solver!r})")
+    resolve_row_parts(out["row_parts"], 0)  # validates
     return out
 
 
@@ -899,7 +907,8 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     **options
         ``solver`` (``"als"`` | ``"lbfgs"`` | ``"adam"``), ``max_iter``, ``tol``,
         ``validation_fraction``, ``patience``, ``learning_rate`` (adam), ``engine``
-        (``"auto"`` | ``"jax"`` | ``"numpy"``, ALS only); see :data:`DEFAULTS` and the
+        (``"auto"`` | ``"jax"`` | ``"numpy"``, ALS only), ``row_parts`` (``"auto"`` or an
+        int, the JAX ALS); see :data:`DEFAULTS` and the
         module docstring.
 
     Returns
@@ -956,11 +965,15 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
                                  eager=use_numpy)
     p = _init_params(int(seed), lay, float(np.mean(rating)), spec.init_scale, numpy=use_numpy)
     mac0 = _init_mac(lay, numpy=use_numpy)
+    row_parts = 1
     if solver == "als":
+        # the numpy engine runs the parts one after another: no gain there
+        row_parts = 1 if use_numpy else resolve_row_parts(opts["row_parts"], len(rating))
+        parts = dict(parts=row_parts, row_cost=(spec.rank + 1) / 3)
         ublocks = build_row_blocks(np.asarray(user), np.asarray(item), lay.n_users,
-                                   n_other=lay.n_items)
+                                   n_other=lay.n_items, **parts)
         iblocks = build_row_blocks(np.asarray(item), np.asarray(user), lay.n_items,
-                                   n_other=lay.n_users)
+                                   n_other=lay.n_users, **parts)
         step, dt = compiled(_als_sweep, {"lay": lay}, p, obs, ublocks, iblocks, reg_f, reg_b,
                             mac0, link)
         compile_s += dt
@@ -1038,6 +1051,7 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         "solver": solver,
         "engine": "numpy" if use_numpy else "jax",
         "options": {k: v for k, v in opts.items()},
+        "row_parts": int(row_parts),
         "iterations": int(n_iter),
         "converged": bool(converged),
         "stop_reason": reason,
