@@ -47,9 +47,16 @@ way the sites ``mu, bu, bi, U, V, tau`` (and hyperparameters
 ``lambda_bu, lambda_bi, mu_U, Lambda_U, mu_V, Lambda_V``) are recorded (deterministic
 sites when non-centred), which is what :func:`draws_from_samples` reads.
 
-**Minibatches** (SVI): ``batch_size`` subsamples the observed entries with
-``numpyro.plate("obs", nnz, subsample_size=batch_size)``; NumPyro rescales the likelihood
-by ``nnz / batch_size`` (unbiased ELBO estimate).
+**Minibatches** (SVI): ``batch_size`` draws ``B`` observed entries per step uniformly
+*with replacement* (``jax.random.randint`` from the model's ``numpyro.prng_key()``) and
+scales their log-likelihood by :math:`|\Omega|/B`, so that
+:math:`\mathbb E\bigl[\tfrac{|\Omega|}{B}\sum_{b=1}^{B}\log p(r_{j_b}\mid\theta)\bigr]
+= \sum_{j\in\Omega}\log p(r_j\mid\theta)` (an unbiased ELBO estimate; the variance
+differs from sampling without replacement by the finite-population factor
+:math:`1 - B/|\Omega|`, negligible for the small batches this is for).
+``numpyro.plate(..., subsample_size=B)`` would sample without replacement by a
+Fisher-Yates scan of ``B`` sequential steps over all ``|Omega|`` indices on a CPU: 0.53 s
+per step at 9M ratings and ``B = 100,000``, 77% of the step (``_obs_plate``).
 
 Switched-off terms (``user_bias=False``, ``rank=0``, ...) have no sites; their draws are
 zero arrays. ``noise="fixed"`` keeps :math:`\tau` = ``spec.noise_precision``.
@@ -80,6 +87,7 @@ into a NumPyro init strategy.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -229,6 +237,28 @@ def _precision_mvn():
 
         _PRECISION_MVN = PrecisionMVN
     return _PRECISION_MVN
+
+
+@contextlib.contextmanager
+def _obs_plate(nnz: int, batch_size: int | None):
+    """The likelihood plate: all ``nnz`` observations, or ``batch_size`` of them drawn
+    uniformly with replacement and scaled by ``nnz / batch_size`` (module docs,
+    **Minibatches**). Yields the observation indices."""
+    import jax
+    import numpyro
+    from numpyro import handlers
+
+    if batch_size is None or batch_size >= nnz:
+        with numpyro.plate("obs", nnz) as idx:
+            yield idx
+        return
+    key = numpyro.prng_key()
+    if key is None:  # not under a seed handler (no inference runs like that)
+        raise SpecError("minibatch likelihood needs a random key: run the model under "
+                        "numpyro.handlers.seed")
+    idx = jax.random.randint(key, (batch_size,), 0, nnz)
+    with handlers.scale(scale=nnz / batch_size), numpyro.plate("obs", batch_size):
+        yield idx
 
 
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
@@ -382,7 +412,7 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
         bi = bias("bi", "lambda_bi", n_items, "item") if spec.item_bias else None
         U = factors("U", n_users, "user") if k else None
         V = factors("V", n_items, "item") if k else None
-        with numpyro.plate("obs", nnz, subsample_size=batch_size) as idx:
+        with _obs_plate(nnz, batch_size) as idx:
             u = users[idx]
             i = items[idx]
             pred = mu_c
