@@ -239,3 +239,56 @@ def test_two_process_sharded_chain_equals_the_unsharded_chain(tmp_path):
         for n in _NAMES:
             np.testing.assert_allclose(np.asarray(r["draws"][n]), seq.draws[n], rtol=1e-4,
                                        atol=1e-4, err_msg=n)
+
+
+@pytest.mark.slow
+def test_multihost_example_two_processes_match_one(tmp_path):
+    """The documented multi-host recipe (``examples/multihost_gibbs.py`` with the
+    ``BAYESMF_COORDINATOR``/``NUM_PROCESSES``/``PROCESS_ID`` variables), as two processes on
+    localhost: one chain over both processes' devices, the same held-out RMSE and coverage
+    as the one-process run (the draws agree up to float rounding), the model file written
+    by process 0 only and loadable."""
+    import socket
+
+    from bayesmf.io import load
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "multihost_gibbs.py"
+    args = ["--warmup", "5", "--samples", "10"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    one = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ref = json.loads(one.stdout.strip().splitlines()[-1])
+    assert ref["devices"] == 1 and ref["processes"] == 1
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "model.nc"
+    procs = [subprocess.Popen(
+        [sys.executable, str(script), *args, *(["--out", str(out)] if p == 0 else [])],
+        env=dict(env, BAYESMF_COORDINATOR=f"localhost:{port}", BAYESMF_NUM_PROCESSES="2",
+                 BAYESMF_PROCESS_ID=str(p)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
+    res = []
+    for p in procs:
+        so, se = p.communicate(timeout=600)
+        assert p.returncode == 0, se[-3000:]
+        res.append(json.loads(so.strip().splitlines()[-1]))
+    assert [r["process"] for r in res] == [0, 1]
+    assert all(r["devices"] == 2 and r["processes"] == 2 and r["local_devices"] == 1
+               for r in res)
+    assert "rmse" not in res[1] and res[0]["saved"] == str(out)
+    assert abs(res[0]["rmse"] - ref["rmse"]) < 1e-4
+    assert abs(res[0]["coverage90"] - ref["coverage90"]) < 2e-3
+    post = load(out)
+    assert post.attrs["chain_method_used"] == "sharded" and post.attrs["devices"] == 2
+
+
+def test_multihost_example_refuses_incomplete_environment():
+    script = Path(__file__).resolve().parents[1] / "examples" / "multihost_gibbs.py"
+    env = dict(os.environ, BAYESMF_COORDINATOR="localhost:1", BAYESMF_PROCESS_ID="0")
+    env.pop("BAYESMF_NUM_PROCESSES", None)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "BAYESMF_NUM_PROCESSES" in r.stderr
