@@ -144,7 +144,9 @@ def test_numpy_and_jax_engines_agree(als, als_jax, data):
     assert als.attrs["timings"]["compile_s"] == 0.0
     ja, jj = als.attrs["objective"], als_jax.attrs["objective"]
     assert abs(ja - jj) <= 1e-5 * ja, (ja, jj)
-    assert abs(als.attrs["iterations"] - als_jax.attrs["iterations"]) <= 2
+    # where a relative decrease of 1e-7 is crossed is float32 rounding (37 vs 34 sweeps
+    # measured once XLA's CPU options changed, 1.00 vs 1.00 objective)
+    assert abs(als.attrs["iterations"] - als_jax.attrs["iterations"]) <= 5
     d = _pred(als, data.test_u, data.test_i) - _pred(als_jax, data.test_u, data.test_i)
     assert np.max(np.abs(d)) < 1e-3
     # the first sweeps match closely too (same initial draws)

@@ -54,6 +54,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from bayesmf._memory import check_allocation
+from bayesmf.infer._xla import compile_lowered
 from bayesmf.errors import ModelFileError, SpecError
 from bayesmf.infer import check_int as _check_int
 from bayesmf.infer import checkpoint as ck
@@ -423,7 +424,7 @@ def _compile(program, slots, out_shape, info_shape, vectorized, args, mesh=None)
         adv = shard_map(adv, mesh=mesh, in_specs=specs, out_specs=Ps("chain"),
                         check_vma=False)
         args = _place(args, mesh)
-    compiled = jax.jit(adv, donate_argnums=(2, 3)).lower(*args).compile()
+    compiled = compile_lowered(jax.jit(adv, donate_argnums=(2, 3)).lower(*args))
     if key is not None:
         _COMPILED[key] = compiled
         if len(_COMPILED) > 16:

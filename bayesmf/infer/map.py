@@ -177,6 +177,7 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import likelihood_fitter, check_options, fitted_spec
 from bayesmf.infer._rowblocks import build_row_blocks, resolve_row_parts, solve_rows
+from bayesmf.infer._xla import compile_lowered
 from bayesmf.model.likelihood import Params, predict_mean, sse
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -568,8 +569,8 @@ def _compiled(fn, static: dict, *args, small: bool = False, eager: bool = False)
     if hit is not None:
         return hit, 0.0
     t0 = time.perf_counter()
-    opts = _SMALL_COMPILE_OPTIONS if small else None
-    exe = jax.jit(functools.partial(fn, **static)).lower(*args).compile(compiler_options=opts)
+    exe = compile_lowered(jax.jit(functools.partial(fn, **static)).lower(*args),
+                          _SMALL_COMPILE_OPTIONS if small else None)
     dt = time.perf_counter() - t0
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.pop(next(iter(_CACHE)))
