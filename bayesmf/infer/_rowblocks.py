@@ -274,13 +274,8 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     dt = X.dtype
     d = X.shape[1]
     Xp = xp.concatenate([X, xp.zeros((1, d), dt)], axis=0)
-    y = xp.asarray(y, dt)
-    weighted = xp.ndim(tau) > 0
-    if weighted:
-        w = xp.asarray(tau, dt)
-        y = xp.asarray(rhs, dt) if rhs is not None else y * w
-    elif rhs is not None:
-        raise ValueError("row_precisions: rhs= needs per-observation weights")
+    y, w = _targets(y, tau, rhs, dt, xp)
+    weighted = w is not None
     if xp is not np and _split_pays(d):
         G, h = _gram_split_first(blocks, Xp, y, w if weighted else None)
     else:
@@ -295,6 +290,19 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     if dense_gram is not None:
         P = P + xp.asarray(dense_gram, dt)
     return P, h
+
+
+def _targets(y, tau, rhs, dt, xp):
+    """``(y, w)``: the targets as the Gram's right-hand side wants them -- multiplied by the
+    per-observation weights ``w = tau`` (or replaced by ``rhs``) when ``tau`` is an array,
+    as given (``w = None``) when it is one precision for all."""
+    y = xp.asarray(y, dt)
+    if xp.ndim(tau) > 0:
+        w = xp.asarray(tau, dt)
+        return (xp.asarray(rhs, dt) if rhs is not None else y * w), w
+    if rhs is not None:
+        raise ValueError("row_precisions: rhs= needs per-observation weights")
+    return y, None
 
 
 def _prior_slice(prior_prec, prior_shift, s, e):
@@ -353,6 +361,15 @@ def _gram_split_first(blocks, Xp, y, w):
     vector width); the first row/column and ``h`` come from one thin product with the
     two columns ``[w a, y]``. Same sums as :func:`_gram` in another order (equal up to
     float rounding)."""
+    G0, H, GF = _gram_split_parts(blocks, Xp, y, w)
+    G = jnp.concatenate([G0[:, None, :],
+                         jnp.concatenate([G0[:, 1:, None], GF], axis=-1)], axis=1)
+    return G, H
+
+
+def _gram_split_parts(blocks, Xp, y, w):
+    """The pieces of :func:`_gram_split_first` before assembly: the first row ``G0 (n,
+    d)`` of every row's Gram, ``h (n, d)`` and the lower-right block ``GF (n, d-1, d-1)``."""
     n, d = blocks.degree.shape[0], Xp.shape[1]
     dt = Xp.dtype
     a_all, F_all = Xp[:, 0], Xp[:, 1:]
@@ -369,23 +386,79 @@ def _gram_split_first(blocks, Xp, y, w):
         G0 = _scatter_add(G0, r, g0)
         H = _scatter_add(H, r, hs)
         GF = _scatter_add(GF, r, jnp.einsum("swd,swe->sde", Fw, F))
-    G = jnp.concatenate([G0[:, None, :],
-                         jnp.concatenate([G0[:, 1:, None], GF], axis=-1)], axis=1)
-    return G, H
+    return G0, H, GF
 
 
-def _safe_cholesky(P):
-    """Batched Cholesky with a jittered retry for rows whose factor is not finite."""
-    return _retry_bad_factors(P, jnp.linalg.cholesky(P))
+def _split_terms(blocks, X, y, tau, prior_prec, prior_shift, dense_gram=None, rhs=None):
+    r"""The blocks of every row's precision :math:`P_r = \begin{pmatrix} a_r & b_r^\top \\
+    b_r & C_r\end{pmatrix}` (first design column split off, :func:`_gram_split_parts`) and
+    ``h (n, d)``, in JAX -- the terms of :func:`row_precisions` without assembling the
+    ``(n, d, d)`` array. Returns ``(a (n,), b (n, d-1), C (n, d-1, d-1), h)``."""
+    X = jnp.asarray(X)
+    dt = X.dtype
+    Xp = jnp.concatenate([X, jnp.zeros((1, X.shape[1]), dt)], axis=0)
+    y, w = _targets(y, tau, rhs, dt, jnp)
+    G0, H, GF = _gram_split_parts(blocks, Xp, y, w)
+    if w is None:
+        t = jnp.asarray(tau, dt)
+        G0, H, GF = t * G0, t * H, t * GF
+    P0 = jnp.asarray(prior_prec, dt)
+    if dense_gram is not None:
+        P0 = P0 + jnp.asarray(dense_gram, dt)
+    return (P0[..., 0, 0] + G0[:, 0], P0[..., 1:, 0] + G0[:, 1:], P0[..., 1:, 1:] + GF,
+            jnp.asarray(prior_shift, dt) + H)
+
+
+def _gaussian_from_split(a, b, C, h, noise):
+    r""":func:`gaussian_from_precision` by the block Cholesky factor of
+    :math:`P = \begin{pmatrix} a & b^\top \\ b & C\end{pmatrix}`:
+
+    .. math::
+
+        L = \begin{pmatrix} l & 0 \\ m & L_2\end{pmatrix},\quad l = \sqrt a,\quad
+        m = b / l,\quad L_2 L_2^\top = S = C - m m^\top ,
+
+    then :math:`w_1 = h_1 / l`, :math:`w_2 = L_2^{-1}(h_2 - m w_1)` (:math:`w = L^{-1}h`),
+    plus the noise :math:`\varepsilon`, and back: :math:`z_2 = L_2^{-\top} w_2`,
+    :math:`z_1 = (w_1 - m^\top z_2)/l` (:math:`z = L^{-\top} w`). The same arithmetic as
+    the full factor in another order, without assembling the ``(n, d, d)`` precision and
+    with a width-``d - 1`` Cholesky (``d - 1 = 32`` vectorises, ``33`` does not). A row whose
+    Schur complement :math:`S` fails to factor is refactored with a jitter of
+    ``1e-4 * mean(diag P)`` on :math:`S` (the full version puts it on all of :math:`P`).
+    ``noise (n, d, 1)`` or None (the mean)."""
+    l = jnp.sqrt(a)
+    m = b / l[:, None]
+    # the retry's jitter on the scale of the whole P (S can be ~0 where P is not)
+    scale = (a + jnp.trace(C, axis1=-2, axis2=-1)) / (C.shape[-1] + 1)
+    L2 = _safe_cholesky(C - m[:, :, None] * m[:, None, :], scale)
+    w1 = h[:, 0] / l
+    w2 = lax.linalg.triangular_solve(L2, (h[:, 1:] - m * w1[:, None])[..., None],
+                                     left_side=True, lower=True)
+    if noise is not None:
+        noise = jnp.asarray(noise, w2.dtype)
+        w1 = w1 + noise[:, 0, 0]
+        w2 = w2 + noise[:, 1:]
+    z2 = lax.linalg.triangular_solve(L2, w2, left_side=True, lower=True,
+                                     transpose_a=True)[..., 0]
+    z1 = (w1 - jnp.sum(m * z2, axis=-1)) / l
+    return jnp.concatenate([z1[:, None], z2], axis=-1)
+
+
+def _safe_cholesky(P, scale=None):
+    """Batched Cholesky with a jittered retry for rows whose factor is not finite: ``P +
+    1e-4 * scale * I`` with ``scale = mean(diag P)`` (or as given, one per matrix)."""
+    if scale is None:
+        scale = jnp.trace(P, axis1=-2, axis2=-1) / P.shape[-1]
+    return _retry_bad_factors(P, jnp.linalg.cholesky(P), scale)
 
 
 @jax.custom_batching.custom_vmap
-def _retry_bad_factors(P, L):
-    """Refactor ``P + 1e-4 * mean(diag P) * I`` where ``L`` is not finite; the retry runs
-    only when some factor failed (``lax.cond``)."""
+def _retry_bad_factors(P, L, scale):
+    """Refactor ``P + 1e-4 * scale * I`` where ``L`` is not finite; the retry runs only when
+    some factor failed (``lax.cond``)."""
     d = P.shape[-1]
     eye = jnp.eye(d, dtype=P.dtype)
-    scale = jnp.trace(P, axis1=-2, axis2=-1)[..., None, None] / d
+    scale = jnp.asarray(scale, P.dtype)[..., None, None]
     # the diagonal suffices: a failed factorisation is all NaN, and a non-finite L[i, k]
     # (k < i) reaches L[i, i] = sqrt(P_ii - sum_k L_ik^2) -- n d reads instead of n d^2
     bad = ~jnp.all(jnp.isfinite(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
@@ -398,13 +471,13 @@ def _retry_bad_factors(P, L):
 
 
 @_retry_bad_factors.def_vmap
-def _retry_bad_factors_vmap(axis_size, in_batched, P, L):
+def _retry_bad_factors_vmap(axis_size, in_batched, P, L, scale):
     # Under vmap (vectorised chains) a lax.cond with a batched predicate becomes a select
     # that computes the retry every time; the function works on any leading batch axes,
     # so call it on the stacked arrays with one predicate for the whole batch instead.
-    P, L = (x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
-            for x, b in zip((P, L), in_batched))
-    return _retry_bad_factors(P, L), True
+    P, L, scale = (x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+                   for x, b in zip((P, L, scale), in_batched))
+    return _retry_bad_factors(P, L, scale), True
 
 
 def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp,
@@ -432,19 +505,27 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift, xp=np,
                               dense_gram=dense_gram, rhs=rhs)
         return np.linalg.solve(P, h[..., None])[..., 0]
-    if not blocks.parts:
-        P, h = row_precisions(blocks, X, y, tau, prior_prec, prior_shift,
-                              dense_gram=dense_gram, rhs=rhs)
-        return gaussian_from_precision(P, h, key)
-    # one gather -> Gram -> Cholesky -> solve chain per part (run concurrently); the noise
-    # of all rows drawn at once, as without parts
+    d = X.shape[1]
+    split = _split_pays(d)
+
+    def chain(b, P0, h0, noise):
+        """gather -> Gram -> Cholesky -> solve of one part (all rows without parts)."""
+        if split:
+            return _gaussian_from_split(*_split_terms(b, X, y, tau, P0, h0, dense_gram, rhs),
+                                        noise)
+        P, h = row_precisions(b, X, y, tau, P0, h0, dense_gram=dense_gram, rhs=rhs)
+        return gaussian_from_precision(P, h, noise=noise)
+
+    # the noise of all rows drawn at once (the same with and without parts)
     eps = None if key is None else jax.random.normal(
-        key, (blocks.n_rows, X.shape[1], 1), jnp.asarray(X).dtype)
+        key, (blocks.n_rows, d, 1), jnp.asarray(X).dtype)
+    if not blocks.parts:
+        return chain(blocks, prior_prec, prior_shift, eps)
+    # one chain per part, which XLA's CPU runtime runs concurrently
     out = []
     for b, (s, e) in zip(blocks.parts, blocks.part_ranges()):
-        P, h = row_precisions(b, X, y, tau, *_prior_slice(prior_prec, prior_shift, s, e),
-                              dense_gram=dense_gram, rhs=rhs)
-        out.append(gaussian_from_precision(P, h, noise=None if eps is None else eps[s:e]))
+        out.append(chain(b, *_prior_slice(prior_prec, prior_shift, s, e),
+                         None if eps is None else eps[s:e]))
     return jnp.concatenate(out, axis=0)
 
 
