@@ -296,7 +296,8 @@ def test_block_cholesky_solve_matches_the_full_factor(d, weighted):
     np.testing.assert_allclose(np.asarray(b), np.asarray(P)[:, 1:, 0], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(C), np.asarray(P)[:, 1:, 1:], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(h2), np.asarray(h), rtol=1e-5, atol=1e-4)
-    eps = jax.random.normal(jax.random.key(3), (n, d, 1))
+    # float32 like the solver draws it (another test module may have switched x64 on)
+    eps = jax.random.normal(jax.random.key(3), (n, d, 1), jnp.float32)
     for noise in (None, eps):
         full = np.asarray(gaussian_from_precision(P, h, noise=noise))
         blk = np.asarray(_gaussian_from_split(a, b, C, h2, noise))
