@@ -78,8 +78,14 @@ def spec():
 
 @pytest.fixture(scope="module", params=GAUSSIAN_METHODS)
 def fitted(request, train, spec):
+    import jax
+
     name = request.param
+    x64 = bool(jax.config.jax_enable_x64)
     post = get_method(name)(train, spec, seed=0, **FAST[name])
+    # no method leaves JAX's global precision changed (PyTensor's JAX backend sets it on
+    # import; bayesmf.infer.pymc switches it back)
+    assert bool(jax.config.jax_enable_x64) == x64, name
     return name, post
 
 

@@ -35,6 +35,7 @@ with :func:`build_pymc_model` on ``spec.replace(priors=...)`` and sample it your
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 
@@ -203,6 +204,24 @@ def _stats(idata) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _pytensor_jax_precision():
+    """JAX's ``jax_enable_x64`` as PyTensor's JAX backend needs it for the sampling, and as
+    it was afterwards. PyTensor's JAX dispatch module sets the *global* flag from
+    ``pytensor.config.floatX`` when it is first imported (x64 on for the default
+    float64), which would change the default dtype of every later JAX computation of
+    the process -- the caller's and bayesmf's; it is switched back here."""
+    import jax
+    import pytensor
+
+    before = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", pytensor.config.floatX == "float64")
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
     """NUTS on the PyMC model via ``pm.sample(nuts_sampler="numpyro")``."""
@@ -226,7 +245,7 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
                                      factor_prior=o["factor_prior"])
     names = [n for n in _SITES if n in model.named_vars]
     t0 = time.perf_counter()
-    with model, warnings.catch_warnings():
+    with model, warnings.catch_warnings(), _pytensor_jax_precision():
         # numpyro warns that "parallel" chains fall back to sequential on one device
         warnings.filterwarnings("ignore", message=".*There are not enough devices.*")
         idata = pm.sample(
