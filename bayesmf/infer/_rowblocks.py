@@ -136,8 +136,8 @@ def resolve_row_parts(row_parts, nnz: int) -> int:
     """The number of row parts of each side's blocks (:mod:`bayesmf.infer._rowblocks`,
     **Row parts**): an int >= 1 as given, or ``"auto"``: on a CPU backend
     ``min(8, nnz // 100_000)`` (at least 1), on an accelerator 1 (it runs a part's batched
-    products in parallel already). Used by the Gibbs sampler and ALS. Measured (Gibbs) on the ML-1M subset (438,885 ratings, rank
-    32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
+    products in parallel already). Used by the Gibbs sampler and ALS. Measured (Gibbs) on
+    the ML-1M subset (438,885 ratings, rank 32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
     8, 4 parts 0.163 / 8, 8 parts 0.144 / 22, 16 parts 0.164 / 39: the gain is partly
     the two cores, partly smaller working sets; compile time grows with the parts."""
     if row_parts == "auto":
@@ -148,7 +148,6 @@ def resolve_row_parts(row_parts, nnz: int) -> int:
             or row_parts < 1:
         raise SpecError(f"row_parts must be 'auto' or an integer >= 1, got {row_parts!r}")
     return int(row_parts)
-
 
 
 def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
@@ -273,13 +272,15 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     X = xp.asarray(X)
     dt = X.dtype
     d = X.shape[1]
+    if xp is not np and _split_pays(d):
+        a, b, C, h = _split_terms(blocks, X, y, tau, prior_prec, prior_shift, dense_gram, rhs)
+        P = jnp.concatenate([jnp.concatenate([a[:, None], b], axis=-1)[:, None, :],
+                             jnp.concatenate([b[:, :, None], C], axis=-1)], axis=1)
+        return P, h
     Xp = xp.concatenate([X, xp.zeros((1, d), dt)], axis=0)
     y, w = _targets(y, tau, rhs, dt, xp)
     weighted = w is not None
-    if xp is not np and _split_pays(d):
-        G, h = _gram_split_first(blocks, Xp, y, w if weighted else None)
-    else:
-        G, h = _gram(blocks, Xp, y, w if weighted else None, xp)
+    G, h = _gram(blocks, Xp, y, w, xp)
     if weighted:
         P = xp.asarray(prior_prec, dt) + G
         h = xp.asarray(prior_shift, dt) + h
@@ -314,7 +315,7 @@ def _prior_slice(prior_prec, prior_shift, s, e):
 
 def _split_pays(d: int) -> bool:
     """Whether the JAX Gram of a width-``d`` design is faster with its first column split
-    off (:func:`_gram_split_first`): measured on the ML-1M subset's item blocks (2-core
+    off (:func:`_gram_split_parts`): measured on the ML-1M subset's item blocks (2-core
     x86 CPU, float32), the split is 10-16% faster for ``d = 17, 33, 41`` (``d - 1`` a
     multiple of the 8-lane vector width, ``d`` not) and no faster or slower for
     ``d <= 11`` and ``d = 65`` (the thin extra product no longer pays)."""
@@ -345,7 +346,7 @@ def _gram(blocks, Xp, y, w, xp):
     return G, h
 
 
-def _gram_split_first(blocks, Xp, y, w):
+def _gram_split_parts(blocks, Xp, y, w):
     r""":func:`_gram` in JAX with the first design column ``a = X[:, 0]`` taken out
     of the batched product: with ``X = [a, F]``,
 
@@ -360,16 +361,8 @@ def _gram_split_first(blocks, Xp, y, w):
     0.016 s for the 128-wide bucket of the ML-1M subset, 33 is not a multiple of the
     vector width); the first row/column and ``h`` come from one thin product with the
     two columns ``[w a, y]``. Same sums as :func:`_gram` in another order (equal up to
-    float rounding)."""
-    G0, H, GF = _gram_split_parts(blocks, Xp, y, w)
-    G = jnp.concatenate([G0[:, None, :],
-                         jnp.concatenate([G0[:, 1:, None], GF], axis=-1)], axis=1)
-    return G, H
-
-
-def _gram_split_parts(blocks, Xp, y, w):
-    """The pieces of :func:`_gram_split_first` before assembly: the first row ``G0 (n,
-    d)`` of every row's Gram, ``h (n, d)`` and the lower-right block ``GF (n, d-1, d-1)``."""
+    float rounding). Returns the first row ``G0 (n, d)`` of every row's Gram, ``h (n,
+    d)`` and the lower-right block ``GF (n, d-1, d-1)``, unassembled."""
     n, d = blocks.degree.shape[0], Xp.shape[1]
     dt = Xp.dtype
     a_all, F_all = Xp[:, 0], Xp[:, 1:]
