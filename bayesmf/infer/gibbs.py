@@ -209,7 +209,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
-                cg_maxiter=200, shard_devices=None, row_parts="auto")
+                cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -294,6 +294,13 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
     (200) of the CG solver.
 
+    Propagated priors: ``row_priors`` (None) ``{"user": (mean (N, d), precision (N, d,
+    d)), "item": ...}`` fixes each listed row's joint ``[b, F]`` prior to that Gaussian
+    (``d`` = the side's bias column + rank) in place of the hierarchical one
+    (:func:`~bayesmf.infer.gibbs_kernel.check_row_priors`; used by
+    :mod:`bayesmf.infer.propagation`); the group moves that assume the hierarchical prior
+    are then skipped. Not with ``chain_method="sharded"``.
+
     Checkpoints: ``checkpoint`` (None) a file path; every ``checkpoint_every`` sweeps
     (default: about 10 checkpoints per run) the sampler state, the kept draws so far and
     the streamed accumulators are written there atomically
@@ -322,6 +329,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         raise SpecError("chain_method must be 'vectorized', 'sequential', 'parallel' or "
                         f"'sharded', got {opts['chain_method']!r}")
     sharded = opts["chain_method"] == "sharded"
+    if sharded and opts["row_priors"] is not None:
+        raise SpecError("row_priors are not supported with chain_method='sharded'")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")
@@ -341,7 +350,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      user_features=opts["user_features"], item_features=opts["item_features"],
                      beta_solver=opts["beta_solver"],
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
-                     cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"])
+                     cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
+                     row_priors=opts["row_priors"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
     if opts["predict_pairs"] is not None:
@@ -366,11 +376,15 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
                              opts["chain_method"], int(opts["max_width"]), pp,
                              *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()))
-        if cfg.macau:  # a run with features never resumes one without (or other ones)
+        if cfg.macau or cfg.row_prior_sides:  # never resume a run with other priors
             import hashlib
 
             h = hashlib.sha256(fp.encode())
-            for side in ("user", "item"):
+            for side in cfg.row_prior_sides:
+                h.update(side.encode())
+                for a in kern.data.row_priors[side]:
+                    h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+            for side in ("user", "item") if cfg.macau else ():
                 f = kern.features[side]
                 if f is not None:
                     h.update(side.encode())
@@ -409,6 +423,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "row_parts": kern.row_parts, "n_sweeps": n_iter},
+        **({"row_priors": list(cfg.row_prior_sides)} if cfg.row_prior_sides else {}),
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}
            if cfg.macau else {}),

@@ -68,6 +68,10 @@ class GibbsData(NamedTuple):
     #: side features of the Macau prior: ``{"user": MacauData, "item": MacauData}`` (the
     #: sides that have them; None without)
     feats: dict | None = None
+    #: fixed per-row Gaussian priors of the joint ``[b, F]`` rows (posterior propagation,
+    #: :mod:`bayesmf.infer.propagation`): ``{"user": (P0 (N, d, d), h0 (N, d)), ...}`` for
+    #: the sides in ``_Cfg.row_prior_sides`` (None without)
+    row_priors: dict | None = None
 
 
 class _Cfg(NamedTuple):
@@ -105,6 +109,11 @@ class _Cfg(NamedTuple):
     lambda_beta_b: float = 1.0
     cg_tol: float = 1e-6
     cg_maxiter: int = 200
+    #: the sides whose rows have fixed per-row Gaussian priors (``GibbsData.row_priors``):
+    #: their hyperparameters no longer enter the row draws, and the group moves that assume
+    #: the exchangeable hierarchical prior (shift, scale; translation of that side's bias)
+    #: are skipped (the sweep stays a valid Gibbs sampler without them)
+    row_prior_sides: tuple = ()
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
@@ -113,6 +122,8 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
     if cfg.axis_name is not None and cfg.macau:
         raise SpecError("side features (Macau) are not supported with data sharded over "
                         "devices")
+    if cfg.axis_name is not None and cfg.row_prior_sides:
+        raise SpecError("per-row priors are not supported with data sharded over devices")
     with sharded(cfg.axis_name):
         return _sweep(cfg, data, key, s)
 
@@ -192,15 +203,22 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     def side_bg(b_other, idx):
         return None if bg is None else (w0, y0 - mu - b_other[idx], y0 - mu - b_other)
 
+    fixed = cfg.row_prior_sides
+
+    def row_prior(side):
+        return {"row_prior": data.row_priors[side]} if side in fixed else {}
+
     if cfg.user_bias or k:
         bu, U_new = rows_draw_(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
-                               lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"))
+                               lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"),
+                               **row_prior("user"))
         U = U_new if k else U
     if cfg.item_bias or k:
         bi, V_new = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
-                               lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"))
+                               lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
+                               **row_prior("item"))
         V = V_new if k else V
-    if k:
+    if k and not fixed:
         ksv, ksu, kc = jax.random.split(kc, 3)
         sh = dict(beta0=cfg.beta0, lambda_mu=cfg.lambda_mu, mu_mean=cfg.mu_mean,
                   with_mu=cfg.global_mean)
@@ -219,9 +237,9 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
                                                         cfg.w0)
     if cfg.global_mean:
         kcu, kci = jax.random.split(kc)
-        if cfg.user_bias:
+        if cfg.user_bias and "user" not in fixed:
             mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
-        if cfg.item_bias:
+        if cfg.item_bias and "item" not in fixed:
             mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
 
     def lin_at(uu, ii):
@@ -239,7 +257,7 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean, mbg)
     eta = mu + lin
     theta = s.theta
-    if lik.latent_scale_fixed:  # step 6b: the scale of eta against the unit latent noise
+    if lik.latent_scale_fixed and not fixed:  # step 6b: the scale of eta against the unit latent noise
         ksc2, ktheta = jax.random.split(ktheta)
         (mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi, theta,
          sc) = latent_scale_move(ksc2, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V,
@@ -299,7 +317,7 @@ class BPMFGibbs:
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128,
                  user_features=None, item_features=None, beta_solver="auto",
                  lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
-                 row_parts="auto"):
+                 row_parts="auto", row_priors=None):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         y_data = np.asarray(train.rating, np.float64)
@@ -337,17 +355,68 @@ class BPMFGibbs:
         #: row parts of each side's blocks (``row_parts``, :func:`resolve_row_parts`)
         self.row_parts = resolve_row_parts(row_parts, u.size)
         lay = dict(max_width=max_width, parts=self.row_parts, row_cost=(spec.rank + 1) / 3)
+        rp = check_row_priors(row_priors, spec, train.n_users, train.n_items, dt)
+        if rp and macau and {m[0] for m in macau} & set(rp):
+            raise SpecError("a side cannot have both side features (Macau) and per-row priors")
+        if rp:
+            self.cfg = self.cfg._replace(row_prior_sides=tuple(s for s in ("user", "item")
+                                                               if s in rp))
         self.data = GibbsData(
             jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
             _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items, **lay)),
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users, **lay)),
-            feats or None)
+            feats or None, rp or None)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
         return _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
 
     def step(self, key, state: GibbsState):
         return _step(self.cfg, self.data, key, state)
+
+
+def check_row_priors(row_priors, spec: ModelSpec, n_users: int, n_items: int, dt) -> dict:
+    r"""Validate ``row_priors = {"user": (mean (N, d), prec (N, d, d)), "item": ...}`` (any
+    subset of the sides) and return them in the kernel's form ``{side: (P0, h0)}`` with
+    :math:`h_0 = P_0\,m` (device arrays of dtype ``dt``). ``d`` is the side's bias column
+    (if the spec has that bias) plus the rank: row ``r``'s prior is
+    :math:`[b_r, F_r] \sim \mathcal N(m_r, P_{0r}^{-1})`. Each ``P_0r`` must be symmetric
+    positive definite (checked by a float64 Cholesky). Not with a full-matrix likelihood
+    (implicit feedback). With per-row priors the sweep skips the group moves that assume
+    the hierarchical prior (shift, scale, the latent-scale move; the translation of a fixed
+    side's bias)."""
+    if row_priors is None:
+        return {}
+    if not isinstance(row_priors, dict) or not set(row_priors) <= {"user", "item"}:
+        raise SpecError("row_priors must be a dict with keys 'user' and/or 'item', got "
+                        f"{row_priors!r:.80}")
+    if spec.likelihood.full_matrix:
+        raise SpecError(f"per-row priors are not supported for the full-matrix likelihood "
+                        f"{spec.likelihood.name!r}")
+    out = {}
+    for side, pr in row_priors.items():
+        n = n_users if side == "user" else n_items
+        d = int(spec.user_bias if side == "user" else spec.item_bias) + spec.rank
+        try:
+            m, P = pr
+        except (TypeError, ValueError):
+            raise SpecError(f"row_priors[{side!r}] must be a (mean, precision) pair") from None
+        m = np.asarray(m, np.float64)
+        P = np.asarray(P, np.float64)
+        if m.shape != (n, d) or P.shape != (n, d, d):
+            raise SpecError(f"row_priors[{side!r}]: expected mean ({n}, {d}) and precision "
+                            f"({n}, {d}, {d}) (the {side}s of the training data; d = bias "
+                            f"column + rank), got {m.shape} and {P.shape}")
+        if not (np.isfinite(m).all() and np.isfinite(P).all()):
+            raise SpecError(f"row_priors[{side!r}] has NaN or infinite values")
+        if not np.allclose(P, np.swapaxes(P, 1, 2), rtol=1e-6, atol=1e-8 * np.abs(P).max()):
+            raise SpecError(f"row_priors[{side!r}]: the precisions must be symmetric")
+        try:
+            np.linalg.cholesky(P)
+        except np.linalg.LinAlgError:
+            raise SpecError(f"row_priors[{side!r}]: every precision must be positive "
+                            "definite") from None
+        out[side] = (jnp.asarray(P, dt), jnp.asarray(np.einsum("nij,nj->ni", P, m), dt))
+    return out
 
 
 #: beta_solver="auto": the eigh solver (one host eigendecomposition of the F x F Gram, then

@@ -54,7 +54,7 @@ def bias_precision_draw(key, b, a0, b0):
 
 
 def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-              offset=None):
+              offset=None, row_prior=None):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
@@ -71,13 +71,23 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
 
     ``offset (n_rows, k)`` (the Macau prior, :func:`macau_beta_draw`): row ``r``'s factor
     prior mean is :math:`\mu_f + o_r` (:math:`o_r = \beta^\top x_r`), so the prior shift
-    becomes per row, :math:`[0, \Lambda(\mu_f + o_r)]`."""
+    becomes per row, :math:`[0, \Lambda(\mu_f + o_r)]`.
+
+    ``row_prior = (P0 (n_rows, d, d), h0 (n_rows, d))`` (a propagated posterior,
+    :mod:`bayesmf.infer.propagation`): row ``r``'s joint ``[b_r, F_r]`` has the fixed
+    Gaussian prior :math:`\mathcal N(P_{0r}^{-1} h_{0r}, P_{0r}^{-1})` in place of
+    ``blockdiag(lam_b, Lam)`` (``lam_b``, ``Lam``, ``mu_f`` and ``offset`` are then unused),
+    so :math:`P_r = P_{0r} + \tau\sum_{j\in O_r} x_j x_j^\top`,
+    :math:`h_r = h_{0r} + \tau\sum_{j\in O_r} y_j x_j`."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
     X = jnp.concatenate(cols, axis=1)
-    P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
-    if offset is not None and k:
+    if row_prior is not None:
+        P0, h0 = row_prior
+    else:
+        P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+    if offset is not None and k and row_prior is None:
         sh = offset @ Lam  # Lam symmetric: (Lam o_r)^T
         if with_bias:
             sh = jnp.concatenate([jnp.zeros((n_rows, 1), dt), sh], axis=1)
