@@ -36,6 +36,7 @@ FAST = {
     "svi": dict(num_steps=200, num_samples=20, window=50),
     "pymc-nuts": dict(num_samples=20, num_warmup=20, num_chains=2, max_tree_depth=4),
     "pymc-advi": dict(num_steps=200, num_samples=20, window=50),
+    "propagation": dict(num_samples=20, num_warmup=10),
 }
 #: one invalid *value* of a known option per method (unknown keys are tested for all)
 BAD_VALUE = {
@@ -45,6 +46,7 @@ BAD_VALUE = {
     "svi": {"guide": "no-such-guide"},
     "pymc-nuts": {"target_accept": 1.5},
     "pymc-advi": {"method": "svgd-please"},
+    "propagation": {"user_blocks": 0},
 }
 #: methods whose posterior has a single draw (no parameter uncertainty)
 POINT = {"map"}

@@ -27,6 +27,7 @@ METHODS: dict[str, str] = {
     "pymc-advi": "bayesmf.infer.pymc:fit_pymc_advi",
     "cavi": "bayesmf.infer.hpf:fit_cavi",
     "nmf": "bayesmf.infer.nmf:fit_nmf",
+    "propagation": "bayesmf.infer.propagation:fit_propagated",
 }
 
 

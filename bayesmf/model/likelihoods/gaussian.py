@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayesmf.model.likelihoods.base import Likelihood
+from bayesmf.model.likelihoods.base import METHODS_ALL, Likelihood
 
 __all__ = ["Gaussian"]
 
@@ -34,6 +34,8 @@ class Gaussian(Likelihood):
 
     name = "gaussian"
     theta_names = ("tau",)
+    #: every method, and posterior propagation over blocks (bayesmf.infer.propagation)
+    methods = METHODS_ALL + ("propagation",)
     mean_is_linear = True
     discrete = False
     augmented = False
