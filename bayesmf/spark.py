@@ -70,7 +70,7 @@ from bayesmf.errors import DataError, SpecError
 
 __all__ = ["recommend_spark", "predict_spark", "interactions_from_spark",
            "ratings_from_spark", "payload_bytes", "SparkMissingError",
-           "DEFAULT_MAX_PAYLOAD"]
+           "DEFAULT_MAX_PAYLOAD", "task_executor", "SparkTaskExecutor"]
 
 #: default limit of the item-side payload shipped with every task (bytes)
 DEFAULT_MAX_PAYLOAD = 512 * 1024 * 1024
@@ -575,3 +575,37 @@ def ratings_from_spark(df, user_col="user", item_col="item", rating_col="rating"
     r = kcore(r, min_user, min_item).ratings  # exact even when max_iter stopped early
     o = np.lexsort((r.item, r.user))
     return r if (np.diff(o) == 1).all() else r.subset(o)
+
+
+# =========================================================================== tasks
+class SparkTaskExecutor:
+    """``map(fn, tasks)`` on a Spark cluster: one partition per task
+    (``sparkContext.parallelize``), the results collected to the driver in task order.
+
+    The executor of :func:`bayesmf.infer.propagation.fit_propagated`
+    (``executor=task_executor(spark)``): each block task runs the JAX Gibbs sampler on a
+    Spark executor, so, unlike batch scoring, the executors need ``bayesmf`` **with JAX**
+    installed (the same environment as the driver: set ``PYSPARK_PYTHON``). ``fn`` and
+    the tasks travel pickled with the job. Classic Spark only (Spark Connect has no
+    ``sparkContext``: a :class:`~bayesmf.errors.SpecError` says so)."""
+
+    def __init__(self, spark):
+        _pyspark()
+        try:
+            self.sc = spark.sparkContext
+        except Exception as e:  # Spark Connect: no RDD API
+            raise SpecError("task_executor needs a classic SparkSession with a "
+                            f"sparkContext (Spark Connect has none): {e}") from None
+
+    def map(self, fn, tasks):
+        tasks = list(tasks)
+        if not tasks:
+            return []
+        out = (self.sc.parallelize(list(enumerate(tasks)), len(tasks))
+               .map(lambda it: (it[0], fn(it[1]))).collect())
+        return [r for _, r in sorted(out, key=lambda x: x[0])]
+
+
+def task_executor(spark) -> SparkTaskExecutor:
+    """A :class:`SparkTaskExecutor` over ``spark`` (a classic ``SparkSession``)."""
+    return SparkTaskExecutor(spark)

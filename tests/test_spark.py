@@ -264,3 +264,19 @@ def test_missing_pyspark_is_a_clear_error(monkeypatch, gibbs):
     with pytest.raises(SparkMissingError, match=r"bayesmf\[spark\]") as e:
         recommend_spark(gibbs, spark=None)
     assert isinstance(e.value, ImportError) and isinstance(e.value, SpecError)
+
+
+def test_propagation_tasks_run_on_spark_executors(spark):
+    """Posterior propagation with the Spark task executor: the block tasks run in Spark's
+    Python workers and the aggregated posterior equals the in-process (serial) one."""
+    from bayesmf.infer.propagation import fit_propagated
+    from bayesmf.spark import task_executor
+
+    tr = bayesmf.as_ratings(_data(seed=3))
+    spec = bayesmf.ModelSpec(rank=2)
+    kw = dict(num_samples=12, num_warmup=10, seed=0)
+    local = fit_propagated(tr, spec, **kw)
+    on_spark = fit_propagated(tr, spec, executor=task_executor(spark), **kw)
+    for n in ("U", "V", "bu", "bi", "tau"):
+        np.testing.assert_allclose(on_spark.draws[n], local.draws[n], rtol=1e-5, atol=1e-5)
+    assert on_spark.attrs["settings"]["executor"] == "SparkTaskExecutor"
