@@ -1222,7 +1222,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", default=None, choices=sorted(METHODS),
                      help="inference: map (point estimate), gibbs (BPMF Gibbs sampler), "
                           "nuts (NumPyro NUTS), svi (variational), cavi (HPF variational, "
-                          "--likelihood poisson), pymc-nuts / pymc-advi "
+                          "--likelihood poisson), pymc-nuts / pymc-advi, propagation "
+                          "(BPMF over user x item blocks fitted as independent tasks; "
+                          "--option user_blocks=3 --option executor=processes) "
                           f"(default: {_DEFAULT_METHOD['explicit']} for explicit, "
                           f"{_DEFAULT_METHOD['implicit']} for implicit feedback)")
     fit.add_argument("--rank", type=nonneg("rank"), default=None,
