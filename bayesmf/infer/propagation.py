@@ -347,11 +347,15 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
     default one per CPU), or any object with a ``map(fn, iterable)`` method returning the
     results in order -- a :class:`concurrent.futures.Executor`, Dask's
     ``client.get_executor()``, or :func:`bayesmf.spark.task_executor` (Spark); the
-    tasks of one stage run concurrently there. ``num_samples`` (200), ``num_warmup`` (100),
-    ``dtype``, ``row_parts``, ``max_width`` go to each block's Gibbs sampler
-    ``align`` (True) maps each task's draws onto its priors' frame (module docs)
-    (:func:`~bayesmf.infer.gibbs.fit_gibbs`). ``attrs["propagation"]`` records the blocks,
-    each task's seconds, the seconds of each stage (wall) and of the tasks summed."""
+    tasks of one stage run concurrently there (a script that uses ``"processes"`` needs
+    the usual ``if __name__ == "__main__":`` guard: the workers are spawned).
+    ``num_samples`` (200), ``num_warmup`` (100), ``dtype``, ``row_parts``, ``max_width``
+    go to each block's Gibbs sampler (:func:`~bayesmf.infer.gibbs.fit_gibbs`); ``align``
+    (True) maps each task's draws onto its priors' frame, ``pieces`` ("moments" or
+    "difference") chooses how a block's likelihood is estimated (module docs).
+    ``attrs["propagation"]`` records the blocks, each task's seconds, the seconds of each
+    stage (wall) and of the tasks summed. ``progress`` is accepted for the common
+    signature and ignored (the tasks may run elsewhere)."""
     from bayesmf.infer import check_fit_inputs, check_options, fitted_spec
     from bayesmf.posterior import Posterior, TrainInfo
 
