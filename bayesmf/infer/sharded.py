@@ -103,8 +103,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.errors import SpecError
-from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, gaussian_from_precision,
-                                      row_precisions)
+from bayesmf.infer._rowblocks import (RowBlocks, _gaussian_from_split, _split_pays,
+                                      _split_terms, build_row_blocks,
+                                      gaussian_from_precision, row_precisions)
 from bayesmf.infer._rowblocks import partition_rows as _partition_rows
 
 __all__ = ["AXIS", "ShardBlocks", "partition_rows", "build_shard_blocks", "shard_mesh",
@@ -216,10 +217,13 @@ def sharded_rows_draw(axis: str = AXIS):
         X = jnp.concatenate(cols, axis=1)
         d = X.shape[1]
         P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
-        P, h = row_precisions(sb.blocks, X, y, tau, P0, h0)
         # the unsharded noise of all rows, this device's slice (device-count independent)
         eps = jax.random.normal(key, (n_rows, d, 1), dt)[sb.rows]
-        Z = gaussian_from_precision(P, h, noise=eps)
+        if _split_pays(d):  # the block-Cholesky solve of the unsharded sampler
+            Z = _gaussian_from_split(*_split_terms(sb.blocks, X, y, tau, P0, h0), eps)
+        else:
+            P, h = row_precisions(sb.blocks, X, y, tau, P0, h0)
+            Z = gaussian_from_precision(P, h, noise=eps)
         Z = jax.lax.all_gather(Z, axis, tiled=True)[sb.gather]
         b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
         return b, Z[:, int(with_bias):]
