@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.data.features import add_implicit_terms, parse_implicit_terms
-from bayesmf.data.ratings import Ratings
+from bayesmf.data.ratings import Ratings, raw_pairs
 from bayesmf.errors import DataError, NotFittedError, SpecError
 from bayesmf.infer import get_method
 from bayesmf.model.spec import BayesPriors, ModelSpec
@@ -329,7 +329,7 @@ class BayesMF:
         raises instead).
         """
         post = self.posterior
-        users, items = _pairs(pairs, user_col, item_col)
+        users, items = raw_pairs(pairs, user_col, item_col)
         pred = post.predict(users, items, interval=interval, clip=clip, unknown=unknown)
         df = pred.to_frame()
         df.attrs["uncertainty"] = pred.uncertainty
@@ -451,20 +451,6 @@ def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
     check_allocation(nb, f"the {method} posterior draws ({C} chain(s) x {S} draws x "
                      f"({train.n_users:,} users + {train.n_items:,} items) x rank "
                      f"{spec.rank}, {format_bytes(nb)} as float32)")
-
-
-def _pairs(pairs, user_col, item_col):
-    if isinstance(pairs, Ratings):
-        return pairs.users.decode(pairs.user), pairs.items.decode(pairs.item)
-    if isinstance(pairs, pd.DataFrame):
-        missing = [c for c in (user_col, item_col) if c not in pairs.columns]
-        if missing:
-            raise DataError(f"missing column(s) {missing}; the frame has {list(pairs.columns)}")
-        return pairs[user_col].to_numpy(), pairs[item_col].to_numpy()
-    if isinstance(pairs, tuple) and len(pairs) == 2:
-        return np.asarray(pairs[0]), np.asarray(pairs[1])
-    raise DataError("pairs must be a DataFrame with user/item columns, a Ratings container "
-                    f"or a (users, items) tuple; got {type(pairs).__name__}")
 
 
 def _jsonable_params(p: dict) -> dict:

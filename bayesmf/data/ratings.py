@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from bayesmf.data.vocab import Vocabulary, parse_ids
 from bayesmf.errors import DataError
 
-__all__ = ["Ratings", "RatingScale", "MAX_ABS_RATING"]
+__all__ = ["Ratings", "RatingScale", "MAX_ABS_RATING", "raw_pairs"]
 
 _DUP_POLICIES = ("raise", "last", "first", "mean")
 
@@ -438,3 +438,21 @@ def _resolve_duplicates(user, item, rating, timestamp, policy, users, items):
     keep_rows = np.sort(sel)
     return (user[keep_rows], item[keep_rows], rating[keep_rows],
             None if timestamp is None else timestamp[keep_rows])
+
+
+def raw_pairs(pairs, user_col: str = "user", item_col: str = "item"):
+    """Raw ``(users, items)`` id arrays of ``pairs``: a DataFrame with the two columns, a
+    :class:`Ratings` (its decoded ids) or a ``(users, items)`` tuple -- the forms
+    ``BayesMF.predict`` and the recalibration maps take; anything else is a
+    :class:`~bayesmf.errors.DataError`."""
+    if isinstance(pairs, Ratings):
+        return pairs.users.decode(pairs.user), pairs.items.decode(pairs.item)
+    if isinstance(pairs, pd.DataFrame):
+        missing = [c for c in (user_col, item_col) if c not in pairs.columns]
+        if missing:
+            raise DataError(f"missing column(s) {missing}; the frame has {list(pairs.columns)}")
+        return pairs[user_col].to_numpy(), pairs[item_col].to_numpy()
+    if isinstance(pairs, tuple) and len(pairs) == 2:
+        return np.asarray(pairs[0]), np.asarray(pairs[1])
+    raise DataError("pairs must be a DataFrame with user/item columns, a Ratings container "
+                    f"or a (users, items) tuple; got {type(pairs).__name__}")

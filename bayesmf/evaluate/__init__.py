@@ -14,6 +14,9 @@ from bayesmf.evaluate.counts import heldout_poisson_loglik
 from bayesmf.evaluate.protocols import build_task, rank_task, ranking_evaluate
 from bayesmf.evaluate.ranking import (catalogue_coverage, mean_metrics, ranking_metrics,
                                       ranks_from_scores, topk_mask)
+from bayesmf.evaluate.recalibration import (CarveSplit, Recalibration, fit_platt,
+                                            fit_recalibration, heldout_negatives,
+                                            recalibration_carve)
 from bayesmf.evaluate.rating import (coverage_from_pit, gaussian_crps, mae, mixture_crps,
                                      mixture_logpdf, mixture_pit, rating_metrics, rmse)
 
@@ -21,7 +24,9 @@ __all__ = ["evaluate", "rmse", "mae", "gaussian_crps", "mixture_crps", "mixture_
            "mixture_pit", "coverage_from_pit", "rating_metrics", "pit_values",
            "coverage_curve", "pit_histogram", "calibration", "ranking_metrics",
            "mean_metrics", "ranks_from_scores", "topk_mask", "catalogue_coverage",
-           "build_task", "rank_task", "ranking_evaluate", "heldout_poisson_loglik"]
+           "build_task", "rank_task", "ranking_evaluate", "heldout_poisson_loglik",
+           "Recalibration", "fit_recalibration", "recalibration_carve", "CarveSplit",
+           "heldout_negatives", "fit_platt"]
 
 
 def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
