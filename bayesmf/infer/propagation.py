@@ -417,8 +417,17 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
             ru, li = np.unique(u[sel], return_inverse=True)
             ri, lj = np.unique(i[sel], return_inverse=True)
             blocks[a, b] = dict(sel=sel, users=ru, items=ri, lu=li, li=lj)
-    # natural parameters per global row: the base posterior, filled after stage 1/2
-    base = {"user": {}, "item": {}}   # group -> (eta (n,d), Lam (n,d,d)) over all rows
+    # the rows of each group, and each row's position within its group
+    members = {"user": [np.flatnonzero(ug == g) for g in range(I_)],
+               "item": [np.flatnonzero(ig == g) for g in range(J_)]}
+    local = {}
+    for side, grp in (("user", ug), ("item", ig)):
+        local[side] = np.empty(grp.size, np.int64)
+        for m in members[side]:
+            local[side][m] = np.arange(m.size)
+    # natural parameters of each group's rows (group-local order): the base posterior,
+    # filled after stage 1/2
+    base = {"user": {}, "item": {}}   # group -> (eta (n_g, d), Lam (n_g, d, d))
     given = {}                         # (a, b) -> {side: (mean, prec)} priors given
     results = {}
     stage_seconds = []
@@ -432,8 +441,9 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
             for side, g, rows in (("user", a, blk["users"]), ("item", b, blk["items"])):
                 if g in base[side]:
                     eta, Lam = base[side][g]
-                    L = Lam[rows]
-                    rp[side] = (np.linalg.solve(L, eta[rows][..., None])[..., 0], L)
+                    lr = local[side][rows]
+                    L = Lam[lr]
+                    rp[side] = (np.linalg.solve(L, eta[lr][..., None])[..., 0], L)
         given[a, b] = rp
         r = y[blk["sel"]] - (mu_level if stage > 1 else 0.0)
         return dict(user=blk["lu"], item=blk["li"], rating=r, n_users=blk["users"].size,
@@ -442,17 +452,17 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
                     row_priors=rp or None, fold_mu=stage == 1 and spec.global_mean,
                     align=bool(opts["align"]), pieces=opts["pieces"])
 
-    def base_from(res, a_or_b, side, n_all, pop):
-        """The base natural parameters of every row of one group: the task's posterior
-        where the row is in it, the population prior elsewhere."""
+    def base_from(res, key, side, g, pop):
+        """The base natural parameters of the rows of group ``g`` (group-local order): the
+        task's posterior where the row is in it, the population prior elsewhere."""
         eta0, Lam0 = pop
-        d = eta0.size
-        eta = np.broadcast_to(eta0, (n_all, d)).copy()
-        Lam = np.broadcast_to(Lam0, (n_all, d, d)).copy()
-        rows = blocks[a_or_b]["users" if side == "user" else "items"]
+        d, n_g = eta0.size, members[side][g].size
+        eta = np.broadcast_to(eta0, (n_g, d)).copy()
+        Lam = np.broadcast_to(Lam0, (n_g, d, d)).copy()
+        lr = local[side][blocks[key]["users" if side == "user" else "items"]]
         m, P = res[f"{side}_mean"], res[f"{side}_prec"]
-        eta[rows] = np.einsum("nij,nj->ni", P, m)
-        Lam[rows] = P
+        eta[lr] = np.einsum("nij,nj->ni", P, m)
+        Lam[lr] = P
         return eta, Lam
 
     n_users, n_items = train.n_users, train.n_items
@@ -464,8 +474,8 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
     if spec.global_mean:
         mu_level = float(np.mean(anchor["mu"]))
     pop = {s: _population_prior(anchor, s, spec) for s in ("user", "item")}
-    base["user"][0] = base_from(anchor, (0, 0), "user", n_users, pop["user"])
-    base["item"][0] = base_from(anchor, (0, 0), "item", n_items, pop["item"])
+    base["user"][0] = base_from(anchor, (0, 0), "user", 0, pop["user"])
+    base["item"][0] = base_from(anchor, (0, 0), "item", 0, pop["item"])
     # stage 2: first block row and column
     keys2 = [(0, b) for b in range(1, J_)] + [(a, 0) for a in range(1, I_)]
     t0 = time.perf_counter()
@@ -475,9 +485,9 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
         results[key] = res
         a, b = key
         if a == 0:   # items of group b had the hierarchical prior here
-            base["item"][b] = base_from(res, key, "item", n_items, pop["item"])
+            base["item"][b] = base_from(res, key, "item", b, pop["item"])
         else:
-            base["user"][a] = base_from(res, key, "user", n_users, pop["user"])
+            base["user"][a] = base_from(res, key, "user", a, pop["user"])
     # stage 3: the rest
     keys3 = [(a, b) for a in range(1, I_) for b in range(1, J_)]
     t0 = time.perf_counter()
@@ -487,7 +497,7 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
     # aggregation: per side and group, base + sum over the group's propagated tasks
     final = {}
     clipped = 0
-    for side, n_all, G, grp in (("user", n_users, I_, ug), ("item", n_items, J_, ig)):
+    for side, n_all, G in (("user", n_users, I_), ("item", n_items, J_)):
         d = du if side == "user" else di
         mean = np.zeros((n_all, d))
         Lam_all = np.zeros((n_all, d, d))
@@ -496,7 +506,7 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
             for (a, b), res in results.items():
                 if (a if side == "user" else b) != g or side not in given[a, b]:
                     continue
-                rows = blocks[a, b]["users" if side == "user" else "items"]
+                rows = local[side][blocks[a, b]["users" if side == "user" else "items"]]
                 if opts["pieces"] == "moments":
                     z = np.zeros((0,))
                     pieces.append((rows, res[f"{side}_lik_eta"], res[f"{side}_lik_prec"],
@@ -507,8 +517,7 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
                 pieces.append((rows, np.einsum("nij,nj->ni", P, res[f"{side}_mean"]), P,
                                np.einsum("nij,nj->ni", pP, pm), pP))
             m, L, c = aggregate_rows(base[side][g], pieces)
-            mine = np.flatnonzero(grp == g)
-            mean[mine], Lam_all[mine] = m[mine], L[mine]
+            mean[members[side][g]], Lam_all[members[side][g]] = m, L
             clipped += c
         final[side] = (mean, Lam_all)
     # draws: S independent draws per row from N(mean, Lam^-1)
