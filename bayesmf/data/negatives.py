@@ -66,6 +66,7 @@ import numpy as np
 
 import re
 
+from bayesmf._records import dataclass_from_record
 from bayesmf.data.interactions import Interactions
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import DataError, SpecError
@@ -309,17 +310,7 @@ class NegativeSampler:
     @classmethod
     def from_dict(cls, d: dict) -> "NegativeSampler":
         """Rebuild from :meth:`to_dict` output; unknown keys or schema raise SpecError."""
-        if not isinstance(d, dict):
-            raise SpecError(f"expected a dict, got {type(d).__name__}")
-        d = dict(d)
-        schema = d.pop("schema", _SCHEMA)
-        if schema != _SCHEMA:
-            raise SpecError(f"unknown NegativeSampler schema {schema!r} (this version reads "
-                            f"{_SCHEMA})")
-        extra = sorted(set(d) - set(cls.__dataclass_fields__))
-        if extra:
-            raise SpecError(f"unknown NegativeSampler field(s) {extra}")
-        return cls(**d)
+        return dataclass_from_record(cls, d, _SCHEMA)
 
 
 def _is_positive(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -98,6 +98,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bayesmf._records import dataclass_from_record
 from bayesmf.data.ratings import raw_pairs
 from bayesmf.errors import DataError, SpecError
 
@@ -394,17 +395,7 @@ class Recalibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Recalibration":
         """Rebuild from :meth:`to_dict`; SpecError for an unknown schema or field."""
-        if not isinstance(d, dict):
-            raise SpecError(f"expected a dict, got {type(d).__name__}")
-        d = dict(d)
-        schema = d.pop("schema", _SCHEMA)
-        if schema != _SCHEMA:
-            raise SpecError(f"unknown Recalibration schema {schema!r} (this version reads "
-                            f"{_SCHEMA})")
-        extra = sorted(set(d) - set(cls.__dataclass_fields__))
-        if extra:
-            raise SpecError(f"unknown Recalibration field(s) {extra}")
-        return cls(**d)
+        return dataclass_from_record(cls, d, _SCHEMA)
 
     # ------------------------------------------------------------------ fitting
     @classmethod

@@ -257,7 +257,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean, mbg)
     eta = mu + lin
     theta = s.theta
-    if lik.latent_scale_fixed and not fixed:  # step 6b: the scale of eta against the unit latent noise
+    # step 6b: the scale of eta against the unit latent noise (not with fixed row priors)
+    if lik.latent_scale_fixed and not fixed:
         ksc2, ktheta = jax.random.split(ktheta)
         (mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi, theta,
          sc) = latent_scale_move(ksc2, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V,
