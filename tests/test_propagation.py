@@ -274,3 +274,22 @@ def test_difference_pieces_option(planted, prop_serial):
     assert abs(r_diff - r_mom) < 0.05 * r_mom
     with pytest.raises(SpecError, match="pieces"):
         fit_propagated(tr, ModelSpec(rank=3), pieces="exact")
+
+
+def test_row_priors_with_an_augmented_likelihood():
+    """bernoulli-probit (truncated-normal augmentation, latent-scale move skipped): tight
+    user priors pin the users, and the item side still learns from the 0/1 data."""
+    rng = np.random.default_rng(7)
+    N, M, k = 120, 80, 2
+    U, V = rng.normal(size=(N, k)), rng.normal(size=(M, k))
+    u, i = np.nonzero(rng.random((N, M)) < 0.5)
+    y = (rng.normal(size=u.size) < (U[u] * V[i]).sum(1)).astype(float)
+    tr = Ratings.from_arrays(u, i, y)
+    spec = ModelSpec(rank=k, likelihood="bernoulli-probit")
+    m = np.concatenate([np.zeros((N, 1)), U], 1)[np.asarray(tr.users.ids)]
+    P = np.tile(1e4 * np.eye(k + 1), (N, 1, 1))
+    post = fit_gibbs(tr, spec, num_samples=40, num_warmup=60, seed=0,
+                     row_priors={"user": (m, P)})
+    np.testing.assert_allclose(post.draws["U"][0].mean(0), m[:, 1:], atol=0.05)
+    Vhat = post.draws["V"][0].mean(0)
+    assert np.corrcoef(Vhat.ravel(), V[np.asarray(tr.items.ids)].ravel())[0, 1] > 0.9

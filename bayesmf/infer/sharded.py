@@ -88,10 +88,13 @@ for the augmented likelihoods, whose truncated-normal / Polya-Gamma draws and la
 scale move run over all observations on every device), plus one all-gather per
 half-sweep (the new rows) and one per prediction pass (two with an augmented
 likelihood); the 2-device run used about 12% more CPU time in total than the unsharded
-one. Measured on a shared 2-core CPU box (load average 6-7, so the process got
-less than one core): no speedup (0.41 s/sweep unsharded, 0.51 s/sweep on 2 CPU devices);
-a control, an embarrassingly parallel ``shard_map`` matmul loop, took 1.9x as long on
-2 devices with twice the work there, i.e. the box had no second core to give.
+one. On a CPU the speed-up is bounded by how many cores one device leaves idle: XLA's CPU
+runtime already runs the independent operations of one device's program concurrently.
+Measured idle on the 2-core box (ML-1M subset, rank 32, ``benchmarks/bench_sharded.py``
+-> ``results/sharded.md``): one device with one row part keeps 1.77 cores busy (so 2
+devices can give at most 1.13x there) and takes 0.1478 s/sweep, 2 forced CPU devices
+0.1564, one device with its default row parts 0.1406. The sharded chain is for devices
+that do not share cores: several GPUs, or hosts (**Multi-host**).
 """
 
 from __future__ import annotations
