@@ -293,3 +293,18 @@ def test_row_priors_with_an_augmented_likelihood():
     np.testing.assert_allclose(post.draws["U"][0].mean(0), m[:, 1:], atol=0.05)
     Vhat = post.draws["V"][0].mean(0)
     assert np.corrcoef(Vhat.ravel(), V[np.asarray(tr.items.ids)].ravel())[0, 1] > 0.9
+
+
+def test_propagation_with_fixed_noise_keeps_the_anchor_frame():
+    """Fixed noise at its true precision: stage-3 tasks (both sides with propagated priors)
+    used to start from random factors, and the strong likelihood of the first sweeps pulled
+    the rows into another frame (held-out RMSE 0.773 against 0.543 for full Gibbs); the
+    rows with fixed priors now start at their prior means."""
+    tr, test, _ = _planted(N=150, M=100, density=0.3, seed=8)
+    spec = ModelSpec(rank=3, noise="fixed", noise_precision=4.0)
+    full = fit_gibbs(tr, spec, num_samples=40, num_warmup=30, seed=0)
+    prop = fit_propagated(tr, spec, num_samples=40, num_warmup=30, seed=0)
+    r_full, _ = _rmse_cov(full, test)
+    r_prop, c_prop = _rmse_cov(prop, test)
+    assert r_prop < 1.12 * r_full, (r_prop, r_full)
+    assert c_prop > 0.85

@@ -362,6 +362,9 @@ class BPMFGibbs:
         if rp:
             self.cfg = self.cfg._replace(row_prior_sides=tuple(s for s in ("user", "item")
                                                                if s in rp))
+        #: the prior means of the rows with fixed per-row priors: ``init`` starts them there
+        self.row_prior_means = {side: jnp.asarray(np.asarray(row_priors[side][0]), dt)
+                                for side in rp}
         self.data = GibbsData(
             jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
             _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items, **lay)),
@@ -369,7 +372,16 @@ class BPMFGibbs:
             feats or None, rp or None)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
-        return _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
+        s = _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
+        # rows with fixed per-row priors start at their prior means: a random start lets
+        # the first sweeps (the free side random, the likelihood strong) pull them into
+        # another rotation or sign of the factor space, where the chain then stays
+        for side, m in self.row_prior_means.items():
+            on = self.cfg.user_bias if side == "user" else self.cfg.item_bias
+            b = m[:, 0] if on else jnp.zeros((m.shape[0],), m.dtype)
+            F = m[:, int(on):]
+            s = s._replace(bu=b, U=F) if side == "user" else s._replace(bi=b, V=F)
+        return s
 
     def step(self, key, state: GibbsState):
         return _step(self.cfg, self.data, key, state)

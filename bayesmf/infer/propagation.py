@@ -300,6 +300,8 @@ def _alignment(task, spec, Fd):
     With both sides propagated :math:`A = (A_U + A_V)/2`."""
     rp = task.get("row_priors") or {}
     k = spec.rank
+    if k == 0:
+        return None
     est = []
     for side in ("user", "item"):
         if side not in rp:
