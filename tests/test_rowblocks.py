@@ -332,3 +332,38 @@ def test_block_solve_rescues_a_singular_schur_complement():
     assert np.all(np.isfinite(z))
     P1 = np.block([[a[1:, None], b[1:]], [b[1][:, None], C[1]]]).astype(np.float64)
     np.testing.assert_allclose(z[1], np.linalg.solve(P1, h[1]), rtol=1e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- fit stats
+@pytest.mark.parametrize("d", [4, 33])
+@pytest.mark.parametrize("parts", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_stats_are_the_residual_sums_of_the_draw(d, parts, weighted):
+    """solve_rows(fit_stats=True) returns, besides the draw Z, q and g such that
+    sum_j w_j (y_j - x_j.z_r(j))^2 = sum_j w_j y_j^2 + q and (first column all ones)
+    sum_j w_j (y_j - x_j.z_r(j)) = sum_j w_j y_j - g, brute-forced in float64 -- on the
+    assembled (d = 4) and the split (d = 33) precision, with row parts, a per-row prior
+    and per-observation weights; the draw is the one without fit_stats."""
+    rows, cols, X, y, _, _ = _problem(seed=21, d=d, nnz=1500)
+    X[:, 0] = 1.0
+    n = 30
+    rng = np.random.default_rng(22)
+    A = rng.normal(size=(n, d, d)) / np.sqrt(d)
+    P0 = (A @ A.transpose(0, 2, 1) + np.eye(d)).astype(np.float32)
+    s0 = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.uniform(0.2, 3.0, rows.size).astype(np.float32) if weighted else 1.7
+    blocks = build_row_blocks(rows, cols, n, n_other=X.shape[0], max_width=16, parts=parts)
+    key = jax.random.key(5)
+    Z, (q, g) = solve_rows(blocks, X, y, w, P0, s0, key=key, fit_stats=True)
+    np.testing.assert_array_equal(np.asarray(Z), np.asarray(solve_rows(blocks, X, y, w, P0,
+                                                                        s0, key=key)))
+    Zd = np.asarray(Z, np.float64)
+    ww = np.broadcast_to(np.asarray(w, np.float64), y.shape)
+    e = y.astype(np.float64) - np.sum(X[cols].astype(np.float64) * Zd[rows], axis=1)
+    sse, yy = np.sum(ww * e * e), np.sum(ww * y.astype(np.float64) ** 2)
+    np.testing.assert_allclose(yy + float(q), sse, rtol=1e-4)
+    np.testing.assert_allclose(np.sum(ww * y) - float(g), np.sum(ww * e), rtol=1e-4,
+                               atol=1e-3 * np.sqrt(sse))
+    with pytest.raises(ValueError, match="fit_stats"):
+        solve_rows(blocks, X, y, ww.astype(np.float32), P0, s0, key=key, fit_stats=True,
+                   rhs=y)

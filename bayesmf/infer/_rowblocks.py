@@ -474,8 +474,8 @@ def _retry_bad_factors_vmap(axis_size, in_batched, P, L, scale):
 
 
 def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, *, xp=jnp,
-               dense_gram=None, rhs=None):
-    """Conditional mean (``key=None``) or a draw of every row's Gaussian.
+               dense_gram=None, rhs=None, fit_stats=False):
+    r"""Conditional mean (``key=None``) or a draw of every row's Gaussian.
 
     For every row ``r`` with observation set ``O_r``::
 
@@ -491,6 +491,21 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     ``N(prior_prec^{-1} prior_shift, prior_prec^{-1})``. jit-compatible (``blocks`` may be
     a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
     computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
+
+    ``fit_stats=True`` (JAX, no ``dense_gram``/``rhs``) also returns the data-fit
+    statistics of the solution, ``(Z, (q, g))``, with :math:`D_r = P_r - \Lambda_{0r}`
+    (the data part of the precision) and :math:`d_r = h_r - \eta_{0r}`:
+
+    .. math::
+
+        q = \sum_r z_r^\top D_r z_r - 2 z_r^\top d_r ,\qquad
+        g = \sum_r z_r^\top D_r e_1 ,
+
+    so that :math:`\sum_j \tau (y_j - x_{c(j)}^\top z_{r(j)})^2 = \tau\sum_j y_j^2 + q`
+    and, when the first design column is all ones (the bias column),
+    :math:`\sum_j \tau (y_j - x_{c(j)}^\top z_{r(j)}) = \tau\sum_j y_j - g`: the
+    residual sums of the new rows from the Grams already built, without evaluating any
+    observation's prediction (:func:`bayesmf.infer.gibbs_steps.rows_draw`).
     """
     if xp is np:
         if key is not None:
@@ -500,14 +515,18 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         return np.linalg.solve(P, h[..., None])[..., 0]
     d = X.shape[1]
     split = _split_pays(d)
+    if fit_stats and (dense_gram is not None or rhs is not None):
+        raise ValueError("solve_rows: fit_stats=True takes no dense_gram or rhs")
 
     def chain(b, P0, h0, noise):
         """gather -> Gram -> Cholesky -> solve of one part (all rows without parts)."""
         if split:
-            return _gaussian_from_split(*_split_terms(b, X, y, tau, P0, h0, dense_gram, rhs),
-                                        noise)
+            terms = _split_terms(b, X, y, tau, P0, h0, dense_gram, rhs)
+            Z = _gaussian_from_split(*terms, noise)
+            return (Z, _fit_stats_split(Z, *terms, P0, h0)) if fit_stats else Z
         P, h = row_precisions(b, X, y, tau, P0, h0, dense_gram=dense_gram, rhs=rhs)
-        return gaussian_from_precision(P, h, noise=noise)
+        Z = gaussian_from_precision(P, h, noise=noise)
+        return (Z, _fit_stats(Z, P, h, P0, h0)) if fit_stats else Z
 
     # the noise of all rows drawn at once (the same with and without parts)
     eps = None if key is None else jax.random.normal(
@@ -519,7 +538,33 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     for b, (s, e) in zip(blocks.parts, blocks.part_ranges()):
         out.append(chain(b, *_prior_slice(prior_prec, prior_shift, s, e),
                          None if eps is None else eps[s:e]))
-    return jnp.concatenate(out, axis=0)
+    if not fit_stats:
+        return jnp.concatenate(out, axis=0)
+    return (jnp.concatenate([z for z, _ in out], axis=0),
+            tuple(sum(st[j] for _, st in out) for j in range(2)))
+
+
+def _fit_stats(Z, P, h, P0, h0):
+    """``(q, g)`` of :func:`solve_rows` (``fit_stats=True``) from the assembled ``P``, ``h``:
+    the prior's terms are subtracted from the quadratic forms (``P0 (d, d)`` or ``(n, d,
+    d)``), not from the matrices."""
+    P0 = jnp.asarray(P0, Z.dtype)
+    zP = jnp.einsum("nd,nde->ne", Z, P)
+    z0 = Z @ P0 if P0.ndim == 2 else jnp.einsum("nd,nde->ne", Z, P0)
+    q = jnp.sum((zP - z0) * Z) - 2.0 * jnp.sum(Z * (h - h0))
+    return q, jnp.sum(zP[:, 0] - z0[:, 0])
+
+
+def _fit_stats_split(Z, a, b, C, h, P0, h0):
+    """:func:`_fit_stats` from the split blocks ``(a, b, C)`` of :func:`_split_terms`
+    (``P = [[a, b^T], [b, C]]``; ``P`` symmetric, so ``z^T P e_1 = a z_1 + b^T z_2``)."""
+    z1, z2 = Z[:, 0], Z[:, 1:]
+    col0 = a * z1 + jnp.sum(b * z2, axis=-1)                        # (P z)_1
+    zPz = z1 * col0 + jnp.sum(z2 * (b * z1[:, None] + jnp.einsum("nde,ne->nd", C, z2)), -1)
+    P0 = jnp.asarray(P0, Z.dtype)
+    z0 = Z @ P0 if P0.ndim == 2 else jnp.einsum("nd,nde->ne", Z, P0)
+    q = jnp.sum(zPz) - jnp.sum(z0 * Z) - 2.0 * jnp.sum(Z * (h - h0))
+    return q, jnp.sum(col0 - z0[:, 0])
 
 
 def gaussian_from_precision(P, h, key=None, noise=None):

@@ -83,6 +83,27 @@ Full conditionals, in the order of one sweep
 
 Each sweep also records the train RMSE and the log likelihood of the new state.
 
+**Residual sums.** Steps 6-7 need the residuals only through
+:math:`E_1 = \sum\tau e_{ui}` and :math:`E_2 = \sum\tau e_{ui}^2`. The moves of step 5 do
+not change any prediction, so both are those of the item step (4), where every item's
+data precision :math:`D_i = \tau\sum_u x_u x_u^\top` and shift
+:math:`d_i = \tau\sum_u t_{ui} x_u` (:math:`t_{ui} = r_{ui} - \mu - b_u`,
+:math:`x_u = [1, U_u]`) are already built: with :math:`z_i = [b_i, V_i]`,
+
+.. math::
+
+    E_2 = \tau\sum t_{ui}^2 + \sum_i \left(z_i^\top D_i z_i - 2 z_i^\top d_i\right),\qquad
+    E_1 = \tau\sum t_{ui} - \sum_i z_i^\top D_i e_1 .
+
+After :math:`\mu \to \mu + \delta` (step 6, whose :math:`\tau\sum s_{ui} = E_1 +
+\tau n\mu`) the SSE of step 7 is :math:`(E_2 - 2\delta E_1 + \delta^2\tau n)/\tau`. No
+observation's prediction is evaluated (two ``nnz x k`` gathers saved per sweep); the
+draws are those of the per-observation sums up to float rounding. This path serves the
+likelihoods whose :math:`\theta` update needs only the SSE
+(:attr:`~bayesmf.model.likelihoods.Likelihood.sse_sufficient`: the Gaussian) with item
+biases on; the augmented likelihoods, the full-matrix ones and the sharded sweep evaluate
+:math:`\eta` at every observation.
+
 Side features: the Macau prior (Simm et al. 2015)
 -------------------------------------------------
 With ``user_features=`` (a :class:`~bayesmf.data.features.Features` ``X_U (N, F)``,

@@ -16,11 +16,11 @@ from bayesmf.infer import fitted_spec
 from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, resolve_row_parts
 from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
-                                       mu_draw, rows_draw, scale_move, shift_move,
-                                       translation_move)
+                                       mu_draw, mu_draw_sums, rows_draw, scale_move,
+                                       shift_move, translation_move)
 from bayesmf.model import linear
 from bayesmf.model.random import standard_gamma
-from bayesmf.model.reduce import sharded, total
+from bayesmf.model.reduce import count, sharded, total
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["GibbsState", "GibbsData", "BPMFGibbs", "BPMFGibbsKernel", "BPMFKernelState"]
@@ -213,10 +213,16 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
                                lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"),
                                **row_prior("user"))
         U = U_new if k else U
+    # the residual sums of the item step's rows stand in for every observation's
+    # prediction: the moves below leave eta unchanged ("Residual sums" in the module docs of
+    # bayesmf.infer.gibbs)
+    fit_stats = (lik.sse_sufficient and bg is None and rows_fn is None and obs_fn is None
+                 and jnp.ndim(w) == 0 and (cfg.item_bias or (k and not cfg.global_mean)))
     if cfg.item_bias or k:
-        bi, V_new = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
-                               lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
-                               **row_prior("item"))
+        drawn = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
+                           lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
+                           **row_prior("item"), **({"fit_stats": True} if fit_stats else {}))
+        bi, V_new = drawn[:2]
         V = V_new if k else V
     if k and not fixed:
         ksv, ksu, kc = jax.random.split(kc, 3)
@@ -241,6 +247,20 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
             mu, bu = translation_move(kcu, mu, bu, lam_bu, cfg.lambda_mu, cfg.mu_mean)
         if cfg.item_bias and "item" not in fixed:
             mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
+
+    if fit_stats:  # steps 6-7 from (n, sum w e, sum w e^2) at the item step's eta
+        sse_w, res_w = drawn[2]
+        n = count(y.shape[0])
+        sum_w = w * n                                   # w = tau, one for all
+        if cfg.global_mean:
+            mu_new = mu_draw_sums(kmu, sum_w, res_w + mu * sum_w, cfg.lambda_mu,
+                                  cfg.mu_mean, dt)
+            dmu = mu_new - mu                           # every residual moves by -dmu
+            sse_w = sse_w - 2.0 * dmu * res_w + dmu * dmu * sum_w
+            mu = mu_new
+        theta, info = lik.update_theta_sse(ktheta, n, sse_w / w, s.theta, cfg.spec, dt)
+        return _new_state(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
+                          macau, info, dt)
 
     def lin_at(uu, ii):
         lin = bu[uu] + bi[ii]
@@ -272,8 +292,15 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     else:
         s1, s2 = linear.full_moments(mu, bu, bi, U, V)
         theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec, full=(n_all, s1, s2))
-    theta = {n: jnp.asarray(v, dt) for n, v in theta.items()}
-    new = GibbsState(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
+    return _new_state(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
+                      macau, info, dt)
+
+
+def _new_state(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi, macau, info,
+               dt):
+    """The sweep's result ``(GibbsState, info)`` in the chain's dtype."""
+    new = GibbsState(mu, bu, bi, U, V, {n: jnp.asarray(v, dt) for n, v in theta.items()},
+                     mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
                      {n: jnp.asarray(v, dt) for n, v in macau.items()})
     return new, {n: jnp.asarray(v, dt) for n, v in info.items()}
 

@@ -19,8 +19,8 @@ from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
 from bayesmf.model.reduce import count, reduce, total
 from bayesmf.model.random import standard_gamma
 
-__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "mu_draw", "tau_draw",
-           "translation_move", "shift_move", "scale_move", "latent_scale_move",
+__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "mu_draw", "mu_draw_sums",
+           "tau_draw", "translation_move", "shift_move", "scale_move", "latent_scale_move",
            "standard_gamma", "MacauData", "macau_data", "feature_matmul", "feature_tmatmul",
            "macau_beta_draw", "macau_lambda_draw"]
 
@@ -54,7 +54,7 @@ def bias_precision_draw(key, b, a0, b0):
 
 
 def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-              offset=None, row_prior=None):
+              offset=None, row_prior=None, fit_stats=False):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
@@ -78,7 +78,13 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     Gaussian prior :math:`\mathcal N(P_{0r}^{-1} h_{0r}, P_{0r}^{-1})` in place of
     ``blockdiag(lam_b, Lam)`` (``lam_b``, ``Lam``, ``mu_f`` and ``offset`` are then unused),
     so :math:`P_r = P_{0r} + \tau\sum_{j\in O_r} x_j x_j^\top`,
-    :math:`h_r = h_{0r} + \tau\sum_{j\in O_r} y_j x_j`."""
+    :math:`h_r = h_{0r} + \tau\sum_{j\in O_r} y_j x_j`.
+
+    ``fit_stats=True`` (no ``background``) returns ``(b, F, (sse_w, res_w))``: the weighted
+    residual sums of the new rows, :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})^2` and
+    (with the bias column) :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})`, from the Grams
+    of the draw (:func:`~bayesmf.infer._rowblocks.solve_rows`), not from per-observation
+    predictions. ``res_w`` is None without the bias column."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
@@ -92,6 +98,16 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
         if with_bias:
             sh = jnp.concatenate([jnp.zeros((n_rows, 1), dt), sh], axis=1)
         h0 = h0[None, :] + sh
+    if background is None and fit_stats:
+        Z, (q, g) = solve_rows(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
+        q, g = reduce((q, g))
+        w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
+        stats = (total(w * y * y, long=True) + q,
+                 total(w * y, long=True) - g if with_bias else None)
+        return (Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt),
+                Z[:, int(with_bias):], stats)
+    if fit_stats:
+        raise ValueError("rows_draw: fit_stats=True takes no background")
     if background is None:
         Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
     else:
@@ -114,19 +130,23 @@ def mu_draw(key, s_res, tau, lambda_mu, mu_mean, background=None):
     ``t0 = y0 - b_u - b_i - U.V`` (``sum_t0`` over all pairs in closed form, ``t0_obs``
     at the observed ones): :math:`\sum w = w_0 n_{all} + \sum_O (w - w_0)`,
     :math:`\sum w s = w_0\sum_{all} t_0 + \sum_O (w s - w_0 t_0)`."""
-    dt = s_res.dtype
     if background is not None:
         w0, n_all, sum_t0, t0_obs = background
-        w = jnp.broadcast_to(jnp.asarray(tau, dt), s_res.shape)
-        prec = lambda_mu + w0 * n_all + total(w - w0, long=True)
-        mean = (lambda_mu * mu_mean + w0 * sum_t0
-                + total(w * s_res - w0 * t0_obs, long=True)) / prec
-    elif jnp.ndim(tau) == 0:
-        prec = lambda_mu + tau * count(s_res.shape[0])
-        mean = (lambda_mu * mu_mean + tau * total(s_res, long=True)) / prec
-    else:
-        prec = lambda_mu + total(tau, long=True)
-        mean = (lambda_mu * mu_mean + total(tau * s_res, long=True)) / prec
+        w = jnp.broadcast_to(jnp.asarray(tau, s_res.dtype), s_res.shape)
+        return mu_draw_sums(key, w0 * n_all + total(w - w0, long=True),
+                            w0 * sum_t0 + total(w * s_res - w0 * t0_obs, long=True),
+                            lambda_mu, mu_mean, s_res.dtype)
+    if jnp.ndim(tau) == 0:
+        return mu_draw_sums(key, tau * count(s_res.shape[0]), tau * total(s_res, long=True),
+                            lambda_mu, mu_mean, s_res.dtype)
+    return mu_draw_sums(key, total(tau, long=True), total(tau * s_res, long=True),
+                        lambda_mu, mu_mean, s_res.dtype)
+
+
+def mu_draw_sums(key, sum_w, sum_ws, lambda_mu, mu_mean, dt):
+    r""":func:`mu_draw` from the weighted sums :math:`\sum w` and :math:`\sum w s`."""
+    prec = lambda_mu + sum_w
+    mean = (lambda_mu * mu_mean + sum_ws) / prec
     return (mean + jax.random.normal(key, (), dt) / jnp.sqrt(prec)).astype(dt)
 
 

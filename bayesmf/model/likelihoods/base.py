@@ -73,6 +73,11 @@ class Likelihood:
     #: pseudo-observation of :meth:`background` (implicit feedback); the sweep adds the
     #: dense terms in closed form
     full_matrix = False
+    #: :meth:`update_theta` needs the residuals only through their number and sum of
+    #: squares (:meth:`update_theta_sse`): the Gibbs sweep then takes them from the rows'
+    #: Grams (:func:`bayesmf.infer.gibbs_steps.rows_draw`, ``fit_stats``) instead of
+    #: evaluating every observation's prediction
+    sse_sufficient = False
     #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
     default_biases = True
     #: the estimator's default ``(noise, noise_precision)`` (``noise="auto"``)
@@ -153,6 +158,11 @@ class Likelihood:
         ``(theta, info)`` with ``info = {"train_rmse", "log_likelihood"}``."""
         lp = self.log_prob(y, eta, theta)
         return theta, self._info(y, eta, theta, lp)
+
+    def update_theta_sse(self, key, n, sse, theta: dict, spec, dtype):
+        """:meth:`update_theta` from ``n`` residuals and their sum of squares (families with
+        ``sse_sufficient``)."""
+        raise NotImplementedError(f"{type(self).__name__} needs the residuals themselves")
 
     def _info(self, y, eta, theta, lp):
         import jax.numpy as jnp

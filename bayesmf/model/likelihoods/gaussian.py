@@ -39,6 +39,7 @@ class Gaussian(Likelihood):
     mean_is_linear = True
     discrete = False
     augmented = False
+    sse_sufficient = True
 
     def eta_offset(self, y):
         return float(np.mean(y)) if len(y) else 0.0
@@ -64,18 +65,22 @@ class Gaussian(Likelihood):
         return y, theta["tau"]
 
     def update_theta(self, key, y, eta, theta, spec):
+        from bayesmf.model.reduce import count, total
+
+        e = y - eta
+        return self.update_theta_sse(key, count(y.shape[0]), total(e * e, long=True), theta,
+                                     spec, y.dtype)
+
+    def update_theta_sse(self, key, n, sse, theta, spec, dtype):
+        r""":meth:`update_theta` from ``n`` and :math:`\mathrm{SSE}=\sum(y-\eta)^2`."""
         import jax.numpy as jnp
 
         from bayesmf.model.random import gamma_draw
-        from bayesmf.model.reduce import count, total
 
-        n = count(y.shape[0])
-        e = y - eta
-        sse = total(e * e, long=True)
         tau = theta["tau"]
         if spec.noise == "learned":
             pri = spec.priors
-            tau = gamma_draw(key, pri.noise_a + n / 2, pri.noise_b + 0.5 * sse, y.dtype)
+            tau = gamma_draw(key, pri.noise_a + n / 2, pri.noise_b + 0.5 * sse, dtype)
         info = {"train_rmse": jnp.sqrt(sse / n),
                 "log_likelihood": 0.5 * n * (jnp.log(tau) - math.log(2 * math.pi))
                 - 0.5 * tau * sse}
