@@ -9,7 +9,7 @@ shares a compile cache or memory with the other. It prints the medians and the r
 
     git worktree add /tmp/bayesmf-old <commit>
     .venv/bin/python benchmarks/ab_gibbs_speed.py --old /tmp/bayesmf-old \
-        --splits ml1m:10,ml1m:32 --repeats 3 --sweeps 40
+        --splits ml1m-part:10,ml1m-part:32 --repeats 3 --sweeps 40
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", type=Path, required=True, help="source tree of the baseline")
     p.add_argument("--new", type=Path, default=ROOT, help="source tree to compare (this one)")
-    p.add_argument("--splits", default="ml1m:10,ml1m:32", help="split:rank,...")
+    p.add_argument("--splits", default="ml1m-part:10,ml1m-part:32", help="split:rank,...")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweeps", type=int, default=40)
     p.add_argument("--out", type=Path, default=HERE / "results" / "ab_gibbs_speed")
