@@ -7,7 +7,8 @@ Splits and metric code are the peer harness's (``shared/bench/implicit_peers.py`
 
 1. tuning, stage 1: each setting of a small grid over the confidence
    ``c = 1 + alpha f(r)`` (:data:`GRIDS`; ML-1M is binary, so only ``alpha`` matters),
-   with the noise precision learned, is fitted by
+   with the likelihood's default noise (``ImplicitGaussian``: fixed at tau = 16), is
+   fitted by
    ``BayesMF(method="gibbs", likelihood=ImplicitGaussian(...), rank=--rank)`` with
    ``--tune-samples`` kept draws after as many warm-up sweeps on the harness's ``split.fit``
    and scored on ``split.val``; stage 2 refits the best confidence with the noise
@@ -56,8 +57,13 @@ from bayesmf.model.likelihoods import ImplicitGaussian  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 GRIDS = {
     "ml1m": [("linear", a) for a in (1.0, 4.0, 16.0)],
-    "lastfm": [("log", 2.0), ("log", 8.0), ("log", 32.0), ("linear", 0.01), ("linear", 0.1)],
+    "lastfm": [("log", 2.0), ("log", 8.0), ("log", 32.0), ("linear", 0.001), ("linear", 0.003),
+               ("linear", 0.01), ("linear", 0.1)],
 }
+#: stage 2: fixed noise precisions tried at the best confidence. On Last.fm the first grid
+#: (1, 4, 16) and the first confidence grid both picked their edge (tau 16, alpha 0.01), so
+#: both grids were extended past it.
+TAUS = {"ml1m": [1.0, 4.0, 16.0], "lastfm": [4.0, 16.0, 64.0, 256.0]}
 
 
 def to_ratings(X) -> Ratings:
@@ -82,6 +88,12 @@ def mean_scorer(post):
             out += U[s][rows] @ V[s].T + bu[s][rows, None]
         return out / S + off
     return score
+
+
+def _tau_label(tau) -> str:
+    """``tau=None`` fits with the likelihood's default noise: ``ImplicitGaussian`` fixes
+    it at 16 (``default_noise``), so None is not a learned tau."""
+    return "default (fixed 16)" if tau is None else f"{tau:g}"
 
 
 def fit(X, kind, alpha, rank, ns, nw, seed, tau=None):
@@ -122,12 +134,13 @@ def run_split(name, args, log=print) -> dict:
                       args.seed, tau)
         met = ip.evaluate(mean_scorer(post), split.fit, split.val, split.priority, split.kind)
         trials.append({"kind": kind, "alpha": alpha, "tau": tau, "val": met, **t})
-        log(f"  tune {kind}:{alpha:g} tau={tau or 'learned'}: val {main} {met[main]:.4f} ({t})")
+        log(f"  tune {kind}:{alpha:g} tau={_tau_label(tau)}: val {main} {met[main]:.4f} ({t})")
 
-    for kind, alpha in grid:                         # stage 1: confidence, tau learned
+    for kind, alpha in grid:                         # stage 1: confidence, default tau
         trial(kind, alpha)
     best = max(trials, key=lambda r: r["val"][main])
-    for tau in args.taus:                            # stage 2: tau fixed at the best alpha
+    taus = args.taus or TAUS["lastfm" if name.startswith("lastfm") else "ml1m"]
+    for tau in taus:                                 # stage 2: tau fixed at the best alpha
         trial(best["kind"], best["alpha"], tau)
     best = max(trials, key=lambda r: r["val"][main])
     post, t = fit(split.train, best["kind"], best["alpha"], args.rank, args.samples,
@@ -147,9 +160,9 @@ def run_split(name, args, log=print) -> dict:
 def render(doc) -> str:
     out = ["# Bayesian implicit ALS (Gibbs) on the implicit-feedback peer splits", "",
            "bayesmf's `implicit` likelihood (confidence-weighted Gaussian preferences over all "
-           "pairs, Normal-Wishart priors, learned noise precision) sampled by the Gibbs sweep; "
-           "the confidence tuned on the harness's validation carve, every other "
-           "hyperparameter learned. Ranking by the posterior-mean preference. Splits and "
+           "pairs, Normal-Wishart priors, noise precision fixed) sampled by the Gibbs sweep; "
+           "the confidence and the noise precision tuned on the harness's validation carve, the "
+           "factor priors learned. Ranking by the posterior-mean preference. Splits and "
            "metric code from `shared/bench/implicit_peers.py`. **Peer rows are reference "
            "figures from `shared/bench/README.md`, not measured in this run.**", "",
            f"Generated {doc['generated']}; command: `{doc['command']}`; "
@@ -157,13 +170,16 @@ def render(doc) -> str:
     for name, r in doc["splits"].items():
         cols = (["sampled_HR@10", "sampled_NDCG@10", "HR@10", "NDCG@10"]
                 if name.startswith("ml1m") else ["Recall@20", "NDCG@20", "Precision@10"])
-        out += [f"## `{name}`", "", "| method | " + " | ".join(cols) + " | setting |",
+        out += [f"## `{name}`", ""]
+        if "command" in r:
+            out += [f"Generated {r['generated']}; command: `{r['command']}`.", ""]
+        out += ["| method | " + " | ".join(cols) + " | setting |",
                 "|---" * (len(cols) + 2) + "|"]
         s = r["setting"]
         out.append("| **bayesmf bayes-ials (gibbs)** | "
                    + " | ".join(f"{r['test'][c]:.4f}" for c in cols)
                    + f" | rank {s['rank']}, c = 1 + {s['alpha']:g}*{s['kind']}, tau "
-                     f"{s['tau'] or 'learned'}, {s['warmup']}+{s['samples']} sweeps |")
+                     f"{_tau_label(s['tau'])}, {s['warmup']}+{s['samples']} sweeps |")
         for ref in REFERENCE[name]:
             vals = ref[1:1 + len(cols)]
             out.append(f"| {ref[0]} (reference) | "
@@ -175,7 +191,7 @@ def render(doc) -> str:
             for m, v in tg.items()) + ".")
         out.append("")
         out.append(f"Validation ({r['main_metric']}): " + ", ".join(
-            f"{t['kind']}:{t['alpha']:g}/tau {t['tau'] or 'learned'} "
+            f"{t['kind']}:{t['alpha']:g}/tau {_tau_label(t['tau'])} "
             f"{t['val'][r['main_metric']]:.4f}"
             for t in r["trials"]) + ".")
         f = r["fit"]
@@ -197,16 +213,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--tune-samples", type=int, default=40)
     ap.add_argument("--taus", type=lambda v: [float(x) for x in v.split(",")],
-                    default=[1.0, 4.0, 16.0],
-                    help="stage 2: fixed noise precisions tried at the best confidence")
+                    default=None,
+                    help="stage 2: fixed noise precisions tried at the best confidence "
+                         "(default: TAUS of the split's family)")
     ap.add_argument("--samples", type=int, default=80)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--out", type=Path, default=RESULTS / "implicit_bayes.md")
     a = ap.parse_args(argv)
     jpath = a.out.with_suffix(".json")
     doc = json.loads(jpath.read_text()) if jpath.exists() else {"splits": {}}
+    command = "python benchmarks/bench_implicit_bayes.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     for name in a.splits.split(","):
-        doc["splits"][name] = run_split(name, a)
+        doc["splits"][name] = run_split(name, a) | {
+            "command": command, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
         doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"),
                    command="python benchmarks/bench_implicit_bayes.py " + " ".join(
                        argv if argv is not None else sys.argv[1:]),
