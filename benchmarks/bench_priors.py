@@ -109,6 +109,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma list of chain seeds (the split stays seed 0); the table shows "
+                        "mean +- sd over them")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: u1 only, short chains")
     a = p.parse_args(argv)
@@ -118,48 +121,61 @@ def main(argv=None):
         a.out = HERE / "results" / ("quick/priors" if a.quick else "priors")
     rows = []
     t_start = time.time()
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]
     for name in a.datasets.split(","):
         split = load(name)
         density = len(split.train[2]) / (split.n_users * split.n_items)
         for model in a.models.split(","):
-            if model == "myfm":
-                cfg = dict(rank=10, seed=a.seed, myfm_iter=(a.warmup + a.samples, a.samples))
-                out = peers.run_myfm(split, cfg)
-                res = peers.evaluate(split, out)
-                res.update(fit_s=float(out["fit"].seconds) if hasattr(out["fit"], "seconds")
-                           else None)
-            else:
-                res = run_model(split, model, a.warmup, a.samples, a.seed)
-            res.update(dataset=name, model=model, density=density,
-                       scale=list(split.scale), n_train=len(split.train[2]))
-            rows.append(res)
-            print(f"{name:16s} {model:9s} rmse {res['rmse']:.4f} warm {res['rmse_warm']:.4f} "
-                  f"cov90 {res['coverage90']:.3f}", flush=True)
+            for seed in seeds:
+                if model == "myfm":
+                    cfg = dict(rank=10, seed=seed, myfm_iter=(a.warmup + a.samples, a.samples))
+                    out = peers.run_myfm(split, cfg)
+                    res = peers.evaluate(split, out)
+                    res.update(fit_s=float(out["fit"].seconds)
+                               if hasattr(out["fit"], "seconds") else None)
+                else:
+                    res = run_model(split, model, a.warmup, a.samples, seed)
+                res.update(dataset=name, model=model, density=density, seed=seed,
+                           scale=list(split.scale), n_train=len(split.train[2]))
+                rows.append(res)
+                print(f"{name:16s} {model:9s} seed {seed} rmse {res['rmse']:.4f} warm "
+                      f"{res['rmse_warm']:.4f} cov90 {res['coverage90']:.3f}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(
         {"rows": rows, "settings": vars(a) | {"out": str(a.out)},
          "loadavg_end": os.getloadavg(), "date": time.ctime(), "wall_s": time.time() - t_start},
         indent=1, default=str))
     models = a.models.split(",")
+    seed_txt = (f"chain seeds {a.seeds} (split seed 0), cells are means over them with the "
+                "sd of RMSE" if len(seeds) > 1 else f"seed {seeds[0]}")
     lines = ["# Factor prior evidence: Gibbs rank 10 by prior vs myFM (same splits, same run)",
              "", f"{a.warmup} warm-up + {a.samples} kept sweeps (myFM: {a.warmup + a.samples} "
-             f"iterations keeping the last {a.samples}), seed {a.seed}, 1 chain; RMSE of the "
+             f"iterations keeping the last {a.samples}), {seed_txt}, 1 chain; RMSE of the "
              "clipped predictive mean on all test pairs / warm pairs; cov90 of the "
              "moment-matched Gaussian. Command: `" + " ".join(["python"] + sys.argv) + "`.",
              "", "| dataset | scale | density | " + " | ".join(
                  f"{m} RMSE (warm) / cov90" for m in models) + " | best bayesmf - myFM |",
              "|---|---|---|" + "---|" * len(models) + "---|"]
     for name in a.datasets.split(","):
-        rs = {r["model"]: r for r in rows if r["dataset"] == name}
-        r0 = next(iter(rs.values()))
-        cells = [f"{rs[m]['rmse']:.4f} ({rs[m]['rmse_warm']:.4f}) / {rs[m]['coverage90']:.3f}"
-                 for m in models]
+        rs = {m: [r for r in rows if r["dataset"] == name and r["model"] == m] for m in models}
+        avg = {m: {k: float(np.mean([r[k] for r in v])) for k in ("rmse", "rmse_warm",
+                                                                  "coverage90")}
+               for m, v in rs.items()}
+        r0 = rs[models[0]][0]
+
+        def cell(m):
+            sd = (f" ± {np.std([r['rmse'] for r in rs[m]], ddof=1):.4f}"
+                  if len(rs[m]) > 1 else "")
+            return (f"{avg[m]['rmse']:.4f}{sd} ({avg[m]['rmse_warm']:.4f}) / "
+                    f"{avg[m]['coverage90']:.3f}")
+
         gap = ""
-        if "myfm" in rs:
-            ours = min(rs[m]["rmse"] for m in models if m != "myfm")
-            gap = f"{ours - rs['myfm']['rmse']:+.4f}"
+        if "myfm" in avg and len(models) > 1:
+            ours = min(avg[m]["rmse"] for m in models if m != "myfm")
+            gap = f"{ours - avg['myfm']['rmse']:+.4f}"
         lines.append(f"| {name} | {r0['scale'][0]:g}-{r0['scale'][1]:g} | "
-                     f"{r0['density']:.2%} | " + " | ".join(cells) + f" | {gap} |")
+                     f"{r0['density']:.2%} | " + " | ".join(cell(m) for m in models)
+                     + f" | {gap} |")
     a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
