@@ -14,10 +14,17 @@ from bayesmf.model.spec import ModelSpec
 from bayesmf.testing.conformance import ConformanceTests, fit_fast, planted
 
 LIKELIHOODS = ("ordinal", "bernoulli-probit", "bernoulli-logit")
+#: the slowest pairs (35-50 s of compiling each on 2 cores) run in ``make test-all``; their
+#: model code still runs in ``make test`` through a sibling pair: the NumPyro ordinal model
+#: by ``nuts-ordinal``, the PyMC ordinal model by ``pymc-advi-ordinal``, and the SVI and
+#: PyMC NUTS drivers by the Bernoulli pairs
+SLOW = {("svi", "ordinal"), ("pymc-nuts", "ordinal")}
 
 
-@pytest.fixture(scope="module", params=[(m, lk) for lk in LIKELIHOODS for m in sorted(METHODS)
-                                               if m in SUPPORTED[lk]],
+@pytest.fixture(scope="module",
+                params=[pytest.param((m, lk), marks=[pytest.mark.slow] if (m, lk) in SLOW
+                                     else []) for lk in LIKELIHOODS for m in sorted(METHODS)
+                        if m in SUPPORTED[lk]],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def fitted(request):
     method, lik = request.param
