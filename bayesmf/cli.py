@@ -726,9 +726,11 @@ def cmd_fit(a) -> int:
 
         likelihood = ImplicitGaussian(**conf)
     feats = _fit_features(a, train) if feature_files else {}
+    biases = {f"{side}_bias": v for side in ("user", "item")
+              if (v := getattr(a, f"{side}_bias", None)) is not None}
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed, implicit_terms=a.implicit_terms,
-                    progress=_progress(a), **feats, **opts)
+                    progress=_progress(a), **biases, **feats, **opts)
     model.fit(train)
     if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
         model.posterior_.attrs["factor_prior"] = own_prior
@@ -1252,6 +1254,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "the Gaussian-factor models; gamma: the Poisson family's own "
                           "hierarchical Gamma priors (HPF), the default and only choice of "
                           "--likelihood poisson")
+    for side in ("user", "item"):
+        fit.add_argument(f"--{side}-bias", action=argparse.BooleanOptionalAction, default=None,
+                         help=f"the {side} bias b_{side[0]} in the model (default: the "
+                              "likelihood's: on for ratings and 0/1 data, off for implicit "
+                              "and poisson; with --likelihood poisson they are non-negative "
+                              "Gamma biases, fitted by gibbs and cavi)")
     fit.add_argument("--seed", type=nonneg("seed"), default=0, help="random seed")
     fit.add_argument("--out", metavar="MODEL", help="model file to write (netCDF, e.g. "
                                                     "model.nc); required")

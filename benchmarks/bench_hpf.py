@@ -74,7 +74,8 @@ def fit(X, method, rank, args, seed, hyper=None):
             else {})
     t0 = time.perf_counter()
     m = bayesmf.BayesMF(method=method, rank=rank, likelihood=Poisson(**(hyper or {})),
-                        seed=seed, **opts).fit(interactions(X, args.weighting))
+                        seed=seed, user_bias=args.biases, item_bias=args.biases,
+                        **opts).fit(interactions(X, args.weighting))
     return m.posterior, time.perf_counter() - t0
 
 
@@ -129,7 +130,7 @@ def render(doc) -> str:
     lines = ["# Hierarchical Poisson factorization on the implicit-feedback peer splits", "",
              "bayesmf `likelihood=\"poisson\"` (HPF), rank and hyperparameters (the paper's "
              "unless named) chosen by CAVI on the validation carve, refitted on train; ranking by the posterior-mean "
-             f"rate; counts weighted `{doc.get('weighting', 'bin')}`. Splits and metrics from `shared/bench/implicit_peers.py`. **Peer rows are "
+             f"rate{' (with the non-negative user and item biases)' if doc.get('biases') else ''}; counts weighted `{doc.get('weighting', 'bin')}`. Splits and metrics from `shared/bench/implicit_peers.py`. **Peer rows are "
              "reference figures from `shared/bench/README.md`, not measured in this run.**",
              "", f"Generated {doc['generated']}; command: `{doc['command']}`.", ""]
     for name, r in doc["splits"].items():
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
                     help="JSON list of Poisson hyperparameter sets tried on the validation "
                          "carve with each rank (default [{}]: the paper's a = a' = c = c' "
                          "= 0.3, b' = d' = 1), e.g. '[{}, {\"a\": 1}, {\"c\": 1}]'")
+    ap.add_argument("--biases", action="store_true",
+                    help="fit the optional non-negative user and item biases b_u + b_i")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "hpf.md")
@@ -176,6 +179,7 @@ def main(argv=None) -> int:
     for name in a.splits.split(","):
         doc["splits"][name] = run_split(name, a)
         doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"), weighting=a.weighting,
+                   biases=a.biases,
                    command="python benchmarks/bench_hpf.py " + " ".join(
                        argv if argv is not None else sys.argv[1:]))
         jpath.write_text(json.dumps(doc, indent=1, default=float))

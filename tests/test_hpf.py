@@ -333,3 +333,131 @@ def test_unsupported_methods_and_specs_are_spec_errors(planted):
         get_method("cavi")(train, ModelSpec(rank=2, likelihood="poisson"))
     with pytest.raises(SpecError, match="unknown option"):
         get_method("gibbs")(train, SPEC, num_samples=5, predict_pairs=None)
+
+
+# ----------------------------------------------------------------------------- biases
+BIASED = ModelSpec(rank=K, likelihood="poisson", global_mean=False, user_bias=True,
+                   item_bias=True)
+
+
+@pytest.fixture(scope="module")
+def planted_biases():
+    return _planted_biases()
+
+
+def _planted_biases():
+    """Counts with rate theta_u . beta_i + b_u + b_i: a few very active users and popular
+    items on top of the factors."""
+    rng = np.random.default_rng(4)
+    N, M = 60, 40
+    th = rng.gamma(0.5, 1.0, (N, K))
+    be = 1.5 * rng.gamma(0.5, 1.0, (M, K))
+    bu, bi = rng.gamma(0.4, 1.5, N), rng.gamma(0.4, 1.5, M)
+    R = th @ be.T + bu[:, None] + bi[None, :]
+    Y = rng.poisson(R)
+    Y[np.arange(N), rng.integers(0, M, N)] += 1
+    Y[rng.integers(0, N, M), np.arange(M)] += 1
+    u, i = np.nonzero(Y)
+    return Ratings.from_arrays(u, i, Y[u, i].astype(float)), R, Y, bu, bi
+
+
+def _mean_rates_biased(post):
+    bu = post.flat("bu").astype(np.float64)
+    bi = post.flat("bi").astype(np.float64)
+    return _mean_rates(post) + bu.mean(0)[:, None] + bi.mean(0)[None, :]
+
+
+@pytest.mark.parametrize("method, opts", [
+    ("gibbs", dict(num_samples=60, num_warmup=200)), ("cavi", {})])
+def test_biases_are_fitted_and_enter_every_prediction(planted_biases, method, opts):
+    """Gibbs and CAVI with ``user_bias`` / ``item_bias``: positive bias draws that follow
+    the planted ones, rates (factors + biases) that follow the planted rates and add up to
+    the total count, and the estimator's predictions are those rates."""
+    train, R, Y, bu, bi = planted_biases
+    post = get_method(method)(train, BIASED, seed=0, **opts)
+    assert np.all(post.draws["bu"] > 0) and np.all(post.draws["bi"] > 0)
+    assert post.attrs["settings"]["hyper"]["bias_shape"] == 0.3
+    if method == "cavi":  # both starts run; the fit kept is the one with the higher ELBO
+        starts = post.attrs["bias_starts"]
+        assert set(starts) == {"0", "50"} and post.attrs["elbo"] == max(starts.values())
+        assert starts[str(post.attrs["bias_warmup_used"])] == post.attrs["elbo"]
+    uid, iid = np.asarray(post.users.ids), np.asarray(post.items.ids)
+    Rhat = _mean_rates_biased(post)
+    Rp = R[uid][:, iid]
+    assert np.corrcoef(Rhat.ravel(), Rp.ravel())[0, 1] > 0.9
+    assert Rhat.sum() == pytest.approx(train.rating.sum(), rel=0.03)
+    assert np.corrcoef(post.flat("bi").mean(0), bi[iid])[0, 1] > 0.6
+    assert np.corrcoef(post.flat("bu").mean(0), bu[uid])[0, 1] > 0.6
+    # the shared linear predictor carries the biases: predict = mean over draws of the rate
+    mean = post.predictive(uid[:3], iid[:3]).mean()
+    np.testing.assert_allclose(mean, np.diag(Rhat[:3, :3]), rtol=1e-4)
+
+
+def test_biased_gibbs_fit_statistics_are_the_all_pairs_sums(planted_biases):
+    train, _, _, _, _ = planted_biases
+    post = get_method("gibbs")(train, BIASED, seed=1, num_samples=5, num_warmup=20)
+    Y = np.zeros((train.n_users, train.n_items))
+    Y[train.user, train.item] = train.rating
+    d = {n: post.draws[n][0, -1].astype(np.float64) for n in ("U", "V", "bu", "bi")}
+    Rs = d["U"] @ d["V"].T + d["bu"][:, None] + d["bi"][None, :]
+    ll = np.sum(poisson.logpmf(Y, Rs))
+    assert post.sample_stats["log_likelihood"][0, -1] == pytest.approx(ll, rel=2e-4)
+    rmse = np.sqrt(np.mean((Y - Rs) ** 2))
+    assert post.sample_stats["train_rmse"][0, -1] == pytest.approx(rmse, rel=1e-3)
+
+
+def test_biased_cavi_elbo_never_decreases_and_matches_the_explicit_phi_form(planted_biases):
+    from bayesmf.infer.hpf import cavi, cavi_elbo
+
+    train, _, _, _, _ = planted_biases
+    data = SparseCounts(train.user, train.item, train.rating, train.n_users, train.n_items)
+    hyper, bias = (0.3, 0.3, 1.0, 0.3, 0.3, 1.0), (0.7, 2.0)
+    p, info = cavi(data, K, hyper, max_iter=60, tol=0.0, user_bias=True, item_bias=True,
+                   bias=bias)
+    e = info["elbo"]
+    assert len(e) == 61 and np.all(np.diff(e) >= -1e-10 * np.abs(e[1:]))
+    # the collapsed ELBO against phi over the extended factors (theta, b_u, 1).(beta, 1, b_i)
+    rng = np.random.default_rng(6)
+    N, M = train.n_users, train.n_items
+    q = {n: rng.uniform(0.3, 2, v.shape) for n, v in p.items()}
+    El = lambda s, r: digamma(s) - np.log(r)  # noqa: E731
+    zN, zM = np.zeros((N, 1)), np.zeros((M, 1))
+    ElA = np.hstack([El(q["gs"], q["gr"]), El(q["bu_s"], q["bu_r"])[:, None], zN])
+    ElB = np.hstack([El(q["ls"], q["lr"]), zM, El(q["bi_s"], q["bi_r"])[:, None]])
+    ex = ElA[data.user] + ElB[data.item]
+    phi = np.exp(ex - ex.max(1, keepdims=True))
+    phi /= phi.sum(1, keepdims=True)
+    y = data.y
+    EA = np.hstack([q["gs"] / q["gr"], (q["bu_s"] / q["bu_r"])[:, None], np.ones((N, 1))])
+    EB = np.hstack([q["ls"] / q["lr"], np.ones((M, 1)), (q["bi_s"] / q["bi_r"])[:, None]])
+    lz = (np.sum(y[:, None] * phi * (ex - np.log(phi))) - np.sum(gammaln(y + 1))
+          - EA.sum(0) @ EB.sum(0))
+    a, ap, bp, c, cp, dp = hyper
+    ElX, ElE = El(q["ks"], q["kr"]), El(q["ts"], q["tr"])
+    EX, EE = q["ks"] / q["kr"], q["ts"] / q["tr"]
+    lp = (np.sum(a * ElX[:, None] - gammaln(a) + (a - 1) * ElA[:, :K] - EX[:, None] * EA[:, :K])
+          + np.sum(ap * np.log(ap / bp) - gammaln(ap) + (ap - 1) * ElX - ap / bp * EX)
+          + np.sum(c * ElE[:, None] - gammaln(c) + (c - 1) * ElB[:, :K] - EE[:, None] * EB[:, :K])
+          + np.sum(cp * np.log(cp / dp) - gammaln(cp) + (cp - 1) * ElE - cp / dp * EE))
+    for s_, r_ in (("bu_s", "bu_r"), ("bi_s", "bi_r")):
+        lp += np.sum(bias[0] * np.log(bias[1]) - gammaln(bias[0])
+                     + (bias[0] - 1) * El(q[s_], q[r_]) - bias[1] * q[s_] / q[r_])
+    H = sum(gamma_dist(q[s_], scale=1 / q[r_]).entropy().sum()
+            for s_, r_ in (("gs", "gr"), ("ls", "lr"), ("ks", "kr"), ("ts", "tr"),
+                           ("bu_s", "bu_r"), ("bi_s", "bi_r")))
+    assert cavi_elbo(data, hyper, q, bias=bias) == pytest.approx(lz + lp + H, rel=1e-10)
+
+
+def test_biases_with_other_methods_and_a_global_mean_are_refused(planted_biases):
+    train = planted_biases[0]
+    for method in ("map", "svi", "nuts"):
+        with pytest.raises(SpecError, match="fitted by method gibbs or cavi"):
+            get_method(method)(train, BIASED)
+    for method in ("gibbs", "cavi"):
+        with pytest.raises(SpecError, match="global_mean"):
+            get_method(method)(train, ModelSpec(rank=K, likelihood="poisson",
+                                                global_mean=True, item_bias=True))
+    custom = Poisson(bias_shape=0.5, bias_rate=2.0)
+    assert likelihood_from_dict(custom.to_dict()) == custom
+    with pytest.raises(SpecError, match="bias_rate must be"):
+        Poisson(bias_rate=-1.0)

@@ -111,6 +111,33 @@ def test_poisson_implies_gamma_and_explicit_counts_fit(counts, tmp_path, capsys)
     assert post.spec.prior.name == "normal-wishart" and "factor_prior" not in post.attrs
 
 
+def test_bias_flags_fit_poisson_biases_and_predict_with_them(counts, tmp_path, capsys):
+    """``--user-bias --item-bias`` with poisson: the model file keeps positive ``bu``/``bi``
+    draws and ``predict`` adds them to the rate; map (KL-NMF) refuses them in one line."""
+    out = tmp_path / "b.nc"
+    assert main(["fit", str(counts / "train.csv"), *FIT, "--method", "cavi", "--user-bias",
+                 "--item-bias", "--option", "num_samples=20", "--out", str(out)]) == 0
+    post = load(out)
+    assert post.spec.user_bias and post.spec.item_bias and not post.spec.global_mean
+    assert np.all(post.draws["bu"] > 0) and np.all(post.draws["bi"] > 0)
+    pairs = pd.read_csv(counts / "test.csv")[["user", "item"]]
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    assert main(["predict", str(out), str(tmp_path / "pairs.csv"),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "p.csv")
+    uu = post.users.encode(pred["user"].to_numpy())
+    ii = post.items.encode(pred["item"].to_numpy())
+    U, V = post.flat("U").astype(np.float64), post.flat("V").astype(np.float64)
+    bu, bi = post.flat("bu").astype(np.float64), post.flat("bi").astype(np.float64)
+    want = (np.einsum("snk,snk->sn", U[:, uu], V[:, ii]) + bu[:, uu] + bi[:, ii]).mean(0)
+    np.testing.assert_allclose(pred["mean"], want, rtol=1e-4, atol=1e-6)
+    capsys.readouterr()
+    rc = main(["fit", str(counts / "train.csv"), *FIT, "--method", "map", "--item-bias",
+               "--out", str(tmp_path / "m.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "fitted by method gibbs or cavi" in err and err.count("\n") == 1, err
+
+
 def test_cli_choices_include_gamma_and_cavi():
     fit = build_parser()._subparsers._group_actions[0].choices["fit"]
     opts = {a.dest: a for a in fit._actions}
@@ -292,3 +319,14 @@ def test_heldout_loglik_of_a_fit_matches_its_draws(counts):
     lam = np.einsum("snk,snk->sn", U[:, uu], V[:, ii])
     want = np.mean(np.log(poisson.pmf(te["count"].to_numpy(), lam).mean(axis=0)))
     assert heldout_poisson_loglik(post, test) == pytest.approx(want, rel=1e-6)
+
+
+def test_bias_flags_switch_the_biases_of_any_likelihood(counts, tmp_path):
+    """The flags are the spec's ``user_bias`` / ``item_bias`` for every family: here a
+    Gaussian MAP fit without user biases (its draws of ``bu`` stay zero)."""
+    out = tmp_path / "g.nc"
+    assert main(["fit", str(counts / "train.csv"), "--rating-col", "count", "--method", "map",
+                 "--rank", "2", "--no-user-bias", "--no-progress", "--out", str(out)]) == 0
+    post = load(out)
+    assert not post.spec.user_bias and post.spec.item_bias and post.spec.global_mean
+    assert np.all(post.draws["bu"] == 0) and np.any(post.draws["bi"] != 0)

@@ -25,6 +25,12 @@ Negative controls: the same fits with draws narrowed to half their spread, and a
 whose conditionals use a wrong prior shape (``a = c = 2`` in the Gamma shapes of
 :math:`\theta, \beta` while the data come from ``a = c = 1``) -- the kind of error a
 wrong conditional makes -- both fail.
+
+**With the non-negative biases** (:func:`test_sbc_hpf_gibbs_with_biases`) the data are
+:math:`y_{ui}\sim\mathrm{Poisson}(\theta_u^\top\beta_i + b_u + b_i)`,
+:math:`b_u, b_i\sim\mathrm{Gamma}(e, f)`; the rates of the probe pairs include the
+biases, and :math:`\sum_u b_u` and one item's :math:`b_i` are tested too. Its negative
+control fits with a wrong bias prior rate.
 """
 
 from __future__ import annotations
@@ -42,16 +48,23 @@ HYPER = (1.0, 3.0, 2.0, 1.0, 3.0, 2.0)
 N_REP, L = 120, 19
 W, S, T = 100, 100, 2
 PAIRS = ((0, 0), (3, 4))
+#: (e, f) of the bias prior Gamma(e, f): mean 0.25 per bias
+BIAS = (2.0, 8.0)
 
 
-def _simulate(rng, hyper):
+def _simulate(rng, hyper, biases=False):
     a, ap, bp, c, cp, dp = hyper
     xi = rng.gamma(ap, bp / ap, N)
     eta = rng.gamma(cp, dp / cp, M)
     th = rng.gamma(a, 1.0 / xi[:, None], (N, K))
     be = rng.gamma(c, 1.0 / eta[:, None], (M, K))
-    y = rng.poisson(th @ be.T).astype(np.float64)
-    return {"theta": th, "beta": be, "xi": xi, "eta": eta}, y
+    p = {"theta": th, "beta": be, "xi": xi, "eta": eta}
+    rate = th @ be.T
+    if biases:
+        p["bu"] = rng.gamma(BIAS[0], 1.0 / BIAS[1], N)
+        p["bi"] = rng.gamma(BIAS[0], 1.0 / BIAS[1], M)
+        rate = rate + p["bu"][:, None] + p["bi"][None, :]
+    return p, rng.poisson(rate).astype(np.float64)
 
 
 def _padded(Y):
@@ -75,16 +88,19 @@ def _padded(Y):
     return out
 
 
-def _run_gibbs(Y, seeds, hyper, k=K, n_keep=S, warmup=W, thin=T):
+def _run_gibbs(Y, seeds, hyper, k=K, n_keep=S, warmup=W, thin=T, bias=None):
     """One chain of the HPF sweep per replication, vmapped; returns the kept draws
-    ``theta (R, S, N, k)``, ``beta``, ``xi (R, S, N)``, ``eta``."""
+    ``theta (R, S, N, k)``, ``beta``, ``xi (R, S, N)``, ``eta`` and, with ``bias = (e,
+    f)`` (user and item biases on), ``bu``, ``bi``."""
     import jax
     import jax.numpy as jnp
     from jax import lax
 
     from bayesmf.infer.hpf import HPFData, HPFState, _Cfg, _sweep
 
-    cfg = _Cfg(N, M, k, tuple(float(h) for h in hyper), 0.0)
+    on = bias is not None
+    cfg = _Cfg(N, M, k, tuple(float(h) for h in hyper), 0.0, on, on,
+               tuple(bias) if on else (0.3, 0.3))
     bp, dp = hyper[2], hyper[5]
     pad = _padded(Y)
     # the fitter's initial scale sqrt(mean count / k)
@@ -94,10 +110,13 @@ def _run_gibbs(Y, seeds, hyper, k=K, n_keep=S, warmup=W, thin=T):
 
     def one(key, u1, i1, u2, i2, y2, s):
         data = HPFData(u1, i1, u2, i2, y2)
-        k1, k2 = jax.random.split(jax.random.fold_in(key, 2**31 - 1))
+        k1, k2, k3, k4 = jax.random.split(jax.random.fold_in(key, 2**31 - 1), 4)
+        b0 = s * s * float(on)  # the fitter's start of the biases
         st = HPFState(s * jax.random.uniform(k1, (N, k), jnp.float32, 0.5, 1.5),
                       s * jax.random.uniform(k2, (M, k), jnp.float32, 0.5, 1.5),
-                      jnp.full((N,), bp, jnp.float32), jnp.full((M,), dp, jnp.float32))
+                      jnp.full((N,), bp, jnp.float32), jnp.full((M,), dp, jnp.float32),
+                      b0 * jax.random.uniform(k3, (N,), jnp.float32, 0.5, 1.5),
+                      b0 * jax.random.uniform(k4, (M,), jnp.float32, 0.5, 1.5))
 
         def body(st, t):
             st, _ = _sweep(cfg, data, jax.random.fold_in(key, t), st)
@@ -108,8 +127,8 @@ def _run_gibbs(Y, seeds, hyper, k=K, n_keep=S, warmup=W, thin=T):
 
     args = [jnp.asarray(pad[n]) for n in ("u1", "i1", "u2", "i2", "y2")]
     out = jax.jit(jax.vmap(one))(keys, *args, jnp.asarray(scale))
-    return dict(zip(("theta", "beta", "xi", "eta"), (np.asarray(o, np.float64)
-                                                      for o in out)))
+    names = ("theta", "beta", "xi", "eta") + (("bu", "bi") if on else ())
+    return dict(zip(names, (np.asarray(o, np.float64) for o in out)))
 
 
 def _quantities(p):
@@ -121,16 +140,24 @@ def _quantities(p):
          "theta_total[2]": th[..., 2, :].sum(-1)}
     for u, i in PAIRS:
         q[f"rate[{u},{i}]"] = np.sum(th[..., u, :] * be[..., i, :], axis=-1)
+    if "bu" in p:
+        bu, bi = p["bu"], p["bi"]
+        q["sum_bu"], q["bi[1]"] = bu.sum(-1), bi[..., 1]
+        for u, i in PAIRS:
+            q[f"rate[{u},{i}]"] = q[f"rate[{u},{i}]"] + bu[..., u] + bi[..., i]
     return q
 
 
-def _sbc(hyper_fit, seed=5):
+def _sbc(hyper_fit, seed=5, bias_fit=None):
+    biases = bias_fit is not None
     rng = np.random.default_rng(seed)
-    sims = [_simulate(rng, HYPER) for _ in range(N_REP)]
+    sims = [_simulate(rng, HYPER, biases) for _ in range(N_REP)]
     Y = np.stack([y for _, y in sims])
     seeds = rng.integers(0, 2**31 - 1, N_REP)
     t0 = time.perf_counter()
-    draws = _run_gibbs(Y, seeds, hyper_fit)
+    draws = _run_gibbs(Y, seeds, hyper_fit, bias=bias_fit)
+    if not biases:
+        draws = {n: v for n, v in draws.items() if n not in ("bu", "bi")}
     pick = np.round(np.linspace(0, S - 1, L)).astype(int)
     ranks, kept, truths = {}, {}, {}
     for r in range(N_REP):
@@ -140,10 +167,10 @@ def _sbc(hyper_fit, seed=5):
             ranks.setdefault(n, []).append(sbc.rank_of(float(qt[n]), v, rng))
             kept.setdefault(n, []).append(v)
             truths.setdefault(n, []).append(float(qt[n]))
-    spec = ModelSpec(rank=K, likelihood="poisson", global_mean=False, user_bias=False,
-                     item_bias=False)
+    spec = ModelSpec(rank=K, likelihood="poisson", global_mean=False, user_bias=biases,
+                     item_bias=biases)
     return sbc.SBCResult("hpf-gibbs", L, {n: np.asarray(v) for n, v in ranks.items()},
-                         spec, {"n_rep": N_REP, "hyper_fit": hyper_fit,
+                         spec, {"n_rep": N_REP, "hyper_fit": hyper_fit, "bias_fit": bias_fit,
                                 "hyper_sim": HYPER, "mean_count": float(Y.mean())},
                          time.perf_counter() - t0,
                          draws={n: np.asarray(v) for n, v in kept.items()},
@@ -164,7 +191,8 @@ def test_padding_is_inert():
     cfg = _Cfg(N, M, 1, HYPER, 0.0)
     st = HPFState(jnp.asarray(rng.uniform(0.5, 1.5, (N, 1)), jnp.float32),
                   jnp.asarray(rng.uniform(0.5, 1.5, (M, 1)), jnp.float32),
-                  jnp.full((N,), 2.0, jnp.float32), jnp.full((M,), 2.0, jnp.float32))
+                  jnp.full((N,), 2.0, jnp.float32), jnp.full((M,), 2.0, jnp.float32),
+                  jnp.zeros((N,), jnp.float32), jnp.zeros((M,), jnp.float32))
     pad = _padded(Y)
     padded = HPFData(*(jnp.asarray(pad[n][0]) for n in ("u1", "i1", "u2", "i2", "y2")))
     u, i = np.nonzero(Y[0])
@@ -195,3 +223,16 @@ def test_sbc_hpf_gibbs():
     wrong = _sbc((2.0,) + HYPER[1:3] + (2.0,) + HYPER[4:])
     assert not wrong.passes(0.001), "\n" + wrong.table().to_string()
     assert wrong.min_p < 1e-6, wrong.table().to_string()
+
+
+def test_sbc_hpf_gibbs_with_biases():
+    """The sweep with the user and item biases on (module docs): 10 quantities pass; draws
+    narrowed to half their spread and a fit with the wrong bias prior (rate f = 1 instead
+    of 8: biases pulled up) fail."""
+    res = _sbc(HYPER, seed=7, bias_fit=BIAS)
+    assert len(res.ranks) == 10
+    assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()
+    bad = res.transformed(sbc.narrowed(0.5))
+    assert not bad.passes(0.001) and bad.min_p < 1e-8, bad.table().to_string()
+    wrong = _sbc(HYPER, seed=7, bias_fit=(BIAS[0], 1.0))
+    assert not wrong.passes(0.001), "\n" + wrong.table().to_string()

@@ -58,6 +58,7 @@ from bayesmf.infer import check_int, check_options, fitted_spec, require_factors
 from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_nmf", "kl_nmf", "kl_objective", "SparseCounts", "check_poisson_spec",
+           "BIAS_METHODS",
            "DEFAULTS", "fit_nmf", "masked_nmf", "nmf_step", "frobenius_objective",
            "ObservedEntries", "EXPLICIT_DEFAULTS"]
 
@@ -163,9 +164,24 @@ class SparseCounts:
         return Q @ B, Q.T @ A
 
 
+#: the Poisson fitters that also fit the optional non-negative biases :math:`b_u, b_i`
+BIAS_METHODS = ("gibbs", "cavi")
+
+
 def check_poisson_spec(spec, method: str) -> None:
-    """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i` only: a spec with
-    a global mean or biases, or rank 0, is refused (:class:`SpecError`)."""
+    """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i`, plus the
+    non-negative biases :math:`b_u + b_i` with :data:`BIAS_METHODS`: a spec with a global
+    mean, with biases for another method, or rank 0, is refused (:class:`SpecError`)."""
+    if method in BIAS_METHODS and (spec.user_bias or spec.item_bias) \
+            and not spec.global_mean:
+        if spec.rank < 1:
+            raise SpecError(f"the Poisson likelihood ({method}) needs rank >= 1")
+        return
+    if (spec.user_bias or spec.item_bias) and not spec.global_mean:
+        raise SpecError(f"the Poisson likelihood's non-negative biases (user_bias, "
+                        f"item_bias) are fitted by method {' or '.join(BIAS_METHODS)}, not "
+                        f"{method!r}; switch them off (user_bias=False, item_bias=False) "
+                        "or use one of those methods")
     require_factors_only(spec, "the Poisson likelihood", method, "poisson")
 
 

@@ -51,8 +51,24 @@ draws ``xi`` (``(C, D, N)``) and ``eta`` (``(C, D, M)``, the *item activity*
   (:func:`bayesmf.infer.nmf.fit_map_nmf`): the maximum-likelihood factors (the HPF
   priors with shapes below 1 have no mode).
 
-Biases and a global mean are not part of the model (``default_biases = False``; the
-fitters refuse a spec that switches them on).
+**Optional non-negative biases** (``user_bias=True`` / ``item_bias=True`` in the spec;
+off by default, ``default_biases = False``): the rate gains a user activity and an item
+popularity term,
+
+.. math::
+
+    y_{ui} \sim \mathrm{Poisson}(\theta_u^\top\beta_i + b_u + b_i),\qquad
+    b_u \sim \mathrm{Gamma}(e, f),\quad b_i \sim \mathrm{Gamma}(e, f)
+
+(``bias_shape`` :math:`e`, ``bias_rate`` :math:`f`; default 0.3 and 0.3). They are two
+more factors whose other side is fixed at 1: :math:`A_u = (\theta_u, b_u, 1)`,
+:math:`B_i = (\beta_i, 1, b_i)`, rate :math:`A_u^\top B_i`, so the auxiliary split,
+CAVI's :math:`\phi` and every all-pairs sum run on :math:`A, B` unchanged, and the
+conditionals are :math:`b_u\mid z \sim \mathrm{Gamma}(e + \sum_i z_{ui,b_u},\ f + M)`,
+:math:`b_i\mid z \sim \mathrm{Gamma}(e + \sum_u z_{ui,b_i},\ f + N)`. They land in the
+posterior's ``bu`` and ``bi`` draws, i.e. in the shared linear predictor, so prediction,
+ranking and evaluation include them as they are. ``gibbs`` and ``cavi`` fit them; the
+other methods refuse a spec with biases, and every method refuses a global mean.
 
 **Predictive.** For a new pair the predictive is the Poisson mixture
 :math:`\frac1S\sum_s\mathrm{Poisson}(\lambda_s)`, :math:`\lambda_s = \theta_{u,s}^\top
@@ -76,7 +92,7 @@ from bayesmf.model.likelihoods.base import Likelihood
 
 __all__ = ["Poisson", "check_counts"]
 
-_HYPER = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime")
+_HYPER = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime", "bias_shape", "bias_rate")
 
 
 def check_counts(y, what: str = "the Poisson likelihood") -> np.ndarray:
@@ -115,6 +131,9 @@ class Poisson(Likelihood):
     c, c_prime, d_prime : float > 0
         :math:`\\beta_{ik}\\sim\\mathrm{Gamma}(c, \\eta_i)`,
         :math:`\\eta_i\\sim\\mathrm{Gamma}(c', c'/d')`.
+    bias_shape, bias_rate : float > 0
+        :math:`b_u, b_i\\sim\\mathrm{Gamma}(e, f)`, the optional non-negative biases
+        (module docs; used when the spec switches ``user_bias`` / ``item_bias`` on).
     """
 
     a: float = 0.3
@@ -123,6 +142,8 @@ class Poisson(Likelihood):
     c: float = 0.3
     c_prime: float = 0.3
     d_prime: float = 1.0
+    bias_shape: float = 0.3
+    bias_rate: float = 0.3
 
     name = "poisson"
     theta_names = ()
@@ -132,7 +153,8 @@ class Poisson(Likelihood):
     methods = ("map", "gibbs", "cavi", "svi", "nuts")
     #: every pair is an observation (the zeros enter through closed-form sums)
     full_matrix = True
-    #: no global mean or biases: the rate is theta_u . beta_i
+    #: no global mean or biases by default: the rate is theta_u . beta_i (non-negative
+    #: user/item biases are optional with gibbs and cavi)
     default_biases = False
     #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
     fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
@@ -170,7 +192,8 @@ class Poisson(Likelihood):
 
     def describe(self):
         return (f"poisson (HPF: a={self.a:g}, a'={self.a_prime:g}, b'={self.b_prime:g}, "
-                f"c={self.c:g}, c'={self.c_prime:g}, d'={self.d_prime:g})")
+                f"c={self.c:g}, c'={self.c_prime:g}, d'={self.d_prime:g}; biases "
+                f"Gamma({self.bias_shape:g}, {self.bias_rate:g}) when on)")
 
     # ------------------------------------------------------------------ math
     def log_prob(self, y, eta, theta):
