@@ -1259,7 +1259,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"the {side} bias b_{side[0]} in the model (default: the "
                               "likelihood's: on for ratings and 0/1 data, off for implicit "
                               "and poisson; with --likelihood poisson they are non-negative "
-                              "Gamma biases, fitted by gibbs and cavi)")
+                              "Gamma biases)")
     fit.add_argument("--seed", type=nonneg("seed"), default=0, help="random seed")
     fit.add_argument("--out", metavar="MODEL", help="model file to write (netCDF, e.g. "
                                                     "model.nc); required")

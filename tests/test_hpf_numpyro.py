@@ -186,3 +186,22 @@ def test_estimator_recommend_and_evaluate(svi_model, data):
     assert np.all(rec["score"].to_numpy() >= 0)
     r = svi_model.recommend(users[:2], n=2, strategy="prob", threshold=1)
     assert len(r) == 4
+
+
+def test_nuts_with_biases():
+    """NUTS of the biased model (``bu``, ``bi`` sites): positive bias draws, the parameter
+    count with the biases, and the all-pairs log likelihood of the extended factors."""
+    from test_hpf import BIASED, _planted_biases
+
+    from bayesmf.infer.nmf import extended_factors
+
+    train = _planted_biases()[0]
+    post = fit_nuts_hpf(train, BIASED, seed=0, num_samples=20, num_warmup=30)
+    Nb, Mb = train.n_users, train.n_items
+    assert post.attrs["n_params"] == (Nb + Mb) * (3 + 1) + Nb + Mb
+    assert np.all(post.draws["bu"] > 0) and np.all(post.draws["bi"] > 0)
+    assert np.ptp(post.draws["bi"][0, :, 0]) > 0  # the biases move
+    sc = SparseCounts(train.user, train.item, train.rating, Nb, Mb)
+    d = {n: post.draws[n][0, -1] for n in ("U", "V", "bu", "bi")}
+    ll, _ = all_pairs_stats(sc, *extended_factors(d["U"], d["V"], d["bu"], d["bi"]))
+    assert post.sample_stats["log_likelihood"][0, -1] == ll

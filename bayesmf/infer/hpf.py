@@ -129,11 +129,11 @@ from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer._progress import iteration_bar
-from bayesmf.infer.nmf import SparseCounts, check_poisson_spec, poisson_loglik
+from bayesmf.infer.nmf import (SparseCounts, check_poisson_spec, extended_factors,
+                               poisson_loglik)
 
 __all__ = ["fit_gibbs_hpf", "fit_cavi", "multinomial_split", "cavi", "cavi_elbo",
-           "extended_factors", "HPFData", "HPFState", "GIBBS_DEFAULTS", "CAVI_DEFAULTS",
-           "DEFAULTS"]
+           "HPFData", "HPFState", "GIBBS_DEFAULTS", "CAVI_DEFAULTS", "DEFAULTS"]
 
 #: options of :func:`fit_gibbs_hpf`
 GIBBS_DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1,
@@ -181,26 +181,6 @@ class _Cfg(NamedTuple):
     ub: bool = False  # user biases b_u
     ib: bool = False  # item biases b_i
     bias: tuple = (0.3, 0.3)  # their Gamma(e, f) prior
-
-
-def extended_factors(th, be, bu=None, bi=None, one: float = 1.0):
-    r"""``(A, B)``: the factors with the bias columns, :math:`A_u = (\theta_u, b_u, 1)`,
-    :math:`B_i = (\beta_i, 1, b_i)` (each pair of columns only when that bias is given), so
-    that the rate is :math:`A_u^\top B_i` (numpy or JAX, following ``th``). ``one``: the
-    value of the fixed entries (0 for the :math:`E\log` of the factors)."""
-    from bayesmf._xp import array_namespace
-
-    xp = array_namespace(th)
-    A, B = [th], [be]
-    if bu is not None:
-        A.append(bu[:, None])
-        B.append(xp.full((be.shape[0], 1), one, be.dtype))
-    if bi is not None:
-        A.append(xp.full((th.shape[0], 1), one, th.dtype))
-        B.append(bi[:, None])
-    if len(A) == 1:
-        return th, be
-    return xp.concatenate(A, axis=1), xp.concatenate(B, axis=1)
 
 
 def _state_factors(cfg: _Cfg, state: HPFState):

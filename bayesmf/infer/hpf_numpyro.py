@@ -91,7 +91,8 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
-from bayesmf.infer.hpf import _Cfg, _hyper, _split_data
+from bayesmf.infer.hpf import _Cfg, _hyper, _hyper_dict, _split_data
+from bayesmf.infer.nmf import extended_factors
 from bayesmf.infer.nmf import check_poisson_spec
 from bayesmf.infer.svi import run_windows
 
@@ -129,25 +130,36 @@ def hpf_loglik(data, theta, beta, log_fact: float = 0.0):
     return ll
 
 
-def build_hpf_model(N: int, M: int, K: int, hyper: tuple, log_fact: float = 0.0):
+def build_hpf_model(N: int, M: int, K: int, hyper: tuple, log_fact: float = 0.0,
+                    user_bias: bool = False, item_bias: bool = False,
+                    bias: tuple = (0.3, 0.3)):
     """The NumPyro model ``model(data)`` of HPF (module docs) for an
-    :class:`~bayesmf.infer.hpf.HPFData` ``data``; ``hyper = (a, a', b', c, c', d')``."""
+    :class:`~bayesmf.infer.hpf.HPFData` ``data``; ``hyper = (a, a', b', c, c', d')``; with
+    ``user_bias`` / ``item_bias`` the sites ``bu ~ Gamma(e, f)`` / ``bi`` (``bias = (e,
+    f)``) and the rate of the extended factors (:func:`~bayesmf.infer.nmf.extended_factors`)."""
     import numpyro
     import numpyro.distributions as dist
 
     a, ap, bp, c, cp, dp = (float(h) for h in hyper)
+    e, f = (float(h) for h in bias)
 
     def model(data):
+        bu = bi = None
         with numpyro.plate("users", N, dim=-1):
             xi = numpyro.sample("xi", dist.Gamma(ap, ap / bp))
+            if user_bias:
+                bu = numpyro.sample("bu", dist.Gamma(e, f))
         with numpyro.plate("items", M, dim=-1):
             eta = numpyro.sample("eta", dist.Gamma(cp, cp / dp))
+            if item_bias:
+                bi = numpyro.sample("bi", dist.Gamma(e, f))
         with numpyro.plate("factors", K, dim=-1):
             with numpyro.plate("users_k", N, dim=-2):
                 theta = numpyro.sample("theta", dist.Gamma(a, xi[:, None]))
             with numpyro.plate("items_k", M, dim=-2):
                 beta = numpyro.sample("beta", dist.Gamma(c, eta[:, None]))
-        numpyro.factor("loglik", hpf_loglik(data, theta, beta, log_fact))
+        numpyro.factor("loglik", hpf_loglik(data, *extended_factors(theta, beta, bu, bi),
+                                            log_fact))
 
     return model
 
@@ -161,15 +173,34 @@ def _float():
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
-def _start(sc, N, M, K, hyper, seed):
+def _start(sc, cfg, seed):
     """The Gibbs start (module docs) as arrays of JAX's default float dtype keyed by
-    site."""
+    site (the biases, when on, at one factor's rate :math:`s^2`)."""
+    N, M, K = cfg.N, cfg.M, cfg.K
     rng = np.random.default_rng([int(seed), 7])
     s = float(np.sqrt(max(sc.total, 1e-30) / (float(N) * float(M) * K)))
     f = _float()
-    return {"theta": (s * rng.uniform(0.5, 1.5, (N, K))).astype(f),
-            "beta": (s * rng.uniform(0.5, 1.5, (M, K))).astype(f),
-            "xi": np.full(N, hyper[2], f), "eta": np.full(M, hyper[5], f)}
+    out = {"theta": (s * rng.uniform(0.5, 1.5, (N, K))).astype(f),
+           "beta": (s * rng.uniform(0.5, 1.5, (M, K))).astype(f),
+           "xi": np.full(N, cfg.hyper[2], f), "eta": np.full(M, cfg.hyper[5], f)}
+    for name, n, on in (("bu", N, cfg.ub), ("bi", M, cfg.ib)):
+        if on:
+            out[name] = (s * s * rng.uniform(0.5, 1.5, n)).astype(f)
+    return out
+
+
+def _n_params(N: int, M: int, spec) -> int:
+    """Latent coordinates of the NUTS model: (N + M)(k + 1), plus N and M with the biases."""
+    return (N + M) * (spec.rank + 1) + N * bool(spec.user_bias) + M * bool(spec.item_bias)
+
+
+def _sites(cfg) -> tuple:
+    return _SITES + (("bu",) if cfg.ub else ()) + (("bi",) if cfg.ib else ())
+
+
+def _model(cfg):
+    return build_hpf_model(cfg.N, cfg.M, cfg.K, cfg.hyper, cfg.log_fact, cfg.ub, cfg.ib,
+                           cfg.bias)
 
 
 def _setup(train, spec, method, max_params=None):
@@ -183,16 +214,18 @@ def _setup(train, spec, method, max_params=None):
     spec = fitted_spec(train, spec)
     check_poisson_spec(spec, method)
     if max_params is not None:
-        n_par = (train.n_users + train.n_items) * (spec.rank + 1)
+        n_par = _n_params(train.n_users, train.n_items, spec)
         if n_par > max_params:
             raise SpecError(
                 f"nuts on the Poisson likelihood samples (n_users + n_items) x (rank + 1) "
-                f"= {n_par:,} parameters, above the size limit of {max_params:,} "
+                f"(+ the biases) = {n_par:,} parameters, above the size limit of {max_params:,} "
                 "(max_params); use method='gibbs', 'cavi' or 'svi' for data this size (or "
                 "raise max_params)")
     sc, data = _split_data(train, spec)
     N, M, K = train.n_users, train.n_items, spec.rank
-    cfg = _Cfg(N, M, K, _hyper(spec.likelihood), float(sc.log_fact))
+    lik = spec.likelihood
+    cfg = _Cfg(N, M, K, _hyper(lik), float(sc.log_fact), bool(spec.user_bias),
+               bool(spec.item_bias), (lik.bias_shape, lik.bias_rate))
     return spec, sc, data, cfg
 
 
@@ -208,15 +241,18 @@ def _posterior(samples, cfg, sc, spec, train, method, stats, native, attrs):
     draws = {"U": np.maximum(np.asarray(samples["theta"], f32), tiny),
              "V": np.maximum(np.asarray(samples["beta"], f32), tiny),
              "xi": np.asarray(samples["xi"], f32), "eta": np.asarray(samples["eta"], f32),
-             "mu": np.zeros((C, S), f32), "bu": np.zeros((C, S, N), f32),
-             "bi": np.zeros((C, S, M), f32)}
+             "mu": np.zeros((C, S), f32)}
+    for name, n in (("bu", N), ("bi", M)):
+        draws[name] = (np.maximum(np.asarray(samples[name], f32), tiny) if name in samples
+                       else np.zeros((C, S, n), f32))
     ll, rmse = np.empty((C, S)), np.empty((C, S))
     for c in range(C):
         for s in range(S):
-            ll[c, s], rmse[c, s] = all_pairs_stats(sc, draws["U"][c, s], draws["V"][c, s])
+            ll[c, s], rmse[c, s] = all_pairs_stats(sc, *extended_factors(
+                draws["U"][c, s], draws["V"][c, s], draws["bu"][c, s] if cfg.ub else None,
+                draws["bi"][c, s] if cfg.ib else None))
     stats = {"log_likelihood": ll, "train_rmse": rmse, **stats}
-    attrs["hyper"] = dict(zip(("a", "a_prime", "b_prime", "c", "c_prime", "d_prime"),
-                              cfg.hyper))
+    attrs["hyper"] = _hyper_dict(spec.likelihood, spec)
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      method, stats, native, attrs)
 
@@ -271,8 +307,12 @@ def build_hpf_guide(start: dict, init_scale: float = 0.05):
     def guide(data):
         with numpyro.plate("users", N, dim=-1):
             numpyro.sample("xi", site("xi"))
+            if "bu" in start:
+                numpyro.sample("bu", site("bu"))
         with numpyro.plate("items", M, dim=-1):
             numpyro.sample("eta", site("eta"))
+            if "bi" in start:
+                numpyro.sample("bi", site("bi"))
         with numpyro.plate("factors", K, dim=-1):
             with numpyro.plate("users_k", N, dim=-2):
                 numpyro.sample("theta", site("theta"))
@@ -310,8 +350,8 @@ def fit_svi_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options
 
     enable_persistent_cache()  # the samplers' on-disk compile cache (repeat fits)
     N, M, K = cfg.N, cfg.M, cfg.K
-    model = build_hpf_model(N, M, K, cfg.hyper, cfg.log_fact)
-    guide = build_hpf_guide(_start(sc, N, M, K, cfg.hyper, seed), o["init_scale"])
+    model = _model(cfg)
+    guide = build_hpf_guide(_start(sc, cfg, seed), o["init_scale"])
     lr = o["learning_rate"] if o["lr_decay"] == 1.0 else \
         optax.exponential_decay(o["learning_rate"], 1000, o["lr_decay"])
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(lr)),
@@ -336,7 +376,7 @@ def fit_svi_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options
     S = o["num_samples"]
     samples = {n: np.exp(params[n + "_loc"] + params[n + "_scale"]
                          * rng.standard_normal((S,) + params[n + "_loc"].shape))[None]
-               for n in _SITES}
+               for n in _sites(cfg)}
     attrs = {"seed": int(seed), "backend": "numpyro", "solver": "hpf-svi",
              "guide": "mean-field lognormal", "settings": dict(o),
              "converged": bool(converged), "steps": int(len(losses)),
@@ -375,7 +415,7 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
     limit = _pos_int("max_params", o["max_params"], allow_none=True) or NUTS_MAX_PARAMS
     spec, sc, data, cfg = _setup(train, spec, "nuts", limit)
     N, M, K = cfg.N, cfg.M, cfg.K
-    n_par = (N + M) * (K + 1)
+    n_par = _n_params(N, M, spec)
     import jax
     import jax.numpy as jnp
     from numpyro.infer import NUTS, init_to_value
@@ -383,10 +423,10 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
     from bayesmf.infer.driver import compile_logger, run_chains
     from bayesmf.infer.nuts import _program
 
-    model = build_hpf_model(N, M, K, cfg.hyper, cfg.log_fact)
+    model = _model(cfg)
     kernel = NUTS(model, target_accept_prob=o["target_accept"],
                   max_tree_depth=o["max_tree_depth"], dense_mass=o["dense_mass"],
-                  init_strategy=init_to_value(values=_start(sc, N, M, K, cfg.hyper, seed)))
+                  init_strategy=init_to_value(values=_start(sc, cfg, seed)))
     C, W, S, T = o["num_chains"], o["num_warmup"], o["num_samples"], o["thin"]
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
     t0 = time.perf_counter()
@@ -417,5 +457,5 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
                          "sampling_s": run.sampling_seconds - run.warmup_seconds,
                          "total_s": t1 - t0}}
     native = {"model": model, "kernel": kernel}
-    return _posterior({n: ex["z"][n] for n in _SITES}, cfg, sc, spec, train, "nuts",
+    return _posterior({n: ex["z"][n] for n in _sites(cfg)}, cfg, sc, spec, train, "nuts",
                       stats, native, attrs)

@@ -54,11 +54,11 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_int, check_options, fitted_spec, require_factors_only
+from bayesmf.infer import check_int, check_options, fitted_spec
 from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_nmf", "kl_nmf", "kl_objective", "SparseCounts", "check_poisson_spec",
-           "BIAS_METHODS",
+           "extended_factors",
            "DEFAULTS", "fit_nmf", "masked_nmf", "nmf_step", "frobenius_objective",
            "ObservedEntries", "EXPLICIT_DEFAULTS"]
 
@@ -164,25 +164,38 @@ class SparseCounts:
         return Q @ B, Q.T @ A
 
 
-#: the Poisson fitters that also fit the optional non-negative biases :math:`b_u, b_i`
-BIAS_METHODS = ("gibbs", "cavi")
+def extended_factors(th, be, bu=None, bi=None, one: float = 1.0):
+    r"""``(A, B)``: the factors with the bias columns, :math:`A_u = (\theta_u, b_u, 1)`,
+    :math:`B_i = (\beta_i, 1, b_i)` (each pair of columns only when that bias is given), so
+    that the rate is :math:`A_u^\top B_i` (numpy or JAX, following ``th``). ``one``: the
+    value of the fixed entries (0 for the :math:`E\log` of the factors)."""
+    from bayesmf._xp import array_namespace
+
+    xp = array_namespace(th)
+    A, B = [th], [be]
+    if bu is not None:
+        A.append(bu[:, None])
+        B.append(xp.full((be.shape[0], 1), one, be.dtype))
+    if bi is not None:
+        A.append(xp.full((th.shape[0], 1), one, th.dtype))
+        B.append(bi[:, None])
+    if len(A) == 1:
+        return th, be
+    return xp.concatenate(A, axis=1), xp.concatenate(B, axis=1)
+
 
 
 def check_poisson_spec(spec, method: str) -> None:
     """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i`, plus the
-    non-negative biases :math:`b_u + b_i` with :data:`BIAS_METHODS`: a spec with a global
-    mean, with biases for another method, or rank 0, is refused (:class:`SpecError`)."""
-    if method in BIAS_METHODS and (spec.user_bias or spec.item_bias) \
-            and not spec.global_mean:
-        if spec.rank < 1:
-            raise SpecError(f"the Poisson likelihood ({method}) needs rank >= 1")
-        return
-    if (spec.user_bias or spec.item_bias) and not spec.global_mean:
-        raise SpecError(f"the Poisson likelihood's non-negative biases (user_bias, "
-                        f"item_bias) are fitted by method {' or '.join(BIAS_METHODS)}, not "
-                        f"{method!r}; switch them off (user_bias=False, item_bias=False) "
-                        "or use one of those methods")
-    require_factors_only(spec, "the Poisson likelihood", method, "poisson")
+    optional non-negative biases :math:`b_u + b_i` (every Poisson method fits them): a spec
+    with a global mean, or rank 0, is refused (:class:`SpecError`)."""
+    if spec.global_mean:
+        raise SpecError(f"the Poisson likelihood ({method}) has no global mean: the rate is "
+                        "theta_u . beta_i (+ b_u + b_i with user_bias / item_bias); switch "
+                        "it off (global_mean=False, the default of BayesMF(likelihood="
+                        "'poisson'))")
+    if spec.rank < 1:
+        raise SpecError(f"the Poisson likelihood ({method}) needs rank >= 1")
 
 
 def kl_objective(data: SparseCounts, W, H, l1: float = 0.0) -> float:
@@ -191,12 +204,13 @@ def kl_objective(data: SparseCounts, W, H, l1: float = 0.0) -> float:
     return _objective(data, data.rates(W, H), W, H, l1)
 
 
-def _objective(data: SparseCounts, r, W, H, l1: float) -> float:
-    """:func:`kl_objective` from the rates ``r`` at the non-zeros."""
+def _objective(data: SparseCounts, r, W, H, l1: float, rank: int | None = None) -> float:
+    """:func:`kl_objective` from the rates ``r`` at the non-zeros (the penalty on the
+    first ``rank`` columns: the factors of extended ``W, H``)."""
     with np.errstate(divide="ignore"):
         d = float(np.sum(data.y * (np.log(data.y) - np.log(r))) - data.total
                   + W.sum(0) @ H.sum(0))
-    return d + l1 * float(W.sum() + H.sum())
+    return d + l1 * float(W[:, :rank].sum() + H[:, :rank].sum())
 
 
 def _iterate(step, state, objective0: float, max_iter: int, tol: float, callback=None):
@@ -222,31 +236,48 @@ def _iterate(step, state, objective0: float, max_iter: int, tol: float, callback
 
 
 def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1e-6,
-           l1: float = 0.0, seed: int = 0, callback=None):
+           l1: float = 0.0, seed: int = 0, callback=None, user_bias: bool = False,
+           item_bias: bool = False):
     """KL-NMF by multiplicative updates (module docs). Returns ``(W, H, info)`` with
     ``info = {"objective": trace (initial value first), "iterations", "converged",
-    "seconds"}``; ``callback(it, objective)`` after each iteration."""
+    "seconds"}``; ``callback(it, objective)`` after each iteration.
+
+    With ``user_bias`` / ``item_bias`` the rate is :math:`W_u^\\top H_i + b_u + b_i` and
+    ``W, H`` are the extended factors :func:`extended_factors` (``(W, b_u, 1)``,
+    ``(H, 1, b_i)``): the bias columns take the same multiplicative update as a factor
+    column whose other side is fixed at 1 (:math:`b_u \\leftarrow b_u\\sum_i (y_{ui}/r_{ui})
+    / M`), which is the majorise-minimise step of the objective in those coordinates, so
+    the objective still never increases; the fixed columns stay 1 and ``l1`` penalises the
+    ``rank`` factor columns only."""
     rng = np.random.default_rng(seed)
     N, M = data.N, data.M
     s = np.sqrt(max(data.total, 1e-300) / (float(N) * float(M) * rank))
     W = s * rng.uniform(0.5, 1.5, (N, rank))
     H = s * rng.uniform(0.5, 1.5, (M, rank))
+    W, H = extended_factors(W, H, s * s * rng.uniform(0.5, 1.5, N) if user_bias else None,
+                            s * s * rng.uniform(0.5, 1.5, M) if item_bias else None)
+    KX = W.shape[1]
+    pen = np.where(np.arange(KX) < rank, l1, 0.0)  # l1 on the factor columns
+    fixed_w = [KX - 1] if item_bias else []  # W's column of ones (paired with b_i)
+    fixed_h = [rank] if user_bias else []  # H's column of ones (paired with b_u)
     tiny = np.finfo(np.float64).tiny
     r = np.maximum(data.rates(W, H), tiny)
 
     def step(state):
         W, H, r = state
         QH, _ = data.ratio_products(data.y / r, W, H)
-        W = np.maximum(W * QH / (H.sum(0) + l1), tiny)
+        W = np.maximum(W * QH / (H.sum(0) + pen), tiny)
+        W[:, fixed_w] = 1.0
         q = data.y / np.maximum(data.rates(W, H), tiny)
         _, QtW = data.ratio_products(q, W, H)
-        H = np.maximum(H * QtW / (W.sum(0) + l1), tiny)
+        H = np.maximum(H * QtW / (W.sum(0) + pen), tiny)
+        H[:, fixed_h] = 1.0
         # the rates of the new (W, H): the objective and the next W update share them
         r = np.maximum(data.rates(W, H), tiny)
-        return (W, H, r), _objective(data, r, W, H, l1)
+        return (W, H, r), _objective(data, r, W, H, l1, rank)
 
-    (W, H, _), info = _iterate(step, (W, H, r), _objective(data, r, W, H, l1), max_iter,
-                               tol, callback)
+    (W, H, _), info = _iterate(step, (W, H, r), _objective(data, r, W, H, l1, rank),
+                               max_iter, tol, callback)
     return W, H, info
 
 
@@ -270,13 +301,16 @@ def fit_map_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options
     data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
     with iteration_bar(progress, max_iter, "KL-NMF", "objective") as tick:
         W, H, info = kl_nmf(data, spec.rank, max_iter=max_iter, tol=tol, l1=l1,
-                            seed=int(seed), callback=lambda it, obj: tick(obj))
-    N, M = train.n_users, train.n_items
+                            seed=int(seed), callback=lambda it, obj: tick(obj),
+                            user_bias=bool(spec.user_bias), item_bias=bool(spec.item_bias))
+    N, M, K = train.n_users, train.n_items, spec.rank
     ll = poisson_loglik(data, W, H)
     f32 = np.float32
     z = np.zeros
-    draws = {"mu": z((1, 1), f32), "bu": z((1, 1, N), f32), "bi": z((1, 1, M), f32),
-             "U": W.astype(f32)[None, None], "V": H.astype(f32)[None, None]}
+    draws = {"mu": z((1, 1), f32),
+             "bu": (W[:, K] if spec.user_bias else z(N)).astype(f32)[None, None],
+             "bi": (H[:, -1] if spec.item_bias else z(M)).astype(f32)[None, None],
+             "U": W[:, :K].astype(f32)[None, None], "V": H[:, :K].astype(f32)[None, None]}
     obj = info["objective"]
     stats = {"objective": np.array([[obj[-1]]]), "objective_trace": obj[None, None],
              "n_iter": np.array([[info["iterations"]]], np.int64),

@@ -67,8 +67,9 @@ CAVI's :math:`\phi` and every all-pairs sum run on :math:`A, B` unchanged, and t
 conditionals are :math:`b_u\mid z \sim \mathrm{Gamma}(e + \sum_i z_{ui,b_u},\ f + M)`,
 :math:`b_i\mid z \sim \mathrm{Gamma}(e + \sum_u z_{ui,b_i},\ f + N)`. They land in the
 posterior's ``bu`` and ``bi`` draws, i.e. in the shared linear predictor, so prediction,
-ranking and evaluation include them as they are. ``gibbs`` and ``cavi`` fit them; the
-other methods refuse a spec with biases, and every method refuses a global mean.
+ranking and evaluation include them as they are. Every method fits them (``gibbs``,
+``cavi``, ``svi``/``nuts`` with ``bu``/``bi`` sites, ``map``: KL-NMF with the same
+multiplicative update for the bias columns); a global mean is refused.
 
 **Predictive.** For a new pair the predictive is the Poisson mixture
 :math:`\frac1S\sum_s\mathrm{Poisson}(\lambda_s)`, :math:`\lambda_s = \theta_{u,s}^\top
@@ -154,7 +155,7 @@ class Poisson(Likelihood):
     #: every pair is an observation (the zeros enter through closed-form sums)
     full_matrix = True
     #: no global mean or biases by default: the rate is theta_u . beta_i (non-negative
-    #: user/item biases are optional with gibbs and cavi)
+    #: user/item biases are optional)
     default_biases = False
     #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
     fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
