@@ -129,8 +129,11 @@ def run_split(name, args, log=print) -> dict:
 def render(doc) -> str:
     lines = ["# Hierarchical Poisson factorization on the implicit-feedback peer splits", "",
              "bayesmf `likelihood=\"poisson\"` (HPF), rank and hyperparameters (the paper's "
-             "unless named) chosen by CAVI on the validation carve, refitted on train; ranking by the posterior-mean "
-             f"rate{' (with the non-negative user and item biases)' if doc.get('biases') else ''}; counts weighted `{doc.get('weighting', 'bin')}`. Splits and metrics from `shared/bench/implicit_peers.py`. **Peer rows are "
+             "unless named) chosen by CAVI on the validation carve, refitted on train; "
+             "ranking by the posterior-mean rate"
+             + (" (with the non-negative user and item biases)" if doc.get("biases") else "")
+             + f"; counts weighted `{doc.get('weighting', 'bin')}`. Splits and metrics from "
+             "`shared/bench/implicit_peers.py`. **Peer rows are "
              "reference figures from `shared/bench/README.md`, not measured in this run.**",
              "", f"Generated {doc['generated']}; command: `{doc['command']}`.", ""]
     for name, r in doc["splits"].items():

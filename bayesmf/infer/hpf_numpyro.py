@@ -349,7 +349,6 @@ def fit_svi_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options
     from bayesmf.infer.driver import enable_persistent_cache
 
     enable_persistent_cache()  # the samplers' on-disk compile cache (repeat fits)
-    N, M, K = cfg.N, cfg.M, cfg.K
     model = _model(cfg)
     guide = build_hpf_guide(_start(sc, cfg, seed), o["init_scale"])
     lr = o["learning_rate"] if o["lr_decay"] == 1.0 else \
@@ -414,7 +413,7 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
         raise SpecError(f"dense_mass must be True or False, got {o['dense_mass']!r}")
     limit = _pos_int("max_params", o["max_params"], allow_none=True) or NUTS_MAX_PARAMS
     spec, sc, data, cfg = _setup(train, spec, "nuts", limit)
-    N, M, K = cfg.N, cfg.M, cfg.K
+    N, M = cfg.N, cfg.M
     n_par = _n_params(N, M, spec)
     import jax
     import jax.numpy as jnp

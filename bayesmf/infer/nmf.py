@@ -184,7 +184,6 @@ def extended_factors(th, be, bu=None, bi=None, one: float = 1.0):
     return xp.concatenate(A, axis=1), xp.concatenate(B, axis=1)
 
 
-
 def check_poisson_spec(spec, method: str) -> None:
     """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i`, plus the
     optional non-negative biases :math:`b_u + b_i` (every Poisson method fits them): a spec
