@@ -78,7 +78,8 @@ factors.
 :math:`\xi = b'`, :math:`\eta = d'` (the start of the Gibbs sampler).
 
 **Posterior layout** (as :func:`~bayesmf.infer.hpf.fit_gibbs_hpf`): ``U`` = θ, ``V`` = β,
-``xi``, ``eta``, zeros for ``mu, bu, bi``; ``sample_stats["log_likelihood"]`` (all
+``xi``, ``eta``, ``bu``/``bi`` (the ``bu``/``bi`` sites with ``user_bias`` /
+``item_bias``, else zeros), zeros for ``mu``; ``sample_stats["log_likelihood"]`` (all
 pairs, per draw) and ``train_rmse``; computed in float32.
 """
 

@@ -282,7 +282,8 @@ def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1
 
 def fit_map_nmf(train, spec, *, seed: int = 0, progress: bool = False, **options):
     """KL-NMF of the counts ``train`` under a Poisson ``spec`` (module docs); the
-    Posterior's ``U = W``, ``V = H``, zeros for ``mu, bu, bi``. ``sample_stats``:
+    Posterior's ``U = W``, ``V = H``, ``bu``/``bi`` the biases with ``user_bias`` /
+    ``item_bias`` (else zeros, :func:`kl_nmf`), zeros for ``mu``. ``sample_stats``:
     ``objective``, ``objective_trace``, ``n_iter``, ``log_likelihood`` (all pairs)."""
     from bayesmf.posterior import Posterior, TrainInfo
 
