@@ -714,7 +714,8 @@ def cmd_fit(a) -> int:
             id_type=a.id_type or "auto")
     else:
         for flag, v in (("--confidence", conf), ("--positive-threshold",
-                                                 getattr(a, "positive_threshold", None))):
+                                                 getattr(a, "positive_threshold", None)),
+                        ("--negatives", getattr(a, "negatives", None))):
             if v is not None:
                 raise DataError(f"{flag} applies to --feedback implicit")
         train = load_ratings_source(a.train, **_source_kwargs(a))
@@ -731,7 +732,24 @@ def cmd_fit(a) -> int:
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed, implicit_terms=a.implicit_terms,
                     progress=_progress(a), **biases, **feats, **opts)
-    model.fit(train)
+    negatives = getattr(a, "negatives", None)
+    recal = getattr(a, "recalibrate", None)
+    if feedback == "implicit" and str(likelihood).startswith("bernoulli") and not negatives:
+        raise DataError(f"--likelihood {likelihood} on implicit data sees only positives: "
+                        "add --negatives RULE (e.g. --negatives uniform:4)")
+    if recal and not negatives:
+        raise DataError("--recalibrate maps P(relevant) of a model fitted with sampled "
+                        "negatives: add --feedback implicit --likelihood bernoulli-logit "
+                        "--negatives RULE")
+    if recal and str(likelihood) != "bernoulli-logit":
+        raise DataError(f"--recalibrate maps the logit of --likelihood bernoulli-logit, "
+                        f"not {likelihood}")
+    if negatives:
+        model.fit(train, negatives=negatives)
+    else:
+        model.fit(train)
+    if recal:
+        model.recalibrate(train, method=recal, fraction=a.recalibrate_fraction)
     if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
         model.posterior_.attrs["factor_prior"] = own_prior
     model.save(a.out, mode=a.save_mode, draws=a.save_draws)
@@ -755,6 +773,11 @@ def cmd_fit(a) -> int:
           f"({train.n_users:,} users x {train.n_items:,} items) in {model.fit_seconds_:.2f} s; "
           f"{post.n_chains} chain(s) x {post.n_draws} draw(s); saved {a.out} "
           f"({stored}, {Path(a.out).stat().st_size / 1e6:.1f} MB)")
+    if recal:
+        r = model.recalibration_
+        print(f"recalibrated P(relevant): {r.method} map of the logit (a={r.a:.4g}, "
+              f"b={r.b:.4g}, c={r.c:.4g}) fitted on {r.info['n']:,} carve pairs; their "
+              f"log-loss {r.info['log_loss_before']:.4f} -> {r.info['log_loss_after']:.4f}")
     return 0
 
 
@@ -1248,6 +1271,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--positive-threshold", type=float, metavar="T",
                      help="--feedback implicit with a rating dataset (movielens:...): the "
                           "pairs rated >= T are the positives (default: every rated pair)")
+    fit.add_argument("--negatives", metavar="RULE",
+                     help="--feedback implicit with --likelihood bernoulli-logit or "
+                          "bernoulli-probit: the negative-sampling rule, e.g. uniform:4 (4 "
+                          "uniform negatives per positive), popularity^0.75:2, "
+                          "uniform:50/user (grammar: bayesmf.data.negatives); drawn once "
+                          "with --seed and saved with the model")
+    fit.add_argument("--recalibrate", choices=["beta", "platt", "shift"], default=None,
+                     help="with --negatives and --likelihood bernoulli-logit: fit a "
+                          "monotone map of P(relevant) on a carve of the training positives "
+                          "+ fresh negatives (one more fit on the rest) and keep it in the "
+                          "model, so that predict/recommend/evaluate use the recalibrated "
+                          "probability (BayesMF.recalibrate)")
+    fit.add_argument("--recalibrate-fraction", type=float, default=0.1, metavar="F",
+                     help="the share of each user's positives carved out by --recalibrate "
+                          "(default 0.1)")
     fit.add_argument("--prior", default=None, choices=sorted(FACTOR_PRIORS) + [_HPF_PRIOR],
                      help="factor prior of the Bayesian methods: normal-wishart (BPMF, the "
                           "default) or normal-gamma (per-dimension, libFM/myFM style) for "
@@ -1375,7 +1413,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(--seed); prob: P(rating >= --threshold)")
     rc.add_argument("--seed", type=nonneg("seed"), help="seed of thompson (default: 0)")
     rc.add_argument("--threshold", type=float,
-                    help="relevance threshold of 'prob' (default: 4.0)")
+                    help="relevance threshold of 'prob' (default: the likelihood's: 4.0 "
+                         "for star ratings, 1 for 0/1 data and counts -- P(y = 1), P(y >= "
+                         "1) -- and 0.5 for the implicit preference)")
     rc.add_argument("--quantile", type=_open_fraction("quantile"),
                     help="quantile of ucb / lcb (default: 0.9 / 0.1)")
     rc.add_argument("--quantile-method", default="approx",

@@ -442,6 +442,21 @@ class Posterior:
             if A is not None:
                 v[:, ci] += np.einsum("skl,snlk->sn", Cv, A)
 
+    def with_likelihood(self, likelihood, **attrs) -> "Posterior":
+        """The same draws under another configuration of the **same** likelihood family
+        (same name and parameters ``theta``), e.g. a Bernoulli-logit with a recalibrated
+        predictive link (:meth:`bayesmf.evaluate.Recalibration.attach`); ``attrs`` are
+        merged into a copy of :attr:`attrs`. The draws are shared, not copied."""
+        from bayesmf.model.likelihoods import get_likelihood
+
+        lik, old = get_likelihood(likelihood), self.likelihood
+        if lik.name != old.name or tuple(lik.theta_names) != tuple(old.theta_names):
+            raise SpecError(f"with_likelihood keeps the family: this posterior's likelihood "
+                            f"is {old.name!r}, got {lik.name!r}")
+        return Posterior(self.draws, self.spec.replace(likelihood=lik), self.users,
+                         self.items, self.train, self.method, self.sample_stats,
+                         self.native, {**self.attrs, **attrs}, self.features)
+
     def with_features(self, user_features=None, item_features=None) -> "Posterior":
         r"""A posterior with **cold-start ids** added: every id of ``user_features`` /
         ``item_features`` (a :class:`~bayesmf.data.features.Features` or a DataFrame with

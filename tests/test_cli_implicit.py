@@ -81,6 +81,15 @@ def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
     (["--feedback", "implicit", "--duplicates", "mean"], "repeated (user, item) rows"),
     (["--feedback", "implicit", "--likelihood", "gaussian", "--confidence", "log:1"],
      "does not apply to --likelihood gaussian"),
+    (["--negatives", "uniform:4"], "--negatives applies to --feedback implicit"),
+    (["--feedback", "implicit", "--likelihood", "bernoulli-logit"],
+     "add --negatives RULE"),
+    (["--feedback", "implicit", "--recalibrate", "beta"], "add --feedback implicit "
+     "--likelihood bernoulli-logit --negatives RULE"),
+    (["--feedback", "implicit", "--likelihood", "bernoulli-logit", "--negatives",
+      "sideways:4"], "negative"),
+    (["--feedback", "implicit", "--likelihood", "bernoulli-probit", "--negatives",
+      "uniform:2", "--recalibrate", "platt"], "--recalibrate maps the logit"),
 ])
 def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, msg):
     code = main(["fit", str(events / "events.csv"), "--out", str(tmp_path / "m.nc"), *args])
@@ -94,3 +103,38 @@ def test_negative_counts_are_refused(capsys, tmp_path):
                  "--out", str(tmp_path / "m.nc")])
     err = capsys.readouterr().err
     assert code == 2 and "count" in err and err.count("\n") == 1
+
+
+def test_sampled_negatives_and_recalibrated_relevance(events, capsys):
+    """--negatives fits a Bernoulli-logit model to the event log; --recalibrate keeps a
+    map of P(relevant) in the model file, and predict / recommend --strategy prob use it
+    (prob ranks by P(y = 1), the likelihood's relevance threshold)."""
+    from bayesmf import load
+
+    d = events
+    assert main(["fit", str(d / "events.csv"), "--feedback", "implicit", "--likelihood",
+                 "bernoulli-logit", "--negatives", "uniform:2", "--recalibrate", "platt",
+                 "--method", "gibbs", "--rank", "2", "--samples", "20", "--warmup", "20",
+                 "--out", str(d / "b.nc"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "recalibrated P(relevant): platt map" in out
+    model = load(d / "b.nc")
+    post = model.posterior
+    assert post.likelihood.recalibration[0] == "platt"
+    assert post.attrs["negatives"]["rule"] == "uniform:2"
+    assert post.attrs["recalibration"]["info"]["negatives"] == "uniform:2"
+    assert main(["recommend", str(d / "b.nc"), "--users", "u0,u1", "--n", "4", "--strategy",
+                 "prob", "--out", str(d / "rb.csv")]) == 0
+    rec = pd.read_csv(d / "rb.csv")
+    assert len(rec) == 8 and rec["score"].between(0, 1).all() and rec["score"].max() > 0.05
+    np.testing.assert_allclose(rec["score"], rec["mean"], rtol=1e-5)
+    rec[["user", "item"]].to_csv(d / "pb.csv", index=False)
+    assert main(["predict", str(d / "b.nc"), str(d / "pb.csv"), "--out",
+                 str(d / "qb.csv")]) == 0
+    pred = pd.read_csv(d / "qb.csv")["mean"].to_numpy()
+    raw = post.with_likelihood("bernoulli-logit")
+    from bayesmf.evaluate import Recalibration
+
+    m = Recalibration.from_dict(post.attrs["recalibration"])
+    np.testing.assert_allclose(pred, m.predict(raw, rec[["user", "item"]]), rtol=1e-5,
+                               atol=1e-6)

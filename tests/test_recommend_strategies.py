@@ -114,5 +114,7 @@ def test_strategy_validation():
     with pytest.raises(SpecError):
         make_strategy("utility")
     with pytest.raises(SpecError):
-        make_strategy("prob", threshold=None)
+        make_strategy("prob", threshold=float("nan"))
+    # None: the likelihood's relevance threshold, resolved when a posterior scores it
+    assert make_strategy("prob", threshold=None).threshold is None
     assert make_strategy("UCB").name == "upper" and make_strategy("lcb").quantile == 0.1

@@ -101,6 +101,10 @@ import pandas as pd
 from bayesmf._records import dataclass_from_record
 from bayesmf.data.ratings import raw_pairs
 from bayesmf.errors import DataError, SpecError
+from bayesmf.predictive.links import LINK_MAPS, check_link_map, map_logit
+from bayesmf.predictive.links import beta_features as _beta_features
+from bayesmf.predictive.links import log_sigmoid as _log_sigmoid
+from bayesmf.predictive.links import sigmoid as _sigmoid
 
 __all__ = ["Recalibration", "fit_recalibration", "recalibration_carve", "CarveSplit",
            "heldout_negatives", "fit_platt"]
@@ -150,14 +154,6 @@ def _logit(p) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
-
-
-def _log_sigmoid(x):
-    return -np.logaddexp(0.0, -x)
-
-
 # ---------------------------------------------------------------------- logistic fits
 def _newton(y, X, offset=None, max_iter: int = 100, tol: float = 1e-12) -> np.ndarray:
     """Maximum-likelihood logistic regression ``y ~ sigma(X w + offset)`` (convex; Newton
@@ -204,11 +200,6 @@ def fit_platt(y, z, *, fix_slope: bool = False) -> tuple[float, float]:
         return 1.0, float(_newton(y, one, z)[0])
     a, b = _newton(y, np.column_stack([z, one]))
     return float(a), float(b)
-
-
-def _beta_features(z):
-    """``(log sigma(z), -log(1 - sigma(z)))``: beta calibration's features of a logit."""
-    return _log_sigmoid(z), -_log_sigmoid(-z)
 
 
 def _fit_beta_scores(y, z) -> tuple[float, float, float]:
@@ -303,20 +294,12 @@ class Recalibration:
             raise SpecError(f"on= must be one of {list(_ONS)}, got {self.on!r}")
         if self.method == "isotonic" and self.on != "mean":
             raise SpecError("the isotonic map is fitted on predictive means: use on='mean'")
-        for n in ("a", "b", "c"):
-            v = getattr(self, n)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(
-                    v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
-                raise SpecError(f"{n} must be a finite number, got {v!r}")
-            object.__setattr__(self, n, float(v))
-        if self.method in ("platt", "shift") and self.a <= 0:
-            raise SpecError(f"a Platt map needs a slope a > 0 (monotone increasing), got "
-                            f"{self.a}")
-        if self.method == "beta" and (self.a < 0 or self.c < 0 or self.a + self.c <= 0):
-            raise SpecError(f"a beta map needs a, c >= 0 and a + c > 0 (monotone "
-                            f"increasing), got a={self.a}, c={self.c}")
-        if self.method == "shift" and self.a != 1.0:
-            raise SpecError("the shift map has a = 1")
+        if self.method in LINK_MAPS:
+            _, a, b, c = check_link_map(self.method, self.a, self.b, self.c)
+        else:  # isotonic: a, b, c unused but recorded
+            a, b, c = check_link_map("beta", self.a, self.b, self.c)[1:]
+        for n, v in (("a", a), ("b", b), ("c", c)):
+            object.__setattr__(self, n, v)
         x = tuple(float(v) for v in self.x)
         y = tuple(float(v) for v in self.y)
         if self.method == "isotonic":
@@ -331,10 +314,7 @@ class Recalibration:
     # ------------------------------------------------------------------ applying
     def _t(self, z):
         """The linear predictor of the map at logits ``z``."""
-        if self.method == "beta":
-            l1, l0m = _beta_features(z)
-            return self.a * l1 + self.c * l0m + self.b
-        return self.a * z + self.b
+        return map_logit(z, self.method, self.a, self.b, self.c)
 
     def apply(self, p) -> np.ndarray:
         r"""Recalibrate predictive means ``p`` (an ``on="mean"`` map):
@@ -384,6 +364,29 @@ class Recalibration:
                 m, v = post.pair_moments(u[sl], i[sl], ku[sl], ki[sl])
                 out[..., sl] = self.apply_eta(m, _nonzero(v), draws=draws)
         return out
+
+    def attach(self, model):
+        """The posterior of ``model`` (a fitted ``BayesMF`` or a Bernoulli-logit
+        ``Posterior``) with this map inside its predictive: a new
+        :class:`~bayesmf.posterior.Posterior` whose likelihood is
+        ``BernoulliLogit(recalibration=(method, a, b, c))``, so ``predict``'s ``mean``,
+        every recommendation strategy, the metrics and the saved model file all use the
+        recalibrated P(y=1) -- equal to :meth:`predict` of the raw model. The map acts on
+        the raw logit (a map attached to an already recalibrated posterior replaces its
+        map). The record is kept in ``attrs["recalibration"]``. Needs a parametric map on
+        the draws (``platt``, ``shift`` or ``beta`` with ``on="draws"``): an ``on="mean"``
+        map has no per-draw form (SpecError)."""
+        from bayesmf.model.likelihoods.bernoulli import BernoulliLogit
+
+        post = _posterior(model)
+        _check_logit(post, "draws")
+        if self.on != "draws" or self.method not in LINK_MAPS:
+            raise SpecError(f"only a map of the draws (on='draws', method in "
+                            f"{list(LINK_MAPS)}) can be attached to a posterior, got "
+                            f"method={self.method!r}, on={self.on!r}; apply an on='mean' "
+                            "map with .apply(p) or .predict(model, pairs)")
+        lik = BernoulliLogit(recalibration=(self.method, self.a, self.b, self.c))
+        return post.with_likelihood(lik, recalibration=self.to_dict())
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:

@@ -159,7 +159,7 @@ def _candidate_positions(post, candidates, exclude):
 
 def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True,
                       candidates=None, exclude=None, seed=None, quantile=None,
-                      threshold=4.0, utility=None, chunk_size=None, approx=None,
+                      threshold=None, utility=None, chunk_size=None, approx=None,
                       approx_rank=None, noise=True, quantile_method="approx",
                       unknown="fallback", uncertainty=True, n_jobs=None, **strategy_kw):
     """Like :func:`recommend` but returns ``(source, TopN)`` with item *indices*
@@ -272,7 +272,7 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
 
 
 def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True,
-              candidates=None, exclude=None, seed=None, quantile=None, threshold=4.0,
+              candidates=None, exclude=None, seed=None, quantile=None, threshold=None,
               utility=None, chunk_size=None, approx=None, approx_rank=None, noise=True,
               quantile_method="approx", unknown="fallback", uncertainty=True,
               n_jobs=None, clip=True, **strategy_kw) -> pd.DataFrame:
@@ -299,7 +299,8 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
     seed : int, optional
         Thompson sampling / Monte-Carlo utility seed (same seed, same output).
     quantile, threshold, utility, noise
-        Strategy options (``threshold`` default 4.0 for ``"prob"``).
+        Strategy options (``threshold`` of ``"prob"``: default the likelihood's
+        ``relevance_threshold`` -- 4.0 on a star scale, 1 for Bernoulli and Poisson).
     quantile_method : {"bounded", "exact", "approx", "gaussian"}
         How ``upper``/``lower``/``prob`` find the top ``n`` (Gaussian likelihood):
         ``"bounded"`` (default) returns exactly the lists of ``"exact"`` (every pair's

@@ -7,6 +7,7 @@ path, the low-rank and mean-factor approximations and their error are documented
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 
@@ -51,6 +52,10 @@ class Scorer:
         if approx not in (None, "exact", "lowrank", "mean-factors"):
             raise SpecError(f"approx must be None, 'lowrank' or 'mean-factors', got {approx!r}")
         self.post = posterior
+        if strategy.name == "prob" and strategy.threshold is None:
+            # the family's own notion of "relevant" (Bernoulli/Poisson: y >= 1)
+            strategy = replace(strategy,
+                               threshold=float(posterior.likelihood.relevance_threshold))
         self.st = strategy
         self.approx = None if approx == "exact" else approx
         self.approx_rank = approx_rank

@@ -25,7 +25,10 @@ strategy                  score
 ``"thompson"``            :math:`m_{s(u)}`: one posterior draw per user, ``s(u)`` a hash of
                           ``(seed, raw user id)``, so a call is reproducible and does not
                           depend on batching
-``"prob"``                :math:`P(r\ge t) = \frac1S\sum_s\Phi((m_s-t)/\sigma_s)`
+``"prob"``                :math:`P(r\ge t) = \frac1S\sum_s\Phi((m_s-t)/\sigma_s)` (Gaussian;
+                          the mixture's own for other families); ``t`` defaults to the
+                          likelihood's ``relevance_threshold`` (4 on a star scale, 1 for
+                          Bernoulli -- P(y = 1) -- and Poisson -- P(y >= 1))
 ``"utility"``             :math:`\mathbb E[u(r)] = \frac1S\sum_s \frac1{\sqrt\pi}\sum_j w_j\,
                           u(m_s+\sqrt2\,\sigma_s x_j)` (Gauss-Hermite nodes ``x_j``, weights
                           ``w_j`` per mixture component; or Monte Carlo from predictive draws)
@@ -110,7 +113,8 @@ class Strategy:
         if self.name in ("upper", "lower"):
             return f"{self.name} q={self.quantile} ({self.quantile_method})"
         if self.name == "prob":
-            return f"P(r >= {self.threshold})"
+            t = "the likelihood's threshold" if self.threshold is None else self.threshold
+            return f"P(r >= {t})"
         return self.name
 
 
@@ -118,7 +122,7 @@ QUANTILE_METHODS = ("bounded", "exact", "approx", "gaussian")
 _QM_ALIASES = {"mixture": "exact", "moment": "gaussian", "screened": "approx"}
 
 
-def make_strategy(strategy="mean", *, quantile=None, threshold=4.0, utility=None,
+def make_strategy(strategy="mean", *, quantile=None, threshold=None, utility=None,
                   seed=None, noise=True, quantile_method="approx",
                   utility_method="gauss-hermite", n_nodes=20, n_draws=200,
                   screen_size=None) -> Strategy:
@@ -158,9 +162,15 @@ def make_strategy(strategy="mean", *, quantile=None, threshold=4.0, utility=None
             raise SpecError(f"screen_size must be a positive integer, got {screen_size!r}")
         screen_size = int(screen_size)
     if name == "prob":
-        if threshold is None or not np.isfinite(float(threshold)):
-            raise SpecError("strategy 'prob' needs a finite threshold")
-        threshold = float(threshold)
+        # None: the likelihood's relevance threshold, resolved by the Scorer
+        # (Likelihood.relevance_threshold: 4 on a star scale, 1 for 0/1 data and counts)
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(
+                    threshold, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(float(threshold)):
+                raise SpecError(f"strategy 'prob' needs a finite threshold, got "
+                                f"{threshold!r}")
+            threshold = float(threshold)
     else:
         threshold = None
     if name == "utility":
@@ -258,6 +268,9 @@ def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
         idx = np.asarray(draw_index).reshape((1,) + (-1,) + (1,) * (m.ndim - 2))
         return np.take_along_axis(m, idx, axis=0)[0]
     if st.name == "prob":
+        if st.threshold is None:
+            raise SpecError("scoring a mixture with 'prob' needs threshold= (recommend "
+                            "and the Scorer use the likelihood's relevance_threshold)")
         return mixture.prob_at_least(st.threshold)
     if st.name == "utility":
         if st.utility_method == "gauss-hermite":

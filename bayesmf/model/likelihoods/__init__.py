@@ -63,6 +63,8 @@ def likelihood_from_dict(d: dict) -> Likelihood:
         raise SpecError(f"unknown likelihood {name!r} in the model description")
     if "levels" in d and d["levels"] is not None:
         d["levels"] = tuple(d["levels"])
+    if isinstance(d.get("recalibration"), list):
+        d["recalibration"] = tuple(d["recalibration"])
     try:
         return LIKELIHOODS[name](**d)
     except TypeError as e:

@@ -80,6 +80,9 @@ class Likelihood:
     sse_sufficient = False
     #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
     default_biases = True
+    #: the default ``t`` of the ``prob`` strategy, :math:`P(y \ge t)` ("relevant"): 4 on a
+    #: star scale (ratings 4 and 5 of MovieLens)
+    relevance_threshold = 4.0
     #: the estimator's default ``(noise, noise_precision)`` (``noise="auto"``)
     default_noise = ("learned", 1.0)
     #: method name -> ``"module:function"`` of a family-specific fit function that the

@@ -42,8 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayesmf.errors import DataError
+from bayesmf.errors import DataError, SpecError
 from bayesmf.model.likelihoods.base import Likelihood
+from bayesmf.predictive.links import check_link_map, map_logit, sigmoid
 
 __all__ = ["BernoulliProbit", "BernoulliLogit"]
 
@@ -70,6 +71,8 @@ class _Bernoulli(Likelihood):
     mean_is_linear = False
     augmented = True
     latent_scale_fixed = True
+    #: ``prob`` ranks by :math:`P(y \ge 1) = P(y = 1)`, the predictive mean
+    relevance_threshold = 1.0
 
     def check_values(self, y, training=False):
         _check_binary(y, self.name, training)
@@ -167,9 +170,61 @@ class BernoulliProbit(_Bernoulli):
 
 @dataclass(frozen=True)
 class BernoulliLogit(_Bernoulli):
-    """Bernoulli with the logit link :math:`P(y=1) = \\sigma(\\eta)` (Pólya-Gamma Gibbs)."""
+    r"""Bernoulli with the logit link :math:`P(y=1) = \sigma(\eta)` (Pólya-Gamma Gibbs).
+
+    Parameters
+    ----------
+    recalibration : tuple, optional
+        ``()`` (default): the predictive is the model's, :math:`p_s = \sigma(\tilde\eta_s)`.
+        ``(method, a, b, c)``: a monotone map of the logit fitted on held-out data
+        (:mod:`bayesmf.predictive.links`; :meth:`bayesmf.BayesMF.recalibrate`,
+        :meth:`bayesmf.evaluate.Recalibration.attach`) applied inside the posterior
+        average, :math:`p_s = \sigma(t(\tilde\eta_s))`, so every consumer of the
+        predictive (``predict``, the ``mean``/``prob``/``upper``/``thompson`` strategies,
+        the metrics) sees the recalibrated P(y=1); per-draw rankings are unchanged. It
+        changes prediction only: the likelihood of the data (``log_prob``, the
+        augmentation, the log-likelihood draws) stays the logit's, and a recalibrated
+        likelihood cannot be fitted (fit with ``"bernoulli-logit"``, then recalibrate).
+    """
 
     name = "bernoulli-logit"
+    recalibration: tuple = ()
+
+    def __post_init__(self):
+        r = self.recalibration
+        if r is None or (isinstance(r, (tuple, list)) and len(r) == 0):
+            object.__setattr__(self, "recalibration", ())
+            return
+        if not isinstance(r, (tuple, list)) or len(r) != 4:
+            raise SpecError(f"recalibration must be () or (method, a, b, c), got {r!r}")
+        object.__setattr__(self, "recalibration", check_link_map(*r))
+
+    def fit_data(self, y):
+        if self.recalibration:
+            raise SpecError("a recalibrated bernoulli-logit likelihood is for prediction "
+                            "only: fit with likelihood='bernoulli-logit', then recalibrate "
+                            "(BayesMF.recalibrate)")
+        return super().fit_data(y)
+
+    def to_dict(self):
+        d = super().to_dict()
+        if not self.recalibration:  # files of models without a map are unchanged
+            d.pop("recalibration")
+        return d
+
+    def describe(self):
+        r = self.recalibration
+        return self.name if not r else (f"{self.name} (recalibrated: {r[0]} a={r[1]:.4g} "
+                                         f"b={r[2]:.4g} c={r[3]:.4g})")
+
+    def predictive(self, m, v, theta):
+        from bayesmf.predictive import BernoulliMixture
+
+        m = np.asarray(m, np.float64)
+        if not self.recalibration:
+            return BernoulliMixture(self._p_np(m, np.asarray(v, np.float64)))
+        z = m / np.sqrt(1.0 + np.pi * np.asarray(v, np.float64) / 8.0)
+        return BernoulliMixture(sigmoid(map_logit(z, *self.recalibration)))
 
     def eta_offset(self, y):
         p = float(np.clip(np.mean(y), 1e-3, 1 - 1e-3)) if len(y) else 0.5

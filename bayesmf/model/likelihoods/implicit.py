@@ -99,6 +99,8 @@ class ImplicitGaussian(Gaussian):
     full_matrix = True
     #: bias terms are off unless asked for (the implicit-ALS model)
     default_biases = False
+    #: ``prob`` ranks by :math:`P(p_{ui} \ge 1/2)`: the preference is coded 0/1
+    relevance_threshold = 0.5
     #: the estimator's default noise: fixed at tau = 16. The effective ridge strength of
     #: implicit ALS is Lambda / tau; tau learned from all N x M pairs is pinned by the
     #: unobserved ones and regularises too little for ranking (Last.fm validation NDCG@20

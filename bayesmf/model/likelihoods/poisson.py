@@ -74,7 +74,7 @@ multiplicative update for the bias columns); a global mean is refused.
 **Predictive.** For a new pair the predictive is the Poisson mixture
 :math:`\frac1S\sum_s\mathrm{Poisson}(\lambda_s)`, :math:`\lambda_s = \theta_{u,s}^\top
 \beta_{i,s}` (:class:`~bayesmf.predictive.PoissonMixture`): ``mean`` ranks by the
-posterior-mean rate, ``prob`` with threshold 1 gives the relevance probability
+posterior-mean rate, ``prob`` (default threshold 1) gives the relevance probability
 :math:`P(y\ge1) = 1 - \frac1S\sum_s e^{-\lambda_s}`, UCB/LCB use its integer quantiles.
 An unknown id (population fallback) uses the population-mean rate per draw; the fallback
 variance of :math:`\eta` is not added (the mixture stays Poisson). Point predictions are
@@ -156,6 +156,8 @@ class Poisson(Likelihood):
     full_matrix = True
     #: no global mean or biases by default: the rate is theta_u . beta_i (non-negative
     #: user/item biases are optional)
+    #: ``prob`` ranks by :math:`P(y \ge 1) = 1 - \frac1S\sum_s e^{-\lambda_s}` (relevance)
+    relevance_threshold = 1.0
     default_biases = False
     #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
     fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
