@@ -47,7 +47,9 @@ def _start(kernel, args):
 
 @pytest.mark.parametrize("centered", [False, True])
 @pytest.mark.parametrize("factor_prior", ["wishart", "diag"])
-@pytest.mark.parametrize("rank", [1, 3])
+# rank 1 (the k = 1 edge of the Wishart) runs in ``make test-all``: rank 3 covers every
+# (centered, prior) pair in ``make test`` (each pair compiles its own model, ~5-10 s)
+@pytest.mark.parametrize("rank", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_map_init_values_reproduce_the_map_point(train, centered, factor_prior, rank):
     from numpyro.infer import NUTS
 
@@ -137,7 +139,11 @@ def test_precision_mvn_matches_numpyro_mvn():
     np.testing.assert_allclose(d.covariance_matrix, np.linalg.inv(lam), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("likelihood", ["ordinal", "bernoulli-logit"])
+# ordinal (22 s of compiling here) runs in ``make test-all``; ``make test`` keeps the
+# Bernoulli case, and the NUTS ordinal model with its MAP start through the conformance
+# pair ``nuts-ordinal``
+@pytest.mark.parametrize("likelihood", [pytest.param("ordinal", marks=pytest.mark.slow),
+                                        "bernoulli-logit"])
 def test_map_init_for_other_likelihoods(likelihood):
     """The GLM MAP (L-BFGS) maps too: the ordinal cut-points go to ``cut_u``."""
     from numpyro.infer import NUTS
