@@ -468,28 +468,17 @@ def test_a_global_mean_is_refused_and_the_bias_prior_round_trips(planted_biases)
         Poisson(bias_rate=-1.0)
 
 
-def test_biased_gibbs_interrupted_run_resumes_bit_identical(planted_biases, tmp_path,
-                                                            monkeypatch):
+def test_biased_gibbs_interrupted_run_resumes_bit_identical(planted_biases, tmp_path):
     """The HPF chain state with the biases (six arrays) goes through checkpoint/resume: a
     run killed after its second checkpoint resumes to the draws of an uninterrupted run."""
-    from bayesmf.infer import checkpoint as ck
+    from bayesmf.testing.interrupt import killed_after_checkpoint
 
     train = planted_biases[0]
     opts = dict(num_samples=6, num_warmup=6, num_chains=2, seed=3)
     ref = get_method("gibbs")(train, BIASED, **opts)
     path = tmp_path / "hpf.npz"
-    real, calls = ck.save_checkpoint, []
-
-    def crash_after_two(*a, **kw):
-        real(*a, **kw)
-        calls.append(kw["iteration"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(ck, "save_checkpoint", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
         get_method("gibbs")(train, BIASED, checkpoint=path, checkpoint_every=4, **opts)
-    monkeypatch.setattr(ck, "save_checkpoint", real)
     post = get_method("gibbs")(train, BIASED, checkpoint=path, checkpoint_every=4,
                                resume=True, **opts)
     assert post.attrs["checkpoint"]["resumed_at"] == 8

@@ -16,6 +16,7 @@ import bayesmf
 from bayesmf.data import Ratings
 from bayesmf.errors import ModelFileError, SpecError
 from bayesmf.infer import checkpoint as ck
+from bayesmf.testing.interrupt import killed_after_checkpoint
 from bayesmf.infer.gibbs import fit_gibbs
 from bayesmf.model.spec import ModelSpec
 
@@ -54,22 +55,11 @@ def test_checkpointing_does_not_change_the_draws(problem, tmp_path):
     assert post.attrs["checkpoint"]["resumed_at"] is None
 
 
-def test_interrupted_run_resumes_bit_identical(problem, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_bit_identical(problem, tmp_path):
     train, spec, ref = problem
     path = tmp_path / "c.npz"
-    real = ck.save_checkpoint
-    calls = []
-
-    def crash_after_three(*a, **kw):
-        real(*a, **kw)
-        calls.append(kw["iteration"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(ck, "save_checkpoint", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(3) as calls, pytest.raises(KeyboardInterrupt):
         fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, **SETTINGS)
-    monkeypatch.setattr(ck, "save_checkpoint", real)
     assert calls == [5, 10, 15]
     post = fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, resume=True,
                      **SETTINGS)
@@ -78,22 +68,14 @@ def test_interrupted_run_resumes_bit_identical(problem, tmp_path, monkeypatch):
     assert post.draws["mu"].shape == ref.draws["mu"].shape == (2, 12)
 
 
-def test_streamed_predictions_survive_a_resume(problem, tmp_path, monkeypatch):
+def test_streamed_predictions_survive_a_resume(problem, tmp_path):
     train, spec, _ = problem
     pairs = (np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0]))
     ref = fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False, **SETTINGS)
     path = tmp_path / "s.npz"
-    real = ck.save_checkpoint
-
-    def crash(*a, **kw):
-        real(*a, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ck, "save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(1), pytest.raises(KeyboardInterrupt):
         fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False,
                   checkpoint=path, checkpoint_every=7, **SETTINGS)
-    monkeypatch.setattr(ck, "save_checkpoint", real)
     post = fit_gibbs(train, spec, seed=1, predict_pairs=pairs, store_draws=False,
                      checkpoint=path, checkpoint_every=7, resume=True, **SETTINGS)
     assert post.attrs["streamed_predictions"] == ref.attrs["streamed_predictions"]
@@ -186,7 +168,7 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_model(tmp_path):
 NUTS_SETTINGS = dict(num_warmup=20, num_samples=20, num_chains=2, max_tree_depth=4)
 
 
-def test_nuts_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
+def test_nuts_interrupted_run_resumes_bit_identical(tmp_path):
     """fit_nuts runs the NumPyro NUTS kernel through the one chain driver: a run
     interrupted after the warm-up resumes to the draws of the uninterrupted run, and
     checkpointing does not change the draws."""
@@ -203,17 +185,8 @@ def test_nuts_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
     assert ref.sample_stats["diverging"].shape == (2, 20)
     assert float(np.std(ref.draws["mu"])) > 0
     path = tmp_path / "run.ckpt"
-    real = ck.save_checkpoint
-
-    def crash_at_30(*a, **kw):
-        real(*a, **kw)
-        if kw["iteration"] == 30:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(ck, "save_checkpoint", crash_at_30)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(iteration=30), pytest.raises(KeyboardInterrupt):
         fit_nuts(train, spec, seed=2, checkpoint=path, checkpoint_every=10, **NUTS_SETTINGS)
-    monkeypatch.setattr(ck, "save_checkpoint", real)
     post = fit_nuts(train, spec, seed=2, checkpoint=path, checkpoint_every=10, resume=True,
                     **NUTS_SETTINGS)
     assert post.attrs["checkpoint"]["resumed_at"] == 30

@@ -9,12 +9,14 @@
   batched runner with features;
 * :mod:`bayesmf.testing.conformance` -- planted data per likelihood, the smallest method
   settings that exercise every code path, and :class:`ConformanceTests`, a pytest mixin
-  that checks any (method, likelihood) fit against the contract every Posterior keeps.
+  that checks any (method, likelihood) fit against the contract every Posterior keeps;
+* :mod:`bayesmf.testing.interrupt` -- a simulated kill of a checkpointed run, for resume
+  tests.
 
 Imported lazily; ``bayesmf.testing.conformance`` needs pytest only when its mixin runs.
 """
 
-__all__ = ["sbc", "sbc_macau", "conformance"]
+__all__ = ["sbc", "sbc_macau", "conformance", "interrupt"]
 
 
 def __getattr__(name):
