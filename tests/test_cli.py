@@ -129,7 +129,10 @@ def test_fit_gibbs_parallel_chains_uses_one_device_per_chain(small_csv):
     assert post.n_chains == 2
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli-logit", "ordinal"])
+# bernoulli-logit in make test-all: the CLI's Bernoulli fit / predict / recommend stay in
+# make test through tests/test_cli_implicit.py (sampled negatives, recalibration)
+@pytest.mark.parametrize("likelihood", [pytest.param("bernoulli-logit",
+                                                     marks=pytest.mark.slow), "ordinal"])
 def test_cli_likelihoods_end_to_end(small_csv, tmp_path, likelihood):
     """``--likelihood`` through fit, predict (mean = P(y=1) or the expected rating) and
     evaluate --json (nlpd = log-loss of the test values); stars given to a Bernoulli

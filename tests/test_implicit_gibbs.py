@@ -59,7 +59,9 @@ def _problem(seed=0, N=12, M=9, density=0.3):
     return P, u, i, counts
 
 
-@pytest.mark.parametrize("biases", [False, True])
+# with biases in make test-all: the default implicit model has none (ImplicitGaussian
+# default_biases = False), and the bias rows are the explicit sweep's, tested there
+@pytest.mark.parametrize("biases", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_sweep_equals_the_explicit_full_matrix_sweep(biases):
     P, u, i, counts = _problem()
     N, M = P.shape

@@ -184,6 +184,10 @@ def test_executors_give_the_same_posterior(planted, prop_serial):
     assert other.attrs["settings"]["executor"] == "ThreadPoolExecutor"
 
 
+# make test-all: a process pool costs ~20 s of interpreter and JAX start-up; the executor
+# seam stays in make test through the thread pool (above) and the Spark task executor
+# (tests/test_spark.py), which pickles the same tasks
+@pytest.mark.slow
 def test_processes_executor_matches_serial(planted, prop_serial):
     tr, _, _ = planted
     other = fit_propagated(tr, ModelSpec(rank=3), num_samples=80, num_warmup=80, seed=0,

@@ -206,7 +206,7 @@ def test_split_first_column_gram_matches_the_dense_reference(d, weighted):
 
 
 # ----------------------------------------------------------------------------- row parts
-@pytest.mark.parametrize("parts", [2, 3, 7])
+@pytest.mark.parametrize("parts", [2, pytest.param(3, marks=pytest.mark.slow), 7])
 def test_row_parts_give_the_unpartitioned_precisions_and_draws(parts):
     """Cutting the rows into contiguous parts changes only the grouping: the precisions,
     the conditional means (JAX and numpy) and the draws (same noise, sliced per part)

@@ -168,6 +168,9 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_model(tmp_path):
 NUTS_SETTINGS = dict(num_warmup=20, num_samples=20, num_chains=2, max_tree_depth=4)
 
 
+# make test-all (~25 s): the shared driver's checkpoint / resume stays in make test through
+# the Gibbs and HPF resume tests, NUTS through the driver in the conformance suites
+@pytest.mark.slow
 def test_nuts_interrupted_run_resumes_bit_identical(tmp_path):
     """fit_nuts runs the NumPyro NUTS kernel through the one chain driver: a run
     interrupted after the warm-up resumes to the draws of the uninterrupted run, and

@@ -89,6 +89,9 @@ def test_minibatch_likelihood_is_unbiased_and_prior_untouched(planted):
     assert B < nnz and np.std(est[:, 1]) > 1e-3 * abs(full_lik)
 
 
+# make test-all (800 SVI steps, ~20 s): make test keeps the minibatch path through the
+# unbiasedness test above
+@pytest.mark.slow
 def test_minibatch_fit_recovers_planted_structure(planted):
     """A quarter of the ratings per step: held-out RMSE against the noise-free truth close
     to what the full-batch fit of the same settings reaches (0.199 measured, 600 steps)."""
