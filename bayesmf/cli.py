@@ -1206,6 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bayesmf.infer import METHODS
     from bayesmf.model.likelihoods import LIKELIHOODS
     from bayesmf.model.priors import FACTOR_PRIORS
+    from bayesmf.predictive.links import LINK_MAPS
 
     ap = _Parser(prog="bayesmf", description=_DESCRIPTION, epilog=_EPILOG,
                  formatter_class=_HelpFormatter)
@@ -1277,7 +1278,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "uniform negatives per positive), popularity^0.75:2, "
                           "uniform:50/user (grammar: bayesmf.data.negatives); drawn once "
                           "with --seed and saved with the model")
-    fit.add_argument("--recalibrate", choices=["beta", "platt", "shift"], default=None,
+    fit.add_argument("--recalibrate", choices=list(LINK_MAPS), default=None,
                      help="with --negatives and --likelihood bernoulli-logit: fit a "
                           "monotone map of P(relevant) on a carve of the training positives "
                           "+ fresh negatives (one more fit on the rest) and keep it in the "

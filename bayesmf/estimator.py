@@ -377,6 +377,7 @@ class BayesMF:
         """
         from bayesmf.data.interactions import Interactions
         from bayesmf.evaluate.recalibration import fit_recalibration, recalibration_carve
+        from bayesmf.predictive.links import LINK_MAPS
 
         post = self.posterior
         neg = post.attrs.get("negatives")
@@ -392,9 +393,9 @@ class BayesMF:
         if int(data.nnz) != int(neg["n_positives"]):
             raise DataError(f"recalibrate needs the interactions the model was fitted on: "
                             f"it saw {neg['n_positives']} positives, these hold {data.nnz}")
-        if method not in ("beta", "platt", "shift"):
-            raise SpecError(f"method must be 'beta', 'platt' or 'shift' (maps of the "
-                            f"logit per posterior draw), got {method!r}")
+        if method not in LINK_MAPS:
+            raise SpecError(f"method must be one of {list(LINK_MAPS)} (maps of the logit "
+                            f"per posterior draw), got {method!r}")
         if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
             raise SpecError(f"fraction must be in (0, 1), got {fraction!r}")
         carve_seed = int(self.seed) + 1 if seed is None else int(seed)

@@ -101,7 +101,8 @@ def test_recalibrate_attaches_the_carve_map_to_every_prediction(fitted, tmp_path
     np.testing.assert_allclose(top["score"], p, rtol=1e-6)
     np.testing.assert_allclose(top["mean"], p, rtol=1e-6)
     # the model file keeps it
-    back = bayesmf.load(model.save(tmp_path / "m.nc") and tmp_path / "m.nc")
+    model.save(tmp_path / "m.nc")
+    back = bayesmf.load(tmp_path / "m.nc")
     assert back.posterior.likelihood == post.likelihood
     np.testing.assert_allclose(back.predict((users, items))["mean"], after, rtol=1e-5)
     # a second call maps the raw logits again (it replaces the map, never composes)
@@ -119,7 +120,7 @@ def test_recalibrate_refusals(fitted):
     data, model, raw = fitted
     with pytest.raises(DataError, match="the interactions the model was fitted on"):
         model.recalibrate(Interactions.from_arrays(np.array([0, 1]), np.array([0, 1])))
-    with pytest.raises(SpecError, match="'beta', 'platt' or 'shift'"):
+    with pytest.raises(SpecError, match=r"one of \['platt', 'shift', 'beta'\]"):
         model.recalibrate(data, method="isotonic")
     with pytest.raises(SpecError, match="fraction"):
         model.recalibrate(data, fraction=1.5)

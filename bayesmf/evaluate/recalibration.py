@@ -101,7 +101,7 @@ import pandas as pd
 from bayesmf._records import dataclass_from_record
 from bayesmf.data.ratings import raw_pairs
 from bayesmf.errors import DataError, SpecError
-from bayesmf.predictive.links import LINK_MAPS, check_link_map, map_logit
+from bayesmf.predictive.links import LINK_MAPS, check_link_map, finite_params, map_logit
 from bayesmf.predictive.links import beta_features as _beta_features
 from bayesmf.predictive.links import log_sigmoid as _log_sigmoid
 from bayesmf.predictive.links import sigmoid as _sigmoid
@@ -297,7 +297,7 @@ class Recalibration:
         if self.method in LINK_MAPS:
             _, a, b, c = check_link_map(self.method, self.a, self.b, self.c)
         else:  # isotonic: a, b, c unused but recorded
-            a, b, c = check_link_map("beta", self.a, self.b, self.c)[1:]
+            a, b, c = finite_params(self.a, self.b, self.c)
         for n, v in (("a", a), ("b", b), ("c", c)):
             object.__setattr__(self, n, v)
         x = tuple(float(v) for v in self.x)

@@ -22,7 +22,7 @@ import numpy as np
 from bayesmf.errors import SpecError
 
 __all__ = ["LINK_MAPS", "sigmoid", "log_sigmoid", "beta_features", "map_logit",
-           "check_link_map"]
+           "check_link_map", "finite_params"]
 
 #: the parametric maps (the isotonic map of :mod:`bayesmf.evaluate.recalibration` is not
 #: a function of a logit's parameters, so it has no per-draw form)
@@ -50,19 +50,24 @@ def map_logit(z, method: str, a: float, b: float, c: float):
     return a * z + b
 
 
-def check_link_map(method: str, a: float, b: float, c: float) -> tuple:
-    """``(method, a, b, c)`` as ``(str, float, float, float)`` after checking that the map
-    is one of :data:`LINK_MAPS` with finite, monotone-increasing parameters; SpecError
-    otherwise."""
-    if method not in LINK_MAPS:
-        raise SpecError(f"a link map is one of {list(LINK_MAPS)}, got {method!r}")
+def finite_params(a, b, c) -> tuple:
+    """``(a, b, c)`` as floats; SpecError naming the first that is not a finite number."""
     vals = []
     for n, v in (("a", a), ("b", b), ("c", c)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(
                 v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
             raise SpecError(f"{n} must be a finite number, got {v!r}")
         vals.append(float(v))
-    a, b, c = vals
+    return tuple(vals)
+
+
+def check_link_map(method: str, a: float, b: float, c: float) -> tuple:
+    """``(method, a, b, c)`` as ``(str, float, float, float)`` after checking that the map
+    is one of :data:`LINK_MAPS` with finite, monotone-increasing parameters; SpecError
+    otherwise."""
+    if method not in LINK_MAPS:
+        raise SpecError(f"a link map is one of {list(LINK_MAPS)}, got {method!r}")
+    a, b, c = finite_params(a, b, c)
     if method in ("platt", "shift") and a <= 0:
         raise SpecError(f"a Platt map needs a slope a > 0 (monotone increasing), got {a}")
     if method == "beta" and (a < 0 or c < 0 or a + c <= 0):
