@@ -701,6 +701,19 @@ def cmd_fit(a) -> int:
         given = f"got --method {method}" if a.method else f"the default --method is {method}"
         raise DataError(f"{flags} (side information, the Macau prior) {verb} --method "
                         f"gibbs, map, svi or nuts; {given}")
+    # the flag combinations are checked before the data file is read
+    negatives = getattr(a, "negatives", None)
+    recal = getattr(a, "recalibrate", None)
+    if feedback == "implicit" and str(likelihood).startswith("bernoulli") and not negatives:
+        raise DataError(f"--likelihood {likelihood} on implicit data sees only positives: "
+                        "add --negatives RULE (e.g. --negatives uniform:4)")
+    if recal and not negatives:
+        raise DataError("--recalibrate maps P(relevant) of a model fitted with sampled "
+                        "negatives: add --feedback implicit --likelihood bernoulli-logit "
+                        "--negatives RULE")
+    if recal and str(likelihood) != "bernoulli-logit":
+        raise DataError(f"--recalibrate maps the logit of --likelihood bernoulli-logit, "
+                        f"not {likelihood}")
     if feedback == "implicit":
         from bayesmf.datasets import load_interactions_source
 
@@ -732,18 +745,6 @@ def cmd_fit(a) -> int:
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed, implicit_terms=a.implicit_terms,
                     progress=_progress(a), **biases, **feats, **opts)
-    negatives = getattr(a, "negatives", None)
-    recal = getattr(a, "recalibrate", None)
-    if feedback == "implicit" and str(likelihood).startswith("bernoulli") and not negatives:
-        raise DataError(f"--likelihood {likelihood} on implicit data sees only positives: "
-                        "add --negatives RULE (e.g. --negatives uniform:4)")
-    if recal and not negatives:
-        raise DataError("--recalibrate maps P(relevant) of a model fitted with sampled "
-                        "negatives: add --feedback implicit --likelihood bernoulli-logit "
-                        "--negatives RULE")
-    if recal and str(likelihood) != "bernoulli-logit":
-        raise DataError(f"--recalibrate maps the logit of --likelihood bernoulli-logit, "
-                        f"not {likelihood}")
     if negatives:
         model.fit(train, negatives=negatives)
     else:

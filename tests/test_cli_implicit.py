@@ -97,6 +97,21 @@ def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, m
     assert code == 2 and msg in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("args, msg", [
+    (["--feedback", "implicit", "--likelihood", "bernoulli-logit"], "add --negatives RULE"),
+    (["--feedback", "implicit", "--recalibrate", "beta"], "--negatives RULE"),
+    (["--feedback", "implicit", "--likelihood", "bernoulli-probit", "--negatives",
+      "uniform:2", "--recalibrate", "platt"], "--recalibrate maps the logit"),
+])
+def test_flag_combinations_are_checked_before_reading_the_data(capsys, tmp_path, args, msg):
+    """A wrong --negatives / --recalibrate combination is refused without reading TRAIN
+    (here a file that does not exist: its error would be a different one)."""
+    code = main(["fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m.nc"),
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and "missing.csv" not in err
+
+
 def test_negative_counts_are_refused(capsys, tmp_path):
     (tmp_path / "e.csv").write_text("user,item,count\na,x,2\nb,x,-1\n")
     code = main(["fit", str(tmp_path / "e.csv"), "--feedback", "implicit",

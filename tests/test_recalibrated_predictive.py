@@ -116,6 +116,27 @@ def test_recalibrate_attaches_the_carve_map_to_every_prediction(fitted, tmp_path
             data, negatives="uniform:2")
 
 
+def test_maps_fitted_on_a_recalibrated_posterior(fitted):
+    """on='draws' maps the raw logits whatever map the posterior carries; on='mean' maps
+    the carried (recalibrated) predictive mean, so it composes with it."""
+    from bayesmf.evaluate import fit_recalibration
+
+    _, _, raw = fitted
+    carried = Recalibration("platt", "draws", a=0.6, b=0.3).attach(raw)
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 90, 400), rng.integers(0, 60, 400)
+    y = (rng.random(400) < raw.predict(users, items).mean ** 1.5).astype(float)
+    kw = dict(method="platt", allow_seen=True)
+    d_raw = fit_recalibration(raw, (users, items), y, on="draws", **kw)
+    d_car = fit_recalibration(carried, (users, items), y, on="draws", **kw)
+    np.testing.assert_allclose([d_car.a, d_car.b], [d_raw.a, d_raw.b], rtol=1e-8)
+    m_raw = fit_recalibration(raw, (users, items), y, on="mean", **kw)
+    m_car = fit_recalibration(carried, (users, items), y, on="mean", **kw)
+    assert abs(m_car.a - m_raw.a) > 1e-3
+    np.testing.assert_allclose(m_car.predict(carried, (users, items)),
+                               m_car.apply(carried.predict(users, items).mean), rtol=1e-10)
+
+
 def test_recalibrate_refusals(fitted):
     data, model, raw = fitted
     with pytest.raises(DataError, match="the interactions the model was fitted on"):

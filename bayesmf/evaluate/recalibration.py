@@ -555,6 +555,13 @@ def fit_recalibration(model, pairs, y=None, *, method: str = "beta", on: str = "
     posterior draw of the logit, ``on="mean"`` the predictive mean (see the module
     docstring). ``info`` is stored in the map's ``info``.
 
+    On a posterior that already carries a map (:meth:`BayesMF.recalibrate
+    <bayesmf.estimator.BayesMF.recalibrate>`, :meth:`Recalibration.attach`):
+    ``on="draws"`` is fitted on the raw logits (the carried map is ignored, and attaching
+    the result replaces it), ``on="mean"`` on the carried, recalibrated predictive mean
+    (the new map is applied on top of it by :meth:`Recalibration.apply` /
+    :meth:`Recalibration.predict`).
+
     A map fitted on the model's own training positives learns nothing about new pairs;
     such pairs raise :class:`~bayesmf.errors.DataError` unless ``allow_seen=True``.
     """

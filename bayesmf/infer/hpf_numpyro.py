@@ -93,8 +93,7 @@ from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer.hpf import _Cfg, _hyper, _hyper_dict, _split_data
-from bayesmf.infer.nmf import extended_factors
-from bayesmf.infer.nmf import check_poisson_spec
+from bayesmf.infer.nmf import check_poisson_spec, extended_factors
 from bayesmf.infer.svi import run_windows
 
 __all__ = ["fit_svi_hpf", "fit_nuts_hpf", "build_hpf_model", "build_hpf_guide",
