@@ -65,7 +65,7 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     every other-side row is an observation, the unobserved ones with weight ``w0`` and
     target ``t0 = y0 - mu - b_other`` (``t0_other (n_other,)``; ``t0_obs (nnz,)`` the same
     at the observed pairs). The dense part enters once per side (Gram
-    :math:`w_0 X^	op X`, shift :math:`w_0 X^	op t_0`) and each observed pair as the
+    :math:`w_0 X^\top X`, shift :math:`w_0 X^\top t_0`) and each observed pair as the
     correction of its background term (weight :math:`w_j - w_0`, right-hand side
     :math:`w_j y_j - w_0 t_{0j}`); see :mod:`bayesmf.model.likelihoods.implicit`.
 
@@ -277,20 +277,19 @@ def latent_scale_move(key, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam
                       lam_bu, lam_bi, theta):
     r"""Step 6b (likelihoods whose latent noise scale is fixed: probit, logit, ordinal):
     Metropolis group move along the scale of :math:`\eta`, with the augmentation
-    integrated out (the likelihood is :math:`p(y\mid\eta,	heta)` itself).
+    integrated out (the likelihood is :math:`p(y\mid\eta,\theta)` itself).
 
     .. math::
 
-        (\mu, b, U, V, \mu_U, \mu_V, \Lambda_U, \Lambda_V, \lambda_b, c) 	o
+        (\mu, b, U, V, \mu_U, \mu_V, \Lambda_U, \Lambda_V, \lambda_b, c) \to
         (s\mu,\ sb,\ \sqrt s U,\ \sqrt s V,\ \sqrt s\mu_U,\ \sqrt s\mu_V,\ \Lambda_U/s,        \Lambda_V/s,\ \lambda_b/s^2,\ s c)
 
-    maps :math:`\eta 	o s\eta` and the cutpoints :math:`c 	o sc`. With Haar measure
+    maps :math:`\eta \to s\eta` and the cutpoints :math:`c \to sc`. With Haar measure
     :math:`ds/s` the target of :math:`x = \log s` is :math:`\log p(y\mid e^x\eta, e^x c)`
     plus the log prior ratio and log Jacobian of the transformed coordinates:
     :math:`x` for :math:`\mu` (flat prior; a Gaussian one adds its ratio),
     :math:`-2a_b x - b_b\lambda_b(e^{-2x}-1)` per bias side,
-    :math:`-	frac{k
-u_0}2 x - 	frac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
+    :math:`-\tfrac{k\nu_0}2 x - \tfrac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
     side (the row and :math:`\mu_F` priors are invariant once their Jacobians are
     counted), and the likelihood's own term (:meth:`Likelihood.scale_log_prior`). The
     proposal is the Laplace approximation by one Newton step from the current point,
@@ -365,7 +364,7 @@ u_0}2 x - 	frac{\operatorname{tr}\Lambda}{2w_0}(e^{-x}-1)` per factor
 
 # ----------------------------------------------------------------------------- Macau
 class MacauData(NamedTuple):
-    """Side features of one side in device form (a pytree): dense ``X (n, F)``, or the
+    r"""Side features of one side in device form (a pytree): dense ``X (n, F)``, or the
     COO triplets ``rows, cols, vals`` of a sparse one (``X`` None); ``XtX (F, F)``
     (Cholesky solver only, else None); ``Q (F, F)``, ``evals (F,)`` the eigenvectors and
     eigenvalues of :math:`X^\top X` (eigh solver only, else None)."""
@@ -412,7 +411,7 @@ def feature_matmul(f: MacauData, B, n: int):
 
 
 def feature_tmatmul(f: MacauData, R, n_features: int):
-    """:math:`X^\top R` ``(F, k)`` for ``R (n, k)``."""
+    r""":math:`X^\top R` ``(F, k)`` for ``R (n, k)``."""
     if f.X is not None:
         return f.X.T @ R
     return jax.ops.segment_sum(f.vals[:, None] * R[f.rows], f.cols, num_segments=n_features)
