@@ -16,6 +16,8 @@ Splits and metric code are the peer harness's (``shared/bench/implicit_peers.py`
    :math:`\Lambda/\tau`; a learned :math:`\tau` is pinned by the ``N x M`` background
    pseudo-observations); the split's main metric (sampled NDCG@10 on ML-1M, NDCG@20 on
    Last.fm) picks the setting; the factor precisions and means are always learned;
+   ``--setting KIND:ALPHA:TAU`` skips the grid and scores that one setting on the
+   validation carve (e.g. the rank-64 choice refitted at ``--rank 128``);
 2. the chosen setting is refitted on ``split.train`` (``--samples`` / ``--warmup``,
    seed = the split seed) and scored on ``split.test`` with the posterior-mean preference
    :math:`\\frac1S\\sum_s U_s V_s^\\top` (the ``mean`` strategy).
@@ -136,18 +138,23 @@ def run_split(name, args, log=print) -> dict:
         trials.append({"kind": kind, "alpha": alpha, "tau": tau, "val": met, **t})
         log(f"  tune {kind}:{alpha:g} tau={_tau_label(tau)}: val {main} {met[main]:.4f} ({t})")
 
-    for kind, alpha in grid:                         # stage 1: confidence, default tau
-        trial(kind, alpha)
-    best = max(trials, key=lambda r: r["val"][main])
-    taus = args.taus or TAUS["lastfm" if name.startswith("lastfm") else "ml1m"]
-    for tau in taus:                                 # stage 2: tau fixed at the best alpha
-        trial(best["kind"], best["alpha"], tau)
+    if args.setting:                                 # one given setting: validated, not tuned
+        kind, alpha, tau = args.setting
+        trial(kind, alpha, tau)
+    else:
+        for kind, alpha in grid:                     # stage 1: confidence, default tau
+            trial(kind, alpha)
+        best = max(trials, key=lambda r: r["val"][main])
+        taus = args.taus or TAUS["lastfm" if name.startswith("lastfm") else "ml1m"]
+        for tau in taus:                             # stage 2: tau fixed at the best alpha
+            trial(best["kind"], best["alpha"], tau)
     best = max(trials, key=lambda r: r["val"][main])
     post, t = fit(split.train, best["kind"], best["alpha"], args.rank, args.samples,
                   args.warmup, args.seed, best["tau"])
     met = ip.evaluate(mean_scorer(post), split.train, split.test, split.priority, split.kind)
     log(f"  final {best['kind']}:{best['alpha']:g} tau={best['tau']}: {met} ({t})")
-    als = als_seconds(split.train, args.rank, best["kind"], best["alpha"])
+    als = (als_seconds(split.train, args.rank, best["kind"], best["alpha"])
+           if args.als_timing else None)
     log(f"  implicit_als s/iter (same rank, same data): {als}")
     return {"split_info": split.info, "main_metric": main, "trials": trials,
             "setting": {"kind": best["kind"], "alpha": best["alpha"], "tau": best["tau"],
@@ -195,14 +202,28 @@ def render(doc) -> str:
             f"{t['val'][r['main_metric']]:.4f}"
             for t in r["trials"]) + ".")
         f = r["fit"]
+        als = r["als_s_per_iter"]
         out.append(f"Final fit {f['fit_s']} s wall (compile {f['compile_s']} s); "
-                   f"**{f['s_per_sweep']} s per Gibbs sweep** vs bayesmf implicit_als "
-                   f"{r['als_s_per_iter']['cg']} s/iter (CG, 3 steps, 1 BLAS thread) and "
-                   f"{r['als_s_per_iter']['cholesky']} s/iter (Cholesky); tau (mean over draws) "
+                   f"**{f['s_per_sweep']} s per Gibbs sweep**"
+                   + (f" vs bayesmf implicit_als {als['cg']} s/iter (CG, 3 steps, 1 BLAS "
+                      f"thread) and {als['cholesky']} s/iter (Cholesky)" if als else "")
+                   + "; tau (mean over draws) "
                    f"{f['tau_mean']:.3g}, mean diag Lambda_U {f['lambda_U_mean_diag']:.3g}; "
                    f"load at the end {r['load_average_end']}.")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _setting(v: str):
+    """``KIND:ALPHA:TAU`` of ``--setting``."""
+    try:
+        kind, alpha, tau = v.split(":")
+        if kind not in ("linear", "log"):
+            raise ValueError
+        return kind, float(alpha), float(tau)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND:ALPHA:TAU with KIND linear or log, "
+                                         f"got {v!r}") from None
 
 
 def main(argv=None) -> int:
@@ -216,6 +237,12 @@ def main(argv=None) -> int:
                     default=None,
                     help="stage 2: fixed noise precisions tried at the best confidence "
                          "(default: TAUS of the split's family)")
+    ap.add_argument("--setting", type=_setting, default=None, metavar="KIND:ALPHA:TAU",
+                    help="skip the tuning grid: fit this confidence (linear|log, alpha) and "
+                         "fixed noise precision (e.g. linear:4:4, a setting an earlier run "
+                         "chose at another rank); it is still scored on the validation carve")
+    ap.add_argument("--no-als-timing", dest="als_timing", action="store_false",
+                    help="skip timing bayesmf.infer.implicit_als next to the sweep")
     ap.add_argument("--samples", type=int, default=80)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--out", type=Path, default=RESULTS / "implicit_bayes.md")
