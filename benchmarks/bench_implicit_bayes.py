@@ -157,6 +157,7 @@ def run_split(name, args, log=print) -> dict:
            if args.als_timing else None)
     log(f"  implicit_als s/iter (same rank, same data): {als}")
     return {"split_info": split.info, "main_metric": main, "trials": trials,
+            "given_setting": bool(args.setting),
             "setting": {"kind": best["kind"], "alpha": best["alpha"], "tau": best["tau"],
                         "rank": args.rank,
                         "samples": args.samples, "warmup": args.warmup},
@@ -197,6 +198,9 @@ def render(doc) -> str:
             f"{m} {r['test'][m]:.4f} vs {v} {'met' if r['test'][m] >= v else 'NOT met'}"
             for m, v in tg.items()) + ".")
         out.append("")
+        if r.get("given_setting"):
+            out.append("The setting was given by `--setting` (chosen by an earlier run, not "
+                       "tuned at this rank); the validation line scores that one setting.")
         out.append(f"Validation ({r['main_metric']}): " + ", ".join(
             f"{t['kind']}:{t['alpha']:g}/tau {_tau_label(t['tau'])} "
             f"{t['val'][r['main_metric']]:.4f}"
