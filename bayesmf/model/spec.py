@@ -125,7 +125,11 @@ class ModelSpec:
     reg_factors, reg_bias : float
         MAP ridge strengths (per unit noise precision) for factors and biases.
     init_scale : float
-        Standard deviation of the random initial factors.
+        Standard deviation of the random initial factors (the MAP start and the Gibbs
+        chain's first state). For Bernoulli-logit Gibbs on sampled negatives 0.1 is a
+        slow start: the factor scale is still growing after hundreds of sweeps, and
+        ``init_scale=1.0`` ranks as well after the default 100 warm-up sweeps as 400-1,000
+        sweeps do from 0.1 (``benchmarks/results/bernoulli_start.md``).
     priors : BayesPriors
         Hyperpriors for the Bayesian methods.
     prior : str or FactorPrior
