@@ -101,7 +101,8 @@ import pandas as pd
 from bayesmf._records import dataclass_from_record
 from bayesmf.data.ratings import raw_pairs
 from bayesmf.errors import DataError, SpecError
-from bayesmf.predictive.links import LINK_MAPS, check_link_map, finite_params, map_logit
+from bayesmf.predictive.links import (LINK_MAPS, check_link_map, finite_params, map_logit,
+                                      moderated_logit)
 from bayesmf.predictive.links import beta_features as _beta_features
 from bayesmf.predictive.links import log_sigmoid as _log_sigmoid
 from bayesmf.predictive.links import sigmoid as _sigmoid
@@ -252,7 +253,7 @@ def _draw_logits(m, v=None):
         m = m[None, :]
     if v is None:
         return m
-    return m / np.sqrt(1.0 + np.pi * np.broadcast_to(np.asarray(v, np.float64), m.shape) / 8)
+    return moderated_logit(m, np.broadcast_to(np.asarray(v, np.float64), m.shape))
 
 
 # ---------------------------------------------------------------------- the map

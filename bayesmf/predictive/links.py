@@ -22,7 +22,7 @@ import numpy as np
 from bayesmf.errors import SpecError
 
 __all__ = ["LINK_MAPS", "sigmoid", "log_sigmoid", "beta_features", "map_logit",
-           "check_link_map", "finite_params"]
+           "check_link_map", "finite_params", "moderated_logit"]
 
 #: the parametric maps (the isotonic map of :mod:`bayesmf.evaluate.recalibration` is not
 #: a function of a logit's parameters, so it has no per-draw form)
@@ -31,6 +31,13 @@ LINK_MAPS = ("platt", "shift", "beta")
 
 def sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def moderated_logit(m, v=None):
+    r""":math:`\tilde\eta = m/\sqrt{1+\pi v/8}`: the logit whose sigmoid approximates
+    :math:`E[\sigma(\eta)]` for :math:`\eta \sim \mathcal N(m, v)` (MacKay's probit
+    approximation; ``m`` itself when ``v`` is None)."""
+    return m if v is None else m / np.sqrt(1.0 + np.pi * v / 8.0)
 
 
 def log_sigmoid(x):

@@ -44,7 +44,7 @@ import numpy as np
 
 from bayesmf.errors import DataError, SpecError
 from bayesmf.model.likelihoods.base import Likelihood
-from bayesmf.predictive.links import check_link_map, map_logit, sigmoid
+from bayesmf.predictive.links import check_link_map, map_logit, moderated_logit, sigmoid
 
 __all__ = ["BernoulliProbit", "BernoulliLogit"]
 
@@ -223,7 +223,7 @@ class BernoulliLogit(_Bernoulli):
         m = np.asarray(m, np.float64)
         if not self.recalibration:
             return BernoulliMixture(self._p_np(m, np.asarray(v, np.float64)))
-        z = m / np.sqrt(1.0 + np.pi * np.asarray(v, np.float64) / 8.0)
+        z = moderated_logit(m, np.asarray(v, np.float64))
         return BernoulliMixture(sigmoid(map_logit(z, *self.recalibration)))
 
     def eta_offset(self, y):
@@ -271,7 +271,7 @@ class BernoulliLogit(_Bernoulli):
     def _p_np(self, m, v=None):
         from scipy.special import expit
 
-        return expit(m if v is None else m / np.sqrt(1.0 + np.pi * v / 8.0))
+        return expit(moderated_logit(m, v))
 
     def numpyro_obs(self, eta, theta, y):
         import numpyro
