@@ -728,7 +728,7 @@ def cmd_fit(a) -> int:
     else:
         for flag, v in (("--confidence", conf), ("--positive-threshold",
                                                  getattr(a, "positive_threshold", None)),
-                        ("--negatives", getattr(a, "negatives", None))):
+                        ("--negatives", negatives)):
             if v is not None:
                 raise DataError(f"{flag} applies to --feedback implicit")
         train = load_ratings_source(a.train, **_source_kwargs(a))
