@@ -367,3 +367,149 @@ def test_fit_stats_are_the_residual_sums_of_the_draw(d, parts, weighted):
     with pytest.raises(ValueError, match="fit_stats"):
         solve_rows(blocks, X, y, ww.astype(np.float32), P0, s0, key=key, fit_stats=True,
                    rhs=y)
+
+
+# ----------------------------------------------------------------- rows of few observations
+def _low_problem(d=12, seed=0):
+    """Rows of 0..29 observations (some far below d, some above), weights > 0."""
+    rng = np.random.default_rng(seed)
+    n, m = 60, 40
+    deg = rng.integers(0, 30, n)
+    deg[:4] = 0
+    rows = np.repeat(np.arange(n), deg)
+    cols = np.concatenate([rng.choice(m, k, replace=False) for k in deg])
+    perm = rng.permutation(rows.size)
+    rows, cols = rows[perm], cols[perm]
+    X = rng.normal(size=(m, d))
+    y = rng.normal(size=rows.size)
+    w = rng.gamma(2.0, 1.0, rows.size)
+    A = rng.normal(size=(d, d))
+    P0 = A @ A.T / d + np.eye(d)
+    s0 = rng.normal(size=d)
+    return rows, cols, X, y, w, P0, s0, n, m
+
+
+def _dense_weighted(rows, cols, X, w, rhs, P0, h0, n, dense=None):
+    d = X.shape[1]
+    P = np.zeros((n, d, d))
+    h = np.zeros((n, d))
+    for r in range(n):
+        o = rows == r
+        Xo = X[cols[o]]
+        P[r] = P0 + (Xo * w[o][:, None]).T @ Xo + (0 if dense is None else dense)
+        h[r] = (h0[r] if h0.ndim == 2 else h0) + Xo.T @ rhs[o]
+    return P, h
+
+
+def test_low_layout_covers_every_observation_once():
+    rows, cols, *_, n, m = _low_problem()
+    b = build_row_blocks(rows, cols, n, n_other=m, low_width=8, parts=3, max_width=16)
+    lr = b.low
+    deg = np.bincount(rows, minlength=n)
+    low = np.flatnonzero((deg >= 1) & (deg <= 8))
+    assert not b.seg_row and b.n_rows == n
+    assert np.array_equal(np.sort(np.concatenate(lr.rows.seg_row)), low)  # one segment each
+    assert np.array_equal(lr.high_rows, np.setdiff1d(np.arange(n), low))
+    seen = []
+    for blk, to_global in [(lr.rows, None)] + [(p, lr.high_rows[s:e]) for p, (s, e) in
+                                               zip(lr.high.parts, lr.high.part_ranges())]:
+        for r, c, o in zip(blk.seg_row, blk.seg_cols, blk.seg_obs):
+            real = c < m
+            g = r if to_global is None else to_global[r]
+            assert np.array_equal(np.broadcast_to(g[:, None], c.shape)[real], rows[o[real]])
+            assert np.array_equal(c[real], cols[o[real]])
+            seen.append(o[real])
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(rows.size))
+    # no row qualifies: the plain layout
+    plain = build_row_blocks(rows, cols, n, n_other=m, low_width=0)
+    assert plain.low == () and plain.seg_row
+    with pytest.raises(ValueError, match="low_width"):
+        build_row_blocks(rows, cols, n, n_other=m, low_width=32, max_width=16)
+
+
+@pytest.mark.parametrize("case", ["scalar", "weighted", "dense+rhs", "per-row shift"])
+def test_low_rows_mean_and_fit_stats_match_the_dense_solve(case):
+    """The Woodbury path gives the dense reference's conditional mean for every row (the
+    low rows, the high ones and the empty ones), in float32, and the residual sums of
+    fit_stats (the Gaussian sweep's, scalar tau)."""
+    rows, cols, X, y, w, P0, s0, n, m = _low_problem()
+    f32 = np.float32
+    tau, rhs, dense, h0 = 1.7, None, None, s0
+    if case == "weighted":
+        tau = w
+    if case == "dense+rhs":
+        tau, rhs, dense = w, w * y + 0.3, 0.5 * X.T @ X
+    if case == "per-row shift":
+        h0 = np.random.default_rng(1).normal(size=(n, X.shape[1]))
+    wv = np.broadcast_to(tau, y.shape)
+    P, h = _dense_weighted(rows, cols, X, wv, wv * y if rhs is None else rhs, P0, h0, n,
+                           dense)
+    ref = np.linalg.solve(P, h[..., None])[..., 0]
+    b = build_row_blocks(rows, cols, n, n_other=m, low_width=8,
+                         parts=2 if case == "dense+rhs" else 1)
+    args = [jnp.asarray(a, f32) if isinstance(a, np.ndarray) else a
+            for a in (X, y, tau, P0, h0)]
+    kw = {} if dense is None else dict(dense_gram=jnp.asarray(dense, f32),
+                                       rhs=jnp.asarray(rhs, f32))
+    Z = jax.jit(lambda *a: solve_rows(b, *a, **kw))(*args)
+    np.testing.assert_allclose(Z, ref, rtol=2e-3, atol=2e-4)
+    if case == "scalar":         # the Gaussian sweep's residual sums (scalar tau)
+        Zd, (q, g) = jax.jit(lambda *a: solve_rows(b, *a, key=jax.random.key(0),
+                                                    fit_stats=True))(*args)
+        Zd = np.asarray(Zd, np.float64)
+        pred = np.sum(X[cols] * Zd[rows], axis=1)
+        np.testing.assert_allclose(q, np.sum(wv * pred ** 2) - 2 * np.sum(wv * y * pred),
+                                   rtol=1e-3)
+        np.testing.assert_allclose(g, np.sum(wv * pred * X[cols, 0]), rtol=1e-3, atol=1e-3)
+
+
+def test_low_rows_draws_have_the_conditional_mean_and_covariance():
+    rows, cols, X, y, w, P0, s0, n, m = _low_problem(d=10)
+    dense = 0.3 * X.T @ X
+    b = build_row_blocks(rows, cols, n, n_other=m, low_width=8)
+    P, h = _dense_weighted(rows, cols, X, w, w * y, P0, s0, n, dense)
+    args = [jnp.asarray(a, jnp.float32) for a in (X, y, w, P0, s0)]
+    n_draws = 4000
+    f = jax.jit(jax.vmap(lambda k: solve_rows(b, *args, key=k,
+                                              dense_gram=jnp.asarray(dense, jnp.float32))))
+    Zs = np.asarray(f(jax.random.split(jax.random.key(2), n_draws)), np.float64)
+    mean = np.linalg.solve(P, h[..., None])[..., 0]
+    cov = np.linalg.inv(P)
+    se = np.sqrt(np.einsum("nii->ni", cov) / n_draws)
+    assert np.all(np.abs(Zs.mean(0) - mean) < 5 * se)
+    deg = np.bincount(rows, minlength=n)
+    low = np.flatnonzero((deg >= 1) & (deg <= 8))
+    for r in list(low[:3]) + [0, int(np.argmax(deg))]:   # low rows, an empty row, the heaviest
+        emp = np.cov(Zs[:, r].T)
+        sd = np.sqrt(np.diag(cov[r]))
+        assert np.abs((emp - cov[r]) / np.outer(sd, sd)).max() < 0.1
+
+
+def test_low_rows_refuse_what_they_cannot_do():
+    rows, cols, X, y, w, P0, s0, n, m = _low_problem()
+    b = build_row_blocks(rows, cols, n, n_other=m, low_width=8)
+    with pytest.raises(ValueError, match="shared by all rows"):
+        solve_rows(b, X, y, 1.0, np.broadcast_to(P0, (n,) + P0.shape), s0)
+    with pytest.raises(ValueError, match="jax.numpy"):
+        solve_rows(b, X, y, 1.0, P0, s0, xp=np)
+    with pytest.raises(ValueError, match="solve_rows"):
+        row_precisions(b, X, y, 1.0, P0, s0)
+
+
+def test_low_width_auto_rule():
+    from bayesmf.errors import SpecError
+    from bayesmf.infer._rowblocks import low_width_for, resolve_low_width
+
+    assert low_width_for(65) == 32 and low_width_for(33) == 16 and low_width_for(17) == 8
+    assert low_width_for(11) == 0                                   # a d x d factor is cheap
+    long_tail = np.r_[np.ones(15000, int), np.full(1900, 40)]      # Last.fm's artists
+    few = np.r_[np.ones(300, int), np.full(1400, 40)]              # ML-100K-like
+    assert low_width_for(33, long_tail) == 16 and low_width_for(11, long_tail) == 0
+    assert low_width_for(17, np.r_[np.ones(1200, int), np.full(900, 40)]) == 0  # too little
+    assert low_width_for(65, np.r_[np.ones(300, int), np.full(200, 40)]) == 32
+    assert low_width_for(65, few) == 0                              # not a long tail
+    assert resolve_low_width("auto", 65, 16) == 16
+    assert resolve_low_width(0, 65) == 0 and resolve_low_width(8, 11) == 8
+    for bad in (-1, 200, 2.5, True, "yes"):
+        with pytest.raises(SpecError, match="low_width"):
+            resolve_low_width(bad, 11)

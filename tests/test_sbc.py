@@ -149,9 +149,11 @@ def test_sbc_gibbs_fast():
     rank 1; 100 replications vmapped, 50 warm-up + 100 kept sweeps thinned to L = 19):
     the ranks of mu, tau, biases and pair means pass all uniformity tests at a
     Bonferroni-corrected alpha = 0.001; the same fits with draws narrowed to half their
-    spread (negative control) fail."""
-    res = sbc.run_sbc(sbc.GibbsBatch(num_samples=100, num_warmup=50), GIBBS_SPEC,
-                      n_rep=100, n_users=8, n_items=6, density=0.5, L=19, seed=3)
+    spread (negative control) fail. ``low_width=4``: every row with 1-4 ratings (most of
+    them here) is drawn through the Woodbury identity (the Cholesky path is the one of the
+    augmented likelihoods' SBC below)."""
+    res = sbc.run_sbc(sbc.GibbsBatch(num_samples=100, num_warmup=50, low_width=4),
+                      GIBBS_SPEC, n_rep=100, n_users=8, n_items=6, density=0.5, L=19, seed=3)
     assert len(res.ranks) == 9  # mu, tau, 2+2 biases, 3 pairs
     assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()
     bad = res.transformed(sbc.narrowed(0.5))
@@ -227,13 +229,16 @@ def test_sbc_gibbs_augmented_likelihoods_fast(likelihood):
     8 users x 6 items, 60% observed, rank 1, 150 replications vmapped, 100 warm-up + 100
     kept sweeps thinned to L = 19. mu, biases, the free cutpoints and pair means pass at a
     Bonferroni-corrected alpha = 0.001 (the run with 400 replications is in
-    benchmarks/results/sbc.md); draws narrowed to half their spread fail."""
+    benchmarks/results/sbc.md); draws narrowed to half their spread fail. The logit
+    chains draw the rows of 1-4 observations through the Woodbury identity
+    (``low_width=4``, Pólya-Gamma weights), the others by Cholesky."""
     from bayesmf.model.likelihoods import OrdinalProbit
 
     lik = OrdinalProbit(levels=(1.0, 2.0, 3.0, 4.0)) if likelihood == "ordinal" else likelihood
     spec = ModelSpec(rank=1, priors=AUG_PRIORS, likelihood=lik)
-    res = sbc.run_sbc(sbc.GibbsBatch(num_samples=100, num_warmup=100), spec, n_rep=150,
-                      n_users=8, n_items=6, density=0.6, L=19, seed=3)
+    low = 4 if likelihood == "bernoulli-logit" else 0
+    res = sbc.run_sbc(sbc.GibbsBatch(num_samples=100, num_warmup=100, low_width=low), spec,
+                      n_rep=150, n_users=8, n_items=6, density=0.6, L=19, seed=3)
     n_cut = 2 if likelihood == "ordinal" else 0
     assert len(res.ranks) == 8 + n_cut  # mu, 2+2 biases, 3 pairs (+ free cutpoints)
     assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()

@@ -35,6 +35,22 @@ rows at once and sliced per part, so the draws are those of the unpartitioned la
 float rounding. Measured on the ML-1M subset (2-core CPU, rank 32, one side's draw): 0.091 ->
 0.067 s with 4 parts. :func:`row_precisions` concatenates the parts.
 
+**Rows of few observations.** A row's Cholesky factor costs :math:`d^3/3` however few
+observations it has, and XLA's batched small-matrix Cholesky is slow on CPU (about 35 us
+for ``d = 65``, 10 us for ``d = 33``): on a long-tail catalogue (Last.fm: 84% of 17,632
+artists have at most 4 listeners) the factors of the tail rows were most of the sweep.
+When the prior precision is shared by the rows (``prior_prec (d, d)``; plus
+``dense_gram``), :math:`B = \Lambda_0 + G_{dense} = LL^\top` is factored **once** and a
+row with :math:`m \le` ``low_width`` observations, :math:`P_r = B + \tilde W_r^\top\tilde
+W_r` (:math:`\tilde W_r` the rows :math:`\sqrt{w_j}x_j`), is solved and drawn through the
+Woodbury identity with an :math:`m \times m` system (:func:`_woodbury_rows`): exactly the
+same conditional distribution, other random numbers. ``build_row_blocks(...,
+low_width=W)`` lays such rows out separately (:class:`LowRows`; the other rows keep the
+layout above, parts included); the Gibbs sampler chooses ``W`` per side
+(:func:`low_width_for`; ``low_width=0`` turns it off). Needs the weights :math:`w_j \ge 0`
+(every family's are: precisions, Pólya-Gamma draws, confidence excesses
+:math:`\tau(c - 1)` with :math:`c \ge 1`). Measured in ``benchmarks/results/low_rows.md``.
+
 **Conditioning.** In float32 the Cholesky of an ill-conditioned :math:`P_r` can fail
 (NaN). Rows whose factor is not finite are refactored with a diagonal jitter of
 ``1e-4 * mean(diag P_r)``; the retry is computed only when some row failed
@@ -60,7 +76,8 @@ from jax import lax
 
 from bayesmf.errors import SpecError
 
-__all__ = ["RowBlocks", "build_row_blocks", "partition_rows", "resolve_row_parts",
+__all__ = ["RowBlocks", "LowRows", "build_row_blocks", "partition_rows", "resolve_row_parts",
+           "resolve_low_width", "low_width_for",
            "solve_rows", "row_precisions", "gaussian_from_precision"]
 
 
@@ -86,6 +103,10 @@ class RowBlocks(NamedTuple):
     #: observation indices) that replace the buckets above (then empty); each part's row
     #: count is its ``degree`` length, so the ranges are static (module docs, **Row parts**)
     parts: tuple = ()
+    #: ``()`` or a :class:`LowRows`: the rows of few observations drawn through the
+    #: Woodbury identity, the others in its ``high`` blocks (the buckets above are then
+    #: empty; module docs, **Rows of few observations**)
+    low: tuple = ()
 
     @property
     def n_rows(self) -> int:
@@ -105,6 +126,63 @@ class RowBlocks(NamedTuple):
             out.append((s, s + b.n_rows))
             s += b.n_rows
         return tuple(out)
+
+
+class LowRows(NamedTuple):
+    """The split layout of :func:`build_row_blocks` with ``low_width``: ``high`` the
+    :class:`RowBlocks` of the rows drawn by Cholesky (compact row indices ``0..n_high-1``,
+    global observation indices, possibly with parts), ``high_rows (n_high,)`` the global
+    row of each of them, and ``rows`` a :class:`RowBlocks` over the global rows whose
+    buckets hold the low rows only (one segment each, global observation indices)."""
+
+    high: RowBlocks
+    high_rows: np.ndarray
+    rows: RowBlocks
+
+
+#: ``low_width="auto"`` takes the Woodbury path for a side only when its rows of at most
+#: ``low_width`` observations are worth it: ``n_low * (1 + (d / 32)^3) >=`` this (the
+#: per-row saving grows with the ``d x d`` Cholesky it avoids; a fixed cost of the second
+#: path is paid per sweep) ...
+LOW_ROWS_MIN_WORK = 2000.0
+#: ... and they are at least this share of the side's non-empty rows (a long tail): on
+#: ML-1M (16% of users, 25% of items with at most 32 positives, rank 64) the split layout
+#: was no faster. Measured in ``benchmarks/results/low_rows.md``.
+LOW_ROWS_MIN_SHARE = 0.5
+
+
+def low_width_for(d: int, degree=None) -> int:
+    """The ``low_width`` of ``low_width="auto"`` for a width-``d`` design: the largest
+    power of two ``<= d / 2`` (a ``W x W`` system per row instead of ``d x d``), 0 (off)
+    for ``d < 16``; with ``degree`` (observations per row of the side) also 0 unless the
+    rows it would cover are enough work (:data:`LOW_ROWS_MIN_WORK`) and most of the side
+    (:data:`LOW_ROWS_MIN_SHARE`). Below ``d = 16`` a row's own factor is cheap: on
+    Last.fm's log counts at rank 10 (``d = 11``) the split layout took 0.80x the seconds
+    per sweep but 1-4 s more compile time, about what it saves over a few hundred
+    sweeps."""
+    if d < 16:
+        return 0
+    w = int(2 ** int(np.floor(np.log2(d / 2))))
+    if degree is not None:
+        deg = np.asarray(degree)
+        n_low = int(np.count_nonzero((deg >= 1) & (deg <= w)))
+        if (n_low * (1.0 + (d / 32.0) ** 3) < LOW_ROWS_MIN_WORK
+                or n_low < LOW_ROWS_MIN_SHARE * np.count_nonzero(deg)):
+            return 0
+    return w
+
+
+def resolve_low_width(low_width, d: int, max_width: int = 128, degree=None) -> int:
+    """``low_width`` of :func:`build_row_blocks` for a width-``d`` design: ``"auto"``
+    (:func:`low_width_for` with the side's ``degree``, at most ``max_width``) or an int
+    >= 0 (0: off), used as given."""
+    if isinstance(low_width, str) and low_width == "auto":
+        return min(low_width_for(d, degree), int(max_width))
+    if isinstance(low_width, bool) or not isinstance(low_width, (int, np.integer)) \
+            or not 0 <= low_width <= max_width:
+        raise SpecError(f"low_width must be 'auto' or an integer in [0, max_width="
+                        f"{max_width}], got {low_width!r}")
+    return int(low_width)
 
 
 def partition_rows(degree, n_parts: int, row_cost: float = 0.0) -> np.ndarray:
@@ -137,8 +215,9 @@ def resolve_row_parts(row_parts, nnz: int) -> int:
     **Row parts**): an int >= 1 as given, or ``"auto"``: on a CPU backend
     ``min(8, nnz // 100_000)`` (at least 1), on an accelerator 1 (it runs a part's batched
     products in parallel already). Used by the Gibbs sampler and ALS. Measured (Gibbs) on
-    the ML-1M subset (438,885 ratings, rank 32, 2-core CPU, seconds per sweep, compile seconds): 1 part 0.179 / 6, 2 parts 0.166 /
-    8, 4 parts 0.163 / 8, 8 parts 0.144 / 22, 16 parts 0.164 / 39: the gain is partly
+    the ML-1M subset (438,885 ratings, rank 32, 2-core CPU, seconds per sweep, compile
+    seconds): 1 part 0.179 / 6, 2 parts 0.166 / 8, 4 parts 0.163 / 8, 8 parts 0.144 /
+    22, 16 parts 0.164 / 39: the gain is partly
     the two cores, partly smaller working sets; compile time grows with the parts."""
     if row_parts == "auto":
         if jax.default_backend() != "cpu":
@@ -152,7 +231,8 @@ def resolve_row_parts(row_parts, nnz: int) -> int:
 
 def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
                      n_other: int | None = None, max_width: int = 128,
-                     min_width: int = 4, parts: int = 1, row_cost: float = 0.0) -> RowBlocks:
+                     min_width: int = 4, parts: int = 1, row_cost: float = 0.0,
+                     low_width: int = 0) -> RowBlocks:
     """Group observation ``j`` (row ``rows[j]``, other-side index ``cols[j]``) by row.
 
     Built once per fit with numpy. ``rows[j]``/``cols[j]`` are in the original observation
@@ -162,7 +242,16 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
     ``n_other`` defaults to ``cols.max() + 1``. ``parts > 1`` (at most ``n_rows``) cuts
     the rows into that many contiguous ranges balanced by ``degree + row_cost``, each with
     its own buckets (module docs, **Row parts**).
+
+    ``low_width > 0`` (at most ``max_width``): the rows with 1 to ``low_width``
+    observations go to separate buckets drawn through the Woodbury identity by
+    :func:`solve_rows` (:class:`LowRows`; module docs, **Rows of few observations**);
+    ``parts`` then cuts the other rows. Only :func:`solve_rows` (JAX) takes such blocks.
     """
+    low_width = int(low_width)
+    if low_width > 0:
+        return _build_split(np.asarray(rows), np.asarray(cols), int(n_rows), n_other,
+                            max_width, min_width, parts, row_cost, low_width)
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     if rows.ndim != 1 or rows.shape != cols.shape:
@@ -192,8 +281,7 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
                                  max_width=max_width, min_width=min_width)
             # local observation positions -> global ones (padding 0 -> a valid index whose
             # design row is the zero row)
-            subs.append(b._replace(seg_obs=tuple(obs[o].astype(np.int32) if obs.size else o
-                                                 for o in b.seg_obs)))
+            subs.append(_map_obs(b, obs))
         return RowBlocks((), (), (), degree, np.asarray([n_other], np.int32), tuple(subs))
     order = np.argsort(rows, kind="stable")
     srows = rows[order]
@@ -231,6 +319,42 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
                      degree.astype(np.int32), np.asarray([n_other], np.int32))
 
 
+def _map_obs(b: RowBlocks, obs: np.ndarray) -> RowBlocks:
+    """``b`` with its observation indices (local to the subset ``obs``) made global."""
+    return b._replace(seg_obs=tuple(obs[o].astype(np.int32) if obs.size else o
+                                    for o in b.seg_obs),
+                      parts=tuple(_map_obs(p, obs) for p in b.parts))
+
+
+def _build_split(rows, cols, n_rows, n_other, max_width, min_width, parts, row_cost,
+                 low_width) -> RowBlocks:
+    """:func:`build_row_blocks` with ``low_width > 0`` (the :class:`LowRows` layout)."""
+    if rows.ndim != 1 or rows.shape != cols.shape:
+        raise ValueError("rows and cols must be 1-d arrays of equal length")
+    if low_width > max_width:
+        raise ValueError(f"low_width ({low_width}) must be <= max_width ({max_width})")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(f"row indices must lie in [0, {n_rows})")
+    if n_other is None:
+        n_other = int(cols.max()) + 1 if cols.size else 0
+    degree = np.bincount(rows, minlength=n_rows).astype(np.int32)
+    is_low = (degree >= 1) & (degree <= low_width)
+    lay = dict(n_other=n_other, max_width=max_width, min_width=min_width)
+    if not is_low.any():
+        return build_row_blocks(rows, cols, n_rows, parts=parts, row_cost=row_cost, **lay)
+    high_rows = np.flatnonzero(~is_low).astype(np.int32)
+    compact = np.full(n_rows, -1, np.int64)
+    compact[high_rows] = np.arange(high_rows.size)
+    obs_h = np.flatnonzero(~is_low[rows])
+    obs_l = np.flatnonzero(is_low[rows])
+    high = _map_obs(build_row_blocks(compact[rows[obs_h]], cols[obs_h], high_rows.size,
+                                     parts=min(parts, max(high_rows.size, 1)),
+                                     row_cost=row_cost, **lay), obs_h)
+    low = _map_obs(build_row_blocks(rows[obs_l], cols[obs_l], n_rows, **lay), obs_l)
+    return RowBlocks((), (), (), degree, np.asarray([n_other], np.int32),
+                     low=LowRows(high, high_rows, low))
+
+
 def _scatter_add(a, idx, vals):
     """``a[idx] += vals`` with repeated indices accumulated (functional for JAX). ``idx``
     is a bucket's ``seg_row``: non-decreasing, so repeats are adjacent."""
@@ -263,6 +387,9 @@ def row_precisions(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, *, xp=
     observed pairs enter as corrections to the dense terms, with a Gram weight
     :math:`w_j - w_0` and a right-hand side :math:`w_j y_j - w_0 y_{0j}` that is not a
     product of the two (``y`` is then ignored)."""
+    if blocks.low:
+        raise ValueError("row_precisions: blocks with rows of few observations (low_width) "
+                         "are drawn by solve_rows in JAX only")
     if blocks.parts:
         Ps, hs = zip(*(row_precisions(b, X, y, tau, *_prior_slice(prior_prec, prior_shift,
                                                                     s, e), xp=xp,
@@ -487,8 +614,9 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     ``X (n_other, d)``, ``y (nnz,)`` in the original observation order, ``tau`` scalar or
     per-observation weights ``(nnz,)`` (then ``tau * ...`` reads ``sum_j w_j ...``),
     ``prior_prec (d, d)`` or ``(n_rows, d, d)``, ``prior_shift (d,)`` or ``(n_rows, d)``,
-    ``dense_gram (d, d)`` added to every ``P_r``, ``rhs`` (:func:`row_precisions`). Rows without observations get the prior
-    ``N(prior_prec^{-1} prior_shift, prior_prec^{-1})``. jit-compatible (``blocks`` may be
+    ``dense_gram (d, d)`` added to every ``P_r``, ``rhs`` (:func:`row_precisions`). Rows
+    without observations get the prior ``N(prior_prec^{-1} prior_shift,
+    prior_prec^{-1})``. jit-compatible (``blocks`` may be
     a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
     computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
 
@@ -507,6 +635,12 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     residual sums of the new rows from the Grams already built, without evaluating any
     observation's prediction (:func:`bayesmf.infer.gibbs_steps.rows_draw`).
     """
+    if blocks.low:
+        if xp is np:
+            raise ValueError("solve_rows: blocks with rows of few observations (low_width) "
+                             "need xp=jax.numpy")
+        return _solve_split(blocks, X, y, tau, prior_prec, prior_shift, key,
+                            dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats)
     if xp is np:
         if key is not None:
             raise ValueError("solve_rows: draws (key=...) need xp=jax.numpy")
@@ -542,6 +676,93 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         return jnp.concatenate(out, axis=0)
     return (jnp.concatenate([z for z, _ in out], axis=0),
             tuple(sum(st[j] for _, st in out) for j in range(2)))
+
+
+def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,
+                 dense_gram=None, rhs=None, fit_stats=False):
+    r""":func:`solve_rows` of the :class:`LowRows` layout: the high rows by the Cholesky
+    path, each bucket of low rows by :func:`_woodbury_rows` (module docs, **Rows of few
+    observations**)."""
+    lr = blocks.low
+    X = jnp.asarray(X)
+    dt = X.dtype
+    n, d = blocks.n_rows, X.shape[1]
+    P0 = jnp.asarray(prior_prec, dt)
+    if P0.ndim != 2:
+        raise ValueError("solve_rows: rows of few observations (low_width) need one prior "
+                         "precision shared by all rows, not one per row")
+    h0 = jnp.asarray(prior_shift, dt)
+    k_high = k_low = None
+    if key is not None:
+        k_high, k_low = jax.random.split(key)
+    out = solve_rows(lr.high, X, y, tau, P0, h0[lr.high_rows] if h0.ndim == 2 else h0,
+                     k_high, dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats)
+    Z_high, st = out if fit_stats else (out, None)
+    B = P0 if dense_gram is None else P0 + jnp.asarray(dense_gram, dt)
+    L = _safe_cholesky(B)
+    yw, w = _targets(y, tau, rhs, dt, jnp)
+    Xp = jnp.concatenate([X, jnp.zeros((1, d), dt)], axis=0)
+    Z = jnp.zeros((n, d), dt).at[lr.high_rows].set(Z_high)
+    q_low = g_low = jnp.zeros((), dt)
+    for j, (r, c, o) in enumerate(zip(lr.rows.seg_row, lr.rows.seg_cols, lr.rows.seg_obs)):
+        Xg = Xp[c]                                               # (S, W, d), padding 0
+        if w is None:
+            t = jnp.asarray(tau, dt)
+            wg, rg = jnp.broadcast_to(t, c.shape), t * yw[o]
+        else:
+            wg, rg = w[o], yw[o]
+        h = (h0[r] if h0.ndim == 2 else h0) + jnp.einsum("sw,swd->sd", rg, Xg)
+        z = _woodbury_rows(L, Xg, wg, h, None if k_low is None
+                           else jax.random.fold_in(k_low, j))
+        Z = Z.at[r].set(z)
+        if fit_stats:
+            pred = jnp.einsum("swd,sd->sw", Xg, z)
+            q_low = q_low + jnp.sum(wg * pred * pred) - 2.0 * jnp.sum(rg * pred)
+            g_low = g_low + jnp.sum(wg * pred * Xg[..., 0])
+    if not fit_stats:
+        return Z
+    return Z, (st[0] + q_low, st[1] + g_low)
+
+
+def _woodbury_rows(L, Xg, wg, h, key=None):
+    r"""Mean (``key=None``) or a draw of :math:`\mathcal N(P_r^{-1}h_r, P_r^{-1})` for a
+    bucket of rows with few observations each, :math:`P_r = B + \tilde W_r^\top\tilde W_r`,
+    :math:`B = LL^\top` shared by the rows and :math:`\tilde W_r` the ``W`` rows
+    :math:`\sqrt{w_j}\,x_j` (``Xg (S, W, d)``, weights ``wg (S, W)`` >= 0; padding rows
+    zero). With :math:`H_r = L^{-1}\tilde W_r^\top` (``d x W``; all rows' columns in one
+    triangular solve against the shared ``L``):
+
+    .. math::
+
+        P_r^{-1} = L^{-\top}(I + H_rH_r^\top)^{-1}L^{-1},\qquad
+        (I + HH^\top)^{-1} = I - H(I_W + H^\top H)^{-1}H^\top
+
+    (Woodbury), so with :math:`q = L^{-1}h_r` the mean is
+    :math:`L^{-\top}(q - H t)`, :math:`t = (I_W + H^\top H)^{-1}H^\top q`: one ``W x W``
+    Cholesky per row instead of a ``d x d`` one. A draw perturbs the right-hand side
+    (Papandreou & Yuille 2010): :math:`\tilde h = h_r + L\varepsilon_1 + \tilde
+    W_r^\top\varepsilon_2` with :math:`\varepsilon_1\sim\mathcal N(0, I_d)`,
+    :math:`\varepsilon_2\sim\mathcal N(0, I_W)` has covariance :math:`B + \tilde
+    W_r^\top\tilde W_r = P_r`, so :math:`P_r^{-1}\tilde h\sim\mathcal N(P_r^{-1}h_r,
+    P_r^{-1})` exactly; in the whitened form :math:`q = L^{-1}h_r + \varepsilon_1 +
+    H\varepsilon_2`."""
+    S, W, d = Xg.shape
+    Wt = jnp.sqrt(jnp.maximum(wg, 0))[..., None] * Xg                 # (S, W, d)
+    Ht = lax.linalg.triangular_solve(L, Wt.reshape(S * W, d).T, left_side=True,
+                                     lower=True).T.reshape(S, W, d)  # rows: (L^-1 w_j)^T
+    q = lax.linalg.triangular_solve(L, h.T, left_side=True, lower=True).T    # (S, d)
+    if key is not None:
+        k1, k2 = jax.random.split(key)
+        q = q + jax.random.normal(k1, (S, d), q.dtype) + jnp.einsum(
+            "swd,sw->sd", Ht, jax.random.normal(k2, (S, W), q.dtype))
+    M = jnp.eye(W, dtype=q.dtype) + jnp.einsum("swd,svd->swv", Ht, Ht)
+    Lm = jnp.linalg.cholesky(M)
+    a = jnp.einsum("swd,sd->sw", Ht, q)[..., None]
+    a = lax.linalg.triangular_solve(Lm, a, left_side=True, lower=True)
+    t = lax.linalg.triangular_solve(Lm, a, left_side=True, lower=True, transpose_a=True)
+    v = q - jnp.einsum("swd,sw->sd", Ht, t[..., 0])
+    return lax.linalg.triangular_solve(L, v.T, left_side=True, lower=True,
+                                       transpose_a=True).T
 
 
 def _fit_stats(Z, P, h, P0, h0):

@@ -230,7 +230,8 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 progress_every=None, max_width=128, checkpoint=None, checkpoint_every=None,
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
-                cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None)
+                cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None,
+                low_width="auto")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -307,12 +308,17 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ``row_parts`` ("auto": on CPU one per 100k observations, up to 8; or an int)
     the contiguous row ranges each side's row solves are cut into, run concurrently on a
     CPU (:mod:`bayesmf.infer._rowblocks`, **Row parts**; draws equal up to rounding);
+    ``low_width`` ("auto": by the design width, :func:`~bayesmf.infer._rowblocks.low_width_for`;
+    or an int, 0 = off) rows with at most this many observations are drawn exactly through
+    the Woodbury identity, without their own Cholesky factor
+    (:mod:`bayesmf.infer._rowblocks`, **Rows of few observations**; other random numbers,
+    the same conditional distribution);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
     :class:`~bayesmf.data.features.Features` or DataFrame per side; ``beta_solver``
-    ("auto": "eigh" up to 4096 features, else "cg"; or "cholesky"); ``lambda_beta_prior`` ((1, 1): the
-    Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
+    ("auto": "eigh" up to 4096 features, else "cg"; or "cholesky");
+    ``lambda_beta_prior`` ((1, 1): the Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
     (200) of the CG solver.
 
     Propagated priors: ``row_priors`` (None) ``{"user": (mean (N, d), precision (N, d,
@@ -372,7 +378,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      beta_solver=opts["beta_solver"],
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
                      cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
-                     row_priors=opts["row_priors"])
+                     row_priors=opts["row_priors"], low_width=opts["low_width"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
     if opts["predict_pairs"] is not None:
@@ -396,7 +402,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         pp = None if pairs is None else tuple(np.asarray(a) for a in pairs)
         fp = _ck.fingerprint(train, spec, int(seed), S, W, C, T, opts["store_draws"], str(dt),
                              opts["chain_method"], int(opts["max_width"]), pp,
-                             *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()))
+                             *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()),
+                             *((("low_width", tuple(kern.low_width.values())),)
+                               if any(kern.low_width.values()) else ()))
         if cfg.macau or cfg.row_prior_sides:  # never resume a run with other priors
             import hashlib
 
@@ -443,7 +451,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
-                     "row_parts": kern.row_parts, "n_sweeps": n_iter},
+                     "row_parts": kern.row_parts, "low_width": dict(kern.low_width),
+                     "n_sweeps": n_iter},
         **({"row_priors": list(cfg.row_prior_sides)} if cfg.row_prior_sides else {}),
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}

@@ -13,7 +13,8 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import fitted_spec
-from bayesmf.infer._rowblocks import RowBlocks, build_row_blocks, resolve_row_parts
+from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, resolve_low_width,
+                                      resolve_row_parts)
 from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, mu_draw_sums, rows_draw, scale_move,
@@ -345,7 +346,7 @@ class BPMFGibbs:
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128,
                  user_features=None, item_features=None, beta_solver="auto",
                  lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
-                 row_parts="auto", row_priors=None):
+                 row_parts="auto", row_priors=None, low_width="auto"):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         y_data = np.asarray(train.rating, np.float64)
@@ -392,10 +393,20 @@ class BPMFGibbs:
         #: the prior means of the rows with fixed per-row priors: ``init`` starts them there
         self.row_prior_means = {side: jnp.asarray(np.asarray(row_priors[side][0]), dt)
                                 for side in rp}
+        #: rows of at most this many observations are drawn through the Woodbury identity
+        #: (``{"user": w, "item": w}``, 0 = off; :mod:`bayesmf.infer._rowblocks`, **Rows of
+        #: few observations**); off for a side with per-row priors
+        self.low_width = {
+            side: 0 if side in rp else resolve_low_width(
+                low_width, k + int(bias), max_width, np.bincount(rows, minlength=n))
+            for side, bias, rows, n in (("user", spec.user_bias, u, train.n_users),
+                                        ("item", spec.item_bias, i, train.n_items))}
         self.data = GibbsData(
             jnp.asarray(u), jnp.asarray(i), jnp.asarray(lik.encode(y_data).astype(dt)),
-            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items, **lay)),
-            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users, **lay)),
+            _to_device(build_row_blocks(u, i, train.n_users, n_other=train.n_items,
+                                        low_width=self.low_width["user"], **lay)),
+            _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
+                                        low_width=self.low_width["item"], **lay)),
             feats or None, rp or None)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
@@ -493,11 +504,7 @@ def _macau_setup(train, spec, dt, user_features, item_features, solver, lb_prior
 
 
 def _to_device(b: RowBlocks) -> RowBlocks:
-    return RowBlocks(tuple(jnp.asarray(x) for x in b.seg_row),
-                     tuple(jnp.asarray(x) for x in b.seg_cols),
-                     tuple(jnp.asarray(x) for x in b.seg_obs),
-                     jnp.asarray(b.degree), jnp.asarray(b.n_other),
-                     tuple(_to_device(p) for p in b.parts))
+    return jax.tree_util.tree_map(jnp.asarray, b)
 
 
 # ----------------------------------------------------------------------------- NumPyro

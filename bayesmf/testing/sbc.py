@@ -345,8 +345,11 @@ class GibbsBatch:
     batched = True
     __name__ = "gibbs"
 
-    def __init__(self, num_samples: int = 100, num_warmup: int = 50, thin: int = 1):
+    def __init__(self, num_samples: int = 100, num_warmup: int = 50, thin: int = 1,
+                 low_width="auto"):
         self.num_samples, self.num_warmup, self.thin = num_samples, num_warmup, thin
+        #: the kernel's ``low_width`` (rows drawn through the Woodbury identity)
+        self.low_width = low_width
 
     def __call__(self, datasets, spec, seeds) -> list:
         import jax
@@ -355,7 +358,7 @@ class GibbsBatch:
 
         from bayesmf.infer.gibbs import BPMFGibbs
 
-        kern = BPMFGibbs(datasets[0], spec)
+        kern = BPMFGibbs(datasets[0], spec, low_width=self.low_width)
         dt = kern.dtype
         lik = kern.cfg.spec.likelihood
         ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
