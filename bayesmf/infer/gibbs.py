@@ -298,8 +298,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     split over the devices, :mod:`bayesmf.infer.sharded` -- each device solves the rows of
     a contiguous, observation-balanced range of users and of items and the new rows are
     all-gathered each half-sweep; the random draws are those of the unsharded chain for
-    any number of devices, so the draws equal the "sequential" chain's up to float
-    summation order; several chains run one after another, each over all devices; not
+    any number of devices, so the draws equal the "sequential" chain's (with
+    ``low_width=0``) up to float summation order; several chains run one after another, each over all devices; not
     with side features or full-matrix likelihoods (SpecError); ``attrs`` record
     ``chain_method_used`` and ``devices``); ``shard_devices`` (None: all of
     ``jax.devices()``; only with "sharded") the number of devices of the sharded chain;

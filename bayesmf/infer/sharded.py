@@ -66,6 +66,12 @@ arguments. Precisely:
   sweeps, Gaussian and bernoulli-probit). Chains are chaotic, so over hundreds of sweeps
   the round-off grows and 1- and 2-device chains agree in distribution only.
 
+"The unsharded chain" is the one with every row drawn by its own Cholesky factor
+(``low_width=0``): the sharded sweep always uses that layout, while an unsharded chain on a
+long-tail side with ``low_width="auto"`` draws its rows of few observations through the
+Woodbury identity (:mod:`bayesmf.infer._rowblocks`, **Rows of few observations**) with
+other random numbers -- the same conditional distributions, not the same draws.
+
 **Devices.** ``shard_devices`` (None: all ``jax.devices()``). On CPU start JAX with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` before it is imported. Several
 chains run one after another, each over all the devices (``attrs["chain_method_used"]
