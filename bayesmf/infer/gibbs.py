@@ -299,8 +299,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     a contiguous, observation-balanced range of users and of items and the new rows are
     all-gathered each half-sweep; the random draws are those of the unsharded chain for
     any number of devices, so the draws equal the "sequential" chain's (with
-    ``low_width=0``) up to float summation order; several chains run one after another, each over all devices; not
-    with side features or full-matrix likelihoods (SpecError); ``attrs`` record
+    ``low_width=0``) up to float summation order; several chains run one after another,
+    each over all devices; not with side features or full-matrix likelihoods
+    (SpecError); ``attrs`` record
     ``chain_method_used`` and ``devices``); ``shard_devices`` (None: all of
     ``jax.devices()``; only with "sharded") the number of devices of the sharded chain;
     ``progress_every`` (None: about 50 progress updates)
@@ -308,18 +309,18 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ``row_parts`` ("auto": on CPU one per 100k observations, up to 8; or an int)
     the contiguous row ranges each side's row solves are cut into, run concurrently on a
     CPU (:mod:`bayesmf.infer._rowblocks`, **Row parts**; draws equal up to rounding);
-    ``low_width`` ("auto": by the design width, :func:`~bayesmf.infer._rowblocks.low_width_for`;
-    or an int, 0 = off) rows with at most this many observations are drawn exactly through
-    the Woodbury identity, without their own Cholesky factor
-    (:mod:`bayesmf.infer._rowblocks`, **Rows of few observations**; other random numbers,
-    the same conditional distribution);
+    ``low_width`` ("auto": :func:`~bayesmf.infer._rowblocks.low_width_for`, by the
+    design width and the side's degrees; or an int, 0 = off) rows with at most this many
+    observations are drawn exactly through the Woodbury identity, without their own
+    Cholesky factor (:mod:`bayesmf.infer._rowblocks`, **Rows of few observations**; other
+    random numbers, the same conditional distribution);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
     :class:`~bayesmf.data.features.Features` or DataFrame per side; ``beta_solver``
     ("auto": "eigh" up to 4096 features, else "cg"; or "cholesky");
-    ``lambda_beta_prior`` ((1, 1): the Gamma shape and rate of ``lambda_beta``); ``cg_tol`` (1e-6), ``cg_maxiter``
-    (200) of the CG solver.
+    ``lambda_beta_prior`` ((1, 1): the Gamma shape and rate of ``lambda_beta``);
+    ``cg_tol`` (1e-6), ``cg_maxiter`` (200) of the CG solver.
 
     Propagated priors: ``row_priors`` (None) ``{"user": (mean (N, d), precision (N, d,
     d)), "item": ...}`` fixes each listed row's joint ``[b, F]`` prior to that Gaussian
