@@ -104,6 +104,26 @@ def test_resume_refuses_other_data_seed_or_settings(problem, tmp_path):
         fit_gibbs(train, spec, seed=5, checkpoint=path, resume=True, **SETTINGS)
 
 
+def test_woodbury_rows_resume_bit_identical_and_refuse_another_layout(problem, tmp_path):
+    """Rows drawn through the Woodbury identity (``low_width=16``: most rows here, the
+    others by their Cholesky factor in the same sweep) keep the resume guarantee, and a
+    resume with the other layout (other random numbers) is refused by the fingerprint."""
+    train, spec, ref_chol = problem
+    kw = dict(SETTINGS, low_width=16)
+    ref = fit_gibbs(train, spec, seed=5, **kw)
+    assert ref.attrs["settings"]["low_width"] == {"user": 16, "item": 16}
+    assert not np.array_equal(np.asarray(ref.draws["U"]), np.asarray(ref_chol.draws["U"]))
+    path = tmp_path / "w.npz"
+    with killed_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
+        fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, **kw)
+    with pytest.raises(SpecError, match="fingerprint"):
+        fit_gibbs(train, spec, seed=5, checkpoint=path, resume=True, **SETTINGS)
+    post = fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, resume=True,
+                     **kw)
+    assert post.attrs["checkpoint"]["resumed_at"] == 10
+    _same_draws(ref, post)
+
+
 _SLOW_SAVES = """
 import sys, time
 import bayesmf.infer.checkpoint as c
