@@ -756,7 +756,9 @@ def _woodbury_rows(L, Xg, wg, h, key=None):
         q = q + jax.random.normal(k1, (S, d), q.dtype) + jnp.einsum(
             "swd,sw->sd", Ht, jax.random.normal(k2, (S, W), q.dtype))
     M = jnp.eye(W, dtype=q.dtype) + jnp.einsum("swd,svd->swv", Ht, Ht)
-    Lm = jnp.linalg.cholesky(M)
+    # eigenvalues >= 1, but 1 + |H|^2 can exceed float32's range of condition numbers
+    # under extreme weights: the jittered retry of the Cholesky path
+    Lm = _safe_cholesky(M)
     a = jnp.einsum("swd,sd->sw", Ht, q)[..., None]
     a = lax.linalg.triangular_solve(Lm, a, left_side=True, lower=True)
     t = lax.linalg.triangular_solve(Lm, a, left_side=True, lower=True, transpose_a=True)
