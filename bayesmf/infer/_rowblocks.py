@@ -248,10 +248,6 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
     :func:`solve_rows` (:class:`LowRows`; module docs, **Rows of few observations**);
     ``parts`` then cuts the other rows. Only :func:`solve_rows` (JAX) takes such blocks.
     """
-    low_width = int(low_width)
-    if low_width > 0:
-        return _build_split(np.asarray(rows), np.asarray(cols), int(n_rows), n_other,
-                            max_width, min_width, parts, row_cost, low_width)
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     if rows.ndim != 1 or rows.shape != cols.shape:
@@ -269,6 +265,12 @@ def build_row_blocks(rows: np.ndarray, cols: np.ndarray, n_rows: int, *,
     parts = int(parts)
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
+    low_width = int(low_width)
+    if low_width > 0:
+        if low_width > max_width:
+            raise ValueError(f"low_width ({low_width}) must be <= max_width ({max_width})")
+        return _build_split(rows, cols, n_rows, n_other, max_width, min_width, parts,
+                            row_cost, low_width)
     parts = min(parts, max(n_rows, 1))
     if parts > 1:
         degree = np.bincount(rows, minlength=n_rows).astype(np.int32)
@@ -328,15 +330,8 @@ def _map_obs(b: RowBlocks, obs: np.ndarray) -> RowBlocks:
 
 def _build_split(rows, cols, n_rows, n_other, max_width, min_width, parts, row_cost,
                  low_width) -> RowBlocks:
-    """:func:`build_row_blocks` with ``low_width > 0`` (the :class:`LowRows` layout)."""
-    if rows.ndim != 1 or rows.shape != cols.shape:
-        raise ValueError("rows and cols must be 1-d arrays of equal length")
-    if low_width > max_width:
-        raise ValueError(f"low_width ({low_width}) must be <= max_width ({max_width})")
-    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
-        raise ValueError(f"row indices must lie in [0, {n_rows})")
-    if n_other is None:
-        n_other = int(cols.max()) + 1 if cols.size else 0
+    """:func:`build_row_blocks` with ``low_width > 0`` (the :class:`LowRows` layout), on
+    arguments it has already checked."""
     degree = np.bincount(rows, minlength=n_rows).astype(np.int32)
     is_low = (degree >= 1) & (degree <= low_width)
     lay = dict(n_other=n_other, max_width=max_width, min_width=min_width)
@@ -747,7 +742,7 @@ def _woodbury_rows(L, Xg, wg, h, key=None):
     P_r^{-1})` exactly; in the whitened form :math:`q = L^{-1}h_r + \varepsilon_1 +
     H\varepsilon_2`."""
     S, W, d = Xg.shape
-    Wt = jnp.sqrt(jnp.maximum(wg, 0))[..., None] * Xg                 # (S, W, d)
+    Wt = jnp.sqrt(wg)[..., None] * Xg                                  # (S, W, d)
     Ht = lax.linalg.triangular_solve(L, Wt.reshape(S * W, d).T, left_side=True,
                                      lower=True).T.reshape(S, W, d)  # rows: (L^-1 w_j)^T
     q = lax.linalg.triangular_solve(L, h.T, left_side=True, lower=True).T    # (S, d)
