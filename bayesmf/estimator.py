@@ -243,7 +243,10 @@ class BayesMF:
         estimator's ``seed`` (grammar: :mod:`bayesmf.data.negatives`). The model is fitted
         to ``y_ui = 1`` on every stored pair and ``y_ui = 0`` on ``m_u`` distinct sampled
         non-positive items per user
-        (:meth:`~bayesmf.data.negatives.NegativeSampler.training_ratings`).
+        (:meth:`~bayesmf.data.negatives.NegativeSampler.training_ratings`). With the
+        suffix ``"@sweep"`` (``"uniform:4@sweep"``, ``NegativeSampler(redraw="sweep")``;
+        ``method="gibbs"`` only) that draw is re-paired at every sweep, each user and each
+        item keeping its number of negatives (:mod:`bayesmf.infer.negative_redraw`).
         The rule, its seed and the counts go to ``posterior_.attrs["negatives"]`` (saved
         with the model). The seen pairs (``exclude_seen`` in ``recommend``) are the
         positives only: sampled negatives stay recommendable.
@@ -289,8 +292,14 @@ class BayesMF:
             raise SpecError(f"user_features/item_features (the Macau prior) need a method "
                             f"in {FEATURE_METHODS} (e.g. method='gibbs'), got "
                             f"method={self.method!r}")
+        if neg_record is not None and sampler.redraw == "sweep":
+            if self.method != "gibbs":
+                raise SpecError(f"negatives redrawn every sweep ('{sampler.to_string()}') "
+                                f"need method='gibbs', got method={self.method!r}; drop "
+                                f"'@sweep' to fit one fixed draw of negatives")
+            feat_opts["redraw_negatives"] = True
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
-                      **self.options, **feat_opts)
+                      **{**self.options, **feat_opts})
         self.fit_seconds_ = time.perf_counter() - t0
         if seen is not None:
             from bayesmf.posterior import TrainInfo

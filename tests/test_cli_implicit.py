@@ -90,6 +90,8 @@ def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
       "sideways:4"], "negative"),
     (["--feedback", "implicit", "--likelihood", "bernoulli-probit", "--negatives",
       "uniform:2", "--recalibrate", "platt"], "--recalibrate maps the logit"),
+    (["--feedback", "implicit", "--likelihood", "bernoulli-logit", "--method", "map",
+      "--rank", "4", "--negatives", "uniform:2@sweep"], "need method='gibbs'"),
 ])
 def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, msg):
     code = main(["fit", str(events / "events.csv"), "--out", str(tmp_path / "m.nc"), *args])

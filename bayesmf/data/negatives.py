@@ -44,18 +44,43 @@ of capped users is reported). The training ratings are then
 
 on the interactions' vocabularies, sorted by ``(user, item)``.
 
+Fixed per fit or redrawn every sweep (``redraw``). With ``redraw="fit"`` (the default)
+the negatives above are drawn once and the model is fitted to that one training set; the
+posterior then "knows" its own negatives (on Last.fm 2K they get about half the
+P(y = 1) of fresh non-interacted pairs). With ``redraw="sweep"`` (Gibbs only) the negatives are drawn
+again at every sweep, so no unobserved pair stays a negative for the whole chain. To keep
+the sampler's shapes static (each side's blocks of observations are laid out once,
+:mod:`bayesmf.infer._rowblocks`), the redraw keeps every user's number of negatives
+``m_u`` *and* every item's number of negative slots ``k_i`` -- the counts of the fit-time
+draw above, itself a draw of the rule -- and re-pairs them: at each sweep a uniformly
+random permutation ``rho`` of the ``M = sum_u m_u`` negative slots gives user slot ``s``
+the item of slot ``rho(s)`` (the configuration model of the bipartite negative degree
+sequence). So each negative of user ``u`` is an item drawn with probability
+``k_i / M`` -- the item's share of the fit-time draw, a realisation of the rule's ``q_u``
+pooled over users -- without replacement over the slots. A re-pairing that lands on a positive of its user (``i in P_u``) is given weight 0
+for that sweep (it is neither a negative nor a positive then: the rule's "never a
+positive"); the expected share of such slots is ``sum_u m_u sum_{i in P_u} k_i / M^2``
+(``uniform:4``: 0.22% on Last.fm 2K, 8.0% on ML-1M, whose users hold many of the items;
+``benchmarks/results/negative_redraw.md``), so a user gets that many fewer negatives in a
+sweep on average. A user may get one item twice in a sweep (two slots of one item). The
+chain then targets no single posterior: it averages the conditional updates over
+negative sets, the way stochastic optimisers redraw negatives per epoch (the draws are a
+mixture over negative sets rather than the posterior given one of them).
+
 Short rule strings (:meth:`NegativeSampler.from_string`, the ``negatives=`` argument of
 :meth:`bayesmf.BayesMF.fit`)::
 
-    rule  := kind ["^" beta] [":" n ["/user"]]
-    kind  := "uniform" | "popularity"
-    beta  := a number >= 0 (popularity only; default 1)
-    n     := an integer >= 1 (default 1): negatives per positive, or per user with "/user"
+    rule   := kind ["^" beta] [":" n ["/user"]] ["@" redraw]
+    kind   := "uniform" | "popularity"
+    beta   := a number >= 0 (popularity only; default 1)
+    n      := an integer >= 1 (default 1): negatives per positive, or per user with "/user"
+    redraw := "fit" (default) | "sweep"
 
 e.g. ``"uniform:4"`` (4 uniform negatives per positive), ``"popularity:4"``
-(``pi(i) = d_i``), ``"popularity^0.75:2"``, ``"uniform:50/user"``. Spaces are ignored and
-the kind is case-insensitive. A string carries no seed: it gets one from the caller
-(``BayesMF.fit`` uses the estimator's ``seed``).
+(``pi(i) = d_i``), ``"popularity^0.75:2"``, ``"uniform:50/user"``, ``"uniform:4@sweep"``
+(redrawn every sweep). Spaces are ignored and the kind is case-insensitive. A string
+carries no seed: it gets one from the caller (``BayesMF.fit`` uses the estimator's
+``seed``).
 """
 
 from __future__ import annotations
@@ -74,9 +99,12 @@ from bayesmf.errors import DataError, SpecError
 __all__ = ["NegativeSampler", "as_sampler", "with_negatives"]
 
 _KINDS = ("uniform", "popularity")
+#: when the negatives are drawn: once per fit, or again at every Gibbs sweep
+REDRAWS = ("fit", "sweep")
 _SCHEMA = 1
 _REJECTION_ROUNDS = 16
-_RULE = re.compile(r"^(?P<kind>[a-z]+)(?:\^(?P<beta>[^:]+))?(?::(?P<n>[^/]+)(?P<per>/user)?)?$")
+_RULE = re.compile(r"^(?P<kind>[a-z]+)(?:\^(?P<beta>[^:@]+))?(?::(?P<n>[^/@]+)(?P<per>/user)?)?"
+                   r"(?:@(?P<redraw>[a-z]*))?$")
 
 
 def _is_int(x) -> bool:
@@ -98,6 +126,9 @@ class NegativeSampler:
         Negatives per user instead (``m_u = per_user``); give exactly one of the two.
     seed : int, default 0
         Seed of ``numpy.random.default_rng``; :meth:`sample` may override it.
+    redraw : {"fit", "sweep"}, default "fit"
+        Draw the negatives once per fit, or re-pair them at every Gibbs sweep (module
+        docstring; ``method="gibbs"`` only). The fit-time draw is the same for both.
     """
 
     kind: str = "uniform"
@@ -105,6 +136,7 @@ class NegativeSampler:
     per_positive: int | None = 1
     per_user: int | None = None
     seed: int = 0
+    redraw: str = "fit"
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -126,6 +158,8 @@ class NegativeSampler:
         if not _is_int(self.seed) or self.seed < 0:
             raise SpecError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
+        if self.redraw not in REDRAWS:
+            raise SpecError(f"redraw must be one of {list(REDRAWS)}, got {self.redraw!r}")
 
     # ------------------------------------------------------------------ the rule
     def item_weights(self, interactions: Interactions) -> np.ndarray:
@@ -263,7 +297,7 @@ class NegativeSampler:
         beta = f"^{self.beta!r}" if self.kind == "popularity" and self.beta != 1.0 else ""
         n = (f"{self.per_positive}" if self.per_positive is not None
              else f"{self.per_user}/user")
-        return f"{self.kind}{beta}:{n}"
+        return f"{self.kind}{beta}:{n}" + ("@sweep" if self.redraw == "sweep" else "")
 
     @classmethod
     def from_string(cls, text: str, seed: int = 0) -> "NegativeSampler":
@@ -274,8 +308,9 @@ class NegativeSampler:
         m = _RULE.match("".join(text.split()).lower())
         if m is None:
             raise SpecError(f"cannot parse the negative-sampling rule {text!r}; write "
-                            "kind[^beta][:n[/user]], e.g. 'uniform:4', 'popularity:4', "
-                            "'popularity^0.75:2' or 'uniform:50/user'")
+                            "kind[^beta][:n[/user]][@redraw], e.g. 'uniform:4', "
+                            "'popularity:4', 'popularity^0.75:2', 'uniform:50/user' or "
+                            "'uniform:4@sweep'")
         kind = m["kind"]
         if kind not in _KINDS:
             raise SpecError(f"unknown negative-sampling kind {kind!r} in {text!r}; choose "
@@ -300,6 +335,11 @@ class NegativeSampler:
             kw.update(per_positive=None, per_user=n)
         else:
             kw["per_positive"] = n
+        if m["redraw"] is not None:
+            if m["redraw"] not in REDRAWS:
+                raise SpecError(f"unknown redraw {m['redraw']!r} in {text!r}; write "
+                                f"'@fit' or '@sweep'")
+            kw["redraw"] = m["redraw"]
         return cls(**kw)
 
     # ------------------------------------------------------------------ persistence

@@ -76,8 +76,8 @@ from jax import lax
 
 from bayesmf.errors import SpecError
 
-__all__ = ["RowBlocks", "LowRows", "build_row_blocks", "partition_rows", "resolve_row_parts",
-           "resolve_low_width", "low_width_for",
+__all__ = ["RowBlocks", "LowRows", "build_row_blocks", "remap_blocks", "partition_rows",
+           "resolve_row_parts", "resolve_low_width", "low_width_for",
            "solve_rows", "row_precisions", "gaussian_from_precision"]
 
 
@@ -326,6 +326,27 @@ def _map_obs(b: RowBlocks, obs: np.ndarray) -> RowBlocks:
     return b._replace(seg_obs=tuple(obs[o].astype(np.int32) if obs.size else o
                                     for o in b.seg_obs),
                       parts=tuple(_map_obs(p, obs) for p in b.parts))
+
+
+def remap_blocks(b, other_of_obs, n_other: int, obs_map=None):
+    """A layout (:class:`RowBlocks`, with its parts or :class:`LowRows`) with the same
+    rows, segments and shapes but other observations in its slots: each observation index
+    ``o`` becomes ``obs_map[o]`` (None: unchanged) and each other-side index the new
+    observation's ``other_of_obs[obs_map[o]]``; padding slots (other index ``n_other``)
+    stay padding. Works on device arrays inside ``jit`` (the per-sweep redraw of sampled
+    negatives, :mod:`bayesmf.infer.negative_redraw`): a row keeps its number of
+    observations, so every static shape and the Woodbury / Cholesky split stay valid."""
+    if isinstance(b, LowRows):
+        return b._replace(high=remap_blocks(b.high, other_of_obs, n_other, obs_map),
+                          rows=remap_blocks(b.rows, other_of_obs, n_other, obs_map))
+    obs = b.seg_obs if obs_map is None else tuple(obs_map[o] for o in b.seg_obs)
+    cols = tuple(jnp.where(c >= n_other, c, other_of_obs[o].astype(c.dtype))
+                 for c, o in zip(b.seg_cols, obs))
+    return b._replace(seg_cols=cols, seg_obs=obs,
+                      parts=tuple(remap_blocks(p, other_of_obs, n_other, obs_map)
+                                  for p in b.parts),
+                      low=(remap_blocks(b.low, other_of_obs, n_other, obs_map)
+                           if isinstance(b.low, LowRows) else b.low))
 
 
 def _build_split(rows, cols, n_rows, n_other, max_width, min_width, parts, row_cost,

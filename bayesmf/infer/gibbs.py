@@ -231,7 +231,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
                 cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None,
-                low_width="auto")
+                low_width="auto", redraw_negatives=False)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -314,6 +314,10 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     observations are drawn exactly through the Woodbury identity, without their own
     Cholesky factor (:mod:`bayesmf.infer._rowblocks`, **Rows of few observations**; other
     random numbers, the same conditional distribution);
+    ``redraw_negatives`` (False; True for a 0/1 training set of positives and sampled
+    negatives with a Bernoulli likelihood) re-pairs the negatives at every sweep, keeping
+    each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
+    ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it); not with "sharded";
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -359,6 +363,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     sharded = opts["chain_method"] == "sharded"
     if sharded and opts["row_priors"] is not None:
         raise SpecError("row_priors are not supported with chain_method='sharded'")
+    if sharded and opts["redraw_negatives"] is True:
+        raise SpecError("redraw_negatives (negatives redrawn every sweep) is not supported "
+                        "with chain_method='sharded'")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")
@@ -379,7 +386,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      beta_solver=opts["beta_solver"],
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
                      cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
-                     row_priors=opts["row_priors"], low_width=opts["low_width"])
+                     row_priors=opts["row_priors"], low_width=opts["low_width"],
+                     redraw_negatives=opts["redraw_negatives"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = None
     if opts["predict_pairs"] is not None:
@@ -405,7 +413,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                              opts["chain_method"], int(opts["max_width"]), pp,
                              *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()),
                              *((("low_width", tuple(kern.low_width.values())),)
-                               if any(kern.low_width.values()) else ()))
+                               if any(kern.low_width.values()) else ()),
+                             *((("redraw_negatives", True),) if cfg.redraw_steps else ()))
         if cfg.macau or cfg.row_prior_sides:  # never resume a run with other priors
             import hashlib
 
@@ -453,7 +462,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "row_parts": kern.row_parts, "low_width": dict(kern.low_width),
-                     "n_sweeps": n_iter},
+                     "redraw_negatives": bool(cfg.redraw_steps), "n_sweeps": n_iter},
         **({"row_priors": list(cfg.row_prior_sides)} if cfg.row_prior_sides else {}),
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}

@@ -19,6 +19,7 @@ from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, mu_draw_sums, rows_draw, scale_move,
                                        shift_move, translation_move)
+from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_layout, redraw_negatives
 from bayesmf.model import linear
 from bayesmf.model.random import standard_gamma
 from bayesmf.model.reduce import count, sharded, total
@@ -73,6 +74,12 @@ class GibbsData(NamedTuple):
     #: :mod:`bayesmf.infer.propagation`): ``{"user": (P0 (N, d, d), h0 (N, d)), ...}`` for
     #: the sides in ``_Cfg.row_prior_sides`` (None without)
     row_priors: dict | None = None
+    #: per-observation weights switched off (False) for this sweep: the re-paired sampled
+    #: negatives that hit a positive (:mod:`bayesmf.infer.negative_redraw`; None: all on)
+    obs_mask: jnp.ndarray | None = None
+    #: the per-sweep redraw of sampled negatives (a
+    #: :class:`~bayesmf.infer.negative_redraw.NegativeRedraw`; None: fixed negatives)
+    redraw: object = None
 
 
 class _Cfg(NamedTuple):
@@ -115,6 +122,8 @@ class _Cfg(NamedTuple):
     #: the exchangeable hierarchical prior (shift, scale; translation of that side's bias)
     #: are skipped (the sweep stays a valid Gibbs sampler without them)
     row_prior_sides: tuple = ()
+    #: binary-search halvings of the negatives' redraw (0: no redraw; static)
+    redraw_steps: int = 0
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
@@ -125,6 +134,12 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
                         "devices")
     if cfg.axis_name is not None and cfg.row_prior_sides:
         raise SpecError("per-row priors are not supported with data sharded over devices")
+    if data.redraw is not None:  # sampled negatives re-paired for this sweep
+        if cfg.axis_name is not None:
+            raise SpecError("redrawing negatives every sweep is not supported with data "
+                            "sharded over devices")
+        data = redraw_negatives(jax.random.fold_in(key, REDRAW_STREAM), data, cfg.n_users,
+                                cfg.n_items, cfg.redraw_steps)
     with sharded(cfg.axis_name):
         return _sweep(cfg, data, key, s)
 
@@ -194,6 +209,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         if lik.augmented else None
     kz, ktheta = jax.random.split(ktau)
     z, w = lik.gaussianize(kz, y, eta0, s.theta)
+    if data.obs_mask is not None:  # observations switched off this sweep weigh nothing
+        w = jnp.where(data.obs_mask, w, jnp.zeros((), w.dtype))
     # a full-matrix likelihood (implicit feedback): the unobserved pairs are the
     # pseudo-observation (y0, w0); its dense terms enter in closed form
     bg = lik.background(s.theta)
@@ -277,6 +294,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
             mbg = (w0, n_all, y0 * n_all - sum_lin, y0 - lin)
         mu = mu_draw(kmu, z - lin, w, cfg.lambda_mu, cfg.mu_mean, mbg)
     eta = mu + lin
+    if data.obs_mask is not None:  # eta = 0: a term constant in the latent scale
+        eta = jnp.where(data.obs_mask, eta, jnp.zeros((), eta.dtype))
     theta = s.theta
     # step 6b: the scale of eta against the unit latent noise (not with fixed row priors)
     if lik.latent_scale_fixed and not fixed:
@@ -341,12 +360,16 @@ class BPMFGibbs:
     levels of the training data);
     ``step(key, state) -> (state, info)`` is one sweep (jit/vmap/scan-able; ``info`` has
     ``train_rmse`` and ``log_likelihood``).
+    ``redraw_negatives=True`` (a 0/1 ``train`` of positives and sampled negatives, a
+    Bernoulli likelihood) re-pairs the negatives at every sweep
+    (:mod:`bayesmf.infer.negative_redraw`).
     """
 
     def __init__(self, train: Ratings, spec: ModelSpec, *, dtype="float32", max_width=128,
                  user_features=None, item_features=None, beta_solver="auto",
                  lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
-                 row_parts="auto", row_priors=None, low_width="auto"):
+                 row_parts="auto", row_priors=None, low_width="auto",
+                 redraw_negatives=False):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         y_data = np.asarray(train.rating, np.float64)
@@ -408,6 +431,18 @@ class BPMFGibbs:
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
                                         low_width=self.low_width["item"], **lay)),
             feats or None, rp or None)
+        if not isinstance(redraw_negatives, bool):
+            raise SpecError(f"redraw_negatives must be True or False, got "
+                            f"{redraw_negatives!r}")
+        if redraw_negatives:
+            from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
+
+            if not isinstance(lik, (BernoulliLogit, BernoulliProbit)):
+                raise SpecError(f"redrawing sampled negatives every sweep applies to the "
+                                f"Bernoulli likelihoods only, not {lik.name!r}")
+            rd, steps = redraw_layout(u, i, y_data)
+            self.cfg = self.cfg._replace(redraw_steps=steps)
+            self.data = self.data._replace(redraw=rd)
 
     def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
         s = _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)

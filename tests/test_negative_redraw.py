@@ -1,0 +1,193 @@
+"""Sampled negatives redrawn every Gibbs sweep (``negatives="uniform:4@sweep"``,
+:mod:`bayesmf.infer.negative_redraw`): the rule's grammar and record, the re-pairing on
+the static layouts (every observation in exactly one slot of each side, degrees kept, the
+mask exactly the hits on positives), its law, and the estimator path."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import bayesmf
+from bayesmf.data import Interactions
+from bayesmf.data.negatives import NegativeSampler, as_sampler
+from bayesmf.errors import SpecError
+from bayesmf.infer._rowblocks import LowRows
+from bayesmf.infer.gibbs import fit_gibbs
+from bayesmf.infer.gibbs_kernel import BPMFGibbs
+from bayesmf.infer.negative_redraw import redraw_layout, redraw_negatives
+from bayesmf.model.spec import ModelSpec
+
+
+def _interactions(n_users=60, n_items=40, n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    pairs = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, n),
+                                                     rng.integers(0, n_items, n))})
+    u, i = map(np.array, zip(*pairs))
+    return Interactions.from_arrays(u.astype(str), i.astype(str))
+
+
+def test_rule_grammar_and_record():
+    S = NegativeSampler
+    assert S.from_string("uniform:4@sweep", seed=2) == S("uniform", per_positive=4, seed=2,
+                                                        redraw="sweep")
+    assert S.from_string("popularity^0.5:2 @ fit") == S("popularity", beta=0.5,
+                                                        per_positive=2)
+    for rule in ["uniform:4@sweep", "uniform:50/user@sweep", "popularity^0.75:2@sweep"]:
+        s = S.from_string(rule)
+        assert s.to_string() == rule and as_sampler(s.to_dict()) == s
+    assert S.from_string("uniform:4@fit").to_string() == "uniform:4"
+    # a record written before the field existed reads as "fit"
+    old = {k: v for k, v in S("uniform", per_positive=4).to_dict().items() if k != "redraw"}
+    assert as_sampler(old).redraw == "fit"
+    for rule, match in [("uniform:4@epoch", "unknown redraw"), ("uniform:4@", "unknown "
+                                                                "redraw"),
+                        ("uniform@sweep@fit", "cannot parse")]:
+        with pytest.raises(SpecError, match=match):
+            S.from_string(rule)
+    with pytest.raises(SpecError, match="redraw must be one of"):
+        S(redraw="always")
+    # the fit-time draw does not depend on the redraw mode
+    x = _interactions()
+    a = S.from_string("uniform:3", seed=5).training_ratings(x)
+    b = S.from_string("uniform:3@sweep", seed=5).training_ratings(x)
+    np.testing.assert_array_equal(a.item, b.item)
+
+
+def _triples(b, rowmap=None):
+    """``(row, other, obs)`` of every non-padding slot of a layout (parts, Woodbury)."""
+    if isinstance(b, LowRows):
+        return _triples(b.high, np.asarray(b.high_rows)) + _triples(b.rows)
+    out = []
+    for p, (s, e) in zip(b.parts, b.part_ranges() if b.parts else ()):
+        loc = np.arange(s, e)
+        out += _triples(p, loc if rowmap is None else np.asarray(rowmap)[loc])
+    n_other = int(np.asarray(b.n_other)[0])
+    for r, c, o in zip(b.seg_row, b.seg_cols, b.seg_obs):
+        r, c, o = np.asarray(r), np.asarray(c), np.asarray(o)
+        s, j = np.nonzero(c < n_other)
+        rows = r[s] if rowmap is None else np.asarray(rowmap)[r[s]]
+        out += list(zip(rows.tolist(), c[s, j].tolist(), o[s, j].tolist()))
+    if isinstance(b.low, LowRows):
+        out += _triples(b.low)
+    return out
+
+
+@pytest.mark.parametrize("low_width,row_parts", [(0, 1), (4, 2), (0, 3)])
+def test_repairing_keeps_the_layouts_consistent(low_width, row_parts):
+    x = _interactions()
+    tr = as_sampler("uniform:3", seed=1).training_ratings(x)
+    kern = BPMFGibbs(tr, ModelSpec(rank=16, likelihood="bernoulli-logit"),
+                     redraw_negatives=True, low_width=low_width, max_width=8,
+                     row_parts=row_parts)
+    d, cfg = kern.data, kern.cfg
+    y = np.asarray(tr.rating)
+    neg = y == 0
+    positives = set(zip(np.asarray(tr.user)[~neg].tolist(), np.asarray(tr.item)[~neg].tolist()))
+    fn = jax.jit(lambda key: redraw_negatives(key, d, cfg.n_users, cfg.n_items,
+                                              cfg.redraw_steps))
+    seen = []
+    for key in (1, 2):
+        d2 = fn(jax.random.PRNGKey(key))
+        user, item, mask = (np.asarray(a) for a in (d2.user, d2.item, d2.obs_mask))
+        np.testing.assert_array_equal(user, tr.user)             # users keep their slots
+        np.testing.assert_array_equal(item[~neg], np.asarray(tr.item)[~neg])
+        np.testing.assert_array_equal(np.bincount(item[neg], minlength=tr.n_items),
+                                      np.bincount(np.asarray(tr.item)[neg],
+                                                  minlength=tr.n_items))
+        hit = np.array([(a, b) in positives for a, b in zip(user, item)])
+        np.testing.assert_array_equal(mask, ~(hit & neg))
+        assert (item[neg] != np.asarray(tr.item)[neg]).mean() > 0.5
+        for blocks, rows, cols in ((d2.ublocks, user, item), (d2.iblocks, item, user)):
+            t = np.array(_triples(blocks))
+            assert len(t) == len(user)                            # every obs once ...
+            np.testing.assert_array_equal(np.sort(t[:, 2]), np.arange(len(user)))
+            np.testing.assert_array_equal(rows[t[:, 2]], t[:, 0])  # ... in its row's slot
+            np.testing.assert_array_equal(cols[t[:, 2]], t[:, 1])
+        seen.append(item)
+    assert (seen[0] != seen[1]).any()
+    np.testing.assert_array_equal(np.asarray(fn(jax.random.PRNGKey(2)).item), seen[1])
+
+
+def test_repairing_law_is_the_slot_distribution():
+    """Each negative slot gets the item of a uniformly random slot: over many sweeps the
+    frequency of item i in one user's slots is k_i / M."""
+    x = _interactions(n_users=30, n_items=12, n=60, seed=3)
+    tr = as_sampler("popularity:3", seed=2).training_ratings(x)
+    rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
+    kern = BPMFGibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"),
+                     redraw_negatives=True)
+    d, cfg = kern.data, kern.cfg
+    draw = jax.jit(jax.vmap(lambda kk: redraw_negatives(kk, d, cfg.n_users, cfg.n_items,
+                                                        steps).item))
+    items = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 4000)))
+    negs = np.asarray(rd.neg_obs)
+    k = np.bincount(np.asarray(tr.item)[negs], minlength=tr.n_items) / negs.size
+    freq = np.bincount(items[:, negs[0]], minlength=tr.n_items) / items.shape[0]
+    assert np.abs(freq - k).max() < 4 * np.sqrt(k.max() * (1 - k.max()) / items.shape[0])
+    with pytest.raises(SpecError, match="both positives"):
+        redraw_layout(tr.user[:3], tr.item[:3], np.ones(3))
+
+
+def test_fit_records_and_refusals(tmp_path):
+    x = _interactions(n_users=80, n_items=50, n=900, seed=4)
+    m = bayesmf.BayesMF(method="gibbs", likelihood="bernoulli-logit", rank=4,
+                        num_samples=20, num_warmup=20, seed=1).fit(x,
+                                                                    negatives="uniform:2@sweep")
+    post = m.posterior
+    assert post.attrs["settings"]["redraw_negatives"] is True
+    rec = post.attrs["negatives"]
+    assert rec["rule"] == "uniform:2@sweep" and rec["redraw"] == "sweep"
+    assert np.isfinite(np.asarray(post.draws["V"])).all()
+    m.save(tmp_path / "m.nc", draws=5)
+    back = bayesmf.load(tmp_path / "m.nc")
+    assert back.posterior.attrs["negatives"]["rule"] == "uniform:2@sweep"
+    fixed = bayesmf.BayesMF(method="gibbs", likelihood="bernoulli-logit", rank=4,
+                            num_samples=20, num_warmup=20, seed=1).fit(x,
+                                                                        negatives="uniform:2")
+    assert fixed.posterior.attrs["settings"]["redraw_negatives"] is False
+    assert not np.allclose(np.asarray(fixed.posterior.draws["V"]),
+                           np.asarray(post.draws["V"]))
+    with pytest.raises(SpecError, match="need method='gibbs'"):
+        bayesmf.BayesMF(method="map", likelihood="bernoulli-logit", rank=4).fit(
+            x, negatives="uniform:2@sweep")
+    tr = as_sampler("uniform:2").training_ratings(x)
+    with pytest.raises(SpecError, match="Bernoulli likelihoods only"):
+        fit_gibbs(tr, ModelSpec(rank=2), num_samples=2, num_warmup=0,
+                  redraw_negatives=True)
+    with pytest.raises(SpecError, match="not supported with chain_method='sharded'"):
+        fit_gibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"), num_samples=2,
+                  num_warmup=0, redraw_negatives=True, chain_method="sharded")
+    with pytest.raises(SpecError, match="True or False"):
+        BPMFGibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"), redraw_negatives=1)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli-logit", "bernoulli-probit"])
+def test_masked_observations_have_no_influence(likelihood):
+    """A slot switched off for the sweep (a re-paired negative that hit a positive) weighs
+    nothing: flipping its label leaves the whole sweep's new state unchanged, while
+    flipping the label of an active observation changes it."""
+    from bayesmf.infer.gibbs_kernel import _step
+
+    x = _interactions(n_users=50, n_items=30, n=400, seed=6)
+    tr = as_sampler("uniform:2", seed=1).training_ratings(x)
+    kern = BPMFGibbs(tr, ModelSpec(rank=3, likelihood=likelihood))
+    d = kern.data
+    n = d.rating.shape[0]
+    off = np.zeros(n, bool)
+    off[np.random.default_rng(0).choice(n, 40, replace=False)] = True
+    masked = d._replace(obs_mask=jax.numpy.asarray(~off))
+    flip = np.asarray(d.rating).copy()
+    flip[off] = 1 - flip[off]
+    state = kern.init(jax.random.PRNGKey(0))
+    step = jax.jit(lambda data, s: _step(kern.cfg, data, jax.random.PRNGKey(5), s)[0])
+    a = step(masked, state)
+    b = step(masked._replace(rating=jax.numpy.asarray(flip, d.rating.dtype)), state)
+    for n_, va in a.flat().items():
+        np.testing.assert_array_equal(np.asarray(va), np.asarray(b.flat()[n_]), err_msg=n_)
+    flip_on = np.asarray(d.rating).copy()
+    j = int(np.flatnonzero(~off)[0])
+    flip_on[j] = 1 - flip_on[j]
+    c = step(masked._replace(rating=jax.numpy.asarray(flip_on, d.rating.dtype)), state)
+    assert not np.array_equal(np.asarray(a.U), np.asarray(c.U))
