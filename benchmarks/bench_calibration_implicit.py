@@ -68,7 +68,8 @@ def _metrics(y, p) -> dict:
 def _fit(train, a):
     t0 = time.perf_counter()
     m = bayesmf.BayesMF(method="gibbs", likelihood="bernoulli-logit", rank=a.rank,
-                        num_samples=a.samples, num_warmup=a.warmup, seed=a.seed).fit(
+                        num_samples=a.samples, num_warmup=a.warmup, seed=a.seed,
+                        **({} if a.init_scale is None else {"init_scale": a.init_scale})).fit(
         train, negatives=a.negatives)
     return m, time.perf_counter() - t0
 
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=150)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-scale", type=float, default=None,
+                    help="the chain's start N(0, s^2) (default: the library's)")
     ap.add_argument("--recalibrate", nargs="*", default=[],
                     choices=[f"{m}{o}" for m in ("beta", "platt", "shift")
                              for o in ("", ":draws", ":mean")] + ["isotonic"],

@@ -61,9 +61,10 @@ def run(split, extra: dict) -> dict:
     kw = dict(method="gibbs", likelihood="bernoulli-logit", rank=32, num_samples=100,
               num_warmup=100, seed=0)
     kw.update(extra)
+    negatives = kw.pop("negatives", "uniform:4")
     t0 = time.perf_counter()
     post = bayesmf.BayesMF(**kw).fit(interactions(split.train),
-                                     negatives="uniform:4").posterior
+                                     negatives=negatives).posterior
     fit_s = time.perf_counter() - t0
     met = ip.evaluate(prob_scorer(post), split.train, split.test, split.priority, split.kind)
     k = kw["rank"]
