@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -33,6 +34,11 @@ __all__ = ["BayesMF", "as_ratings", "load"]
 _SPEC_FIELDS = ("rank", "likelihood", "prior", "global_mean", "user_bias", "item_bias", "noise",
                 "noise_precision", "reg_factors", "reg_bias", "init_scale")
 _BIAS_FIELDS = ("global_mean", "user_bias", "item_bias")
+#: ``init_scale=None`` of a Gibbs fit to sampled negatives (Bernoulli): from factors of
+#: sd 0.1 the chain's factor scale is still growing after 1,000 sweeps on Last.fm 2K; from
+#: 1.0 it ranks better after the default 100 warm-up sweeps
+#: (``benchmarks/results/bernoulli_start.md``, ``negative_redraw.md``)
+SAMPLED_NEGATIVES_GIBBS_INIT_SCALE = 1.0
 #: methods whose fit takes ``user_features``/``item_features`` (the Macau prior; the MAP
 #: solvers "als", "lbfgs", "adam" are options of "map")
 FEATURE_METHODS = ("gibbs", "map", "svi", "nuts")
@@ -106,6 +112,10 @@ class BayesMF:
         for ``"implicit"``).
     reg_factors, reg_bias, init_scale
         MAP regularisation and initial spread, see :class:`~bayesmf.model.spec.ModelSpec`.
+        ``init_scale=None`` (default) is the spec's 0.1, except for a Gibbs fit to sampled
+        negatives (``fit(interactions, negatives=...)``), which starts its chain from
+        factors of sd 1.0 (:data:`SAMPLED_NEGATIVES_GIBBS_INIT_SCALE`; from 0.1 the
+        factor scale of such a chain grows for hundreds of sweeps).
     priors : BayesPriors or dict, optional
         Hyperpriors of the Bayesian methods.
     seed : int
@@ -147,7 +157,7 @@ class BayesMF:
                  user_bias: bool | None = None, item_bias: bool | None = None,
                  noise: str = "auto",
                  noise_precision: float | None = None, reg_factors: float | None = None,
-                 reg_bias: float | None = None, init_scale: float = 0.1,
+                 reg_bias: float | None = None, init_scale: float | None = None,
                  priors: BayesPriors | dict | None = None, seed: int = 0,
                  progress: bool = False, user_features=None, item_features=None,
                  implicit_terms=None, **options):
@@ -196,7 +206,8 @@ class BayesMF:
         # other setting must be given (rank=None is an error, not a silent rank 10)
         kw = {n: getattr(self, n) for n in _SPEC_FIELDS
               if getattr(self, n) is not None
-              or n not in ("reg_factors", "reg_bias", "noise_precision") + _BIAS_FIELDS}
+              or n not in ("reg_factors", "reg_bias", "noise_precision", "init_scale")
+              + _BIAS_FIELDS}
         lik = None
         if (any(getattr(self, n) is None for n in _BIAS_FIELDS) or self.noise == "auto"
                 or self.noise_precision is None):
@@ -266,6 +277,8 @@ class BayesMF:
         sampled = _negatives_setup(data, spec, negatives, int(self.seed))
         if sampled is not None:
             sampler, seed = sampled
+            if self.init_scale is None and self.method == "gibbs":
+                spec = dataclasses.replace(spec, init_scale=SAMPLED_NEGATIVES_GIBBS_INIT_SCALE)
             train = sampler.training_ratings(data, seed)
             seen = data
             n_pos = int(data.nnz)

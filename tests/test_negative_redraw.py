@@ -191,3 +191,18 @@ def test_masked_observations_have_no_influence(likelihood):
     flip_on[j] = 1 - flip_on[j]
     c = step(masked._replace(rating=jax.numpy.asarray(flip_on, d.rating.dtype)), state)
     assert not np.array_equal(np.asarray(a.U), np.asarray(c.U))
+
+
+def test_init_scale_default_of_gibbs_on_sampled_negatives():
+    """``init_scale=None``: 1.0 for a Gibbs fit to sampled negatives, the spec's 0.1 for
+    other fits; an explicit value is kept."""
+    x = _interactions(n_users=40, n_items=30, n=300, seed=7)
+    kw = dict(likelihood="bernoulli-logit", rank=2, num_samples=2, num_warmup=0)
+    got = bayesmf.BayesMF(method="gibbs", **kw).fit(x, negatives="uniform:1")
+    assert got.posterior.spec.init_scale == 1.0
+    assert bayesmf.BayesMF(method="gibbs", init_scale=0.3, **kw).fit(
+        x, negatives="uniform:1").posterior.spec.init_scale == 0.3
+    assert bayesmf.BayesMF(method="map", likelihood="bernoulli-logit", rank=2).fit(
+        x, negatives="uniform:1").posterior.spec.init_scale == 0.1
+    assert bayesmf.BayesMF(method="gibbs", rank=2, num_samples=2, num_warmup=0).fit(
+        as_sampler("uniform:1").training_ratings(x)).posterior.spec.init_scale == 0.1

@@ -129,7 +129,8 @@ class ModelSpec:
         chain's first state). For Bernoulli-logit Gibbs on sampled negatives 0.1 is a
         slow start: the factor scale is still growing after hundreds of sweeps, and
         ``init_scale=1.0`` ranks as well after the default 100 warm-up sweeps as 400-1,000
-        sweeps do from 0.1 (``benchmarks/results/bernoulli_start.md``).
+        sweeps do from 0.1 (``benchmarks/results/bernoulli_start.md``); ``BayesMF``
+        with ``init_scale=None`` starts such fits at 1.0.
     priors : BayesPriors
         Hyperpriors for the Bayesian methods.
     prior : str or FactorPrior
