@@ -1279,7 +1279,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "uniform negatives per positive), popularity^0.75:2, "
                           "uniform:50/user (grammar: bayesmf.data.negatives); drawn once "
                           "with --seed and saved with the model; a suffix @sweep "
-                          "(uniform:4@sweep, --method gibbs) re-pairs them every sweep")
+                          "(uniform:4@sweep, --method gibbs or svi) redraws them every sweep")
     fit.add_argument("--recalibrate", choices=list(LINK_MAPS), default=None,
                      help="with --negatives and --likelihood bernoulli-logit: fit a "
                           "monotone map of P(relevant) on a carve of the training positives "

@@ -256,8 +256,9 @@ class BayesMF:
         non-positive items per user
         (:meth:`~bayesmf.data.negatives.NegativeSampler.training_ratings`). With the
         suffix ``"@sweep"`` (``"uniform:4@sweep"``, ``NegativeSampler(redraw="sweep")``;
-        ``method="gibbs"`` only) that draw is re-paired at every sweep, each user and each
-        item keeping its number of negatives (:mod:`bayesmf.infer.negative_redraw`).
+        ``method="gibbs"`` or ``"svi"``) that draw is re-paired at every Gibbs sweep, each
+        user and each item keeping its number of negatives, or redrawn at every SVI step
+        (:mod:`bayesmf.infer.negative_redraw`).
         The rule, its seed and the counts go to ``posterior_.attrs["negatives"]`` (saved
         with the model). The seen pairs (``exclude_seen`` in ``recommend``) are the
         positives only: sampled negatives stay recommendable.
@@ -306,10 +307,10 @@ class BayesMF:
                             f"in {FEATURE_METHODS} (e.g. method='gibbs'), got "
                             f"method={self.method!r}")
         if neg_record is not None and sampler.redraw == "sweep":
-            if self.method != "gibbs":
+            if self.method not in ("gibbs", "svi"):
                 raise SpecError(f"negatives redrawn every sweep ('{sampler.to_string()}') "
-                                f"need method='gibbs', got method={self.method!r}; drop "
-                                f"'@sweep' to fit one fixed draw of negatives")
+                                f"need method='gibbs' or 'svi', got method={self.method!r}; "
+                                f"drop '@sweep' to fit one fixed draw of negatives")
             feat_opts["redraw_negatives"] = True
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
                       **{**self.options, **feat_opts})

@@ -44,28 +44,31 @@ of capped users is reported). The training ratings are then
 
 on the interactions' vocabularies, sorted by ``(user, item)``.
 
-Fixed per fit or redrawn every sweep (``redraw``). With ``redraw="fit"`` (the default)
-the negatives above are drawn once and the model is fitted to that one training set; the
-posterior then "knows" its own negatives (on Last.fm 2K they get about half the
-P(y = 1) of fresh non-interacted pairs). With ``redraw="sweep"`` (Gibbs only) the negatives are drawn
-again at every sweep, so no unobserved pair stays a negative for the whole chain. To keep
-the sampler's shapes static (each side's blocks of observations are laid out once,
-:mod:`bayesmf.infer._rowblocks`), the redraw keeps every user's number of negatives
-``m_u`` *and* every item's number of negative slots ``k_i`` -- the counts of the fit-time
-draw above, itself a draw of the rule -- and re-pairs them: at each sweep a uniformly
-random permutation ``rho`` of the ``M = sum_u m_u`` negative slots gives user slot ``s``
-the item of slot ``rho(s)`` (the configuration model of the bipartite negative degree
-sequence). So each negative of user ``u`` is an item drawn with probability
-``k_i / M`` -- the item's share of the fit-time draw, a realisation of the rule's ``q_u``
-pooled over users -- without replacement over the slots. A re-pairing that lands on a positive of its user (``i in P_u``) is given weight 0
-for that sweep (it is neither a negative nor a positive then: the rule's "never a
-positive"); the expected share of such slots is ``sum_u m_u sum_{i in P_u} k_i / M^2``
-(``uniform:4``: 0.22% on Last.fm 2K, 8.0% on ML-1M, whose users hold many of the items;
-``benchmarks/results/negative_redraw.md``), so a user gets that many fewer negatives in a
-sweep on average. A user may get one item twice in a sweep (two slots of one item). The
-chain then targets no single posterior: it averages the conditional updates over
-negative sets, the way stochastic optimisers redraw negatives per epoch (the draws are a
-mixture over negative sets rather than the posterior given one of them).
+Fixed per fit or redrawn every sweep (``redraw``). With ``redraw="fit"`` (the default) the
+negatives above are drawn once and the model is fitted to that one training set; the
+posterior then "knows" its own negatives (on Last.fm 2K they get about half the P(y = 1)
+of fresh non-interacted pairs). With ``redraw="sweep"`` (``method="gibbs"`` or ``"svi"``)
+the negatives are drawn again at every sweep (every SVI step,
+:mod:`bayesmf.infer.negative_redraw`), so no unobserved pair stays a negative for the
+whole fit. For Gibbs, to keep the sampler's shapes static (each side's blocks of
+observations are laid out once, :mod:`bayesmf.infer._rowblocks`), the redraw keeps every
+user's number of negatives ``m_u`` *and* every item's number of negative slots ``k_i`` --
+the counts of the fit-time draw above, itself a draw of the rule -- and re-pairs them: at
+each sweep a uniformly random permutation ``rho`` of the ``M = sum_u m_u`` negative slots
+gives user slot ``s`` the item of slot ``rho(s)`` (the configuration model of the
+bipartite negative degree sequence). So each negative of user ``u`` is an item drawn with
+probability ``k_i / M`` -- the item's share of the fit-time draw, a realisation of the
+rule's ``q_u`` pooled over users -- without replacement over the slots (SVI draws each
+slot's item independently with that law). A re-pairing that lands on a positive of its
+user (``i in P_u``) is given weight 0 for that sweep (it is neither a negative nor a
+positive then: the rule's "never a positive"); the expected share of such slots is ``sum_u
+m_u sum_{i in P_u} k_i / M^2`` (``uniform:4``: 0.22% on Last.fm 2K, 8.0% on ML-1M, whose
+users hold many of the items; ``benchmarks/results/negative_redraw.md``), so a user gets
+that many fewer negatives in a sweep on average. A user may get one item twice in a sweep
+(two slots of one item). The chain then targets no single posterior: it averages the
+conditional updates over negative sets, the way stochastic optimisers redraw negatives per
+epoch (the draws are a mixture over negative sets rather than the posterior given one of
+them).
 
 Short rule strings (:meth:`NegativeSampler.from_string`, the ``negatives=`` argument of
 :meth:`bayesmf.BayesMF.fit`)::
@@ -127,8 +130,9 @@ class NegativeSampler:
     seed : int, default 0
         Seed of ``numpy.random.default_rng``; :meth:`sample` may override it.
     redraw : {"fit", "sweep"}, default "fit"
-        Draw the negatives once per fit, or re-pair them at every Gibbs sweep (module
-        docstring; ``method="gibbs"`` only). The fit-time draw is the same for both.
+        Draw the negatives once per fit, or again at every Gibbs sweep / SVI step (module
+        docstring; ``method="gibbs"`` or ``"svi"``). The fit-time draw is the same for
+        both.
     """
 
     kind: str = "uniform"

@@ -19,7 +19,8 @@ from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, mu_draw_sums, rows_draw, scale_move,
                                        shift_move, translation_move)
-from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_layout, redraw_negatives
+from bayesmf.infer.negative_redraw import (REDRAW_STREAM, check_redraw_likelihood,
+                                          redraw_layout, redraw_negatives)
 from bayesmf.model import linear
 from bayesmf.model.random import standard_gamma
 from bayesmf.model.reduce import count, sharded, total
@@ -435,11 +436,7 @@ class BPMFGibbs:
             raise SpecError(f"redraw_negatives must be True or False, got "
                             f"{redraw_negatives!r}")
         if redraw_negatives:
-            from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
-
-            if not isinstance(lik, (BernoulliLogit, BernoulliProbit)):
-                raise SpecError(f"redrawing sampled negatives every sweep applies to the "
-                                f"Bernoulli likelihoods only, not {lik.name!r}")
+            check_redraw_likelihood(lik)
             rd, steps = redraw_layout(u, i, y_data)
             self.cfg = self.cfg._replace(redraw_steps=steps)
             self.data = self.data._replace(redraw=rd)

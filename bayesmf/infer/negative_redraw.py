@@ -20,6 +20,11 @@ shapes. So the redraw keeps both degree sequences and re-pairs:
   and the mean draw, and its ``eta`` is 0 in the latent-scale move (a constant term of
   :math:`\log p(y \mid s\eta)`, so no influence on the move).
 
+NumPyro SVI has no blocks: there (:mod:`bayesmf.infer.svi`, ``redraw_negatives``) every
+optimisation step gives each negative the item of a uniformly random negative slot,
+independently (:func:`resample_negatives`: the same law per slot, ``k_i / M``, without
+fixed item totals), with the same mask (``handlers.mask`` on the likelihood site).
+
 Per sweep this costs one permutation of ``M``, gathers over the two layouts and a binary
 search of each negative among its user's sorted positives (``steps`` halvings, static).
 The random stream is a ``fold_in`` of the sweep's key, so the rest of the sweep draws the
@@ -37,7 +42,8 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer._rowblocks import remap_blocks
 
-__all__ = ["NegativeRedraw", "redraw_layout", "redraw_negatives", "REDRAW_STREAM"]
+__all__ = ["NegativeRedraw", "check_redraw_likelihood", "redraw_layout", "redraw_negatives",
+           "resample_negatives", "REDRAW_STREAM"]
 
 #: ``fold_in`` constant of the redraw's key (its own stream within a sweep's key)
 REDRAW_STREAM = 0x4E4547
@@ -50,6 +56,16 @@ class NegativeRedraw(NamedTuple):
     item0: jnp.ndarray      # (n,) int32: each observation's item in the built layout
     pos_ptr: jnp.ndarray    # (N + 1,) int32: CSR offsets of each user's positives
     pos_items: jnp.ndarray  # (P,) int32: each user's positive items, sorted
+
+
+def check_redraw_likelihood(lik) -> None:
+    """SpecError unless ``lik`` is a Bernoulli likelihood (the only ones fitted to
+    sampled negatives)."""
+    from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
+
+    if not isinstance(lik, (BernoulliLogit, BernoulliProbit)):
+        raise SpecError(f"redrawing sampled negatives applies to the Bernoulli likelihoods "
+                        f"only, not {lik.name!r}")
 
 
 def redraw_layout(user, item, y) -> tuple[NegativeRedraw, int]:
@@ -95,6 +111,14 @@ def _hits_positive(rd: NegativeRedraw, users, items, steps: int):
     return (lo < end) & (rd.pos_items[jnp.minimum(lo, last)] == items)
 
 
+def _repaired(rd: NegativeRedraw, user, src, steps: int):
+    """``(item, mask)``: negative ``neg_obs[s]`` takes the item of observation ``src[s]``
+    (positives keep theirs); ``mask`` False where that item is a positive of its user."""
+    item = rd.item0.at[rd.neg_obs].set(rd.item0[src])
+    hit = _hits_positive(rd, user[rd.neg_obs], item[rd.neg_obs], steps)
+    return item, jnp.ones(item.shape, bool).at[rd.neg_obs].set(~hit)
+
+
 def redraw_negatives(key, data, n_users: int, n_items: int, steps: int):
     """``data`` (a :class:`~bayesmf.infer.gibbs_kernel.GibbsData` with ``redraw``) with
     its negatives re-paired by a random permutation drawn from ``key``: new ``item``
@@ -103,12 +127,20 @@ def redraw_negatives(key, data, n_users: int, n_items: int, steps: int):
     rd = data.redraw
     M = rd.neg_obs.shape[0]
     src = rd.neg_obs[jax.random.permutation(key, M)]
-    item = rd.item0.at[rd.neg_obs].set(rd.item0[src])
+    item, mask = _repaired(rd, data.user, src, steps)
     n = rd.item0.shape[0]
     # the item-side slot of the built observation src[s] now belongs to neg_obs[s]
     obs_map = jnp.arange(n, dtype=rd.neg_obs.dtype).at[src].set(rd.neg_obs)
-    hit = _hits_positive(rd, data.user[rd.neg_obs], item[rd.neg_obs], steps)
-    mask = jnp.ones((n,), bool).at[rd.neg_obs].set(~hit)
     return data._replace(item=item, ublocks=remap_blocks(data.ublocks, item, n_items),
                          iblocks=remap_blocks(data.iblocks, data.user, n_users, obs_map),
                          obs_mask=mask)
+
+
+def resample_negatives(key, rd: NegativeRedraw, user, steps: int):
+    """``(item, mask)`` for a method without blocks (SVI, at every optimisation step):
+    each negative takes the item of a uniformly random negative slot, independently (with
+    replacement: the items' totals vary, the law of each slot, ``k_i / M``, is the
+    Gibbs re-pairing's); ``mask`` as in :func:`redraw_negatives`."""
+    M = rd.neg_obs.shape[0]
+    src = rd.neg_obs[jax.random.randint(key, (M,), 0, M)]
+    return _repaired(rd, user, src, steps)

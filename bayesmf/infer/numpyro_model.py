@@ -279,6 +279,7 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     import numpyro
     import numpyro.distributions as dist
     from jax.scipy.linalg import solve_triangular
+    from numpyro import handlers
 
     spec, factor_prior = resolve_factor_prior(spec, factor_prior)
     if factor_prior not in FACTOR_PRIORS:
@@ -393,7 +394,7 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
                 F = numpyro.deterministic(side, loc + Z * sd)
         return F
 
-    def model(users, items, y=None):
+    def model(users, items, y=None, obs_mask=None):
         users = jnp.asarray(users)
         items = jnp.asarray(items)
         y = None if y is None else jnp.asarray(y)
@@ -423,7 +424,11 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             if k:
                 pred = pred + jnp.sum(U[u] * V[i], axis=-1)
             pred = jnp.broadcast_to(pred + eta_shift, u.shape)
-            lik.numpyro_obs(pred, theta, None if y is None else y[idx])
+            # obs_mask (bool, per observation): False drops the term from the likelihood
+            # (a redrawn sampled negative that hit a positive, bayesmf.infer.svi)
+            with (contextlib.nullcontext() if obs_mask is None
+                  else handlers.mask(mask=jnp.asarray(obs_mask)[idx])):
+                lik.numpyro_obs(pred, theta, None if y is None else y[idx])
 
     model.spec = spec
     model.offset = offset

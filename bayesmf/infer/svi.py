@@ -29,7 +29,11 @@ Options: ``guide`` ("normal"), ``guide_rank`` (None: NumPyro's default), ``num_s
 (20000, the maximum), ``learning_rate`` (0.01), ``batch_size`` (None), ``num_samples``
 (500), ``tol`` (1e-4), ``window`` (100), ``patience`` (2), ``num_particles`` (1),
 ``init_scale`` (0.1, initial guide scale), ``centered`` (False), ``factor_prior``
-("wishart"), ``lambda_beta_prior`` ((1, 1)).
+("wishart"), ``lambda_beta_prior`` ((1, 1)), ``redraw_negatives`` (False; True for a 0/1
+training set of positives and sampled negatives with a Bernoulli likelihood: every step
+gives each negative a fresh item, drawn like the slots of
+:func:`~bayesmf.infer.negative_redraw.resample_negatives`, and leaves out of the ELBO the
+ones that hit a positive; ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it).
 
 Side features (``fit_svi(..., user_features=, item_features=)``): the Macau prior of
 :mod:`bayesmf.infer.numpyro_model` (sites ``beta_U``, ``lambda_beta_U``; items alike),
@@ -60,7 +64,7 @@ GUIDES = ("normal", "lowrank")
 DEFAULTS = dict(guide="normal", guide_rank=None, num_steps=20000, learning_rate=0.01,
                 batch_size=None, num_samples=500, tol=1e-4, window=100, patience=2,
                 num_particles=1, init_scale=0.1, centered=False, factor_prior=None,
-                lambda_beta_prior=(1.0, 1.0))
+                lambda_beta_prior=(1.0, 1.0), redraw_negatives=False)
 
 
 def _pos_float(name, v):
@@ -74,8 +78,9 @@ def _validate(o: dict, nnz: int) -> dict:
         raise SpecError(f"guide must be one of {GUIDES}, got {o['guide']!r}")
     if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
         raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
-    if not isinstance(o["centered"], bool):
-        raise SpecError(f"centered must be True or False, got {o['centered']!r}")
+    for name in ("centered", "redraw_negatives"):
+        if not isinstance(o[name], bool):
+            raise SpecError(f"{name} must be True or False, got {o[name]!r}")
     o["guide_rank"] = _pos_int("guide_rank", o["guide_rank"], allow_none=True)
     o["num_steps"] = _pos_int("num_steps", o["num_steps"])
     o["num_samples"] = _pos_int("num_samples", o["num_samples"])
@@ -171,6 +176,13 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     optim = optax_to_numpyro(optax.adam(o["learning_rate"]))
     svi = SVI(model, guide, optim, loss=Trace_ELBO(num_particles=o["num_particles"]))
     args = tuple(jnp.asarray(a) for a in data.args)
+    rd = None
+    if o["redraw_negatives"]:
+        from bayesmf.infer.negative_redraw import (REDRAW_STREAM, check_redraw_likelihood,
+                                                   redraw_layout, resample_negatives)
+
+        check_redraw_likelihood(spec.likelihood)
+        rd, r_steps = redraw_layout(train.user, train.item, train.rating)
     key = jax.random.PRNGKey(int(seed))
     k_init, k_draw = jax.random.split(key)
 
@@ -181,7 +193,12 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     @jax.jit
     def run_window(state):
         def body(s, _):
-            s, loss = svi.update(s, *args)
+            if rd is None:
+                s, loss = svi.update(s, *args)
+            else:  # fresh negatives for this step (module docs)
+                item, mask = resample_negatives(jax.random.fold_in(s.rng_key, REDRAW_STREAM),
+                                                rd, args[0], r_steps)
+                s, loss = svi.update(s, args[0], item, args[2], mask)
             return s, loss
         return jax.lax.scan(body, state, None, length=W)
 
