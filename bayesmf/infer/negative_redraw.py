@@ -1,4 +1,4 @@
-r"""Sampled negatives redrawn at every Gibbs sweep, on a static layout.
+r"""Sampled negatives redrawn at every Gibbs sweep (on a static layout) or SVI step.
 
 A Bernoulli model on implicit data is fitted to the positives (``y = 1``) plus sampled
 negatives (``y = 0``, :mod:`bayesmf.data.negatives`). With ``redraw="sweep"`` the
