@@ -306,14 +306,15 @@ class BayesMF:
             raise SpecError(f"user_features/item_features (the Macau prior) need a method "
                             f"in {FEATURE_METHODS} (e.g. method='gibbs'), got "
                             f"method={self.method!r}")
+        redraw = {}
         if neg_record is not None and sampler.redraw == "sweep":
             if self.method not in ("gibbs", "svi"):
                 raise SpecError(f"negatives redrawn every sweep ('{sampler.to_string()}') "
                                 f"need method='gibbs' or 'svi', got method={self.method!r}; "
                                 f"drop '@sweep' to fit one fixed draw of negatives")
-            feat_opts["redraw_negatives"] = True
+            redraw = {"redraw_negatives": True}
         post = fit_fn(train, spec, seed=int(self.seed), progress=bool(self.progress),
-                      **{**self.options, **feat_opts})
+                      **{**self.options, **feat_opts, **redraw})
         self.fit_seconds_ = time.perf_counter() - t0
         if seen is not None:
             from bayesmf.posterior import TrainInfo
