@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 r"""Sampled negatives fixed per fit or redrawn every sweep (issue 13, item 2).
 
-Last.fm 2K 80/20 (the peer harness's ``lastfm-80-20`` split, seed 0): Bernoulli-logit
-Gibbs, rank 32, 100 + 100 sweeps, ``init_scale=1.0`` (``bernoulli_start.md``), every
-training positive plus ``uniform:4`` negatives, fixed (``"uniform:4"``) or re-paired at
-every sweep (``"uniform:4@sweep"``, :mod:`bayesmf.infer.negative_redraw`). Per rule:
+Last.fm 2K 80/20 (the peer harness's ``lastfm-80-20`` split, seed 0 or ``--split-seed``):
+Bernoulli-logit Gibbs, rank 32, 100 + 100 sweeps, ``init_scale=1.0``
+(``bernoulli_start.md``), every training positive plus ``uniform:4`` negatives, fixed
+(``"uniform:4"``) or re-paired at every sweep (``"uniform:4@sweep"``,
+:mod:`bayesmf.infer.negative_redraw`). Per rule:
 
 * full-ranking Recall@20 / NDCG@20 by the posterior-mean P(y = 1) (the harness's
   ``evaluate``);
@@ -103,12 +104,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--init-scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the harness split")
     ap.add_argument("--share-splits", nargs="*", default=[],
                     help="other harness splits to report the switched-off share for")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "negative_redraw.md")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "negative_redraw.json")
     a = ap.parse_args(argv)
-    split = ip.make_split("lastfm-80-20", ip.DEFAULT_DATA, 0)
+    split = ip.make_split("lastfm-80-20", ip.DEFAULT_DATA, a.split_seed)
     rows = []
     for rule in a.rules:
         rows.append(run(split, rule, a))
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
     base = a.rules[0].split("@")[0]
     share = {"lastfm-80-20": masked_share(interactions(split.train), base)}
     for name in a.share_splits:
-        sp = ip.make_split(name, ip.DEFAULT_DATA, 0)
+        sp = ip.make_split(name, ip.DEFAULT_DATA, a.split_seed)
         share[name] = masked_share(interactions(sp.train), base)
     cmd = "python benchmarks/bench_negative_redraw.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
@@ -124,7 +126,8 @@ def main(argv=None) -> int:
                                  indent=1))
     lines = ["# Sampled negatives: fixed per fit or redrawn every sweep", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `{cmd}`. Split "
-             f"`lastfm-80-20` seed 0; Bernoulli-logit Gibbs, rank {a.rank}, {a.warmup} + "
+             f"`lastfm-80-20` seed {a.split_seed}; Bernoulli-logit Gibbs, rank {a.rank}, "
+             f"{a.warmup} + "
              f"{a.samples} sweeps, init_scale {a.init_scale}, seed {a.seed}; ranking by the "
              "posterior-mean P(y = 1); calibration on the held-out positives + fresh "
              "negatives by the rule (4 per positive).", "",

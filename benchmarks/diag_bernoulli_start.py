@@ -2,8 +2,8 @@
 r"""Bernoulli-logit Gibbs on sampled negatives: how far the default chain is from
 stationary, and what the start does (issue 13).
 
-Last.fm 2K 80/20 (the peer harness's ``lastfm-80-20`` split, seed 0), every training
-positive plus ``uniform:4`` negatives, ``BayesMF(method="gibbs",
+Last.fm 2K 80/20 (the peer harness's ``lastfm-80-20`` split, seed 0 or ``--split-seed``),
+every training positive plus ``uniform:4`` negatives, ``BayesMF(method="gibbs",
 likelihood="bernoulli-logit", rank=32, num_samples=100, num_warmup=100, init_scale=0.1,
 seed=0)`` with the settings of each JSON argument over those (``init_scale`` 0.1 was the
 library's default for these fits until commit ad48548; ``BayesMF(init_scale=None)`` now
@@ -82,17 +82,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("configs", nargs="*", type=json.loads, default=[{}])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bernoulli_start.md")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the harness split")
     a = ap.parse_args(argv)
-    split = ip.make_split("lastfm-80-20", ip.DEFAULT_DATA, 0)
+    split = ip.make_split("lastfm-80-20", ip.DEFAULT_DATA, a.split_seed)
     rows = []
     for cfg in a.configs:
         rows.append(run(split, cfg))
         print(json.dumps(rows[-1]), flush=True)
     cmd = "python benchmarks/diag_bernoulli_start.py " + " ".join(
-        f"'{json.dumps(c)}'" for c in a.configs)
+        f"'{json.dumps(c)}'" for c in a.configs) + (
+        f" --split-seed {a.split_seed}" if a.split_seed else "")
     lines = ["# Bernoulli-logit Gibbs on Last.fm: the start and the warm-up", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; command: `{cmd}`. Split "
-             "`lastfm-80-20` seed 0, rank 32, `uniform:4` negatives, 100 kept draws; ranking "
+             f"`lastfm-80-20` seed {a.split_seed}, rank 32, `uniform:4` negatives, 100 kept "
+             "draws; ranking "
              "by the posterior-mean P(y = 1); peers: implicit ALS 0.2687 / 0.2748, EASE "
              "0.2734 / 0.2784 (reference figures of `shared/bench/README.md`).", "",
              "| settings over the defaults | Recall@20 | NDCG@20 | fit s | s/sweep | "
