@@ -477,10 +477,9 @@ def _negatives_setup(data, spec, negatives, seed: int):
     Bernoulli likelihood with sampled negatives, ``None`` for an ordinary fit; SpecError
     for the combinations that cannot be meant (see :meth:`BayesMF.fit`)."""
     from bayesmf.data.interactions import Interactions
-    from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
 
     lik = spec.likelihood
-    bernoulli = isinstance(lik, (BernoulliLogit, BernoulliProbit))
+    bernoulli = lik.sampled_negatives
     implicit = isinstance(data, Interactions)
     if negatives is None:
         if bernoulli and implicit:

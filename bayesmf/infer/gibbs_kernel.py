@@ -373,6 +373,11 @@ class BPMFGibbs:
                  redraw_negatives=False):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
+        if not isinstance(redraw_negatives, bool):
+            raise SpecError(f"redraw_negatives must be True or False, got "
+                            f"{redraw_negatives!r}")
+        if redraw_negatives:
+            check_redraw_likelihood(lik)
         y_data = np.asarray(train.rating, np.float64)
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
@@ -432,11 +437,7 @@ class BPMFGibbs:
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
                                         low_width=self.low_width["item"], **lay)),
             feats or None, rp or None)
-        if not isinstance(redraw_negatives, bool):
-            raise SpecError(f"redraw_negatives must be True or False, got "
-                            f"{redraw_negatives!r}")
         if redraw_negatives:
-            check_redraw_likelihood(lik)
             rd, steps = redraw_layout(u, i, y_data)
             self.cfg = self.cfg._replace(redraw_steps=steps)
             self.data = self.data._replace(redraw=rd)

@@ -59,11 +59,9 @@ class NegativeRedraw(NamedTuple):
 
 
 def check_redraw_likelihood(lik) -> None:
-    """SpecError unless ``lik`` is a Bernoulli likelihood (the only ones fitted to
-    sampled negatives)."""
-    from bayesmf.model.likelihoods.bernoulli import BernoulliLogit, BernoulliProbit
-
-    if not isinstance(lik, (BernoulliLogit, BernoulliProbit)):
+    """SpecError unless ``lik`` is fitted to sampled negatives (``sampled_negatives``: the
+    Bernoulli likelihoods)."""
+    if not lik.sampled_negatives:
         raise SpecError(f"redrawing sampled negatives applies to the Bernoulli likelihoods "
                         f"only, not {lik.name!r}")
 

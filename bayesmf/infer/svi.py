@@ -153,6 +153,10 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     spec = fitted_spec(train, spec, "svi")
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
+    if o["redraw_negatives"]:
+        from bayesmf.infer.negative_redraw import check_redraw_likelihood
+
+        check_redraw_likelihood(spec.likelihood)
     import jax
     import jax.numpy as jnp
     import optax
@@ -178,10 +182,9 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     args = tuple(jnp.asarray(a) for a in data.args)
     rd = None
     if o["redraw_negatives"]:
-        from bayesmf.infer.negative_redraw import (REDRAW_STREAM, check_redraw_likelihood,
-                                                   redraw_layout, resample_negatives)
+        from bayesmf.infer.negative_redraw import (REDRAW_STREAM, redraw_layout,
+                                                   resample_negatives)
 
-        check_redraw_likelihood(spec.likelihood)
         rd, r_steps = redraw_layout(train.user, train.item, train.rating)
     key = jax.random.PRNGKey(int(seed))
     k_init, k_draw = jax.random.split(key)

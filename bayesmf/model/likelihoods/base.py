@@ -78,6 +78,9 @@ class Likelihood:
     #: Grams (:func:`bayesmf.infer.gibbs_steps.rows_draw`, ``fit_stats``) instead of
     #: evaluating every observation's prediction
     sse_sufficient = False
+    #: 0/1 data that implicit positives plus sampled negatives can be fitted as
+    #: (``BayesMF.fit(interactions, negatives=...)``, :mod:`bayesmf.data.negatives`)
+    sampled_negatives = False
     #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
     default_biases = True
     #: the default ``t`` of the ``prob`` strategy, :math:`P(y \ge t)` ("relevant"): 4 on a

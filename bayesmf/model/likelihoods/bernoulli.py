@@ -71,6 +71,7 @@ class _Bernoulli(Likelihood):
     mean_is_linear = False
     augmented = True
     latent_scale_fixed = True
+    sampled_negatives = True
     #: ``prob`` ranks by :math:`P(y \ge 1) = P(y = 1)`, the predictive mean
     relevance_threshold = 1.0
 
