@@ -220,7 +220,8 @@ def test_svi_redraws_negatives_every_step():
     tr = as_sampler("uniform:3", seed=2).training_ratings(x)
     rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
     user = jax.numpy.asarray(tr.user)
-    draw = jax.jit(jax.vmap(lambda kk: resample_negatives(kk, rd, user, steps)))
+    item0, neg = jax.numpy.asarray(tr.item), jax.numpy.asarray(tr.rating == 0)
+    draw = jax.jit(jax.vmap(lambda kk: resample_negatives(kk, rd, user, item0, neg, steps)))
     items, masks = (np.asarray(a) for a in draw(jax.random.split(jax.random.PRNGKey(0),
                                                                  4000)))
     negs = np.asarray(rd.neg_obs)
@@ -234,6 +235,57 @@ def test_svi_redraws_negatives_every_step():
                         np.asarray(tr.item)[y == 1].tolist()))
     hit = np.array([(a, b) in positives for a, b in zip(np.asarray(tr.user), items[0])])
     np.testing.assert_array_equal(masks[0], ~(hit & (y == 0)))
+
+
+def test_svi_model_redraws_the_negatives_of_its_minibatch():
+    """The NumPyro model given ``redraw=`` (SVI with ``@sweep``) draws fresh items for the
+    negatives of the observations it uses -- here a minibatch of B -- and masks those that
+    hit a positive; positives keep theirs. Read off the likelihood site with factors that
+    encode the pair: U_u = (1, u), V_i = (i, 1000), so eta = i + 1000 u."""
+    from numpyro import handlers
+
+    from bayesmf.infer.numpyro_model import build_model, model_data
+
+    x = _interactions(n_users=30, n_items=12, n=60, seed=3)
+    tr = as_sampler("uniform:3", seed=2).training_ratings(x)
+    rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
+    spec = ModelSpec(rank=2, likelihood="bernoulli-logit", user_bias=False, item_bias=False,
+                     global_mean=False)
+    data = model_data(tr, spec)
+    B = 64
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+                        y_offset=data.y_offset, centered=True, batch_size=B,
+                        redraw_steps=steps)
+    n_u, n_i = data.n_users, data.n_items
+    U = np.stack([np.ones(n_u), np.arange(n_u)], 1).astype(np.float32)
+    V = np.stack([np.arange(n_i), np.full(n_i, 1000.0)], 1).astype(np.float32)
+    args = tuple(jax.numpy.asarray(a) for a in data.args)
+
+    @jax.jit
+    @jax.vmap
+    def site(key):
+        m = handlers.substitute(handlers.seed(model, key),
+                                data={"U": jax.numpy.asarray(U), "V": jax.numpy.asarray(V)})
+        r = handlers.trace(m).get_trace(*args, redraw=rd)["r"]
+        return r["fn"].base_dist.logits, r["fn"]._mask, r["value"]
+
+    eta, mask, yb = (np.asarray(a) for a in site(jax.random.split(jax.random.PRNGKey(0),
+                                                                   2000)))
+    assert eta.shape == mask.shape == yb.shape == (2000, B)
+    u, i = np.rint(eta / 1000).astype(int), np.rint(eta % 1000).astype(int)
+    y = np.asarray(tr.rating)
+    positives = set(zip(np.asarray(tr.user)[y == 1].tolist(),
+                        np.asarray(tr.item)[y == 1].tolist()))
+    hit = np.array([(a, b) in positives for a, b in zip(u.ravel(), i.ravel())]).reshape(u.shape)
+    assert hit[yb == 1].all()                                      # positives unchanged
+    np.testing.assert_array_equal(mask, ~(hit & (yb == 0)))       # hits masked out
+    negs = np.asarray(rd.neg_obs)
+    k = np.bincount(np.asarray(tr.item)[negs], minlength=n_i) / negs.size
+    freq = np.bincount(i[yb == 0], minlength=n_i) / (yb == 0).sum()
+    assert np.abs(freq - k).max() < 4 * np.sqrt(k.max() * (1 - k.max()) / (yb == 0).sum())
+    with pytest.raises(SpecError, match="redraw_steps"):
+        no_steps = build_model(spec, n_u, n_i, offset=data.offset, y_offset=data.y_offset)
+        handlers.trace(handlers.seed(no_steps, 0)).get_trace(*args, redraw=rd)
 
 
 @pytest.mark.slow

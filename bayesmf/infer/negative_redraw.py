@@ -21,14 +21,18 @@ shapes. So the redraw keeps both degree sequences and re-pairs:
   :math:`\log p(y \mid s\eta)`, so no influence on the move).
 
 NumPyro SVI has no blocks: there (:mod:`bayesmf.infer.svi`, ``redraw_negatives``) every
-optimisation step gives each negative the item of a uniformly random negative slot,
-independently (:func:`resample_negatives`: the same law per slot, ``k_i / M``, without
-fixed item totals), with the same mask (``handlers.mask`` on the likelihood site).
+optimisation step gives each negative *that the step uses* (all observations, or the
+step's minibatch) the item of a uniformly random negative slot, independently
+(:func:`resample_negatives`: the same law per slot, ``k_i / M``, without fixed item
+totals), with the same mask (``handlers.mask`` on the likelihood site). The model draws
+it (:func:`bayesmf.infer.numpyro_model.build_model`, ``redraw``), after its minibatch,
+from its own ``numpyro.prng_key()``.
 
-Per sweep this costs one permutation of ``M``, gathers over the two layouts and a binary
-search of each negative among its user's sorted positives (``steps`` halvings, static).
-The random stream is a ``fold_in`` of the sweep's key, so the rest of the sweep draws the
-same numbers as without the redraw.
+Per Gibbs sweep this costs one permutation of ``M``, gathers over the two layouts and a
+binary search of each negative among its user's sorted positives (``steps`` halvings,
+static). The random stream is a ``fold_in`` of the sweep's key, so the rest of the sweep
+draws the same numbers as without the redraw. Per SVI step it costs a draw and a binary
+search per used observation.
 """
 
 from __future__ import annotations
@@ -134,11 +138,16 @@ def redraw_negatives(key, data, n_users: int, n_items: int, steps: int):
                          obs_mask=mask)
 
 
-def resample_negatives(key, rd: NegativeRedraw, user, steps: int):
-    """``(item, mask)`` for a method without blocks (SVI, at every optimisation step):
-    each negative takes the item of a uniformly random negative slot, independently (with
-    replacement: the items' totals vary, the law of each slot, ``k_i / M``, is the
-    Gibbs re-pairing's); ``mask`` as in :func:`redraw_negatives`."""
+def resample_negatives(key, rd: NegativeRedraw, users, items, negative, steps: int):
+    """``(items, mask)`` for a method without blocks (SVI, at every optimisation step), on
+    the observations it uses this step (all of them, or a minibatch; ``users``,
+    ``items``, ``negative`` (bool: a sampled negative) per used observation, repeats
+    allowed): each negative takes the item of a uniformly random negative slot,
+    independently (with replacement: the items' totals vary, the law of each slot,
+    ``k_i / M``, is the Gibbs re-pairing's); positives keep theirs; ``mask`` as in
+    :func:`redraw_negatives` (False where a new item is a positive of its user). Costs
+    ``O(B log P_u)`` for ``B`` used observations, not ``O(M)``."""
     M = rd.neg_obs.shape[0]
-    src = rd.neg_obs[jax.random.randint(key, (M,), 0, M)]
-    return _repaired(rd, user, src, steps)
+    src = rd.neg_obs[jax.random.randint(key, jnp.shape(users), 0, M)]
+    new = jnp.where(negative, rd.item0[src], items)
+    return new, ~(negative & _hits_positive(rd, users, new, steps))

@@ -96,6 +96,7 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import fitted_spec
+from bayesmf.infer.negative_redraw import resample_negatives
 from bayesmf.model.spec import ModelSpec
 
 __all__ = ["ModelData", "build_model", "model_data", "draws_from_samples",
@@ -264,8 +265,10 @@ def _obs_plate(nnz: int, batch_size: int | None):
 def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 0.0,
                 centered: bool = False, factor_prior: str | None = None,
                 batch_size: int | None = None, y_offset: float | None = None,
-                features: dict | None = None, lambda_beta_prior=(1.0, 1.0)):
-    r"""Return ``model(users, items, y=None)`` for NumPyro (see the module docs).
+                features: dict | None = None, lambda_beta_prior=(1.0, 1.0),
+                redraw_steps: int | None = None):
+    r"""Return ``model(users, items, y=None, obs_mask=None, redraw=None)`` for NumPyro
+    (see the module docs).
 
     ``users``/``items`` are int index arrays of the observed entries, ``y`` the values
     as in :class:`ModelData` (``None`` to simulate). The observation line and the prior
@@ -275,6 +278,14 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     building a new model from ``spec.replace(priors=...)``. ``features`` ``{"U": X_U,
     "V": X_V}`` (dense ``(n, F)``, :func:`model_features`) adds the Macau prior of that
     side (module docs) with :math:`\lambda_\beta \sim` ``Gamma(*lambda_beta_prior)``.
+
+    ``obs_mask`` (bool per observation) drops the False terms from the likelihood.
+    ``redraw`` (a :class:`~bayesmf.infer.negative_redraw.NegativeRedraw` of the training
+    set; the model must be built with its ``redraw_steps``) gives every sampled negative
+    (``y == 0``) that the call uses (all, or the minibatch) a fresh item from the model's
+    ``numpyro.prng_key()`` and masks those that hit a positive
+    (:func:`~bayesmf.infer.negative_redraw.resample_negatives`; SVI's
+    ``redraw_negatives``).
     """
     import numpyro
     import numpyro.distributions as dist
@@ -379,7 +390,8 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             numpyro.deterministic("Lambda_" + side, jnp.diag(lam))
             sd = 1.0 / jnp.sqrt(lam)
             if centered:
-                mu_f = numpyro.sample("mu_" + side, dist.Normal(0.0, sd / np.sqrt(beta0)).to_event(1))
+                mu_f = numpyro.sample("mu_" + side,
+                                      dist.Normal(0.0, sd / np.sqrt(beta0)).to_event(1))
                 loc = link(side, plate_name, mu_f,
                            lambda lb: dist.Normal(0.0, sd / jnp.sqrt(lb)).to_event(1),
                            lambda z: z * sd)
@@ -394,7 +406,17 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
                 F = numpyro.deterministic(side, loc + Z * sd)
         return F
 
-    def model(users, items, y=None, obs_mask=None):
+    def _redrawn(redraw, u, i, negative):
+        if redraw_steps is None:
+            raise SpecError("a model given redraw= must be built with redraw_steps "
+                            "(bayesmf.infer.negative_redraw.redraw_layout)")
+        key = numpyro.prng_key()
+        if key is None:  # not under a seed handler (no inference runs like that)
+            raise SpecError("redrawing negatives needs a random key: run the model under "
+                            "numpyro.handlers.seed")
+        return resample_negatives(key, redraw, u, i, negative, int(redraw_steps))
+
+    def model(users, items, y=None, obs_mask=None, redraw=None):
         users = jnp.asarray(users)
         items = jnp.asarray(items)
         y = None if y is None else jnp.asarray(y)
@@ -416,6 +438,10 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
         with _obs_plate(nnz, batch_size) as idx:
             u = users[idx]
             i = items[idx]
+            mask = None if obs_mask is None else jnp.asarray(obs_mask)[idx]
+            if redraw is not None and y is not None:  # fresh negatives for this call
+                i, keep = _redrawn(redraw, u, i, y[idx] == 0)
+                mask = keep if mask is None else mask & keep
             pred = mu_c
             if bu is not None:
                 pred = pred + bu[u]
@@ -424,10 +450,9 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
             if k:
                 pred = pred + jnp.sum(U[u] * V[i], axis=-1)
             pred = jnp.broadcast_to(pred + eta_shift, u.shape)
-            # obs_mask (bool, per observation): False drops the term from the likelihood
-            # (a redrawn sampled negative that hit a positive, bayesmf.infer.svi)
-            with (contextlib.nullcontext() if obs_mask is None
-                  else handlers.mask(mask=jnp.asarray(obs_mask)[idx])):
+            # mask (bool, per observation): False drops the term from the likelihood
+            # (obs_mask; a redrawn sampled negative that hit a positive)
+            with (contextlib.nullcontext() if mask is None else handlers.mask(mask=mask)):
                 lik.numpyro_obs(pred, theta, None if y is None else y[idx])
 
     model.spec = spec
@@ -435,6 +460,7 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
     model.centered = centered
     model.factor_prior = factor_prior
     model.batch_size = batch_size
+    model.redraw_steps = redraw_steps
     model.features = tuple(sorted(feats))
     return model
 

@@ -31,7 +31,7 @@ Options: ``guide`` ("normal"), ``guide_rank`` (None: NumPyro's default), ``num_s
 ``init_scale`` (0.1, initial guide scale), ``centered`` (False), ``factor_prior``
 ("wishart"), ``lambda_beta_prior`` ((1, 1)), ``redraw_negatives`` (False; True for a 0/1
 training set of positives and sampled negatives with a Bernoulli likelihood: every step
-gives each negative a fresh item, drawn like the slots of
+gives each negative it uses (all, or the minibatch) a fresh item, drawn like the slots of
 :func:`~bayesmf.infer.negative_redraw.resample_negatives`, and leaves out of the ELBO the
 ones that hit a positive; ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it).
 
@@ -52,6 +52,7 @@ from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
+from bayesmf.infer.negative_redraw import check_redraw_likelihood, redraw_layout
 from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, _lambda_beta_prior, build_model,
                                          draws_from_samples, model_data, model_features,
                                          resolve_factor_prior)
@@ -140,7 +141,8 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     DataFrame per side) add the Macau prior (module docs).
 
     ``native`` holds ``{"model", "guide", "params", "svi", "losses", "model_args",
-    "offset"}`` (``losses``: the per-step loss = negative ELBO estimate).
+    "model_kwargs", "offset"}`` (``losses``: the per-step loss = negative ELBO estimate;
+    ``model_kwargs``: ``{"redraw": ...}`` with redrawn negatives, else empty).
     """
     from bayesmf.infer import likelihood_fitter
 
@@ -154,8 +156,6 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     o = _validate(check_options("svi", options, DEFAULTS), train.nnz)
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
     if o["redraw_negatives"]:
-        from bayesmf.infer.negative_redraw import check_redraw_likelihood
-
         check_redraw_likelihood(spec.likelihood)
     import jax
     import jax.numpy as jnp
@@ -166,10 +166,14 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
 
     data = model_data(train, spec)
     aligned, X = model_features(train, spec, user_features, item_features, "svi")
-    model = build_model(spec, data.n_users, data.n_items, offset=data.offset, y_offset=data.y_offset,
-                        centered=o["centered"], factor_prior=o["factor_prior"],
-                        batch_size=o["batch_size"], features=X,
-                        lambda_beta_prior=o["lambda_beta_prior"])
+    # fresh negatives at every step, drawn by the model for the observations it uses
+    # (negative_redraw module docs)
+    rd, r_steps = (redraw_layout(train.user, train.item, train.rating)
+                   if o["redraw_negatives"] else (None, None))
+    model = build_model(spec, data.n_users, data.n_items, offset=data.offset,
+                        y_offset=data.y_offset, centered=o["centered"],
+                        factor_prior=o["factor_prior"], batch_size=o["batch_size"], features=X,
+                        lambda_beta_prior=o["lambda_beta_prior"], redraw_steps=r_steps)
     init = init_to_median(num_samples=15)
     if o["guide"] == "normal":
         guide = AutoNormal(model, init_loc_fn=init, init_scale=o["init_scale"])
@@ -180,29 +184,18 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     optim = optax_to_numpyro(optax.adam(o["learning_rate"]))
     svi = SVI(model, guide, optim, loss=Trace_ELBO(num_particles=o["num_particles"]))
     args = tuple(jnp.asarray(a) for a in data.args)
-    rd = None
-    if o["redraw_negatives"]:
-        from bayesmf.infer.negative_redraw import (REDRAW_STREAM, redraw_layout,
-                                                   resample_negatives)
-
-        rd, r_steps = redraw_layout(train.user, train.item, train.rating)
+    kwargs = {} if rd is None else {"redraw": rd}
     key = jax.random.PRNGKey(int(seed))
     k_init, k_draw = jax.random.split(key)
 
     t0 = time.perf_counter()
-    state = svi.init(k_init, *args)
+    state = svi.init(k_init, *args, **kwargs)
     W = o["window"]
 
     @jax.jit
     def run_window(state):
         def body(s, _):
-            if rd is None:
-                s, loss = svi.update(s, *args)
-            else:  # fresh negatives for this step (module docs)
-                item, mask = resample_negatives(jax.random.fold_in(s.rng_key, REDRAW_STREAM),
-                                                rd, args[0], r_steps)
-                s, loss = svi.update(s, args[0], item, args[2], mask)
-            return s, loss
+            return svi.update(s, *args, **kwargs)
         return jax.lax.scan(body, state, None, length=W)
 
     state, losses, means, converged = run_windows(
@@ -218,7 +211,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     sites += [n for S in X for n in (f"beta_{S}", f"lambda_beta_{S}")]
     pred = Predictive(model, guide=guide, params=params, num_samples=o["num_samples"],
                       return_sites=sites, parallel=False)
-    samples = pred(k_draw, *args)
+    samples = pred(k_draw, *args, **kwargs)
     samples = {n: np.asarray(v)[None] for n, v in samples.items()}  # (1, D, ...)
     draws = draws_from_samples(samples, spec, data.n_users, data.n_items, data.offset)
     t2 = time.perf_counter()
@@ -239,6 +232,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
                                     if f is not None],
                           "lambda_beta_prior": o["lambda_beta_prior"]}
     native = {"model": model, "guide": guide, "params": params, "svi": svi,
-              "losses": losses, "model_args": args, "offset": data.offset}
+              "losses": losses, "model_args": args, "model_kwargs": kwargs,
+              "offset": data.offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "svi", {}, native, attrs, aligned if X else None)
