@@ -329,41 +329,28 @@ def latent_scale_move(key, cfg, y, eta, mu, bu, bi, U, V, mu_U, Lam_U, mu_V, Lam
             f2 = f2 - e1
         return f, f1, f2
 
-    def newton_step(x, g, h2):
-        # one clipped Newton step towards the mode of logt
-        return x + jnp.clip(g / jnp.maximum(-h2, 1e-6), -0.5, 0.5)
+    def logt(x):
+        return fgh(x)[0]
+
+    def newton(x):
+        # proposal mean and precision from a point: 2 Newton steps to the mode of logt,
+        # the same map from the current (0) and the proposed point (MH correction exact)
+        def it(_, xx):
+            _, g, h2 = fgh(xx)
+            return xx + jnp.clip(g / jnp.maximum(-h2, 1e-6), -0.5, 0.5)
+
+        m = lax.fori_loop(0, 2, it, x)
+        return m, jnp.maximum(-fgh(m)[2], 1e-6)
 
     def logq(x, mean, h):
         return 0.5 * jnp.log(h) - 0.5 * h * (x - mean) ** 2
 
-    # Proposal mean and precision from a point: 2 Newton steps to the mode of logt, the
-    # same map from the current (0) and the proposed point (the MH correction is exact).
-    # The six evaluations of fgh (0, two Newton iterates and the mode from the current
-    # point; x1, two iterates and the mode from it) are one loop over a state, so that the
-    # likelihood's fgh is compiled once instead of six times (compile time of every
-    # augmented sweep):
-    #   j = 0, 1: x <- Newton step;  j = 2: (m0, h0) at x, x <- x1 ~ N(m0, 1/h0)
-    #   j = 3, 4: x <- Newton step;  j = 5: (m1, h1) at x
-    # with logt(0) read at j = 0 and logt(x1) at j = 3.
     kx, ku = jax.random.split(key)
     zero = jnp.zeros((), dt)
-    noise = jax.random.normal(kx, (), dt)
-
-    def body(j, c):
-        x, x1, f0, f1, m0, h0, m1, h1 = c
-        f, g, h2 = fgh(x)
-        hm = jnp.maximum(-h2, 1e-6)
-        at_mode = (j == 2) | (j == 5)
-        prop = x + noise / jnp.sqrt(hm)
-        x_next = jnp.where(at_mode, jnp.where(j == 2, prop, x), newton_step(x, g, h2))
-        return (x_next, jnp.where(j == 2, prop, x1), jnp.where(j == 0, f, f0),
-                jnp.where(j == 3, f, f1), jnp.where(j == 2, x, m0), jnp.where(j == 2, hm, h0),
-                jnp.where(j == 5, x, m1), jnp.where(j == 5, hm, h1))
-
-    one = jnp.ones((), dt)
-    _, x1, f0, f1, m0, h0, m1, h1 = lax.fori_loop(
-        0, 6, body, (zero, zero, zero, zero, zero, one, zero, one))
-    log_acc = f1 - f0 + logq(zero, m1, h1) - logq(x1, m0, h0)
+    m0, h0 = newton(zero)
+    x1 = m0 + jax.random.normal(kx, (), dt) / jnp.sqrt(h0)
+    m1, h1 = newton(x1)
+    log_acc = logt(x1) - logt(zero) + logq(zero, m1, h1) - logq(x1, m0, h0)
     acc = jnp.isfinite(log_acc) & (
         jnp.log(jax.random.uniform(ku, (), dt, minval=jnp.finfo(dt).tiny)) < log_acc)
     s = jnp.where(acc, jnp.exp(x1), jnp.ones((), dt)).astype(dt)
