@@ -128,11 +128,18 @@ def compare(committed, fresh, name: str) -> list[str]:
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def jax_cache(tmp_path_factory):
-    """One persistent JAX compilation cache for the whole session: the notebooks fit the
-    same small data with the same settings, so only the first one pays for compiling."""
+    """The notebooks' kernels compile into bayesmf's own persistent compilation cache, the
+    folder the samplers of every other test use
+    (:func:`bayesmf.infer.driver.enable_persistent_cache`: ``$BAYESMF_COMPILE_CACHE_DIR``
+    or ``~/.cache/bayesmf/jax``):
+    the notebooks fit the same small data with the same settings, so only the first one
+    pays for compiling, and a machine that ran the suite before compiles none of it again.
+    With that cache off, a folder shared by this run's workers."""
     import os
 
-    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
+    from bayesmf.infer.driver import enable_persistent_cache
+
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or enable_persistent_cache() or str(
         tmp_path_factory.getbasetemp().parent / "bayesmf-jax-cache")
 
 
