@@ -286,6 +286,13 @@ def test_svi_model_redraws_the_negatives_of_its_minibatch():
     with pytest.raises(SpecError, match="redraw_steps"):
         no_steps = build_model(spec, n_u, n_i, offset=data.offset, y_offset=data.y_offset)
         handlers.trace(handlers.seed(no_steps, 0)).get_trace(*args, redraw=rd)
+    full = build_model(spec, n_u, n_i, offset=data.offset, y_offset=data.y_offset,
+                       centered=True, redraw_steps=steps)  # no minibatch: only the redraw
+    t0 = handlers.trace(handlers.seed(full, 0)).get_trace(*args, redraw=rd)
+    latent = {n: v["value"] for n, v in t0.items() if v["type"] == "sample"
+              and not v["is_observed"]}
+    with pytest.raises(SpecError, match="redrawing negatives needs a random key"):
+        handlers.trace(handlers.substitute(full, latent)).get_trace(*args, redraw=rd)
 
 
 @pytest.mark.slow

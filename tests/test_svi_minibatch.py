@@ -87,6 +87,12 @@ def test_minibatch_likelihood_is_unbiased_and_prior_untouched(planted):
     assert abs(m - full_lik) < 4 * se, (m, full_lik, se)
     # and it is not the full term for a single batch (the scale nnz/B is applied)
     assert B < nnz and np.std(est[:, 1]) > 1e-3 * abs(full_lik)
+    # a minibatch model run outside a seed handler: a clear error, not a JAX one
+    mb_model = build_model(data.spec, data.n_users, data.n_items, offset=data.offset,
+                           y_offset=data.y_offset, batch_size=B)
+    with pytest.raises(SpecError, match="minibatch likelihood needs a random key"):
+        handlers.trace(handlers.substitute(mb_model, params)).get_trace(
+            *(np.asarray(a) for a in data.args))
 
 
 # make test-all (800 SVI steps, ~20 s): make test keeps the minibatch path through the

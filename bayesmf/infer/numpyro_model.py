@@ -240,6 +240,18 @@ def _precision_mvn():
     return _PRECISION_MVN
 
 
+def _model_key(what: str):
+    """The model's ``numpyro.prng_key()``; SpecError naming ``what`` needs it when the
+    model runs outside a seed handler (no inference runs it like that)."""
+    import numpyro
+
+    key = numpyro.prng_key()
+    if key is None:
+        raise SpecError(f"{what} needs a random key: run the model under "
+                        "numpyro.handlers.seed")
+    return key
+
+
 @contextlib.contextmanager
 def _obs_plate(nnz: int, batch_size: int | None):
     """The likelihood plate: all ``nnz`` observations, or ``batch_size`` of them drawn
@@ -253,11 +265,7 @@ def _obs_plate(nnz: int, batch_size: int | None):
         with numpyro.plate("obs", nnz) as idx:
             yield idx
         return
-    key = numpyro.prng_key()
-    if key is None:  # not under a seed handler (no inference runs like that)
-        raise SpecError("minibatch likelihood needs a random key: run the model under "
-                        "numpyro.handlers.seed")
-    idx = jax.random.randint(key, (batch_size,), 0, nnz)
+    idx = jax.random.randint(_model_key("a minibatch likelihood"), (batch_size,), 0, nnz)
     with handlers.scale(scale=nnz / batch_size), numpyro.plate("obs", batch_size):
         yield idx
 
@@ -410,11 +418,8 @@ def build_model(spec: ModelSpec, n_users: int, n_items: int, *, offset: float = 
         if redraw_steps is None:
             raise SpecError("a model given redraw= must be built with redraw_steps "
                             "(bayesmf.infer.negative_redraw.redraw_layout)")
-        key = numpyro.prng_key()
-        if key is None:  # not under a seed handler (no inference runs like that)
-            raise SpecError("redrawing negatives needs a random key: run the model under "
-                            "numpyro.handlers.seed")
-        return resample_negatives(key, redraw, u, i, negative, int(redraw_steps))
+        return resample_negatives(_model_key("redrawing negatives"), redraw, u, i, negative,
+                                  int(redraw_steps))
 
     def model(users, items, y=None, obs_mask=None, redraw=None):
         users = jnp.asarray(users)
