@@ -11,7 +11,8 @@ Top-level names (everything else lives in its submodule):
 * :class:`Ratings`, :class:`Vocabulary` - the data layer
 * :class:`ModelSpec`, :class:`BayesPriors` - the model specification
 * :class:`Posterior` - the result of every inference method
-* submodules ``datasets``, ``evaluate``, ``recommend``, ``infer``, ``io``, ``diagnostics``
+* submodules ``datasets``, ``evaluate``, ``recommend``, ``infer``, ``io``, ``diagnostics``,
+  ``selection``
 """
 
 from bayesmf.data.ratings import Ratings

@@ -47,17 +47,19 @@ def test_cli_choices_come_from_the_registries():
     assert set(opts["prior"].choices) == set(FACTOR_PRIORS) | {_HPF_PRIOR}
 
 
-#: package -> packages it must never import (at any level, lazily included)
+#: package -> packages it must never import (at any level, lazily included); selection.py
+#: (select_confidence) fits models: it sits beside the estimator, above evaluate
 LAYERS = {
     "data": ("model", "infer", "posterior", "predictive", "scoring", "evaluate", "recommend",
-             "estimator", "cli"),
+             "estimator", "selection", "cli"),
     # the predictive distributions are pure numpy: the likelihoods build them
     "predictive": ("data", "model", "infer", "posterior", "scoring", "evaluate", "recommend",
-                   "estimator", "cli"),
-    "model": ("infer", "posterior", "scoring", "evaluate", "recommend", "estimator", "cli"),
-    "scoring": ("infer", "evaluate", "recommend", "estimator", "cli"),
-    "evaluate": ("infer", "recommend", "estimator", "cli"),
-    "recommend": ("infer", "evaluate", "estimator", "cli"),
+                   "estimator", "selection", "cli"),
+    "model": ("infer", "posterior", "scoring", "evaluate", "recommend", "estimator",
+              "selection", "cli"),
+    "scoring": ("infer", "evaluate", "recommend", "estimator", "selection", "cli"),
+    "evaluate": ("infer", "recommend", "estimator", "selection", "cli"),
+    "recommend": ("infer", "evaluate", "estimator", "selection", "cli"),
 }
 
 

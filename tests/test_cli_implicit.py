@@ -67,6 +67,26 @@ def test_fit_recommend_predict_evaluate(events, capsys):
     assert 0 < res["ranking"]["hit_rate@10"] <= 1
 
 
+def test_confidence_auto_fits_the_carve_winner_and_keeps_the_search(events, capsys,
+                                                                   tmp_path):
+    """--confidence auto: the slope is chosen on a carve of TRAIN (bayesmf.selection), the
+    model is fitted with it, and the search is stored with the model."""
+    from bayesmf import load
+
+    assert main(["fit", str(events / "events.csv"), "--feedback", "implicit", "--rank", "2",
+                 "--samples", "10", "--warmup", "10", "--confidence", "auto",
+                 "--out", str(tmp_path / "m.nc"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--confidence auto: log:0.5 " in err and "ndcg@20" in err
+    post = load(tmp_path / "m.nc").posterior
+    rec = post.attrs["confidence_selection"]
+    scores = {c["confidence"]: c["ndcg@20"] for c in rec["candidates"]}
+    assert list(scores) == ["log:0.5", "log:1", "log:2", "log:4", "log:8"]
+    assert rec["chosen"] == max(scores, key=scores.get)
+    assert f"fitting {rec['chosen']}" in err
+    assert f"log:{post.likelihood.alpha:g}" == rec["chosen"]
+
+
 def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
     assert main(["fit", str(events / "events.csv"), "--feedback", "implicit", "--method",
                  "map", "--rank", "2", "--out", str(tmp_path / "m.nc")]) == 0
@@ -82,6 +102,8 @@ def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
     (["--feedback", "implicit", "--likelihood", "gaussian", "--confidence", "log:1"],
      "does not apply to --likelihood gaussian"),
     (["--negatives", "uniform:4"], "--negatives applies to --feedback implicit"),
+    (["--feedback", "implicit", "--method", "map", "--confidence", "auto"],
+     "--confidence auto compares Gibbs fits"),
     (["--feedback", "implicit", "--likelihood", "bernoulli-logit"],
      "add --negatives RULE"),
     (["--feedback", "implicit", "--recalibrate", "beta"], "add --feedback implicit "
