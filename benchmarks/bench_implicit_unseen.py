@@ -144,12 +144,14 @@ def run(name: str, seed: int, a, log=print) -> dict:
 
 
 def _reference(name: str) -> dict:
-    """The harness's reference figures (``shared/bench/README.md``, as
-    ``bench_hpf.REFERENCE``) of a harness split: ``{method (reference): {metrics}}``."""
-    from bench_hpf import REFERENCE
+    """The harness's reference figures of a harness split (``shared/bench/README.md``, as
+    ``bench_implicit.REFERENCE``, which ``bench_implicit_bayes.py`` reports too; the
+    published rows without full-ranking figures left out): ``{method (reference):
+    {metrics}}``."""
+    from bench_implicit import REFERENCE
 
     return {f"{r[0]} (reference)": {"metrics": dict(zip(COLS[name], r[1:])), "fit_s": ""}
-            for r in REFERENCE[name] if "hpf" not in r[0]}
+            for r in REFERENCE[name] if None not in r[1:1 + len(COLS[name])]}
 
 
 def render(doc) -> str:
