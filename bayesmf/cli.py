@@ -755,8 +755,14 @@ def cmd_fit(a) -> int:
     if conf == "auto":  # the same model on a carve, per candidate confidence
         from bayesmf.selection import select_confidence
 
+        def searched(row):  # one line per candidate as it is scored (a long search)
+            if _progress(a):
+                print(f"--confidence auto: {row['confidence']} ndcg@20 {row['ndcg@20']:.4f} "
+                      f"({row['fit_seconds']:.1f} s)", file=sys.stderr, flush=True)
+
         selection = select_confidence(train, rank=rank, seed=a.seed, prior=prior,
-                                      implicit_terms=a.implicit_terms, **biases, **feats)
+                                      implicit_terms=a.implicit_terms, callback=searched,
+                                      **biases, **feats)
         likelihood = selection.likelihood
         metric = selection.info["metric"]
         print("--confidence auto: " + ", ".join(

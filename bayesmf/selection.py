@@ -69,14 +69,16 @@ def _label(lik: ImplicitGaussian) -> str:
 def select_confidence(interactions: Interactions, candidates=CONFIDENCE_CANDIDATES, *,
                       rank: int = 64, fraction: float = 0.2, k: int = 20,
                       num_warmup: int = 30, num_samples: int = 30, seed: int = 0,
-                      **model_options) -> ConfidenceSelection:
+                      callback=None, **model_options) -> ConfidenceSelection:
     """Choose the implicit likelihood's confidence among ``candidates`` on a per-user
     carve of ``interactions`` (module docs). ``candidates``: ImplicitGaussian objects (at
     least two; the default :data:`CONFIDENCE_CANDIDATES` are :math:`\\alpha` in 0.5 -
     8 with the log transform). ``rank``, ``seed`` and ``model_options`` (e.g.
     ``noise_precision``, ``prior``) go to every carve fit (``BayesMF(method="gibbs",
-    ...)``), as they should to the final fit. Returns a :class:`ConfidenceSelection`; the
-    winner is the highest ``ndcg@k`` (the first of equal ones)."""
+    ...)``), as they should to the final fit. ``callback(row)``, if given, is called with
+    each candidate's table row (a dict) as soon as it is scored (progress of a long
+    search). Returns a :class:`ConfidenceSelection`; the winner is the highest
+    ``ndcg@k`` (the first of equal ones)."""
     if not isinstance(interactions, Interactions):
         raise DataError("select_confidence needs implicit-feedback Interactions (events of "
                         f"user, item[, count]), got {type(interactions).__name__}")
@@ -108,6 +110,8 @@ def select_confidence(interactions: Interactions, candidates=CONFIDENCE_CANDIDAT
         rows.append({"confidence": _label(lik), "transform": lik.transform,
                      "alpha": lik.alpha, "eps": lik.eps, f"ndcg@{k}": r[f"ndcg@{k}"],
                      f"recall@{k}": r[f"recall@{k}"], "fit_seconds": m.fit_seconds_})
+        if callback is not None:
+            callback(dict(rows[-1]))
     table = pd.DataFrame(rows)
     best = int(table[f"ndcg@{k}"].to_numpy().argmax())
     info = {"metric": f"ndcg@{k}", "fraction": float(fraction), "rank": int(rank),

@@ -75,9 +75,10 @@ def test_confidence_auto_fits_the_carve_winner_and_keeps_the_search(events, caps
 
     assert main(["fit", str(events / "events.csv"), "--feedback", "implicit", "--rank", "2",
                  "--samples", "10", "--warmup", "10", "--confidence", "auto",
-                 "--out", str(tmp_path / "m.nc"), "--no-progress"]) == 0
+                 "--out", str(tmp_path / "m.nc"), "--progress"]) == 0
     err = capsys.readouterr().err
     assert "--confidence auto: log:0.5 " in err and "ndcg@20" in err
+    assert err.count("--confidence auto: log:8 ndcg@20") == 1   # per-candidate progress
     post = load(tmp_path / "m.nc").posterior
     rec = post.attrs["confidence_selection"]
     scores = {c["confidence"]: c["ndcg@20"] for c in rec["candidates"]}

@@ -32,8 +32,10 @@ def events():
 def test_candidates_are_scored_by_their_carve_fit_and_the_best_is_chosen(events):
     cands = [ImplicitGaussian(alpha=0.5), ImplicitGaussian(alpha=8.0),
              ImplicitGaussian(transform="linear", alpha=1.0)]
-    sel = select_confidence(events, cands, seed=1, **SHORT)
+    seen = []
+    sel = select_confidence(events, cands, seed=1, callback=seen.append, **SHORT)
     t = sel.table
+    assert seen == t.to_dict("records")          # each row reported as it was scored
     assert list(t["confidence"]) == ["log:0.5", "log:8", "linear:1"]
     assert sel.likelihood == cands[int(np.argmax(t["ndcg@5"]))]
     assert t["ndcg@5"].nunique() > 1            # the candidates do differ
