@@ -42,6 +42,7 @@ from bayesmf.evaluate import heldout_poisson_loglik  # noqa: E402
 from bayesmf.model.likelihoods import Poisson  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import save_report  # noqa: E402
 from bench_implicit import REFERENCE as IMPLICIT_REFERENCE  # noqa: E402
 from bench_implicit_bayes import mean_scorer  # noqa: E402  (E[U V^T] over the draws)
 
@@ -183,12 +184,8 @@ def main(argv=None) -> int:
     doc = json.loads(jpath.read_text()) if jpath.exists() else {"splits": {}}
     for name in a.splits.split(","):
         doc["splits"][name] = run_split(name, a)
-        doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"), weighting=a.weighting,
-                   biases=a.biases,
-                   command="python benchmarks/bench_hpf.py " + " ".join(
-                       argv if argv is not None else sys.argv[1:]))
-        jpath.write_text(json.dumps(doc, indent=1, default=float))
-        a.out.write_text(render(doc))
+        save_report(doc, a.out, render, "bench_hpf.py", argv, weighting=a.weighting,
+                    biases=a.biases)
     print(a.out.read_text())
     return 0
 

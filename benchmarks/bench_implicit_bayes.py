@@ -48,6 +48,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import save_report  # noqa: E402
 from bench_implicit import REFERENCE, TARGETS, environment  # noqa: E402
 
 import bayesmf  # noqa: E402
@@ -258,12 +259,8 @@ def main(argv=None) -> int:
     for name in a.splits.split(","):
         doc["splits"][name] = run_split(name, a) | {
             "command": command, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
-        doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-                   command="python benchmarks/bench_implicit_bayes.py " + " ".join(
-                       argv if argv is not None else sys.argv[1:]),
-                   environment=environment())
-        jpath.write_text(json.dumps(doc, indent=1, default=float))
-        a.out.write_text(render(doc))
+        save_report(doc, a.out, render, "bench_implicit_bayes.py", argv,
+                    environment=environment())
     print(a.out.read_text())
     return 0
 

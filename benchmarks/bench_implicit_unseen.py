@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import save_report  # noqa: E402
 from bench_implicit_bayes import mean_scorer, to_ratings  # noqa: E402
 
 import bayesmf  # noqa: E402
@@ -209,12 +210,8 @@ def main(argv=None) -> int:
     for name in a.splits.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             doc["runs"].setdefault(name, {})[str(seed)] = run(name, seed, a)
-            doc.update(generated=time.strftime("%Y-%m-%d %H:%M:%S"), rank=a.rank,
-                       load_average_end=[round(x, 2) for x in os.getloadavg()],
-                       command="python benchmarks/bench_implicit_unseen.py " + " ".join(
-                           argv if argv is not None else sys.argv[1:]))
-            jpath.write_text(json.dumps(doc, indent=1, default=float))
-            a.out.write_text(render(doc))
+            save_report(doc, a.out, render, "bench_implicit_unseen.py", argv, rank=a.rank,
+                        load_average_end=[round(x, 2) for x in os.getloadavg()])
     print(a.out.read_text())
     return 0
 
