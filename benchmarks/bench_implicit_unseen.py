@@ -46,11 +46,10 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import save_report  # noqa: E402
+from bench_hpf import interactions  # noqa: E402  (a csr of counts as Interactions)
 from bench_implicit_bayes import mean_scorer, to_ratings  # noqa: E402
 
 import bayesmf  # noqa: E402
-from bayesmf.data.interactions import Interactions  # noqa: E402
-from bayesmf.data.vocab import Vocabulary  # noqa: E402
 from bayesmf.selection import select_confidence  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -76,14 +75,6 @@ def _pairs(name: str, data: Path) -> tuple[np.ndarray, np.ndarray]:
         df = df.rename(columns={"userId": "user", "movieId": "item"})
         df = df[df["rating"] >= 4.0]
     return df["user"].to_numpy(), df["item"].to_numpy()
-
-
-def interactions(X) -> Interactions:
-    """A training csr matrix as implicit-feedback Interactions (its values as counts)."""
-    X = X.tocoo()
-    return Interactions.from_arrays(X.row, X.col, X.data.astype(np.float64),
-                                    user_vocab=Vocabulary(np.arange(X.shape[0])),
-                                    item_vocab=Vocabulary(np.arange(X.shape[1])))
 
 
 def make_split(name: str, data: Path, seed: int) -> ip.Split:
@@ -130,7 +121,8 @@ def run(name: str, seed: int, a, log=print) -> dict:
         t0 = time.perf_counter()
         lik, extra = "implicit", {}
         if label == "auto":  # what `bayesmf fit --confidence auto` does
-            sel = select_confidence(interactions(split.train), rank=a.rank, seed=seed)
+            sel = select_confidence(interactions(split.train, "raw"), rank=a.rank,
+                                    seed=seed)
             lik, extra = sel.likelihood, {"selection": sel.to_dict()}
         m = bayesmf.BayesMF(method="gibbs", rank=a.rank, likelihood=lik,
                             seed=seed).fit(to_ratings(split.train))
