@@ -150,9 +150,6 @@ def test_fit_records_and_refusals(tmp_path):
     with pytest.raises(SpecError, match="Bernoulli likelihoods only"):
         fit_gibbs(tr, ModelSpec(rank=2), num_samples=2, num_warmup=0,
                   redraw_negatives=True)
-    with pytest.raises(SpecError, match="not supported with chain_method='sharded'"):
-        fit_gibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"), num_samples=2,
-                  num_warmup=0, redraw_negatives=True, chain_method="sharded")
     with pytest.raises(SpecError, match="True or False"):
         BPMFGibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"), redraw_negatives=1)
     from bayesmf.infer.svi import fit_svi

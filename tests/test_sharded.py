@@ -156,6 +156,37 @@ def test_one_device_sharded_chain_with_the_block_solve_equals_the_unsharded_chai
                                    err_msg=n)
 
 
+def _redraw_data(seed=5):
+    """Positives of ``_data`` (binary) plus two uniform negatives per positive."""
+    from bayesmf.data import Interactions
+    from bayesmf.data.negatives import as_sampler
+
+    tr = _data(seed, binary=True)
+    pos = np.asarray(tr.rating) > 0
+    x = Interactions.from_arrays(np.asarray(tr.user)[pos].astype(str),
+                                 np.asarray(tr.item)[pos].astype(str))
+    return as_sampler("uniform:2", seed=seed).training_ratings(x)
+
+
+def test_one_device_sharded_chain_with_redrawn_negatives_equals_the_unsharded_chain():
+    """Negatives re-paired every sweep (``redraw_negatives``): the sharded sweep draws the
+    unsharded re-pairing (same key, replicated) and remaps its own blocks, so on one
+    device the chain is the unsharded one (each row by its own Cholesky factor,
+    ``low_width=0``) -- and not the chain with the negatives held fixed."""
+    tr = _redraw_data()
+    spec = ModelSpec(rank=2, likelihood="bernoulli-logit")
+    sh = G.fit_gibbs(tr, spec, chain_method="sharded", shard_devices=1,
+                     redraw_negatives=True, **_KW)
+    seq = G.fit_gibbs(tr, spec, chain_method="sequential", low_width=0,
+                      redraw_negatives=True, **_KW)
+    fixed = G.fit_gibbs(tr, spec, chain_method="sharded", shard_devices=1, **_KW)
+    assert sh.attrs["settings"]["redraw_negatives"] is True
+    for n in _NAMES:
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+    assert np.abs(np.asarray(sh.draws["V"]) - np.asarray(fixed.draws["V"])).max() > 1e-2
+
+
 _SCRIPT = """
 import json, sys
 import numpy as np
@@ -182,14 +213,23 @@ for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
             seq.attrs["streamed_predictions"]["mean"])).max()),
         "draws_differ_between_chains": bool(C == 1 or np.abs(
             sh.draws["U"][0] - sh.draws["U"][1]).max() > 1e-2)}}
+from test_sharded import _redraw_data
+tr = _redraw_data()
+spec = ModelSpec(rank=2, likelihood="bernoulli-logit")
+sh = G.fit_gibbs(tr, spec, chain_method="sharded", redraw_negatives=True, **_KW)
+seq = G.fit_gibbs(tr, spec, chain_method="sequential", low_width=0, redraw_negatives=True,
+                  **_KW)
+out["redraw"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
+    np.abs(sh.draws[n] - seq.draws[n]).max() for n in _NAMES))}}
 print(json.dumps(out))
 """
 
 
 def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
-    one after the other, 1 bernoulli-probit chain through the augmentation path) are the
-    unsharded chains up to float summation order in the row Grams."""
+    one after the other, 1 bernoulli-probit chain through the augmentation path, 1
+    bernoulli-logit chain with its negatives re-paired every sweep) are the unsharded
+    chains up to float summation order in the row Grams."""
     script = tmp_path / "sharded2.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -205,6 +245,8 @@ def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
         assert r["shape"][:2] == [C, _KW["num_samples"]], r
         assert r["max_draw_diff"] < 1e-4 and r["max_pred_diff"] < 1e-4, (lik, r)
         assert r["draws_differ_between_chains"], r
+    # negatives re-paired every sweep: each device remaps its own blocks
+    assert out["redraw"]["devices"] == 2 and out["redraw"]["max_draw_diff"] < 1e-4, out
 
 
 _MP_SCRIPT = """

@@ -317,7 +317,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ``redraw_negatives`` (False; True for a 0/1 training set of positives and sampled
     negatives with a Bernoulli likelihood) re-pairs the negatives at every sweep, keeping
     each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
-    ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it); not with "sharded";
+    ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it; also with "sharded");
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -363,9 +363,6 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     sharded = opts["chain_method"] == "sharded"
     if sharded and opts["row_priors"] is not None:
         raise SpecError("row_priors are not supported with chain_method='sharded'")
-    if sharded and opts["redraw_negatives"] is True:
-        raise SpecError("redraw_negatives (negatives redrawn every sweep) is not supported "
-                        "with chain_method='sharded'")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")

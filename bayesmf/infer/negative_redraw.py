@@ -28,6 +28,12 @@ totals), with the same mask (``handlers.mask`` on the likelihood site). The mode
 it (:func:`bayesmf.infer.numpyro_model.build_model`, ``redraw``), after its minibatch,
 from its own ``numpyro.prng_key()``.
 
+The sharded sampler (:mod:`bayesmf.infer.sharded`, ``chain_method="sharded"``) runs the
+same re-pairing inside its ``shard_map``: the permutation and the new ``item`` / mask are
+computed on every device from the same key (replicated, like the rest of the state), and
+each device remaps the blocks of its own rows, whose observation and other-side indices
+are global. Its chain is therefore the unsharded chain's, as for fixed negatives.
+
 Per Gibbs sweep this costs one permutation of ``M``, gathers over the two layouts and a
 binary search of each negative among its user's sorted positives (``steps`` halvings,
 static). The random stream is a ``fold_in`` of the sweep's key, so the rest of the sweep
@@ -121,11 +127,17 @@ def _repaired(rd: NegativeRedraw, user, src, steps: int):
     return item, jnp.ones(item.shape, bool).at[rd.neg_obs].set(~hit)
 
 
-def redraw_negatives(key, data, n_users: int, n_items: int, steps: int):
+def redraw_negatives(key, data, n_users: int, n_items: int, steps: int, remap=remap_blocks):
     """``data`` (a :class:`~bayesmf.infer.gibbs_kernel.GibbsData` with ``redraw``) with
     its negatives re-paired by a random permutation drawn from ``key``: new ``item``
     array, remapped ``ublocks`` / ``iblocks`` and ``obs_mask`` (False where a re-paired
-    negative hits a positive of its user). jit/vmap-able; the layouts' shapes are kept."""
+    negative hits a positive of its user). jit/vmap-able; the layouts' shapes are kept.
+
+    ``remap(blocks, other_of_obs, n_other, obs_map=None)`` remaps one side's layout
+    (:func:`~bayesmf.infer._rowblocks.remap_blocks`; the sharded sampler passes one for a
+    device's :class:`~bayesmf.infer.sharded.ShardBlocks`, whose observation and other-side
+    indices are global, so the same permutation -- replicated, from the same key -- moves
+    the same observations on every device)."""
     rd = data.redraw
     M = rd.neg_obs.shape[0]
     src = rd.neg_obs[jax.random.permutation(key, M)]
@@ -133,8 +145,8 @@ def redraw_negatives(key, data, n_users: int, n_items: int, steps: int):
     n = rd.item0.shape[0]
     # the item-side slot of the built observation src[s] now belongs to neg_obs[s]
     obs_map = jnp.arange(n, dtype=rd.neg_obs.dtype).at[src].set(rd.neg_obs)
-    return data._replace(item=item, ublocks=remap_blocks(data.ublocks, item, n_items),
-                         iblocks=remap_blocks(data.iblocks, data.user, n_users, obs_map),
+    return data._replace(item=item, ublocks=remap(data.ublocks, item, n_items),
+                         iblocks=remap(data.iblocks, data.user, n_users, obs_map),
                          obs_mask=mask)
 
 

@@ -76,7 +76,10 @@ other random numbers -- the same conditional distributions, not the same draws.
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` before it is imported. Several
 chains run one after another, each over all the devices (``attrs["chain_method_used"]
 == "sharded"``, ``attrs["devices"] == D``). Not supported (SpecError): side features
-(Macau) and full-matrix (implicit) likelihoods.
+(Macau) and full-matrix (implicit) likelihoods. Sampled negatives redrawn every sweep
+(``redraw_negatives=True``, ``negatives="uniform:4@sweep"``) are: every device draws the
+same re-pairing and remaps the blocks of its own rows
+(:mod:`bayesmf.infer.negative_redraw`), so the chain stays the unsharded one.
 
 **Multi-host** (tested with two processes on localhost, ``tests/test_sharded.py``, slow
 mark): start one process per host and, before any other JAX call,
@@ -114,8 +117,10 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer._rowblocks import (RowBlocks, _gaussian_from_split, _split_pays,
                                       _split_terms, build_row_blocks,
-                                      gaussian_from_precision, row_precisions)
+                                      gaussian_from_precision, remap_blocks,
+                                      row_precisions)
 from bayesmf.infer._rowblocks import partition_rows as _partition_rows
+from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_negatives
 
 __all__ = ["AXIS", "ShardBlocks", "partition_rows", "build_shard_blocks", "shard_mesh",
            "sharded_rows_draw", "sharded_obs", "sharded_step", "sharded_data", "place"]
@@ -263,7 +268,16 @@ def _shard_map():
 def _data_specs(data):
     from jax.sharding import PartitionSpec as Ps
 
-    return type(data)(Ps(), Ps(), Ps(), Ps(AXIS), Ps(AXIS), None)
+    return type(data)(Ps(), Ps(), Ps(), Ps(AXIS), Ps(AXIS), None,
+                      redraw=None if data.redraw is None else Ps())
+
+
+def _remap_shard(sb: ShardBlocks, other_of_obs, n_other: int, obs_map=None) -> ShardBlocks:
+    """:func:`~bayesmf.infer._rowblocks.remap_blocks` of a device's blocks (the ``remap``
+    of :func:`~bayesmf.infer.negative_redraw.redraw_negatives`). ``sb.obs`` (the
+    observations of the device's user rows) needs no remap: a re-paired negative keeps
+    its user, only its item changes."""
+    return sb._replace(blocks=remap_blocks(sb.blocks, other_of_obs, n_other, obs_map))
 
 
 def sharded_step(cfg, mesh):
@@ -282,6 +296,10 @@ def sharded_step(cfg, mesh):
 
     def body(data, key, state):
         data = data._replace(ublocks=one(data.ublocks), iblocks=one(data.iblocks))
+        if data.redraw is not None:  # the unsharded re-pairing, on this device's blocks
+            data = redraw_negatives(jax.random.fold_in(key, REDRAW_STREAM), data,
+                                    cfg.n_users, cfg.n_items, cfg.redraw_steps,
+                                    remap=_remap_shard)
         obs_fn = sharded_obs(data.ublocks, data.user, data.item, AXIS)
         with sharded(None):  # statistics on the replicated arrays (module docs)
             return _sweep(cfg, data, key, state, rows_fn=rows_fn, obs_fn=obs_fn)
@@ -347,4 +365,5 @@ def place(data, mesh):
     put = lambda t, s: jax.tree_util.tree_map(lambda a: jax.device_put(a, s), t)  # noqa
     return data._replace(user=put(data.user, rep), item=put(data.item, rep),
                          rating=put(data.rating, rep), ublocks=put(data.ublocks, split),
-                         iblocks=put(data.iblocks, split))
+                         iblocks=put(data.iblocks, split),
+                         redraw=None if data.redraw is None else put(data.redraw, rep))
