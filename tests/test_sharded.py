@@ -121,11 +121,6 @@ def test_sharded_refusals():
                                            "x1": X[:, 1]}))
     with pytest.raises(SpecError, match="does not support side features"):
         G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", user_features=uf, **kw)
-    imp = Ratings.from_indices(np.asarray(tr.user), np.asarray(tr.item),
-                               np.ones(tr.nnz), tr.users, tr.items)
-    with pytest.raises(SpecError, match="full-matrix likelihood 'implicit'"):
-        G.fit_gibbs(imp, ModelSpec(rank=2, likelihood="implicit"), chain_method="sharded",
-                    **kw)
 
 
 # ----------------------------------------------------------------------------- chains
@@ -152,6 +147,29 @@ def test_one_device_sharded_chain_with_the_block_solve_equals_the_unsharded_chai
     sh = G.fit_gibbs(tr, ModelSpec(rank=16), chain_method="sharded", shard_devices=1, **_KW)
     seq = G.fit_gibbs(tr, ModelSpec(rank=16), chain_method="sequential", **_KW)
     for n in _NAMES + ("tau",):
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+
+
+def _implicit_data(seed=5):
+    """``_data``'s pairs as play counts 1..20 (a full-matrix implicit likelihood)."""
+    tr = _data(seed)
+    c = 1.0 + np.floor(np.abs(np.asarray(tr.rating) - 3.0) * 8.0)
+    return Ratings.from_indices(np.asarray(tr.user), np.asarray(tr.item), c, tr.users,
+                                tr.items)
+
+
+def test_one_device_sharded_chain_of_the_implicit_likelihood_equals_the_unsharded_chain():
+    """A full-matrix likelihood (confidence-weighted implicit feedback, noise learned):
+    every device adds the dense terms of all unobserved pairs to its own rows' Grams, so
+    on one device the chain is the unsharded one."""
+    from bayesmf.model.likelihoods import ImplicitGaussian
+
+    tr = _implicit_data()
+    spec = ModelSpec(rank=3, likelihood=ImplicitGaussian(alpha=2.0), noise="learned")
+    sh = G.fit_gibbs(tr, spec, chain_method="sharded", shard_devices=1, **_KW)
+    seq = G.fit_gibbs(tr, spec, chain_method="sequential", low_width=0, **_KW)
+    for n in ("U", "V", "Lambda_U", "tau"):
         np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
                                    err_msg=n)
 
@@ -213,7 +231,14 @@ for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
             seq.attrs["streamed_predictions"]["mean"])).max()),
         "draws_differ_between_chains": bool(C == 1 or np.abs(
             sh.draws["U"][0] - sh.draws["U"][1]).max() > 1e-2)}}
-from test_sharded import _redraw_data
+from test_sharded import _redraw_data, _implicit_data
+from bayesmf.model.likelihoods import ImplicitGaussian
+tr = _implicit_data()
+spec = ModelSpec(rank=3, likelihood=ImplicitGaussian(alpha=2.0), noise="learned")
+sh = G.fit_gibbs(tr, spec, chain_method="sharded", **_KW)
+seq = G.fit_gibbs(tr, spec, chain_method="sequential", low_width=0, **_KW)
+out["implicit"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
+    np.abs(sh.draws[n] - seq.draws[n]).max() for n in ("U", "V", "tau")))}}
 tr = _redraw_data()
 spec = ModelSpec(rank=2, likelihood="bernoulli-logit")
 sh = G.fit_gibbs(tr, spec, chain_method="sharded", redraw_negatives=True, **_KW)
@@ -228,7 +253,8 @@ print(json.dumps(out))
 def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
     one after the other, 1 bernoulli-probit chain through the augmentation path, 1
-    bernoulli-logit chain with its negatives re-paired every sweep) are the unsharded
+    implicit-feedback chain with the dense terms of the unobserved pairs, 1 bernoulli-logit
+    chain with its negatives re-paired every sweep) are the unsharded
     chains up to float summation order in the row Grams."""
     script = tmp_path / "sharded2.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
@@ -247,6 +273,8 @@ def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
         assert r["draws_differ_between_chains"], r
     # negatives re-paired every sweep: each device remaps its own blocks
     assert out["redraw"]["devices"] == 2 and out["redraw"]["max_draw_diff"] < 1e-4, out
+    # a full-matrix likelihood: each device adds the shared dense terms to its own rows
+    assert out["implicit"]["devices"] == 2 and out["implicit"]["max_draw_diff"] < 1e-4, out
 
 
 _MP_SCRIPT = """

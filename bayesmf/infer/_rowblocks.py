@@ -669,14 +669,8 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         raise ValueError("solve_rows: fit_stats=True takes no dense_gram or rhs")
 
     def chain(b, P0, h0, noise):
-        """gather -> Gram -> Cholesky -> solve of one part (all rows without parts)."""
-        if split:
-            terms = _split_terms(b, X, y, tau, P0, h0, dense_gram, rhs)
-            Z = _gaussian_from_split(*terms, noise)
-            return (Z, _fit_stats_split(Z, *terms, P0, h0)) if fit_stats else Z
-        P, h = row_precisions(b, X, y, tau, P0, h0, dense_gram=dense_gram, rhs=rhs)
-        Z = gaussian_from_precision(P, h, noise=noise)
-        return (Z, _fit_stats(Z, P, h, P0, h0)) if fit_stats else Z
+        return solve_part(b, X, y, tau, P0, h0, noise, dense_gram=dense_gram, rhs=rhs,
+                          fit_stats=fit_stats, split=split)
 
     # the noise of all rows drawn at once (the same with and without parts)
     eps = None if key is None else jax.random.normal(
@@ -692,6 +686,25 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         return jnp.concatenate(out, axis=0)
     return (jnp.concatenate([z for z, _ in out], axis=0),
             tuple(sum(st[j] for _, st in out) for j in range(2)))
+
+
+def solve_part(b: RowBlocks, X, y, tau, P0, h0, noise, *, dense_gram=None, rhs=None,
+               fit_stats=False, split=None):
+    """Gather -> Gram -> Cholesky -> solve of the rows of one layout without parts (one
+    part of :func:`solve_rows`, or a device's rows in the sharded sampler,
+    :mod:`bayesmf.infer.sharded`): the mean (``noise=None``) or the draw with the standard
+    normals ``noise (n_rows, d, 1)``; by the split-off first column where it pays
+    (``split``; None: :func:`_split_pays` of the design width). ``fit_stats`` as in
+    :func:`solve_rows`."""
+    if split is None:
+        split = _split_pays(X.shape[1])
+    if split:
+        terms = _split_terms(b, X, y, tau, P0, h0, dense_gram, rhs)
+        Z = _gaussian_from_split(*terms, noise)
+        return (Z, _fit_stats_split(Z, *terms, P0, h0)) if fit_stats else Z
+    P, h = row_precisions(b, X, y, tau, P0, h0, dense_gram=dense_gram, rhs=rhs)
+    Z = gaussian_from_precision(P, h, noise=noise)
+    return (Z, _fit_stats(Z, P, h, P0, h0)) if fit_stats else Z
 
 
 def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,

@@ -111,12 +111,21 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     if background is None:
         Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
     else:
-        w0, t0_obs, t0_other = background
-        w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
-        Z = solve_rows(blocks, X, y, w - w0, P0, h0 + w0 * (t0_other @ X), key=key,
-                       dense_gram=w0 * (X.T @ X), rhs=w * y - w0 * t0_obs)
+        wb, h0, dense, rhs = background_terms(background, X, y, tau, h0)
+        Z = solve_rows(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs)
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
     return b, Z[:, int(with_bias):]
+
+
+def background_terms(background, X, y, tau, h0):
+    """``(weights, shift, dense_gram, rhs)`` of the row solve of a full-matrix likelihood
+    (``background = (w0, t0_obs, t0_other)``, :func:`rows_draw`): each observed pair
+    weighs ``tau_j - w0`` in the Gram, the dense part is :math:`w_0 X^\top X`, the prior
+    shift gains :math:`w_0 X^\top t_0` and the right-hand side of pair ``j`` is
+    :math:`\tau_j y_j - w_0 t_{0j}`."""
+    w0, t0_obs, t0_other = background
+    w = jnp.broadcast_to(jnp.asarray(tau, y.dtype), y.shape)
+    return w - w0, h0 + w0 * (t0_other @ X), w0 * (X.T @ X), w * y - w0 * t0_obs
 
 
 def mu_draw(key, s_res, tau, lambda_mu, mu_mean, background=None):

@@ -76,10 +76,16 @@ other random numbers -- the same conditional distributions, not the same draws.
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` before it is imported. Several
 chains run one after another, each over all the devices (``attrs["chain_method_used"]
 == "sharded"``, ``attrs["devices"] == D``). Not supported (SpecError): side features
-(Macau) and full-matrix (implicit) likelihoods. Sampled negatives redrawn every sweep
-(``redraw_negatives=True``, ``negatives="uniform:4@sweep"``) are: every device draws the
-same re-pairing and remaps the blocks of its own rows
-(:mod:`bayesmf.infer.negative_redraw`), so the chain stays the unsharded one.
+(Macau). Supported like the plain likelihoods, with the chain the unsharded one:
+
+* the full-matrix likelihoods (implicit feedback, :mod:`bayesmf.model.likelihoods.
+  implicit`): the dense terms every row shares (:math:`w_0 X^\top X` and
+  :math:`w_0 X^\top t_0`, :func:`~bayesmf.infer.gibbs_steps.background_terms`) are
+  computed on every device from the replicated other side, :math:`O(n_{other} d^2)`, and
+  each device adds them to its own rows' Grams;
+* sampled negatives redrawn every sweep (``redraw_negatives=True``,
+  ``negatives="uniform:4@sweep"``): every device draws the same re-pairing and remaps the
+  blocks of its own rows (:mod:`bayesmf.infer.negative_redraw`).
 
 **Multi-host** (tested with two processes on localhost, ``tests/test_sharded.py``, slow
 mark): start one process per host and, before any other JAX call,
@@ -115,10 +121,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.errors import SpecError
-from bayesmf.infer._rowblocks import (RowBlocks, _gaussian_from_split, _split_pays,
-                                      _split_terms, build_row_blocks,
-                                      gaussian_from_precision, remap_blocks,
-                                      row_precisions)
+from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, remap_blocks,
+                                      solve_part)
 from bayesmf.infer._rowblocks import partition_rows as _partition_rows
 from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_negatives
 
@@ -217,13 +221,12 @@ def sharded_rows_draw(axis: str = AXIS):
     :func:`~bayesmf.infer.gibbs_steps.rows_draw`, with a device's :class:`ShardBlocks`
     as ``blocks``): solve the device's rows, add the slice of the all-rows noise, and
     all-gather the rows of every device over ``axis``; returns the full ``(b, F)``."""
-    from bayesmf.infer.gibbs_steps import _side_prior
+    from bayesmf.infer.gibbs_steps import _side_prior, background_terms
 
     def rows_fn(key, k, sb, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
                 offset=None):
-        if background is not None or offset is not None:
-            raise SpecError("the sharded sampler does not support full-matrix likelihoods "
-                            "or side features")
+        if offset is not None:
+            raise SpecError("the sharded sampler does not support side features")
         dt = y.dtype
         n_rows = sb.gather.shape[0]
         cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + (
@@ -231,13 +234,12 @@ def sharded_rows_draw(axis: str = AXIS):
         X = jnp.concatenate(cols, axis=1)
         d = X.shape[1]
         P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+        dense = rhs = None
+        if background is not None:  # full-matrix likelihood: its dense terms, replicated
+            tau, h0, dense, rhs = background_terms(background, X, y, tau, h0)
         # the unsharded noise of all rows, this device's slice (device-count independent)
         eps = jax.random.normal(key, (n_rows, d, 1), dt)[sb.rows]
-        if _split_pays(d):  # the block-Cholesky solve of the unsharded sampler
-            Z = _gaussian_from_split(*_split_terms(sb.blocks, X, y, tau, P0, h0), eps)
-        else:
-            P, h = row_precisions(sb.blocks, X, y, tau, P0, h0)
-            Z = gaussian_from_precision(P, h, noise=eps)
+        Z = solve_part(sb.blocks, X, y, tau, P0, h0, eps, dense_gram=dense, rhs=rhs)
         Z = jax.lax.all_gather(Z, axis, tiled=True)[sb.gather]
         b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
         return b, Z[:, int(with_bias):]
@@ -338,10 +340,6 @@ def sharded_data(kern, train, mesh, max_width: int = 128):
     if cfg.macau:
         raise SpecError("chain_method='sharded' does not support side features (Macau); "
                         "use chain_method='vectorized'")
-    if cfg.spec.likelihood.background(kern.theta0) is not None:
-        raise SpecError(f"chain_method='sharded' does not support the full-matrix "
-                        f"likelihood {cfg.spec.likelihood.name!r}; use "
-                        "chain_method='vectorized'")
     D = int(mesh.devices.size)
     u = np.asarray(train.user, np.int64)
     i = np.asarray(train.item, np.int64)
