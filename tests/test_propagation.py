@@ -226,9 +226,6 @@ def test_propagation_and_row_prior_errors(planted):
     for msg, rp in bad.items():
         with pytest.raises(SpecError, match=re.escape(msg)):
             fit_gibbs(tr, spec, num_samples=2, num_warmup=0, row_priors=rp)
-    with pytest.raises(SpecError, match="sharded"):
-        fit_gibbs(tr, spec, num_samples=2, num_warmup=0, chain_method="sharded",
-                  row_priors={"user": (good_m, good_P)})
 
 
 def test_expected_likelihood_equals_the_per_draw_average():

@@ -116,11 +116,6 @@ def test_sharded_refusals():
         G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=4096, **kw)
     with pytest.raises(SpecError, match="'vectorized', 'sequential', 'parallel' or 'sharded'"):
         G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="pmap", **kw)
-    X = np.random.default_rng(0).normal(size=(tr.n_users, 2))
-    uf = Features.from_frame(pd.DataFrame({"user": np.arange(tr.n_users), "x0": X[:, 0],
-                                           "x1": X[:, 1]}))
-    with pytest.raises(SpecError, match="does not support side features"):
-        G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", user_features=uf, **kw)
 
 
 # ----------------------------------------------------------------------------- chains
@@ -147,6 +142,43 @@ def test_one_device_sharded_chain_with_the_block_solve_equals_the_unsharded_chai
     sh = G.fit_gibbs(tr, ModelSpec(rank=16), chain_method="sharded", shard_devices=1, **_KW)
     seq = G.fit_gibbs(tr, ModelSpec(rank=16), chain_method="sequential", **_KW)
     for n in _NAMES + ("tau",):
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+
+
+def _user_features(tr, seed=0):
+    X = np.random.default_rng(seed).normal(size=(tr.n_users, 2))
+    return Features.from_frame(pd.DataFrame({"user": np.arange(tr.n_users), "x0": X[:, 0],
+                                             "x1": X[:, 1]}))
+
+
+def test_one_device_sharded_chain_with_side_features_equals_the_unsharded_chain():
+    """Side features (Macau, user side): every device draws beta from the replicated
+    factors and shifts its own rows' prior means, so on one device the chain is the
+    unsharded one -- including the link matrix beta_U."""
+    tr = _data(3)
+    uf = _user_features(tr)
+    sh = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=1,
+                     user_features=uf, **_KW)
+    seq = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sequential", user_features=uf,
+                      **_KW)
+    for n in _NAMES + ("beta_U",):
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+
+
+def test_one_device_sharded_chain_with_row_priors_equals_the_unsharded_chain():
+    """Fixed per-row priors (posterior propagation) on the users: each device takes its
+    own rows' (P0, h0), so on one device the chain is the unsharded one."""
+    tr = _data(3)
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(tr.n_users, 3))
+    P = np.tile(4.0 * np.eye(3), (tr.n_users, 1, 1)) + 0.5
+    kw = dict(row_priors={"user": (m, P)}, **_KW)
+    sh = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", shard_devices=1, **kw)
+    seq = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sequential", **kw)
+    assert sh.attrs["row_priors"] == ["user"]
+    for n in _NAMES:
         np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
                                    err_msg=n)
 
@@ -231,7 +263,13 @@ for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
             seq.attrs["streamed_predictions"]["mean"])).max()),
         "draws_differ_between_chains": bool(C == 1 or np.abs(
             sh.draws["U"][0] - sh.draws["U"][1]).max() > 1e-2)}}
-from test_sharded import _redraw_data, _implicit_data
+from test_sharded import _redraw_data, _implicit_data, _user_features
+tr = _data(5)
+uf = _user_features(tr)
+sh = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", user_features=uf, **_KW)
+seq = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sequential", user_features=uf, **_KW)
+out["macau"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
+    np.abs(sh.draws[n] - seq.draws[n]).max() for n in _NAMES + ("beta_U",)))}}
 from bayesmf.model.likelihoods import ImplicitGaussian
 tr = _implicit_data()
 spec = ModelSpec(rank=3, likelihood=ImplicitGaussian(alpha=2.0), noise="learned")
@@ -253,7 +291,7 @@ print(json.dumps(out))
 def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
     one after the other, 1 bernoulli-probit chain through the augmentation path, 1
-    implicit-feedback chain with the dense terms of the unobserved pairs, 1 bernoulli-logit
+    Gaussian chain with user side features, 1 implicit-feedback chain with the dense terms of the unobserved pairs, 1 bernoulli-logit
     chain with its negatives re-paired every sweep) are the unsharded
     chains up to float summation order in the row Grams."""
     script = tmp_path / "sharded2.py"
@@ -273,6 +311,8 @@ def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
         assert r["draws_differ_between_chains"], r
     # negatives re-paired every sweep: each device remaps its own blocks
     assert out["redraw"]["devices"] == 2 and out["redraw"]["max_draw_diff"] < 1e-4, out
+    # side features: each device shifts its own rows' prior means
+    assert out["macau"]["devices"] == 2 and out["macau"]["max_draw_diff"] < 1e-4, out
     # a full-matrix likelihood: each device adds the shared dense terms to its own rows
     assert out["implicit"]["devices"] == 2 and out["implicit"]["max_draw_diff"] < 1e-4, out
 

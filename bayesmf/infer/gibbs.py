@@ -151,8 +151,9 @@ The draws ``beta_U (C,D,F_U,k)``, ``lambda_beta_U`` (``_V`` alike) are kept, the
 aligned features go to ``posterior.features``; cold-start prediction in
 :mod:`bayesmf.posterior` (:meth:`~bayesmf.posterior.Posterior.with_features`). Without
 features the sweep, its random stream and its draws are bit-identical to the plain
-model (the Macau draws use their own key, ``fold_in(key, 0x4D41)``). Data sharded over
-devices (``axis_name``) is not supported with features.
+model (the Macau draws use their own key, ``fold_in(key, 0x4D41)``). The sharded chain
+(``chain_method="sharded"``) takes features (:mod:`bayesmf.infer.sharded`); the psum
+seam for data sharded over devices (``axis_name``) does not.
 
 Kernel, drivers, determinism
 ----------------------------
@@ -331,7 +332,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     (``d`` = the side's bias column + rank) in place of the hierarchical one
     (:func:`~bayesmf.infer.gibbs_kernel.check_row_priors`; used by
     :mod:`bayesmf.infer.propagation`); the group moves that assume the hierarchical prior
-    are then skipped. Not with ``chain_method="sharded"``.
+    are then skipped. Also with ``chain_method="sharded"``.
 
     Checkpoints: ``checkpoint`` (None) a file path; every ``checkpoint_every`` sweeps
     (default: about 10 checkpoints per run) the sampler state, the kept draws so far and
@@ -361,8 +362,6 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         raise SpecError("chain_method must be 'vectorized', 'sequential', 'parallel' or "
                         f"'sharded', got {opts['chain_method']!r}")
     sharded = opts["chain_method"] == "sharded"
-    if sharded and opts["row_priors"] is not None:
-        raise SpecError("row_priors are not supported with chain_method='sharded'")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")

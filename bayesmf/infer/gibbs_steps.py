@@ -94,10 +94,7 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     else:
         P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
     if offset is not None and k and row_prior is None:
-        sh = offset @ Lam  # Lam symmetric: (Lam o_r)^T
-        if with_bias:
-            sh = jnp.concatenate([jnp.zeros((n_rows, 1), dt), sh], axis=1)
-        h0 = h0[None, :] + sh
+        h0 = offset_shift(offset, Lam, with_bias, h0)
     if background is None and fit_stats:
         Z, (q, g) = solve_rows(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
         q, g = reduce((q, g))
@@ -117,8 +114,18 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     return b, Z[:, int(with_bias):]
 
 
+def offset_shift(offset, Lam, with_bias, h0):
+    r"""The per-row prior shift :math:`[0, \Lambda(\mu_f + o_r)]` of the Macau prior
+    (:func:`rows_draw`): ``h0 (d,)`` (the shared part, :math:`[0, \Lambda\mu_f]`) plus
+    :math:`\Lambda o_r` for every row of ``offset (n_rows, k)``; returns ``(n_rows, d)``."""
+    sh = offset @ Lam  # Lam symmetric: (Lam o_r)^T
+    if with_bias:
+        sh = jnp.concatenate([jnp.zeros((offset.shape[0], 1), sh.dtype), sh], axis=1)
+    return h0[None, :] + sh
+
+
 def background_terms(background, X, y, tau, h0):
-    """``(weights, shift, dense_gram, rhs)`` of the row solve of a full-matrix likelihood
+    r"""``(weights, shift, dense_gram, rhs)`` of the row solve of a full-matrix likelihood
     (``background = (w0, t0_obs, t0_other)``, :func:`rows_draw`): each observed pair
     weighs ``tau_j - w0`` in the Gram, the dense part is :math:`w_0 X^\top X`, the prior
     shift gains :math:`w_0 X^\top t_0` and the right-hand side of pair ``j`` is

@@ -75,8 +75,15 @@ other random numbers -- the same conditional distributions, not the same draws.
 **Devices.** ``shard_devices`` (None: all ``jax.devices()``). On CPU start JAX with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` before it is imported. Several
 chains run one after another, each over all the devices (``attrs["chain_method_used"]
-== "sharded"``, ``attrs["devices"] == D``). Not supported (SpecError): side features
-(Macau). Supported like the plain likelihoods, with the chain the unsharded one:
+== "sharded"``, ``attrs["devices"] == D``). Supported like the plain model, with the chain the unsharded one:
+
+* fixed per-row priors (``row_priors``, posterior propagation,
+  :mod:`bayesmf.infer.propagation`): each device takes its own rows' ``(P0, h0)``;
+* side features (the Macau prior, :mod:`bayesmf.infer.gibbs`): the link matrices
+  :math:`\beta` and their precisions are drawn on every device from the replicated
+  factors and features (:math:`O(F k^2)` per side), and each device shifts its own rows'
+  prior means by their offsets :math:`\beta^\top x_r`
+  (:func:`~bayesmf.infer.gibbs_steps.offset_shift`);
 
 * the full-matrix likelihoods (implicit feedback, :mod:`bayesmf.model.likelihoods.
   implicit`): the dense terms every row shares (:math:`w_0 X^\top X` and
@@ -221,19 +228,22 @@ def sharded_rows_draw(axis: str = AXIS):
     :func:`~bayesmf.infer.gibbs_steps.rows_draw`, with a device's :class:`ShardBlocks`
     as ``blocks``): solve the device's rows, add the slice of the all-rows noise, and
     all-gather the rows of every device over ``axis``; returns the full ``(b, F)``."""
-    from bayesmf.infer.gibbs_steps import _side_prior, background_terms
+    from bayesmf.infer.gibbs_steps import _side_prior, background_terms, offset_shift
 
     def rows_fn(key, k, sb, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-                offset=None):
-        if offset is not None:
-            raise SpecError("the sharded sampler does not support side features")
+                offset=None, row_prior=None):
         dt = y.dtype
         n_rows = sb.gather.shape[0]
         cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + (
             [other_F] if k else [])
         X = jnp.concatenate(cols, axis=1)
         d = X.shape[1]
-        P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+        if row_prior is not None:  # propagated per-row priors: this device's rows'
+            P0, h0 = (a[sb.rows] for a in row_prior)
+        else:
+            P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+            if offset is not None and k:  # Macau: this device's rows' prior means
+                h0 = offset_shift(offset[sb.rows], Lam, with_bias, h0)
         dense = rhs = None
         if background is not None:  # full-matrix likelihood: its dense terms, replicated
             tau, h0, dense, rhs = background_terms(background, X, y, tau, h0)
@@ -270,7 +280,9 @@ def _shard_map():
 def _data_specs(data):
     from jax.sharding import PartitionSpec as Ps
 
-    return type(data)(Ps(), Ps(), Ps(), Ps(AXIS), Ps(AXIS), None,
+    return type(data)(Ps(), Ps(), Ps(), Ps(AXIS), Ps(AXIS),
+                      feats=None if data.feats is None else Ps(),
+                      row_priors=None if data.row_priors is None else Ps(),
                       redraw=None if data.redraw is None else Ps())
 
 
@@ -290,9 +302,6 @@ def sharded_step(cfg, mesh):
     from bayesmf.infer.gibbs_kernel import _sweep
     from bayesmf.model.reduce import sharded
 
-    if cfg.macau:
-        raise SpecError("chain_method='sharded' does not support side features (Macau); "
-                        "use chain_method='vectorized'")
     rows_fn = sharded_rows_draw(AXIS)
     one = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
 
@@ -337,9 +346,6 @@ def sharded_data(kern, train, mesh, max_width: int = 128):
     of both sides replaced by their :class:`ShardBlocks` over ``mesh``, placed on it
     (blocks split over the devices, the observation vectors replicated)."""
     cfg = kern.cfg
-    if cfg.macau:
-        raise SpecError("chain_method='sharded' does not support side features (Macau); "
-                        "use chain_method='vectorized'")
     D = int(mesh.devices.size)
     u = np.asarray(train.user, np.int64)
     i = np.asarray(train.item, np.int64)
@@ -348,7 +354,7 @@ def sharded_data(kern, train, mesh, max_width: int = 128):
                             row_cost=d / 3.0)
     ib = build_shard_blocks(i, u, cfg.n_items, cfg.n_users, D, max_width=max_width,
                             row_cost=d / 3.0)
-    data = kern.data._replace(ublocks=ub, iblocks=ib, feats=None)
+    data = kern.data._replace(ublocks=ub, iblocks=ib)
     return place(data, mesh)
 
 
@@ -364,4 +370,7 @@ def place(data, mesh):
     return data._replace(user=put(data.user, rep), item=put(data.item, rep),
                          rating=put(data.rating, rep), ublocks=put(data.ublocks, split),
                          iblocks=put(data.iblocks, split),
+                         feats=None if data.feats is None else put(data.feats, rep),
+                         row_priors=(None if data.row_priors is None
+                                     else put(data.row_priors, rep)),
                          redraw=None if data.redraw is None else put(data.redraw, rep))
