@@ -291,9 +291,9 @@ print(json.dumps(out))
 def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
     one after the other, 1 bernoulli-probit chain through the augmentation path, 1
-    Gaussian chain with user side features, 1 implicit-feedback chain with the dense terms of the unobserved pairs, 1 bernoulli-logit
-    chain with its negatives re-paired every sweep) are the unsharded
-    chains up to float summation order in the row Grams."""
+    Gaussian chain with user side features, 1 implicit-feedback chain with the dense
+    terms of the unobserved pairs, 1 bernoulli-logit chain with its negatives re-paired
+    every sweep) are the unsharded chains up to float summation order in the row Grams."""
     script = tmp_path / "sharded2.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
