@@ -93,7 +93,7 @@ from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_options, fitted_spec
 from bayesmf.infer.hpf import _Cfg, _hyper, _hyper_dict, _split_data
-from bayesmf.infer.nmf import check_poisson_spec, extended_factors
+from bayesmf.infer.nmf import check_poisson_spec, extended_factors, positive_start
 from bayesmf.infer.svi import run_windows
 
 __all__ = ["fit_svi_hpf", "fit_nuts_hpf", "build_hpf_model", "build_hpf_guide",
@@ -180,12 +180,10 @@ def _start(sc, cfg, seed):
     rng = np.random.default_rng([int(seed), 7])
     s = float(np.sqrt(max(sc.total, 1e-30) / (float(N) * float(M) * K)))
     f = _float()
-    out = {"theta": (s * rng.uniform(0.5, 1.5, (N, K))).astype(f),
-           "beta": (s * rng.uniform(0.5, 1.5, (M, K))).astype(f),
+    th, be, bu, bi = positive_start(rng, s, N, M, K, cfg.ub, cfg.ib)
+    out = {"theta": th.astype(f), "beta": be.astype(f),
            "xi": np.full(N, cfg.hyper[2], f), "eta": np.full(M, cfg.hyper[5], f)}
-    for name, n, on in (("bu", N, cfg.ub), ("bi", M, cfg.ib)):
-        if on:
-            out[name] = (s * s * rng.uniform(0.5, 1.5, n)).astype(f)
+    out.update({n: b.astype(f) for n, b in (("bu", bu), ("bi", bi)) if b is not None})
     return out
 
 

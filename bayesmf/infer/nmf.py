@@ -184,6 +184,19 @@ def extended_factors(th, be, bu=None, bi=None, one: float = 1.0):
     return xp.concatenate(A, axis=1), xp.concatenate(B, axis=1)
 
 
+def positive_start(rng, s: float, N: int, M: int, K: int, user_bias: bool = False,
+                   item_bias: bool = False):
+    """The start of the non-negative factorisations: ``(W (N, K), H (M, K), b_u, b_i)``
+    uniform on :math:`s[0.5, 1.5]`, the biases (None when off) on :math:`s^2[0.5, 1.5]`
+    (level with one factor's contribution), drawn from ``rng`` in that order (KL-NMF,
+    Frobenius NMF and the NumPyro HPF start, :mod:`bayesmf.infer.hpf_numpyro`)."""
+    W = s * rng.uniform(0.5, 1.5, (N, K))
+    H = s * rng.uniform(0.5, 1.5, (M, K))
+    bu = s * s * rng.uniform(0.5, 1.5, N) if user_bias else None
+    bi = s * s * rng.uniform(0.5, 1.5, M) if item_bias else None
+    return W, H, bu, bi
+
+
 def check_poisson_spec(spec, method: str) -> None:
     """The Poisson fitters model the rate :math:`\\theta_u^\\top\\beta_i`, plus the
     optional non-negative biases :math:`b_u + b_i` (every Poisson method fits them): a spec
@@ -251,10 +264,7 @@ def kl_nmf(data: SparseCounts, rank: int, *, max_iter: int = 300, tol: float = 1
     rng = np.random.default_rng(seed)
     N, M = data.N, data.M
     s = np.sqrt(max(data.total, 1e-300) / (float(N) * float(M) * rank))
-    W = s * rng.uniform(0.5, 1.5, (N, rank))
-    H = s * rng.uniform(0.5, 1.5, (M, rank))
-    W, H = extended_factors(W, H, s * s * rng.uniform(0.5, 1.5, N) if user_bias else None,
-                            s * s * rng.uniform(0.5, 1.5, M) if item_bias else None)
+    W, H = extended_factors(*positive_start(rng, s, N, M, rank, user_bias, item_bias))
     KX = W.shape[1]
     pen = np.where(np.arange(KX) < rank, l1, 0.0)  # l1 on the factor columns
     fixed_w = [KX - 1] if item_bias else []  # W's column of ones (paired with b_i)
@@ -403,8 +413,7 @@ def masked_nmf(data: ObservedEntries, rank: int, *, max_iter: int = 500, tol: fl
     if W0 is None or H0 is None:
         rng = np.random.default_rng(seed)
         s = np.sqrt(max(data.total / max(data.nnz, 1), 1e-12) / rank)
-        W = s * rng.uniform(0.5, 1.5, (N, rank))
-        H = s * rng.uniform(0.5, 1.5, (M, rank))
+        W, H = positive_start(rng, s, N, M, rank)[:2]
     else:
         W, H = np.array(W0, np.float64), np.array(H0, np.float64)
 
