@@ -75,7 +75,8 @@ other random numbers -- the same conditional distributions, not the same draws.
 **Devices.** ``shard_devices`` (None: all ``jax.devices()``). On CPU start JAX with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` before it is imported. Several
 chains run one after another, each over all the devices (``attrs["chain_method_used"]
-== "sharded"``, ``attrs["devices"] == D``). Supported like the plain model, with the chain the unsharded one:
+== "sharded"``, ``attrs["devices"] == D``). Every option of the plain sweep is supported,
+with the chain the unsharded one:
 
 * fixed per-row priors (``row_priors``, posterior propagation,
   :mod:`bayesmf.infer.propagation`): each device takes its own rows' ``(P0, h0)``;
@@ -84,7 +85,6 @@ chains run one after another, each over all the devices (``attrs["chain_method_u
   factors and features (:math:`O(F k^2)` per side), and each device shifts its own rows'
   prior means by their offsets :math:`\beta^\top x_r`
   (:func:`~bayesmf.infer.gibbs_steps.offset_shift`);
-
 * the full-matrix likelihoods (implicit feedback, :mod:`bayesmf.model.likelihoods.
   implicit`): the dense terms every row shares (:math:`w_0 X^\top X` and
   :math:`w_0 X^\top t_0`, :func:`~bayesmf.infer.gibbs_steps.background_terms`) are
@@ -107,7 +107,8 @@ results (draws, posterior) are readable on every host.
 (about 10-20% of the CPU time of a Gaussian sweep at rank 32 on the 0.49M-rating ML-1M
 subset; Amdahl then allows about 1.7x on 2 free cores, before the gathers; more
 for the augmented likelihoods, whose truncated-normal / Polya-Gamma draws and latent
-scale move run over all observations on every device), plus one all-gather per
+scale move run over all observations on every device; the Macau draws of beta and the
+dense terms of a full-matrix likelihood are replicated too), plus one all-gather per
 half-sweep (the new rows) and one per prediction pass (two with an augmented
 likelihood); the 2-device run used about 12% more CPU time in total than the unsharded
 one. On a CPU the speed-up is bounded by how many cores one device leaves idle: XLA's CPU
