@@ -178,3 +178,35 @@ def test_sampled_negatives_and_recalibrated_relevance(events, capsys):
     m = Recalibration.from_dict(post.attrs["recalibration"])
     np.testing.assert_allclose(pred, m.predict(raw, rec[["user", "item"]]), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_sharded_implicit_fit_on_two_cpu_devices(events):
+    """``--option chain_method=sharded`` on the default implicit model: the CLI (a fresh
+    process without XLA_FLAGS) starts JAX with one CPU device per core and the chain of
+    the full-matrix likelihood runs over 2 of them; the model then recommends as usual."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from bayesmf import load
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: a single device, nothing to shard over")
+    d = events
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "-m", "bayesmf.cli"]
+    proc = subprocess.run(cmd + ["fit", str(d / "events.csv"), "--feedback", "implicit",
+                                 "--rank", "3", "--samples", "5", "--warmup", "3",
+                                 "--option", "chain_method=sharded", "--option",
+                                 "shard_devices=2", "--out", str(d / "sh.nc"),
+                                 "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    post = load(d / "sh.nc").posterior_
+    assert post.attrs["chain_method_used"] == "sharded" and post.attrs["devices"] == 2
+    assert post.spec.likelihood.name == "implicit"
+    proc = subprocess.run(cmd + ["recommend", str(d / "sh.nc"), "--users", "u0", "--n", "3"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pd.read_csv(io.StringIO(proc.stdout))) == 3
