@@ -111,8 +111,9 @@ def test_repairing_keeps_the_layouts_consistent(low_width, row_parts):
 
 
 def test_repairing_law_is_the_slot_distribution():
-    """Each negative slot gets the item of a uniformly random slot: over many sweeps the
-    frequency of item i in one user's slots is k_i / M."""
+    """Each negative slot gets the item of a uniformly random slot (the re-pairing before
+    its swap rounds): over many sweeps the frequency of item i in one user's slots is
+    k_i / M."""
     x = _interactions(n_users=30, n_items=12, n=60, seed=3)
     tr = as_sampler("popularity:3", seed=2).training_ratings(x)
     rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
@@ -120,7 +121,7 @@ def test_repairing_law_is_the_slot_distribution():
                      redraw_negatives=True)
     d, cfg = kern.data, kern.cfg
     draw = jax.jit(jax.vmap(lambda kk: redraw_negatives(kk, d, cfg.n_users, cfg.n_items,
-                                                        steps).item))
+                                                        steps, rounds=0).item))
     items = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 4000)))
     negs = np.asarray(rd.neg_obs)
     k = np.bincount(np.asarray(tr.item)[negs], minlength=tr.n_items) / negs.size
@@ -218,7 +219,8 @@ def test_svi_redraws_negatives_every_step():
     rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
     user = jax.numpy.asarray(tr.user)
     item0, neg = jax.numpy.asarray(tr.item), jax.numpy.asarray(tr.rating == 0)
-    draw = jax.jit(jax.vmap(lambda kk: resample_negatives(kk, rd, user, item0, neg, steps)))
+    draw = jax.jit(jax.vmap(lambda kk: resample_negatives(kk, rd, user, item0, neg, steps,
+                                                          rounds=0)))
     items, masks = (np.asarray(a) for a in draw(jax.random.split(jax.random.PRNGKey(0),
                                                                  4000)))
     negs = np.asarray(rd.neg_obs)
@@ -234,10 +236,88 @@ def test_svi_redraws_negatives_every_step():
     np.testing.assert_array_equal(masks[0], ~(hit & (y == 0)))
 
 
+def test_membership_by_bitmap_equals_the_binary_search():
+    """The positives bitmap (one gather) and the binary search in each user's sorted
+    positives (the fallback above BITMAP_BYTES) answer alike, on every (user, item) pair,
+    and give the same redraw."""
+    from bayesmf.infer.negative_redraw import _hits_positive
+
+    x = _interactions(n_users=30, n_items=12, n=90, seed=3)
+    tr = as_sampler("uniform:3", seed=2).training_ratings(x)
+    rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
+    assert rd.pos_bits is not None
+    search = rd._replace(pos_bits=None, n_items=None)
+    uu, ii = (a.ravel() for a in np.meshgrid(np.arange(tr.n_users), np.arange(tr.n_items)))
+    ju, ji = jax.numpy.asarray(uu, jax.numpy.int32), jax.numpy.asarray(ii, jax.numpy.int32)
+    y = np.asarray(tr.rating)
+    truth = set(zip(np.asarray(tr.user)[y == 1].tolist(), np.asarray(tr.item)[y == 1].tolist()))
+    want = np.array([(a, b) in truth for a, b in zip(uu.tolist(), ii.tolist())])
+    np.testing.assert_array_equal(np.asarray(_hits_positive(rd, ju, ji, steps)), want)
+    np.testing.assert_array_equal(np.asarray(_hits_positive(search, ju, ji, steps)), want)
+    kern = BPMFGibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"),
+                     redraw_negatives=True)
+    d, cfg = kern.data, kern.cfg
+    a, b = (redraw_negatives(jax.random.PRNGKey(3), dd, cfg.n_users, cfg.n_items,
+                             cfg.redraw_steps) for dd in (d, d._replace(redraw=search)))
+    np.testing.assert_array_equal(np.asarray(a.item), np.asarray(b.item))
+    np.testing.assert_array_equal(np.asarray(a.obs_mask), np.asarray(b.obs_mask))
+
+
+def _hit_share(items, users, neg, positives):
+    return float(np.mean([(a, b) in positives for a, b in zip(users[neg], items[neg])]))
+
+
+def test_swap_rounds_repair_most_hits_and_keep_every_count():
+    """A dense toy set (12 items, many hits): the swap rounds after the re-pairing cut the
+    share of negatives that land on a positive of their user; each user and each item
+    keeps its number of negatives, every observation still sits in one slot of each side
+    (the layout test above runs with the default rounds), and the mask is exactly the
+    remaining hits. SVI's redraws of a hit cut its share likewise."""
+    from bayesmf.infer.negative_redraw import SWAP_ROUNDS, resample_negatives
+
+    assert SWAP_ROUNDS >= 1
+    x = _interactions(n_users=30, n_items=12, n=90, seed=3)
+    tr = as_sampler("uniform:3", seed=2).training_ratings(x)
+    kern = BPMFGibbs(tr, ModelSpec(rank=2, likelihood="bernoulli-logit"),
+                     redraw_negatives=True)
+    d, cfg = kern.data, kern.cfg
+    y = np.asarray(tr.rating)
+    neg = y == 0
+    users = np.asarray(tr.user)
+    positives = set(zip(users[~neg].tolist(), np.asarray(tr.item)[~neg].tolist()))
+    keys = jax.random.split(jax.random.PRNGKey(0), 20)
+    share = {}
+    for rounds in (0, SWAP_ROUNDS):
+        fn = jax.jit(jax.vmap(lambda kk: redraw_negatives(
+            kk, d, cfg.n_users, cfg.n_items, cfg.redraw_steps, rounds=rounds)))
+        d2 = fn(keys)
+        items, masks = np.asarray(d2.item), np.asarray(d2.obs_mask)
+        share[rounds] = np.mean([_hit_share(it, users, neg, positives) for it in items])
+        for it, mk in zip(items, masks):
+            np.testing.assert_array_equal(np.bincount(it[neg], minlength=tr.n_items),
+                                          np.bincount(np.asarray(tr.item)[neg],
+                                                      minlength=tr.n_items))
+            hit = np.array([(a, b) in positives for a, b in zip(users, it)])
+            np.testing.assert_array_equal(mk, ~(hit & neg))
+    assert share[0] > 0.15 and share[SWAP_ROUNDS] < 0.5 * share[0], share
+    rd, steps = redraw_layout(tr.user, tr.item, tr.rating)
+    ju, ji, jn = (jax.numpy.asarray(a) for a in (users, tr.item, neg))
+    sv = {}
+    for rounds in (0, SWAP_ROUNDS):
+        draw = jax.jit(jax.vmap(lambda kk: resample_negatives(kk, rd, ju, ji, jn, steps,
+                                                              rounds=rounds)))
+        items, masks = (np.asarray(a) for a in draw(keys))
+        sv[rounds] = np.mean([_hit_share(it, users, neg, positives) for it in items])
+        hit = np.array([(a, b) in positives for a, b in zip(users, items[0])])
+        np.testing.assert_array_equal(masks[0], ~(hit & neg))
+    assert sv[SWAP_ROUNDS] < 0.5 * sv[0], sv
+
+
 def test_svi_model_redraws_the_negatives_of_its_minibatch():
     """The NumPyro model given ``redraw=`` (SVI with ``@sweep``) draws fresh items for the
-    negatives of the observations it uses -- here a minibatch of B -- and masks those that
-    hit a positive; positives keep theirs. Read off the likelihood site with factors that
+    negatives of the observations it uses -- here a minibatch of B -- by the slot law,
+    drawing a hit on a positive again up to SWAP_ROUNDS times, and masks those that still
+    hit; positives keep theirs. Read off the likelihood site with factors that
     encode the pair: U_u = (1, u), V_i = (i, 1000), so eta = i + 1000 u."""
     from numpyro import handlers
 
@@ -276,10 +356,21 @@ def test_svi_model_redraws_the_negatives_of_its_minibatch():
     hit = np.array([(a, b) in positives for a, b in zip(u.ravel(), i.ravel())]).reshape(u.shape)
     assert hit[yb == 1].all()                                      # positives unchanged
     np.testing.assert_array_equal(mask, ~(hit & (yb == 0)))       # hits masked out
+    # the law of a redrawn negative of user u: the slot law k, a positive of u drawn again
+    # up to R times: P(i) = k_i (1 + q_u + ... + q_u^R) off u's positives, k_i q_u^R on
+    # them (q_u: the slot mass of u's positives)
+    from bayesmf.infer.negative_redraw import SWAP_ROUNDS as R
+
     negs = np.asarray(rd.neg_obs)
     k = np.bincount(np.asarray(tr.item)[negs], minlength=n_i) / negs.size
+    is_pos = np.zeros((n_u, n_i), bool)
+    for a, b in positives:
+        is_pos[a, b] = True
+    q = (is_pos * k).sum(1, keepdims=True)
+    law = np.where(is_pos, k * q ** R, k * sum(q ** t for t in range(R + 1)))
+    expect = law[u[yb == 0]].mean(0)
     freq = np.bincount(i[yb == 0], minlength=n_i) / (yb == 0).sum()
-    assert np.abs(freq - k).max() < 4 * np.sqrt(k.max() * (1 - k.max()) / (yb == 0).sum())
+    assert np.abs(freq - expect).max() < 4 * np.sqrt(k.max() * (1 - k.max()) / (yb == 0).sum())
     with pytest.raises(SpecError, match="redraw_steps"):
         no_steps = build_model(spec, n_u, n_i, offset=data.offset, y_offset=data.y_offset)
         handlers.trace(handlers.seed(no_steps, 0)).get_trace(*args, redraw=rd)
