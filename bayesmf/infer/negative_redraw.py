@@ -20,9 +20,9 @@ shapes. So the redraw keeps both degree sequences and re-pairs:
   hits: each round pairs the slots two by two (a new random matching each round,
   :func:`_swap_round`) and a pair exchanges its items when one of them hits and neither
   does after the exchange. An exchange keeps every user's ``m_u`` and every item's
-  ``k_i``, so the layouts stay valid; a round costs two binary searches per slot and no
-  sort. On ML-1M (``uniform:4``) the share of hits falls from
-  about 8% to under 1% (``benchmarks/results/negative_redraw.md``);
+  ``k_i``, so the layouts stay valid; a round costs two membership tests per slot and
+  no sort. On ML-1M (``uniform:4``) the share of hits falls from 8.0% to 1.3% with two
+  rounds (``benchmarks/results/negative_redraw.md``);
 * a negative that still hits a positive gets weight 0 for that sweep
   (``GibbsData.obs_mask``): its Gaussian pseudo-observation weight is 0 in both row draws
   and the mean draw, and its ``eta`` is 0 in the latent-scale move (a constant term of
