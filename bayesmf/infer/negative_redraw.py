@@ -100,8 +100,10 @@ def check_redraw_likelihood(lik) -> None:
 def redraw_layout(user, item, y) -> tuple[NegativeRedraw, int]:
     """``(NegativeRedraw, steps)`` of a 0/1 training set (host arrays; ``y == 0`` marks the
     sampled negatives, ``y == 1`` the positives). ``steps``: the binary-search halvings
-    that cover the largest number of positives of a user (a static setting).
-    SpecError if there are no negatives or no positives."""
+    that cover the largest number of positives of a user (a static setting; the search
+    serves when the positives bitmap, ``N * n_items`` bits, would exceed
+    :data:`BITMAP_BYTES` and is not built). SpecError if there are no negatives or no
+    positives."""
     user = np.asarray(user, np.int64)
     item = np.asarray(item, np.int64)
     y = np.asarray(y)
