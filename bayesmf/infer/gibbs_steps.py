@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import jax.scipy.sparse.linalg  # noqa: F401 (macau_beta_draw, solver="cg")
 from jax import lax
 
+from bayesmf.infer._features import feature_matmul, feature_tmatmul
 from bayesmf.infer._rowblocks import gaussian_from_precision, solve_rows
 from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
 from bayesmf.model.reduce import count, reduce, total
@@ -418,20 +419,6 @@ def macau_data(X, dtype, solver: str) -> MacauData:
                          jnp.asarray(C.data, dtype), XtX, Q, evals)
     X = np.asarray(X, np.float64)
     return MacauData(jnp.asarray(X, dtype), None, None, None, XtX, Q, evals)
-
-
-def feature_matmul(f: MacauData, B, n: int):
-    """:math:`XB` ``(n, k)`` for ``B (F, k)``."""
-    if f.X is not None:
-        return f.X @ B
-    return jax.ops.segment_sum(f.vals[:, None] * B[f.cols], f.rows, num_segments=n)
-
-
-def feature_tmatmul(f: MacauData, R, n_features: int):
-    r""":math:`X^\top R` ``(F, k)`` for ``R (n, k)``."""
-    if f.X is not None:
-        return f.X.T @ R
-    return jax.ops.segment_sum(f.vals[:, None] * R[f.rows], f.cols, num_segments=n_features)
 
 
 def _tri(L, B, transpose):

@@ -176,6 +176,7 @@ from bayesmf._xp import array_namespace
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import likelihood_fitter, check_options, fitted_spec
+from bayesmf.infer._features import feature_matmul, feature_tmatmul
 from bayesmf.infer._rowblocks import build_row_blocks, resolve_row_parts, solve_rows
 from bayesmf.infer._xla import compile_lowered
 from bayesmf.model.likelihood import Params, predict_mean, sse
@@ -356,21 +357,6 @@ class _Link(NamedTuple):
     reg_beta: Any
 
 
-def _xmul(fd: _Feat, B, n: int):
-    """:math:`XB` ``(n, k)``."""
-    if fd.X is not None:
-        return fd.X @ B
-    return jax.ops.segment_sum(fd.vals[:, None] * B[fd.cols], fd.rows, num_segments=n)
-
-
-def _xtmul(fd: _Feat, R, n_features: int):
-    r""":math:`X^\top R` ``(F, k)``."""
-    if fd.X is not None:
-        return fd.X.T @ R
-    return jax.ops.segment_sum(fd.vals[:, None] * R[fd.rows], fd.cols,
-                               num_segments=n_features)
-
-
 def _cg(op, b, x0, tol, maxiter):
     """Conjugate gradients for the SPD ``op`` on arrays (all columns as one vector); JAX's
     for JAX arrays, a plain loop for numpy (the compile-free engine)."""
@@ -412,7 +398,7 @@ def link_update(F_rows, fd: _Feat, reg_beta, beta0: float, mu_prev, beta_prev, *
     dt = F_rows.dtype
     n = F_rows.shape[0]
     nf = beta_prev.shape[0]
-    rhs = xp.concatenate([F_rows.sum(0)[None], _xtmul(fd, F_rows, nf)], axis=0)
+    rhs = xp.concatenate([F_rows.sum(0)[None], feature_tmatmul(fd, F_rows, nf)], axis=0)
     diag = xp.concatenate([xp.full((1,), beta0, dt),
                            (xp.ones((nf,), dt) * reg_beta).astype(dt)])
     if solver == "cholesky":
@@ -425,8 +411,8 @@ def link_update(F_rows, fd: _Feat, reg_beta, beta0: float, mu_prev, beta_prev, *
             B = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(K, lower=True), rhs)
     elif solver == "cg":
         def op(B):
-            fit = B[0][None] + _xmul(fd, B[1:], n)
-            return xp.concatenate([fit.sum(0)[None], _xtmul(fd, fit, nf)], axis=0) \
+            fit = B[0][None] + feature_matmul(fd, B[1:], n)
+            return xp.concatenate([fit.sum(0)[None], feature_tmatmul(fd, fit, nf)], axis=0) \
                 + diag[:, None] * B
 
         x0 = xp.concatenate([mu_prev[None], beta_prev], axis=0)
@@ -446,7 +432,8 @@ def _prior_mean(mac: dict, link: _Link, S: str, lay: _Layout):
     without features on that side)."""
     if not any(m[0] == S for m in lay.macau):
         return None
-    return mac[f"mu_{S}"][None] + _xmul(getattr(link, S), mac[f"beta_{S}"], _n_side(S, lay))
+    return mac[f"mu_{S}"][None] + feature_matmul(getattr(link, S), mac[f"beta_{S}"],
+                                                 _n_side(S, lay))
 
 
 def _link_penalty(mac: dict, link: _Link, reg_f, lay: _Layout):
