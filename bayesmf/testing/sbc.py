@@ -353,43 +353,70 @@ class GibbsBatch:
 
     def __call__(self, datasets, spec, seeds) -> list:
         import jax
-        import jax.numpy as jnp
-        from jax import lax
 
         from bayesmf.infer.gibbs import BPMFGibbs
 
         kern = BPMFGibbs(datasets[0], spec, low_width=self.low_width)
-        dt = kern.dtype
-        lik = kern.cfg.spec.likelihood
-        ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
-        means = jnp.asarray(np.array([lik.eta_offset(d.rating) for d in datasets]), dt)
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
-        W, S, T = self.num_warmup, self.num_samples, self.thin
-        n_iter = W + S * T
-        keep_names = ("mu", "bu", "bi", "U", "V") + tuple(lik.theta_names)
-
-        def one(key, y, mean):
-            data = kern.data._replace(rating=y)
-            st = kern.init(jax.random.fold_in(key, 2**31 - 1))
-            if spec.global_mean:
-                st = st._replace(mu=mean)
-
-            def body(s, t):
-                s, _ = step_with_data(kern, data, jax.random.fold_in(key, t), s)
-                return s, tuple(s.flat()[n] for n in keep_names)
-
-            _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
-            return tuple(o[W::T][:S] for o in out)
-
+        args = gibbs_batch_args(kern, datasets, seeds)
+        keep_names = ("mu", "bu", "bi", "U", "V") + tuple(kern.cfg.spec.likelihood.theta_names)
+        chains = gibbs_batch_chains(kern, spec, keep_names, self.num_warmup,
+                                    self.num_samples, self.thin)
         t0 = time.perf_counter()
-        fn = jax.jit(jax.vmap(one)).lower(keys, ys, means).compile()
+        fn = jax.jit(chains).lower(*args).compile()
         t1 = time.perf_counter()
-        outs = fn(keys, ys, means)
+        outs = fn(*args)
         jax.block_until_ready(outs)
         self.timings = {"compile_s": t1 - t0, "run_s": time.perf_counter() - t1}
         outs = [np.asarray(o) for o in outs]
         return [{n: outs[j][r] for j, n in enumerate(keep_names)}
                 for r in range(len(datasets))]
+
+
+def gibbs_batch_args(kern, datasets, seeds) -> tuple:
+    """``(keys, ys, means)`` of :func:`gibbs_batch_chains` for simulated ``datasets`` that
+    share ``kern``'s observed pattern: one PRNG key per seed, the likelihood's encoding of
+    each dataset's ratings and its offset of the linear predictor."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = kern.dtype
+    lik = kern.cfg.spec.likelihood
+    ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
+    means = jnp.asarray(np.array([lik.eta_offset(d.rating) for d in datasets]), dt)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+    return keys, ys, means
+
+
+def gibbs_batch_chains(kern, spec, keep, num_warmup: int, num_samples: int, thin: int):
+    """``chains(keys, ys, means)``: one Gibbs chain per simulated dataset, ``vmap``-ed
+    (jit it once; every dataset shares ``kern``'s pattern, only the ratings differ). A
+    chain starts from ``kern.init`` (``mu`` at the dataset's mean when the spec has one),
+    runs ``num_warmup + num_samples * thin`` sweeps (sweep ``t`` uses ``fold_in(key, t)``,
+    as :func:`~bayesmf.infer.gibbs.fit_gibbs` does) and returns the ``num_samples``
+    thinned draws of each state field named in ``keep``. Shared by :class:`GibbsBatch`
+    and :class:`~bayesmf.testing.sbc_macau.MacauGibbsBatch`."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    W, S, T = num_warmup, num_samples, thin
+    n_iter = W + S * T
+
+    def one(key, y, mean):
+        data = kern.data._replace(rating=y)
+        st = kern.init(jax.random.fold_in(key, 2**31 - 1))
+        if spec.global_mean:
+            st = st._replace(mu=mean)
+
+        def body(s, t):
+            s, _ = step_with_data(kern, data, jax.random.fold_in(key, t), s)
+            flat = s.flat()
+            return s, tuple(flat[n] for n in keep)
+
+        _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
+        return tuple(o[W::T][:S] for o in out)
+
+    return jax.vmap(one)
 
 
 class NutsBatch:

@@ -175,13 +175,11 @@ class MacauGibbsBatch:
         self.num_samples, self.num_warmup, self.thin = num_samples, num_warmup, thin
         self.lambda_beta_prior = _check_lb_prior(lambda_beta_prior)
         self.beta_solver = beta_solver
-        self._compiled: dict = {}  # cache key -> (kept names, compiled fn, (lik, dtype))
+        self._compiled: dict = {}  # cache key -> (kept names, compiled fn, kernel)
         self.timings: dict = {}
 
     def __call__(self, datasets, spec, seeds, features: dict) -> list:
         import jax
-        import jax.numpy as jnp
-        from jax import lax
 
         from bayesmf.data.features import Features
         from bayesmf.infer.gibbs import BPMFGibbs
@@ -189,8 +187,8 @@ class MacauGibbsBatch:
         d0 = datasets[0]
         key = self._cache_key(datasets, spec, features)
         if key in self._compiled:  # same pattern, features, spec and shapes: reuse
-            keep, fn, enc = self._compiled[key]
-            return self._run(keep, fn, enc, datasets, seeds)
+            keep, fn, kern = self._compiled[key]
+            return self._run(keep, fn, kern, datasets, seeds)
         fe = {}
         for side, vocab in (("user", d0.users), ("item", d0.items)):
             X = features.get(side)
@@ -204,37 +202,17 @@ class MacauGibbsBatch:
         kern = BPMFGibbs(d0, spec, user_features=fe.get("user"),
                          item_features=fe.get("item"), beta_solver=self.beta_solver,
                          lambda_beta_prior=self.lambda_beta_prior)
-        dt = kern.dtype
-        lik = kern.cfg.spec.likelihood
-        ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
-        means = jnp.asarray(np.array([lik.eta_offset(d.rating) for d in datasets]), dt)
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
-        W, S, T = self.num_warmup, self.num_samples, self.thin
-        n_iter = W + S * T
+        args = sbc.gibbs_batch_args(kern, datasets, seeds)
         keep = (("mu", "bu", "bi", "U", "V", "mu_U", "Lambda_U", "mu_V", "Lambda_V")
-                + tuple(lik.theta_names)
+                + tuple(kern.cfg.spec.likelihood.theta_names)
                 + tuple(n for side in fe for n in (f"beta_{MACAU_SIDES[side]}",
                                                    f"lambda_beta_{MACAU_SIDES[side]}")))
-
-        def one(key, y, mean):
-            data = kern.data._replace(rating=y)
-            st = kern.init(jax.random.fold_in(key, 2**31 - 1))
-            if spec.global_mean:
-                st = st._replace(mu=mean)
-
-            def body(s, t):
-                s, _ = sbc.step_with_data(kern, data, jax.random.fold_in(key, t), s)
-                flat = s.flat()
-                return s, tuple(flat[n] for n in keep)
-
-            _, out = lax.scan(body, st, jnp.arange(n_iter, dtype=jnp.uint32))
-            return tuple(o[W::T][:S] for o in out)
-
+        chains = sbc.gibbs_batch_chains(kern, spec, keep, self.num_warmup, self.num_samples,
+                                        self.thin)
         t0 = time.perf_counter()
-        fn = jax.jit(jax.vmap(one)).lower(keys, ys, means).compile()
-        enc = (lik, dt)
-        self._compiled[key] = (keep, fn, enc)
-        out = self._run(keep, fn, enc, datasets, seeds)
+        fn = jax.jit(chains).lower(*args).compile()
+        self._compiled[key] = (keep, fn, kern)
+        out = self._run(keep, fn, kern, datasets, seeds)
         self.timings["compile_s"] = time.perf_counter() - t0 - self.timings["run_s"]
         return out
 
@@ -251,16 +229,12 @@ class MacauGibbsBatch:
                      else np.ascontiguousarray(X, np.float64).tobytes() + side.encode())
         return (spec, len(datasets), d0.n_users, d0.n_items, h.hexdigest())
 
-    def _run(self, keep, fn, enc, datasets, seeds) -> list:
+    def _run(self, keep, fn, kern, datasets, seeds) -> list:
         import jax
-        import jax.numpy as jnp
 
-        lik, dt = enc
-        ys = jnp.asarray(np.stack([lik.encode(d.rating) for d in datasets]).astype(dt))
-        means = jnp.asarray(np.array([lik.eta_offset(d.rating) for d in datasets]), dt)
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+        args = sbc.gibbs_batch_args(kern, datasets, seeds)
         t1 = time.perf_counter()
-        outs = fn(keys, ys, means)
+        outs = fn(*args)
         jax.block_until_ready(outs)
         self.timings = {"compile_s": 0.0, "run_s": time.perf_counter() - t1}
         outs = [np.asarray(o) for o in outs]
