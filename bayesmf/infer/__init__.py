@@ -125,3 +125,21 @@ def check_int(name: str, v, minimum: int = 1, allow_none: bool = False):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise SpecError(f"{name} must be an integer >= {minimum}, got {v!r}")
     return int(v)
+
+
+def check_bool(name: str, v) -> bool:
+    """``v`` if it is ``True`` or ``False`` (not 0 / 1 or a string), else a
+    :class:`SpecError` naming the option."""
+    if not isinstance(v, bool):
+        raise SpecError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def check_factor_prior(v):
+    """A NumPyro / PyMC ``factor_prior`` option: None (the spec's) or one of
+    :data:`~bayesmf.infer.numpyro_model.FACTOR_PRIORS`."""
+    from bayesmf.infer.numpyro_model import FACTOR_PRIORS
+
+    if v is not None and v not in FACTOR_PRIORS:
+        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {v!r}")
+    return v

@@ -200,7 +200,7 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_options
+from bayesmf.infer import check_bool, check_options
 from bayesmf.infer.driver import Program, compile_logger, run_chains
 from bayesmf.infer.gibbs_kernel import BPMFGibbs, GibbsData, GibbsState, _Cfg, _step
 from bayesmf.infer.gibbs_steps import (bias_precision_draw, latent_scale_move,  # noqa: F401
@@ -365,12 +365,10 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")
-    if not isinstance(opts["store_draws"], bool):
-        raise SpecError(f"store_draws must be True or False, got {opts['store_draws']!r}")
+    check_bool("store_draws", opts["store_draws"])
     n_iter = W + (S - 1) * T + 1
     ckpt_path = opts["checkpoint"]
-    if not isinstance(opts["resume"], bool):
-        raise SpecError(f"resume must be True or False, got {opts['resume']!r}")
+    check_bool("resume", opts["resume"])
     if opts["resume"] and ckpt_path is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     ck_every = opts["checkpoint_every"]

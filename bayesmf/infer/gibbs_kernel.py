@@ -12,7 +12,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import fitted_spec
+from bayesmf.infer import check_bool, fitted_spec
 from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, resolve_low_width,
                                       resolve_row_parts)
 from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
@@ -373,9 +373,7 @@ class BPMFGibbs:
                  redraw_negatives=False):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
-        if not isinstance(redraw_negatives, bool):
-            raise SpecError(f"redraw_negatives must be True or False, got "
-                            f"{redraw_negatives!r}")
+        check_bool("redraw_negatives", redraw_negatives)
         if redraw_negatives:
             check_redraw_likelihood(lik)
         y_data = np.asarray(train.rating, np.float64)

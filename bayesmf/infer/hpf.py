@@ -127,7 +127,7 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import check_bool, check_options, fitted_spec
 from bayesmf.infer._progress import iteration_bar
 from bayesmf.infer.nmf import (SparseCounts, check_poisson_spec, extended_factors,
                                poisson_loglik)
@@ -397,8 +397,7 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
     W = _pos_int("num_warmup", opts["num_warmup"], 0)
     C = _pos_int("num_chains", opts["num_chains"], 1)
     T = _pos_int("thin", opts["thin"], 1)
-    if not isinstance(opts["resume"], bool):
-        raise SpecError(f"resume must be True or False, got {opts['resume']!r}")
+    check_bool("resume", opts["resume"])
     if opts["resume"] and opts["checkpoint"] is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     n_iter = W + (S - 1) * T + 1

@@ -91,7 +91,7 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import check_bool, check_options, fitted_spec
 from bayesmf.infer.hpf import _Cfg, _hyper, _hyper_dict, _split_data
 from bayesmf.infer.nmf import check_poisson_spec, extended_factors, positive_start
 from bayesmf.infer.svi import run_windows
@@ -407,8 +407,7 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
         raise SpecError("chain_method must be 'sequential', 'vectorized' or 'parallel', "
                         f"got {o['chain_method']!r}")
     o["target_accept"] = _num("target_accept", o["target_accept"], 0.0, 1.0)
-    if not isinstance(o["dense_mass"], bool):
-        raise SpecError(f"dense_mass must be True or False, got {o['dense_mass']!r}")
+    check_bool("dense_mass", o["dense_mass"])
     limit = _pos_int("max_params", o["max_params"], allow_none=True) or NUTS_MAX_PARAMS
     spec, sc, data, cfg = _setup(train, spec, "nuts", limit)
     N, M = cfg.N, cfg.M

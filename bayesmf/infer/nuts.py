@@ -79,10 +79,10 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import check_bool, check_factor_prior, check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.driver import Program, compile_logger, run_chains
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, INITS, _lambda_beta_prior, build_model,
+from bayesmf.infer.numpyro_model import (INITS, _lambda_beta_prior, build_model,
                                          draws_from_samples, init_strategy, model_data,
                                          model_features, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
@@ -110,13 +110,9 @@ def _validate(o: dict) -> dict:
                         f"got {o['chain_method']!r}")
     if o["init"] not in INITS:
         raise SpecError(f"init must be one of {INITS}, got {o['init']!r}")
-    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
-        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
-    for b in ("centered", "dense_mass"):
-        if not isinstance(o[b], bool):
-            raise SpecError(f"{b} must be True or False, got {o[b]!r}")
-    if not isinstance(o["resume"], bool):
-        raise SpecError(f"resume must be True or False, got {o['resume']!r}")
+    check_factor_prior(o["factor_prior"])
+    for b in ("centered", "dense_mass", "resume"):
+        check_bool(b, o[b])
     if o["resume"] and o["checkpoint"] is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     if o["checkpoint_every"] is not None:

@@ -43,9 +43,9 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import check_bool, check_factor_prior, check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, draws_from_samples, effective_nu0,
+from bayesmf.infer.numpyro_model import (draws_from_samples, effective_nu0,
                                          model_data, resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
 from bayesmf.posterior import Posterior, TrainInfo
@@ -77,8 +77,7 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     except ImportError:  # pragma: no cover - older PyTensor
         from pytensor.tensor.slinalg import solve_triangular
 
-    if factor_prior is not None and factor_prior not in FACTOR_PRIORS:
-        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {factor_prior!r}")
+    check_factor_prior(factor_prior)
     data = model_data(train, spec)
     spec, factor_prior = resolve_factor_prior(data.spec, factor_prior)
     lik = spec.likelihood
@@ -176,10 +175,8 @@ def _pos_float(name, v, upper=None):
 
 
 def _common(o):
-    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
-        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
-    if not isinstance(o["centered"], bool):
-        raise SpecError(f"centered must be True or False, got {o['centered']!r}")
+    check_factor_prior(o["factor_prior"])
+    check_bool("centered", o["centered"])
     o["num_samples"] = _pos_int("num_samples", o["num_samples"])
 
 

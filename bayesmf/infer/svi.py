@@ -50,10 +50,10 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_options, fitted_spec
+from bayesmf.infer import check_bool, check_factor_prior, check_options, fitted_spec
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.negative_redraw import check_redraw_likelihood, redraw_layout
-from bayesmf.infer.numpyro_model import (FACTOR_PRIORS, _lambda_beta_prior, build_model,
+from bayesmf.infer.numpyro_model import (_lambda_beta_prior, build_model,
                                          draws_from_samples, model_data, model_features,
                                          resolve_factor_prior)
 from bayesmf.model.spec import ModelSpec
@@ -77,11 +77,9 @@ def _pos_float(name, v):
 def _validate(o: dict, nnz: int) -> dict:
     if o["guide"] not in GUIDES:
         raise SpecError(f"guide must be one of {GUIDES}, got {o['guide']!r}")
-    if o["factor_prior"] is not None and o["factor_prior"] not in FACTOR_PRIORS:
-        raise SpecError(f"factor_prior must be one of {FACTOR_PRIORS}, got {o['factor_prior']!r}")
+    check_factor_prior(o["factor_prior"])
     for name in ("centered", "redraw_negatives"):
-        if not isinstance(o[name], bool):
-            raise SpecError(f"{name} must be True or False, got {o[name]!r}")
+        check_bool(name, o[name])
     o["guide_rank"] = _pos_int("guide_rank", o["guide_rank"], allow_none=True)
     o["num_steps"] = _pos_int("num_steps", o["num_steps"])
     o["num_samples"] = _pos_int("num_samples", o["num_samples"])
