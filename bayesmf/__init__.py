@@ -7,6 +7,8 @@ every method returning one :class:`Posterior` that evaluation and recommendation
 Top-level names (everything else lives in its submodule):
 
 * :class:`BayesMF` - the estimator facade; :func:`load` - load a saved model
+* :class:`ImplicitRecommender` - the ``implicit`` library's API (``fit(user_items)``,
+  ``recommend``, ``similar_items``) over a BayesMF model
 * :func:`as_ratings` - a DataFrame (or Ratings) as a validated :class:`Ratings`
 * :class:`Ratings`, :class:`Vocabulary` - the data layer
 * :class:`ModelSpec`, :class:`BayesPriors` - the model specification
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BayesMF",
+    "ImplicitRecommender",
     "load",
     "as_ratings",
     "Ratings",
@@ -48,7 +51,12 @@ __all__ = [
 def __getattr__(name):  # lazy submodules: `bayesmf.datasets` etc. without import cost
     import importlib
 
+    if name == "ImplicitRecommender":  # pulls in bayesmf.recommend: on first use only
+        from bayesmf.implicit_api import ImplicitRecommender
+
+        return ImplicitRecommender
     if name in ("datasets", "evaluate", "recommend", "infer", "io", "diagnostics", "data",
                 "model", "posterior", "cli"):
         return importlib.import_module(f"bayesmf.{name}")
     raise AttributeError(f"module 'bayesmf' has no attribute {name!r}")
+

@@ -79,6 +79,9 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.errors import BayesMFError, DataError
+# what ``bayesmf fit`` runs when --method / --rank are left out, per --feedback
+from bayesmf.estimator import DEFAULT_METHOD as _DEFAULT_METHOD
+from bayesmf.estimator import DEFAULT_RANK as _DEFAULT_RANK
 
 __all__ = ["main", "build_parser", "FLOAT_FORMAT"]
 
@@ -589,10 +592,6 @@ def cmd_data_info(a) -> int:
     print(f"timestamps        {'yes' if d['has_timestamp'] else 'no'}")
     return 0
 
-
-#: what ``bayesmf fit`` runs when --method / --rank are left out, per --feedback
-_DEFAULT_METHOD = {"explicit": "map", "implicit": "gibbs"}
-_DEFAULT_RANK = {"explicit": 10, "implicit": 64}
 
 _FIT_FLAGS = {"samples": "num_samples", "warmup": "num_warmup", "chains": "num_chains",
               "thin": "thin", "max_iter": "max_iter", "solver": "solver",

@@ -39,6 +39,11 @@ _BIAS_FIELDS = ("global_mean", "user_bias", "item_bias")
 #: 1.0 it ranks better after the default 100 warm-up sweeps
 #: (``benchmarks/results/bernoulli_start.md``, ``negative_redraw.md``)
 SAMPLED_NEGATIVES_GIBBS_INIT_SCALE = 1.0
+#: the method and rank of a fit when they are left out, per kind of feedback: ``bayesmf fit
+#: --feedback F`` and :class:`~bayesmf.implicit_api.ImplicitRecommender` use them (implicit:
+#: Bayesian implicit ALS, the recommended default, ``benchmarks/results/implicit_bayes.md``)
+DEFAULT_METHOD = {"explicit": "map", "implicit": "gibbs"}
+DEFAULT_RANK = {"explicit": 10, "implicit": 64}
 #: methods whose fit takes ``user_features``/``item_features`` (the Macau prior; the MAP
 #: solvers "als", "lbfgs", "adam" are options of "map")
 FEATURE_METHODS = ("gibbs", "map", "svi", "nuts")
