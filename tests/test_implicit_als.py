@@ -208,3 +208,64 @@ def test_interactions_confidence_round_trip():
     X, Y, info = implicit_als(C, 2, iterations=3, reg=0.1)
     assert X.shape == (inter.n_users, 2) and Y.shape == (inter.n_items, 2)
     assert info["nnz"] == inter.nnz
+
+
+# ------------------------------------------------------------------------------ biases
+def _dense_loss_biased(C, X, Y, bu, bi, mu, reg, reg_bias):
+    Cd, P = _dense_CP(C)
+    S = mu + bu[:, None] + bi[None, :] + X @ Y.T
+    return float(np.sum(Cd * (P - S) ** 2) + reg * (np.sum(X ** 2) + np.sum(Y ** 2))
+                 + reg_bias * (np.sum(bu ** 2) + np.sum(bi ** 2)))
+
+
+def _dense_grads(C, X, Y, bu, bi, mu, reg, reg_bias):
+    """Gradients of the dense biased objective (halved)."""
+    Cd, P = _dense_CP(C)
+    R = Cd * (mu + bu[:, None] + bi[None, :] + X @ Y.T - P)
+    return {"X": R @ Y + reg * X, "Y": R.T @ X + reg * Y, "bu": R.sum(1) + reg_bias * bu,
+            "bi": R.sum(0) + reg_bias * bi, "mu": R.sum()}
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_biased_loss_is_the_dense_one_and_never_increases(solver):
+    C, _ = _toy(20, 15, seed=5)
+    seen = []
+    X, Y, info = implicit_als(
+        C, 3, reg=0.5, reg_bias=0.2, iterations=10, dtype=np.float64, solver=solver,
+        cg_steps=20, user_bias=True, item_bias=True, global_mean=True,
+        callback=lambda it, X, Y, loss: seen.append(loss))
+    bu, bi, mu = info["user_bias"], info["item_bias"], info["mu"]
+    assert bu.shape == (20,) and bi.shape == (15,) and np.abs(bi).max() > 0 and mu != 0
+    assert info["loss"][-1] == pytest.approx(
+        _dense_loss_biased(C, X, Y, bu, bi, mu, 0.5, 0.2), rel=1e-10)
+    losses = [info["loss_init"]] + info["loss"]
+    if solver == "cholesky":   # exact block minimisers: monotone
+        assert np.all(np.diff(losses) <= 1e-9 * abs(losses[0]))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_biased_blocks_are_exact_minimisers():
+    """After a sweep (users, items, then mu) mu has zero gradient; with global_mean off
+    the last block is the items': their factors and biases have zero gradient (the user
+    step is the same code with the roles swapped)."""
+    C, _ = _toy(16, 11, seed=6)
+    kw = dict(reg=0.4, reg_bias=0.3, iterations=6, dtype=np.float64, user_bias=True,
+              item_bias=True)
+    X, Y, info = implicit_als(C, 2, global_mean=True, **kw)
+    g = _dense_grads(C, X, Y, info["user_bias"], info["item_bias"], info["mu"], 0.4, 0.3)
+    assert abs(g["mu"]) < 1e-8 * np.abs(C.data).sum()
+    X, Y, info = implicit_als(C, 2, global_mean=False, **kw)
+    g = _dense_grads(C, X, Y, info["user_bias"], info["item_bias"], 0.0, 0.4, 0.3)
+    np.testing.assert_allclose(g["Y"], 0, atol=1e-8)
+    np.testing.assert_allclose(g["bi"], 0, atol=1e-8)
+
+
+def test_without_biases_the_info_biases_are_zero_and_the_path_is_unchanged():
+    C, _ = _toy()
+    X, Y, info = implicit_als(C, 3, reg=0.3, iterations=3, dtype=np.float64)
+    assert info["mu"] == 0.0 and not info["user_bias"].any() and not info["item_bias"].any()
+    X2, Y2, info2 = implicit_als(C, 3, reg=0.3, iterations=3, dtype=np.float64,
+                                 reg_bias=5.0)       # no bias on: reg_bias changes nothing
+    np.testing.assert_array_equal(X, X2)
+    with pytest.raises(SpecError, match="user_bias must be True or False"):
+        implicit_als(C, 2, user_bias=1)

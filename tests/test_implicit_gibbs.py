@@ -159,17 +159,41 @@ def test_bad_counts_are_data_errors(bad):
         bayesmf.BayesMF(method="map", rank=1, likelihood="implicit").fit(df)
 
 
-def test_unsupported_method_and_map_biases_are_spec_errors():
+def test_unsupported_method_and_bad_options_are_spec_errors():
     df = pd.DataFrame({"user": [0, 0, 1, 2], "item": [0, 1, 1, 2], "rating": [1.0, 3, 2, 1]})
     for method in ("nuts", "svi", "pymc-advi"):
         with pytest.raises(SpecError, match="does not support likelihood 'implicit'"):
             bayesmf.BayesMF(method=method, rank=1, likelihood="implicit").fit(df)
-    with pytest.raises(SpecError, match="switch off"):
-        bayesmf.BayesMF(method="map", rank=1, likelihood="implicit", user_bias=True).fit(df)
     with pytest.raises(SpecError, match="alpha"):
         ImplicitGaussian(alpha=-1.0)
     with pytest.raises(SpecError, match="transform"):
         ImplicitGaussian(transform="sqrt")
+
+
+def test_map_with_biases_minimises_the_dense_biased_objective():
+    """Implicit ALS with mu, b_u, b_i (MAP): the posterior's point values give the
+    objective the fit reports, computed densely, and predictions include the biases."""
+    P, u, i, counts = _problem(5, N=25, M=15)
+    df = pd.DataFrame({"user": u, "item": i, "rating": counts})
+    m = bayesmf.BayesMF(method="map", rank=3, likelihood="implicit", reg_factors=0.7,
+                        reg_bias=0.2, global_mean=True, user_bias=True, item_bias=True,
+                        max_iter=30, solver="cholesky").fit(df)
+    post = m.posterior
+    d = {k: post.draws[k][0, 0].astype(np.float64) for k in ("mu", "bu", "bi", "U", "V")}
+    assert np.abs(d["bi"]).max() > 0 and np.abs(d["bu"]).max() > 0
+    C = np.ones((25, 15))
+    Pm = np.zeros((25, 15))
+    uu, ii = post.users.encode(u), post.items.encode(i)
+    C[uu, ii] = post.likelihood.encode(counts)
+    Pm[uu, ii] = 1.0
+    S = d["mu"] + d["bu"][:, None] + d["bi"][None, :] + d["U"] @ d["V"].T
+    dense = float(np.sum(C * (Pm - S) ** 2) + 0.7 * (np.sum(d["U"] ** 2) + np.sum(d["V"] ** 2))
+                  + 0.2 * (np.sum(d["bu"] ** 2) + np.sum(d["bi"] ** 2)))
+    assert post.attrs["objective"] == pytest.approx(dense, rel=1e-4)
+    trace = post.sample_stats["objective_trace"][0, 0]
+    assert np.all(np.diff(trace) <= 1e-6 * abs(trace[0]))
+    pred = m.predict(pd.DataFrame({"user": [u[0]], "item": [i[0]]}))["mean"].iloc[0]
+    assert pred == pytest.approx(S[uu[0], ii[0]], rel=1e-4)
 
 
 def test_bias_and_noise_defaults_follow_the_likelihood():

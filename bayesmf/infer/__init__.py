@@ -15,7 +15,7 @@ import importlib
 from bayesmf.errors import SpecError
 
 __all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "fitted_spec",
-           "check_int", "likelihood_fitter", "require_factors_only"]
+           "check_int", "likelihood_fitter"]
 
 #: method name -> "module:function"
 METHODS: dict[str, str] = {
@@ -52,20 +52,6 @@ def likelihood_fitter(method: str, spec):
         return None
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
-
-
-def require_factors_only(spec, model: str, method: str, default_of: str) -> None:
-    """Families whose fit models ``U_u . V_i`` alone (implicit ALS, the Poisson fitters):
-    a spec with a global mean or biases, or rank 0, is a :class:`SpecError` naming what
-    to switch off (``default_of``: the likelihood whose estimator default does that)."""
-    on = [n for n in ("global_mean", "user_bias", "item_bias") if getattr(spec, n)]
-    if on:
-        raise SpecError(f"{model} ({method}) models the factors U_u . V_i only; switch off "
-                        f"{', '.join(on)} (global_mean=False, user_bias=False, "
-                        f"item_bias=False, the default of BayesMF(likelihood="
-                        f"{default_of!r}))")
-    if spec.rank < 1:
-        raise SpecError(f"{model} ({method}) needs rank >= 1")
 
 
 def check_options(method: str, options: dict, defaults: dict) -> dict:

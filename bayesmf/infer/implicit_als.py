@@ -38,6 +38,23 @@ Loss without the dense matrix (``s_ui = x_u . y_i``):
     sum_{all} s_ui^2 = trace(X^T X Y^T Y) = sum(X^T X * Y^T Y)    (elementwise).
 
 Initialisation: ``X, Y ~ Normal(0, init_scale^2)`` from ``seed`` (users first, then items).
+
+**Biases** (``user_bias``, ``item_bias``, ``global_mean`` of :func:`implicit_als`): the score
+is ``s_ui = mu + b_u + b_i + x_u . y_i`` and the objective gains ``reg_bias (|b_u|^2 +
+|b_i|^2)`` (``mu`` is not penalised). The user step solves for ``[x_u, b_u]`` with the
+design ``[y_i, 1]`` and every target shifted by ``t_i = mu + b_i``; over all pairs
+
+    A_u = Y'^T Y' + sum_{i in O(u)} (c_ui - 1) y'_i y'_i^T + R,
+    rhs_u = sum_{all i} c_ui (p_ui - t_i) y'_i
+          = -Y'^T t + sum_{i in O(u)} (c_ui - (c_ui - 1) t_i) y'_i
+
+(``R`` the diagonal of ridges), still one shared Gram and a sum over the observed pairs;
+the item step is the same with the roles swapped (``t_u = mu + b_u``). ``mu`` is the
+weighted mean residual ``sum_all c (p - r) / sum_all c`` (``r = b_u + b_i + x.y``), whose
+sums over all pairs are closed-form: ``sum_all c = N M + sum_obs (c - 1)``,
+``sum_all r = M sum b_u + N sum b_i + (sum_u x_u).(sum_i y_i)``. The loss is the one above
+with ``x''_u = [x_u, b_u, 1]``, ``y''_i = [y_i, 1, mu + b_i]`` (``s = x''.y''``). Each
+step is an exact block minimiser with the Cholesky solver, so ``L`` never increases.
 """
 
 from __future__ import annotations
@@ -150,15 +167,18 @@ def _chunks(indptr: np.ndarray, k: int, itemsize: int, budget: int):
         r0 = r1
 
 
-def _half_step(Cm: sp.csr_matrix, X: np.ndarray | None, Y: np.ndarray, reg: float,
-               solver: str, cg_steps: int, budget: int) -> np.ndarray:
-    """New row factors for the rows of ``Cm`` given the column factors ``Y``."""
+def _half_step(Cm: sp.csr_matrix, X: np.ndarray | None, Y: np.ndarray, reg,
+               solver: str, cg_steps: int, budget: int, offset=None) -> np.ndarray:
+    """New row factors for the rows of ``Cm`` given the column factors ``Y``; ``reg`` a
+    scalar or one ridge per factor column; ``offset`` (None or one value per column of
+    ``Cm``): every pair's target is ``p - offset[col]`` (module docs, **Biases**)."""
     n, k = Cm.shape[0], Y.shape[1]
     dt = Y.dtype
     G = Y.T @ Y
-    Greg = G + reg * np.eye(k, dtype=dt)
+    Greg = G + (np.diag(np.asarray(reg, dt)) if np.ndim(reg) else reg * np.eye(k, dtype=dt))
     out = np.empty((n, k), dt)
     indptr, indices, conf = Cm.indptr, Cm.indices, Cm.data.astype(dt, copy=False)
+    base = None if offset is None else -(Y.T @ np.asarray(offset, dt))   # -Y^T t, all rows
     budget = budget if solver == "cholesky" else budget * k  # CG buffers are entries x k
     for r0, r1 in _chunks(indptr, k, dt.itemsize, budget):
         lo, hi = int(indptr[r0]), int(indptr[r1])
@@ -167,8 +187,12 @@ def _half_step(Cm: sp.csr_matrix, X: np.ndarray | None, Y: np.ndarray, reg: floa
         Yi = Y[indices[lo:hi]]                                   # entries x k
         c = conf[lo:hi]
         w = c - 1
-        Sc = sp.csr_matrix((c, np.arange(m), lptr), shape=(rows, m))
+        # right-hand side sum_all c (p - t) y = -Y^T t + sum_obs (c - (c - 1) t) y
+        cb = c if offset is None else c - w * np.asarray(offset, dt)[indices[lo:hi]]
+        Sc = sp.csr_matrix((cb, np.arange(m), lptr), shape=(rows, m))
         b = np.asarray(Sc @ Yi, dtype=dt)                        # rows x k: sum c y_i
+        if base is not None:
+            b += base
         if solver == "cholesky":
             outer = (Yi[:, :, None] * Yi[:, None, :]).reshape(m, k * k)
             Sw = sp.csr_matrix((w, np.arange(m), lptr), shape=(rows, m))
@@ -255,7 +279,9 @@ def implicit_als_loss(C, X, Y, reg: float = 0.01) -> float:
 def implicit_als(C, rank: int, *, reg: float = 0.01, iterations: int = 15,
                  solver: str = "cholesky", cg_steps: int = 3, seed=0, dtype=np.float32,
                  init_scale: float = 0.01, callback=None,
-                 chunk_bytes: int = _DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: int = _DEFAULT_CHUNK_BYTES, user_bias: bool = False,
+                 item_bias: bool = False, global_mean: bool = False,
+                 reg_bias: float | None = None):
     """Fit confidence-weighted implicit ALS; returns ``(X, Y, info)``.
 
     Parameters
@@ -275,13 +301,19 @@ def implicit_als(C, rank: int, *, reg: float = 0.01, iterations: int = 15,
     callback : ``callback(iteration, X, Y, loss)`` after every sweep (iteration counted
         from 1); returning ``True`` stops the fit early.
     chunk_bytes : bound on the per-chunk buffers (see the module docstring).
+    user_bias, item_bias, global_mean : bool
+        Fit ``b_u``, ``b_i``, ``mu`` too (module docs, **Biases**); start at 0.
+    reg_bias : float >= 0, optional
+        Ridge of the biases (default ``reg``).
 
     Returns
     -------
     X : (n_users, rank), Y : (n_items, rank) arrays of ``dtype``; ``info`` a dict with
     ``loss`` (objective after each sweep), ``loss_init``, ``seconds`` (per sweep, without
     the loss), ``seconds_loss``, ``seconds_total``, ``iterations`` (completed), ``solver``,
-    ``cg_steps``, ``rank``, ``reg``, ``nnz``, ``shape``, ``stopped_early``.
+    ``cg_steps``, ``rank``, ``reg``, ``nnz``, ``shape``, ``stopped_early``, and ``mu``
+    (float), ``user_bias`` (``n_users``), ``item_bias`` (``n_items``): zeros where not
+    fitted.
     """
     t_start = time.perf_counter()
     Cm = _check_confidence(C)
@@ -303,21 +335,30 @@ def implicit_als(C, rank: int, *, reg: float = 0.01, iterations: int = 15,
         except (TypeError, ValueError):
             raise SpecError(f"seed must be an integer or a numpy Generator, got {seed!r}") \
                 from None
+    reg_bias = reg if reg_bias is None else _check_float("reg_bias", reg_bias, positive=False)
+    for name, v in (("user_bias", user_bias), ("item_bias", item_bias),
+                    ("global_mean", global_mean)):
+        if not isinstance(v, bool):
+            raise SpecError(f"{name} must be True or False, got {v!r}")
     n_users, n_items = Cm.shape
     CmT = Cm.T.tocsr()
     CmT.sort_indices()
     X = (rng.standard_normal((n_users, rank)) * init_scale).astype(dt)
     Y = (rng.standard_normal((n_items, rank)) * init_scale).astype(dt)
-    info = {"loss": [], "loss_init": _loss(Cm, X, Y, reg, chunk_bytes), "seconds": [],
+    bias = _Biases(Cm, user_bias, item_bias, global_mean, reg, reg_bias, dt)
+    info = {"loss": [], "loss_init": bias.loss(Cm, X, Y, chunk_bytes), "seconds": [],
             "seconds_loss": 0.0, "solver": solver, "cg_steps": cg_steps if solver == "cg"
             else None, "rank": rank, "reg": reg, "nnz": int(Cm.nnz), "shape": Cm.shape,
             "stopped_early": False, "iterations": 0}
     for it in range(1, iterations + 1):
         t0 = time.perf_counter()
-        X = _half_step(Cm, X, Y, reg, solver, cg_steps, chunk_bytes)
-        Y = _half_step(CmT, Y, X, reg, solver, cg_steps, chunk_bytes)
+        if bias.any:
+            X, Y = bias.sweep(Cm, CmT, X, Y, solver, cg_steps, chunk_bytes)
+        else:
+            X = _half_step(Cm, X, Y, reg, solver, cg_steps, chunk_bytes)
+            Y = _half_step(CmT, Y, X, reg, solver, cg_steps, chunk_bytes)
         t1 = time.perf_counter()
-        loss = _loss(Cm, X, Y, reg, chunk_bytes)
+        loss = bias.loss(Cm, X, Y, chunk_bytes)
         info["seconds"].append(t1 - t0)
         info["seconds_loss"] += time.perf_counter() - t1
         info["loss"].append(loss)
@@ -329,4 +370,65 @@ def implicit_als(C, rank: int, *, reg: float = 0.01, iterations: int = 15,
             info["stopped_early"] = it < iterations
             break
     info["seconds_total"] = time.perf_counter() - t_start
+    info.update(mu=float(bias.mu), user_bias=bias.bu, item_bias=bias.bi)
     return X, Y, info
+
+
+class _Biases:
+    """The bias terms of :func:`implicit_als` (module docs, **Biases**): their values, one
+    sweep of users, items and ``mu``, and the loss with them."""
+
+    def __init__(self, Cm, user_bias, item_bias, global_mean, reg, reg_bias, dt):
+        self.on_u, self.on_i, self.on_mu = user_bias, item_bias, global_mean
+        self.any = user_bias or item_bias or global_mean
+        self.reg, self.reg_bias = reg, reg_bias
+        self.bu = np.zeros(Cm.shape[0], dt)
+        self.bi = np.zeros(Cm.shape[1], dt)
+        self.mu = 0.0
+
+    def _side(self, Cm, Z, F, b_own, on_own, offset, solver, cg_steps, budget):
+        """New ``[factors, own bias]`` of the rows of ``Cm`` given the other side's
+        factors ``F`` and the targets' shift ``offset``."""
+        k = F.shape[1]
+        if on_own:
+            F = np.hstack([F, np.ones((F.shape[0], 1), F.dtype)])
+            Z = np.hstack([Z, b_own[:, None]])
+            reg = np.concatenate([np.full(k, self.reg), [self.reg_bias]])
+        else:
+            reg = self.reg
+        Z = _half_step(Cm, Z, F, reg, solver, cg_steps, budget, offset=offset)
+        return (Z[:, :k], Z[:, k].copy()) if on_own else (Z, b_own)
+
+    def sweep(self, Cm, CmT, X, Y, solver, cg_steps, budget):
+        t_i = (self.mu + self.bi).astype(Y.dtype)
+        X, self.bu = self._side(Cm, X, Y, self.bu, self.on_u, t_i, solver, cg_steps, budget)
+        t_u = (self.mu + self.bu).astype(Y.dtype)
+        Y, self.bi = self._side(CmT, Y, X, self.bi, self.on_i, t_u, solver, cg_steps, budget)
+        if self.on_mu:
+            self.mu = self._mu(Cm, X, Y)
+        return X, Y
+
+    def _mu(self, Cm, X, Y) -> float:
+        """``sum_all c (p - r) / sum_all c`` (module docs)."""
+        N, M = Cm.shape
+        X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+        bu, bi = self.bu.astype(np.float64), self.bi.astype(np.float64)
+        rows = np.repeat(np.arange(N), np.diff(Cm.indptr))
+        r_obs = bu[rows] + bi[Cm.indices] + np.einsum("ek,ek->e", X64[rows],
+                                                     Y64[Cm.indices])
+        w = Cm.data.astype(np.float64) - 1.0
+        sum_r = M * bu.sum() + N * bi.sum() + float(X64.sum(0) @ Y64.sum(0))
+        num = (Cm.nnz - sum_r) + float(np.sum(w * (1.0 - r_obs)))
+        return num / (float(N) * float(M) + float(w.sum()))
+
+    def loss(self, Cm, X, Y, budget) -> float:
+        if not self.any:
+            return _loss(Cm, X, Y, self.reg, budget)
+        one_u = np.ones((X.shape[0], 1), X.dtype)
+        one_i = np.ones((Y.shape[0], 1), Y.dtype)
+        Xa = np.hstack([X, self.bu[:, None], one_u])
+        Ya = np.hstack([Y, one_i, (self.mu + self.bi)[:, None].astype(Y.dtype)])
+        X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+        pen = self.reg * float(np.sum(X64 * X64) + np.sum(Y64 * Y64)) + self.reg_bias * float(
+            np.sum(self.bu.astype(np.float64) ** 2) + np.sum(self.bi.astype(np.float64) ** 2))
+        return _loss(Cm, Xa, Ya, 0.0, budget) + pen

@@ -11,8 +11,12 @@ factor precisions :math:`\tau\lambda` has the negative log posterior (up to
 
 the Hu-Koren-Volinsky objective, minimised by :func:`bayesmf.infer.implicit_als.implicit_als`
 with :math:`\lambda` = ``spec.reg_factors`` and the confidences of the likelihood
-(:meth:`~bayesmf.model.likelihoods.ImplicitGaussian.encode`). Factors only: a spec with a
-global mean or biases is refused (the Gibbs sampler fits them). With
+(:meth:`~bayesmf.model.likelihoods.ImplicitGaussian.encode`). Optional biases (``spec``'s
+``global_mean``, ``user_bias``, ``item_bias``; off by default for this likelihood): the
+score is :math:`\mu + b_u + b_i + U_u^\top V_i` and the objective gains
+:math:`\lambda_b(\lVert b_u\rVert^2 + \lVert b_i\rVert^2)`, :math:`\lambda_b` =
+``spec.reg_bias`` (:mod:`bayesmf.infer.implicit_als`, **Biases**: the same Gram trick with
+the targets shifted by the other side's bias). With
 ``spec.noise == "learned"`` the reported :math:`\tau` is the mode of its Gamma posterior
 given the weighted residual sum over all pairs,
 :math:`S = \sum_{u,i}\eta_{ui}^2 + \sum_O[c(1-\eta)^2 - \eta^2]`
@@ -29,7 +33,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from bayesmf.infer import check_int, check_options, require_factors_only
+from bayesmf.errors import SpecError
+from bayesmf.infer import check_int, check_options
 from bayesmf.infer._progress import iteration_bar
 
 __all__ = ["fit_map_implicit", "DEFAULTS"]
@@ -47,8 +52,8 @@ def fit_map_implicit(train, spec, *, seed: int = 0, progress: bool = False, **op
 
     t0 = time.perf_counter()
     opts = check_options("map", options, DEFAULTS)
-    require_factors_only(spec, "implicit ALS (the MAP of the implicit likelihood; fit "
-                         "biases by method='gibbs')", "map", "implicit")
+    if spec.rank < 1:
+        raise SpecError("implicit ALS (map) needs rank >= 1")
     lik = spec.likelihood
     c = lik.encode(train.rating)
     C = sp.csr_matrix((c, (train.user, train.item)), shape=(train.n_users, train.n_items))
@@ -57,20 +62,23 @@ def fit_map_implicit(train, spec, *, seed: int = 0, progress: bool = False, **op
         X, Y, info = implicit_als(C, spec.rank, reg=spec.reg_factors,
                                   iterations=opts["max_iter"], solver=opts["solver"],
                                   cg_steps=opts["cg_steps"], seed=seed,
-                                  init_scale=spec.init_scale,
+                                  init_scale=spec.init_scale, user_bias=spec.user_bias,
+                                  item_bias=spec.item_bias, global_mean=spec.global_mean,
+                                  reg_bias=spec.reg_bias,
                                   callback=lambda it, X, Y, loss: tick(loss))
     N, M = train.n_users, train.n_items
-    z = np.zeros
-    _, s2 = linear.full_moments(np.float64(0), z(N), z(M), X.astype(np.float64),
-                                Y.astype(np.float64))
-    eta = np.einsum("nk,nk->n", X[train.user].astype(np.float64),
-                    Y[train.item].astype(np.float64))
+    mu = np.float64(info["mu"])
+    bu, bi = (info["user_bias"].astype(np.float64), info["item_bias"].astype(np.float64))
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    _, s2 = linear.full_moments(mu, bu, bi, X64, Y64)
+    eta = linear.eta(mu, bu, bi, X64, Y64, train.user, train.item)
     sse = float(s2 + np.sum(c * (1 - eta) ** 2 - eta * eta))
     n_all = float(N) * float(M)
     tau = (noise_precision_mode(sse, n_all, spec.priors.noise_a, spec.priors.noise_b)
            if spec.noise == "learned" else spec.noise_precision)
     f32 = np.float32
-    draws = {"mu": z((1, 1), f32), "bu": z((1, 1, N), f32), "bi": z((1, 1, M), f32),
+    draws = {"mu": np.full((1, 1), mu, f32), "bu": bu.astype(f32)[None, None],
+             "bi": bi.astype(f32)[None, None],
              "U": X.astype(f32)[None, None], "V": Y.astype(f32)[None, None],
              "tau": np.full((1, 1), tau, f32)}
     loss = np.asarray(info["loss"], np.float64)
