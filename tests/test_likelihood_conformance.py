@@ -4,6 +4,7 @@ test_conformance.py), plus the refusals of data a family cannot model."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bayesmf.data.ratings import Ratings
@@ -56,10 +57,17 @@ def test_mismatched_data_is_refused():
         get_method("map")(stars, ModelSpec(rank=1, likelihood="ordinal"), solver="als")
 
 
-def test_fold_in_refuses_non_gaussian_clearly():
+def test_fold_in_works_for_the_augmented_families():
+    """A point (MAP) posterior of each augmented family folds a new user in by IRLS: the
+    folded user's P(y=1) moves with their data (fold-in of sampled posteriors:
+    tests/test_foldin_augmented.py)."""
     from bayesmf.recommend import fold_in
 
-    post = get_method("map")(planted("bernoulli-logit"), ModelSpec(rank=1,
-                                                                   likelihood="bernoulli-logit"))
-    with pytest.raises(SpecError, match="supports the 'gaussian' and 'implicit' likelihoods"):
-        fold_in(post, {1000: 1.0, 1007: 0.0})
+    for lik in ("bernoulli-logit", "bernoulli-probit"):
+        post = get_method("map")(planted(lik), ModelSpec(rank=1, likelihood=lik))
+        likes = fold_in(post, {1000: 1.0, 1007: 1.0, 1003: 0.0}, user="a")
+        hates = fold_in(post, {1000: 0.0, 1007: 0.0, 1003: 1.0}, user="b")
+        assert likes.info["mode"] == "mean"
+        pl = likes.predict([1000, 1007])["mean"].to_numpy()
+        ph = hates.predict([1000, 1007])["mean"].to_numpy()
+        assert np.all(pl > ph) and np.all((pl > 0) & (pl < 1))

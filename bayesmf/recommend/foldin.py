@@ -40,6 +40,23 @@ used exactly like a trained user (:meth:`FoldedUsers.predict`,
 :class:`~bayesmf.posterior.Posterior`). Items are folded in symmetrically
 (:func:`fold_in_item`, hyperparameters ``mu_V``, ``Lambda_V``, ``lambda_bi``).
 
+**Augmented likelihoods** (Bernoulli logit / probit, ordinal): :math:`a` given the draw
+is not Gaussian, but it is given the augmentation of the sampler that fitted the model
+(Pólya-Gamma :math:`\omega_j` for the logit, Polson, Scott & Windle 2013; the truncated
+normal latent for probit and ordinal, Albert & Chib 1993): the likelihood's
+``gaussianize`` turns each observation into a Gaussian pseudo-observation
+:math:`(z_j, w_j)` given :math:`\eta_j`. ``mode="sample"`` runs, per posterior draw, a
+Gibbs chain of :data:`AUGMENTED_SWEEPS` sweeps on :math:`(a, \text{augmentation})` given
+that draw's other side and hyperparameters -- the sampler's own row step, started at the
+prior mean -- and keeps its last state, a draw of :math:`a\mid y, \text{draw } s` (the
+chain mixes in a few sweeps: one row of :math:`k+1` coordinates; tested against
+quadrature). ``mode="mean"`` (point estimates) finds the row's MAP by IRLS / Newton
+(the likelihood's ``working`` response and weights) to :data:`IRLS_TOL`. For a model
+fitted to positives plus sampled negatives (``posterior.attrs["negatives"]``), a new
+user whose data are positives only gets negatives drawn by the same rule (never one of
+their positives; popularity from the training counts; seeded per user id), as their
+training data were; data that already contain zeros are used as given.
+
 On a posterior with **implicit terms** (``BayesMF(implicit_terms=...)``: the Macau prior
 with the block :math:`x_u = |N(u)|^{-1/2}\mathbf 1_{N(u)}`, :mod:`bayesmf.data.features`),
 the ``"hyper"`` prior mean of a folded-in row is :math:`\mu_{U,s} + \beta_s^\top x_u` per
@@ -127,6 +144,14 @@ def _parse_ratings(ratings, id_col, other_col, default_id):
     return df
 
 
+def _noise_precision(post) -> np.ndarray:
+    """Per-draw ``tau`` (S,); 1 for a likelihood without one (Bernoulli, ordinal: unit
+    latent noise, so the MAP ridge prior is ``reg``, not ``tau * reg``)."""
+    if "tau" in post.draws:
+        return post.flat("tau").astype(np.float64)
+    return np.ones(post.n_samples)
+
+
 def _prior(post, side, prior, S, k):
     cfg = _SIDES[side]
     use_bias = getattr(post.spec, cfg["has_bias"])
@@ -140,7 +165,7 @@ def _prior(post, side, prior, S, k):
             prior = "population"
     P0 = np.zeros((S, d, d))
     m0 = np.zeros((S, d))
-    tau = post.flat("tau").astype(np.float64)
+    tau = _noise_precision(post)
     off = 1 if use_bias else 0
     if prior == "hyper":
         if cfg["mu"] not in post.draws or cfg["Lam"] not in post.draws:
@@ -200,8 +225,9 @@ class _Folded:
         Linv = np.linalg.inv(self.cond_chol)
         return np.einsum("snji,snjk->snik", Linv, Linv)
 
-    def _components(self, other_idx):
-        """``(m, sd)`` each ``(S, n, len(other_idx))`` (sd includes the noise)."""
+    def _eta(self, other_idx):
+        """Per-draw linear predictor ``(S, n, len(other_idx))`` of every (folded row,
+        other-side index) pair."""
         p = self.posterior
         o = _SIDES[self.side]
         ob = p.flat(o["other_bias"])[:, other_idx].astype(np.float64)
@@ -209,28 +235,29 @@ class _Folded:
         if p.spec.rank:
             OF = p.flat(o["other_F"])[:, other_idx].astype(np.float64)
             m = m + np.einsum("snk,sjk->snj", self.F, OF)
-        return m, np.sqrt(np.broadcast_to(p.noise_var()[:, None, None], m.shape))
+        return m
 
     def _predict(self, other_raw, other_vocab, interval, clip=True):
-        from bayesmf.predictive import mixture_quantile
-
+        """Predictive summary of the folded rows against ``other_raw``: the likelihood's
+        posterior predictive (:meth:`~bayesmf.model.likelihoods.Likelihood.predictive`,
+        one component per draw), as :meth:`bayesmf.posterior.Posterior.predict`."""
         other_raw = np.atleast_1d(np.asarray(other_raw))
         oi = other_vocab.encode(other_raw).astype(np.int64)
-        m, sd = self._components(oi)
+        m = self._eta(oi)
+        S, n, J = m.shape
+        post = self.posterior
+        mix = post.likelihood.predictive(m.reshape(S, n * J), np.zeros((S, n * J)),
+                                         post.theta_flat())
         a = (1 - interval) / 2
-        mean = m.mean(axis=0)
-        pv = m.var(axis=0)
-        nv = float(self.posterior.noise_var().mean())
-        lo = mixture_quantile(m, sd, a)
-        hi = mixture_quantile(m, sd, 1 - a)
+        mean, lo, hi = mix.mean(), mix.quantile(a), mix.quantile(1 - a)
         if clip:  # reported values on the rating scale, as Posterior.predict
-            mean, lo, hi = (self.posterior.clip_to_scale(x) for x in (mean, lo, hi))
-        n, J = mean.shape
+            mean, lo, hi = (post.clip_to_scale(x) for x in (mean, lo, hi))
         other = "item" if self.side == "user" else "user"
         return pd.DataFrame({
             self.side: np.repeat(self.raw, J), other: np.tile(other_raw, n),
-            "mean": mean.ravel(), "std": np.sqrt(pv + nv).ravel(),
-            "std_param": np.sqrt(pv).ravel(), "lower": lo.ravel(), "upper": hi.ravel()})
+            "mean": mean.ravel(), "std": np.sqrt(mix.var()).ravel(),
+            "std_param": np.sqrt(mix.param_var()).ravel(), "lower": lo.ravel(),
+            "upper": hi.ravel()})
 
 
 class FoldedUsers(_Folded):
@@ -359,14 +386,75 @@ def _implicit_offset(posterior, side, other_idx):
     return np.einsum("f,sfk->sk", x, beta)
 
 
+#: Gibbs sweeps of an augmented fold-in per posterior draw (module docs); the last state
+#: is kept. One row of ``k + 1`` coordinates given the draw mixes in a few sweeps
+#: (``tests/test_foldin_augmented.py`` checks the draws against quadrature).
+AUGMENTED_SWEEPS = 25
+#: IRLS iterations and relative tolerance of an augmented fold-in with ``mode="mean"``
+IRLS_MAX_ITER = 100
+IRLS_TOL = 1e-10
+
+
+def _augmented_row(lik, theta, rng, Z, y, off, P0, m0, mode):
+    """One row of an augmented likelihood, per draw: ``(a (S, d), mean (S, d), chol
+    (S, d, d))`` with ``mean``, ``chol`` the Gaussian conditional of the last sweep
+    (module docs). ``y`` encoded, ``off (S, n)`` the linear predictor without the row,
+    ``theta`` the likelihood's parameters per draw (leading axis ``S``)."""
+    import jax
+    import jax.numpy as jnp
+
+    S, n, d = Z.shape
+    th = {k: jnp.asarray(v) for k, v in theta.items()}
+    yj = jnp.asarray(y)
+    a = m0.copy()
+    if mode == "mean":  # IRLS: the row's MAP given each draw (point estimates)
+        work = jax.jit(jax.vmap(lik.working, in_axes=(None, 0, 0)))
+        for _ in range(IRLS_MAX_ITER):
+            eta = off + np.einsum("snd,sd->sn", Z, a)
+            z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n))
+                    for x in work(yj, jnp.asarray(eta), th))
+            mean, L = conditional_gaussian(Z, z - off, w, P0, m0)
+            step = np.max(np.abs(mean - a)) / max(1.0, float(np.max(np.abs(a))))
+            a = mean
+            if step < IRLS_TOL:
+                break
+        return a, mean, L
+    gauss = jax.jit(jax.vmap(lik.gaussianize, in_axes=(0, None, 0, 0)))
+    key = jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1)))
+    for t in range(AUGMENTED_SWEEPS):
+        eta = off + np.einsum("snd,sd->sn", Z, a)
+        keys = jax.random.split(jax.random.fold_in(key, t), S)
+        z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n))
+                for x in gauss(keys, yj, jnp.asarray(eta), th))
+        mean, L = conditional_gaussian(Z, z - off, w, P0, m0)
+        e = rng.standard_normal((S, d))
+        a = mean + np.linalg.solve(np.swapaxes(L, 1, 2), e[..., None])[..., 0]
+    return a, mean, L
+
+
+def _rule_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
+    """Item indices of a new user's negatives by the fitted rule ``rule`` (a
+    :class:`~bayesmf.data.negatives.NegativeSampler`): ``per_positive * len(positives)``
+    (or ``per_user``) distinct items, never a positive, drawn with probability
+    proportional to the rule's weights -- uniform, or the training popularity ``d_i^beta``
+    (:attr:`TrainInfo.item_counts <bayesmf.posterior.TrainInfo>`) -- capped at the
+    candidates left; seeded by ``(seed, rule seed, the user's id key)``."""
+    M = len(posterior.items)
+    w = (np.ones(M) if rule.kind == "uniform"
+         else np.power(posterior.train.item_counts.astype(np.float64), rule.beta))
+    w[positives] = 0.0
+    cand = np.flatnonzero(w > 0)
+    m = rule.per_positive * len(positives) if rule.per_positive is not None else rule.per_user
+    m = min(int(m), len(cand))
+    if m == 0:
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(rule.seed), int(key)])
+    return np.sort(rng.choice(cand, size=m, replace=False,
+                              p=w[cand] / w[cand].sum())).astype(np.int64)
+
+
 def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     lik = posterior.likelihood
-    if lik.augmented:
-        raise SpecError(
-            f"fold-in is the conjugate Gaussian update of one {side}'s row and supports the "
-            f"'gaussian' and 'implicit' likelihoods; this posterior's likelihood is {lik.name!r}: refit with "
-            f"the new {side}'s data, or predict for it through the population fallback "
-            "(unknown ids in predict/recommend)")
     cfg = _SIDES[side]
     other = "item" if side == "user" else "user"
     other_vocab = posterior.items if side == "user" else posterior.users
@@ -380,7 +468,7 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     S, k = posterior.n_samples, posterior.spec.rank
     prior, use_bias, dd, P0, m0 = _prior(posterior, side, prior, S, k)
     mu = posterior.flat("mu").astype(np.float64)
-    tau = posterior.flat("tau").astype(np.float64)
+    tau = _noise_precision(posterior)
     ob = posterior.flat(cfg["other_bias"])
     oF = posterior.flat(cfg["other_F"])
     bg = lik.background({"tau": tau})
@@ -394,6 +482,17 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
         t0_all = y0 - mu[:, None] - ob.astype(np.float64)
         dense = (w0[:, None, None] * np.einsum("smd,sme->sde", X, X),
                  w0[:, None] * np.einsum("smd,sm->sd", X, t0_all))
+    theta = {n: posterior.flat(n) for n in lik.theta_names}
+    neg_rule = None
+    if lik.augmented and side == "user" and posterior.attrs.get("negatives"):
+        import dataclasses
+
+        from bayesmf.data.negatives import NegativeSampler
+
+        keep = {"schema"} | {f.name for f in dataclasses.fields(NegativeSampler)}
+        neg_rule = NegativeSampler.from_dict(
+            {k_: v for k_, v in posterior.attrs["negatives"].items() if k_ in keep})
+    drawn = 0
     ids = pd.unique(df[side].to_numpy())
     if len(ids) == 0:  # no ratings at all: one user/item with the prior only
         ids = np.array([new_id])
@@ -422,24 +521,38 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
             Z[..., dd - k:] = oF[:, oi].astype(np.float64)
         if len(y):
             lik.check_values(y)
-        z, w = lik.gaussianize(None, np.asarray(lik.encode(y))[None, :], None,
-                               {"tau": tau[:, None]})
+        if neg_rule is not None and len(y) and np.all(y == 1):
+            ni = _rule_negatives(posterior, neg_rule, oi, seed, keys[j])
+            drawn += len(ni)
+            oi = np.concatenate([oi, ni])
+            y = np.concatenate([y, np.zeros(len(ni))])
+            Z = np.empty((S, len(oi), dd))
+            if use_bias:
+                Z[..., 0] = 1.0
+            if k:
+                Z[..., dd - k:] = oF[:, oi].astype(np.float64)
         off = mu[:, None] + ob[:, oi].astype(np.float64)
-        res = np.broadcast_to(np.asarray(z, np.float64), (S, len(oi))) - off
-        w = np.broadcast_to(np.asarray(w, np.float64), (S, len(oi)))
+        y_enc = np.asarray(lik.encode(y))
+        if not lik.augmented:
+            z, w = lik.gaussianize(None, y_enc[None, :], None, {"tau": tau[:, None]})
+            res = np.broadcast_to(np.asarray(z, np.float64), (S, len(oi))) - off
+            w = np.broadcast_to(np.asarray(w, np.float64), (S, len(oi)))
         m0_j = m0
         shift = _implicit_offset(posterior, side, oi) if prior == "hyper" and k else None
         if shift is not None:  # the SVD++ term of the prior mean (module docs)
             m0_j = m0.copy()
             m0_j[:, dd - k:] += shift
-        mean, L = conditional_gaussian(
-            Z, res, w, P0, m0_j, None if bg is None else (w0, y0 - off, *dense))
-        if mode == "sample":
-            rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
-            z = rng.standard_normal((S, dd))
-            a = mean + np.linalg.solve(np.swapaxes(L, 1, 2), z[..., None])[..., 0]
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
+        if lik.augmented:
+            a, mean, L = _augmented_row(lik, theta, rng, Z, y_enc, off, P0, m0_j, mode)
         else:
-            a = mean
+            mean, L = conditional_gaussian(
+                Z, res, w, P0, m0_j, None if bg is None else (w0, y0 - off, *dense))
+            if mode == "sample":
+                z = rng.standard_normal((S, dd))
+                a = mean + np.linalg.solve(np.swapaxes(L, 1, 2), z[..., None])[..., 0]
+            else:
+                a = mean
         if use_bias:
             b[:, j] = a[:, 0]
         if k:
@@ -448,6 +561,8 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
         order = np.argsort(oi)
         rated.append((oi[order], y[order]))
     info = {"prior": prior, "mode": mode, "seed": int(seed), "dropped_unknown": dropped}
+    if neg_rule is not None:
+        info["negatives"] = {"rule": neg_rule.to_string(), "drawn": drawn}
     cls = FoldedUsers if side == "user" else FoldedItems
     return cls(posterior, ids, b, F, means, chols, rated, info)
 
