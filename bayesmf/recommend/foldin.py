@@ -395,23 +395,53 @@ IRLS_MAX_ITER = 100
 IRLS_TOL = 1e-10
 
 
+_JITTED: dict = {}
+
+
+def _jitted(lik, name: str):
+    """``jax.jit(jax.vmap(lik.<name>))`` over the draws, compiled once per likelihood and
+    padded row length (``_augmented_row`` pads rows to a power of two)."""
+    import jax
+
+    try:
+        key = (lik, name)
+        hash(key)
+    except TypeError:  # an unhashable likelihood: compiled per call
+        key = None
+    if key is None or key not in _JITTED:
+        axes = (0, None, 0, 0) if name == "gaussianize" else (None, 0, 0)
+        fn = jax.jit(jax.vmap(getattr(lik, name), in_axes=axes))
+        if key is None:
+            return fn
+        _JITTED[key] = fn
+    return _JITTED[key]
+
+
 def _augmented_row(lik, theta, rng, Z, y, off, P0, m0, mode):
     """One row of an augmented likelihood, per draw: ``(a (S, d), mean (S, d), chol
     (S, d, d))`` with ``mean``, ``chol`` the Gaussian conditional of the last sweep
     (module docs). ``y`` encoded, ``off (S, n)`` the linear predictor without the row,
-    ``theta`` the likelihood's parameters per draw (leading axis ``S``)."""
+    ``theta`` the likelihood's parameters per draw (leading axis ``S``). The row's
+    observations are padded to a power of two (at least 8) with zero design rows, which
+    add nothing to the conditional, so that one compiled augmentation serves rows of
+    similar length."""
     import jax
     import jax.numpy as jnp
 
     S, n, d = Z.shape
+    n_pad = max(8, 1 << max(0, n - 1).bit_length())
+    if n_pad > n:
+        Z = np.concatenate([Z, np.zeros((S, n_pad - n, d))], axis=1)
+        off = np.concatenate([off, np.zeros((S, n_pad - n))], axis=1)
+        y = np.concatenate([y, np.zeros(n_pad - n, np.asarray(y).dtype)])
     th = {k: jnp.asarray(v) for k, v in theta.items()}
     yj = jnp.asarray(y)
     a = m0.copy()
     if mode == "mean":  # IRLS: the row's MAP given each draw (point estimates)
-        work = jax.jit(jax.vmap(lik.working, in_axes=(None, 0, 0)))
+        work = _jitted(lik, "working")
         for _ in range(IRLS_MAX_ITER):
             eta = off + np.einsum("snd,sd->sn", Z, a)
-            z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n))
+            z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n_pad))
                     for x in work(yj, jnp.asarray(eta), th))
             mean, L = conditional_gaussian(Z, z - off, w, P0, m0)
             step = np.max(np.abs(mean - a)) / max(1.0, float(np.max(np.abs(a))))
@@ -419,12 +449,12 @@ def _augmented_row(lik, theta, rng, Z, y, off, P0, m0, mode):
             if step < IRLS_TOL:
                 break
         return a, mean, L
-    gauss = jax.jit(jax.vmap(lik.gaussianize, in_axes=(0, None, 0, 0)))
+    gauss = _jitted(lik, "gaussianize")
     key = jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1)))
     for t in range(AUGMENTED_SWEEPS):
         eta = off + np.einsum("snd,sd->sn", Z, a)
         keys = jax.random.split(jax.random.fold_in(key, t), S)
-        z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n))
+        z, w = (np.broadcast_to(np.asarray(x, np.float64).reshape(S, -1), (S, n_pad))
                 for x in gauss(keys, yj, jnp.asarray(eta), th))
         mean, L = conditional_gaussian(Z, z - off, w, P0, m0)
         e = rng.standard_normal((S, d))
