@@ -57,6 +57,21 @@ user whose data are positives only gets negatives drawn by the same rule (never 
 their positives; popularity from the training counts; seeded per user id), as their
 training data were; data that already contain zeros are used as given.
 
+**Poisson factorisation** (``likelihood="poisson"``, HPF; Gopalan, Hofman & Blei 2015):
+the new user's :math:`\theta_u` (and :math:`b_u`) given each draw's item factors
+:math:`\beta_s` (and :math:`b_i`) follow the Gibbs sampler's own row steps
+(:mod:`bayesmf.infer.hpf`): split each count over the components
+:math:`(\theta_{uk}\beta_{ik}, b_u, b_i)` (multinomial), then
+:math:`\theta_{uk}\sim\mathrm{Gamma}(a + \sum_i z_{uik},\ \xi_u + \sum_{i}\beta_{ik})`
+(the sum over **all** items), :math:`b_u\sim\mathrm{Gamma}(e + \sum_i z_{ui,b},\ f + M)`,
+:math:`\xi_u\sim\mathrm{Gamma}(a' + ka,\ a'/b' + \sum_k\theta_{uk})`; a chain of
+:data:`GAMMA_SWEEPS` sweeps per draw, the last state kept (``prior`` does not apply: the
+prior is the model's Gamma hierarchy). ``mode="mean"`` (the one-draw KL-NMF estimate)
+runs the KL-NMF multiplicative updates of the row to convergence (the row's maximum
+likelihood given the items, with the fit's ``l1``). Items fold in alike with
+:math:`(c, c', d')`. ``cond_mean`` / ``cond_chol`` hold the last sweep's Gamma means and
+standard deviations (diagonal) of ``[b, F]``; NaN for KL-NMF.
+
 On a posterior with **implicit terms** (``BayesMF(implicit_terms=...)``: the Macau prior
 with the block :math:`x_u = |N(u)|^{-1/2}\mathbf 1_{N(u)}`, :mod:`bayesmf.data.features`),
 the ``"hyper"`` prior mean of a folded-in row is :math:`\mu_{U,s} + \beta_s^\top x_u` per
@@ -483,8 +498,144 @@ def _rule_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
                               p=w[cand] / w[cand].sum())).astype(np.int64)
 
 
+#: Gibbs sweeps of a Poisson-factorisation fold-in per posterior draw (module docs)
+GAMMA_SWEEPS = 50
+#: KL-NMF iterations and relative tolerance of a Poisson fold-in with ``mode="mean"``
+KL_MAX_ITER = 2000
+KL_TOL = 1e-10
+
+
+def _gamma_row(lik, side, rng, y, OFo, colsum, obo, n_other, own_bias, mode, l1):
+    """One new row of Poisson factorisation per draw (module docs): ``(a (S, d), mean
+    (S, d), sd (S, d))`` over ``[b, F]`` (``F`` only without the row's own bias). ``y``
+    the row's counts at the other-side rows ``OFo (S, n, k)`` (their factors), ``obo (S,
+    n)`` their biases (None: off), ``colsum (S, k)`` the other side's factor sums over
+    all its ``n_other`` rows."""
+    S, n, k = OFo.shape
+    shape, shape2, rate2 = ((lik.a, lik.a_prime, lik.b_prime) if side == "user"
+                            else (lik.c, lik.c_prime, lik.d_prime))
+    e, f = lik.bias_shape, lik.bias_rate
+    y = np.asarray(y, np.float64)
+    extra = [np.ones((S, n, 1))] if own_bias else []
+    if obo is not None:
+        extra.append(obo[..., None])
+    d = k + (1 if own_bias else 0)
+
+    def rates(theta, b):  # (S, n, k + extras): the components of each count's rate
+        parts = [theta[:, None, :] * OFo]
+        if own_bias:
+            parts.append(b[:, None, None] * extra[0])
+        if obo is not None:
+            parts.append(extra[-1])
+        return np.concatenate(parts, axis=2)
+
+    def pack(theta, b):
+        return np.concatenate([b[:, None], theta], axis=1) if own_bias else theta
+
+    if mode == "mean":  # KL-NMF: multiplicative updates of the row (nmf module docs)
+        total = max(float(y.sum()), 1e-12)
+        theta = np.full((S, k), total / max(float(colsum.sum()) / S, 1e-12) / k)
+        b = np.full(S, 1e-3 * total / n_other) if own_bias else np.zeros(S)
+        for _ in range(KL_MAX_ITER):
+            R = rates(theta, b)
+            q = np.where(y > 0, y / np.maximum(R.sum(2), 1e-300), 0.0)   # (S, n)
+            new_t = theta * np.einsum("sn,snk->sk", q, OFo) / (colsum + l1)
+            new_b = b * q.sum(1) / (n_other + l1) if own_bias else b
+            step = np.max(np.abs(pack(new_t, new_b) - pack(theta, b))) / max(
+                1e-300, float(np.max(pack(new_t, new_b))))
+            theta, b = new_t, new_b
+            if step < KL_TOL:
+                break
+        a_ = pack(theta, b)
+        return a_, a_, np.full((S, d), np.nan)
+    theta = np.full((S, k), shape / rate2)
+    b = np.full(S, e / f)
+    xi = np.full(S, rate2)
+    counts = np.broadcast_to(np.rint(y).astype(np.int64), (S, n))
+    for _ in range(GAMMA_SWEEPS):
+        R = rates(theta, b)
+        tot = R.sum(2, keepdims=True)
+        P = np.where(tot > 0, R / np.where(tot > 0, tot, 1.0), 1.0 / R.shape[2])
+        z = rng.multinomial(counts, P)                                  # (S, n, parts)
+        sh = shape + z[..., :k].sum(1)
+        rt = xi[:, None] + colsum
+        theta = rng.gamma(sh, 1.0 / rt)
+        mean, sd = sh / rt, np.sqrt(sh) / rt
+        if own_bias:
+            sb, rb = e + z[..., k].sum(1), f + n_other
+            b = rng.gamma(sb, 1.0 / rb)
+            mean = np.concatenate([(sb / rb)[:, None], mean], axis=1)
+            sd = np.concatenate([(np.sqrt(sb) / rb)[:, None], sd], axis=1)
+        xi = rng.gamma(shape2 + k * shape, 1.0 / (shape2 / rate2 + theta.sum(1)))
+    return pack(theta, b), mean, sd
+
+
+def _fold_gamma(posterior, side, df, ids, mode, seed, unknown):
+    """Fold-in of Poisson factorisation (module docs): one :func:`_gamma_row` per new
+    row."""
+    lik = posterior.likelihood
+    spec = posterior.spec
+    cfg = _SIDES[side]
+    other = "item" if side == "user" else "user"
+    other_vocab = posterior.items if side == "user" else posterior.users
+    own_bias = bool(getattr(spec, cfg["has_bias"]))
+    other_on = bool(getattr(spec, _SIDES[other]["has_bias"]))
+    S, k = posterior.n_samples, spec.rank
+    OF = posterior.flat(cfg["other_F"]).astype(np.float64)
+    ob = posterior.flat(cfg["other_bias"]).astype(np.float64)
+    colsum = OF.sum(1)
+    n_other = OF.shape[1]
+    l1 = float(posterior.attrs.get("options", {}).get("l1", 0.0) or 0.0)
+    d = k + (1 if own_bias else 0)
+    n = len(ids)
+    b = np.zeros((S, n))
+    F = np.zeros((S, n, k))
+    means = np.zeros((S, n, d))
+    chols = np.zeros((S, n, d, d))
+    rated, dropped = [], 0
+    keys = id_keys(ids)
+    for j, uid in enumerate(ids):
+        sub = df[df[side].to_numpy() == uid]
+        if unknown == "raise":
+            oi = other_vocab.encode(sub[other].to_numpy())
+            kn = np.ones(len(oi), bool)
+        else:
+            oi, kn = other_vocab.encode(sub[other].to_numpy(), unknown="mask")
+        dropped += int((~kn).sum())
+        oi = oi[kn].astype(np.int64)
+        y = sub["rating"].to_numpy()[kn]
+        if len(y):
+            lik.check_values(y)
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
+        a, mean, sd = _gamma_row(lik, side, rng, lik.encode(y), OF[:, oi], colsum,
+                                 ob[:, oi] if other_on else None, n_other, own_bias,
+                                 mode, l1)
+        if own_bias:
+            b[:, j] = a[:, 0]
+        F[:, j] = a[:, d - k:]
+        means[:, j] = mean
+        chols[:, j] = sd[..., None] * np.eye(d)
+        order = np.argsort(oi)
+        rated.append((oi[order], y[order]))
+    info = {"prior": "gamma", "mode": mode, "seed": int(seed), "dropped_unknown": dropped}
+    cls = FoldedUsers if side == "user" else FoldedItems
+    return cls(posterior, ids, b, F, means, chols, rated, info)
+
+
 def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     lik = posterior.likelihood
+    if lik.row_fold == "gamma":
+        df = _parse_ratings(ratings, side, "item" if side == "user" else "user", new_id)
+        if mode is None:
+            mode = "mean" if posterior.n_samples == 1 else "sample"
+        if mode not in ("sample", "mean"):
+            raise SpecError(f"mode must be 'sample' or 'mean', got {mode!r}")
+        if unknown not in ("ignore", "raise"):
+            raise SpecError(f"unknown= must be 'ignore' or 'raise', got {unknown!r}")
+        ids = pd.unique(df[side].to_numpy())
+        if len(ids) == 0:
+            ids = np.array([new_id])
+        return _fold_gamma(posterior, side, df, ids, mode, seed, unknown)
     cfg = _SIDES[side]
     other = "item" if side == "user" else "user"
     other_vocab = posterior.items if side == "user" else posterior.users

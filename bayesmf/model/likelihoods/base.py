@@ -64,6 +64,11 @@ class Likelihood:
     discrete = False
     #: Gibbs needs eta to build the pseudo-observations (False: z = y, w = tau)
     augmented = True
+    #: how fold-in draws a new row given the other side's draws
+    #: (:mod:`bayesmf.recommend.foldin`): ``"gaussian"`` -- the conjugate Gaussian row
+    #: (directly, or through the augmentation for ``augmented`` families); ``"gamma"`` --
+    #: the Gamma rows of Poisson factorisation (auxiliary multinomial split)
+    row_fold: ClassVar[str] = "gaussian"
     #: inference methods that support this family
     methods = METHODS_ALL
     #: the scale of eta is fixed by the likelihood (unit latent noise: probit, ordinal,

@@ -151,6 +151,7 @@ class Poisson(Likelihood):
     discrete = True
     mean_is_linear = False
     augmented = False
+    row_fold = "gamma"
     methods = ("map", "gibbs", "cavi", "svi", "nuts")
     #: every pair is an observation (the zeros enter through closed-form sums)
     full_matrix = True
