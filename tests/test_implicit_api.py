@@ -225,3 +225,15 @@ def test_default_model_is_the_cli_default_for_implicit_feedback():
     assert (DEFAULT_METHOD["implicit"], DEFAULT_RANK["implicit"]) == ("gibbs", 64)
     assert post.spec.rank == 64 and post.likelihood.name == "implicit"
     assert post.n_samples > 1 and post.attrs["sampler"] == "bpmf-gibbs"
+
+
+def test_recalculate_user_on_a_bernoulli_model_folds_in_with_the_fitted_negatives(user_items):
+    m = bayesmf.BayesMF(likelihood="bernoulli-logit", method="gibbs", rank=3, num_samples=20,
+                        num_warmup=20, seed=0)
+    clicks = (user_items > 0).astype(float)
+    rec = ImplicitRecommender(m).fit(clicks, show_progress=False, negatives="uniform:2")
+    ids, scores = rec.recommend(4, clicks[4], N=5, recalculate_user=True)
+    assert len(ids) == 5 and not set(ids) & set(user_items[4].indices)
+    assert np.all((scores > 0) & (scores < 1))          # P(y = 1)
+    with pytest.raises(DataError, match="0/1 values"):      # counts given to a 0/1 model
+        rec.recommend(4, user_items[4], N=5, recalculate_user=True)

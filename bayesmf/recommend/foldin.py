@@ -702,6 +702,7 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
             Z[..., dd - k:] = oF[:, oi].astype(np.float64)
         if len(y):
             lik.check_values(y)
+        own_oi, own_y = oi, y  # the row's own data: its "seen" items, its SVD++ term
         if neg_rule is not None and len(y) and np.all(y == 1):
             ni = _rule_negatives(posterior, neg_rule, oi, seed, keys[j])
             drawn += len(ni)
@@ -719,7 +720,8 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
             res = np.broadcast_to(np.asarray(z, np.float64), (S, len(oi))) - off
             w = np.broadcast_to(np.asarray(w, np.float64), (S, len(oi)))
         m0_j = m0
-        shift = _implicit_offset(posterior, side, oi) if prior == "hyper" and k else None
+        shift = (_implicit_offset(posterior, side, own_oi) if prior == "hyper" and k
+                 else None)
         if shift is not None:  # the SVD++ term of the prior mean (module docs)
             m0_j = m0.copy()
             m0_j[:, dd - k:] += shift
@@ -739,8 +741,8 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
         if k:
             F[:, j] = a[:, dd - k:]
         means[:, j], chols[:, j] = mean, L
-        order = np.argsort(oi)
-        rated.append((oi[order], y[order]))
+        order = np.argsort(own_oi)
+        rated.append((own_oi[order], own_y[order]))
     info = {"prior": prior, "mode": mode, "seed": int(seed), "dropped_unknown": dropped}
     if neg_rule is not None:
         info["negatives"] = {"rule": neg_rule.to_string(), "drawn": drawn}
