@@ -595,15 +595,8 @@ def _fold_gamma(posterior, side, df, ids, mode, seed, unknown):
     rated, dropped = [], 0
     keys = id_keys(ids)
     for j, uid in enumerate(ids):
-        sub = df[df[side].to_numpy() == uid]
-        if unknown == "raise":
-            oi = other_vocab.encode(sub[other].to_numpy())
-            kn = np.ones(len(oi), bool)
-        else:
-            oi, kn = other_vocab.encode(sub[other].to_numpy(), unknown="mask")
-        dropped += int((~kn).sum())
-        oi = oi[kn].astype(np.int64)
-        y = sub["rating"].to_numpy()[kn]
+        oi, y, n_unknown = _row_data(df, side, other_vocab, uid, unknown)
+        dropped += n_unknown
         if len(y):
             lik.check_values(y)
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
@@ -622,30 +615,43 @@ def _fold_gamma(posterior, side, df, ids, mode, seed, unknown):
     return cls(posterior, ids, b, F, means, chols, rated, info)
 
 
-def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
-    lik = posterior.likelihood
-    if lik.row_fold == "gamma":
-        df = _parse_ratings(ratings, side, "item" if side == "user" else "user", new_id)
-        if mode is None:
-            mode = "mean" if posterior.n_samples == 1 else "sample"
-        if mode not in ("sample", "mean"):
-            raise SpecError(f"mode must be 'sample' or 'mean', got {mode!r}")
-        if unknown not in ("ignore", "raise"):
-            raise SpecError(f"unknown= must be 'ignore' or 'raise', got {unknown!r}")
-        ids = pd.unique(df[side].to_numpy())
-        if len(ids) == 0:
-            ids = np.array([new_id])
-        return _fold_gamma(posterior, side, df, ids, mode, seed, unknown)
-    cfg = _SIDES[side]
-    other = "item" if side == "user" else "user"
-    other_vocab = posterior.items if side == "user" else posterior.users
-    df = _parse_ratings(ratings, side, other, new_id)
+def _fold_setup(posterior, side, ratings, new_id, mode, unknown):
+    """``(df, ids, mode)``: the parsed ratings (columns ``side``, the other side,
+    ``rating``), the new ids in order of appearance (``[new_id]`` when there is no
+    rating: one row with the prior only) and the resolved ``mode``."""
+    df = _parse_ratings(ratings, side, "item" if side == "user" else "user", new_id)
     if mode is None:
         mode = "mean" if posterior.n_samples == 1 else "sample"
     if mode not in ("sample", "mean"):
         raise SpecError(f"mode must be 'sample' or 'mean', got {mode!r}")
     if unknown not in ("ignore", "raise"):
         raise SpecError(f"unknown= must be 'ignore' or 'raise', got {unknown!r}")
+    ids = pd.unique(df[side].to_numpy())
+    if len(ids) == 0:
+        ids = np.array([new_id])
+    return df, ids, mode
+
+
+def _row_data(df, side, other_vocab, uid, unknown):
+    """``(other-side indices, values, n_unknown)`` of new row ``uid``: ids the posterior
+    does not know are dropped (``unknown="ignore"``) or raise."""
+    sub = df[df[side].to_numpy() == uid]
+    other = "item" if side == "user" else "user"
+    if unknown == "raise":
+        oi = other_vocab.encode(sub[other].to_numpy())
+        kn = np.ones(len(oi), bool)
+    else:
+        oi, kn = other_vocab.encode(sub[other].to_numpy(), unknown="mask")
+    return oi[kn].astype(np.int64), sub["rating"].to_numpy()[kn], int((~kn).sum())
+
+
+def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
+    lik = posterior.likelihood
+    df, ids, mode = _fold_setup(posterior, side, ratings, new_id, mode, unknown)
+    if lik.row_fold == "gamma":
+        return _fold_gamma(posterior, side, df, ids, mode, seed, unknown)
+    cfg = _SIDES[side]
+    other_vocab = posterior.items if side == "user" else posterior.users
     S, k = posterior.n_samples, posterior.spec.rank
     prior, use_bias, dd, P0, m0 = _prior(posterior, side, prior, S, k)
     mu = posterior.flat("mu").astype(np.float64)
@@ -674,9 +680,6 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
         neg_rule = NegativeSampler.from_dict(
             {k_: v for k_, v in posterior.attrs["negatives"].items() if k_ in keep})
     drawn = 0
-    ids = pd.unique(df[side].to_numpy())
-    if len(ids) == 0:  # no ratings at all: one user/item with the prior only
-        ids = np.array([new_id])
     n = len(ids)
     b = np.zeros((S, n))
     F = np.zeros((S, n, k))
@@ -686,15 +689,8 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
     dropped = 0
     keys = id_keys(ids)
     for j, uid in enumerate(ids):
-        sub = df[df[side].to_numpy() == uid]
-        if unknown == "raise":
-            oi = other_vocab.encode(sub[other].to_numpy())
-            kn = np.ones(len(oi), bool)
-        else:
-            oi, kn = other_vocab.encode(sub[other].to_numpy(), unknown="mask")
-        dropped += int((~kn).sum())
-        oi = oi[kn].astype(np.int64)
-        y = sub["rating"].to_numpy()[kn]
+        oi, y, n_unknown = _row_data(df, side, other_vocab, uid, unknown)
+        dropped += n_unknown
         Z = np.empty((S, len(oi), dd))
         if use_bias:
             Z[..., 0] = 1.0
