@@ -484,3 +484,50 @@ def test_biased_gibbs_interrupted_run_resumes_bit_identical(planted_biases, tmp_
     assert post.attrs["checkpoint"]["resumed_at"] == 8
     for n in ("U", "V", "bu", "bi", "xi", "eta"):
         np.testing.assert_array_equal(post.draws[n], ref.draws[n], err_msg=n)
+
+
+def _matched_factor_correlations(planted_F, fitted_F):
+    """Correlation of each planted factor column with the fitted column it is matched to
+    (the permutation that maximises the total correlation; the scale of a factor is not
+    identified, so correlation, not equality)."""
+    from scipy.optimize import linear_sum_assignment
+
+    k = planted_F.shape[1]
+    C = np.corrcoef(planted_F.T, fitted_F.T)[:k, k:]
+    rows, cols = linear_sum_assignment(-C)
+    return C[rows, cols], cols
+
+
+@pytest.mark.parametrize("method", ["gibbs", "cavi"])
+def test_planted_factors_are_recovered_up_to_permutation(method):
+    """The item factors themselves (not only the rates) come back, matched by a
+    permutation: well-separated planted factors (each item loads on one factor mostly)."""
+    rng = np.random.default_rng(5)
+    N, M = 150, 60
+    be = rng.gamma(0.3, 1.0, (M, K)) + 3.0 * np.eye(K)[np.arange(M) % K]
+    th = rng.gamma(1.0, 0.5, (N, K))
+    Y = rng.poisson(th @ be.T)
+    Y[np.arange(N), rng.integers(0, M, N)] += 1
+    u, i = np.nonzero(Y)
+    train = Ratings.from_arrays(u, i, Y[u, i].astype(float))
+    opts = dict(num_samples=60, num_warmup=300) if method == "gibbs" else {}
+    post = get_method(method)(train, SPEC, seed=0, **opts)
+    V = post.draws["V"][0].astype(np.float64).mean(0)      # chain 0: one labelling
+    planted = be[np.asarray(post.items.ids)]
+    corr, perm = _matched_factor_correlations(planted, V)
+    assert np.all(corr > 0.9), corr
+    assert sorted(perm) == list(range(K))
+    Uf = post.draws["U"][0].astype(np.float64).mean(0)[:, perm]
+    corr_u, _ = _matched_factor_correlations(th[np.asarray(post.users.ids)], Uf)
+    assert np.all(corr_u > 0.7), corr_u
+    # similar items on the non-negative factors: an item's nearest items load on its
+    # planted factor; cosines of non-negative vectors lie in [0, 1]
+    from bayesmf.recommend import similar_items
+
+    dominant = np.argmax(planted, axis=1)
+    sim = similar_items(post, post.items.ids[:6], n=5)
+    assert sim["score"].between(0, 1 + 1e-6).all()
+    for q, grp in sim.groupby("item"):
+        j = post.items.encode(np.array([q]))[0]
+        others = post.items.encode(grp["similar"].to_numpy())
+        assert np.mean(dominant[others] == dominant[j]) >= 0.6
