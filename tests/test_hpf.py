@@ -531,3 +531,26 @@ def test_planted_factors_are_recovered_up_to_permutation(method):
         j = post.items.encode(np.array([q]))[0]
         others = post.items.encode(grp["similar"].to_numpy())
         assert np.mean(dominant[others] == dominant[j]) >= 0.6
+
+
+def test_ucb_and_lcb_bound_the_rate(planted):
+    """UCB / LCB of a Poisson model rank by the quantile of the rate over the draws, not
+    by an integer count quantile (which ties most items)."""
+    from bayesmf.predictive import PoissonMixture
+    from bayesmf.recommend import recommend
+    from bayesmf.scoring.strategies import scores_from_mixture
+
+    rate = np.random.default_rng(0).gamma(2.0, 0.3, (50, 7))
+    mix = PoissonMixture(rate)
+    np.testing.assert_allclose(scores_from_mixture(mix, "ucb"), np.quantile(rate, 0.9, 0))
+    np.testing.assert_allclose(scores_from_mixture(mix, "lcb"), np.quantile(rate, 0.1, 0))
+    assert len(np.unique(scores_from_mixture(mix, "ucb"))) == 7
+    train, _, _ = planted
+    post = get_method("gibbs")(train, SPEC, seed=0, num_samples=30, num_warmup=30)
+    u0 = post.users.ids[0]
+    rec = recommend(post, [u0], n=5, strategy="ucb", exclude_seen=False)
+    U, V = post.flat("U").astype(np.float64), post.flat("V").astype(np.float64)
+    bound = np.quantile(np.einsum("sk,smk->sm", U[:, 0], V), 0.9, axis=0)
+    top = np.argsort(-bound, kind="stable")[:5]
+    np.testing.assert_array_equal(post.items.encode(rec["item"].to_numpy()), top)
+    np.testing.assert_allclose(rec["score"].to_numpy(), bound[top], rtol=1e-5)

@@ -118,3 +118,20 @@ def test_strategy_validation():
     # None: the likelihood's relevance threshold, resolved when a posterior scores it
     assert make_strategy("prob", threshold=None).threshold is None
     assert make_strategy("UCB").name == "upper" and make_strategy("lcb").quantile == 0.1
+
+
+def test_bound_without_noise_is_the_quantile_of_the_expected_values():
+    """``noise=False`` on a non-Gaussian family: UCB / LCB bound the per-draw expected
+    value (P(y=1) for Bernoulli), as they bound m_s for the Gaussian."""
+    from bayesmf.model.likelihoods import BernoulliLogit
+    from bayesmf.scoring.strategies import scores_from_mixture
+
+    m = np.random.default_rng(1).normal(0.0, 1.5, (40, 6))
+    mix = BernoulliLogit().predictive(m, np.zeros_like(m), {})
+    p = 1.0 / (1.0 + np.exp(-m))
+    for q, name in ((0.9, "upper"), (0.1, "lower")):
+        st = make_strategy(name, quantile=q, noise=False)
+        np.testing.assert_allclose(scores_from_mixture(mix, st), np.quantile(p, q, axis=0),
+                                   rtol=1e-6)
+    # with the noise a Bernoulli quantile is 0 or 1
+    assert set(np.unique(scores_from_mixture(mix, "upper"))) <= {0.0, 1.0}

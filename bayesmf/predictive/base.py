@@ -189,6 +189,16 @@ class Mixture(ABC):
         return (self.quantile((1.0 - level) / 2.0, **kwargs),
                 self.quantile((1.0 + level) / 2.0, **kwargs))
 
+    def bound(self, q, noise: bool = True) -> np.ndarray:
+        r"""What an upper / lower confidence strategy (``"ucb"``, ``"lcb"``) scores at
+        level ``q``: the predictive :meth:`quantile` (``noise=True``), or the quantile of
+        the per-draw expected values :meth:`component_means` over the draws
+        (``noise=False``: parameter uncertainty only, linear interpolation). Families
+        whose natural bound is on the parameter override it (Poisson: the rate)."""
+        if noise:
+            return self.quantile(q)
+        return np.quantile(self.component_means(), check_q(q), axis=0)
+
     def gaussian_quantile(self, q) -> np.ndarray:
         r"""Quantile of the moment-matched Gaussian
         :math:`\mathbb E[y]+\Phi^{-1}(q)\sqrt{\mathrm{Var}[y]}` (``quantile_method=

@@ -139,6 +139,13 @@ class PoissonMixture(Mixture):
         out = pdtrc(np.maximum(k, 0.0), self.rate).mean(axis=0)
         return np.where(k < 0, 1.0, out)
 
+    def bound(self, q, noise: bool = True) -> np.ndarray:
+        r"""UCB / LCB **on the rate**: the quantile of :math:`\lambda_s` over the draws
+        (linear interpolation), whatever ``noise`` says. A count quantile is an integer,
+        so most items would tie at the same bound; the rate is what exploration is
+        uncertain about (Gopalan et al.'s model; issue 14)."""
+        return np.quantile(self.rate, check_q(q), axis=0)
+
     def quantile(self, q) -> np.ndarray:
         r"""Smallest count :math:`k` with :math:`F(k)\ge q` (float64 array of integers):
         bisection on the integers between the smallest and the largest component

@@ -232,8 +232,10 @@ def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
                     mixtures keep two shortcuts: one draw -> the Gaussian formula;
                     no component with ``sd > 0`` (noise-free known pairs) -> the
                     empirical quantile ``np.quantile`` of the draws ``m_s``
-                    (linear interpolation). Discrete mixtures: a support point, so
-                    many entries tie.
+                    (linear interpolation). Other families: ``mixture.bound(q,
+                    noise)``: the predictive quantile (a support point of a discrete
+                    family, so entries tie), or with ``noise=False`` the quantile of
+                    the per-draw expected values; Poisson: always the rate's.
     ``thompson``    ``component_means()[draw_index[row]]``: one draw per row
                     (``draw_index`` ``(rows,)``, the first trailing axis)
     ``prob``        ``mixture.prob_at_least(threshold)``
@@ -260,7 +262,7 @@ def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
             return mixture.quantile(q)
         if st.quantile_method == "gaussian":
             return mixture.gaussian_quantile(q)
-        return mixture.quantile(q)
+        return mixture.bound(q, st.noise)
     if st.name == "thompson":
         if draw_index is None:
             raise SpecError("thompson scoring needs draw_index")

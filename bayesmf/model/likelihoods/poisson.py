@@ -75,7 +75,10 @@ multiplicative update for the bias columns); a global mean is refused.
 :math:`\frac1S\sum_s\mathrm{Poisson}(\lambda_s)`, :math:`\lambda_s = \theta_{u,s}^\top
 \beta_{i,s}` (:class:`~bayesmf.predictive.PoissonMixture`): ``mean`` ranks by the
 posterior-mean rate, ``prob`` (default threshold 1) gives the relevance probability
-:math:`P(y\ge1) = 1 - \frac1S\sum_s e^{-\lambda_s}`, UCB/LCB use its integer quantiles.
+:math:`P(y\ge1) = 1 - \frac1S\sum_s e^{-\lambda_s}`, UCB/LCB bound the rate: the
+quantile of :math:`\lambda_s` over the draws (:meth:`PoissonMixture.bound
+<bayesmf.predictive.PoissonMixture.bound>`; an integer count quantile would tie most
+items).
 An unknown id (population fallback) uses the population-mean rate per draw; the fallback
 variance of :math:`\eta` is not added (the mixture stays Poisson). Point predictions are
 not clipped (:meth:`Poisson.clip_range`).
