@@ -301,3 +301,19 @@ def test_bad_frames_raise_data_error():
             "timestamp": pd.to_datetime(["2020-01-01", None])}))
     with pytest.raises(BayesMFError):
         Interactions.from_ratings("not ratings", 3)
+
+
+def test_ids_left_without_a_pair_are_not_in_an_inferred_vocabulary():
+    """Zero-valued events carry no interaction: a user (or item) whose every event is 0
+    is not an (empty) user of the data; a vocabulary passed in is kept whole."""
+    it = Interactions.from_arrays(["a", "b", "a", "c"], ["i", "j", "j", "k"], [1, 0, 2, 0])
+    assert list(it.users.ids) == ["a"] and list(it.items.ids) == ["i", "j"]
+    assert (it.user_counts() > 0).all() and (it.item_counts() > 0).all()
+    assert it.to_dataframe()["count"].tolist() == [1.0, 2.0]
+    kept = Interactions.from_arrays(["a", "b"], ["i", "j"], [1, 0], drop_zeros=False)
+    assert list(kept.users.ids) == ["a", "b"] and kept.nnz == 2
+    given = Interactions.from_arrays(["a", "b"], ["i", "j"], [1, 0],
+                                     user_vocab=Vocabulary(np.array(["a", "b", "z"])))
+    assert list(given.users.ids) == ["a", "b", "z"] and list(given.items.ids) == ["i"]
+    d = given.describe()
+    assert (d["users"], d["users_with_interactions"]) == (3, 1)

@@ -28,7 +28,9 @@ stays text; ``id_type=`` applies :func:`~bayesmf.data.vocab.parse_ids`).
 Validation (every failure is a :class:`~bayesmf.errors.DataError` with a one-line message):
 empty input, missing columns, missing (NaN/None) ids, non-numeric / NaN / infinite /
 negative counts or weights, NaN timestamps, mismatched lengths. Pairs whose aggregated
-value is 0 carry no positive signal and are dropped (``drop_zeros=False`` keeps them).
+value is 0 carry no positive signal and are dropped (``drop_zeros=False`` keeps them);
+a user or item left with no pair is then not in an inferred vocabulary (no empty users;
+a vocabulary passed in is kept whole, and ``describe()`` counts its ids without pairs).
 
 Confidence (Hu, Koren & Volinsky 2008, "Collaborative Filtering for Implicit Feedback
 Datasets"): the preference ``p_ui = 1[r_ui > 0]`` is weighted by
@@ -222,6 +224,9 @@ class Interactions(_PairMatrix):
                 uu, ii, agg_c, n_ev = uu[keep], ii[keep], agg_c[keep], n_ev[keep]
                 agg_w = None if agg_w is None else agg_w[keep]
                 agg_t = None if agg_t is None else agg_t[keep]
+        if drop_zeros:  # an inferred vocabulary lists the ids that kept a pair
+            uu, uv = _drop_unused(uu, uv, len(uv), user_vocab is None)
+            ii, iv = _drop_unused(ii, iv, len(iv), item_vocab is None)
         return cls(uu, ii, agg_c, uv, iv, weight=agg_w, timestamp=agg_t, n_events=n_ev)
 
     @classmethod
@@ -564,6 +569,16 @@ def _finite(x, name: str) -> float:
     if not np.isfinite(v):
         raise DataError(f"{name} must be finite, got {x!r}")
     return v
+
+
+def _drop_unused(idx, vocab, n, inferred):
+    """``(idx, vocab)`` without the ids no pair uses, when the vocabulary was inferred from
+    the events (an id all of whose events have value 0 has no interaction: it is not a
+    user or item of the data); a given vocabulary is kept as it is."""
+    used = np.bincount(idx, minlength=n) > 0
+    if not inferred or used.all():
+        return idx, vocab
+    return (np.cumsum(used) - 1)[idx], Vocabulary(vocab.ids[used], vocab.name)
 
 
 def _vocab_for(raw, vocab, name, unknown):
