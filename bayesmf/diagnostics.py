@@ -369,6 +369,19 @@ def _label(ids, idx):
     return [str(x) for x in ids[idx]]
 
 
+def _row_totals(post: Posterior, uu, ii):
+    """``(C, D, len(uu))`` expected totals of users ``uu`` over all items and ``(C, D,
+    len(ii))`` of items ``ii`` over all users (module docs of :func:`diagnose`)."""
+    d = {k: np.asarray(post.draws[k], np.float64) for k in ("mu", "bu", "bi", "U", "V")}
+    N, M = d["bu"].shape[2], d["bi"].shape[2]
+    mu = d["mu"][..., None]
+    act = (M * (mu + d["bu"][:, :, uu]) + d["bi"].sum(2, keepdims=True)
+           + np.einsum("cduk,cdk->cdu", d["U"][:, :, uu], d["V"].sum(2)))
+    pop = (N * (mu + d["bi"][:, :, ii]) + d["bu"].sum(2, keepdims=True)
+           + np.einsum("cdik,cdk->cdi", d["V"][:, :, ii], d["U"].sum(2)))
+    return act, pop
+
+
 def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: int = 0, *,
              biases: str = "probe", raw_factors: bool = False) -> pd.DataFrame:
     r"""Convergence diagnostics (rank-normalised split R-hat, bulk and tail ESS) on
@@ -385,6 +398,12 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
       :math:`\lVert\mu_U\rVert` (and for ``V``);
     * ``bias`` -- :math:`b_u`, :math:`b_i` of the probe users and items
       (``biases="all"``: every user and item; ``"none"``: skip);
+    * ``activity`` / ``popularity`` -- full-matrix likelihoods (Poisson factorisation,
+      implicit feedback), where every pair is data: the expected total of a probe user
+      over all items :math:`\sum_i m_{ui} = M(\mu + b_u) + \sum_i b_i + U_u^\top\sum_i
+      V_i` (HPF: the user's expected number of plays) and of a probe item over all users;
+      linear in the predictions, so identified, unlike :math:`\xi_u`, :math:`\eta_i`
+      or the factor sums, whose scale trades off between the two sides;
     * ``norm`` -- :math:`\lVert U_u\rVert`, :math:`\lVert V_i\rVert` of the probe users/items;
     * ``raw factor`` -- only with ``raw_factors=True``: :math:`U_{uk}`, :math:`V_{ik}` of the
       probe users and items. **These are not identified** (see below) and a
@@ -502,6 +521,10 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
             add("hyper", f"norm(mu_{side})", np.linalg.norm(np.asarray(mv, np.float64), axis=2))
     uu = np.unique(pu)
     ii = np.unique(pi)
+    if posterior.likelihood.full_matrix:  # every pair is data: row totals over all pairs
+        act, pop = _row_totals(posterior, uu, ii)
+        add("activity", [f"sum_i m[{x}, i]" for x in _label(uids, uu)], act)
+        add("popularity", [f"sum_u m[u, {x}]" for x in _label(iids, ii)], pop)
     if biases != "none":
         bu_idx = np.arange(len(uids)) if biases == "all" else uu
         bi_idx = np.arange(len(iids)) if biases == "all" else ii

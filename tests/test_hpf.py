@@ -554,3 +554,30 @@ def test_ucb_and_lcb_bound_the_rate(planted):
     top = np.argsort(-bound, kind="stable")[:5]
     np.testing.assert_array_equal(post.items.encode(rec["item"].to_numpy()), top)
     np.testing.assert_allclose(rec["score"].to_numpy(), bound[top], rtol=1e-5)
+
+
+def test_diagnose_reports_identified_activity_and_popularity(planted):
+    """Full-matrix models get the expected total of each probe user over all items
+    (activity) and of each probe item over all users (popularity): invariant under the
+    scale trade-off theta_k c, beta_k / c that leaves xi, eta and factor sums
+    unidentified."""
+    from bayesmf.diagnostics import diagnose
+
+    train, _, _ = planted
+    post = get_method("gibbs")(train, SPEC, seed=0, num_samples=20, num_warmup=20,
+                               num_chains=2)
+    df = diagnose(post, n_probe=6)
+    act = df[df["kind"] == "activity"]
+    pop = df[df["kind"] == "popularity"]
+    assert len(act) and len(pop) and act["rhat"].notna().all()
+    U, V = post.draws["U"].astype(np.float64), post.draws["V"].astype(np.float64)
+    u0 = act["quantity"].iloc[0][len("sum_i m["):-len(", i]")]
+    j = post.users.encode(np.array([int(u0)]))[0]
+    by_hand = np.einsum("cdk,cdk->cd", U[:, :, j], V.sum(2))        # theta_u . sum beta
+    assert act["mean"].iloc[0] == pytest.approx(by_hand.mean(), rel=1e-6)
+    # the same totals after rescaling factor 0 (theta * 3, beta / 3): identified
+    post.draws["U"] = post.draws["U"] * np.array([3.0, 1, 1], np.float32)
+    post.draws["V"] = post.draws["V"] / np.array([3.0, 1, 1], np.float32)
+    again = diagnose(post, n_probe=6)
+    np.testing.assert_allclose(again[again["kind"] == "activity"]["mean"], act["mean"],
+                               rtol=1e-5)
