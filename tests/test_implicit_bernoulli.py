@@ -324,3 +324,24 @@ def test_other_methods_on_positives_and_negatives(planted, method, opts):
     pop = np.tile(train.item_counts().astype(float), (train.n_users, 1))
     auc_pop, _ = _mean_auc(pop, train, test)
     assert auc_model > 0.75 and auc_model > auc_pop + 0.08, (method, auc_model, auc_pop)
+
+
+def test_nuts_on_positives_and_sampled_negatives():
+    """NUTS (small data) runs the same model: positives + sampled negatives, the rule kept,
+    and P(y = 1) of the training positives above that of fresh non-interacted pairs."""
+    rng = np.random.default_rng(4)
+    U, V = rng.normal(size=(30, 2)), rng.normal(size=(20, 2))
+    Y = rng.random((30, 20)) < 1.0 / (1.0 + np.exp(-(2.0 * U @ V.T - 1.5)))
+    Y[np.arange(30), np.arange(30) % 20] = True
+    u, i = np.nonzero(Y)
+    train = bayesmf.data.Interactions.from_arrays(u, i)
+    model = bayesmf.BayesMF(method="nuts", likelihood="bernoulli-logit", rank=2, seed=0,
+                            num_samples=100, num_warmup=100).fit(train, negatives="uniform:2")
+    post = model.posterior
+    assert post.method == "nuts" and post.attrs["negatives"]["rule"] == "uniform:2"
+    assert post.train.n_train == train.nnz
+    nu, ni = np.nonzero(~Y)
+    p_pos = np.asarray(post.predict(u, i).mean)
+    p_neg = np.asarray(post.predict(nu, ni).mean)
+    assert np.all((p_pos > 0) & (p_pos < 1))
+    assert p_pos.mean() > p_neg.mean() + 0.15
