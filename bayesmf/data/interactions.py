@@ -407,17 +407,12 @@ class Interactions(_PairMatrix):
 
     def _compact(self) -> "Interactions":
         """Drop vocabulary entries without pairs (relative order kept)."""
-        u_used = self.user_counts() > 0
-        i_used = self.item_counts() > 0
-        if u_used.all() and i_used.all():
+        u, uv = _drop_unused(self.user, self.users, self.n_users, True)
+        i, iv = _drop_unused(self.item, self.items, self.n_items, True)
+        if uv is self.users and iv is self.items:
             return self
-        u_map = np.cumsum(u_used) - 1
-        i_map = np.cumsum(i_used) - 1
-        return Interactions(u_map[self.user], i_map[self.item], self.count,
-                            Vocabulary(self.users.ids[u_used], self.users.name),
-                            Vocabulary(self.items.ids[i_used], self.items.name),
-                            weight=self.weight, timestamp=self.timestamp,
-                            n_events=self.n_events)
+        return Interactions(u, i, self.count, uv, iv, weight=self.weight,
+                            timestamp=self.timestamp, n_events=self.n_events)
 
     # ----------------------------------------------------------------- filters
     def kcore(self, min_user: int = 1, min_item: int = 1, *,
