@@ -4,6 +4,8 @@ path (fit, recommend, evaluate) and the refusals."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -332,7 +334,13 @@ def test_unsupported_methods_and_specs_are_spec_errors(planted):
     with pytest.raises(SpecError, match="global_mean"):
         get_method("cavi")(train, ModelSpec(rank=2, likelihood="poisson"))
     with pytest.raises(SpecError, match="unknown option"):
-        get_method("gibbs")(train, SPEC, num_samples=5, predict_pairs=None)
+        get_method("gibbs")(train, SPEC, num_samples=5, beta_solver="cg")
+    with pytest.raises(SpecError, match="outside the training vocabularies"):
+        get_method("gibbs")(train, SPEC, num_samples=5, predict_pairs=([0], [train.n_items]))
+    with pytest.raises(SpecError, match="equal-length 1-d integer"):
+        get_method("gibbs")(train, SPEC, num_samples=5, predict_pairs=([0, 1], [0.0, 1.0]))
+    with pytest.raises(SpecError, match="store_draws must be True or False"):
+        get_method("gibbs")(train, SPEC, num_samples=5, store_draws=0)
 
 
 # ----------------------------------------------------------------------------- biases
@@ -484,6 +492,76 @@ def test_biased_gibbs_interrupted_run_resumes_bit_identical(planted_biases, tmp_
     assert post.attrs["checkpoint"]["resumed_at"] == 8
     for n in ("U", "V", "bu", "bi", "xi", "eta"):
         np.testing.assert_array_equal(post.draws[n], ref.draws[n], err_msg=n)
+
+
+_STREAM = dict(seed=5, num_samples=25, num_warmup=25, num_chains=2)
+
+
+def _stream_pairs(train):
+    rng = np.random.default_rng(1)  # observed and unobserved pairs, a repeated one
+    u = np.concatenate([train.user[:20], rng.integers(0, train.n_users, 20), [3, 3]])
+    i = np.concatenate([train.item[:20], rng.integers(0, train.n_items, 20), [7, 7]])
+    return u.astype(np.int64), i.astype(np.int32)
+
+
+def test_streamed_predictions_are_the_draw_moments_and_need_no_draws(planted_biases):
+    """``predict_pairs=`` streams the rate of each pair (biases included): its mean and
+    pooled variance over both chains are those of the kept draws, the noise variance is
+    the Poisson one (the mean rate), and ``store_draws=False`` keeps the final state only,
+    with the same summaries and the statistics' traces."""
+    from bayesmf.infer.gibbs import streamed_predictions
+
+    train = planted_biases[0]
+    pu, pi = _stream_pairs(train)
+    full = get_method("gibbs")(train, BIASED, predict_pairs=(pu, pi), **_STREAM)
+    sp = streamed_predictions(full)
+    U = full.flat("U").astype(np.float64)[:, pu]
+    V = full.flat("V").astype(np.float64)[:, pi]
+    r = (np.sum(U * V, -1) + full.flat("bu").astype(np.float64)[:, pu]
+         + full.flat("bi").astype(np.float64)[:, pi])  # (C*S, P)
+    np.testing.assert_allclose(sp["mean"], r.mean(0), rtol=2e-5)
+    np.testing.assert_allclose(sp["var_param"], r.var(0), rtol=2e-3, atol=1e-9)
+    np.testing.assert_allclose(sp["noise_var"], sp["mean"])
+    np.testing.assert_allclose(sp["var"], r.var(0) + r.mean(0), rtol=2e-4)
+    assert full.attrs["streamed_predictions"]["n_draws"] == 50
+    np.testing.assert_array_equal(sp["user"], pu)
+    # the posterior's own predictive agrees (mean of the Poisson mixture)
+    np.testing.assert_allclose(full.predict(pu, pi).mean, sp["mean"], rtol=1e-4)
+
+    small = get_method("gibbs")(train, BIASED, predict_pairs=(pu, pi), store_draws=False,
+                                **_STREAM)
+    assert small.n_draws == 1 and small.draws["U"].shape == (2, 1, train.n_users, K)
+    for n in ("U", "V", "bu", "bi", "xi", "eta"):
+        np.testing.assert_array_equal(small.draws[n][:, 0], full.draws[n][:, -1], err_msg=n)
+    np.testing.assert_array_equal(
+        np.asarray(small.attrs["traces"]["log_likelihood"], np.float32),
+        full.sample_stats["log_likelihood"].astype(np.float32))
+    assert small.attrs["streamed_predictions"] == full.attrs["streamed_predictions"]
+    assert small.attrs["settings"]["store_draws"] is False
+    json.dumps(small.attrs)
+    # a one-draw posterior still scores and recommends
+    assert np.isfinite(small.predict(pu, pi).mean).all()
+
+
+def test_streamed_run_resumes_to_the_same_summaries(planted_biases, tmp_path):
+    from bayesmf.testing.interrupt import killed_after_checkpoint
+
+    train = planted_biases[0]
+    pairs = _stream_pairs(train)
+    opts = dict(_STREAM, num_samples=8, num_warmup=8, predict_pairs=pairs,
+                store_draws=False)
+    ref = get_method("gibbs")(train, BIASED, **opts)
+    path = tmp_path / "hpf.npz"
+    with killed_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
+        get_method("gibbs")(train, BIASED, checkpoint=path, checkpoint_every=5, **opts)
+    with pytest.raises(SpecError, match="cannot resume"):
+        get_method("gibbs")(train, BIASED, checkpoint=path, checkpoint_every=5, resume=True,
+                            **{**opts, "predict_pairs": (pairs[0][:5], pairs[1][:5])})
+    post = get_method("gibbs")(train, BIASED, checkpoint=path, checkpoint_every=5,
+                               resume=True, **opts)
+    assert post.attrs["checkpoint"]["resumed_at"] == 10
+    assert post.attrs["streamed_predictions"] == ref.attrs["streamed_predictions"]
+    np.testing.assert_array_equal(post.draws["U"], ref.draws["U"])
 
 
 def _matched_factor_correlations(planted_F, fitted_F):

@@ -121,6 +121,29 @@ def check_bool(name: str, v) -> bool:
     return v
 
 
+def check_pairs(pairs, n_users: int, n_items: int):
+    """A ``predict_pairs=(u_idx, i_idx)`` option as two int32 JAX arrays after checking
+    that they are equal-length 1-d integer index arrays inside the training
+    vocabularies (``None`` passes through)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    if pairs is None:
+        return None
+    try:
+        pu, pi = (np.asarray(a) for a in pairs)
+    except (TypeError, ValueError):
+        raise SpecError("predict_pairs must be a pair (u_idx, i_idx) of integer index "
+                        f"arrays, got {type(pairs).__name__}") from None
+    if (pu.ndim != 1 or pu.shape != pi.shape or pu.dtype.kind not in "iu"
+            or pi.dtype.kind not in "iu"):
+        raise SpecError("predict_pairs must be two equal-length 1-d integer index arrays")
+    if pu.size and (pu.min() < 0 or pu.max() >= n_users or pi.min() < 0
+                    or pi.max() >= n_items):
+        raise SpecError("predict_pairs indices fall outside the training vocabularies")
+    return jnp.asarray(pu, jnp.int32), jnp.asarray(pi, jnp.int32)
+
+
 def check_factor_prior(v):
     """A NumPyro / PyMC ``factor_prior`` option: None (the spec's) or one of
     :data:`~bayesmf.infer.numpyro_model.FACTOR_PRIORS`."""

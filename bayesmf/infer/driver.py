@@ -59,8 +59,8 @@ from bayesmf.errors import ModelFileError, SpecError
 from bayesmf.infer import check_int as _check_int
 from bayesmf.infer import checkpoint as ck
 
-__all__ = ["Program", "ChainRun", "ChunkedRun", "run_chains", "run_loop", "run_chunked",
-           "scan_chunk", "slots_for", "enable_persistent_cache", "compile_logger"]
+__all__ = ["Program", "ChainRun", "ChunkedRun", "run_chains", "pooled_stream", "run_loop",
+           "run_chunked", "scan_chunk", "slots_for", "enable_persistent_cache", "compile_logger"]
 
 
 def compile_logger(enabled: bool) -> Callable | None:
@@ -565,6 +565,23 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
     return ChainRun(draws, state, stream, compile_s, bool(cached), sample_s, warm_s,
                     n_iter - (resumed_at or 0), resumed_at, method,
                     1 if mesh is None else int(mesh.devices.size), slots, n_iter)
+
+
+def pooled_stream(pairs, stream) -> dict:
+    r"""The streamed pair summaries of :func:`run_chains` (``stream = (n, mean, m2, nv)``
+    per chain) pooled over the chains, as the JSON-able ``attrs["streamed_predictions"]``:
+    ``user, item`` (indices), ``mean`` (over all kept draws), ``var_param`` (the pooled
+    variance :math:`(\sum_c M_{2,c} + \sum_c n_c(\bar m_c - \bar m)^2)/\sum_c n_c`,
+    within- plus between-chain parts), ``noise_var`` (the draw-weighted mean of the
+    streamed scalar) and ``n_draws``."""
+    n, cm, m2, nv = (np.asarray(a, np.float64) for a in stream)
+    n = n[:, None]  # (C, 1)
+    tot = n.sum()
+    mean = (n * cm).sum(0) / tot
+    var = (m2.sum(0) + (n * (cm - mean) ** 2).sum(0)) / tot
+    return {"user": np.asarray(pairs[0]).tolist(), "item": np.asarray(pairs[1]).tolist(),
+            "mean": mean.tolist(), "var_param": var.tolist(),
+            "noise_var": float((nv * n[:, 0]).sum() / tot), "n_draws": int(tot)}
 
 
 # ----------------------------------------------------------------------------- scan kernels

@@ -200,8 +200,8 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_bool, check_options
-from bayesmf.infer.driver import Program, compile_logger, run_chains
+from bayesmf.infer import check_bool, check_options, check_pairs
+from bayesmf.infer.driver import Program, compile_logger, pooled_stream, run_chains
 from bayesmf.infer.gibbs_kernel import BPMFGibbs, GibbsData, GibbsState, _Cfg, _step
 from bayesmf.infer.gibbs_steps import (bias_precision_draw, latent_scale_move,  # noqa: F401
                                        mu_draw, rows_draw, sample_normal_wishart,
@@ -383,16 +383,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      row_priors=opts["row_priors"], low_width=opts["low_width"],
                      redraw_negatives=opts["redraw_negatives"])
     cfg, dt = kern.cfg, kern.dtype
-    pairs = None
-    if opts["predict_pairs"] is not None:
-        pu, pi = (np.asarray(a) for a in opts["predict_pairs"])
-        if (pu.ndim != 1 or pu.shape != pi.shape or pu.dtype.kind not in "iu"
-                or pi.dtype.kind not in "iu"):
-            raise SpecError("predict_pairs must be two equal-length 1-d integer index arrays")
-        if pu.size and (pu.min() < 0 or pu.max() >= cfg.n_users or pi.min() < 0
-                        or pi.max() >= cfg.n_items):
-            raise SpecError("predict_pairs indices fall outside the training vocabularies")
-        pairs = (jnp.asarray(pu, jnp.int32), jnp.asarray(pi, jnp.int32))
+    pairs = check_pairs(opts["predict_pairs"], cfg.n_users, cfg.n_items)
     names = _draw_names(cfg.spec.likelihood, opts["store_draws"], cfg.macau)
     names = names + ("train_rmse", "log_likelihood")
 
@@ -473,17 +464,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         attrs["checkpoint"] = {"path": str(ckpt_path), "every": ck_every,
                                "resumed_at": resumed_at}
     if pairs is not None:
-        n, cm, m2, nv = (np.asarray(a, np.float64) for a in run.stream)
-        n = n[:, None]  # (C,1)
-        tot = n.sum()
-        mean = (n * cm).sum(0) / tot
-        # pooled variance over all chains' draws: within + between chain parts
-        var = (m2.sum(0) + (n * (cm - mean) ** 2).sum(0)) / tot
-        nv = float((nv * n[:, 0]).sum() / tot)
-        attrs["streamed_predictions"] = {
-            "user": np.asarray(pairs[0]).tolist(), "item": np.asarray(pairs[1]).tolist(),
-            "mean": mean.tolist(), "var_param": var.tolist(), "noise_var": nv,
-            "n_draws": int(tot)}
+        attrs["streamed_predictions"] = pooled_stream(pairs, run.stream)
     stats = {"train_rmse": host.pop("train_rmse"), "log_likelihood": host.pop("log_likelihood")}
     if opts["store_draws"]:
         draws = host
@@ -504,12 +485,15 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
 def streamed_predictions(posterior) -> dict:
     """The streamed pair summaries of a Gibbs fit as arrays: ``user, item`` (indices),
     ``mean``, ``var_param`` (variance over draws of the noise-free prediction),
-    ``noise_var`` (mean of ``1/tau``), ``var`` (= var_param + noise_var), ``std``."""
+    ``noise_var`` (mean of ``1/tau``, a float; for the Poisson sampler of
+    :mod:`bayesmf.infer.hpf` the per-pair array :math:`E[r_{ui}]`), ``var`` (= var_param
+    + noise_var), ``std``."""
     sp = posterior.attrs.get("streamed_predictions")
     if sp is None:
         raise SpecError("this posterior has no streamed predictions (fit with predict_pairs=)")
     out = {n: np.asarray(sp[n]) for n in ("user", "item", "mean", "var_param")}
-    out["noise_var"] = float(sp["noise_var"])
+    nv = sp["noise_var"]
+    out["noise_var"] = np.asarray(nv, np.float64) if isinstance(nv, list) else float(nv)
     out["var"] = out["var_param"] + out["noise_var"]
     out["std"] = np.sqrt(out["var"])
     return out

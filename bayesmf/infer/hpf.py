@@ -58,6 +58,8 @@ for ``mu``;
 ``sample_stats``: ``log_likelihood`` (all pairs, of the kept state) and ``train_rmse``
 (over all pairs: :math:`\sum_{u,i}(y-r)^2 = \sum_{y>0}(y^2 - 2yr) +
 \langle\theta^\top\theta, \beta^\top\beta\rangle`).
+``predict_pairs=`` streams the rate of chosen pairs and ``store_draws=False`` keeps the
+final state only (:func:`fit_gibbs_hpf`), as the Gaussian-family sampler does.
 
 Initial state: :math:`\theta, \beta` uniform on :math:`s[0.5, 1.5]`,
 :math:`s=\sqrt{\bar y/k}` (:math:`\bar y` the mean count over all pairs),
@@ -127,7 +129,7 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_bool, check_options, fitted_spec
+from bayesmf.infer import check_bool, check_options, check_pairs, fitted_spec
 from bayesmf.infer._progress import iteration_bar
 from bayesmf.infer.nmf import (SparseCounts, check_poisson_spec, extended_factors,
                                poisson_loglik)
@@ -137,8 +139,9 @@ __all__ = ["fit_gibbs_hpf", "fit_cavi", "multinomial_split", "cavi", "cavi_elbo"
 
 #: options of :func:`fit_gibbs_hpf`
 GIBBS_DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1,
-                      chain_method="vectorized", progress_every=None, checkpoint=None,
-                      checkpoint_every=None, resume=False, memory_limit=None)
+                      store_draws=True, predict_pairs=None, chain_method="vectorized",
+                      progress_every=None, checkpoint=None, checkpoint_every=None,
+                      resume=False, memory_limit=None)
 #: options of :func:`fit_cavi`
 CAVI_DEFAULTS = dict(max_iter=500, min_iter=10, tol=1e-5, num_samples=100,
                      bias_warmup="auto")
@@ -323,7 +326,15 @@ def _fit_stats(cfg: _Cfg, data: HPFData, state: HPFState):
     return ll, rmse
 
 
-def _program(cfg: _Cfg):
+_STAT_NAMES = ("log_likelihood", "train_rmse")
+
+
+def _program(cfg: _Cfg, store_draws: bool = True):
+    r"""The sweep as a :class:`~bayesmf.infer.driver.Program`: the factor draws and the
+    fit statistics kept (only the statistics with ``store_draws=False``), the rate
+    :math:`r_{ui} = A_u\cdot B_i` of the requested pairs streamed."""
+    import jax.numpy as jnp
+
     from bayesmf.infer.driver import Program
 
     def step(data, key, state):
@@ -331,18 +342,25 @@ def _program(cfg: _Cfg):
 
     def extract(data, state, info):
         ll, rmse = _fit_stats(cfg, data, state)
-        out = {"U": state.theta, "V": state.beta, "xi": state.xi, "eta": state.eta,
-               "log_likelihood": ll, "train_rmse": rmse}
-        if cfg.ub:
-            out["bu"] = state.bu
-        if cfg.ib:
-            out["bi"] = state.bi
+        out = {"log_likelihood": ll, "train_rmse": rmse}
+        if store_draws:
+            out.update(U=state.theta, V=state.beta, xi=state.xi, eta=state.eta)
+            if cfg.ub:
+                out["bu"] = state.bu
+            if cfg.ib:
+                out["bi"] = state.bi
         return out
+
+    def stream(pairs, state):
+        th, be = _state_factors(cfg, state)
+        m = jnp.sum(th[pairs[0]] * be[pairs[1]], axis=1)
+        return m, jnp.zeros((), m.dtype)  # the Poisson noise variance is the rate itself
 
     def postfix(info):
         return {"loglik": f"{float(np.mean(info['log_likelihood_in'])):.6g}"}
 
-    return Program("hpf-gibbs", step, extract, None, ("hpf-gibbs", cfg), postfix, "sweep")
+    return Program("hpf-gibbs", step, extract, stream, ("hpf-gibbs", cfg, store_draws),
+                   postfix, "sweep")
 
 
 def _split_data(train, spec):
@@ -375,7 +393,7 @@ def _hyper_dict(lik, spec) -> dict:
 
 
 def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options):
-    """The HPF Gibbs sampler (module docs) as the ``gibbs`` method of the Poisson
+    r"""The HPF Gibbs sampler (module docs) as the ``gibbs`` method of the Poisson
     likelihood; returns a :class:`~bayesmf.posterior.Posterior` (method ``"gibbs"``).
 
     Options: ``num_samples`` (200), ``num_warmup`` (100), ``num_chains`` (1), ``thin``
@@ -383,11 +401,23 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
     ``progress_every``, ``checkpoint``/``checkpoint_every``/``resume`` (as
     :func:`bayesmf.infer.gibbs.fit_gibbs`) and ``memory_limit``. ``attrs`` record the
     seed, settings, ``compile_seconds``, ``sampling_seconds`` and ``seconds_per_sweep``
-    (sampling wall time / sweeps, all chains together)."""
+    (sampling wall time / sweeps, all chains together).
+
+    Streaming (as the Gaussian-family sampler's): ``predict_pairs=(u_idx, i_idx)``
+    folds the rate :math:`r_{ui,s} = A_u\cdot B_i` of each pair at every kept draw into
+    a running mean and variance; ``attrs["streamed_predictions"]`` has ``mean``
+    (:math:`E[y_{ui}] = E[r_{ui}]`), ``var_param`` (:math:`\mathrm{Var}[r_{ui}]`) and
+    the per-pair ``noise_var`` :math:`E[\mathrm{Var}(y\mid r)] = E[r_{ui}]` (Poisson),
+    so ``var`` of :func:`bayesmf.infer.gibbs.streamed_predictions` is the predictive
+    variance :math:`\mathrm{Var}[y_{ui}]` by the law of total variance. With
+    ``store_draws=False`` the factor draws are not kept: the posterior holds the final
+    state of each chain (one draw) and the kept traces of ``log_likelihood`` and
+    ``train_rmse`` go to ``attrs["traces"]``, so a run over a large catalogue costs the
+    memory of one state."""
     import jax
     import jax.numpy as jnp
 
-    from bayesmf.infer.driver import compile_logger, run_chains
+    from bayesmf.infer.driver import compile_logger, pooled_stream, run_chains
     from bayesmf.posterior import Posterior, TrainInfo
 
     spec = fitted_spec(train, spec, "gibbs")
@@ -398,8 +428,10 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
     C = _pos_int("num_chains", opts["num_chains"], 1)
     T = _pos_int("thin", opts["thin"], 1)
     check_bool("resume", opts["resume"])
+    store = check_bool("store_draws", opts["store_draws"])
     if opts["resume"] and opts["checkpoint"] is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
+    pairs = check_pairs(opts["predict_pairs"], train.n_users, train.n_items)
     n_iter = W + (S - 1) * T + 1
     lik = spec.likelihood
     sc, data = _split_data(train, spec)
@@ -427,27 +459,38 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
         from bayesmf.infer import checkpoint as _ck
 
         fp = _ck.fingerprint("hpf-gibbs", train, spec, int(seed), S, W, C, T,
-                             opts["chain_method"])
-    run = run_chains(_program(cfg), data, state, keys, num_samples=S, num_warmup=W, thin=T,
-                     chain_method=opts["chain_method"], checkpoint=opts["checkpoint"],
+                             opts["chain_method"],
+                             *(() if store and pairs is None else
+                               (store, None if pairs is None
+                                else tuple(np.asarray(a) for a in pairs))))
+    run = run_chains(_program(cfg, store), data, state, keys, num_samples=S, num_warmup=W,
+                     thin=T, chain_method=opts["chain_method"], pairs=pairs,
+                     checkpoint=opts["checkpoint"],
                      checkpoint_every=opts["checkpoint_every"], resume=opts["resume"],
                      fingerprint=fp, meta={"sampler": "hpf-gibbs", "seed": int(seed)},
                      progress=progress, progress_every=opts["progress_every"],
                      memory_limit=opts["memory_limit"], log=compile_logger(progress),
                      what=f"the HPF Gibbs draw buffers ({C} chain(s) x {S} draws)",
-                     hint="keep fewer draws (num_samples, thin) or fewer chains")
+                     hint="keep fewer draws (num_samples, thin), fewer chains, or "
+                     "store_draws=False with predict_pairs= to stream predictions without "
+                     "storing the factor draws")
     host = dict(run.draws)
-    stats = {"log_likelihood": host.pop("log_likelihood"),
-             "train_rmse": host.pop("train_rmse")}
+    stats = {n: host.pop(n) for n in _STAT_NAMES}
     f32 = np.float32
-    draws = {"mu": np.zeros((C, S), f32), "bu": np.zeros((C, S, N), f32),
-             "bi": np.zeros((C, S, M), f32)}
+    if not store:  # the final state of each chain as its one draw
+        fin = run.state
+        host = {"U": fin.theta, "V": fin.beta, "xi": fin.xi, "eta": fin.eta,
+                **({"bu": fin.bu} if cfg.ub else {}), **({"bi": fin.bi} if cfg.ib else {})}
+        host = {n: np.asarray(v)[:, None] for n, v in host.items()}
+    D = S if store else 1
+    draws = {"mu": np.zeros((C, D), f32), "bu": np.zeros((C, D, N), f32),
+             "bi": np.zeros((C, D, M), f32)}
     draws.update({n: np.asarray(v, f32) for n, v in host.items()})
     attrs = {
         "seed": int(seed), "sampler": "hpf-gibbs",
         "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
-                     "chain_method": opts["chain_method"], "n_sweeps": n_iter,
-                     "hyper": _hyper_dict(lik, spec)},
+                     "store_draws": store, "chain_method": opts["chain_method"],
+                     "n_sweeps": n_iter, "hyper": _hyper_dict(lik, spec)},
         "chain_method_used": run.chain_method_used, "devices": run.devices,
         "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
         "sampling_seconds": run.sampling_seconds,
@@ -459,6 +502,14 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
     if opts["checkpoint"] is not None:
         attrs["checkpoint"] = {"path": str(opts["checkpoint"]),
                                "resumed_at": run.resumed_at}
+    if pairs is not None:
+        sp = pooled_stream(pairs, run.stream)
+        sp["noise_var"] = list(sp["mean"])  # Poisson: E[Var(y | r)] = E[r], per pair
+        attrs["streamed_predictions"] = sp
+    if not store:
+        attrs["traces"] = {n: np.asarray(v).tolist() for n, v in stats.items()}
+        attrs["draws_kept"] = "final state of each chain only (store_draws=False)"
+        stats = {n: np.asarray(v)[:, -1:] for n, v in stats.items()}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "gibbs", sample_stats=stats, attrs=attrs)
 
