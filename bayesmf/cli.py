@@ -840,12 +840,20 @@ def cmd_evaluate(a) -> int:
 
     model = _load_model(a.model)
     post = model.posterior
-    if post.likelihood.full_matrix:
+    source = ":" in a.test and not Path(a.test).exists()
+    df = None if source else _read_table(a.test, a.user_col, a.item_col)
+    # a Bernoulli model fitted to implicit feedback with sampled negatives: a test file
+    # without a rating column lists held-out interactions, as for the implicit model
+    held_out = (post.likelihood.full_matrix or (
+        "negatives" in post.attrs and df is not None and a.rating_col not in df.columns))
+    if held_out:
         # implicit feedback: the test file lists held-out interactions (user,item[,count]);
         # every pair is relevant and there are no ratings to score
         from bayesmf.data.interactions import Interactions
 
-        df = _read_table(a.test, a.user_col, a.item_col)
+        if df is None:
+            raise DataError(f"{a.test}: an implicit-feedback model is evaluated on a file "
+                            "of held-out interactions (user,item[,count]), not a dataset")
         counts = None
         for c in (a.rating_col, "count", "weight"):
             if c in df.columns and pd.api.types.is_numeric_dtype(df[c]):
@@ -854,12 +862,11 @@ def cmd_evaluate(a) -> int:
         test = Interactions.from_arrays(
             _coerce_ids(df[a.user_col].to_numpy(), post.users, a.id_type),
             _coerce_ids(df[a.item_col].to_numpy(), post.items, a.id_type), counts)
-    elif ":" in a.test and not Path(a.test).exists():
+    elif source:
         from bayesmf.datasets import load_ratings_source
 
         test = load_ratings_source(a.test, **_source_kwargs(a))
     else:
-        df = _read_table(a.test, a.user_col, a.item_col)
         if a.rating_col not in df.columns:
             raise DataError(f"{a.test}: missing rating column {a.rating_col!r}")
         df = df.assign(**{a.user_col: _coerce_ids(df[a.user_col].to_numpy(), post.users,
@@ -1413,8 +1420,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "pairs are counted (n_in_train) and warned about.")
     ev.add_argument("model", help="model file written by 'bayesmf fit'")
     ev.add_argument("test", help="CSV/TSV/Parquet file with user, item and rating columns, "
-                                 "or a dataset name; for an implicit-feedback model the "
-                                 "held-out interactions (user,item[,count]), all relevant")
+                                 "or a dataset name; for an implicit-feedback model (or a "
+                                 "Bernoulli model fitted with --negatives, when the file "
+                                 "has no rating column) the held-out interactions "
+                                 "(user,item[,count]), all relevant")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--out", metavar="FILE", help="also write the metrics as JSON to FILE")
     ev.add_argument("--k", type=positive("k"), default=10,

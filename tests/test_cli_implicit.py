@@ -180,6 +180,68 @@ def test_sampled_negatives_and_recalibrated_relevance(events, capsys):
                                atol=1e-6)
 
 
+def test_bernoulli_probit_with_sampled_negatives(events, capsys):
+    """``--likelihood bernoulli-probit --negatives uniform:2`` fits the Albert-Chib model
+    to the event log: predict writes P(y = 1) = E_s[Phi(eta_s)] (the Python posterior's
+    predictive mean), recommend excludes the training pairs and evaluate ranks the
+    held-out interactions."""
+    from bayesmf import load
+
+    d = events
+    assert main(["fit", str(d / "events.csv"), "--feedback", "implicit", "--likelihood",
+                 "bernoulli-probit", "--negatives", "uniform:2", "--rank", "2",
+                 "--samples", "20", "--warmup", "20", "--out", str(d / "pr.nc"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    post = load(d / "pr.nc").posterior
+    assert post.likelihood.name == "bernoulli-probit" and post.method == "gibbs"
+    assert post.attrs["negatives"]["rule"] == "uniform:2"
+    assert main(["recommend", str(d / "pr.nc"), "--users", "u0,u3", "--n", "3",
+                 "--out", str(d / "rp.csv")]) == 0
+    rec = pd.read_csv(d / "rp.csv")
+    ev = pd.read_csv(d / "events.csv")
+    seen = set(zip(ev["user"], ev["item"]))
+    assert len(rec) == 6 and not any((u, i) in seen for u, i in zip(rec["user"], rec["item"]))
+    rec[["user", "item"]].to_csv(d / "pp.csv", index=False)
+    assert main(["predict", str(d / "pr.nc"), str(d / "pp.csv"), "--out",
+                 str(d / "qp.csv")]) == 0
+    pred = pd.read_csv(d / "qp.csv")["mean"].to_numpy()
+    from scipy.stats import norm
+
+    u = post.users.encode(rec["user"])
+    i = post.items.encode(rec["item"])
+    m, _ = post.pair_moments(u, i)
+    np.testing.assert_allclose(pred, norm.cdf(m).mean(0), rtol=1e-4, atol=1e-6)
+    capsys.readouterr()
+    assert main(["evaluate", str(d / "pr.nc"), str(d / "test.csv"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)  # the held-out interactions, all relevant
+    assert res["rating_metrics"].startswith("skipped")
+    assert res["ranking"]["relevant_pairs"] == 30 and 0 < res["ranking"]["hit_rate@10"] <= 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--likelihood", "ordinal"],
+    ["--feedback", "implicit", "--likelihood", "bernoulli-logit", "--negatives", "uniform:2"],
+    ["--feedback", "implicit"],
+])
+def test_propagation_refuses_non_gaussian_likelihoods(events, capsys, tmp_path, args):
+    """``--method propagation`` (block-wise posterior propagation) has the Gaussian
+    likelihood only: ordinal stars, Bernoulli and the implicit model are one-line
+    errors that name the method to use instead."""
+    if args[1] == "ordinal":
+        (tmp_path / "stars.csv").write_text(
+            "user,item,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n"
+                                           for u in range(12) for i in range(9)))
+        src = tmp_path / "stars.csv"
+    else:
+        src = events / "events.csv"
+    code = main(["fit", str(src), "--method", "propagation", "--rank", "2", *args,
+                 "--out", str(tmp_path / "m.nc"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Gaussian likelihood only" in err and "method='gibbs'" in err
+    assert err.count("\n") == 1
+
+
 def test_sharded_implicit_fit_on_two_cpu_devices(events):
     """``--option chain_method=sharded`` on the default implicit model: the CLI (a fresh
     process without XLA_FLAGS) starts JAX with one CPU device per core and the chain of
