@@ -336,12 +336,18 @@ class ImplicitRecommender:
                     candidates=None if cand is None else vocab.decode(cand),
                     exclude=None if excl is None else vocab.decode(excl))
             key = df.columns[0]  # "item" / "user": the query column
+            df = df.sort_values([key, "rank"], kind="stable")
+            rows_of = df.groupby(key, sort=False).indices  # query -> its rows, by rank
+            sim = vocab.encode(df["similar"].to_numpy()).astype(np.int64)
+            scores = df["score"].to_numpy(np.float32)
+            no_rows = np.zeros(0, np.int64)
+            excl_set = set() if excl is None else set(np.asarray(excl).tolist())
+            cand_set = None if cand is None else set(np.asarray(cand).tolist())
             for j, q in enumerate(queries):
-                sub = df[df[key] == q].sort_values("rank")
-                ids = vocab.encode(sub["similar"].to_numpy()).astype(np.int64)
-                sc = sub["score"].to_numpy(np.float32)
-                if not refolded and (excl is None or qidx[j] not in excl) \
-                        and (cand is None or qidx[j] in cand):
+                r = rows_of.get(q, no_rows)
+                ids, sc = sim[r], scores[r]
+                if not refolded and int(qidx[j]) not in excl_set \
+                        and (cand_set is None or int(qidx[j]) in cand_set):
                     ids = np.concatenate([[qidx[j]], ids])
                     sc = np.concatenate([[np.float32(1.0)], sc])
                 ids, sc = ids[:N], sc[:N]
