@@ -232,7 +232,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
                 cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None,
-                low_width="auto", redraw_negatives=False)
+                low_width="auto", redraw_negatives=False, row_mh=False)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -319,6 +319,14 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     negatives with a Bernoulli likelihood) re-pairs the negatives at every sweep, keeping
     each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
     ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it; also with "sharded");
+    ``row_mh`` (False; the augmented likelihoods bernoulli-logit / -probit and ordinal)
+    adds to every sweep a Metropolis-Hastings step on each row with the IWLS proposal
+    (Gamerman 1997; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`), the augmentation
+    integrated out: the augmentation alone moves a row with informative observations by
+    the complete-data width only and mixes slowly (probit ESS 25 of 800 draws on planted
+    data, ``benchmarks/results/augmented_mixing.md``); costs four more weighted Grams per
+    side and sweep; ``sample_stats["row_mh_accept"]`` is the fraction of rows that moved;
+    needs ``low_width=0`` ("auto" becomes 0), not with "sharded";
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -381,11 +389,14 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
                      cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
                      row_priors=opts["row_priors"], low_width=opts["low_width"],
-                     redraw_negatives=opts["redraw_negatives"])
+                     redraw_negatives=opts["redraw_negatives"], row_mh=opts["row_mh"])
     cfg, dt = kern.cfg, kern.dtype
+    if cfg.row_mh and sharded:
+        raise SpecError("row_mh=True is not supported with chain_method='sharded'")
     pairs = check_pairs(opts["predict_pairs"], cfg.n_users, cfg.n_items)
     names = _draw_names(cfg.spec.likelihood, opts["store_draws"], cfg.macau)
-    names = names + ("train_rmse", "log_likelihood")
+    names = names + ("train_rmse", "log_likelihood") + (("row_mh_accept",) if cfg.row_mh
+                                                         else ())
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
     state = jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
@@ -399,7 +410,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                              *((("row_parts", kern.row_parts),) if kern.row_parts > 1 else ()),
                              *((("low_width", tuple(kern.low_width.values())),)
                                if any(kern.low_width.values()) else ()),
-                             *((("redraw_negatives", True),) if cfg.redraw_steps else ()))
+                             *((("redraw_negatives", True),) if cfg.redraw_steps else ()),
+                             *((("row_mh", True),) if cfg.row_mh else ()))
         if cfg.macau or cfg.row_prior_sides:  # never resume a run with other priors
             import hashlib
 
@@ -447,7 +459,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "store_draws": opts["store_draws"], "dtype": str(dt),
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "row_parts": kern.row_parts, "low_width": dict(kern.low_width),
-                     "redraw_negatives": bool(cfg.redraw_steps), "n_sweeps": n_iter},
+                     "redraw_negatives": bool(cfg.redraw_steps), "row_mh": cfg.row_mh,
+                     "n_sweeps": n_iter},
         **({"row_priors": list(cfg.row_prior_sides)} if cfg.row_prior_sides else {}),
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}
@@ -465,7 +478,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                                "resumed_at": resumed_at}
     if pairs is not None:
         attrs["streamed_predictions"] = pooled_stream(pairs, run.stream)
-    stats = {"train_rmse": host.pop("train_rmse"), "log_likelihood": host.pop("log_likelihood")}
+    stats = {n: host.pop(n) for n in ("train_rmse", "log_likelihood", "row_mh_accept")
+             if n in host}
     if opts["store_draws"]:
         draws = host
     else:

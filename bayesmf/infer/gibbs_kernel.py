@@ -15,7 +15,8 @@ from bayesmf.errors import SpecError
 from bayesmf.infer import check_bool, fitted_spec
 from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, resolve_low_width,
                                       resolve_row_parts)
-from bayesmf.infer.gibbs_steps import (feature_matmul, latent_scale_move,
+from bayesmf.infer.gibbs_steps import (feature_matmul, iwls_mh_rows, latent_scale_move,
+                                       row_prior_terms,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, mu_draw_sums, rows_draw, scale_move,
                                        shift_move, translation_move)
@@ -125,6 +126,9 @@ class _Cfg(NamedTuple):
     row_prior_sides: tuple = ()
     #: binary-search halvings of the negatives' redraw (0: no redraw; static)
     redraw_steps: int = 0
+    #: the row-wise IWLS Metropolis-Hastings step before the augmentation (augmented
+    #: likelihoods; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`)
+    row_mh: bool = False
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
@@ -204,6 +208,29 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         lam_bi = g[1] / (cfg.bias_b + 0.5 * total(s.bi * s.bi))
     y, u, i = data.rating, data.user, data.item
     bu, bi, U, V, mu = s.bu, s.bi, s.U, s.V, s.mu
+    if cfg.row_mh:  # step 0m: IWLS Metropolis-Hastings on every row, augmentation integrated
+        kmh = jax.random.split(jax.random.fold_in(key, 0x4D48))  # own stream
+        rp = data.row_priors or {}
+        moved = jnp.zeros((), dt)
+        for j, side in enumerate(("user", "item")):
+            on = cfg.user_bias if side == "user" else cfg.item_bias
+            if not (on or k):
+                continue
+            if side == "user":  # rows, their biases and factors, the other side, indices
+                args = (data.ublocks, V, bu, U, mu + bi[i], u, i, lam_bu, Lam_U, mu_U)
+            else:
+                args = (data.iblocks, U, bi, V, mu + bu[u], i, u, lam_bi, Lam_V, mu_V)
+            blocks, other, b_, F_, o_, r_, c_, lam, Lam, mu_f = args
+            b_, F_, n_moved = iwls_mh_rows(
+                kmh[j], lik, s.theta, blocks, k, on, other, b_, F_, y, o_, r_, c_,
+                *row_prior_terms(k, on, lam, Lam, mu_f, dt, off.get(side), rp.get(side)),
+                data.obs_mask)
+            moved = moved + n_moved
+            if side == "user":
+                bu, U = b_, (F_ if k else U)
+            else:
+                bi, V = b_, (F_ if k else V)
+        row_mh_accept = moved / float(cfg.n_users + cfg.n_items)
     # step 0: Gaussian pseudo-observations z with precision weights w (z = y, w = tau
     # for the Gaussian likelihood; an augmentation draw for the others)
     eta0 = per_obs(lambda uu, ii: linear.eta(mu, bu, bi, U, V, uu, ii)) \
@@ -313,6 +340,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     else:
         s1, s2 = linear.full_moments(mu, bu, bi, U, V)
         theta, info = lik.update_theta(ktheta, y, eta, theta, cfg.spec, full=(n_all, s1, s2))
+    if cfg.row_mh:
+        info = {**info, "row_mh_accept": row_mh_accept}
     return _new_state(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
                       macau, info, dt)
 
@@ -370,10 +399,21 @@ class BPMFGibbs:
                  user_features=None, item_features=None, beta_solver="auto",
                  lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
                  row_parts="auto", row_priors=None, low_width="auto",
-                 redraw_negatives=False):
+                 redraw_negatives=False, row_mh=False):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         check_bool("redraw_negatives", redraw_negatives)
+        check_bool("row_mh", row_mh)
+        if row_mh and not lik.augmented:
+            raise SpecError("row_mh (the IWLS Metropolis-Hastings row step) applies to the "
+                            "augmented likelihoods (bernoulli-logit, bernoulli-probit, "
+                            f"ordinal), not {lik.name!r}")
+        if row_mh:
+            if low_width == "auto":
+                low_width = 0  # the step builds each row's Gram: no Woodbury rows
+            elif low_width != 0:
+                raise SpecError("row_mh=True needs low_width=0 (rows of few observations "
+                                f"drawn through the Woodbury identity), got {low_width!r}")
         if redraw_negatives:
             check_redraw_likelihood(lik)
         y_data = np.asarray(train.rating, np.float64)
@@ -435,6 +475,8 @@ class BPMFGibbs:
             _to_device(build_row_blocks(i, u, train.n_items, n_other=train.n_users,
                                         low_width=self.low_width["item"], **lay)),
             feats or None, rp or None)
+        if row_mh:
+            self.cfg = self.cfg._replace(row_mh=True)
         if redraw_negatives:
             rd, steps = redraw_layout(u, i, y_data)
             self.cfg = self.cfg._replace(redraw_steps=steps)

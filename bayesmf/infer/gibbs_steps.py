@@ -15,12 +15,13 @@ import jax.scipy.sparse.linalg  # noqa: F401 (macau_beta_draw, solver="cg")
 from jax import lax
 
 from bayesmf.infer._features import feature_matmul, feature_tmatmul
-from bayesmf.infer._rowblocks import gaussian_from_precision, solve_rows
+from bayesmf.infer._rowblocks import gaussian_from_precision, row_precisions, solve_rows
 from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
 from bayesmf.model.reduce import count, reduce, total
 from bayesmf.model.random import standard_gamma
 
-__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "mu_draw", "mu_draw_sums",
+__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "row_prior_terms",
+           "iwls_mh_rows", "mu_draw", "mu_draw_sums",
            "tau_draw", "translation_move", "shift_move", "scale_move", "latent_scale_move",
            "standard_gamma", "MacauData", "macau_data", "feature_matmul", "feature_tmatmul",
            "macau_beta_draw", "macau_lambda_draw"]
@@ -88,14 +89,8 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     predictions. ``res_w`` is None without the bias column."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
-    cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
-    X = jnp.concatenate(cols, axis=1)
-    if row_prior is not None:
-        P0, h0 = row_prior
-    else:
-        P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
-    if offset is not None and k and row_prior is None:
-        h0 = offset_shift(offset, Lam, with_bias, h0)
+    X = _design(k, with_bias, other_F, dt)
+    P0, h0 = row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset, row_prior)
     if background is None and fit_stats:
         Z, (q, g) = solve_rows(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
         q, g = reduce((q, g))
@@ -113,6 +108,113 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
         Z = solve_rows(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs)
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
     return b, Z[:, int(with_bias):]
+
+
+def _design(k, with_bias, other_F, dt):
+    """The design ``[1, F_other]`` of one side's rows (the ones column with the bias)."""
+    cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
+    return jnp.concatenate(cols, axis=1)
+
+
+def row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset=None, row_prior=None):
+    """``(P0, h0)``: the Gaussian prior precision and shift of one side's joint ``[b, F]``
+    rows as :func:`rows_draw` uses them (the hierarchical ``blockdiag(lam_b, Lam)`` with the
+    Macau ``offset``, or the fixed per-row ``row_prior``)."""
+    if row_prior is not None:
+        return row_prior
+    P0, h0 = _side_prior(k, with_bias, lam_b, Lam, mu_f, dt)
+    if offset is not None and k:
+        h0 = offset_shift(offset, Lam, with_bias, h0)
+    return P0, h0
+
+
+def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, rows, cols,
+                 P0, h0, mask=None, newton_steps: int = 2):
+    r"""A Metropolis-Hastings step on every row of one side, with the iteratively
+    weighted least squares proposal of Gamerman (1997), for a likelihood whose rows are
+    drawn through an augmentation (Bernoulli logit / probit, ordinal).
+
+    Row :math:`r`'s coefficients :math:`a_r = [b_r, F_r]` have the exact conditional
+    (the augmentation integrated out)
+
+    .. math::
+
+        \pi(a_r) \propto \prod_{j\in O_r} p(y_j\mid\eta_j)\;
+        \exp(-	frac12 a_r^	op P_0 a_r + h_0^	op a_r),\qquad
+        \eta_j = o_j + x_{c(j)}^	op a_r ,
+
+    with :math:`o_j` the rest of the linear predictor (``off``: :math:`\mu` plus the other
+    side's bias) and :math:`x = [1, F_{other}]`. At the current :math:`a_r` the likelihood's
+    ``working`` response and weights :math:`(	ilde z_j, w_j)` (one Newton step of
+    :math:`-\log p`) give the Gaussian proposal
+
+    .. math::
+
+        q(\cdot\mid a_r) = \mathcal N(m_r, P_r^{-1}),\quad P_r = P_0 + \sum_j w_j
+        x_jx_j^	op,\quad m_r = P_r^{-1}\Big(h_0 + \sum_j w_j(	ilde z_j - o_j)x_j\Big),
+
+    the IRLS step from :math:`a_r` (the posterior's Laplace approximation near its mode);
+    with ``newton_steps = T > 1`` the proposal is the Gaussian of the :math:`T`-th IRLS
+    iterate from :math:`a_r` (still a deterministic function of :math:`a_r`, so the
+    ratio below stays exact), which reaches the mode from further away. A proposal
+    :math:`a'_r` is accepted with probability :math:`\min\{1, \pi(a'_r)q(a_r\mid a'_r)
+    /(\pi(a_r)q(a'_r\mid a_r))\}`, which needs the same Gaussian at :math:`a'_r`:
+    :math:`2T` weighted Grams per side. Rows are independent given the other side, so
+    each row accepts or rejects on its own. The step leaves
+    :math:`\pi` invariant; it moves a row across its posterior in one step where the
+    augmentation moves it by the complete-data width only (slow for informative rows;
+    ``benchmarks/results/augmented_mixing.md``). Rows without observations get an exact
+    prior draw. ``mask`` (per observation, False = switched off) drops observations.
+
+    Returns ``(b, F, accepted)``: the new rows (``b`` zeros without the bias column) and
+    the number of rows that moved."""
+    dt = y.dtype
+    n_rows = blocks.degree.shape[0]
+    X = _design(k, with_bias, other_F, dt)
+    A = jnp.concatenate(([b[:, None]] if with_bias else []) + ([F] if k else []), axis=1)
+    per_row = getattr(P0, "ndim", 2) == 3
+
+    def log_prior(a):
+        Pa = jnp.einsum("rde,re->rd", P0, a) if per_row else a @ P0.T
+        return jnp.sum(a * (h0 - 0.5 * Pa), axis=1)
+
+    def newton(a):  # one IRLS step from a: (m, L) with P = L L^T; and log pi(a)
+        eta = off + jnp.sum(X[cols] * a[rows], axis=1)
+        zw, w = lik.working(y, eta, theta)
+        lp = lik.log_prob(y, eta, theta)
+        w = jnp.broadcast_to(jnp.asarray(w, dt), eta.shape)
+        if mask is not None:
+            w = jnp.where(mask, w, jnp.zeros((), dt))
+            lp = jnp.where(mask, lp, jnp.zeros((), dt))
+        P, h = row_precisions(blocks, X, zw - off, w, P0, h0)
+        L = jnp.linalg.cholesky(P)
+        m = jax.scipy.linalg.cho_solve((L, True), h[..., None])[..., 0]
+        ll = jax.ops.segment_sum(lp.astype(dt), rows, num_segments=n_rows)
+        return m, L, ll + log_prior(a)
+
+    def gaussian_at(a):  # the proposal from a: newton_steps IRLS steps, a deterministic map
+        m, L, lt = newton(a)
+        for _ in range(newton_steps - 1):
+            m = jnp.where(jnp.isfinite(m), m, a)
+            m, L, _ = newton(m)
+        return m, L, lt
+
+    def log_q(x, m, L):  # log N(x | m, (L L^T)^-1) up to the shared constant
+        r = jnp.einsum("rdk,rd->rk", L, x - m)  # L^T (x - m)
+        return (jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1)
+                - 0.5 * jnp.sum(r * r, axis=1))
+
+    k1, k2 = jax.random.split(key)
+    m, L, lt = gaussian_at(A)
+    e = jax.random.normal(k1, A.shape, dt)
+    prop = m + jax.scipy.linalg.solve_triangular(L, e[..., None], lower=True,
+                                                 trans="T")[..., 0]
+    m2, L2, lt2 = gaussian_at(prop)
+    log_r = lt2 - lt + log_q(A, m2, L2) - log_q(prop, m, L)
+    acc = jnp.log(jax.random.uniform(k2, (n_rows,), dt)) < log_r  # NaN: rejected
+    A = jnp.where(acc[:, None], prop, A)
+    b_new = A[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
+    return b_new, A[:, int(with_bias):], jnp.sum(acc)
 
 
 def offset_shift(offset, Lam, with_bias, h0):
