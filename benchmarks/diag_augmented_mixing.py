@@ -22,6 +22,10 @@ the effective sample size (ArviZ ``ess``, bulk) of :math:`\eta` at 60 probe pair
 (users 0-59 x items 0-59, diagonal), their median, the median over the probe pairs with
 :math:`|\eta| > 1.5` and the minimum; seconds per sweep from the fit's attrs.
 
+With ``--row-mh both`` (the default) each augmented likelihood also runs with the
+IWLS Metropolis-Hastings row step (``row_mh=True``,
+:func:`bayesmf.infer.gibbs_steps.iwls_mh_rows`).
+
     .venv/bin/python benchmarks/diag_augmented_mixing.py --density 0.8 0.1
 """
 
@@ -62,7 +66,8 @@ def values(lik: str, eta, noise, logistic, u, i):
     return 1.0 + np.searchsorted(CUTS, (eta + noise)[u, i]).astype(float)
 
 
-def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int) -> dict:
+def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int,
+        row_mh: bool = False) -> dict:
     import arviz as az
 
     import bayesmf
@@ -72,14 +77,17 @@ def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int) -> 
     train = Ratings.from_arrays(u, i, values(lik, eta, noise, logistic, u, i))
     model = bayesmf.BayesMF(method="gibbs", likelihood=lik, rank=2, num_samples=samples,
                             num_warmup=warmup, num_chains=2, seed=0, global_mean=False,
-                            user_bias=False, item_bias=False).fit(train)
+                            user_bias=False, item_bias=False,
+                            **({"row_mh": True} if row_mh else {})).fit(train)
     post = model.posterior
     pu = np.arange(60)
     m, _ = post.pair_moments(post.users.encode(pu), post.items.encode(pu))
     x = np.asarray(m, np.float64).reshape(2, -1, len(pu))
     ess = np.array([float(az.ess(x[:, :, j])) for j in range(len(pu))])
     big = np.abs(eta[pu, pu]) > 1.5
-    return {"likelihood": lik, "density": density, "n_obs": int(len(u)),
+    acc = post.sample_stats.get("row_mh_accept")
+    return {"likelihood": lik, "row_mh": row_mh, "density": density, "n_obs": int(len(u)),
+            "accept": "" if acc is None else round(float(np.mean(acc)), 3),
             "obs_per_user": round(len(u) / N, 1), "draws": 2 * samples,
             "ess_median": round(float(np.median(ess)), 1),
             "ess_median_large_eta": round(float(np.median(ess[big])), 1),
@@ -89,14 +97,22 @@ def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int) -> 
 
 
 def render(doc: dict) -> str:
-    cols = ["likelihood", "density", "obs_per_user", "draws", "ess_median",
-            "ess_median_large_eta", "ess_min", "s_per_sweep", "load"]
+    cols = ["likelihood", "row_mh", "density", "obs_per_user", "draws", "ess_median",
+            "ess_median_large_eta", "ess_min", "accept", "s_per_sweep", "ess_per_s", "load"]
+    for r in doc["rows"]:
+        r.setdefault("row_mh", False)
+        r.setdefault("accept", "")
+        sweeps = doc["warmup"] + doc["samples"]  # per chain; the chains run together
+        r["ess_per_s"] = round(r["ess_median"] / (r["s_per_sweep"] * sweeps), 1)
     lines = ["# Gibbs mixing under the augmented likelihoods (diagnostic)", "",
              f"Generated {doc['generated']}; command: `{doc['command']}`. Planted rank-2 "
              f"data, {doc['N']} users x {doc['M']} items (module docs of "
              "`diag_augmented_mixing.py`); ESS of the linear predictor at 60 probe pairs "
              "(ArviZ bulk ESS over both chains); `large_eta`: the probe pairs with "
-             "|eta| > 1.5.", "",
+             "|eta| > 1.5; `row_mh`: the IWLS Metropolis-Hastings row step on; "
+             "`accept`: its mean fraction of rows moved per sweep; `ess_per_s`: median ESS "
+             "per second of sampling (`s_per_sweep` x the warm-up and kept sweeps of "
+             "the two vectorised chains).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in doc["rows"]:
         lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
@@ -108,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--density", type=float, nargs="+", default=[0.8, 0.1])
     ap.add_argument("--likelihoods", nargs="+", default=list(LIKELIHOODS),
                     choices=LIKELIHOODS)
+    ap.add_argument("--row-mh", choices=["off", "on", "both"], default="both",
+                    help="the IWLS Metropolis-Hastings row step (augmented likelihoods)")
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--items", type=int, default=600)
     ap.add_argument("--samples", type=int, default=400)
@@ -117,10 +135,12 @@ def main(argv=None) -> int:
     rows = []
     for d in a.density:
         for lik in a.likelihoods:
-            rows.append(run(lik, d, a.users, a.items, a.samples, a.warmup))
-            print(rows[-1], flush=True)
+            modes = {"off": [False], "on": [True], "both": [False, True]}[a.row_mh]
+            for mh in modes if lik != "gaussian" else [False]:
+                rows.append(run(lik, d, a.users, a.items, a.samples, a.warmup, mh))
+                print(rows[-1], flush=True)
     save_report({"rows": rows}, a.out, render, "diag_augmented_mixing.py", argv,
-                N=a.users, M=a.items)
+                N=a.users, M=a.items, samples=a.samples, warmup=a.warmup)
     return 0
 
 

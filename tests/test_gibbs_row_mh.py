@@ -103,8 +103,8 @@ def test_the_sampler_with_the_row_step_agrees_with_the_augmentation_only_one(cli
     train, eta = clicks
     spec = ModelSpec(rank=2, likelihood="bernoulli-probit")
     kw = dict(seed=0, num_samples=300, num_warmup=150, num_chains=2)
-    mh = fit_gibbs(train, spec, row_mh=True, **kw)
-    da = fit_gibbs(train, spec, thin=4, **kw)  # the slow chain, thinned
+    mh = fit_gibbs(train, spec, **kw)  # row_mh="auto": on for probit
+    da = fit_gibbs(train, spec, thin=4, row_mh=False, **kw)  # the slow chain, thinned
     acc = mh.sample_stats["row_mh_accept"]
     assert acc.shape == (2, 300) and 0.5 < acc.mean() <= 1.0
     assert mh.attrs["settings"]["row_mh"] is True and "row_mh_accept" not in da.sample_stats
@@ -115,6 +115,19 @@ def test_the_sampler_with_the_row_step_agrees_with_the_augmentation_only_one(cli
     p_da = da.predict(pu.ravel(), pi.ravel()).mean
     assert np.corrcoef(p_mh, p_da)[0, 1] > 0.97
     assert np.mean(np.abs(p_mh - p_da)) < 0.03
+
+
+def test_auto_follows_the_likelihood_and_where_the_step_runs(clicks):
+    train, _ = clicks
+    kw = dict(num_samples=3, num_warmup=2)
+    on = fit_gibbs(train, ModelSpec(rank=2, likelihood="ordinal"), **kw)
+    off = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-logit"), **kw)
+    woodbury = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-probit"),
+                         low_width=4, **kw)
+    forced = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-logit"), row_mh=True,
+                       **kw)
+    assert [p.attrs["settings"]["row_mh"] for p in (on, off, woodbury, forced)] == [
+        True, False, False, True]
 
 
 def test_refusals(clicks):

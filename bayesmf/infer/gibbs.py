@@ -232,7 +232,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
                 cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None,
-                low_width="auto", redraw_negatives=False, row_mh=False)
+                low_width="auto", redraw_negatives=False, row_mh="auto")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -319,14 +319,16 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     negatives with a Bernoulli likelihood) re-pairs the negatives at every sweep, keeping
     each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
     ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it; also with "sharded");
-    ``row_mh`` (False; the augmented likelihoods bernoulli-logit / -probit and ordinal)
+    ``row_mh`` ("auto": on for the likelihoods whose ``row_mh_default`` is set --
+    bernoulli-probit and ordinal -- unless ``chain_method="sharded"`` or ``low_width > 0``;
+    True / False; the augmented likelihoods bernoulli-logit / -probit and ordinal)
     adds to every sweep a Metropolis-Hastings step on each row with the IWLS proposal
     (Gamerman 1997; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`), the augmentation
     integrated out: the augmentation alone moves a row with informative observations by
     the complete-data width only and mixes slowly (probit ESS 25 of 800 draws on planted
     data, ``benchmarks/results/augmented_mixing.md``); costs four more weighted Grams per
     side and sweep; ``sample_stats["row_mh_accept"]`` is the fraction of rows that moved;
-    needs ``low_width=0`` ("auto" becomes 0), not with "sharded";
+    needs ``low_width=0`` ("auto" becomes 0), not with "sharded" (True there is an error);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -383,13 +385,18 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if ck_every is None:
         ck_every = max(1, -(-n_iter // 10)) if ckpt_path is not None else n_iter
     ck_every = _pos_int("checkpoint_every", ck_every, 1)
+    row_mh = opts["row_mh"]
+    if isinstance(row_mh, str) and row_mh == "auto":  # the likelihood's default, where it runs
+        row_mh = bool(spec.likelihood.row_mh_default and not sharded
+                      and (opts["low_width"] == "auto" or opts["low_width"] == 0)
+                      and not isinstance(opts["low_width"], bool))
     kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"],
                      user_features=opts["user_features"], item_features=opts["item_features"],
                      beta_solver=opts["beta_solver"],
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
                      cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
                      row_priors=opts["row_priors"], low_width=opts["low_width"],
-                     redraw_negatives=opts["redraw_negatives"], row_mh=opts["row_mh"])
+                     redraw_negatives=opts["redraw_negatives"], row_mh=row_mh)
     cfg, dt = kern.cfg, kern.dtype
     if cfg.row_mh and sharded:
         raise SpecError("row_mh=True is not supported with chain_method='sharded'")

@@ -74,6 +74,11 @@ class Likelihood:
     #: the scale of eta is fixed by the likelihood (unit latent noise: probit, ordinal,
     #: logit): Gibbs adds the latent scale move (:func:`bayesmf.infer.gibbs.latent_scale_move`)
     latent_scale_fixed = False
+    #: Gibbs adds the row-wise IWLS Metropolis-Hastings step by default (``row_mh="auto"``;
+    #: :func:`bayesmf.infer.gibbs_steps.iwls_mh_rows`): the families whose augmentation
+    #: alone mixes slowly (the truncated-normal latents of probit and ordinal;
+    #: ``benchmarks/results/augmented_mixing.md``)
+    row_mh_default: ClassVar[bool] = False
     #: every pair of the matrix is an observation; the unobserved ones are the shared
     #: pseudo-observation of :meth:`background` (implicit feedback); the sweep adds the
     #: dense terms in closed form

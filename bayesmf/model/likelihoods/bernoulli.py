@@ -98,6 +98,7 @@ class BernoulliProbit(_Bernoulli):
     """Bernoulli with the probit link :math:`P(y=1) = \\Phi(\\eta)` (Albert–Chib Gibbs)."""
 
     name = "bernoulli-probit"
+    row_mh_default = True  # the truncated-normal augmentation alone mixes slowly
 
     def eta_offset(self, y):
         from scipy.special import ndtri
