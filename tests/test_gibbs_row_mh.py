@@ -46,11 +46,14 @@ def _quadrature(name, x, rows, cols, y, r):
     return mean, np.sqrt(((g - mean) ** 2 * p).sum())
 
 
-@pytest.mark.parametrize("name", ["probit", "logit"])
-def test_the_step_alone_draws_each_rows_exact_conditional(name):
-    """2,000 independent chains of 30 steps of the row step only (no augmentation), all
-    started at 0, far from the posterior of the 1,000-observation row (3.7 +- 0.24): each
-    row's draws have the quadrature mean (4 standard errors) and sd (10%)."""
+@pytest.mark.parametrize("name, newton_steps", [("probit", 2), ("logit", 2), ("probit", 1)])
+def test_the_step_alone_draws_each_rows_exact_conditional(name, newton_steps):
+    """2,000 independent chains of 30 steps of the row step only (no augmentation): each
+    row's draws have the quadrature mean (4 standard errors) and sd (10%). With two
+    Newton steps per proposal the chains start at 0, far from the posterior of the
+    1,000-observation row (3.7 +- 0.24); with one (the sampler's default, where the
+    augmentation sweeps bring the rows near their mode) at the quadrature means, so the
+    test checks the invariance of the exact posterior."""
     import jax
     import jax.numpy as jnp
 
@@ -68,22 +71,27 @@ def test_the_step_alone_draws_each_rows_exact_conditional(name):
         _, F, moved = iwls_mh_rows(key, lik, {}, blocks, 1, False, args[0], args[1], F,
                                    jnp.asarray(y), jnp.zeros(len(rows), f32),
                                    jnp.asarray(rows), jnp.asarray(cols),
-                                   jnp.full((1, 1), P0, f32), jnp.full((1,), H0, f32))
+                                   jnp.full((1, 1), P0, f32), jnp.full((1,), H0, f32),
+                                   newton_steps=newton_steps)
         return F, moved
 
     C = 2000
+    quad = [_quadrature(name, x, rows, cols, y, r) for r in range(len(DEGREES))]
+    start = np.zeros((C, len(DEGREES), 1), np.float32)
+    if newton_steps == 1:
+        start[:] = np.array([m for m, _ in quad], np.float32)[None, :, None]
 
     @jax.jit
-    def run(keys):
+    def run(keys, F0):
         def body(F, k):
             return jax.vmap(step)(jax.random.split(k, C), F)
-        return jax.lax.scan(body, jnp.zeros((C, len(DEGREES), 1), f32), keys)
+        return jax.lax.scan(body, F0, keys)
 
-    F, moved = run(jax.random.split(jax.random.PRNGKey(1), 30))
+    F, moved = run(jax.random.split(jax.random.PRNGKey(1), 30), jnp.asarray(start))
     F = np.asarray(F)[:, :, 0]
-    assert np.asarray(moved).mean() / len(DEGREES) > 0.8
+    assert np.asarray(moved).mean() / len(DEGREES) > 0.75
     for r in range(len(DEGREES)):
-        m, sd = _quadrature(name, x, rows, cols, y, r)
+        m, sd = quad[r]
         assert abs(F[:, r].mean() - m) < 4 * sd / np.sqrt(C), (r, F[:, r].mean(), m, sd)
         assert F[:, r].std() == pytest.approx(sd, rel=0.1), r
 
@@ -120,12 +128,11 @@ def test_the_sampler_with_the_row_step_agrees_with_the_augmentation_only_one(cli
 def test_auto_follows_the_likelihood_and_where_the_step_runs(clicks):
     train, _ = clicks
     kw = dict(num_samples=3, num_warmup=2)
-    on = fit_gibbs(train, ModelSpec(rank=2, likelihood="ordinal"), **kw)
-    off = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-logit"), **kw)
+    on = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-probit"), **kw)
+    off = fit_gibbs(train, ModelSpec(rank=2, likelihood="ordinal"), **kw)
     woodbury = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-probit"),
                          low_width=4, **kw)
-    forced = fit_gibbs(train, ModelSpec(rank=2, likelihood="bernoulli-logit"), row_mh=True,
-                       **kw)
+    forced = fit_gibbs(train, ModelSpec(rank=2, likelihood="ordinal"), row_mh=True, **kw)
     assert [p.attrs["settings"]["row_mh"] for p in (on, off, woodbury, forced)] == [
         True, False, False, True]
 

@@ -36,6 +36,12 @@ Full conditionals, in the order of one sweep
 2. **Bias precisions**:
    :math:`\lambda_{b_u} \sim \mathrm{Gamma}(a_b + N/2,\ b_b + \tfrac12\sum_u b_u^2)`
    (items alike).
+2m. **Row Metropolis-Hastings** (``row_mh``; on by default for probit): for
+   the augmented likelihoods, before the augmentation of step 3, each user row and then
+   each item row takes an IWLS Metropolis-Hastings step on its exact conditional, the
+   augmentation integrated out (:func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`; Gamerman
+   1997); it leaves the posterior invariant and moves rows whose augmented conditional is
+   much narrower than their posterior (``benchmarks/results/augmented_mixing.md``).
 3. **User rows** (bias and factors jointly, a Bayesian linear regression on the design
    :math:`x_i = [1, V_i]`): with :math:`z_u = [b_u, U_u]`,
    :math:`y_{ui} = r_{ui} - \mu - b_i`,
@@ -320,13 +326,13 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
     ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it; also with "sharded");
     ``row_mh`` ("auto": on for the likelihoods whose ``row_mh_default`` is set --
-    bernoulli-probit and ordinal -- unless ``chain_method="sharded"`` or ``low_width > 0``;
-    True / False; the augmented likelihoods bernoulli-logit / -probit and ordinal)
+    bernoulli-probit -- unless ``chain_method="sharded"`` or ``low_width > 0``; True /
+    False for any augmented likelihood: bernoulli-logit / -probit, ordinal)
     adds to every sweep a Metropolis-Hastings step on each row with the IWLS proposal
     (Gamerman 1997; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`), the augmentation
     integrated out: the augmentation alone moves a row with informative observations by
     the complete-data width only and mixes slowly (probit ESS 25 of 800 draws on planted
-    data, ``benchmarks/results/augmented_mixing.md``); costs four more weighted Grams per
+    data, ``benchmarks/results/augmented_mixing.md``); costs two more weighted Grams per
     side and sweep; ``sample_stats["row_mh_accept"]`` is the fraction of rows that moved;
     needs ``low_width=0`` ("auto" becomes 0), not with "sharded" (True there is an error);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.

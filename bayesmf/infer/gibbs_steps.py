@@ -129,7 +129,7 @@ def row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset=None, row_prior=N
 
 
 def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, rows, cols,
-                 P0, h0, mask=None, newton_steps: int = 2):
+                 P0, h0, mask=None, newton_steps: int = 1):
     r"""A Metropolis-Hastings step on every row of one side, with the iteratively
     weighted least squares proposal of Gamerman (1997), for a likelihood whose rows are
     drawn through an augmentation (Bernoulli logit / probit, ordinal).
@@ -156,7 +156,10 @@ def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, r
     the IRLS step from :math:`a_r` (the posterior's Laplace approximation near its mode);
     with ``newton_steps = T > 1`` the proposal is the Gaussian of the :math:`T`-th IRLS
     iterate from :math:`a_r` (still a deterministic function of :math:`a_r`, so the
-    ratio below stays exact), which reaches the mode from further away. A proposal
+    ratio below stays exact), which reaches the mode from further away. The sampler uses
+    :math:`T = 1`: its augmentation sweeps keep the rows near their modes, and on ML-100K
+    at rank 10 a second Newton step cost more time than it gained in effective sample
+    size (``benchmarks/results/augmented_mixing.md``). A proposal
     :math:`a'_r` is accepted with probability :math:`\min\{1, \pi(a'_r)q(a_r\mid a'_r)
     /(\pi(a_r)q(a'_r\mid a_r))\}`, which needs the same Gaussian at :math:`a'_r`:
     :math:`2T` weighted Grams per side. Rows are independent given the other side, so

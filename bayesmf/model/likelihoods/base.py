@@ -76,8 +76,8 @@ class Likelihood:
     latent_scale_fixed = False
     #: Gibbs adds the row-wise IWLS Metropolis-Hastings step by default (``row_mh="auto"``;
     #: :func:`bayesmf.infer.gibbs_steps.iwls_mh_rows`): the families whose augmentation
-    #: alone mixes slowly (the truncated-normal latents of probit and ordinal;
-    #: ``benchmarks/results/augmented_mixing.md``)
+    #: alone mixes slowly enough that the step pays per second (the binary probit;
+    #: ``benchmarks/results/augmented_mixing.md``; ordinal and logit take ``row_mh=True``)
     row_mh_default: ClassVar[bool] = False
     #: every pair of the matrix is an observation; the unobserved ones are the shared
     #: pseudo-observation of :meth:`background` (implicit feedback); the sweep adds the

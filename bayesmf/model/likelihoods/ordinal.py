@@ -177,7 +177,6 @@ class OrdinalProbit(Likelihood):
     mean_is_linear = False
     augmented = True
     latent_scale_fixed = True
-    row_mh_default = True  # the truncated-normal augmentation alone mixes slowly
 
     def __post_init__(self):
         if self.levels is not None:
