@@ -393,7 +393,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     ck_every = _pos_int("checkpoint_every", ck_every, 1)
     row_mh = opts["row_mh"]
     if isinstance(row_mh, str) and row_mh == "auto":  # the likelihood's default, where it runs
-        row_mh = bool(spec.likelihood.row_mh_default and not sharded
+        # (a spec that is not a ModelSpec is refused by the kernel just below)
+        lik_default = getattr(getattr(spec, "likelihood", None), "row_mh_default", False)
+        row_mh = bool(lik_default and not sharded
                       and (opts["low_width"] == "auto" or opts["low_width"] == 0)
                       and not isinstance(opts["low_width"], bool))
     kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"],
