@@ -435,7 +435,9 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
     pandas.DataFrame
         One row per quantity with columns ``kind, quantity, mean, sd, rhat, ess_bulk,
         ess_tail, flag``; ``flag`` is True where ``rhat > 1.01`` or an ESS is below
-        ``100 * chains`` (Vehtari et al. 2021). ``attrs`` hold the thresholds.
+        ``100 * chains`` (Vehtari et al. 2021). ``attrs`` hold the thresholds, and
+        ``hint`` when a flagged Gibbs fit of an augmented likelihood (ordinal, Bernoulli)
+        ran without the IWLS row step (``row_mh``) that would mix it better.
     """
     import arviz_stats as azs
 
@@ -548,4 +550,21 @@ def diagnose(posterior: Posterior, probe_pairs=None, n_probe: int = 50, seed: in
     ess_min = ESS_MIN_PER_CHAIN * C
     df["flag"] = (df["rhat"] > RHAT_MAX) | (df["ess_bulk"] < ess_min) | (df["ess_tail"] < ess_min)
     df.attrs.update(rhat_max=RHAT_MAX, ess_min=ess_min, chains=C, draws=D)
+    hint = _mixing_hint(posterior)
+    if hint and bool(df["flag"].any()):
+        df.attrs["hint"] = hint
     return df
+
+
+def _mixing_hint(posterior) -> str | None:
+    """The remedy for slow mixing that a Gibbs fit of an augmented likelihood without the
+    IWLS row step has (``row_mh``, :mod:`bayesmf.infer.gibbs`), or None."""
+    lik = posterior.likelihood
+    settings = posterior.attrs.get("settings", {})
+    if (posterior.method != "gibbs" or not lik.augmented or lik.full_matrix
+            or "row_mh" not in settings or settings["row_mh"]):
+        return None
+    return (f"the {lik.name} Gibbs chain ran without the row Metropolis-Hastings step; its "
+            "augmentation alone mixes slowly where predictions are confident: refit with "
+            "row_mh=True (CLI --option row_mh=true), or run more sweeps "
+            "(benchmarks/results/augmented_mixing_t1.md)")

@@ -149,3 +149,17 @@ def test_refusals(clicks):
         fit_gibbs(train, probit, row_mh=True, chain_method="sharded", num_samples=2)
     with pytest.raises(SpecError, match="row_mh must be True or False"):
         fit_gibbs(train, probit, row_mh=1, num_samples=2)
+
+
+def test_diagnose_points_a_flagged_augmented_fit_to_the_row_step(clicks):
+    """A short chain is flagged (ESS below 100 per chain); ``diagnose`` adds the remedy
+    to ``attrs["hint"]`` when the fit ran without the row step, not when it ran with it."""
+    from bayesmf.diagnostics import diagnose
+
+    train, _ = clicks
+    kw = dict(num_samples=20, num_warmup=10, num_chains=2)
+    spec = ModelSpec(rank=2, likelihood="bernoulli-probit")
+    without = diagnose(fit_gibbs(train, spec, row_mh=False, **kw), n_probe=5)
+    assert without["flag"].any() and "row_mh=True" in without.attrs["hint"]
+    with_step = diagnose(fit_gibbs(train, spec, **kw), n_probe=5)
+    assert with_step["flag"].any() and "hint" not in with_step.attrs
