@@ -36,3 +36,9 @@ def save_report(doc: dict, out: Path, render, script: str, argv=None, **fields) 
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float))
     md = render(doc)
     out.write_text(md if not kept else md.rstrip("\n") + "\n\n" + kept)
+
+
+def markdown_table(rows: list, cols: list) -> list:
+    """The lines of a markdown table of ``rows`` (dicts) over the columns ``cols``."""
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import save_report  # noqa: E402
+from _report import markdown_table, save_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LIKELIHOODS = ("gaussian", "bernoulli-probit", "bernoulli-logit", "ordinal")
@@ -66,10 +66,18 @@ def values(lik: str, eta, noise, logistic, u, i):
     return 1.0 + np.searchsorted(CUTS, (eta + noise)[u, i]).astype(float)
 
 
-def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int,
-        row_mh: bool = False) -> dict:
+def eta_ess(post, users, items) -> np.ndarray:
+    """ArviZ bulk ESS of the linear predictor at the pairs ``(users, items)`` (raw ids),
+    over all chains of ``post``."""
     import arviz as az
 
+    m, _ = post.pair_moments(post.users.encode(users), post.items.encode(items))
+    x = np.asarray(m, np.float64).reshape(post.n_chains, -1, len(users))
+    return np.array([float(az.ess(x[:, :, j])) for j in range(len(users))])
+
+
+def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int,
+        row_mh: bool = False) -> dict:
     import bayesmf
     from bayesmf.data.ratings import Ratings
 
@@ -81,9 +89,7 @@ def run(lik: str, density: float, N: int, M: int, samples: int, warmup: int,
                             **({"row_mh": True} if row_mh else {})).fit(train)
     post = model.posterior
     pu = np.arange(60)
-    m, _ = post.pair_moments(post.users.encode(pu), post.items.encode(pu))
-    x = np.asarray(m, np.float64).reshape(2, -1, len(pu))
-    ess = np.array([float(az.ess(x[:, :, j])) for j in range(len(pu))])
+    ess = eta_ess(post, pu, pu)
     big = np.abs(eta[pu, pu]) > 1.5
     acc = post.sample_stats.get("row_mh_accept")
     return {"likelihood": lik, "row_mh": row_mh, "density": density, "n_obs": int(len(u)),
@@ -112,10 +118,7 @@ def render(doc: dict) -> str:
              "|eta| > 1.5; `row_mh`: the IWLS Metropolis-Hastings row step on; "
              "`accept`: its mean fraction of rows moved per sweep; `ess_per_s`: median ESS "
              "per second of sampling (`s_per_sweep` x the warm-up and kept sweeps of "
-             "the two vectorised chains).", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in doc["rows"]:
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+             "the two vectorised chains).", ""] + markdown_table(doc["rows"], cols)
     return "\n".join(lines) + "\n"
 
 

@@ -28,13 +28,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "shared" / "bench"))
-from _report import save_report  # noqa: E402
+from _report import markdown_table, save_report  # noqa: E402
+from diag_augmented_mixing import eta_ess  # noqa: E402
 
 THRESHOLD = 4.0
 
 
 def run(split, lik: str, row_mh: bool, rank: int, samples: int, warmup: int) -> dict:
-    import arviz as az
     import pandas as pd
 
     import bayesmf
@@ -49,9 +49,7 @@ def run(split, lik: str, row_mh: bool, rank: int, samples: int, warmup: int) -> 
     post = model.posterior_
     known = np.isin(tu, u) & np.isin(ti, i)
     pick = np.random.default_rng(0).choice(np.flatnonzero(known), 200, replace=False)
-    m, _ = post.pair_moments(post.users.encode(tu[pick]), post.items.encode(ti[pick]))
-    x = np.asarray(m, np.float64).reshape(2, samples, len(pick))
-    ess = np.array([float(az.ess(x[:, :, j])) for j in range(len(pick))])
+    ess = eta_ess(post, tu[pick], ti[pick])
     sps = float(post.attrs["seconds_per_sweep"])
     secs = sps * (samples + warmup)
     acc = post.sample_stats.get("row_mh_accept")
@@ -72,11 +70,8 @@ def render(doc: dict) -> str:
              f"Generated {doc['generated']}; command: `{doc['command']}`. Split "
              f"`{doc['split']}`, rank {doc['rank']}, 2 chains x ({doc['warmup']} + "
              f"{doc['samples']}) sweeps; ESS of eta at 200 known test pairs (module docs "
-             "of `diag_row_mh_real.py`); probit on rating >= 4.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in doc["rows"]:
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+             "of `diag_row_mh_real.py`); probit on rating >= 4.", ""]
+    return "\n".join(lines + markdown_table(doc["rows"], cols)) + "\n"
 
 
 def main(argv=None) -> int:
