@@ -617,38 +617,6 @@ def _devices_for_parallel_chains(opts: dict) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
-#: ``--prior gamma``: the Poisson likelihood's own Gamma priors on theta, xi, beta, eta
-_HPF_PRIOR = "gamma"
-
-
-def _fit_prior(prior, likelihood):
-    """``(prior, own)``: the ``prior=`` of the estimator for ``--prior`` and
-    ``--likelihood``, and the name of a family's own prior to record (or None).
-
-    ``--likelihood poisson`` (HPF) has its own hierarchical Gamma priors (hyperparameters
-    on :class:`~bayesmf.model.likelihoods.Poisson`) and does not use the spec's Gaussian
-    factor prior: ``--prior gamma`` (implied when left out) gives the spec's default
-    prior, which the Poisson fitters ignore, and ``own = "gamma"`` (cmd_fit records it as
-    ``attrs["factor_prior"]`` in the model file). ``gamma`` with another likelihood, or a
-    Gaussian factor prior with poisson, is a :class:`SpecError`."""
-    from bayesmf.errors import SpecError
-    from bayesmf.model.likelihoods import get_likelihood
-
-    poisson = get_likelihood(likelihood).name == "poisson"
-    if poisson:
-        if prior not in (None, _HPF_PRIOR):
-            raise SpecError(f"--prior {prior} is a Gaussian factor prior; --likelihood "
-                            f"poisson has its own Gamma priors (--prior {_HPF_PRIOR}, "
-                            "its default)")
-        return "normal-wishart", _HPF_PRIOR
-    if prior == _HPF_PRIOR:
-        lik = getattr(likelihood, "name", likelihood)
-        raise SpecError(f"--prior {_HPF_PRIOR} (the Poisson family's Gamma priors) needs "
-                        f"--likelihood poisson; --likelihood {lik} takes normal-wishart "
-                        "or normal-gamma")
-    return prior or "normal-wishart", None
-
-
 def cmd_fit(a) -> int:
     from bayesmf.datasets import load_ratings_source
     from bayesmf.estimator import FEATURE_METHODS, BayesMF
@@ -694,7 +662,9 @@ def cmd_fit(a) -> int:
     rank = a.rank if a.rank is not None else _DEFAULT_RANK[feedback]
     likelihood = a.likelihood or ("implicit" if feedback == "implicit" else "gaussian")
     conf = getattr(a, "confidence", None)
-    prior, own_prior = _fit_prior(getattr(a, "prior", None), likelihood)
+    # None: the likelihood's default (normal-wishart; gamma for poisson); a prior whose
+    # support does not fit the likelihood is refused by ModelSpec
+    prior = getattr(a, "prior", None)
     feature_files = _feature_files(a)
     if (feature_files or a.implicit_terms) and method not in FEATURE_METHODS:
         flags = " and ".join([f"--{side}-features" for side in feature_files]
@@ -779,8 +749,6 @@ def cmd_fit(a) -> int:
         model.fit(train)
     if recal:
         model.recalibrate(train, method=recal, fraction=a.recalibrate_fraction)
-    if own_prior:  # --prior gamma: recorded in the model file (the spec keeps its default)
-        model.posterior_.attrs["factor_prior"] = own_prior
     if selection is not None:  # --confidence auto: the search, kept with the model
         model.posterior_.attrs["confidence_selection"] = selection.to_dict()
     model.save(a.out, mode=a.save_mode, draws=a.save_draws)
@@ -1329,12 +1297,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--recalibrate-fraction", type=float, default=0.1, metavar="F",
                      help="the share of each user's positives carved out by --recalibrate "
                           "(default 0.1)")
-    fit.add_argument("--prior", default=None, choices=sorted(FACTOR_PRIORS) + [_HPF_PRIOR],
-                     help="factor prior of the Bayesian methods: normal-wishart (BPMF, the "
-                          "default) or normal-gamma (per-dimension, libFM/myFM style) for "
-                          "the Gaussian-factor models; gamma: the Poisson family's own "
-                          "hierarchical Gamma priors (HPF), the default and only choice of "
-                          "--likelihood poisson")
+    fit.add_argument("--prior", default=None, choices=sorted(FACTOR_PRIORS),
+                     help="factor prior: normal-wishart (BPMF, the default) or normal-gamma "
+                          "(per-dimension, libFM/myFM style) for the Gaussian-factor "
+                          "models; gamma: the hierarchical Gamma prior of non-negative "
+                          "factors (HPF), the default and only choice of --likelihood "
+                          "poisson")
     for side in ("user", "item"):
         fit.add_argument(f"--{side}-bias", action=argparse.BooleanOptionalAction, default=None,
                          help=f"the {side} bias b_{side[0]} in the model (default: the "

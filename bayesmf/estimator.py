@@ -98,11 +98,14 @@ class BayesMF:
         confidence-weighted model of implicit ALS over the whole matrix, fitted to an
         :class:`~bayesmf.data.Interactions` or a user/item/count frame; methods ``map``
         and ``gibbs``). MAP solves the Bernoulli and ordinal families by L-BFGS.
-    prior : {"normal-wishart", "normal-gamma"} or FactorPrior
+    prior : {"normal-wishart", "normal-gamma", "gamma"}, FactorPrior or None
         The factor prior of the Bayesian methods (:mod:`bayesmf.model.priors`): the
-        BPMF Normal-Wishart (default) or independent Normal-Gamma precisions per factor
-        dimension (libFM/myFM style). Hyperparameters in ``priors``; their scale-aware
-        defaults follow the training data.
+        BPMF Normal-Wishart or independent Normal-Gamma precisions per factor dimension
+        (libFM/myFM style) for real factors, hyperparameters in ``priors`` (their
+        scale-aware defaults follow the training data); ``"gamma"`` or a
+        :class:`~bayesmf.model.priors.HierarchicalGamma` with its hyperparameters: the
+        HPF prior of the non-negative factors of ``likelihood="poisson"``. ``None``
+        (default): the likelihood's own default (Normal-Wishart; Gamma for Poisson).
     global_mean, user_bias, item_bias : bool, optional
         Include :math:`\mu`, :math:`b_u`, :math:`b_i`; ``None`` (default) takes the
         likelihood's default: on for ratings and 0/1 data, off for ``"implicit"`` (the
@@ -158,7 +161,7 @@ class BayesMF:
     """
 
     def __init__(self, method: str = "map", rank: int = 10, *, likelihood="gaussian",
-                 prior="normal-wishart", global_mean: bool | None = None,
+                 prior=None, global_mean: bool | None = None,
                  user_bias: bool | None = None, item_bias: bool | None = None,
                  noise: str = "auto",
                  noise_precision: float | None = None, reg_factors: float | None = None,

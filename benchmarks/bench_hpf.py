@@ -39,7 +39,7 @@ import bayesmf  # noqa: E402
 from bayesmf.data.interactions import Interactions  # noqa: E402
 from bayesmf.data.vocab import Vocabulary  # noqa: E402
 from bayesmf.evaluate import heldout_poisson_loglik  # noqa: E402
-from bayesmf.model.likelihoods import Poisson  # noqa: E402
+from bayesmf.model.priors import HierarchicalGamma  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import save_report  # noqa: E402
@@ -76,7 +76,8 @@ def fit(X, method, rank, args, seed, hyper=None):
     opts = (dict(num_samples=args.samples, num_warmup=args.warmup) if method == "gibbs"
             else {})
     t0 = time.perf_counter()
-    m = bayesmf.BayesMF(method=method, rank=rank, likelihood=Poisson(**(hyper or {})),
+    m = bayesmf.BayesMF(method=method, rank=rank, likelihood="poisson",
+                        prior=HierarchicalGamma(**(hyper or {})),
                         seed=seed, user_bias=args.biases, item_bias=args.biases,
                         **opts).fit(interactions(X, args.weighting))
     return m.posterior, time.perf_counter() - t0
@@ -84,7 +85,7 @@ def fit(X, method, rank, args, seed, hyper=None):
 
 def _cand_key(rank, hyper) -> str:
     """A validation candidate's label: the rank, then any hyperparameter that differs from
-    the paper's (``Poisson()``'s defaults)."""
+    the paper's (``HierarchicalGamma()``'s defaults)."""
     return " ".join([str(rank)] + [f"{k}={v:g}" for k, v in sorted(hyper.items())])
 
 

@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.special import gammaln
 
 import bayesmf
-from bayesmf.model.likelihoods import Poisson
+from bayesmf.model.priors import HierarchicalGamma
 from bayesmf.recommend import fold_in, fold_in_item
 from bayesmf.recommend.foldin import _gamma_row
 
@@ -25,10 +25,10 @@ def _inputs(S):
             np.full((S, 1), COLSUM))
 
 
-def _quadrature(lik):
+def _quadrature(prior):
     """theta | y, beta with xi integrated out: Gamma(a, xi), xi ~ Gamma(a', a'/b') gives
     p(theta) ~ theta^(a-1) (theta + a'/b')^-(a+a'); times theta^sum(y) e^(-theta B)."""
-    a, a2, r2 = lik.a, lik.a_prime, lik.a_prime / lik.b_prime
+    a, a2, r2 = prior.a, prior.a_prime, prior.a_prime / prior.b_prime
     grid = np.linspace(1e-6, 6.0, 200001)
     lp = ((a - 1 + Y.sum()) * np.log(grid) - (a + a2) * np.log(grid + r2)
           - grid * COLSUM)
@@ -41,7 +41,7 @@ def _quadrature(lik):
 
 
 def test_sampled_row_is_the_exact_conditional():
-    lik = Poisson()
+    lik = HierarchicalGamma()
     S = 4000
     OFo, colsum = _inputs(S)
     a, mean, sd = _gamma_row(lik, "user", np.random.default_rng(0), Y, OFo, colsum, None,
@@ -57,7 +57,7 @@ def test_sampled_row_is_the_exact_conditional():
 def test_kl_nmf_row_is_the_rows_maximum_likelihood():
     OFo, colsum = _inputs(1)
     for l1 in (0.0, 2.0):
-        a, mean, sd = _gamma_row(Poisson(), "user", np.random.default_rng(0), Y, OFo,
+        a, mean, sd = _gamma_row(HierarchicalGamma(), "user", np.random.default_rng(0), Y, OFo,
                                  colsum, None, N_OTHER, False, "mean", l1)
         # sum_i y_i log(theta b_i) - theta (B + l1) is maximised at sum(y) / (B + l1)
         assert a[0, 0] == pytest.approx(Y.sum() / (COLSUM + l1), rel=1e-8)
@@ -73,7 +73,7 @@ def test_kl_nmf_row_with_a_bias_does_not_lower_the_likelihood():
         return float(np.sum(Y * np.log(r) - gammaln(Y + 1)) - theta * COLSUM
                      - b * N_OTHER - 0.2 * N_OTHER)
 
-    a, *_ = _gamma_row(Poisson(), "user", np.random.default_rng(0), Y, OFo, colsum, obo,
+    a, *_ = _gamma_row(HierarchicalGamma(), "user", np.random.default_rng(0), Y, OFo, colsum, obo,
                        N_OTHER, True, "mean", 0.0)
     best = loglik(a[0, 1], a[0, 0])
     for t, b in [(a[0, 1] * 1.05, a[0, 0]), (a[0, 1] * 0.95, a[0, 0]),

@@ -21,6 +21,7 @@ from bayesmf.infer import get_method
 from bayesmf.infer.nmf import SparseCounts, kl_nmf, kl_objective
 from bayesmf.model.likelihoods import Poisson, get_likelihood, likelihood_from_dict
 from bayesmf.model.spec import ModelSpec
+from bayesmf.model.priors import HierarchicalGamma, NormalWishart
 from bayesmf.predictive import PoissonMixture
 
 K = 3
@@ -256,10 +257,38 @@ def test_likelihood_builds_the_mixture_and_round_trips():
     mix = lik.predictive(np.array([[0.4], [1.2]]), np.zeros((2, 1)), {})
     assert isinstance(mix, PoissonMixture)
     np.testing.assert_allclose(mix.prob_at_least(1), 1 - np.mean(np.exp(-np.array([0.4, 1.2]))))
-    custom = Poisson(a=0.5, c_prime=2.0)
-    assert likelihood_from_dict(custom.to_dict()) == custom
+    assert likelihood_from_dict(lik.to_dict()) == lik
+
+
+def test_the_gamma_prior_is_an_object_that_round_trips_and_fits_only_poisson():
+    """The HPF hyperparameters live on the spec's ``prior`` (HierarchicalGamma): the
+    Poisson likelihood's default, refused with a Gaussian likelihood and refusing a
+    Gaussian prior with Poisson; round trip through the spec's dict; a file written when
+    the hyperparameters sat on the likelihood still loads."""
+    spec = ModelSpec(rank=K, likelihood="poisson", global_mean=False)
+    assert isinstance(spec.prior, HierarchicalGamma) and spec.prior == HierarchicalGamma()
+    custom = HierarchicalGamma(a=0.5, c_prime=2.0)
+    assert custom.hyper == (0.5, 0.3, 1.0, 0.3, 2.0, 1.0)
+    for p in ("gamma", "hpf", custom, custom.to_dict()):
+        s = ModelSpec(rank=K, likelihood="poisson", global_mean=False, prior=p)
+        assert ModelSpec.from_dict(s.to_dict()) == s
+    assert ModelSpec.from_dict(ModelSpec(rank=K, likelihood="poisson", global_mean=False,
+                                         prior=custom).to_dict()).prior.c_prime == 2.0
     with pytest.raises(SpecError, match="a must be"):
-        Poisson(a=0.0)
+        HierarchicalGamma(a=0.0)
+    with pytest.raises(SpecError, match="non-negative factors"):
+        ModelSpec(rank=K, likelihood="poisson", global_mean=False, prior="normal-wishart")
+    with pytest.raises(SpecError, match="goes with likelihood='poisson'"):
+        ModelSpec(rank=K, prior="gamma")
+    with pytest.raises(SpecError, match="normal-gamma"):
+        bayesmf.BayesMF(rank=K, prior="gamma").make_spec()
+    assert isinstance(ModelSpec(rank=K).prior, NormalWishart)
+    old = ModelSpec(rank=K, likelihood="poisson", global_mean=False).to_dict()
+    old["likelihood"] = {"name": "poisson", "a": 0.5, "a_prime": 0.3, "b_prime": 1.0,
+                         "c": 0.3, "c_prime": 2.0, "d_prime": 1.0, "bias_shape": 0.3,
+                         "bias_rate": 0.3}
+    old["prior"] = {"name": "normal-wishart"}
+    assert ModelSpec.from_dict(old).prior == custom
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -470,10 +499,11 @@ def test_a_global_mean_is_refused_and_the_bias_prior_round_trips(planted_biases)
         with pytest.raises(SpecError, match="has no global mean"):
             get_method(method)(train, ModelSpec(rank=K, likelihood="poisson",
                                                 global_mean=True, item_bias=True))
-    custom = Poisson(bias_shape=0.5, bias_rate=2.0)
-    assert likelihood_from_dict(custom.to_dict()) == custom
+    custom = HierarchicalGamma(bias_shape=0.5, bias_rate=2.0)
+    spec = ModelSpec(rank=K, likelihood="poisson", global_mean=False, prior=custom)
+    assert ModelSpec.from_dict(spec.to_dict()).prior == custom
     with pytest.raises(SpecError, match="bias_rate must be"):
-        Poisson(bias_rate=-1.0)
+        HierarchicalGamma(bias_rate=-1.0)
 
 
 def test_biased_gibbs_interrupted_run_resumes_bit_identical(planted_biases, tmp_path):

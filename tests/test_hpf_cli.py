@@ -67,7 +67,7 @@ def test_fit_predict_recommend_evaluate(counts, capsys, method):
     assert f"fitted {method} rank 2" in capsys.readouterr().out
     post = load(out)
     assert post.likelihood.name == "poisson" and post.method == method
-    assert post.attrs["factor_prior"] == "gamma"
+    assert post.spec.prior.name == "gamma" and post.spec.prior.a == 0.3
     assert np.all(post.draws["U"] >= 0) and np.all(post.draws["V"] >= 0)
     train = pd.read_csv(d / "train.csv")
     seen = set(zip(train["user"], train["item"]))
@@ -99,7 +99,7 @@ def test_poisson_implies_gamma_and_explicit_counts_fit(counts, tmp_path, capsys)
     (--feedback explicit --rating-col count)."""
     assert main(["fit", str(counts / "train.csv"), *FIT, "--method", "cavi",
                  "--out", str(tmp_path / "a.nc")]) == 0
-    assert load(tmp_path / "a.nc").attrs["factor_prior"] == "gamma"
+    assert load(tmp_path / "a.nc").spec.prior.name == "gamma"
     assert main(["fit", str(counts / "train.csv"), "--likelihood", "poisson", "--method",
                  "map", "--rank", "2", "--rating-col", "count",
                  "--out", str(tmp_path / "b.nc")]) == 0
@@ -146,12 +146,12 @@ def test_cli_choices_include_gamma_and_cavi():
 
 @pytest.mark.parametrize("args, msg", [
     (["--likelihood", "poisson", "--prior", "normal-gamma", "--method", "cavi"],
-     "--prior normal-gamma is a Gaussian factor prior; --likelihood poisson has its own"),
+     "the poisson likelihood has non-negative factors: its prior is 'gamma'"),
     (["--likelihood", "poisson", "--prior", "normal-wishart", "--method", "map"],
-     "--prior normal-wishart is a Gaussian factor prior"),
+     "not 'normal-wishart'"),
     (["--prior", "gamma", "--method", "map"],
-     "--prior gamma (the Poisson family's Gamma priors) needs --likelihood poisson; "
-     "--likelihood implicit takes"),
+     "prior 'gamma' (non-negative Gamma factors) goes with likelihood='poisson'; "
+     "the implicit likelihood takes"),
     (["--likelihood", "implicit", "--method", "cavi"], "does not support likelihood"),
 ])
 def test_prior_and_method_refusals_are_one_line_exit_2(counts, tmp_path, capsys, args, msg):
@@ -166,7 +166,7 @@ def test_prior_gamma_with_gaussian_ratings_is_refused(counts, tmp_path, capsys):
     rc = main(["fit", str(counts / "train.csv"), "--rating-col", "count", "--prior", "gamma",
                "--out", str(tmp_path / "m.nc")])
     err = capsys.readouterr().err
-    assert rc == 2 and "--likelihood gaussian takes normal-wishart" in err
+    assert rc == 2 and "the gaussian likelihood takes 'normal-wishart'" in err
 
 
 def test_non_integer_counts_are_the_likelihoods_data_error(counts, tmp_path, capsys):

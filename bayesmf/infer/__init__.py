@@ -97,7 +97,8 @@ def fitted_spec(train, spec, method: str | None = None):
     changes = {} if fitted == lik else {"likelihood": fitted}
     if not spec.priors.is_resolved:
         changes["priors"] = spec.priors.resolved(fitted.prior_scale(train.rating))
-    spec.prior.nu0(spec)  # validates nu0 against the rank
+    if spec.prior.support == "real":
+        spec.prior.nu0(spec)  # validates nu0 against the rank
     return spec.replace(**changes) if changes else spec
 
 

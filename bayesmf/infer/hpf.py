@@ -379,16 +379,14 @@ def _split_data(train, spec):
 _HYPER_NAMES = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime")
 
 
-def _hyper(lik) -> tuple:
-    return tuple(float(getattr(lik, n)) for n in _HYPER_NAMES)
-
-
-def _hyper_dict(lik, spec) -> dict:
-    """The hyperparameters a fit used (``attrs["settings"]["hyper"]``): the factors', and
-    the biases' when the spec has them."""
-    out = dict(zip(_HYPER_NAMES, _hyper(lik)))
+def _hyper_dict(spec) -> dict:
+    """The hyperparameters a fit used (``attrs["settings"]["hyper"]``, from the spec's
+    :class:`~bayesmf.model.priors.HierarchicalGamma`): the factors', and the biases' when
+    the spec has them."""
+    prior = spec.prior
+    out = dict(zip(_HYPER_NAMES, prior.hyper))
     if spec.user_bias or spec.item_bias:
-        out.update(bias_shape=float(lik.bias_shape), bias_rate=float(lik.bias_rate))
+        out.update(bias_shape=prior.bias_shape, bias_rate=prior.bias_rate)
     return out
 
 
@@ -433,11 +431,11 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     pairs = check_pairs(opts["predict_pairs"], train.n_users, train.n_items)
     n_iter = W + (S - 1) * T + 1
-    lik = spec.likelihood
+    prior = spec.prior
     sc, data = _split_data(train, spec)
     N, M, K = train.n_users, train.n_items, spec.rank
-    cfg = _Cfg(N, M, K, _hyper(lik), float(sc.log_fact), bool(spec.user_bias),
-               bool(spec.item_bias), (lik.bias_shape, lik.bias_rate))
+    cfg = _Cfg(N, M, K, prior.hyper, float(sc.log_fact), bool(spec.user_bias),
+               bool(spec.item_bias), (prior.bias_shape, prior.bias_rate))
     a, ap, bp, c, cp, dp = cfg.hyper
     s = float(np.sqrt(max(sc.total, 1e-30) / (float(N) * float(M) * K)))
 
@@ -490,7 +488,7 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
         "seed": int(seed), "sampler": "hpf-gibbs",
         "settings": {"num_samples": S, "num_warmup": W, "num_chains": C, "thin": T,
                      "store_draws": store, "chain_method": opts["chain_method"],
-                     "n_sweeps": n_iter, "hyper": _hyper_dict(lik, spec)},
+                     "n_sweeps": n_iter, "hyper": _hyper_dict(spec)},
         "chain_method_used": run.chain_method_used, "devices": run.devices,
         "compile_seconds": run.compile_seconds, "compile_cached": run.compile_cached,
         "sampling_seconds": run.sampling_seconds,
@@ -744,10 +742,10 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
             or not tol >= 0:
         raise SpecError(f"tol must be a number >= 0, got {tol!r}")
-    hyper = _hyper(spec.likelihood)
+    hyper = spec.prior.hyper
     y = spec.likelihood.encode(train.rating)
     data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)
-    lik = spec.likelihood
+    prior = spec.prior
     runs = {}
     with iteration_bar(progress, max_iter * len(starts), "HPF CAVI", "elbo") as tick:
         for w in starts:
@@ -755,7 +753,7 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
                            tol=float(tol), seed=int(seed),
                            callback=lambda it, elbo: tick(elbo),
                            user_bias=bool(spec.user_bias), item_bias=bool(spec.item_bias),
-                           bias=(lik.bias_shape, lik.bias_rate), bias_warmup=w)
+                           bias=(prior.bias_shape, prior.bias_rate), bias_warmup=w)
     bias_warmup = max(runs, key=lambda w: runs[w][1]["elbo"][-1])
     p, info = runs[bias_warmup]
     t1 = time.perf_counter()
@@ -781,7 +779,7 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
     attrs = {"seed": int(seed), "solver": "hpf-cavi",
              "settings": {"max_iter": max_iter, "min_iter": min_iter, "tol": float(tol),
                           "bias_warmup": warm if biased else None,
-                          "num_samples": S, "hyper": _hyper_dict(lik, spec)},
+                          "num_samples": S, "hyper": _hyper_dict(spec)},
              "converged": bool(info["converged"]), "iterations": int(info["iterations"]),
              "elbo": float(elbo[-1]), "elbo_trace": [float(e) for e in elbo],
              "bias_starts": ({str(w): float(r[1]["elbo"][-1]) for w, r in runs.items()}

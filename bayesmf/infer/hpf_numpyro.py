@@ -92,7 +92,7 @@ import numpy as np
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer import check_bool, check_options, fitted_spec
-from bayesmf.infer.hpf import _Cfg, _hyper, _hyper_dict, _split_data
+from bayesmf.infer.hpf import _Cfg, _hyper_dict, _split_data
 from bayesmf.infer.nmf import check_poisson_spec, extended_factors, positive_start
 from bayesmf.infer.svi import run_windows
 
@@ -221,9 +221,9 @@ def _setup(train, spec, method, max_params=None):
                 "raise max_params)")
     sc, data = _split_data(train, spec)
     N, M, K = train.n_users, train.n_items, spec.rank
-    lik = spec.likelihood
-    cfg = _Cfg(N, M, K, _hyper(lik), float(sc.log_fact), bool(spec.user_bias),
-               bool(spec.item_bias), (lik.bias_shape, lik.bias_rate))
+    prior = spec.prior
+    cfg = _Cfg(N, M, K, prior.hyper, float(sc.log_fact), bool(spec.user_bias),
+               bool(spec.item_bias), (prior.bias_shape, prior.bias_rate))
     return spec, sc, data, cfg
 
 
@@ -250,7 +250,7 @@ def _posterior(samples, cfg, sc, spec, train, method, stats, native, attrs):
                 draws["U"][c, s], draws["V"][c, s], draws["bu"][c, s] if cfg.ub else None,
                 draws["bi"][c, s] if cfg.ib else None))
     stats = {"log_likelihood": ll, "train_rmse": rmse, **stats}
-    attrs["hyper"] = _hyper_dict(spec.likelihood, spec)
+    attrs["hyper"] = _hyper_dict(spec)
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      method, stats, native, attrs)
 

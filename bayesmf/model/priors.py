@@ -31,29 +31,58 @@ added to :math:`W_N^{-1}` (Normal-Gamma: half its diagonal added to the rates):
 :math:`p(\Lambda\mid\cdot) \propto p(\Lambda)\prod_r\mathcal N(\cdot)
 \det\Lambda^{F/2}\exp(-\tfrac12\lambda_\beta\operatorname{tr}\Lambda\beta^\top\beta)`.
 
-Each prior gives the Gibbs hyper step (:meth:`FactorPrior.gamma_shapes` + :meth:`hyper_step`:
-the sweep draws all its Gamma variates in one batched call), a numpy prior draw (SBC) and
-its name in the NumPyro/PyMC models (``factor_prior="wishart"|"diag"``).
+Each Gaussian prior gives the Gibbs hyper step (:meth:`FactorPrior.gamma_shapes` +
+:meth:`hyper_step`: the sweep draws all its Gamma variates in one batched call), a numpy
+prior draw (SBC) and its name in the NumPyro/PyMC models
+(``factor_prior="wishart"|"diag"``).
+
+* :class:`HierarchicalGamma` (``"gamma"``, Gopalan, Hofman & Blei 2015): **non-negative**
+  factors for Poisson factorization,
+
+  .. math::
+
+      \theta_{uk}\sim\mathrm{Gamma}(a, \xi_u),\quad \xi_u\sim\mathrm{Gamma}(a', a'/b'),
+      \qquad \beta_{ik}\sim\mathrm{Gamma}(c, \eta_i),\quad
+      \eta_i\sim\mathrm{Gamma}(c', c'/d')
+
+  (shape/rate; :math:`\xi_u` the user's activity, :math:`\eta_i` the item's
+  popularity), and :math:`b_u, b_i\sim\mathrm{Gamma}(e, f)` for the optional
+  non-negative biases. Its conditionals are conjugate only through the Poisson
+  likelihood's auxiliary counts, so the Poisson family's own fitters
+  (:mod:`bayesmf.infer.hpf`, :mod:`bayesmf.infer.hpf_numpyro`, fold-in) read its
+  hyperparameters; it has none of the Gaussian hyper-step methods.
+
+**Support.** :attr:`FactorPrior.support` is ``"real"`` for the Gaussian priors and
+``"nonnegative"`` for the Gamma one; a likelihood names the support its fitters need
+(:attr:`~bayesmf.model.likelihoods.base.Likelihood.factor_support`) and its default
+prior (:attr:`~bayesmf.model.likelihoods.base.Likelihood.default_prior`), and
+:class:`~bayesmf.model.spec.ModelSpec` refuses a pair that does not fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from bayesmf.errors import SpecError
 
-__all__ = ["FactorPrior", "NormalWishart", "NormalGamma", "FACTOR_PRIORS", "get_prior",
-           "sample_normal_wishart"]
+__all__ = ["FactorPrior", "NormalWishart", "NormalGamma", "HierarchicalGamma",
+           "FACTOR_PRIORS", "get_prior", "sample_normal_wishart"]
 
 
 @dataclass(frozen=True)
 class FactorPrior:
+    """Base class: the Gaussian row priors' interface (module docs); the Gamma prior of
+    non-negative factors overrides :attr:`support` and only describes itself."""
+
     name: ClassVar[str] = "base"
     #: the NumPyro / PyMC model's name of this prior
     ppl_name: ClassVar[str] = "wishart"
+    #: the factors' support: ``"real"`` (Gaussian rows) or ``"nonnegative"`` (Gamma)
+    support: ClassVar[str] = "real"
 
     def default_nu0(self, k: int) -> float:
         return float(k)
@@ -84,7 +113,11 @@ class FactorPrior:
         raise NotImplementedError
 
     def to_dict(self) -> dict:
-        return {"name": self.name}
+        """``{"name": ..., **fields}`` (:func:`get_prior` takes it back)."""
+        return {"name": self.name, **asdict(self)}
+
+    def describe(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,63 @@ class NormalGamma(FactorPrior):
         return np.diag(rng.gamma(nu0 / 2.0, 2.0 * w0, k))
 
 
+_GAMMA_FIELDS = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime", "bias_shape",
+                 "bias_rate")
+
+
+@dataclass(frozen=True)
+class HierarchicalGamma(FactorPrior):
+    r"""The hierarchical Gamma prior of Poisson factorization (module docs; the paper's
+    defaults :math:`a = a' = c = c' = 0.3`, :math:`b' = d' = 1`).
+
+    Parameters
+    ----------
+    a, a_prime, b_prime : float > 0
+        :math:`\theta_{uk}\sim\mathrm{Gamma}(a, \xi_u)`,
+        :math:`\xi_u\sim\mathrm{Gamma}(a', a'/b')` (so :math:`E\xi_u = b'`).
+    c, c_prime, d_prime : float > 0
+        :math:`\beta_{ik}\sim\mathrm{Gamma}(c, \eta_i)`,
+        :math:`\eta_i\sim\mathrm{Gamma}(c', c'/d')`.
+    bias_shape, bias_rate : float > 0
+        :math:`b_u, b_i\sim\mathrm{Gamma}(e, f)`, the optional non-negative biases
+        (used when the spec switches ``user_bias`` / ``item_bias`` on).
+    """
+
+    a: float = 0.3
+    a_prime: float = 0.3
+    b_prime: float = 1.0
+    c: float = 0.3
+    c_prime: float = 0.3
+    d_prime: float = 1.0
+    bias_shape: float = 0.3
+    bias_rate: float = 0.3
+
+    name: ClassVar[str] = "gamma"
+    ppl_name: ClassVar[str] = "gamma"
+    support: ClassVar[str] = "nonnegative"
+
+    def __post_init__(self):
+        for n in _GAMMA_FIELDS:
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(float(v)) or float(v) <= 0:
+                raise SpecError(f"gamma prior: {n} must be a finite number > 0, got {v!r}")
+            object.__setattr__(self, n, float(v))
+
+    @property
+    def hyper(self) -> tuple:
+        """``(a, a', b', c, c', d')``."""
+        return tuple(getattr(self, n) for n in _GAMMA_FIELDS[:6])
+
+    def nu0(self, spec) -> float:
+        raise SpecError("the gamma prior has no Wishart degrees of freedom (nu0)")
+
+    def describe(self) -> str:
+        return (f"gamma (HPF: a={self.a:g}, a'={self.a_prime:g}, b'={self.b_prime:g}, "
+                f"c={self.c:g}, c'={self.c_prime:g}, d'={self.d_prime:g}; biases "
+                f"Gamma({self.bias_shape:g}, {self.bias_rate:g}) when on)")
+
+
 def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None, extra=None):
     r"""Draw :math:`(\mu, \Lambda)` from the Normal-Wishart conditional given rows ``F (n, k)``
     (prior :math:`\mu_0 = 0`, :math:`W_0 = w_0 I`); see step 1 of the module docs.
@@ -198,22 +288,28 @@ def sample_normal_wishart(key, F, beta0, nu0, w0, chi2=None, extra=None):
 
 
 #: registry: name -> class
-FACTOR_PRIORS = {c.name: c for c in (NormalWishart, NormalGamma)}
+FACTOR_PRIORS = {c.name: c for c in (NormalWishart, NormalGamma, HierarchicalGamma)}
 _ALIASES = {"wishart": "normal-wishart", "nw": "normal-wishart", "bpmf": "normal-wishart",
-            "diag": "normal-gamma", "gamma": "normal-gamma", "ng": "normal-gamma",
-            "myfm": "normal-gamma"}
+            "diag": "normal-gamma", "ng": "normal-gamma", "myfm": "normal-gamma",
+            "hpf": "gamma"}
 
 
 def get_prior(prior) -> FactorPrior:
-    """A :class:`FactorPrior` from a name (``"normal-wishart"``, ``"normal-gamma"``), a
-    ``{"name": ...}`` dict or an instance."""
+    """A :class:`FactorPrior` from a name (``"normal-wishart"``, ``"normal-gamma"``,
+    ``"gamma"``), a ``{"name": ..., **fields}`` dict (:meth:`FactorPrior.to_dict`) or an
+    instance."""
     if isinstance(prior, FactorPrior):
         return prior
+    fields = {}
     if isinstance(prior, dict):
-        prior = prior.get("name")
+        fields = dict(prior)
+        prior = fields.pop("name", None)
     if not isinstance(prior, str):
         raise SpecError(f"prior must be a name or a FactorPrior, got {prior!r}")
     name = _ALIASES.get(prior.lower(), prior.lower())
     if name not in FACTOR_PRIORS:
         raise SpecError(f"unknown factor prior {prior!r}; choose one of {sorted(FACTOR_PRIORS)}")
-    return FACTOR_PRIORS[name]()
+    try:
+        return FACTOR_PRIORS[name](**fields)
+    except TypeError as e:
+        raise SpecError(f"bad parameters for factor prior {name!r}: {e}") from None

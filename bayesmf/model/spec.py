@@ -133,10 +133,14 @@ class ModelSpec:
         with ``init_scale=None`` starts such fits at 1.0.
     priors : BayesPriors
         Hyperpriors for the Bayesian methods.
-    prior : str or FactorPrior
-        The factor prior (:mod:`bayesmf.model.priors`): ``"normal-wishart"`` (BPMF,
-        default) or ``"normal-gamma"`` (independent per-dimension precisions, libFM/myFM
-        style).
+    prior : str, dict or FactorPrior, optional
+        The factor prior (:mod:`bayesmf.model.priors`): ``"normal-wishart"`` (BPMF) or
+        ``"normal-gamma"`` (independent per-dimension precisions, libFM/myFM style) for
+        real factors; ``"gamma"`` (:class:`~bayesmf.model.priors.HierarchicalGamma`, the
+        HPF prior of non-negative factors) for the Poisson likelihood. ``None`` (default):
+        the likelihood's :attr:`~bayesmf.model.likelihoods.base.Likelihood.default_prior`
+        (normal-wishart; gamma for Poisson). A prior whose support does not fit the
+        likelihood is refused.
     likelihood : str or Likelihood
         The observation family (:mod:`bayesmf.model.likelihoods`): ``"gaussian"``
         (default), ``"ordinal"`` (ordered probit over the rating levels),
@@ -157,7 +161,7 @@ class ModelSpec:
     init_scale: float = 0.1
     priors: BayesPriors = field(default_factory=BayesPriors)
     likelihood: object = "gaussian"
-    prior: object = "normal-wishart"
+    prior: object = None
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int):
@@ -184,7 +188,18 @@ class ModelSpec:
         object.__setattr__(self, "likelihood", get_likelihood(self.likelihood))
         from bayesmf.model.priors import get_prior
 
-        object.__setattr__(self, "prior", get_prior(self.prior))
+        lik = self.likelihood
+        prior = get_prior(lik.default_prior if self.prior is None else self.prior)
+        object.__setattr__(self, "prior", prior)
+        if prior.support != lik.factor_support:
+            if lik.factor_support == "nonnegative":
+                raise SpecError(f"the {lik.name} likelihood has non-negative factors: its "
+                                f"prior is {lik.default_prior!r} (Gamma factors), not "
+                                f"{prior.name!r}")
+            raise SpecError(f"prior {prior.name!r} (non-negative Gamma factors) goes with "
+                            f"likelihood='poisson'; the {lik.name} likelihood takes "
+                            "'normal-wishart' or 'normal-gamma' (the per-dimension "
+                            "Gaussian prior)")
         _positive("noise_precision", self.noise_precision)
         _positive("reg_factors", self.reg_factors, allow_zero=True)
         _positive("reg_bias", self.reg_bias, allow_zero=True)
@@ -220,6 +235,13 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         d = dict(d)
+        lik = d.get("likelihood")
+        if isinstance(lik, dict) and lik.get("name") == "poisson" \
+                and any(k != "name" for k in lik):
+            # files written before the Gamma prior became an object kept its
+            # hyperparameters on the Poisson likelihood (and a Gaussian prior name)
+            d["likelihood"] = {"name": "poisson"}
+            d["prior"] = {"name": "gamma", **{k: v for k, v in lik.items() if k != "name"}}
         pri = d.pop("priors", None)
         if isinstance(pri, dict):
             d["priors"] = BayesPriors(**pri)

@@ -554,16 +554,17 @@ KL_MAX_ITER = 2000
 KL_TOL = 1e-10
 
 
-def _gamma_row(lik, side, rng, y, OFo, colsum, obo, n_other, own_bias, mode, l1):
-    """One new row of Poisson factorisation per draw (module docs): ``(a (S, d), mean
+def _gamma_row(prior, side, rng, y, OFo, colsum, obo, n_other, own_bias, mode, l1):
+    """One new row of Poisson factorisation per draw (module docs; ``prior`` the fit's
+    :class:`~bayesmf.model.priors.HierarchicalGamma`): ``(a (S, d), mean
     (S, d), sd (S, d))`` over ``[b, F]`` (``F`` only without the row's own bias). ``y``
     the row's counts at the other-side rows ``OFo (S, n, k)`` (their factors), ``obo (S,
     n)`` their biases (None: off), ``colsum (S, k)`` the other side's factor sums over
     all its ``n_other`` rows."""
     S, n, k = OFo.shape
-    shape, shape2, rate2 = ((lik.a, lik.a_prime, lik.b_prime) if side == "user"
-                            else (lik.c, lik.c_prime, lik.d_prime))
-    e, f = lik.bias_shape, lik.bias_rate
+    shape, shape2, rate2 = ((prior.a, prior.a_prime, prior.b_prime) if side == "user"
+                            else (prior.c, prior.c_prime, prior.d_prime))
+    e, f = prior.bias_shape, prior.bias_rate
     y = np.asarray(y, np.float64)
     extra = [np.ones((S, n, 1))] if own_bias else []
     if obo is not None:
@@ -649,7 +650,7 @@ def _fold_gamma(posterior, side, df, ids, mode, seed, unknown):
         if len(y):
             lik.check_values(y)
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(keys[j])])
-        a, mean, sd = _gamma_row(lik, side, rng, lik.encode(y), OF[:, oi], colsum,
+        a, mean, sd = _gamma_row(spec.prior, side, rng, lik.encode(y), OF[:, oi], colsum,
                                  ob[:, oi] if other_on else None, n_other, own_bias,
                                  mode, l1)
         if own_bias:

@@ -93,6 +93,12 @@ class Likelihood:
     sampled_negatives = False
     #: the estimator's default for ``global_mean``/``user_bias``/``item_bias``
     default_biases = True
+    #: the factor prior a spec gets when it names none (:mod:`bayesmf.model.priors`)
+    default_prior: ClassVar[str] = "normal-wishart"
+    #: the support of the factors this family's fitters work with
+    #: (:attr:`bayesmf.model.priors.FactorPrior.support`): ``"real"`` (Gaussian rows) or
+    #: ``"nonnegative"`` (Gamma factors)
+    factor_support: ClassVar[str] = "real"
     #: the default ``t`` of the ``prob`` strategy, :math:`P(y \ge t)` ("relevant"): 4 on a
     #: star scale (ratings 4 and 5 of MovieLens)
     relevance_threshold = 4.0

@@ -21,7 +21,10 @@ vocabularies from the training pairs (the default of
         \eta_i \sim \mathrm{Gamma}(c', c'/d')\qquad(\text{item popularity}),
 
 Gamma in shape/rate form; the paper's defaults :math:`a = a' = c = c' = 0.3`,
-:math:`b' = d' = 1`. The zeros enter only through sums: the log likelihood is
+:math:`b' = d' = 1`. The likelihood is the first line; the rest is the factor prior, an
+object of its own: :class:`~bayesmf.model.priors.HierarchicalGamma` (``prior="gamma"``,
+the default of a spec with this likelihood; a Gaussian factor prior is refused).
+The zeros enter only through sums: the log likelihood is
 
 .. math::
 
@@ -60,7 +63,7 @@ popularity term,
     y_{ui} \sim \mathrm{Poisson}(\theta_u^\top\beta_i + b_u + b_i),\qquad
     b_u \sim \mathrm{Gamma}(e, f),\quad b_i \sim \mathrm{Gamma}(e, f)
 
-(``bias_shape`` :math:`e`, ``bias_rate`` :math:`f`; default 0.3 and 0.3). They are two
+(the prior's ``bias_shape`` :math:`e`, ``bias_rate`` :math:`f`; default 0.3 and 0.3). They are two
 more factors whose other side is fixed at 1: :math:`A_u = (\theta_u, b_u, 1)`,
 :math:`B_i = (\beta_i, 1, b_i)`, rate :math:`A_u^\top B_i`, so the auxiliary split,
 CAVI's :math:`\phi` and every all-pairs sum run on :math:`A, B` unchanged, and the
@@ -96,9 +99,6 @@ from bayesmf.model.likelihoods.base import Likelihood
 
 __all__ = ["Poisson", "check_counts"]
 
-_HYPER = ("a", "a_prime", "b_prime", "c", "c_prime", "d_prime", "bias_shape", "bias_rate")
-
-
 def check_counts(y, what: str = "the Poisson likelihood") -> np.ndarray:
     """``y`` as float64 after checking that every value is a finite non-negative integer
     (:class:`~bayesmf.errors.DataError` otherwise); 0/1 data pass."""
@@ -125,29 +125,11 @@ def check_counts(y, what: str = "the Poisson likelihood") -> np.ndarray:
 
 @dataclass(frozen=True)
 class Poisson(Likelihood):
-    """Hierarchical Poisson factorization (module docs).
-
-    Parameters
-    ----------
-    a, a_prime, b_prime : float > 0
-        :math:`\\theta_{uk}\\sim\\mathrm{Gamma}(a, \\xi_u)`,
-        :math:`\\xi_u\\sim\\mathrm{Gamma}(a', a'/b')` (so :math:`E\\xi_u = b'`).
-    c, c_prime, d_prime : float > 0
-        :math:`\\beta_{ik}\\sim\\mathrm{Gamma}(c, \\eta_i)`,
-        :math:`\\eta_i\\sim\\mathrm{Gamma}(c', c'/d')`.
-    bias_shape, bias_rate : float > 0
-        :math:`b_u, b_i\\sim\\mathrm{Gamma}(e, f)`, the optional non-negative biases
-        (module docs; used when the spec switches ``user_bias`` / ``item_bias`` on).
-    """
-
-    a: float = 0.3
-    a_prime: float = 0.3
-    b_prime: float = 1.0
-    c: float = 0.3
-    c_prime: float = 0.3
-    d_prime: float = 1.0
-    bias_shape: float = 0.3
-    bias_rate: float = 0.3
+    r"""Poisson counts over the whole matrix, rate :math:`A_u\cdot B_i` (module docs). No
+    parameters: the factors' hierarchical Gamma prior (:math:`a, a', b', c, c', d'` and
+    the biases' :math:`e, f`) is the spec's ``prior``,
+    :class:`~bayesmf.model.priors.HierarchicalGamma` (``prior="gamma"``, the default
+    with this likelihood)."""
 
     name = "poisson"
     theta_names = ()
@@ -163,20 +145,14 @@ class Poisson(Likelihood):
     #: ``prob`` ranks by :math:`P(y \ge 1) = 1 - \frac1S\sum_s e^{-\lambda_s}` (relevance)
     relevance_threshold = 1.0
     default_biases = False
+    #: non-negative factors with the HPF prior (:class:`~bayesmf.model.priors.HierarchicalGamma`)
+    default_prior = "gamma"
+    factor_support = "nonnegative"
     #: Gibbs: the HPF sampler; MAP: KL-NMF (``cavi`` is its own method, HPF only)
     fitters = {"gibbs": "bayesmf.infer.hpf:fit_gibbs_hpf",
                "map": "bayesmf.infer.nmf:fit_map_nmf",
                "svi": "bayesmf.infer.hpf_numpyro:fit_svi_hpf",
                "nuts": "bayesmf.infer.hpf_numpyro:fit_nuts_hpf"}
-
-    def __post_init__(self):
-        for n in _HYPER:
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(float(v)) or float(v) <= 0:
-                raise SpecError(f"poisson likelihood: {n} must be a finite number > 0, "
-                                f"got {v!r}")
-            object.__setattr__(self, n, float(v))
 
     # ------------------------------------------------------------------ data
     def check_values(self, y, training=False):
@@ -196,11 +172,6 @@ class Poisson(Likelihood):
     def background(self, theta):
         """None: the family has its own samplers, not the Gaussian background sweep."""
         return None
-
-    def describe(self):
-        return (f"poisson (HPF: a={self.a:g}, a'={self.a_prime:g}, b'={self.b_prime:g}, "
-                f"c={self.c:g}, c'={self.c_prime:g}, d'={self.d_prime:g}; biases "
-                f"Gamma({self.bias_shape:g}, {self.bias_rate:g}) when on)")
 
     # ------------------------------------------------------------------ math
     def log_prob(self, y, eta, theta):
