@@ -835,8 +835,12 @@ def load_interactions_source(source, *, user_col: str = "user", item_col: str = 
     if found is not None:
         col = df[found]
         if not pd.api.types.is_numeric_dtype(col):
+            bad = np.flatnonzero((pd.to_numeric(col, errors="coerce").isna()
+                                  & col.notna()).to_numpy())
+            j = int(bad[0]) if len(bad) else 0
             raise DataError(f"count column {found!r} holds non-numbers (e.g. "
-                            f"{col.iloc[0]!r}); counts and weights must be numbers")
+                            f"{col.iloc[j]!r} in data row {j + 1}); counts and weights "
+                            "must be numbers")
         counts = col.to_numpy(np.float64)
     return Interactions.from_arrays(df[user_col].to_numpy(), df[item_col].to_numpy(), counts,
                                     None if tcol is None else df[tcol])

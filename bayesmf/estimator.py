@@ -497,6 +497,15 @@ def _negatives_setup(data, spec, negatives, seed: int):
                 f"sampled non-interacted pairs as 0s, e.g. fit(interactions, "
                 f"negatives='uniform:4') or negatives=NegativeSampler(...), or give 0/1 "
                 f"Ratings that already hold negatives")
+        if implicit and not lik.full_matrix:
+            raise SpecError(
+                f"likelihood {lik.name!r} fitted to an Interactions would model the listed "
+                f"values of the interacted pairs only and never see a pair without an "
+                f"interaction; for implicit feedback use likelihood='implicit' "
+                f"(confidence-weighted, every pair), 'poisson' (counts, every pair) or "
+                f"'bernoulli-logit' / 'bernoulli-probit' with negatives=; to model the "
+                f"values of the listed pairs as ratings, fit them as a DataFrame or Ratings "
+                f"(bayesmf.as_ratings)")
         return None
     if not bernoulli:
         raise SpecError(f"negatives= applies to the Bernoulli likelihoods "

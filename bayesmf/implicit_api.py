@@ -91,13 +91,14 @@ def _ids(x, n: int, what: str) -> tuple[np.ndarray, bool]:
 def _check_rows(m, n_rows: int, n_cols: int, what: str, per: str) -> sp.csr_matrix:
     if not sp.issparse(m):
         raise DataError(f"{what} must be a scipy sparse matrix (CSR), got {type(m).__name__}")
-    m = sp.csr_matrix(m)
+    m = sp.csr_matrix(m, copy=True)
     if m.shape != (n_rows, n_cols):
         raise DataError(f"{what} must have one row for every {per} requested and one column "
                         f"per {'item' if per == 'user' else 'user'}: expected shape "
                         f"{(n_rows, n_cols)}, got {m.shape}")
     if m.nnz and not np.all(np.isfinite(m.data)):
         raise DataError(f"{what} contains NaN or inf")
+    m.eliminate_zeros()  # as fit: a stored 0 is no interaction
     return m
 
 
@@ -152,6 +153,14 @@ class ImplicitRecommender:
         X = sp.csr_matrix(user_items, dtype=np.float64)
         X.sum_duplicates()
         X.eliminate_zeros()
+        for bad, what in ((~np.isfinite(X.data), "NaN or infinite"),
+                          (X.data < 0, "negative")):
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                u = int(np.searchsorted(X.indptr, j, side="right") - 1)
+                raise DataError(f"user_items has {int(bad.sum())} {what} value(s) (first: "
+                                f"{X.data[j]:g} at user {u}, item {int(X.indices[j])}); "
+                                "counts and weights must be finite and >= 0")
         for counts, what in ((np.diff(X.indptr), "rows (users)"),
                              (np.diff(X.tocsc().indptr), "columns (items)")):
             empty = np.flatnonzero(counts == 0)
@@ -288,7 +297,7 @@ class ImplicitRecommender:
             R = _check_rows(item_users, len(iidx), n_users, "item_users", "item").tocoo()
             tmp = _new_ids(post.items.ids, len(iidx))
             df = pd.DataFrame({"item": tmp[R.row], "user": post.users.decode(R.col),
-                               "rating": R.data})
+                               "rating": _fold_values(post, R.data)})
             parts = [fold_in_item(post, df, unknown="raise")] if R.nnz else []
             parts += [fold_in_item(post, {}, item=tmp[j])
                       for j in np.flatnonzero(np.diff(R.tocsr().indptr) == 0)]
@@ -358,6 +367,18 @@ class ImplicitRecommender:
         return out_ids, out_sc
 
 
+def _fold_values(post, values: np.ndarray) -> np.ndarray:
+    """The values a row folds in with: as they are, or 1 for every listed pair of a model
+    fitted to positives with sampled negatives (its fit saw each stored pair as
+    :math:`y = 1`, whatever its count; :meth:`BayesMF.fit <bayesmf.BayesMF.fit>`)."""
+    if post.attrs.get("negatives"):
+        if np.any(values < 0):
+            raise DataError("the interactions to fold in hold negative values; give counts "
+                            "or weights >= 0 (every listed pair is a positive)")
+        return np.ones_like(values, dtype=np.float64)
+    return values
+
+
 def _new_ids(ids: np.ndarray, n: int) -> np.ndarray:
     """``n`` ids of the vocabulary's type that are not in ``ids`` (temporary rows)."""
     if np.issubdtype(ids.dtype, np.integer):
@@ -384,7 +405,7 @@ def _fold_rows(post, uidx, rows: sp.csr_matrix):
     parts = []
     if r.nnz:
         df = pd.DataFrame({"user": fold_ids[r.row], "item": post.items.decode(r.col),
-                           "rating": r.data})
+                           "rating": _fold_values(post, r.data)})
         parts.append(fold_in(post, df, unknown="raise"))
     for j in np.flatnonzero(np.diff(rows.indptr) == 0):
         parts.append(fold_in(post, {}, user=fold_ids[j]))

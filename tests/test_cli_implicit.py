@@ -115,6 +115,11 @@ def test_map_implicit_and_rating_dataset(events, capsys, tmp_path):
       "uniform:2", "--recalibrate", "platt"], "--recalibrate maps the logit"),
     (["--feedback", "implicit", "--likelihood", "bernoulli-logit", "--method", "map",
       "--rank", "4", "--negatives", "uniform:2@sweep"], "need method='gibbs'"),
+    # a likelihood of the listed values only would never see a pair without interaction
+    (["--feedback", "implicit", "--likelihood", "gaussian", "--method", "map", "--rank", "2"],
+     "likelihood 'gaussian' fitted to an Interactions would model the listed values"),
+    (["--feedback", "implicit", "--likelihood", "ordinal", "--method", "map", "--rank", "2"],
+     "use likelihood='implicit'"),
 ])
 def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, msg):
     code = main(["fit", str(events / "events.csv"), "--out", str(tmp_path / "m.nc"), *args])
@@ -143,6 +148,14 @@ def test_negative_counts_are_refused(capsys, tmp_path):
                  "--out", str(tmp_path / "m.nc")])
     err = capsys.readouterr().err
     assert code == 2 and "count" in err and err.count("\n") == 1
+
+
+def test_a_text_count_is_named_in_the_error(capsys, tmp_path):
+    (tmp_path / "e.csv").write_text("user,item,count\n1,a,3\n1,b,lots\n2,a,1\n")
+    code = main(["fit", str(tmp_path / "e.csv"), "--feedback", "implicit", "--method", "map",
+                 "--rank", "1", "--out", str(tmp_path / "m.nc")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'lots' in data row 2" in err and err.count("\n") == 1, err
 
 
 def test_sampled_negatives_and_recalibrated_relevance(events, capsys):

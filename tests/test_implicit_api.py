@@ -235,5 +235,30 @@ def test_recalculate_user_on_a_bernoulli_model_folds_in_with_the_fitted_negative
     ids, scores = rec.recommend(4, clicks[4], N=5, recalculate_user=True)
     assert len(ids) == 5 and not set(ids) & set(user_items[4].indices)
     assert np.all((scores > 0) & (scores < 1))          # P(y = 1)
-    with pytest.raises(DataError, match="0/1 values"):      # counts given to a 0/1 model
-        rec.recommend(4, user_items[4], N=5, recalculate_user=True)
+    # the counts of the row fold in as its positives, as fit took them (every listed pair
+    # is y = 1): the same recommendations as from the 0/1 row; stored zeros are no pairs
+    ids2, scores2 = rec.recommend(4, user_items[4], N=5, recalculate_user=True)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_allclose(scores2, scores)
+    row0 = sp.csr_matrix(clicks[4], copy=True)
+    row0.data[0] = 0.0
+    row0b = sp.csr_matrix(clicks[4], copy=True)
+    row0b.eliminate_zeros()
+    row0b = row0b.tolil()
+    row0b[0, row0.indices[0]] = 0
+    ids3, _ = rec.recommend(4, row0, N=5, recalculate_user=True)
+    ids4, _ = rec.recommend(4, sp.csr_matrix(row0b), N=5, recalculate_user=True)
+    np.testing.assert_array_equal(ids3, ids4)
+    with pytest.raises(DataError, match="negative values"):
+        rec.recommend(4, -clicks[4], N=5, recalculate_user=True)
+
+
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN or infinite"), (-2.0, "negative")])
+def test_bad_counts_name_the_user_and_item(user_items, value, what):
+    X = sp.csr_matrix(user_items, dtype=float, copy=True)
+    u = 3
+    j = X.indptr[u]  # the first stored pair of user 3
+    X.data[j] = value
+    with pytest.raises(DataError, match=f"1 {what} value.*at user 3, item {X.indices[j]}"):
+        ImplicitRecommender(bayesmf.BayesMF(method="map", likelihood="implicit",
+                                            rank=2)).fit(X, show_progress=False)

@@ -135,3 +135,30 @@ def test_bound_without_noise_is_the_quantile_of_the_expected_values():
                                    rtol=1e-6)
     # with the noise a Bernoulli quantile is 0 or 1
     assert set(np.unique(scores_from_mixture(mix, "upper"))) <= {0.0, 1.0}
+
+
+def test_prob_threshold_outside_a_discrete_range_is_refused():
+    """P(y >= t) of a 0/1 family is 1 for every pair at t <= 0 and 0 at t > 1: ranking by
+    it would rank by item order, so such a threshold is refused; inside the range (and
+    for a continuous family, any finite t) it scores."""
+    import pandas as pd
+
+    import bayesmf
+    from bayesmf.model.likelihoods import OrdinalProbit, Poisson, get_likelihood
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": np.repeat(np.arange(12), 4),
+                       "item": np.concatenate([rng.permutation(8)[:4] for _ in range(12)])})
+    df["rating"] = (rng.random(len(df)) < 0.5).astype(float)
+    m = bayesmf.BayesMF(method="map", rank=2, likelihood="bernoulli-logit").fit(df)
+    for t in (2.0, 0.0, -1.0):
+        with pytest.raises(SpecError, match="same for every pair.*0 < t <= 1"):
+            m.recommend([0], n=3, strategy="prob", threshold=t)
+    ok = m.recommend([0], n=3, strategy="prob", threshold=0.5)
+    assert len(ok) == 3 and np.all((ok["score"] > 0) & (ok["score"] < 1))
+    assert get_likelihood("gaussian").check_relevance_threshold(-7.0) == -7.0
+    with pytest.raises(SpecError, match="takes values 0..inf"):
+        Poisson().check_relevance_threshold(0.0)
+    assert Poisson().check_relevance_threshold(3.0) == 3.0
+    with pytest.raises(SpecError, match="takes values 1..5"):
+        OrdinalProbit(levels=(1, 2, 3, 4, 5)).check_relevance_threshold(5.5)

@@ -56,6 +56,8 @@ class Scorer:
             # the family's own notion of "relevant" (Bernoulli/Poisson: y >= 1)
             strategy = replace(strategy,
                                threshold=float(posterior.likelihood.relevance_threshold))
+        if strategy.name == "prob":
+            posterior.likelihood.check_relevance_threshold(strategy.threshold)
         self.st = strategy
         self.approx = None if approx == "exact" else approx
         self.approx_rank = approx_rank

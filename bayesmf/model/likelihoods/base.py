@@ -267,6 +267,25 @@ class Likelihood:
         return {}
 
     # ------------------------------------------------------------------ serialisation
+    def value_range(self) -> tuple[float, float] | None:
+        """``(lowest, highest)`` value a discrete family's observations take, ``None`` for
+        a continuous one (no threshold is constant there)."""
+        return None
+
+    def check_relevance_threshold(self, t: float) -> float:
+        r"""``t`` if :math:`P(y \ge t)` can differ between pairs, else a
+        :class:`~bayesmf.errors.SpecError`: a discrete family's :math:`P(y \ge t)` is 1
+        for every pair when ``t`` is at or below its lowest value and 0 above its
+        highest, so ranking by it would be ranking by item order."""
+        rng = self.value_range()
+        if rng is not None and not (rng[0] < t <= rng[1]):
+            lo, hi = rng
+            raise SpecError(f"relevance threshold {t:g} makes P(y >= t) the same for every "
+                            f"pair: likelihood {self.name!r} takes values {lo:g}..{hi:g}; "
+                            f"choose {lo:g} < t <= {hi:g} (default "
+                            f"{self.relevance_threshold:g})")
+        return t
+
     def to_dict(self) -> dict:
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
         d["name"] = self.name

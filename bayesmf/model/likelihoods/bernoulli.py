@@ -78,6 +78,9 @@ class _Bernoulli(Likelihood):
     def check_values(self, y, training=False):
         _check_binary(y, self.name, training)
 
+    def value_range(self):
+        return 0.0, 1.0
+
     def prior_simulate(self, rng, eta, theta):
         return (rng.uniform(size=np.shape(eta)) < self._p_np(np.asarray(eta))).astype(np.float64)
 

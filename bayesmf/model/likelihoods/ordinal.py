@@ -193,6 +193,9 @@ class OrdinalProbit(Likelihood):
             raise SpecError("the ordinal likelihood has no levels yet (fit it on data first)")
         return len(self.levels)
 
+    def value_range(self):
+        return None if self.levels is None else (self.levels[0], self.levels[-1])
+
     # ------------------------------------------------------------------ data
     def fit_data(self, y):
         y = np.asarray(y, np.float64)

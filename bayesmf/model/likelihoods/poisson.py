@@ -164,6 +164,9 @@ class Poisson(Likelihood):
     def encode(self, y):
         return check_counts(y)
 
+    def value_range(self):
+        return 0.0, math.inf
+
     def clip_range(self, scale):
         # no clipping: the mean is the expected count (the score the mean strategy ranks
         # by); the training scale (often all 1s) says nothing about its range
