@@ -52,7 +52,9 @@ own two moments are kept). Measured on latest-small (rank 10, 300 Gibbs draws, 8
 rebuilt draws): a 3.0 MB file, rms 0.034 change in the predictive mean (80 real draws:
 0.040), test RMSE 0.8401 vs 0.8391, and 90% intervals 3% wider (coverage 0.905 vs
 0.897). Summary files are for serving predictions; they cannot be
-used for convergence diagnostics (their draws are not a Markov chain).
+used for convergence diagnostics (their draws are not a Markov chain). Models with
+non-negative factors (``likelihood="poisson"``, the Gamma prior) are refused: Gaussian
+rows would put mass on negative factors and the rotation would mix the factor labels.
 
 **Schemas.** Files with draws are written as schema 2, readable by every bayesmf since
 the likelihood objects; summary files need schema 3 (:data:`SCHEMA_VERSION`), which an
@@ -250,6 +252,12 @@ def _rebuild_rows(mean: np.ndarray, packed: np.ndarray, S: int,
 def _summary_data(post: Posterior, n_out: int, dtype):
     """Variables of a summary file: per-row moments and ``n_out`` global draws."""
     k = post.spec.rank
+    if post.spec.prior.support != "real":
+        raise SpecError(f"mode='summary' rebuilds Gaussian factor rows after aligning the "
+                        f"draws by rotations; the non-negative factors of the "
+                        f"{post.likelihood.name} model ({post.spec.prior.name} prior) would "
+                        f"turn negative and mix their labels: save with mode='draws' "
+                        f"(draws=N keeps N evenly spaced draws)")
     if post.n_samples < 2:
         raise SpecError("mode='summary' needs a posterior with several draws; this one is "
                         "a point estimate (save it with mode='draws': it is one draw)")

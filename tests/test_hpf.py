@@ -116,6 +116,19 @@ def test_gibbs_recovers_planted_rates(gibbs_post, planted):
     assert np.ptp(post.flat("U")[:, 0, 0]) > 0
 
 
+def test_summary_files_are_refused_for_non_negative_factors(gibbs_post, tmp_path):
+    """A summary file rebuilds Gaussian rows after Procrustes rotations: for Gamma factors
+    that would give negative factors and mixed labels, so it is refused (draws mode
+    keeps the real non-negative draws)."""
+    from bayesmf import io
+
+    with pytest.raises(SpecError, match="non-negative factors.*mode='draws'"):
+        io.save(gibbs_post, tmp_path / "s.nc", mode="summary")
+    assert not (tmp_path / "s.nc").exists()
+    back = io.load(io.save(gibbs_post, tmp_path / "d.nc", draws=20))
+    assert back.n_samples == 20 and np.all(back.draws["U"] >= 0)
+
+
 def test_gibbs_fit_statistics_are_the_all_pairs_sums(gibbs_post, planted):
     train, _, _ = planted
     post = gibbs_post
@@ -226,6 +239,11 @@ def test_poisson_mixture_against_hand_computations():
     np.testing.assert_allclose(mix.pmf(y), pm)
     np.testing.assert_allclose(mix.logpdf(y), np.log(pm))
     assert mix.logpdf([1.0, 1.0, 1.0])[2] == pytest.approx(np.log(1e-15))  # impossible
+    # far in the tail the mass is exact (no floor): PSIS-LOO needs the tail values
+    far = PoissonMixture(np.array([[0.5], [1.0]]))
+    np.testing.assert_allclose(far.logpdf([30.0]), np.log(0.5 * (poisson.pmf(30, 0.5)
+                                                                 + poisson.pmf(30, 1.0))))
+    assert far.logpdf([30.0])[0] < np.log(1e-15) - 10
     F = lambda x: 0.5 * (poisson.cdf(x, lam[0]) + poisson.cdf(x, lam[1]))  # noqa: E731
     np.testing.assert_allclose(mix.cdf([1.7, -0.5, 4.0]), [F(1)[0], 0.0, F(4)[2]])
     for q in (0.1, 0.5, 0.9, 0.999):

@@ -114,10 +114,14 @@ class PoissonMixture(Mixture):
         return logsumexp(lp, axis=0) - np.log(self.n_components)
 
     def logpdf(self, y) -> np.ndarray:
-        r"""Log probability mass :math:`\log\max(\bar p(y), 10^{-15})`; ``y`` must be a
-        count (else DataError)."""
+        r"""Log probability mass :math:`\log\bar p(y)`, exact (log-sum-exp over the
+        components, so a large count far in the tail keeps its value: the unbounded
+        support has no natural floor, and ArviZ's PSIS-LOO needs the exact tail). Only an
+        impossible count (every rate 0 and ``y > 0``) is floored at
+        :math:`\log 10^{-15}`, the discrete mixtures' cost of an impossible outcome.
+        ``y`` must be a count (else DataError)."""
         lp = self._log_pmf(_counts(y))
-        return np.maximum(lp, np.log(clip_prob(0.0)))
+        return np.where(np.isneginf(lp), np.log(clip_prob(0.0)), lp)
 
     def _cdf_k(self, k) -> np.ndarray:
         """:math:`F(k)` for integer-valued ``k`` (any sign), broadcast."""
