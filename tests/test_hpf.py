@@ -129,6 +129,23 @@ def test_summary_files_are_refused_for_non_negative_factors(gibbs_post, tmp_path
     assert back.n_samples == 20 and np.all(back.draws["U"] >= 0)
 
 
+def test_recommend_std_is_the_predictive_std_with_the_poisson_noise(gibbs_post):
+    """``recommend``'s ``std`` is parameter + observation noise, as ``predict``'s: for
+    Poisson :math:`\sqrt{\mathrm{Var}_s\lambda_s + \bar\lambda}` (not the parameter
+    part alone)."""
+    from bayesmf.recommend import recommend
+
+    rec = recommend(gibbs_post, gibbs_post.users.ids[:3], n=5)
+    pred = gibbs_post.predict(rec["user"].to_numpy(), rec["item"].to_numpy())
+    lam = np.einsum("snk,snk->sn",
+                    gibbs_post.flat("U")[:, gibbs_post.users.encode(rec["user"].to_numpy())],
+                    gibbs_post.flat("V")[:, gibbs_post.items.encode(rec["item"].to_numpy())],
+                    dtype=np.float64)
+    np.testing.assert_allclose(rec["std_param"], lam.std(0), rtol=1e-4)
+    np.testing.assert_allclose(rec["std"], np.sqrt(lam.var(0) + lam.mean(0)), rtol=1e-4)
+    np.testing.assert_allclose(rec["std"], pred.std, rtol=1e-4)
+
+
 def test_gibbs_fit_statistics_are_the_all_pairs_sums(gibbs_post, planted):
     train, _, _ = planted
     post = gibbs_post

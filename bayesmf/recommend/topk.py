@@ -193,7 +193,6 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
     if uncertainty:
         mean, std, stdp = (np.full((nU, n), np.nan) for _ in range(3))
     step = sc.chunk_rows(chunk_size)
-    nv_mean = float(sc.nv.mean())
     # warm every lazy cache before chunks may run in parallel threads
     if st.name == "mean":
         sc._item_aug()
@@ -255,10 +254,10 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
         item_idx = idx if items_idx is None else np.where(valid, items_idx[np.maximum(idx, 0)], -1)
         out_items[rows] = item_idx
         if uncertainty:
-            mm, pv = sc.pair_summary(block, np.maximum(idx, 0))
+            mm, pv, tv = sc.pair_summary(block, np.maximum(idx, 0))
             mean[rows] = np.where(valid, mm, np.nan)
             stdp[rows] = np.where(valid, np.sqrt(pv), np.nan)
-            std[rows] = np.where(valid, np.sqrt(pv + nv_mean), np.nan)
+            std[rows] = np.where(valid, np.sqrt(tv), np.nan)
 
     starts = list(range(0, nU, step))
     if st.name == "thompson" and nU:

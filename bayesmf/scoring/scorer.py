@@ -178,13 +178,15 @@ class Scorer:
         return self.lik.predictive(m, v, self.theta)
 
     def pair_summary(self, block: UserBlock, cols):
-        """Predictive mean, parameter variance ``Var_s(m_s) + mean_s(v_s)`` of per-row
-        columns ``cols (c, n)``, streaming over draws (no ``S x c x n x k`` gather).
-        For a non-Gaussian likelihood: the mean and parameter variance of its predictive
-        mixture (on the data scale)."""
+        """``(mean, param_var, var)`` of the predictive of per-row columns ``cols (c, n)``:
+        the mean, the parameter variance ``Var_s(m_s) + mean_s(v_s)`` and the predictive
+        variance (parameter + the mean observation noise), streaming over draws (no
+        ``S x c x n x k`` gather). For a non-Gaussian likelihood: those of its predictive
+        mixture on the data scale (``var`` by total variance, e.g. Poisson
+        :math:`\mathrm{Var}_s\lambda_s + \bar\lambda`)."""
         if not self.lik.mean_is_linear:
             mix = self.pair_mixture(block, cols)
-            return mix.mean(), mix.param_var()
+            return mix.mean(), mix.param_var(), mix.var()
         cols = np.asarray(cols, np.int64)
         c, n = cols.shape
         acc = np.zeros((c, n))
@@ -202,7 +204,7 @@ class Scorer:
         if block.pop.any():
             var = var + block.pop[:, None] * self.q_items()[:, cols].mean(axis=0)
         del rows
-        return mean, var
+        return mean, var, var + float(self.nv.mean())
 
     # ---------------------------------------------------------------- mean scores
     def _item_aug(self):
