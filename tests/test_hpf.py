@@ -724,3 +724,17 @@ def test_diagnose_reports_identified_activity_and_popularity(planted):
     again = diagnose(post, n_probe=6)
     np.testing.assert_allclose(again[again["kind"] == "activity"]["mean"], act["mean"],
                                rtol=1e-5)
+
+
+def test_a_held_out_count_of_zero_is_not_a_relevant_pair(gibbs_post):
+    """Ranking evaluation of a model over all pairs: a listed test count of 0 is no
+    interaction (not relevant), every positive count is."""
+    from bayesmf.evaluate import ranking_evaluate
+
+    top = gibbs_post.users.ids[0]
+    ranked = bayesmf.recommend.recommend(gibbs_post, [top], n=2)
+    test = Ratings.from_arrays([top, top], ranked["item"].to_numpy(), [0.0, 2.0],
+                               user_vocab=gibbs_post.users, item_vocab=gibbs_post.items)
+    res = ranking_evaluate(gibbs_post, test, k=1)
+    assert res["relevant_pairs"] == 1 and res["relevance"].endswith("positive value")
+    assert res["hit_rate@1"] == 0.0  # the top item is the zero: not a hit

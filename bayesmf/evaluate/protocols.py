@@ -7,9 +7,10 @@ Relevance -- which held-out pairs count as relevant:
   pass ``test.to_ratings()`` to threshold the counts);
 * a :class:`~bayesmf.data.ratings.Ratings` test set: a pair is relevant when
   ``rating >= relevance_threshold``. The default (``None``) is 4.0 for an explicit
-  likelihood and "every pair" when the posterior's likelihood is
-  :attr:`~bayesmf.model.likelihoods.base.Likelihood.full_matrix` (implicit feedback); a
-  threshold passed explicitly always applies.
+  likelihood and "every pair with a positive value" when the posterior's likelihood is
+  :attr:`~bayesmf.model.likelihoods.base.Likelihood.full_matrix` (implicit feedback,
+  Poisson counts: a listed count of 0 is no interaction); a threshold passed explicitly
+  always applies.
 
 Ids are mapped through the posterior's vocabularies; test pairs whose user or item the
 model does not know are dropped and counted (``unknown_rows``, ``unknown_user_rows``,
@@ -166,7 +167,9 @@ def _test_pairs(posterior, test, relevance_threshold):
         if relevance_threshold is None:
             relevance_threshold = DEFAULT_RELEVANCE_THRESHOLD
     if relevance_threshold is None:
-        return u, i, ku, ki, np.ones(len(u), bool), None, "every test pair"
+        # implicit posterior: a listed pair with a count (weight, label) of 0 is no
+        # interaction, so every pair with a positive value is relevant
+        return u, i, ku, ki, y > 0, None, "every test pair with a positive value"
     thr = float(relevance_threshold)
     if not np.isfinite(thr):
         raise SpecError(f"relevance_threshold must be a finite number, got "
