@@ -843,7 +843,8 @@ def cmd_evaluate(a) -> int:
                                                   a.id_type)})
         test = Ratings.from_dataframe(df, a.user_col, a.item_col, a.rating_col,
                                       timestamp_col=None)
-    res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking, protocol=a.protocol)
+    res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking, protocol=a.protocol,
+                      relevance_threshold=a.relevance_threshold)
     # test pairs that are training pairs: their rating metrics are in-sample (optimistic)
     # and ranking skips them; counted in the output and warned about
     n_in = _in_training(post, test)
@@ -1397,6 +1398,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=positive("k"), default=10,
                     help="cut-off of the ranking metrics")
     ev.add_argument("--no-ranking", action="store_true", help="rating metrics only")
+    ev.add_argument("--relevance-threshold", type=float, default=None, metavar="T",
+                    help="a held-out pair is relevant for the ranking metrics when its "
+                         "rating >= T (default: the likelihood's: 4 on a star scale, 1 for "
+                         "0/1 data; every held-out interaction of an implicit model)")
     ev.add_argument("--protocol", default="full", choices=["full", "sampled"],
                     help="ranking protocol: full (every item the user did not interact with "
                          "in training is a candidate) or sampled (the relevant items among "

@@ -44,8 +44,9 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     ``"sampled"``; see :func:`~bayesmf.evaluate.protocols.ranking_evaluate`) under
     ``"ranking"``: ``precision@k``, ``recall@k``, ``hit_rate@k``, ``ndcg@k``, ``map@k``,
     ``mrr@k``, ``auc`` (and ``catalogue_coverage@k`` for the full protocol). Relevance:
-    ``rating >= relevance_threshold`` (default 4.0; every test pair with a positive
-    value for an implicit-feedback posterior unless a threshold is given). ``draws=True`` adds, for
+    ``rating >= relevance_threshold`` (default: the likelihood's relevance threshold,
+    4.0 for ratings and 1 for 0/1 data; every test pair with a positive value for an
+    implicit-feedback posterior unless a threshold is given). ``draws=True`` adds, for
     every metric, its distribution over posterior draws (``{"mean", "lower",
     "upper"}``, 90% interval) under ``"draws"``.
 

@@ -6,8 +6,9 @@ Relevance -- which held-out pairs count as relevant:
   test pair is relevant (there is no threshold; a ``relevance_threshold`` is refused --
   pass ``test.to_ratings()`` to threshold the counts);
 * a :class:`~bayesmf.data.ratings.Ratings` test set: a pair is relevant when
-  ``rating >= relevance_threshold``. The default (``None``) is 4.0 for an explicit
-  likelihood and "every pair with a positive value" when the posterior's likelihood is
+  ``rating >= relevance_threshold``. The default (``None``) is the likelihood's
+  :attr:`~bayesmf.model.likelihoods.base.Likelihood.relevance_threshold` for an explicit
+  likelihood (4.0 on a star scale, 1 for 0/1 data: the positives) and "every pair with a positive value" when the posterior's likelihood is
   :attr:`~bayesmf.model.likelihoods.base.Likelihood.full_matrix` (implicit feedback,
   Poisson counts: a listed count of 0 is no interaction); a threshold passed explicitly
   always applies.
@@ -164,8 +165,9 @@ def _test_pairs(posterior, test, relevance_threshold):
         u, i = np.asarray(u, np.int64), np.asarray(i, np.int64)
         ku, ki = np.asarray(ku, bool), np.asarray(ki, bool)
         y = np.asarray(y, np.float64)
-        if relevance_threshold is None:
-            relevance_threshold = DEFAULT_RELEVANCE_THRESHOLD
+        if relevance_threshold is None:  # the family's: 4 on a star scale, 1 for 0/1
+            relevance_threshold = float(getattr(posterior.likelihood, "relevance_threshold",
+                                                DEFAULT_RELEVANCE_THRESHOLD))
     if relevance_threshold is None:
         # implicit posterior: a listed pair with a count (weight, label) of 0 is no
         # interaction, so every pair with a positive value is relevant

@@ -1,0 +1,53 @@
+"""The default relevance of the ranking metrics is the likelihood's own (1 for 0/1 data,
+4 on a star scale), in Python and on the CLI (``--relevance-threshold`` overrides it)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesmf
+from bayesmf.cli import main
+
+
+@pytest.fixture(scope="module")
+def thumbs(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n_u, n_i, k = 40, 30, 2
+    U, V = rng.normal(size=(n_u, k)), rng.normal(size=(n_i, k))
+    rows = [(u, i) for u in range(n_u) for i in rng.permutation(n_i)[:12]]
+    df = pd.DataFrame(rows, columns=["user", "item"])
+    eta = np.einsum("nk,nk->n", 2 * U[df.user], V[df.item])
+    df["rating"] = (rng.random(len(df)) < 1 / (1 + np.exp(-eta))).astype(float)
+    test = df.groupby("user").tail(3)
+    train = df.drop(test.index)
+    d = tmp_path_factory.mktemp("thumbs")
+    train.to_csv(d / "train.csv", index=False)
+    test.to_csv(d / "test.csv", index=False)
+    return d, train, test
+
+
+def test_bernoulli_evaluate_ranks_the_positives_by_default(thumbs):
+    d, train, test = thumbs
+    m = bayesmf.BayesMF(method="map", rank=2, likelihood="bernoulli-logit").fit(train)
+    rk = m.evaluate(test)["ranking"]
+    assert "skipped" not in rk, rk
+    assert rk["relevance"] == "rating >= 1" and rk["relevant_pairs"] == int(test.rating.sum())
+    # an explicit threshold still applies (0.5: the same positives)
+    assert m.evaluate(test, relevance_threshold=0.5)["ranking"]["ndcg@10"] == rk["ndcg@10"]
+
+
+def test_cli_evaluate_takes_the_family_default_and_a_threshold(thumbs, capsys):
+    d, train, test = thumbs
+    out = d / "m.nc"
+    assert main(["fit", str(d / "train.csv"), "--likelihood", "bernoulli-logit", "--method",
+                 "map", "--rank", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(d / "test.csv"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ranking"]["relevant_pairs"] == int(test.rating.sum())
+    assert main(["evaluate", str(out), str(d / "test.csv"), "--json",
+                 "--relevance-threshold", "0"]) == 0
+    res0 = json.loads(capsys.readouterr().out)
+    assert res0["ranking"]["relevant_pairs"] == len(test)  # every pair: rating >= 0
