@@ -386,7 +386,9 @@ def test_scores_from_mixture_on_every_family():
         p = scores_from_mixture(mix, make_strategy("prob", threshold=1.0))
         np.testing.assert_allclose(p, mix.prob_at_least(1.0))
         up = scores_from_mixture(mix, make_strategy("upper", quantile=0.9))
-        np.testing.assert_array_equal(up, mix.quantile(0.9))
+        # discrete families bound the per-draw expected value (a predictive quantile is a
+        # support point: items would tie)
+        np.testing.assert_allclose(up, np.quantile(mix.component_means(), 0.9, axis=0))
         gq = scores_from_mixture(mix, make_strategy("upper", quantile_method="gaussian"))
         np.testing.assert_allclose(gq, mix.mean() + stats.norm.ppf(0.9) * np.sqrt(mix.var()))
         u = lambda r: (r - 0.5) ** 2  # noqa: E731

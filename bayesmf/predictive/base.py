@@ -339,6 +339,16 @@ class DiscreteMixture(Mixture):
         1-10^{-15})`; ``y`` must be a support point (else DataError)."""
         return np.log(clip_prob(self._gather(self.probs(), self.level_index(y))))
 
+    def bound(self, q, noise: bool = True) -> np.ndarray:
+        r"""UCB / LCB **on the expected value**: the quantile over the draws of the
+        per-draw expected values :meth:`component_means` (:math:`P(y = 1)` for 0/1
+        data, the expected level for ordinal data; linear interpolation), whatever
+        ``noise`` says. The predictive quantile of a discrete family is a support point,
+        so almost every item would tie at the same bound (all at 1 for a Bernoulli UCB)
+        and the ranking would follow the item order; exploration is uncertain about the
+        expected value (as Poisson's bound is on the rate)."""
+        return np.quantile(self.component_means(), check_q(q), axis=0)
+
     def quantile(self, q) -> np.ndarray:
         r"""Smallest support point with :math:`F(l_j)\ge q`."""
         q = check_q(q)

@@ -233,9 +233,10 @@ def scores_from_mixture(mixture: Mixture, strategy, draw_index=None, rng=None):
                     no component with ``sd > 0`` (noise-free known pairs) -> the
                     empirical quantile ``np.quantile`` of the draws ``m_s``
                     (linear interpolation). Other families: ``mixture.bound(q,
-                    noise)``: the predictive quantile (a support point of a discrete
-                    family, so entries tie), or with ``noise=False`` the quantile of
-                    the per-draw expected values; Poisson: always the rate's.
+                    noise)``: the discrete families (Bernoulli, ordinal, Poisson)
+                    bound the per-draw expected value -- :math:`P(y=1)`, the
+                    expected level, the rate -- over the draws, whatever ``noise``
+                    says (a predictive quantile is a support point: items would tie).
     ``thompson``    ``component_means()[draw_index[row]]``: one draw per row
                     (``draw_index`` ``(rows,)``, the first trailing axis)
     ``prob``        ``mixture.prob_at_least(threshold)``
