@@ -216,12 +216,9 @@ class BayesMF:
               if getattr(self, n) is not None
               or n not in ("reg_factors", "reg_bias", "noise_precision", "init_scale")
               + _BIAS_FIELDS}
-        lik = None
-        if (any(getattr(self, n) is None for n in _BIAS_FIELDS) or self.noise == "auto"
-                or self.noise_precision is None):
-            from bayesmf.model.likelihoods import get_likelihood
+        from bayesmf.model.likelihoods import get_likelihood
 
-            lik = get_likelihood(self.likelihood)
+        lik = get_likelihood(self.likelihood)
         if any(getattr(self, n) is None for n in _BIAS_FIELDS):
             # NMF (non-negative W H on the observed ratings) has no biases or mean
             on = bool(lik.default_biases) and self.method != "nmf"
@@ -230,8 +227,13 @@ class BayesMF:
             kw["noise"] = lik.default_noise[0]
         if self.noise_precision is None:
             kw["noise_precision"] = lik.default_noise[1]
+        if "tau" not in lik.theta_names and (kw["noise"], float(kw["noise_precision"])) \
+                != (lik.default_noise[0], float(lik.default_noise[1])):
+            raise SpecError(f"noise / noise_precision set the Gaussian observation noise; "
+                            f"likelihood {lik.name!r} has none (its scale is fixed by the "
+                            f"family): leave them at their defaults")
         if self.priors is not None:
-            kw["priors"] = (BayesPriors(**self.priors) if isinstance(self.priors, dict)
+            kw["priors"] = (BayesPriors.from_dict(self.priors) if isinstance(self.priors, dict)
                             else self.priors)
         return ModelSpec(**kw)
 

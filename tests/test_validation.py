@@ -470,3 +470,19 @@ def test_every_api_named_in_an_error_message_exists():
         except (ImportError, AttributeError, StopIteration):
             bad.append(f"{where}: {name}{'.' + attr if attr else ''}")
     assert not bad, f"error messages name APIs that do not exist: {bad}"
+
+
+def test_unknown_prior_keys_and_noise_settings_without_noise_are_spec_errors():
+    """``priors={"w_0": ...}`` names the known keys (not a raw TypeError); noise settings
+    given to a family without Gaussian observation noise are refused (they did nothing)."""
+    import bayesmf
+    from bayesmf.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"unknown prior setting\(s\) \['w_0'\].*'w0'"):
+        bayesmf.BayesMF(method="gibbs", priors={"w_0": 1.0}).make_spec()
+    for lik in ("ordinal", "bernoulli-logit", "poisson"):
+        for kw in ({"noise": "fixed"}, {"noise_precision": 100.0}):
+            with pytest.raises(SpecError, match="has none"):
+                bayesmf.BayesMF(likelihood=lik, **kw).make_spec()
+        bayesmf.BayesMF(likelihood=lik).make_spec()  # the defaults pass
+    assert bayesmf.BayesMF(noise="fixed", noise_precision=4.0).make_spec().noise == "fixed"

@@ -60,7 +60,9 @@ def _numeric_values(values, name: str = "rating") -> np.ndarray:
     if arr.ndim != 1:
         raise DataError(f"{name} values must be one-dimensional, got shape {arr.shape}")
     if arr.dtype.kind == "b":
-        raise DataError(f"{name} values must be numeric, got booleans")
+        raise DataError(f"{name} values must be numeric, got booleans; for thumbs / clicks "
+                        f"give them as 0/1 numbers (e.g. df[{name!r}].astype(int)) with "
+                        "likelihood='bernoulli-logit' or 'bernoulli-probit'")
     if arr.dtype.kind == "c":
         raise DataError(f"{name} values must be real numbers, got dtype {arr.dtype}")
     if arr.dtype.kind not in "iuf":

@@ -97,6 +97,18 @@ class BayesPriors:
         if self.nu0 is not None:
             _positive("nu0", self.nu0)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "BayesPriors":
+        """The priors from a ``{field: value}`` dict; an unknown key is a
+        :class:`SpecError` naming the known ones."""
+        if not isinstance(d, dict):
+            raise SpecError(f"priors must be a BayesPriors or a dict, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SpecError(f"unknown prior setting(s) {unknown}; BayesPriors takes "
+                            f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
     @property
     def is_resolved(self) -> bool:
         return all(getattr(self, n) is not None for n in self.SCALED)
@@ -223,7 +235,7 @@ class ModelSpec:
     def replace(self, **changes) -> "ModelSpec":
         """A copy with some fields changed (re-validated)."""
         if "priors" in changes and isinstance(changes["priors"], dict):
-            changes["priors"] = BayesPriors(**changes["priors"])
+            changes["priors"] = BayesPriors.from_dict(changes["priors"])
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -244,7 +256,7 @@ class ModelSpec:
             d["prior"] = {"name": "gamma", **{k: v for k, v in lik.items() if k != "name"}}
         pri = d.pop("priors", None)
         if isinstance(pri, dict):
-            d["priors"] = BayesPriors(**pri)
+            d["priors"] = BayesPriors.from_dict(pri)
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
