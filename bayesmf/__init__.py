@@ -14,7 +14,8 @@ Top-level names (everything else lives in its submodule):
 * :class:`ModelSpec`, :class:`BayesPriors` - the model specification
 * :class:`Posterior` - the result of every inference method
 * submodules ``datasets``, ``evaluate``, ``recommend``, ``infer``, ``io``, ``diagnostics``,
-  ``selection``
+  ``selection``, ``spark`` (needs the ``spark`` extra), ``scoring``, ``predictive``
+  (imported on first attribute access)
 """
 
 from bayesmf.data.ratings import Ratings
@@ -56,7 +57,7 @@ def __getattr__(name):  # lazy submodules: `bayesmf.datasets` etc. without impor
 
         return ImplicitRecommender
     if name in ("datasets", "evaluate", "recommend", "infer", "io", "diagnostics", "data",
-                "model", "posterior", "cli"):
+                "model", "posterior", "cli", "selection", "spark", "scoring", "predictive"):
         return importlib.import_module(f"bayesmf.{name}")
     raise AttributeError(f"module 'bayesmf' has no attribute {name!r}")
 
