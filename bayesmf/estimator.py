@@ -312,6 +312,12 @@ class BayesMF:
             uf, itf = add_implicit_terms(train, self.implicit_terms, uf, itf)
         feat_opts = {n: v for n, v in (("user_features", uf), ("item_features", itf))
                      if v is not None}
+        if feat_opts and spec.prior.support != "real":
+            raise SpecError(f"user_features/item_features (the Macau prior: a Gaussian "
+                            f"regression of the factors on the features) need real factors; "
+                            f"the {spec.likelihood.name} likelihood's factors are "
+                            f"non-negative ({spec.prior.name} prior) and take no side "
+                            f"information")
         if feat_opts and self.method not in FEATURE_METHODS:
             raise SpecError(f"user_features/item_features (the Macau prior) need a method "
                             f"in {FEATURE_METHODS} (e.g. method='gibbs'), got "

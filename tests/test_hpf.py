@@ -738,3 +738,12 @@ def test_a_held_out_count_of_zero_is_not_a_relevant_pair(gibbs_post):
     res = ranking_evaluate(gibbs_post, test, k=1)
     assert res["relevant_pairs"] == 1 and res["relevance"].endswith("positive value")
     assert res["hit_rate@1"] == 0.0  # the top item is the zero: not a hit
+
+
+def test_side_features_are_refused_with_non_negative_factors():
+    train = _interactions()[0]
+    feats = pd.DataFrame({"user": train.users.ids,
+                          "age": np.arange(len(train.users.ids), dtype=float)})
+    with pytest.raises(SpecError, match="need real factors.*non-negative"):
+        bayesmf.BayesMF(method="gibbs", likelihood="poisson", rank=2,
+                        user_features=feats).fit(train)

@@ -167,8 +167,12 @@ def test_prob_strategy_uses_the_likelihoods_relevance_threshold(fitted):
     mean = recommend(raw, [0, 3], n=6, strategy="mean")
     np.testing.assert_array_equal(prob["item"], mean["item"])
     np.testing.assert_allclose(prob["score"], mean["score"], rtol=1e-6)
-    # an explicit threshold still wins (P(y >= 2) of 0/1 data is 0 everywhere)
-    assert (recommend(raw, [0], n=3, strategy="prob", threshold=2.0)["score"] == 0).all()
+    # an explicit threshold still wins inside (0, 1]; P(y >= 2) of 0/1 data is 0 for every
+    # item (a ranking by item order), so it is refused
+    half = recommend(raw, [0, 3], n=6, strategy="prob", threshold=0.5)
+    np.testing.assert_allclose(half["score"], prob["score"], rtol=1e-6)
+    with pytest.raises(SpecError, match="same for every pair"):
+        recommend(raw, [0], n=3, strategy="prob", threshold=2.0)
     assert make_strategy("prob").threshold is None
     for bad in (np.nan, np.inf, "4", True):
         with pytest.raises(SpecError, match="finite threshold"):

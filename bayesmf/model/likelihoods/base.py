@@ -158,8 +158,9 @@ class Likelihood:
     def check_method(self, method: str) -> None:
         if method not in self.methods:
             raise SpecError(
-                f"method {method!r} does not support likelihood {self.name!r}; it runs with "
-                f"{sorted(self.methods)} (see bayesmf.model.likelihoods.SUPPORTED)")
+                f"method {method!r} does not support likelihood {self.name!r}; the "
+                f"{self.name} likelihood runs with the methods {sorted(self.methods)} (see "
+                f"bayesmf.model.likelihoods.SUPPORTED)")
 
     # ------------------------------------------------------------------ math (jnp)
     def log_prob(self, y, eta, theta: dict):
