@@ -8,7 +8,8 @@ Relevance -- which held-out pairs count as relevant:
 * a :class:`~bayesmf.data.ratings.Ratings` test set: a pair is relevant when
   ``rating >= relevance_threshold``. The default (``None``) is the likelihood's
   :attr:`~bayesmf.model.likelihoods.base.Likelihood.relevance_threshold` for an explicit
-  likelihood (4.0 on a star scale, 1 for 0/1 data: the positives) and "every pair with a positive value" when the posterior's likelihood is
+  likelihood (4.0 on a star scale, 1 for 0/1 data: the positives) and "every pair with
+  a positive value" when the posterior's likelihood is
   :attr:`~bayesmf.model.likelihoods.base.Likelihood.full_matrix` (implicit feedback,
   Poisson counts: a listed count of 0 is no interaction); a threshold passed explicitly
   always applies.

@@ -178,7 +178,7 @@ class Scorer:
         return self.lik.predictive(m, v, self.theta)
 
     def pair_summary(self, block: UserBlock, cols):
-        """``(mean, param_var, var)`` of the predictive of per-row columns ``cols (c, n)``:
+        r"""``(mean, param_var, var)`` of the predictive of per-row columns ``cols (c, n)``:
         the mean, the parameter variance ``Var_s(m_s) + mean_s(v_s)`` and the predictive
         variance (parameter + the mean observation noise), streaming over draws (no
         ``S x c x n x k`` gather). For a non-Gaussian likelihood: those of its predictive
