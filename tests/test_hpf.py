@@ -130,7 +130,7 @@ def test_summary_files_are_refused_for_non_negative_factors(gibbs_post, tmp_path
 
 
 def test_recommend_std_is_the_predictive_std_with_the_poisson_noise(gibbs_post):
-    """``recommend``'s ``std`` is parameter + observation noise, as ``predict``'s: for
+    r"""``recommend``'s ``std`` is parameter + observation noise, as ``predict``'s: for
     Poisson :math:`\sqrt{\mathrm{Var}_s\lambda_s + \bar\lambda}` (not the parameter
     part alone)."""
     from bayesmf.recommend import recommend
