@@ -743,10 +743,17 @@ def cmd_fit(a) -> int:
     model = BayesMF(method=method, rank=rank, likelihood=likelihood, prior=prior,
                     seed=a.seed, implicit_terms=a.implicit_terms,
                     progress=_progress(a), **biases, **feats, **opts)
-    if negatives:
-        model.fit(train, negatives=negatives)
-    else:
-        model.fit(train)
+    try:
+        if negatives:
+            model.fit(train, negatives=negatives)
+        else:
+            model.fit(train)
+    except Exception:
+        # a fit refused before its first checkpoint leaves no stale settings file behind
+        ck = opts.get("checkpoint")
+        if ck and not a.resume and not Path(str(ck)).exists():
+            Path(str(ck) + ".cli.json").unlink(missing_ok=True)
+        raise
     if recal:
         model.recalibrate(train, method=recal, fraction=a.recalibrate_fraction)
     if selection is not None:  # --confidence auto: the search, kept with the model

@@ -329,3 +329,15 @@ def test_bias_flags_switch_the_biases_of_any_likelihood(counts, tmp_path):
     post = load(out)
     assert not post.spec.user_bias and post.spec.item_bias and post.spec.global_mean
     assert np.all(post.draws["bu"] == 0) and np.any(post.draws["bi"] != 0)
+
+
+def test_checkpoint_with_a_fitter_without_checkpoints_is_refused_cleanly(counts, tmp_path,
+                                                                         capsys):
+    """HPF NUTS writes no checkpoints: a one-line refusal that says so, and no stale
+    settings file next to the checkpoint path."""
+    ck = tmp_path / "n.ckpt"
+    rc = main(["fit", str(counts / "train.csv"), *FIT, "--method", "nuts", "--samples", "5",
+               "--warmup", "5", "--checkpoint", str(ck), "--out", str(tmp_path / "m.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "writes no checkpoints" in err and err.count("\n") == 1, err
+    assert not ck.exists() and not (tmp_path / "n.ckpt.cli.json").exists()

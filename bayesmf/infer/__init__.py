@@ -57,6 +57,11 @@ def likelihood_fitter(method: str, spec):
 def check_options(method: str, options: dict, defaults: dict) -> dict:
     """Merge ``options`` over ``defaults``; unknown keys raise :class:`SpecError`."""
     unknown = sorted(set(options) - set(defaults))
+    ck = [n for n in unknown if n in ("checkpoint", "checkpoint_every", "resume")]
+    if ck:
+        raise SpecError(f"this {method!r} fitter writes no checkpoints ({ck} given); "
+                        f"checkpoints are written by the Gibbs samplers and the NumPyro "
+                        f"NUTS of the Gaussian-factor models")
     if unknown:
         raise SpecError(f"method {method!r} got unknown option(s) {unknown}; "
                         f"it accepts {sorted(defaults)}")
