@@ -809,7 +809,10 @@ def fold_in(posterior, ratings, user="new_user", *, mode=None, prior="auto", see
     ``user, item, rating`` (several). Items unknown to the posterior are ignored
     (counted in ``info["dropped_unknown"]``; ``unknown="raise"`` rejects them). A user
     with no usable rating gets the prior -- for ``prior="population"`` the posterior's
-    unknown-user fallback. For an augmented likelihood with ``mode="sample"``,
+    unknown-user fallback -- in the models of the listed pairs only; in the models over
+    all pairs (``implicit``, ``poisson``) every unlisted pair is an observation, so an
+    empty history is "no interaction with any item" and folds to the posterior given
+    those zeros (which, for Poisson, pulls the rates towards 0). For an augmented likelihood with ``mode="sample"``,
     ``info["acceptance"]`` lists per user the mean acceptance rate of the independence
     Metropolis-Hastings steps (module docs): near 1 when the Laplace proposal fits.
     """
