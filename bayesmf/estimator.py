@@ -378,13 +378,23 @@ class BayesMF:
 
     def evaluate(self, test, **kwargs) -> dict:
         """Rating (and ranking) metrics on held-out ratings; see
-        :func:`bayesmf.evaluate.evaluate`."""
+        :func:`bayesmf.evaluate.evaluate`. For an implicit-feedback model (over all pairs,
+        or Bernoulli with sampled negatives) ``test`` may also be the held-out
+        interactions as a DataFrame with ``user`` and ``item`` columns and no ``rating``
+        (every pair relevant), as ``bayesmf evaluate`` reads them."""
         from bayesmf import evaluate as ev
         from bayesmf.data.interactions import Interactions
 
+        post = self.posterior
+        implicit = post.likelihood.full_matrix or bool(post.attrs.get("negatives"))
+        if (implicit and isinstance(test, pd.DataFrame) and "rating" not in test.columns
+                and {"user", "item"} <= set(test.columns)):
+            # held-out interactions as a user/item frame (the CLI's reading too): every
+            # listed pair is relevant, the ids those of the model
+            test = Interactions.from_arrays(test["user"].to_numpy(), test["item"].to_numpy())
         if not isinstance(test, Interactions):
             test = as_ratings(test)
-        return ev.evaluate(self.posterior, test, **kwargs)
+        return ev.evaluate(post, test, **kwargs)
 
     def recommend(self, users, n: int = 10, strategy: str = "mean", **kwargs) -> pd.DataFrame:
         """Top-``n`` items per user; see :func:`bayesmf.recommend.recommend`."""

@@ -262,3 +262,22 @@ def test_bad_counts_name_the_user_and_item(user_items, value, what):
     with pytest.raises(DataError, match=f"1 {what} value.*at user 3, item {X.indices[j]}"):
         ImplicitRecommender(bayesmf.BayesMF(method="map", likelihood="implicit",
                                             rank=2)).fit(X, show_progress=False)
+
+
+def test_estimator_evaluate_takes_held_out_interactions_as_a_frame(user_items):
+    """``BayesMF.evaluate`` of an implicit model accepts a user/item frame without a
+    rating column (every pair relevant): the same metrics as the Interactions."""
+    import pandas as pd
+
+    from bayesmf.data.interactions import Interactions
+
+    X = sp.csr_matrix(user_items).tocoo()
+    hold = np.arange(X.nnz) % 5 == 0
+    frame = pd.DataFrame({"user": X.row[~hold], "item": X.col[~hold],
+                          "count": X.data[~hold]})
+    m = bayesmf.BayesMF(method="map", likelihood="implicit", rank=2).fit(
+        Interactions.from_arrays(frame.user, frame.item, frame["count"]))
+    test = pd.DataFrame({"user": X.row[hold], "item": X.col[hold]})
+    a = m.evaluate(test, k=5)["ranking"]
+    b = m.evaluate(Interactions.from_arrays(test.user, test.item), k=5)["ranking"]
+    assert a["relevant_pairs"] == b["relevant_pairs"] > 0 and a["ndcg@5"] == b["ndcg@5"]
