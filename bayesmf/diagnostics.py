@@ -62,6 +62,8 @@ _DIMS = {
     "U": ("user", "factor"), "V": ("item", "factor"),
     "mu_U": ("factor",), "mu_V": ("factor",),
     "Lambda_U": ("factor", "factor_"), "Lambda_V": ("factor", "factor_"),
+    # Poisson factorization: user activity xi_u, item popularity eta_i
+    "xi": ("user",), "eta": ("item",),
 }
 _FACTOR_VARS = ("U", "V", "mu_U", "mu_V", "Lambda_U", "Lambda_V")
 
@@ -71,10 +73,15 @@ class NonIdentifiableWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _var_dims(name: str, arr: np.ndarray) -> list[str]:
+def _var_dims(name: str, arr: np.ndarray, sizes: dict | None = None) -> list[str]:
+    """The dims of a ``(chain, draw, ...)`` variable: the named ones of :data:`_DIMS`
+    where their number and (for those in ``sizes``) their lengths fit, else
+    ``<name>_dim_<j>``."""
     extra = arr.ndim - 2
     dims = _DIMS.get(name)
-    if dims is not None and len(dims) == extra:
+    sizes = sizes or {}
+    if dims is not None and len(dims) == extra and all(
+            sizes.get(d, n) == n for d, n in zip(dims, arr.shape[2:])):
         return list(dims)
     return [f"{name}_dim_{j}" for j in range(extra)]
 
@@ -277,7 +284,8 @@ def to_datatree(posterior: Posterior, *, log_likelihood=False, posterior_predict
             continue
         a = np.asarray(arr)
         data["posterior"][name] = a
-        dims[name] = _var_dims(name, a)
+        dims[name] = _var_dims(name, a, {"user": len(posterior.users),
+                                         "item": len(posterior.items)})
 
     # -- sample_stats: per (chain, draw) entries
     stats = {}

@@ -747,3 +747,19 @@ def test_side_features_are_refused_with_non_negative_factors():
     with pytest.raises(SpecError, match="need real factors.*non-negative"):
         bayesmf.BayesMF(method="gibbs", likelihood="poisson", rank=2,
                         user_features=feats).fit(train)
+
+
+def test_datatree_labels_activity_and_popularity_by_user_and_item(gibbs_post, planted):
+    """ArviZ: ``xi`` is indexed by user and ``eta`` by item (not ``*_dim_0``), and the
+    pointwise log likelihood is the exact per-draw Poisson log pmf."""
+    from bayesmf.diagnostics import to_datatree
+
+    train = planted[0]
+    dt = to_datatree(gibbs_post, log_likelihood=train)
+    post = dt["posterior"]
+    assert post["xi"].dims[-1] == "user" and post["eta"].dims[-1] == "item"
+    np.testing.assert_array_equal(post["eta"].coords["item"].values, gibbs_post.items.ids)
+    ll = dt["log_likelihood"]["rating"].values.reshape(-1, train.nnz)
+    U, V = gibbs_post.flat("U").astype(np.float64), gibbs_post.flat("V").astype(np.float64)
+    lam = np.einsum("snk,snk->sn", U[:, train.user], V[:, train.item])
+    np.testing.assert_allclose(ll, poisson.logpmf(train.rating, lam), rtol=2e-5, atol=1e-4)
