@@ -708,11 +708,16 @@ def read_ratings_file(source, *, user_col: str = "user", item_col: str = "item",
     if tcol is not None and tcol in df.columns:
         col = df[tcol]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col)):
+            import warnings
+
             try:
-                parsed = pd.to_datetime(col, utc=True)
+                with warnings.catch_warnings():  # pandas' format-inference note: the
+                    warnings.simplefilter("ignore", UserWarning)  # error below says it
+                    parsed = pd.to_datetime(col, utc=True)
             except (ValueError, TypeError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DataError(f"timestamp column {tcol!r} is neither numbers nor "
-                                f"dates: {exc}") from exc
+                                f"dates: {first}") from exc
             df[tcol] = parsed.dt.tz_convert(None)
     return df
 

@@ -413,6 +413,15 @@ def test_source_errors(tmp_path):
     badts.write_text("user,item,rating,timestamp\n1,1,1,yesterday-ish\n")
     with pytest.raises(DataError, match="timestamp column 'timestamp' is neither numbers nor dates"):
         load_ratings_source(badts)
+    # a date, then a bad one: one line, no pandas format-inference warning on the way
+    badts.write_text("user,item,rating,timestamp\n1,1,1,2020-01-01\n1,2,1,notadate\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(DataError, match="neither numbers nor dates") as err:
+            load_ratings_source(badts)
+    assert "\n" not in str(err.value)
 
 
 def test_source_parquet(tmp_path):
