@@ -140,18 +140,18 @@ def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, r
     .. math::
 
         \pi(a_r) \propto \prod_{j\in O_r} p(y_j\mid\eta_j)\;
-        \exp(-	frac12 a_r^	op P_0 a_r + h_0^	op a_r),\qquad
-        \eta_j = o_j + x_{c(j)}^	op a_r ,
+        \exp(-\tfrac12 a_r^\top P_0 a_r + h_0^\top a_r),\qquad
+        \eta_j = o_j + x_{c(j)}^\top a_r ,
 
     with :math:`o_j` the rest of the linear predictor (``off``: :math:`\mu` plus the other
     side's bias) and :math:`x = [1, F_{other}]`. At the current :math:`a_r` the likelihood's
-    ``working`` response and weights :math:`(	ilde z_j, w_j)` (one Newton step of
+    ``working`` response and weights :math:`(\tilde z_j, w_j)` (one Newton step of
     :math:`-\log p`) give the Gaussian proposal
 
     .. math::
 
         q(\cdot\mid a_r) = \mathcal N(m_r, P_r^{-1}),\quad P_r = P_0 + \sum_j w_j
-        x_jx_j^	op,\quad m_r = P_r^{-1}\Big(h_0 + \sum_j w_j(	ilde z_j - o_j)x_j\Big),
+        x_jx_j^\top,\quad m_r = P_r^{-1}\Big(h_0 + \sum_j w_j(\tilde z_j - o_j)x_j\Big),
 
     the IRLS step from :math:`a_r` (the posterior's Laplace approximation near its mode);
     with ``newton_steps = T > 1`` the proposal is the Gaussian of the :math:`T`-th IRLS
