@@ -1177,10 +1177,11 @@ def _add_reading(p):
 
 
 _FEATURES_HELP = {
-    "fit": ("side information for the Macau prior (--method gibbs only): a CSV/TSV/Parquet "
-            "file with a header, an id column ({col}; --{side}-col names another) and one "
-            "column per feature (numbers as they are, standardised; text one-hot; text "
-            "with '|' multi-valued, e.g. Action|Comedy); every {side} of TRAIN needs a row "
+    "fit": ("side information for the Macau prior (--method gibbs, map, svi or nuts): a "
+            "CSV/TSV/Parquet file with a header, an id column ({col}; --{side}-col "
+            "names another) and one column per feature (numbers as they are, "
+            "standardised; text one-hot; text with '|' multi-valued, e.g. "
+            "Action|Comedy); every {side} of TRAIN needs a row "
             "(rows of other {side}s are allowed and ignored); ids by the --id-type rule"),
     "predict": ("{side} features (the file format of 'fit --{side}-features'; the model "
                 "must have been fitted with {side} features): {side}s of the file that the "

@@ -444,7 +444,8 @@ def _features_data(post: Posterior, data: dict) -> dict:
 
 
 def _load_features(ds, users, items) -> dict:
-    """The side features stored by :func:`_features_data` (rows = the vocabularies)."""
+    """The side features stored by :func:`_features_data` (rows = the vocabularies, or
+    their first rows when rows were appended by fold-in after the fit)."""
     import scipy.sparse as sps
 
     from bayesmf.data.features import Features
@@ -454,9 +455,13 @@ def _load_features(ds, users, items) -> dict:
     for side, r in rec.items():
         vocab = users if side == "user" else items
         shape = tuple(r["shape"])
-        if shape[0] != len(vocab):
+        if shape[0] > len(vocab):
             raise ModelFileError(f"the stored {side} features have {shape[0]} rows for "
                                  f"{len(vocab)} {side}s")
+        if shape[0] < len(vocab):  # rows appended by fold-in (no features) come last
+            from bayesmf.data.vocab import Vocabulary
+
+            vocab = Vocabulary(vocab.ids[:shape[0]], side)
         X = sps.csr_matrix((ds[f"features__{side}__data"].values,
                             ds[f"features__{side}__indices"].values,
                             ds[f"features__{side}__indptr"].values), shape=shape)

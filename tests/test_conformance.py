@@ -24,7 +24,9 @@ from bayesmf.posterior import PARAM_NAMES, Posterior
 
 #: the methods of the explicit-rating (Gaussian) model; family-specific methods such as
 #: "cavi" (Poisson factorization) have their own tests
-GAUSSIAN_METHODS = sorted(m for m in METHODS if m in SUPPORTED["gaussian"])
+GAUSSIAN_METHODS = sorted(m for m in METHODS if m in SUPPORTED["gaussian"] and m != "nmf")
+#: "nmf" is another model on the Gaussian likelihood (non-negative W H, no mean or
+#: biases, non-negative ratings): tests/test_nmf_explicit.py
 
 N_USERS, N_ITEMS, RANK = 30, 20, 2
 

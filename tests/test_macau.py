@@ -306,3 +306,21 @@ def test_movielens_loaders():
 
     mv = movielens_movie_features(load_movielens("latest-small").movies)
     assert len(mv) == 9742 and "genres=Comedy" in mv.names
+
+
+def test_fold_in_append_keeps_the_side_features(planted, macau, tmp_path):
+    """Appending folded-in users keeps the model's features (the item side whole, the
+    user side for its fitted rows): cold-start items still work after the append, a new
+    cold user behind the appended row is refused with the reason, and the model file
+    round-trips."""
+    from bayesmf.recommend import fold_in
+
+    app = fold_in(macau, {0: 4.0, 3: 2.0}, user=10_001).append_to()
+    assert set(app.features) == {"user", "item"} and len(app.users) == N + 1
+    cold = app.with_features(item_features=_frame("item", np.arange(M), planted["Xi"]))
+    assert cold.cold_range("item") == (M - N_COLD, M)
+    with pytest.raises(SpecError, match="rows appended without features"):
+        app.with_features(user_features=_frame("user", [20_000], planted["Xu"][:1]))
+    back = io.load(io.save(cold, tmp_path / "a.nc", draws=10))
+    assert len(back.features["user"]) == N and len(back.users) == N + 1
+    np.testing.assert_array_equal(back.features["item"].X, cold.features["item"].X)

@@ -132,3 +132,22 @@ def test_folded_predictions_are_clipped_to_the_rating_scale_by_default():
     assert p["lower"].ge(lo).all()
     raw = f.predict(post.items.ids, clip=False)
     np.testing.assert_allclose(np.clip(raw["mean"], lo, hi), p["mean"])
+
+
+def test_default_text_id_on_an_integer_model_says_how_to_append():
+    """fold_in's default id "new_user" cannot join integer ids: the error names the
+    argument that gives the new user an integer id."""
+    import pandas as pd
+
+    import bayesmf
+    from bayesmf.errors import DataError
+    from bayesmf.recommend import fold_in
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": np.repeat(np.arange(10), 5),
+                       "item": np.concatenate([rng.permutation(12)[:5] for _ in range(10)]),
+                       "rating": rng.integers(1, 6, 50).astype(float)})
+    post = bayesmf.BayesMF(method="map", rank=2).fit(df).posterior
+    with pytest.raises(DataError, match=r"fold_in\(posterior, ratings, user=<an unused"):
+        fold_in(post, {1: 5.0}).append_to()
+    assert len(fold_in(post, {1: 5.0}, user=100).append_to().users) == 11

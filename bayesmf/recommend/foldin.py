@@ -330,6 +330,7 @@ class FoldedUsers(_Folded):
         clash = [x for x in self.raw.tolist() if x in p.users]
         if clash:
             raise DataError(f"user id(s) already in the posterior: {clash[:5]}")
+        _check_new_ids(p.users, self.raw, "user")
         return _append(p, "user", self.raw, self.b, self.F, self.rated)
 
 
@@ -350,7 +351,21 @@ class FoldedItems(_Folded):
         clash = [x for x in self.raw.tolist() if x in p.items]
         if clash:
             raise DataError(f"item id(s) already in the posterior: {clash[:5]}")
+        _check_new_ids(p.items, self.raw, "item")
         return _append(p, "item", self.raw, self.b, self.F, self.rated)
+
+
+def _check_new_ids(vocab, raw, side: str) -> None:
+    """A text id (such as fold_in's default ``"new_user"``) cannot join a vocabulary of
+    integer ids: say which argument gives the row another id."""
+    if len(raw) and not vocab.is_string:
+        try:
+            vocab.extend(raw)
+        except DataError as e:
+            fn = "fold_in_item" if side == "item" else "fold_in"
+            raise DataError(f"{e}; this model's {side} ids are integers: fold in with "
+                            f"{fn}(posterior, ratings, {side}=<an unused integer id>) to "
+                            f"append the new {side}") from None
 
 
 def _append(p: Posterior, side, raw, b, F, rated):
@@ -385,8 +400,10 @@ def _append(p: Posterior, side, raw, b, F, rated):
     train = TrainInfo(t.scale, t.global_mean, int(t.n_train + len(rows)), uc.astype(np.int64),
                       ic.astype(np.int64), csr.indptr.astype(np.int64),
                       csr.indices.astype(np.int32), dict(t.extra, folded_in=side))
+    # the side features stay (they describe the rows they list; with_features refuses
+    # cold-start rows behind appended ones, and fold-in keeps the implicit-term block)
     return Posterior(d, p.spec, users, items, train, p.method, p.sample_stats, None,
-                     dict(p.attrs, folded_in=int(n)))
+                     dict(p.attrs, folded_in=int(n)), dict(p.features))
 
 
 def _implicit_offset(posterior, side, other_idx):
@@ -812,7 +829,8 @@ def fold_in(posterior, ratings, user="new_user", *, mode=None, prior="auto", see
     unknown-user fallback -- in the models of the listed pairs only; in the models over
     all pairs (``implicit``, ``poisson``) every unlisted pair is an observation, so an
     empty history is "no interaction with any item" and folds to the posterior given
-    those zeros (which, for Poisson, pulls the rates towards 0). For an augmented likelihood with ``mode="sample"``,
+    those zeros (which, for Poisson, pulls the rates towards 0). For an augmented
+    likelihood with ``mode="sample"``,
     ``info["acceptance"]`` lists per user the mean acceptance rate of the independence
     Metropolis-Hastings steps (module docs): near 1 when the Laplace proposal fits.
     """

@@ -35,7 +35,9 @@ class Gaussian(Likelihood):
     name = "gaussian"
     theta_names = ("tau",)
     #: every method, and posterior propagation over blocks (bayesmf.infer.propagation)
-    methods = METHODS_ALL + ("propagation",)
+    #: ``nmf``: Frobenius NMF of the ratings (non-negative ``W H``, no mean or biases;
+    #: :func:`bayesmf.infer.nmf.fit_nmf`) -- another model on the same likelihood
+    methods = METHODS_ALL + ("propagation", "nmf")
     mean_is_linear = True
     discrete = False
     augmented = False
