@@ -99,7 +99,7 @@ def requests(a):
         parts = line.split()
         if not parts or parts[0].lower() in ("quit", "exit"):
             return
-        yield parts[0], int(parts[1]) if len(parts) > 1 else a.n
+        yield parts[0], parts[1] if len(parts) > 1 else a.n
 
 
 def main(argv=None) -> int:
@@ -114,6 +114,11 @@ def main(argv=None) -> int:
     status = 0
     for token, n in requests(a):
         try:
+            if isinstance(n, str):  # 'USER N' from stdin: N is checked per request
+                try:
+                    n = int(n)
+                except ValueError:
+                    raise ValueError(f"N must be an integer, got {n!r}") from None
             user = server.parse_user(token)
             recs = server.answer(user, n)
         except (ValueError, bayesmf.BayesMFError) as exc:

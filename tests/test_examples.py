@@ -60,9 +60,9 @@ def test_serve_from_args_with_titles(fitted):
 def test_serve_from_stdin_json(fitted):
     model = fitted[0]
     out = run("serve_recommendations.py", model, "--format", "json", "--strategy", "upper",
-              stdin="1 2\nnot-an-id\n2\nquit\n1\n", check=False)
-    assert out.returncode == 1  # the bad request is reported, the others answered
-    assert "integers" in out.stderr
+              stdin="1 2\nnot-an-id\n1 x\n2\nquit\n1\n", check=False)
+    assert out.returncode == 1  # the bad requests are reported, the others answered
+    assert "integers" in out.stderr and "N must be an integer, got 'x'" in out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert [x["user"] for x in lines] == [1, 2]  # stops at "quit"
     assert len(lines[0]["items"]) == 2 and lines[0]["items"][0]["rank"] == 1

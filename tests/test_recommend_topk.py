@@ -48,6 +48,10 @@ def test_exclude_seen_candidates_exclude():
     rc = recommend(post, [0, 1, 2], n=10, candidates=cand, exclude=[5], exclude_seen=False)
     assert set(rc.item) <= set(cand) - {5}
     assert rc.groupby("user").size().tolist() == [5, 5, 5]  # fewer than n left: fewer rows
+    from bayesmf.errors import SpecError
+
+    with pytest.raises(SpecError, match="candidates is empty"):
+        recommend(post, [0], n=3, candidates=[])
     # scores are the predictive means, sorted, and match Posterior.predict
     pred = post.predict(rc.user, rc.item)
     assert rc["score"].to_numpy() == pytest.approx(pred.mean, abs=1e-5)

@@ -136,6 +136,11 @@ def test_users_df_subset_with_unknown_and_text_ids(spark, gibbs):
     sdf = recommend_spark(gibbs, ints, spark=spark, n=3).toPandas()
     assert len(sdf) == 9  # a repeated user gets its list twice, as in-process
     _same_lists(sdf, recommend(gibbs, [ids[5], ids[5], 424242], n=3), 1e-6)
+    # a batch of unknown users only (the executor's posterior then has no user row)
+    only = spark.createDataFrame(pd.DataFrame({"user": [424242, 515151]}))
+    sdf = recommend_spark(gibbs, only, spark=spark, n=3, columns="all").toPandas()
+    assert len(sdf) == 6 and not sdf["known_user"].any()
+    _same_lists(sdf, recommend(gibbs, [424242, 515151], n=3), 1e-6)
 
 
 def test_predict_spark_equals_predict(spark, gibbs):

@@ -118,8 +118,10 @@ class _PosteriorUsers:
         """``(row_of_entry, item_index)`` of training items of the chunk's users."""
         t = self.post.train
         u, kn = self.idx[rows], self.known[rows]
-        starts = np.where(kn, t.seen_indptr[np.maximum(u, 0)], 0)
-        ends = np.where(kn, t.seen_indptr[np.maximum(u, 0) + 1], 0)
+        uu = np.where(kn, u, 0)  # unknown rows (possibly the only rows: no user at all)
+        last = len(t.seen_indptr) - 1
+        starts = np.where(kn, t.seen_indptr[np.minimum(uu, last)], 0)
+        ends = np.where(kn, t.seen_indptr[np.minimum(uu + 1, last)], 0)
         lens = ends - starts
         rr = np.repeat(np.arange(len(u)), lens)
         off = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
@@ -144,6 +146,9 @@ def _candidate_positions(post, candidates, exclude):
     items_idx = None
     if candidates is not None:
         raw = np.atleast_1d(np.asarray(candidates))
+        if raw.size == 0:
+            raise SpecError("candidates is empty: pass the item ids to rank among, or None "
+                            "for every item")
         items_idx = np.unique(post.items.encode(raw).astype(np.int64))
     excl_pos = None
     if exclude is not None:
@@ -302,11 +307,11 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
         ``relevance_threshold`` -- 4.0 on a star scale, 1 for Bernoulli and Poisson).
     quantile_method : {"bounded", "exact", "approx", "gaussian"}
         How ``upper``/``lower``/``prob`` find the top ``n`` (Gaussian likelihood):
-        ``"bounded"`` (default) returns exactly the lists of ``"exact"`` (every pair's
-        mixture quantile / probability solved) but solves only a few pairs per user and
-        *certifies* the rest below the ``n``-th score with per-draw bounds
-        (:mod:`bayesmf.scoring.bounded`); ``"approx"`` skips the certificate (the best
-        ``screen_size`` items of a moment-matched screen are scored exactly);
+        ``"approx"`` (default) scores exactly the best ``screen_size`` items of a
+        moment-matched screen (no certificate); ``"bounded"`` returns exactly the lists
+        of ``"exact"`` (every pair's mixture quantile / probability solved) but solves
+        only a few pairs per user and *certifies* the rest below the ``n``-th score with
+        per-draw bounds (:mod:`bayesmf.scoring.bounded`);
         ``"gaussian"`` scores by the moment-matched Gaussian quantile. ``screen_size=``
         (keyword) sets how many screened items per user are solved.
     chunk_size : int, optional

@@ -100,8 +100,13 @@ class Scorer:
         u = np.asarray(u, np.int64)
         known = np.asarray(known, bool)
         uu = np.where(known, u, 0)
-        b = self.post.flat("bu")[:, uu].astype(np.float64)
-        F = self.post.flat("U")[:, uu]
+        Ub = self.post.flat("U")
+        if Ub.shape[1] == 0:  # no user row at all (a Spark batch of unknown ids only)
+            b = np.zeros((self.S, len(u)))
+            F = np.zeros((self.S, len(u)) + Ub.shape[2:], Ub.dtype)
+        else:
+            b = self.post.flat("bu")[:, uu].astype(np.float64)
+            F = Ub[:, uu]
         if not known.all():
             a_mean, _ = self.pop_moments()
             F = F.copy()
