@@ -146,7 +146,11 @@ def _pointwise_loglik(posterior: Posterior, users, items, y, memory_limit=None):
     return out.reshape(C, D, n)
 
 
-def _predictive_draws(posterior: Posterior, users, items, seed, memory_limit=None):
+def _predictive_draws(posterior: Posterior, users, items, seed, memory_limit=None, y=None):
+    """One posterior-predictive draw per posterior draw and pair, ``(C, D, n)``. With the
+    observed values ``y`` of listed pairs, a family whose listed pair has its own noise
+    factor (implicit feedback: precision :math:`\tau c_{ui}`) replicates that pair's
+    term, as ``log_likelihood`` scores it."""
     C, D, S = posterior.n_chains, posterior.n_draws, posterior.n_samples
     n = len(users)
     check_allocation(4 * S * n, f"posterior_predictive ({S} draws x {n} pairs, float32)",
@@ -156,7 +160,12 @@ def _predictive_draws(posterior: Posterior, users, items, seed, memory_limit=Non
     out = np.empty((S, n), np.float32)
     for sl in _pair_chunks(n, S, posterior.spec.rank):
         if posterior.likelihood.mean_is_linear:
-            m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+            if y is None:
+                m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
+            else:  # N(m, v + 1/(tau c)) of each listed pair
+                _, c = posterior.likelihood.predictive_target(np.asarray(y)[sl])
+                m, v = posterior.pair_moments(u[sl], i[sl], ku[sl], ki[sl])
+                sd = np.sqrt(v + posterior.noise_var()[:, None] / c)
             out[:, sl] = m + sd * rng.standard_normal(m.shape)
         else:  # one draw from each posterior draw's own distribution
             mix = posterior.predictive_mixture(u[sl], i[sl], ku[sl], ki[sl])
@@ -312,7 +321,10 @@ def to_datatree(posterior: Posterior, *, log_likelihood=False, posterior_predict
             ou, oi, oy = obs
             coords["obs"] = np.arange(len(oy))
             obs_coords = {"obs_user": ("obs", np.asarray(ou)), "obs_item": ("obs", np.asarray(oi))}
-            data["observed_data"] = {"rating": disc(oy) if disc else np.asarray(oy)}
+            # on the predictive's scale (implicit feedback: the preference 1 of a listed
+            # pair, not its count), as log_likelihood and posterior_predictive
+            ot = posterior.likelihood.predictive_target(np.asarray(oy, float))[0]
+            data["observed_data"] = {"rating": disc(ot) if disc else ot}
             dims["rating"] = ["obs"]
             if log_likelihood is not False and log_likelihood is not None:
                 data["log_likelihood"] = {
@@ -320,7 +332,8 @@ def to_datatree(posterior: Posterior, *, log_likelihood=False, posterior_predict
                                                 memory_limit)}
             if posterior_predictive is not None and posterior_predictive is not False \
                     and pp_pairs is None:
-                pp = _predictive_draws(posterior, ou, oi, seed, memory_limit)
+                pp = _predictive_draws(posterior, ou, oi, seed, memory_limit,
+                                       y=np.asarray(oy, float))
                 data["posterior_predictive"] = {"rating": disc(pp) if disc else pp}
         if pp_pairs is not None:
             pu, pi, _ = pp_pairs

@@ -270,3 +270,28 @@ def test_diagnose_one_chain_reports_split_rhat(data):
     bad = diagnose(one_chain(make_posterior(r, t, mode="stuck", chains=2, draws=100)),
                    n_probe=10)
     assert bad[bad.kind == "prediction"].rhat.median() > 1.5
+
+
+def test_implicit_observed_data_and_replicates_are_on_the_preference_scale():
+    """An implicit model's listed pair is the preference 1 with confidence c: the
+    observed_data group holds 1 (not the count) and the replicates of that pair have the
+    noise 1/(tau c) its log likelihood scores (MAP: one draw, so Var = 1/(tau c))."""
+    import bayesmf
+    from bayesmf.data import Interactions
+
+    rng = np.random.default_rng(0)
+    u = np.repeat(np.arange(30), 6)
+    i = np.concatenate([rng.permutation(20)[:6] for _ in range(30)])
+    counts = rng.integers(1, 40, len(u)).astype(float)
+    inter = Interactions.from_arrays(u, i, counts)
+    m = bayesmf.BayesMF(method="map", rank=2, likelihood="implicit").fit(inter)
+    dt = m.to_datatree(log_likelihood=inter.to_ratings(), posterior_predictive=True)
+    assert np.all(dt["observed_data"]["rating"].values == 1.0)
+    post = m.posterior
+    lik = post.likelihood
+    c = lik.encode(inter.to_ratings().rating)
+    pp = dt["posterior_predictive"]["rating"].values.reshape(-1)
+    mean = post.predict(inter.users.decode(inter.user), inter.items.decode(inter.item),
+                        clip=False).mean
+    z = (pp - mean) * np.sqrt(float(post.noise_var()[0]) ** -1 * c)
+    assert abs(z.std() - 1.0) < 0.15  # standardised by 1/sqrt(tau c): unit spread
