@@ -228,3 +228,43 @@ def test_latent_scale_derivatives_match_autodiff(lik):
         f, f1 = ref(x)
         f2 = (ref(x + h)[1] - ref(x - h)[1]) / (2 * h)
         np.testing.assert_allclose(got, [f, f1, f2], rtol=3e-3, atol=2e-2)
+
+
+def test_fallback_spread_counts_as_parameter_variance_for_discrete_families():
+    """An unknown id's population spread of eta (v > 0) is parameter uncertainty: a
+    discrete family folds it into each draw's distribution, and its param_var adds
+    Var_{eta ~ N(m, v)} g(eta) (g: P(y=1), the expected level) -- checked against a fine
+    grid; known pairs (v = 0) are unchanged."""
+    from scipy import stats
+
+    from bayesmf.model.likelihoods import BernoulliProbit, OrdinalProbit
+
+    m = np.array([[0.3, -0.5], [0.1, -0.2]])
+    v = np.array([[0.0, 1.5], [0.0, 1.5]])
+    grid = np.linspace(-12, 12, 200001)
+
+    def var_of(g, mu, var):
+        dens = stats.norm.pdf(grid, mu, np.sqrt(var))
+        dens /= np.trapezoid(dens, grid)
+        e1 = np.trapezoid(g(grid) * dens, grid)
+        return np.trapezoid(g(grid) ** 2 * dens, grid) - e1 ** 2
+
+    mix = BernoulliProbit().predictive(m, v, {})
+    p = stats.norm.cdf(m / np.sqrt(1 + v))
+    want = p.var(axis=0) + np.array([0.0, np.mean([var_of(stats.norm.cdf, mu, 1.5)
+                                                   for mu in m[:, 1]])])
+    np.testing.assert_allclose(mix.param_var(), want, rtol=1e-4)  # 16-node Gauss-Hermite
+    cut = np.array([[-1.0, 0.0, 1.2], [-0.8, 0.1, 1.0]])
+    lik = OrdinalProbit(levels=(1, 2, 3, 4))
+    mo = lik.predictive(m, v, {"cutpoints": cut})
+
+    def level(eta, c):
+        cdf = stats.norm.cdf(c[None, :] - eta[:, None])
+        P = np.diff(np.concatenate([np.zeros((len(eta), 1)), cdf, np.ones((len(eta), 1))],
+                                   axis=1), axis=1)
+        return P @ np.array([1.0, 2.0, 3.0, 4.0])
+
+    extra = np.mean([var_of(lambda e, c=cut[s]: level(e, c), m[s, 1], 1.5) for s in range(2)])
+    base = mo.component_means().var(axis=0)
+    np.testing.assert_allclose(mo.param_var(), base + np.array([0.0, extra]), rtol=1e-4)
+    assert mo.param_var()[1] > 10 * mo.param_var()[0]

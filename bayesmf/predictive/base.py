@@ -160,10 +160,24 @@ class Mixture(ABC):
     def var(self) -> np.ndarray:
         r"""Total predictive variance :math:`\mathrm{Var}_s(\mu_s)+\overline{\sigma_s^2}`."""
 
+    #: ``(S,) + shape`` or None: parameter variance *inside* each component that its mean
+    #: does not show -- the population fallback of an unknown id, whose spread of
+    #: :math:`\eta` a discrete family folds into each draw's distribution
+    #: (:meth:`bayesmf.model.likelihoods.base.Likelihood.fallback_param_var`)
+    #: (set as an array, or as a function computed on first use: the quadrature costs a
+    #: few evaluations of the family per pair and is only needed by ``param_var``)
+    extra_param_var = None
+
     def param_var(self) -> np.ndarray:
-        r"""Parameter variance :math:`\mathrm{Var}_s(\mu_s)` (the Gaussian adds its
-        ``param_var``)."""
-        return self.component_means().var(axis=0)
+        r"""Parameter variance :math:`\mathrm{Var}_s(\mu_s)` plus the mean of
+        :attr:`extra_param_var` when set (the Gaussian adds its ``param_var``)."""
+        pv = self.component_means().var(axis=0)
+        extra = self.extra_param_var
+        if callable(extra):
+            extra = self.extra_param_var = extra()
+        if extra is not None:
+            pv = pv + np.asarray(extra).mean(axis=0)
+        return pv
 
     def std(self) -> np.ndarray:
         """``sqrt(var())``."""

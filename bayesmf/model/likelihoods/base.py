@@ -268,6 +268,33 @@ class Likelihood:
         return {}
 
     # ------------------------------------------------------------------ serialisation
+    def fallback_param_var(self, m, v, theta, n_nodes: int = 16):
+        r"""``(S,) + shape`` or None: for the pairs with a population-fallback variance
+        ``v > 0`` (an unknown id), :math:`\mathrm{Var}_{\eta\sim\mathcal N(m_s, v_s)}
+        g(\eta)` of each draw's expected value :math:`g(\eta)` (P(y = 1), the expected
+        level), by Gauss-Hermite quadrature (``n_nodes``); 0 elsewhere. A discrete
+        family's predictive folds that spread of :math:`\eta` into each draw's
+        distribution, where its component mean no longer shows it; added to the mixture's
+        :meth:`~bayesmf.predictive.Mixture.param_var`, it keeps an unknown id's parameter
+        uncertainty above a fitted one's, as the Gaussian family's is."""
+        m = np.asarray(m, np.float64)
+        v = np.broadcast_to(np.asarray(v, np.float64), m.shape)
+        if m.ndim < 1 or not np.any(v > 0):
+            return None
+        S = m.shape[0]
+        mf, vf = m.reshape(S, -1), v.reshape(S, -1)
+        cols = np.flatnonzero((vf > 0).any(axis=0))
+        x, w = np.polynomial.hermite.hermgauss(int(n_nodes))
+        w = w / np.sqrt(np.pi)
+        mc, sc = mf[:, cols], np.sqrt(2.0 * np.maximum(vf[:, cols], 0.0))
+        g = np.stack([self.predictive(mc + sc * xj, np.zeros_like(mc), theta)
+                      .component_means() for xj in x])  # (J, S, c)
+        e1 = np.tensordot(w, g, axes=1)
+        e2 = np.tensordot(w, g * g, axes=1)
+        out = np.zeros_like(mf)
+        out[:, cols] = np.maximum(e2 - e1 * e1, 0.0)
+        return out.reshape(m.shape)
+
     def value_range(self) -> tuple[float, float] | None:
         """``(lowest, highest)`` value a discrete family's observations take, ``None`` for
         a continuous one (no threshold is constant there)."""

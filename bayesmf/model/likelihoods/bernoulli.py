@@ -87,7 +87,11 @@ class _Bernoulli(Likelihood):
     def predictive(self, m, v, theta):
         from bayesmf.predictive import BernoulliMixture
 
-        return BernoulliMixture(self._p_np(np.asarray(m, np.float64), np.asarray(v, np.float64)))
+        mix = BernoulliMixture(self._p_np(np.asarray(m, np.float64),
+                                          np.asarray(v, np.float64)))
+        if np.any(np.asarray(v) > 0):  # unknown ids: their spread of eta, on first use
+            mix.extra_param_var = lambda: self.fallback_param_var(m, v, theta)
+        return mix
 
     def pymc_obs(self, eta, theta, y, **kwargs):
         import pymc as pm
@@ -227,9 +231,13 @@ class BernoulliLogit(_Bernoulli):
 
         m = np.asarray(m, np.float64)
         if not self.recalibration:
-            return BernoulliMixture(self._p_np(m, np.asarray(v, np.float64)))
-        z = moderated_logit(m, np.asarray(v, np.float64))
-        return BernoulliMixture(sigmoid(map_logit(z, *self.recalibration)))
+            mix = BernoulliMixture(self._p_np(m, np.asarray(v, np.float64)))
+        else:
+            z = moderated_logit(m, np.asarray(v, np.float64))
+            mix = BernoulliMixture(sigmoid(map_logit(z, *self.recalibration)))
+        if np.any(np.asarray(v) > 0):  # unknown ids: their spread of eta, on first use
+            mix.extra_param_var = lambda: self.fallback_param_var(m, v, theta)
+        return mix
 
     def eta_offset(self, y):
         p = float(np.clip(np.mean(y), 1e-3, 1 - 1e-3)) if len(y) else 0.5

@@ -562,8 +562,11 @@ class OrdinalProbit(Likelihood):
 
         m = np.asarray(m, np.float64)
         v = np.broadcast_to(np.asarray(v, np.float64), m.shape)
-        return CategoricalMixture(self.category_probs(m, v, np.asarray(theta["cutpoints"])),
-                                  np.asarray(self.levels))
+        mix = CategoricalMixture(self.category_probs(m, v, np.asarray(theta["cutpoints"])),
+                                 np.asarray(self.levels))
+        if np.any(v > 0):  # unknown ids: their spread of eta, on first use
+            mix.extra_param_var = lambda: self.fallback_param_var(m, v, theta)
+        return mix
 
     def prior_simulate(self, rng, eta, theta):
         z = np.asarray(eta) + rng.standard_normal(np.shape(eta))
