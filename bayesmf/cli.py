@@ -638,7 +638,8 @@ def cmd_fit(a) -> int:
         for k, v in saved.items():
             setattr(a, k, v)
         a.resume = ckpt
-        _check_outputs(a)  # the saved --out/--checkpoint may no longer be writable
+        a.checkpoint = ckpt  # the file named on the command line (it may have moved)
+        _check_outputs(a)  # the saved --out may no longer be writable
     if not a.train:
         raise DataError("TRAIN is required (a CSV/Parquet file or a dataset name such as "
                         "movielens:latest-small)")
@@ -656,6 +657,11 @@ def cmd_fit(a) -> int:
     if opts.get("checkpoint"):
         side = Path(str(opts["checkpoint"]) + ".cli.json")
         keep = {k: v for k, v in vars(a).items() if k not in ("func", "resume")}
+        # paths absolute, so that --resume works from any folder
+        for k in ("train", "out", "checkpoint", "user_features", "item_features"):
+            v = keep.get(k)
+            if isinstance(v, str) and (k in ("out", "checkpoint") or Path(v).exists()):
+                keep[k] = str(Path(v).expanduser().resolve())
         _atomic_write(side, lambda t: Path(t).write_text(json.dumps(keep)))
     feedback = getattr(a, "feedback", None) or "explicit"
     method = a.method or _DEFAULT_METHOD[feedback]

@@ -314,6 +314,32 @@ def test_fit_resume_reports_the_sweep(small_csv, tmp_path, capsys):
     assert f"resumed {ck} at sweep 10 of 10" in err
 
 
+def test_fit_resume_reads_the_named_checkpoint_from_any_folder(small_csv, tmp_path, capsys,
+                                                               monkeypatch):
+    """--resume PATH resumes PATH (also when the checkpoint was moved) and the relative
+    paths of the first run are stored absolute, so the resume works from another folder."""
+    import shutil
+
+    run, moved, elsewhere = (tmp_path / n for n in ("run", "moved", "elsewhere"))
+    for p in (run, moved, elsewhere):
+        p.mkdir()
+    shutil.copy(small_csv / "train.csv", run / "train.csv")
+    monkeypatch.chdir(run)
+    assert main(["fit", "train.csv", "--method", "gibbs", "--rank", "2", "--samples", "6",
+                 "--warmup", "4", "--checkpoint", "ck.npz", "--checkpoint-every", "5",
+                 "--no-progress", "--out", "g.nc", "--user-col", "uid", "--item-col", "movie",
+                 "--rating-col", "stars"]) == 0
+    capsys.readouterr()
+    for f in run.iterdir():
+        if f.name.startswith("ck.npz"):
+            (shutil.copytree if f.is_dir() else shutil.move)(str(f), str(moved / f.name))
+    monkeypatch.chdir(elsewhere)
+    assert main(["fit", "--resume", str(moved / "ck.npz")]) == 0
+    err = capsys.readouterr().err
+    assert f"resumed {moved / 'ck.npz'} at sweep 10 of 10" in err, err
+    assert (run / "g.nc").exists() and not (run / "ck.npz.cli.json").exists()
+
+
 # ----------------------------------------------------------------------------- issue 17
 @pytest.fixture(scope="module")
 def int_model(tmp_path_factory):
