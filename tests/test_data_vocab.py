@@ -208,3 +208,17 @@ def test_integer_ids_match_a_text_vocabulary_by_canonical_text():
     with pytest.raises(UnknownIdError, match=r"1 unknown item id\(s\): '8'"):
         s.encode([8])
     assert s.extend([5]).ids.tolist() == ["7", "007", "12", "5"]
+
+
+def test_a_plain_unknown_integer_is_not_called_badly_written():
+    """Among text ids for an integer vocabulary, '99999' (canonical, just unknown) gets
+    no "leading zeros, a sign or spaces" warning; '007' does."""
+    import warnings
+
+    v = Vocabulary(np.arange(1, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idx, known = v.encode(np.array(["3", "99999", "abc"], dtype=object), unknown="mask")
+    assert idx.tolist() == [2, -1, -1] and known.tolist() == [True, False, False]
+    with pytest.warns(UserWarning, match=r"\['007'\] are integers written with leading"):
+        v.encode(np.array(["007"], dtype=object), unknown="mask")

@@ -351,6 +351,7 @@ class Vocabulary:
         if self.is_string or bad.dtype != object or not len(self):
             return None
         vals, loose = _text_ints(bad, _LOOSE_INT)
+        loose &= ~_text_ints(bad, _CANONICAL_INT)[1]  # "99999": merely unknown
         if loose.any():
             ex = bad[loose][:3].tolist()
             held = [str(v) for v in vals[loose][:3] if v in self._index]
@@ -389,6 +390,7 @@ class Vocabulary:
         if not known.all() and arr.dtype == object and not self.is_string:
             bad = pd.unique(arr[~known])
             _, loose = _text_ints(bad, _LOOSE_INT)
+            loose &= ~_text_ints(bad, _CANONICAL_INT)[1]  # canonical text: merely unknown
             if loose.any():
                 warnings.warn(f"{int(loose.sum())} {self.name} id(s) treated as unknown: "
                               f"{self._type_hint(bad)}", UserWarning, stacklevel=2)
