@@ -13,7 +13,7 @@ import bayesmf
 from bayesmf.data import Interactions
 from bayesmf.model.likelihoods import BernoulliLogit, BernoulliProbit
 from bayesmf.recommend import fold_in
-from bayesmf.recommend.foldin import _augmented_row, _rule_negatives
+from bayesmf.recommend.foldin import _augmented_row, _rule_item_negatives, _rule_negatives
 
 X_J = np.array([1.2, -0.7, 0.4, 2.0, -1.5, 0.9, -0.2, 1.1])
 OFF_J = np.array([0.3, -0.2, 0.5, -1.0, 0.1, 0.0, 0.6, -0.4])
@@ -167,6 +167,37 @@ def test_folding_a_trained_user_in_ranks_like_the_trained_user(clicks):
     scores_f = f.predict(post.items.ids)["mean"].to_numpy()
     scores_t = post.predict(np.full(len(post.items), user), post.items.ids).mean
     assert stats.spearmanr(scores_f, scores_t)[0] > 0.8
+
+
+def test_new_item_gets_the_negatives_the_users_draws_would_give_it(clicks):
+    """fold_in_item of a model fitted to sampled negatives: the users whose fitted draws
+    would have picked the new item (uniform:3: user u with d_u positives about
+    3 d_u / (M - d_u + 1)), never a positive; a trained item refolded from its positives
+    gets about its trained P(y = 1)."""
+    from bayesmf.data.negatives import NegativeSampler
+    from bayesmf.recommend import fold_in_item
+
+    m, u, i = clicks
+    post = m.posterior
+    rule = NegativeSampler(kind="uniform", per_positive=3, seed=0)
+    pos = np.array([0, 1, 2])
+    d = post.train.user_counts.astype(float)
+    M = len(post.items)
+    p = np.minimum(1.0, 3 * d / (M - d + 1))
+    p[pos] = 0
+    hits = np.zeros(len(d))
+    for key in range(300):
+        neg = _rule_item_negatives(post, rule, pos, 0, key)
+        assert not set(neg) & set(pos)
+        hits[neg] += 1
+    assert abs(hits.sum() / 300 - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum() / 300)
+    item = 7
+    users = [int(x) for x in u[i == item]]  # its training positives
+    f = fold_in_item(post, {x: 1.0 for x in users}, item=1000)
+    assert f.info["negatives"]["drawn"] > 0
+    refold = f.predict(post.users.ids)["mean"].to_numpy().mean()
+    trained = post.predict(post.users.ids, np.full(len(post.users), item)).mean.mean()
+    assert abs(refold - trained) < 0.08, (refold, trained)
 
 
 def test_rule_negatives_follow_training_popularity(clicks):

@@ -65,7 +65,8 @@ few observations. Tested against quadrature for both. For a model
 fitted to positives plus sampled negatives (``posterior.attrs["negatives"]``), a new
 user whose data are positives only gets negatives drawn by the same rule (never one of
 their positives; popularity from the training counts; seeded per user id), as their
-training data were; data that already contain zeros are used as given.
+training data were; a new item gets the users whose draws would have picked it
+(:func:`_rule_item_negatives`); data that already contain zeros are used as given.
 
 **Poisson factorisation** (``likelihood="poisson"``, HPF; Gopalan, Hofman & Blei 2015):
 the new user's :math:`\theta_u` (and :math:`b_u`) given each draw's item factors
@@ -543,6 +544,39 @@ def _augmented_row(lik, theta, rng, Z, y, off, P0, m0, mode):
     return a, mean, L, float(accepted.mean() / AUGMENTED_SWEEPS)
 
 
+def _rule_item_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
+    r"""User indices of a new **item**'s negatives under the fitted rule ``rule``: the
+    rule drew negatives per *user*, so a new item receives the ones the users' draws
+    would have given it had it been in the catalogue. User :math:`u` (not one of its
+    ``positives``) drew :math:`m_u` (``per_positive`` times its positives, or
+    ``per_user``) of its non-interacted items with probability proportional to their
+    weights :math:`w_j` (1, or the training popularity :math:`d_j^\beta`); it picks the
+    new item with probability about :math:`\min(1, m_u w / W_u)`, :math:`w` the item's
+    weight (its number of positives to the :math:`\beta` for a popularity rule) and
+    :math:`W_u` the weight of the user's candidates plus :math:`w`. Each user is drawn
+    independently with that probability; seeded by ``(seed, rule seed, the item's id
+    key)``."""
+    t = posterior.train
+    N = len(posterior.users)
+    d_u = t.user_counts.astype(np.float64)
+    m_u = (rule.per_positive * d_u if rule.per_positive is not None
+           else np.full(N, float(rule.per_user)))
+    if rule.kind == "uniform":
+        wj = np.ones(len(posterior.items))
+        w = 1.0
+    else:
+        wj = np.power(t.item_counts.astype(np.float64), rule.beta)
+        w = float(len(positives)) ** rule.beta
+    seen_w = np.add.reduceat(np.concatenate([wj[t.seen_indices], [0.0]]),
+                             np.minimum(t.seen_indptr[:-1], len(t.seen_indices)))
+    seen_w = np.where(np.diff(t.seen_indptr) > 0, seen_w, 0.0)
+    W_u = np.maximum(wj.sum() - seen_w + w, w)
+    p = np.minimum(1.0, m_u * w / W_u)
+    p[np.asarray(positives, np.int64)] = 0.0
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(rule.seed), int(key), 1])
+    return np.flatnonzero(rng.random(N) < p).astype(np.int64)
+
+
 def _rule_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
     """Item indices of a new user's negatives by the fitted rule ``rule`` (a
     :class:`~bayesmf.data.negatives.NegativeSampler`): ``per_positive * len(positives)``
@@ -738,7 +772,7 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
                  w0[:, None] * np.einsum("smd,sm->sd", X, t0_all))
     theta = {n: posterior.flat(n) for n in lik.theta_names}
     neg_rule = None
-    if lik.augmented and side == "user" and posterior.attrs.get("negatives"):
+    if lik.augmented and posterior.attrs.get("negatives"):
         import dataclasses
 
         from bayesmf.data.negatives import NegativeSampler
@@ -767,7 +801,8 @@ def _fold(posterior, side, ratings, new_id, mode, prior, seed, unknown):
             lik.check_values(y)
         own_oi, own_y = oi, y  # the row's own data: its "seen" items, its SVD++ term
         if neg_rule is not None and len(y) and np.all(y == 1):
-            ni = _rule_negatives(posterior, neg_rule, oi, seed, keys[j])
+            ni = (_rule_negatives if side == "user" else _rule_item_negatives)(
+                posterior, neg_rule, oi, seed, keys[j])
             drawn += len(ni)
             oi = np.concatenate([oi, ni])
             y = np.concatenate([y, np.zeros(len(ni))])
@@ -840,5 +875,8 @@ def fold_in(posterior, ratings, user="new_user", *, mode=None, prior="auto", see
 def fold_in_item(posterior, ratings, item="new_item", *, mode=None, prior="auto", seed=0,
                  unknown="ignore") -> FoldedItems:
     """Fold new items in from their ratings ``{user_id: rating}`` (or a Series / a
-    DataFrame with ``user, rating`` [and ``item``]); symmetric to :func:`fold_in`."""
+    DataFrame with ``user, rating`` [and ``item``]); symmetric to :func:`fold_in`. For a
+    model fitted to positives with sampled negatives, an item given by positives only gets
+    as negatives the users whose fitted draws would have picked it
+    (:func:`_rule_item_negatives`; ``info["negatives"]``)."""
     return _fold(posterior, "item", ratings, item, mode, prior, seed, unknown)
