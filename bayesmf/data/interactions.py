@@ -219,7 +219,9 @@ class Interactions(_PairMatrix):
             keep = (agg_w if agg_w is not None else agg_c) > 0
             if not keep.any():
                 raise DataError(f"no interactions: all {len(keep)} (user, item) pair(s) have "
-                                "value 0 (pass drop_zeros=False to keep them)")
+                                "value 0, and a pair with value 0 is no interaction (in "
+                                "Python, Interactions.from_arrays(..., drop_zeros=False) "
+                                "keeps them as listed pairs)")
             if not keep.all():
                 uu, ii, agg_c, n_ev = uu[keep], ii[keep], agg_c[keep], n_ev[keep]
                 agg_w = None if agg_w is None else agg_w[keep]

@@ -26,7 +26,9 @@ the ALS/ridge user update. The **prior** :math:`(m_0, P_0)` per draw (``prior=``
   :math:`m_0=0`, :math:`P_0=\tau_s\,\mathrm{diag}(\text{reg\_bias},\text{reg\_factors} I)`;
 * ``"population"``: the draw's population mean and covariance of :math:`[b_u, U_u]` over
   the training users -- the same moments as the posterior's unknown-id fallback, so a user
-  with no ratings folds in to exactly the fallback;
+  with no ratings folds in to exactly the fallback in the Gaussian model (an augmented
+  family's ``mode="mean"`` takes the prior mean as its plug-in row, which is not the
+  fallback's integral over the population spread);
 * ``"auto"`` (default): ``"hyper"`` when ``mu_U``/``Lambda_U`` are among the draws, else
   ``"ridge"`` for a point estimate (one draw), else ``"population"``.
 
