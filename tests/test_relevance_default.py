@@ -48,6 +48,33 @@ def test_cli_evaluate_takes_the_family_default_and_a_threshold(thumbs, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["ranking"]["relevant_pairs"] == int(test.rating.sum())
     assert main(["evaluate", str(out), str(d / "test.csv"), "--json",
-                 "--relevance-threshold", "0"]) == 0
-    res0 = json.loads(capsys.readouterr().out)
-    assert res0["ranking"]["relevant_pairs"] == len(test)  # every pair: rating >= 0
+                 "--relevance-threshold", "0.5"]) == 0
+    res5 = json.loads(capsys.readouterr().out)
+    assert res5["ranking"]["relevance"] == "rating >= 0.5"
+    assert res5["ranking"]["relevant_pairs"] == int(test.rating.sum())
+    # a threshold every 0/1 value passes is refused: one line, exit 2
+    assert main(["evaluate", str(out), str(d / "test.csv"), "--relevance-threshold",
+                 "0"]) == 2
+    err = capsys.readouterr().err
+    assert "same for every pair" in err and err.count("\n") == 1
+
+
+def test_evaluate_raises_bad_inputs_and_skips_only_when_nothing_is_ranked(thumbs):
+    """evaluate reports ranking as skipped only when no test user has a relevant held-out
+    item; bad given negatives raise (they were swallowed as 'skipped'), a threshold
+    outside the family's values and a non-integer k are refused."""
+    from bayesmf.errors import DataError, SpecError
+
+    d, train, test = thumbs
+    m = bayesmf.BayesMF(method="map", rank=2, likelihood="bernoulli-logit").fit(train)
+    u0 = int(test.user.iloc[0])
+    with pytest.raises(DataError, match="unknown item"):
+        m.evaluate(test, protocol="sampled", negatives={u0: [999_999]})
+    for t in (0.0, 2.0):
+        with pytest.raises(SpecError, match="same for every pair"):
+            m.evaluate(test, relevance_threshold=t)
+    for k in (2.5, 0, True):
+        with pytest.raises(SpecError, match="k must be an integer"):
+            m.evaluate(test, k=k)
+    none = test.assign(rating=0.0)  # no relevant pair at all: skipped, not an error
+    assert "skipped" in m.evaluate(none)["ranking"]

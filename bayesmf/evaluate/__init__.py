@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 from bayesmf.data.interactions import Interactions
-from bayesmf.errors import DataError
 from bayesmf.evaluate.calibration import (calibration, coverage_curve, pit_histogram,
                                           pit_values)
 from bayesmf.evaluate.counts import heldout_poisson_loglik
-from bayesmf.evaluate.protocols import build_task, rank_task, ranking_evaluate
+from bayesmf.evaluate.protocols import NothingToRank, build_task, rank_task, ranking_evaluate
 from bayesmf.evaluate.ranking import (catalogue_coverage, mean_metrics, ranking_metrics,
                                       ranks_from_scores, topk_mask)
 from bayesmf.evaluate.recalibration import (CarveSplit, Recalibration, fit_platt,
@@ -47,8 +46,10 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     ``rating >= relevance_threshold`` (default: the likelihood's relevance threshold,
     4.0 for ratings and 1 for 0/1 data; every test pair with a positive value for an
     implicit-feedback posterior unless a threshold is given). ``draws=True`` adds, for
-    every metric, its distribution over posterior draws (``{"mean", "lower",
-    "upper"}``, 90% interval) under ``"draws"``.
+    the rating metrics ``rmse``, ``mae``, ``nlpd``, ``crps``, ``coverage`` (per draw,
+    unclipped: :mod:`bayesmf.evaluate.rating`) and every ranking metric, its
+    distribution over posterior draws (``{"mean", "lower", "upper"}``, 90% interval)
+    under ``"draws"``.
 
     An :class:`~bayesmf.data.interactions.Interactions` test set (implicit feedback) has
     no ratings to score, and an implicit-feedback posterior (a full-matrix likelihood)
@@ -71,6 +72,6 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
                 posterior, test, k, protocol, relevance_threshold=relevance_threshold,
                 n_negatives=n_negatives, sampling=sampling, negatives=negatives, seed=seed,
                 strategy=strategy, draws=draws, max_draws=max_draws, approx=approx)
-        except DataError as exc:  # no test user has a relevant known item
+        except NothingToRank as exc:  # no test user has a relevant known item
             out["ranking"] = {"protocol": protocol, "k": int(k), "skipped": str(exc)}
     return out

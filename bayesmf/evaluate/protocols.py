@@ -80,6 +80,12 @@ SAMPLING = ("uniform", "popularity", "given")
 DEFAULT_RELEVANCE_THRESHOLD = 4.0
 
 
+class NothingToRank(DataError):
+    """The test set leaves no user with a relevant, known, held-out item: ranking metrics
+    have nothing to measure (:func:`bayesmf.evaluate.evaluate` reports them as skipped;
+    every other :class:`~bayesmf.errors.DataError` of the ranking step is raised)."""
+
+
 @dataclass
 class RankingTask:
     """Fixed-shape description of a ranking evaluation (all arrays padded + masked).
@@ -177,6 +183,9 @@ def _test_pairs(posterior, test, relevance_threshold):
     if not np.isfinite(thr):
         raise SpecError(f"relevance_threshold must be a finite number, got "
                         f"{relevance_threshold!r}")
+    # a threshold every value passes (or none does) would make every pair relevant (or
+    # none) -- refused for a discrete family, as the prob strategy's
+    posterior.likelihood.check_relevance_threshold(thr)
     return u, i, ku, ki, y >= thr, thr, f"rating >= {thr:g}"
 
 
@@ -490,22 +499,24 @@ def ranking_evaluate(posterior, test, k: int = 10, protocol: str = "full", *,
     the counts of :func:`build_task` and, with ``draws=True``, ``"draws"``: each metric's
     mean and 90% interval over posterior draws (see :func:`build_task`,
     :func:`rank_task`)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SpecError(f"k must be an integer >= 1, got {k!r}")
     task = build_task(posterior, test, protocol, relevance_threshold, n_negatives,
                       sampling, seed, negatives=negatives)
     if len(task.users) == 0:
         info = task.info
         if info["dropped_seen"] and info["dropped_seen"] + info["unknown_rows"] == \
                 info["test_rows"]:
-            raise DataError(
+            raise NothingToRank(
                 f"all {info['dropped_seen']} test pairs with a known user and item are "
                 "training pairs (in-sample): ranking ranks items a user has not rated in "
                 "training, so it needs held-out pairs")
         if info["unknown_rows"] == info["test_rows"]:
-            raise DataError(
+            raise NothingToRank(
                 f"none of the {info['test_rows']} test pairs has a user and an item the "
                 f"model knows ({info['unknown_users']} unknown user(s), "
                 f"{info['unknown_items']} unknown item(s))")
-        raise DataError(f"no test user has a relevant item ({info['relevance']}) "
-                        "among known users and items outside the training pairs")
+        raise NothingToRank(f"no test user has a relevant item ({info['relevance']}) "
+                            "among known users and items outside the training pairs")
     return rank_task(posterior, task, k, strategy, draws=draws, max_draws=max_draws,
                      approx=approx, chunk_size=chunk_size, seed=seed, **strategy_kw)

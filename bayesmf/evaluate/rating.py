@@ -40,13 +40,18 @@ Bernoulli ``log_loss``, ``brier``, ``auc``, ``ece``, ``accuracy`` (of
 :math:`\bar p>1/2`); categorical ``log_loss``, ``rps``, ``accuracy`` (of the mode) and
 ``expected_rating_rmse`` (= ``rmse`` of the expected rating).
 
-**Per-draw distributions** (``draws=True``): every metric is also computed for each
-posterior draw alone (:meth:`~bayesmf.predictive.Mixture.per_draw`, the vectorised
-``take([s])``) -- RMSE/MAE of the draw's mean :math:`\mu_s` (Gaussian: the noise-free
-prediction :math:`m_s`; Bernoulli: :math:`p_s`), and NLPD/CRPS/coverage of its own
-distribution (e.g. :math:`\mathcal N(m_s, sd_s^2)`) -- and summarised by the mean and the
-central 90% interval over draws. These describe parameter uncertainty of the metric; they
-are not the metrics of the posterior predictive.
+**Per-draw distributions** (``draws=True``): ``rmse``, ``mae``, ``nlpd``, ``crps`` and
+the interval ``coverage`` are also computed for each posterior draw alone
+(:meth:`~bayesmf.predictive.Mixture.per_draw`, the vectorised ``take([s])``) -- RMSE/MAE
+of the draw's mean :math:`\mu_s` (Gaussian: the noise-free prediction :math:`m_s`;
+Bernoulli: :math:`p_s`; **not** clipped to the training scale, unlike the headline
+``rmse``/``mae`` of the clipped predictive mean, so the two can differ where draws fall
+outside the scale), and NLPD/CRPS/coverage of its own distribution (e.g.
+:math:`\mathcal N(m_s, sd_s^2)`) -- and summarised by the mean and the central 90%
+interval over draws. The other metrics (interval width, calibration error, the
+classification and categorical metrics) have no per-draw version. These describe
+parameter uncertainty of the metric; they are not the metrics of the posterior
+predictive.
 """
 
 from __future__ import annotations
