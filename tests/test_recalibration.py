@@ -197,6 +197,8 @@ def test_bad_input_raises_clear_errors():
         fit_platt([0, 0, 0, 0], p)
     with pytest.raises(DataError, match="slope"):  # scores anti-correlated with labels
         Recalibration.from_probabilities(y, p[::-1])
+    with pytest.raises(DataError, match="isotonic fit is one constant"):  # likewise
+        Recalibration.from_probabilities(y, p[::-1], "isotonic")
     with pytest.raises(SpecError, match="method"):
         Recalibration.from_probabilities(y, p, "spline")
     with pytest.raises(SpecError, match="on="):

@@ -412,8 +412,11 @@ class Recalibration:
         y = _labels(y, len(p))
         if method == "isotonic":
             x, yy = _pav(p, y)
-            if len(x) == 1:  # a single block: the base rate everywhere
-                x, yy = np.array([0.0, 1.0]), np.repeat(yy, 2)
+            if len(x) == 1:  # one block: a constant map, the scores carry no ranking
+                raise DataError("the isotonic fit is one constant (the base rate "
+                                f"{float(yy[0]):.3g}): the scores do not rank the fitting "
+                                "pairs better than chance, so no increasing map fits; "
+                                "check the labels and the pairs")
             kw = {"x": tuple(x), "y": tuple(yy)}
         else:
             kw = _fit_scores(y, _logit(p), method)
