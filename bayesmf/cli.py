@@ -635,6 +635,14 @@ def cmd_fit(a) -> int:
             raise DataError(f"cannot resume: {side} is not the settings file 'bayesmf fit "
                             "--checkpoint' writes")
         ckpt = a.resume
+        for k in ("train", "out"):
+            given, was = getattr(a, k, None), saved.get(k)
+            if given and was and str(Path(given).expanduser().resolve()) != str(
+                    Path(was).expanduser().resolve()):
+                flag = "TRAIN" if k == "train" else "--out"
+                raise DataError(f"--resume continues the run with its saved settings "
+                                f"({flag} {was}); drop {flag} {given} (a resumed run writes "
+                                "where the first one would have)")
         for k, v in saved.items():
             setattr(a, k, v)
         a.resume = ckpt
@@ -646,6 +654,17 @@ def cmd_fit(a) -> int:
     if not a.out:
         raise DataError("--out MODEL is required")
     opts = _options(a.option)
+    taken = {"rank": "--rank", "seed": "--seed", "likelihood": "--likelihood",
+             "method": "--method", "progress": "--progress/--no-progress",
+             "prior": "--prior", "user_features": "--user-features",
+             "item_features": "--item-features", "implicit_terms": "--implicit-terms"}
+    clash = sorted(set(opts) & set(taken))
+    if clash:
+        raise DataError(f"--option {clash[0]}=... sets a setting of the model, not of the "
+                        f"method: use {taken[clash[0]]}"
+                        + (" (the ADVI variant of pymc-advi, its own 'method' option, is "
+                           "set in Python: bayesmf.infer.get_method('pymc-advi')(train, "
+                           "spec, method=...))" if clash[0] == "method" else ""))
     for flag, name in _FIT_FLAGS.items():
         v = getattr(a, flag)
         if v is not None:
@@ -1549,9 +1568,18 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help/--version (0) or a parser error (2, printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     name = a.command if a.command != "data" else f"data {a.data_command}"
+    import warnings
+
+    def _one_line(message, category, filename, lineno, file=None, line=None):
+        # bayesmf's warnings (unknown ids, ...) as one line, without Python's source line
+        msg = str(message).strip().replace("\n", " ")
+        print(f"bayesmf {name}: warning: {msg}", file=sys.stderr)
+
     try:
         _check_outputs(a)
-        return int(a.func(a) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line
+            return int(a.func(a) or 0)
     except BayesMFError as exc:
         msg = str(exc).strip().replace("\n", " ")
         print(f"bayesmf {name}: error: {msg}", file=sys.stderr)

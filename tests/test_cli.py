@@ -417,9 +417,13 @@ def test_predict_matches_text_ids_by_canonical_integer_text(int_model, capsys, t
 
     d, _ = int_model
     (tmp_path / "p.csv").write_text("user,item\n7,101\n007,101\n")
-    with pytest.warns(UserWarning, match="leading zeros"):
-        assert main(["predict", str(d / "m.nc"), str(tmp_path / "p.csv")]) == 0
-    out = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"user": str})
+    assert main(["predict", str(d / "m.nc"), str(tmp_path / "p.csv")]) == 0
+    cap = capsys.readouterr()
+    # the warning is one line of the CLI's, without Python's source line
+    warn = [x for x in cap.err.splitlines() if "warning" in x]
+    assert len(warn) == 1 and warn[0].startswith("bayesmf predict: warning: ")
+    assert "leading zeros" in warn[0] and "encode(" not in cap.err
+    out = pd.read_csv(io.StringIO(cap.out), dtype={"user": str})
     assert out["user"].tolist() == ["7", "007"]
     assert out["known_user"].tolist() == [True, False]
     rc = main(["predict", str(d / "m.nc"), str(tmp_path / "p.csv"), "--strict"])
@@ -532,3 +536,24 @@ def test_id_type_int_lets_zero_padded_ids_meet_an_integer_model(tmp_path, capsys
     assert main(["recommend", str(model), "--users", "007", "--n", "2", "--id-type",
                  "int"]) == 0
     assert "7," in capsys.readouterr().out
+
+
+def test_option_for_a_model_setting_and_resume_with_other_paths_are_refused(small_csv,
+                                                                            tmp_path, capsys):
+    """--option rank=5 (a model setting, not a method option) and --resume with another
+    --out are one-line refusals (an internal error, and a silent overwrite of the first
+    run's model, before)."""
+    d = small_csv
+    cols = ["--user-col", "uid", "--item-col", "movie", "--rating-col", "stars"]
+    rc = main(["fit", str(d / "train.csv"), "--method", "map", "--rank", "2", "--option",
+               "rank=5", "--out", str(tmp_path / "o.nc"), *cols])
+    err = capsys.readouterr().err
+    assert rc == 2 and "use --rank" in err and err.count("\n") == 1, err
+    ck = tmp_path / "ck.npz"
+    assert main(["fit", str(d / "train.csv"), "--method", "gibbs", "--rank", "2",
+                 "--samples", "4", "--warmup", "2", "--checkpoint", str(ck),
+                 "--no-progress", "--out", str(tmp_path / "g.nc"), *cols]) == 0
+    capsys.readouterr()
+    rc = main(["fit", "--resume", str(ck), "--out", str(tmp_path / "other.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "drop --out" in err and not (tmp_path / "other.nc").exists(), err

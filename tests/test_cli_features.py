@@ -256,9 +256,13 @@ def test_feature_ids_follow_the_ratings_rule(data, capsys):
     d = data["d"]
     pd.DataFrame({"user": ["u0"], "item": [155]}).to_csv(d / "one.csv", index=False)
     (d / "padded.csv").write_text("item,genres\n0155,Drama\n")
-    with pytest.warns(UserWarning):
-        err = _err(capsys, "predict", d / "m.nc", d / "one.csv", "--item-features",
-                   d / "padded.csv")
+    capsys.readouterr()
+    rc = main(["predict", str(d / "m.nc"), str(d / "one.csv"), "--item-features",
+               str(d / "padded.csv")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    # the unknown-id warning, then the error: one line each
+    assert rc == 2 and len(lines) == 2 and "warning" in lines[0], lines
+    err = lines[1]
     assert "--item-features" in err and "'0155'" in err
     (d / "plain.csv").write_text("item,genres\n155,Drama\n")
     p = _predict(d, pd.DataFrame({"user": ["u0"], "item": [155]}), "--item-features",
