@@ -147,8 +147,11 @@ def make_strategy(strategy="mean", *, quantile=None, threshold=None, utility=Non
         if not 0 < quantile < 1:
             raise SpecError(f"quantile must lie in (0, 1), got {quantile}")
         if name == "upper" and quantile < 0.5 or name == "lower" and quantile > 0.5:
-            raise SpecError(f"strategy {name!r} with quantile {quantile} is on the wrong "
-                            "side of the median")
+            alias, other = ("ucb", "lcb") if name == "upper" else ("lcb", "ucb")
+            want = "> 0.5" if name == "upper" else "< 0.5"
+            raise SpecError(f"strategy {name!r} ({alias}) needs a quantile {want}, got "
+                            f"{quantile}: it is {'an upper' if name == 'upper' else 'a lower'} "
+                            f"bound; for the other side use strategy {other!r}")
     else:
         quantile = None
     qm = _QM_ALIASES.get(str(quantile_method).lower(), str(quantile_method).lower()) \
