@@ -1564,7 +1564,16 @@ def main(argv=None) -> int:
     one line and status 1 (``BAYESMF_DEBUG=1`` re-raises it with its traceback)."""
     ap = build_parser()
     try:
-        a = ap.parse_args(argv)
+        a, extra = ap.parse_known_args(argv)
+        if extra:  # reported by the subcommand's parser: 'bayesmf fit: error: ...'
+            sub = ap
+            for attr in ("command", "data_command"):
+                name_ = getattr(a, attr, None)
+                acts = [x for x in getattr(sub, "_actions", [])
+                        if isinstance(x, argparse._SubParsersAction)]
+                if name_ and acts and name_ in acts[0].choices:
+                    sub = acts[0].choices[name_]
+            sub.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help/--version (0) or a parser error (2, printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     name = a.command if a.command != "data" else f"data {a.data_command}"

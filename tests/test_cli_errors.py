@@ -90,7 +90,7 @@ def _cases(d):
         (["recommend", m, "--strategy", "utility"], "API only"),
         (["recommend", m, "--strategy", "bogus"], "invalid choice"),
         (["recommend", m, "--n", "0"], "--n"),
-        (["recommend", m, "--strategy", "ucb", "--quantile", "0.2"], "median"),
+        (["recommend", m, "--strategy", "ucb", "--quantile", "0.2"], "needs a quantile > 0.5"),
         (["recommend", m, "--out", str(d / "nodir" / "r.csv")], "does not exist"),
         (["similar", m, "--item", "424242"], "unknown item"),
         (["similar", m, "--item", " "], "--item"),
@@ -201,3 +201,10 @@ def test_version_and_help(capsys):
     fit_help = " ".join(parsers["fit"].format_help().split())
     assert "(default: map for explicit, gibbs for implicit feedback)" in fit_help
     assert "default 10 for explicit, 64 for implicit feedback" in fit_help
+
+
+def test_an_unknown_flag_points_to_the_subcommand_help(capsys):
+    assert main(["fit", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("bayesmf fit: error: unrecognized arguments: --bogus "
+                           "(see 'bayesmf fit -h')")
