@@ -91,6 +91,15 @@ def test_fit_predict_recommend_evaluate(counts, capsys, method):
     assert main(["evaluate", str(out), str(d / "test.csv"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["method"] == method and res["rating_metrics"].startswith("skipped")
+    # the counts' own score: the held-out log predictive probability per non-zero
+    from bayesmf.data.interactions import Interactions
+    from bayesmf.evaluate import heldout_poisson_loglik
+
+    te = pd.read_csv(d / "test.csv")
+    want = heldout_poisson_loglik(post, Interactions.from_arrays(
+        te["user"].to_numpy(), te["item"].to_numpy(), te["count"].to_numpy()),
+        unknown="fallback")
+    assert res["heldout_loglik_per_nonzero"] == pytest.approx(want, rel=1e-9)
     assert res["ranking"]["relevant_pairs"] == len(pd.read_csv(d / "test.csv"))
 
 

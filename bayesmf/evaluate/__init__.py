@@ -54,7 +54,11 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     An :class:`~bayesmf.data.interactions.Interactions` test set (implicit feedback) has
     no ratings to score, and an implicit-feedback posterior (a full-matrix likelihood)
     predicts preferences, not counts: the rating metrics are skipped
-    (``"rating_metrics"`` says so) and every test interaction is relevant.
+    (``"rating_metrics"`` says so) and every test interaction is relevant. For a
+    Poisson (HPF) posterior the output also has ``heldout_loglik_per_nonzero``, the mean
+    log predictive probability of the held-out non-zero counts
+    (:func:`~bayesmf.evaluate.counts.heldout_poisson_loglik`, unknown ids by the
+    population fallback).
     """
     out = {"method": posterior.method, "n_samples": int(posterior.n_samples)}
     if isinstance(test, Interactions):
@@ -66,6 +70,9 @@ def evaluate(posterior, test, *, k: int = 10, levels=(0.5, 0.8, 0.9, 0.95),
     else:
         out.update(rating_metrics(posterior, test, levels=levels, clip=clip, draws=draws,
                                   widths=widths))
+    if posterior.likelihood.name == "poisson":  # the counts' own score (non-zeros listed)
+        out["heldout_loglik_per_nonzero"] = float(
+            heldout_poisson_loglik(posterior, test, unknown="fallback"))
     if ranking:
         try:
             out["ranking"] = ranking_evaluate(
