@@ -919,6 +919,16 @@ def cmd_recommend(a) -> int:
                             a.id_type)
     else:
         users = post.users.ids
+    if a.users:
+        users = pd.unique(np.asarray(users, dtype=object if np.asarray(users).dtype == object
+                                     else None))  # a repeated id: one list
+        _, known = post.users.encode(users, unknown="mask")
+        if not known.all():
+            bad = np.asarray(users)[~known]
+            eg = bad[0].item() if isinstance(bad[0], np.generic) else bad[0]
+            print(f"bayesmf recommend: warning: {len(bad)} of the --users id(s) are not in "
+                  f"the model (e.g. {eg!r}): they get the population fallback "
+                  "(known_user=False)", file=sys.stderr)
     kw = {}
     if a.seed is not None:
         kw["seed"] = a.seed

@@ -557,3 +557,21 @@ def test_option_for_a_model_setting_and_resume_with_other_paths_are_refused(smal
     rc = main(["fit", "--resume", str(ck), "--out", str(tmp_path / "other.nc")])
     err = capsys.readouterr().err
     assert rc == 2 and "drop --out" in err and not (tmp_path / "other.nc").exists(), err
+
+
+def test_recommend_users_are_deduplicated_and_unknown_ones_warned(small_csv, tmp_path,
+                                                                  capsys):
+    d = small_csv
+    m = tmp_path / "m.nc"
+    assert main(["fit", str(d / "train.csv"), "--method", "map", "--rank", "2", "--out",
+                 str(m), "--user-col", "uid", "--item-col", "movie", "--rating-col",
+                 "stars"]) == 0
+    capsys.readouterr()
+    known = str(pd.read_csv(d / "train.csv")["uid"].iloc[0])
+    assert main(["recommend", str(m), "--users", f"{known},{known},nobody", "--n", "2"]) == 0
+    cap = capsys.readouterr()
+    import io
+
+    out = pd.read_csv(io.StringIO(cap.out), dtype={"user": str})
+    assert out.groupby("user").size().to_dict() == {known: 2, "nobody": 2}
+    assert "1 of the --users id(s) are not in the model (e.g. 'nobody')" in cap.err
