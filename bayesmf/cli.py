@@ -78,7 +78,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesmf.errors import BayesMFError, DataError
+from bayesmf.errors import BayesMFError, DataError, SpecError
 # what ``bayesmf fit`` runs when --method / --rank are left out, per --feedback
 from bayesmf.estimator import DEFAULT_METHOD as _DEFAULT_METHOD
 from bayesmf.estimator import DEFAULT_RANK as _DEFAULT_RANK
@@ -773,11 +773,17 @@ def cmd_fit(a) -> int:
             model.fit(train, negatives=negatives)
         else:
             model.fit(train)
-    except Exception:
+    except Exception as exc:
         # a fit refused before its first checkpoint leaves no stale settings file behind
         ck = opts.get("checkpoint")
         if ck and not a.resume and not Path(str(ck)).exists():
             Path(str(ck) + ".cli.json").unlink(missing_ok=True)
+        flags = {v: f"--{k.replace('_', '-')}" for k, v in _FIT_FLAGS.items()
+                 if getattr(a, k, None) is not None}
+        bad = [flags[n] for n in flags if f"'{n}'" in str(exc)]
+        if isinstance(exc, SpecError) and "unknown option" in str(exc) and bad:
+            raise SpecError(f"{', '.join(bad)} do(es) not apply to --method {method} "
+                            f"(--likelihood {likelihood}): {exc}") from None
         raise
     if recal:
         model.recalibrate(train, method=recal, fraction=a.recalibrate_fraction)

@@ -54,6 +54,8 @@ def _cases(d):
         (["fit", str(d / "a_folder"), "--out", out], "folder"),
         (["fit", "--out", out], "TRAIN is required"),
         (["fit", tr], "--out MODEL is required"),
+        (["fit", tr, "--method", "map", "--samples", "15", "--out", out],
+         "--samples do(es) not apply to --method map"),
         (["fit", "--resume", str(d / "no_checkpoint")], "cannot resume"),
         # fit: output paths, checked before the fit
         (["fit", tr, "--out", str(d / "nodir" / "m.nc")], "does not exist"),
