@@ -346,3 +346,31 @@ def test_from_arrays_id_type():
     test = Ratings.from_arrays(["2", "1"], ["10", "20"], [3.0, 4.0], user_vocab=train.users,
                                item_vocab=train.items)
     assert test.users == train.users and test.user.tolist() == [1, 0]
+
+
+def test_data_edge_cases_from_the_audit():
+    """tz-aware timestamps convert to UTC seconds; duplicate COO entries, ids or
+    timestamps beyond int64, and user_col == item_col are DataErrors (they were summed,
+    wrapped, or a diagonal matrix); an empty vocabulary extends with text; vocabularies
+    that join to the same text are not equal."""
+    import scipy.sparse as sp
+
+    from bayesmf.data.vocab import Vocabulary
+
+    df = pd.DataFrame({"user": [1, 2], "item": [1, 1], "rating": [4.0, 5.0],
+                       "timestamp": pd.to_datetime(["2020-01-01", "2020-01-02"], utc=True)})
+    r = Ratings.from_dataframe(df)
+    assert r.timestamp.tolist() == [1577836800, 1577923200]
+    m = sp.coo_matrix((np.array([4.0, 5.0]), (np.array([0, 0]), np.array([1, 1]))),
+                      shape=(1, 2))
+    with pytest.raises(DataError, match="duplicate"):
+        Ratings.from_sparse(m)
+    with pytest.raises(DataError, match="do not fit in int64"):
+        Ratings.from_arrays(np.array([1e20, 5.0]), np.array([1, 1]), np.array([3.0, 4.0]))
+    with pytest.raises(DataError, match="timestamps must fit in int64"):
+        Ratings.from_arrays([1, 2], [1, 1], [3.0, 4.0], np.array([1e30, 0.0]))
+    with pytest.raises(DataError, match="same column"):
+        Ratings.from_dataframe(df, user_col="user", item_col="user")
+    assert Vocabulary([], "user").extend(["a", "b", "a"]).ids.tolist() == ["a", "b"]
+    assert Vocabulary(["a\x1fb", "c"]) != Vocabulary(["a", "b\x1fc"])
+    assert Vocabulary(["a", "b"]) == Vocabulary(["a", "b"])

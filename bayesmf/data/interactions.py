@@ -103,6 +103,10 @@ def _timestamps(ts, n: int) -> np.ndarray:
                         f"{arr.dtype}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{int((~np.isfinite(arr)).sum())} timestamp(s) are NaN or infinite")
+    if arr.dtype.kind in "fu" and len(arr) and (arr.max() >= 2.0 ** 63
+                                                 or arr.min() < -(2.0 ** 63)):
+        raise DataError(f"timestamps must fit in int64 (unix seconds); got values up to "
+                        f"{float(np.abs(arr).max()):.3g}")
     return arr.astype(np.int64)
 
 

@@ -181,6 +181,10 @@ class Ratings(_PairMatrix):
             if timestamp.dtype.kind == "f" and not np.isfinite(timestamp).all():
                 raise DataError(f"{int((~np.isfinite(timestamp)).sum())} timestamp(s) are "
                                 "NaN or infinite")
+            if timestamp.dtype.kind in "fu" and len(timestamp) and (
+                    timestamp.max() >= 2.0 ** 63 or timestamp.min() < -(2.0 ** 63)):
+                raise DataError("timestamps must fit in int64 (unix seconds); got values "
+                                f"up to {float(np.abs(timestamp).max()):.3g}")
             timestamp = timestamp.astype(np.int64)  # always a copy: never freeze caller data
         # copies, so that freezing them (setflags) never touches the caller's arrays
         return (user.astype(np.int32), item.astype(np.int32),
@@ -256,7 +260,14 @@ class Ratings(_PairMatrix):
         for c in (user_col, item_col):
             if df[c].isna().any():
                 raise DataError(f"{int(df[c].isna().sum())} missing value(s) in column {c!r}")
-        ts = df[timestamp_col].to_numpy() if timestamp_col else None
+        if user_col == item_col:
+            raise DataError(f"user_col and item_col are the same column ({user_col!r})")
+        ts = None
+        if timestamp_col:
+            col = df[timestamp_col]
+            if isinstance(col.dtype, pd.DatetimeTZDtype):  # tz-aware: as UTC
+                col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+            ts = col.to_numpy()
         return cls.from_arrays(df[user_col].to_numpy(), df[item_col].to_numpy(),
                                df[rating_col], ts, **kwargs)
 
@@ -267,7 +278,12 @@ class Ratings(_PairMatrix):
         if not sp.issparse(matrix):
             raise DataError(f"expected a scipy.sparse matrix, got {type(matrix).__name__}")
         coo = sp.coo_matrix(matrix)
+        n_stored = coo.nnz
         coo.sum_duplicates()
+        if coo.nnz != n_stored:  # two entries of one (user, item): never add ratings up
+            raise DataError(f"the matrix stores {n_stored - coo.nnz} duplicate (user, item) "
+                            "entr(ies); keep one rating per pair (e.g. build it from a "
+                            "DataFrame with duplicates='last' / 'mean')")
         n_u, n_i = coo.shape
         uv = Vocabulary(np.arange(n_u) if users is None else users, "user")
         iv = Vocabulary(np.arange(n_i) if items is None else items, "item")

@@ -126,6 +126,9 @@ def _whole_floats(arr: np.ndarray, name: str) -> np.ndarray:
             f"{name} ids are floats that are not whole numbers (or NaN); "
             "ids must be integers or strings"
         )
+    if arr.size and (arr.max() >= 2.0 ** 63 or arr.min() < -(2.0 ** 63)):
+        raise DataError(f"{name} ids do not fit in int64 (e.g. {float(arr.max()):.3g}); give "
+                        "them as integers or strings")
     return arr.astype(np.int64)
 
 
@@ -305,6 +308,10 @@ class Vocabulary:
             arr = self.ids
             if arr.dtype == object:
                 h.update(b"str")
+                # the ids' lengths too: with them the joined text splits one way only
+                # (["a\x1fb", "c"] and ["a", "b\x1fc"] join alike)
+                h.update(pd.Series(arr, dtype=object).str.len().to_numpy(np.int64)
+                         .astype("<i8").tobytes())
                 h.update("\x1f".join(arr.tolist()).encode("utf-8"))
             else:
                 h.update(b"int")
@@ -408,6 +415,10 @@ class Vocabulary:
     def extend(self, raw) -> "Vocabulary":
         """Return a new vocabulary with the unseen ids of ``raw`` appended in order of
         first appearance. Existing ids keep their indices."""
+        if len(self) == 0:  # an empty vocabulary takes the type of its first ids
+            arr = np.asarray(raw)
+            return Vocabulary(pd.unique(arr.ravel() if arr.ndim else arr.reshape(1)),
+                              name=self.name)
         arr = self.coerce(raw)
         if len(arr) and len(self) and (arr.dtype == object) != self.is_string:
             # only text that is not canonical integer text reaches here (coerce converted
