@@ -666,6 +666,11 @@ def read_ratings_file(source, *, user_col: str = "user", item_col: str = "item",
         df = _read_parquet(path)
     else:
         df = _read_delimited(path, user_col, item_col, rating_col or "rating", require_rating)
+        # 'user, item, rating': header names without the spaces around the separators
+        if all(isinstance(c, str) for c in df.columns):
+            stripped = [c.strip() for c in df.columns]
+            if len(set(stripped)) == len(stripped):
+                df.columns = stripped
     if len(df) == 0:
         raise DataError(f"{path} has no data rows (only a header)")
     cols = {"user": _resolve_col(df.columns, user_col, "user"),
@@ -713,7 +718,10 @@ def read_ratings_file(source, *, user_col: str = "user", item_col: str = "item",
             try:
                 with warnings.catch_warnings():  # pandas' format-inference note: the
                     warnings.simplefilter("ignore", UserWarning)  # error below says it
-                    parsed = pd.to_datetime(col, utc=True)
+                    try:
+                        parsed = pd.to_datetime(col, utc=True)
+                    except (ValueError, TypeError):  # mixed ISO forms (date / datetime)
+                        parsed = pd.to_datetime(col, utc=True, format="ISO8601")
             except (ValueError, TypeError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DataError(f"timestamp column {tcol!r} is neither numbers nor "

@@ -544,3 +544,13 @@ def test_parquet_is_always_readable_and_typed(tmp_path):
     broken.write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="cannot read the Parquet file"):
         load_ratings_source(broken)
+
+
+def test_header_spaces_and_mixed_iso_timestamps_are_read(tmp_path):
+    """'user, item, rating' (spaces after the commas) names the columns; a timestamp
+    column mixing ISO dates and datetimes parses."""
+    p = tmp_path / "a.csv"
+    p.write_text("user, item, rating, timestamp\n1, 2, 4, 2020-01-01\n2, 3, 5, "
+                 "2020-01-02T00:00:01\n")
+    r = load_ratings_source(p)
+    assert r.nnz == 2 and r.timestamp.tolist() == [1577836800, 1577923201]
