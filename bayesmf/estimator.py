@@ -280,8 +280,9 @@ class BayesMF:
             see only 1s); ``negatives=`` with another likelihood or with data that are not
             an Interactions; an unparseable rule.
         """
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise SpecError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) \
+                or not 0 <= self.seed < 2**32:
+            raise SpecError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         fit_fn = get_method(self.method)
         spec = self.make_spec()
         seen = neg_record = None

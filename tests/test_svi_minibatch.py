@@ -115,3 +115,18 @@ def test_minibatch_fit_recovers_planted_structure(planted):
 def test_bad_batch_size_is_refused(planted, bad):
     with pytest.raises(SpecError, match="batch_size"):
         fit_svi(planted[0], SPEC, batch_size=bad, num_steps=10)
+
+
+def test_num_steps_below_the_window_runs_num_steps():
+    """num_steps=30 with the default window of 100 ran 100 steps: the window is capped at
+    num_steps."""
+    import pandas as pd
+
+    import bayesmf
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": rng.integers(0, 15, 120), "item": rng.integers(0, 10, 120),
+                       "rating": rng.integers(1, 6, 120).astype(float)})
+    df = df.drop_duplicates(["user", "item"])
+    m = bayesmf.BayesMF(method="svi", rank=2, num_steps=30, num_samples=5).fit(df)
+    assert m.posterior.attrs["steps"] == 30

@@ -486,3 +486,21 @@ def test_unknown_prior_keys_and_noise_settings_without_noise_are_spec_errors():
                 bayesmf.BayesMF(likelihood=lik, **kw).make_spec()
         bayesmf.BayesMF(likelihood=lik).make_spec()  # the defaults pass
     assert bayesmf.BayesMF(noise="fixed", noise_precision=4.0).make_spec().noise == "fixed"
+
+
+def test_gibbs_option_values_and_seed_are_checked():
+    """Gibbs options that were passed through unchecked (cg_tol, cg_maxiter, max_width,
+    dtype, a checkpoint that is not a path) and a negative seed are SpecErrors naming
+    them."""
+    from bayesmf.errors import SpecError
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": rng.integers(0, 15, 120), "item": rng.integers(0, 10, 120),
+                       "rating": rng.integers(1, 6, 120).astype(float)})
+    df = df.drop_duplicates(["user", "item"])
+    for kw, msg in ((dict(checkpoint=5), "checkpoint must be a file path"),
+                    (dict(cg_tol="abc"), "cg_tol"), (dict(max_width=2.5), "max_width"),
+                    (dict(dtype="abc"), "dtype"), (dict(cg_maxiter=-1), "cg_maxiter"),
+                    (dict(seed=-1), "seed must be an integer in")):
+        with pytest.raises(SpecError, match=msg):
+            BayesMF(method="gibbs", rank=2, num_samples=3, num_warmup=2, **kw).fit(df)

@@ -444,6 +444,12 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
     devices with ``shard_map``; with fewer than 2 usable devices it warns and runs
     vectorised). ``log(message)`` receives the compile announcement and its time. The
     arrays of ``state`` are donated to the compiled call (do not use them afterwards)."""
+    import os
+
+    if checkpoint is not None and (isinstance(checkpoint, bool)
+                                   or not isinstance(checkpoint, (str, os.PathLike))):
+        raise SpecError(f"checkpoint must be a file path (a str or os.PathLike), got "
+                        f"{checkpoint!r}")
     import jax
     import jax.numpy as jnp
 

@@ -382,6 +382,16 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")
     check_bool("store_draws", opts["store_draws"])
+    _pos_int("max_width", opts["max_width"], 1)
+    _pos_int("cg_maxiter", opts["cg_maxiter"], 1)
+    tol = opts["cg_tol"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(tol) and tol > 0):
+        raise SpecError(f"cg_tol must be a finite number > 0, got {tol!r}")
+    if opts["dtype"] not in ("float32", "float64", np.float32, np.float64) \
+            and not (isinstance(opts["dtype"], np.dtype)
+                     and opts["dtype"] in (np.float32, np.float64)):
+        raise SpecError(f"dtype must be 'float32' or 'float64', got {opts['dtype']!r}")
     n_iter = W + (S - 1) * T + 1
     ckpt_path = opts["checkpoint"]
     check_bool("resume", opts["resume"])

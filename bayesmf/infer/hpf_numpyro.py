@@ -356,7 +356,7 @@ def fit_svi_hpf(train, spec, *, seed: int = 0, progress: bool = False, **options
     t0 = time.perf_counter()
     # jitted: NumPyro's init runs model and guide op by op otherwise (seconds)
     state = jax.jit(svi.init)(jax.random.PRNGKey(int(seed)), data)
-    W = o["window"]
+    W = min(o["window"], o["num_steps"])  # a window never runs past a smaller num_steps
 
     @jax.jit
     def run_window(state):

@@ -26,7 +26,9 @@ The returned :class:`~bayesmf.posterior.Posterior` holds ``num_samples`` draws f
 fitted guide (one "chain"), pushed through the model's deterministic sites.
 
 Options: ``guide`` ("normal"), ``guide_rank`` (None: NumPyro's default), ``num_steps``
-(20000, the maximum), ``learning_rate`` (0.01), ``batch_size`` (None), ``num_samples``
+(20000, the maximum, rounded up to whole windows: the steps run compiled ``window`` at a
+time, ``window`` capped at ``num_steps``; ``attrs["steps"]`` is the count run),
+``learning_rate`` (0.01), ``batch_size`` (None), ``num_samples``
 (500), ``tol`` (1e-4), ``window`` (100), ``patience`` (2), ``num_particles`` (1),
 ``init_scale`` (0.1, initial guide scale), ``centered`` (False), ``factor_prior``
 ("wishart"), ``lambda_beta_prior`` ((1, 1)), ``redraw_negatives`` (False; True for a 0/1
@@ -188,7 +190,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
 
     t0 = time.perf_counter()
     state = svi.init(k_init, *args, **kwargs)
-    W = o["window"]
+    W = min(o["window"], o["num_steps"])  # a window never runs past a smaller num_steps
 
     @jax.jit
     def run_window(state):
