@@ -78,3 +78,18 @@ def test_evaluate_raises_bad_inputs_and_skips_only_when_nothing_is_ranked(thumbs
             m.evaluate(test, k=k)
     none = test.assign(rating=0.0)  # no relevant pair at all: skipped, not an error
     assert "skipped" in m.evaluate(none)["ranking"]
+
+
+def test_a_default_threshold_outside_a_short_scale_skips_ranking():
+    """An ordinal model on a 1..3 scale: the default relevance threshold (4, stars) is
+    outside its levels -- ranking is reported as skipped (nothing relevant), not an
+    error; a threshold given inside the levels ranks."""
+    rng = np.random.default_rng(0)
+    rows = [(u, i) for u in range(20) for i in rng.permutation(12)[:6]]
+    df = pd.DataFrame(rows, columns=["user", "item"])
+    df["rating"] = rng.integers(1, 4, len(df)).astype(float)
+    test = df.groupby("user").tail(2)
+    train = df.drop(test.index)
+    m = bayesmf.BayesMF(method="map", rank=2, likelihood="ordinal").fit(train)
+    assert "skipped" in m.evaluate(test)["ranking"]
+    assert "ndcg@10" in m.evaluate(test, relevance_threshold=3)["ranking"]

@@ -149,6 +149,7 @@ def _test_pairs(posterior, test, relevance_threshold):
     """``(u, i, known_user, known_item, relevant, threshold, relevance)`` of a test set
     (module docs: relevance)."""
     full_matrix = bool(getattr(posterior.likelihood, "full_matrix", False))
+    given = relevance_threshold is not None
     if isinstance(test, Interactions):
         if relevance_threshold is not None:
             raise SpecError(
@@ -184,8 +185,10 @@ def _test_pairs(posterior, test, relevance_threshold):
         raise SpecError(f"relevance_threshold must be a finite number, got "
                         f"{relevance_threshold!r}")
     # a threshold every value passes (or none does) would make every pair relevant (or
-    # none) -- refused for a discrete family, as the prob strategy's
-    posterior.likelihood.check_relevance_threshold(thr)
+    # none) -- refused for a discrete family when given (a default outside a family's
+    # levels, 4 for a 3-level scale, leaves nothing relevant: ranking is skipped)
+    if given:
+        posterior.likelihood.check_relevance_threshold(thr)
     return u, i, ku, ki, y >= thr, thr, f"rating >= {thr:g}"
 
 
