@@ -504,3 +504,20 @@ def test_gibbs_option_values_and_seed_are_checked():
                     (dict(seed=-1), "seed must be an integer in")):
         with pytest.raises(SpecError, match=msg):
             BayesMF(method="gibbs", rank=2, num_samples=3, num_warmup=2, **kw).fit(df)
+
+
+def test_propagation_and_cavi_option_values_are_checked():
+    from bayesmf.errors import SpecError
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": rng.integers(0, 15, 120), "item": rng.integers(0, 10, 120),
+                       "rating": rng.integers(1, 6, 120).astype(float)})
+    df = df.drop_duplicates(["user", "item"])
+    for kw, msg in ((dict(num_samples="abc"), "num_samples"), (dict(align="no"), "align")):
+        with pytest.raises(SpecError, match=msg):
+            BayesMF(method="propagation", rank=2, **kw).fit(df)
+    counts = df.assign(rating=df["rating"].astype(int))
+    for kw, msg in ((dict(min_iter=50, max_iter=10), "min_iter"),
+                    (dict(tol=float("inf")), "tol must be a finite")):
+        with pytest.raises(SpecError, match=msg):
+            BayesMF(method="cavi", rank=2, likelihood="poisson", **kw).fit(counts)

@@ -740,8 +740,10 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
     S = _pos_int("num_samples", opts["num_samples"], 1)
     tol = opts["tol"]
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
-            or not tol >= 0:
-        raise SpecError(f"tol must be a number >= 0, got {tol!r}")
+            or not (tol >= 0 and np.isfinite(tol)):
+        raise SpecError(f"tol must be a finite number >= 0, got {tol!r}")
+    if min_iter > max_iter:
+        raise SpecError(f"min_iter ({min_iter}) must not exceed max_iter ({max_iter})")
     hyper = spec.prior.hyper
     y = spec.likelihood.encode(train.rating)
     data = SparseCounts(train.user, train.item, y, train.n_users, train.n_items)

@@ -395,7 +395,10 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
     if not (ex in ("serial", "processes") or callable(getattr(ex, "map", None))):
         raise SpecError("executor must be 'serial', 'processes' or an object with a "
                         f"map(fn, iterable) method, got {ex!r}")
-    S = int(opts["num_samples"])
+    from bayesmf.infer import check_bool, check_int
+
+    S = check_int("num_samples", opts["num_samples"], 1)
+    check_bool("align", opts["align"])
     k = spec.rank
     du, di = int(spec.user_bias) + k, int(spec.item_bias) + k
     if S <= max(du, di) + 2:
