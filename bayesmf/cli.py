@@ -78,7 +78,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesmf.errors import BayesMFError, DataError, SpecError
+from bayesmf.errors import BayesMFError, DataError, SpecError, UnknownOptionError
 # what ``bayesmf fit`` runs when --method / --rank are left out, per --feedback
 from bayesmf.estimator import DEFAULT_METHOD as _DEFAULT_METHOD
 from bayesmf.estimator import DEFAULT_RANK as _DEFAULT_RANK
@@ -780,8 +780,8 @@ def cmd_fit(a) -> int:
             Path(str(ck) + ".cli.json").unlink(missing_ok=True)
         flags = {v: f"--{k.replace('_', '-')}" for k, v in _FIT_FLAGS.items()
                  if getattr(a, k, None) is not None}
-        bad = [flags[n] for n in flags if f"'{n}'" in str(exc)]
-        if isinstance(exc, SpecError) and "unknown option" in str(exc) and bad:
+        bad = [flags[n] for n in getattr(exc, "options", ()) if n in flags]
+        if isinstance(exc, UnknownOptionError) and bad:
             raise SpecError(f"{', '.join(bad)} do(es) not apply to --method {method} "
                             f"(--likelihood {likelihood}): {exc}") from None
         raise

@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "UnknownIdError",
     "SpecError",
+    "UnknownOptionError",
     "NotFittedError",
     "ModelFileError",
     "MemoryLimitError",
@@ -44,6 +45,16 @@ class UnknownIdError(BayesMFError, KeyError):
 
 class SpecError(BayesMFError, ValueError):
     """An invalid model or inference configuration (rank <= 0, unknown method, ...)."""
+
+
+class UnknownOptionError(SpecError):
+    """Options a method does not take; ``options`` lists them, ``method`` names it (so
+    that a front end can name its own flags for them)."""
+
+    def __init__(self, message: str, method: str = "", options=()):
+        super().__init__(message)
+        self.method = method
+        self.options = list(options)
 
 
 class NotFittedError(BayesMFError, RuntimeError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from bayesmf.errors import SpecError
+from bayesmf.errors import SpecError, UnknownOptionError
 
 __all__ = ["METHODS", "get_method", "check_options", "check_fit_inputs", "fitted_spec",
            "check_int", "likelihood_fitter"]
@@ -63,8 +63,8 @@ def check_options(method: str, options: dict, defaults: dict) -> dict:
                         f"checkpoints are written by the Gibbs samplers and the NumPyro "
                         f"NUTS of the Gaussian-factor models")
     if unknown:
-        raise SpecError(f"method {method!r} got unknown option(s) {unknown}; "
-                        f"it accepts {sorted(defaults)}")
+        raise UnknownOptionError(f"method {method!r} got unknown option(s) {unknown}; "
+                                 f"it accepts {sorted(defaults)}", method, unknown)
     out = dict(defaults)
     out.update(options)
     return out

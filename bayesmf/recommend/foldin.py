@@ -546,6 +546,14 @@ def _augmented_row(lik, theta, rng, Z, y, off, P0, m0, mode):
     return a, mean, L, float(accepted.mean() / AUGMENTED_SWEEPS)
 
 
+def _rule_weights(posterior, rule) -> np.ndarray:
+    """The fitted rule's weight of every training item: 1 (uniform) or the training
+    popularity :math:`d_i^\beta` (a fresh array)."""
+    if rule.kind == "uniform":
+        return np.ones(len(posterior.items))
+    return np.power(posterior.train.item_counts.astype(np.float64), rule.beta)
+
+
 def _rule_item_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
     r"""User indices of a new **item**'s negatives under the fitted rule ``rule``: the
     rule drew negatives per *user*, so a new item receives the ones the users' draws
@@ -563,12 +571,8 @@ def _rule_item_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
     d_u = t.user_counts.astype(np.float64)
     m_u = (rule.per_positive * d_u if rule.per_positive is not None
            else np.full(N, float(rule.per_user)))
-    if rule.kind == "uniform":
-        wj = np.ones(len(posterior.items))
-        w = 1.0
-    else:
-        wj = np.power(t.item_counts.astype(np.float64), rule.beta)
-        w = float(len(positives)) ** rule.beta
+    wj = _rule_weights(posterior, rule)
+    w = 1.0 if rule.kind == "uniform" else float(len(positives)) ** rule.beta
     seen_w = np.add.reduceat(np.concatenate([wj[t.seen_indices], [0.0]]),
                              np.minimum(t.seen_indptr[:-1], len(t.seen_indices)))
     seen_w = np.where(np.diff(t.seen_indptr) > 0, seen_w, 0.0)
@@ -586,9 +590,7 @@ def _rule_negatives(posterior, rule, positives, seed, key) -> np.ndarray:
     proportional to the rule's weights -- uniform, or the training popularity ``d_i^beta``
     (:attr:`TrainInfo.item_counts <bayesmf.posterior.TrainInfo>`) -- capped at the
     candidates left; seeded by ``(seed, rule seed, the user's id key)``."""
-    M = len(posterior.items)
-    w = (np.ones(M) if rule.kind == "uniform"
-         else np.power(posterior.train.item_counts.astype(np.float64), rule.beta))
+    w = _rule_weights(posterior, rule)
     w[positives] = 0.0
     cand = np.flatnonzero(w > 0)
     m = rule.per_positive * len(positives) if rule.per_positive is not None else rule.per_user
