@@ -145,8 +145,6 @@ def test_refusals(clicks):
                   row_mh=True, num_samples=2)
     with pytest.raises(SpecError, match="low_width=0"):
         fit_gibbs(train, probit, row_mh=True, low_width=4, num_samples=2)
-    with pytest.raises(SpecError, match="sharded"):
-        fit_gibbs(train, probit, row_mh=True, chain_method="sharded", num_samples=2)
     with pytest.raises(SpecError, match="row_mh must be True or False"):
         fit_gibbs(train, probit, row_mh=1, num_samples=2)
 

@@ -183,6 +183,44 @@ def test_one_device_sharded_chain_with_row_priors_equals_the_unsharded_chain():
                                    err_msg=n)
 
 
+def _ordinal_data(seed=3):
+    """``_data``'s ratings rounded to 1..5 stars (an ordinal likelihood)."""
+    tr = _data(seed)
+    r = np.clip(np.round(np.asarray(tr.rating)), 1, 5)
+    return Ratings.from_indices(np.asarray(tr.user), np.asarray(tr.item), r, tr.users,
+                                tr.items)
+
+
+@pytest.mark.parametrize("case", ["probit", "ordinal-features", "logit-row-priors"])
+def test_one_device_sharded_chain_with_the_row_mh_step_equals_the_unsharded_chain(case):
+    """The IWLS Metropolis-Hastings row step (``row_mh``) in the sharded chain: the
+    device's rows build and factor their proposals, the per-observation terms are
+    evaluated at the all-gathered rows and the random numbers are the unsharded ones
+    sliced, so on one device the chain (and its acceptance rate) is the unsharded one --
+    with the row step on by default for probit, and with per-row prior means (side
+    features, fixed row priors) sliced to the device's rows."""
+    kw = dict(_KW)
+    if case == "probit":  # row_mh="auto" is on for probit, sharded or not
+        tr, spec = _data(3, binary=True), ModelSpec(rank=2, likelihood="bernoulli-probit")
+    elif case == "ordinal-features":
+        tr, spec = _ordinal_data(), ModelSpec(rank=2, likelihood="ordinal")
+        kw.update(row_mh=True, user_features=_user_features(tr))
+    else:
+        tr, spec = _data(3, binary=True), ModelSpec(rank=2, likelihood="bernoulli-logit")
+        rng = np.random.default_rng(1)
+        P = np.tile(4.0 * np.eye(3), (tr.n_items, 1, 1)) + 0.5
+        kw.update(row_mh=True, row_priors={"item": (rng.normal(size=(tr.n_items, 3)), P)})
+    sh = G.fit_gibbs(tr, spec, chain_method="sharded", shard_devices=1, **kw)
+    seq = G.fit_gibbs(tr, spec, chain_method="sequential", **kw)
+    assert sh.attrs["settings"]["row_mh"] and seq.attrs["settings"]["row_mh"]
+    acc = np.asarray(sh.sample_stats["row_mh_accept"])
+    assert 0.0 < acc.mean() <= 1.0
+    np.testing.assert_allclose(acc, seq.sample_stats["row_mh_accept"], atol=1e-6)
+    for n in _NAMES[:5]:
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+
+
 def _implicit_data(seed=5):
     """``_data``'s pairs as play counts 1..20 (a full-matrix implicit likelihood)."""
     tr = _data(seed)
@@ -250,21 +288,37 @@ for lik, C in (("gaussian", 2), ("bernoulli-probit", 1)):
     tr = _data(5, binary=lik != "gaussian")
     pairs = (np.arange(20), np.arange(20) % tr.n_items)
     kw = dict(_KW, num_chains=C, predict_pairs=pairs)
+    # probit: with its IWLS row step (row_mh="auto"), sharded or not
     sh = G.fit_gibbs(tr, ModelSpec(rank=2, likelihood=lik), chain_method="sharded", **kw)
-    # the sharded chain has no IWLS row step (row_mh="auto" leaves it off there)
     seq = G.fit_gibbs(tr, ModelSpec(rank=2, likelihood=lik), chain_method="sequential",
-                      row_mh=False, **kw)
+                      **kw)
     out[lik] = {{
         "used": sh.attrs["chain_method_used"], "devices": sh.attrs["devices"],
         "shape": list(sh.draws["U"].shape),
         "max_draw_diff": float(max(np.abs(sh.draws[n] - seq.draws[n]).max()
                                    for n in _NAMES)),
+        "row_mh": [bool(sh.attrs["settings"]["row_mh"]),
+                   bool(seq.attrs["settings"]["row_mh"])],
+        "accept_diff": float(np.abs(np.subtract(
+            sh.sample_stats.get("row_mh_accept", 0.0),
+            seq.sample_stats.get("row_mh_accept", 0.0))).max()),
         "max_pred_diff": float(np.abs(np.subtract(
             sh.attrs["streamed_predictions"]["mean"],
             seq.attrs["streamed_predictions"]["mean"])).max()),
         "draws_differ_between_chains": bool(C == 1 or np.abs(
             sh.draws["U"][0] - sh.draws["U"][1]).max() > 1e-2)}}
-from test_sharded import _redraw_data, _implicit_data, _user_features
+from test_sharded import _redraw_data, _implicit_data, _user_features, _ordinal_data
+tr = _ordinal_data(5)
+uf = _user_features(tr)
+spec = ModelSpec(rank=2, likelihood="ordinal")
+sh = G.fit_gibbs(tr, spec, chain_method="sharded", user_features=uf, row_mh=True, **_KW)
+seq = G.fit_gibbs(tr, spec, chain_method="sequential", user_features=uf, row_mh=True,
+                  **_KW)
+out["ordinal_mh"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
+    np.abs(sh.draws[n] - seq.draws[n]).max() for n in _NAMES[:5] + ("cutpoints",))),
+    "accept": float(np.mean(sh.sample_stats["row_mh_accept"])),
+    "accept_diff": float(np.abs(np.subtract(sh.sample_stats["row_mh_accept"],
+                                            seq.sample_stats["row_mh_accept"])).max())}}
 tr = _data(5)
 uf = _user_features(tr)
 sh = G.fit_gibbs(tr, ModelSpec(rank=2), chain_method="sharded", user_features=uf, **_KW)
@@ -291,7 +345,8 @@ print(json.dumps(out))
 
 def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     """2 CPU devices (XLA_FLAGS in a subprocess): the sharded chains (2 Gaussian chains
-    one after the other, 1 bernoulli-probit chain through the augmentation path, 1
+    one after the other, 1 bernoulli-probit chain through the augmentation path and its
+    IWLS row step, 1 ordinal chain with the row step and user side features, 1
     Gaussian chain with user side features, 1 implicit-feedback chain with the dense
     terms of the unobserved pairs, 1 bernoulli-logit chain with its negatives re-paired
     every sweep) are the unsharded chains up to float summation order in the row Grams."""
@@ -310,6 +365,11 @@ def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
         assert r["shape"][:2] == [C, _KW["num_samples"]], r
         assert r["max_draw_diff"] < 1e-4 and r["max_pred_diff"] < 1e-4, (lik, r)
         assert r["draws_differ_between_chains"], r
+        assert r["row_mh"] == [lik != "gaussian"] * 2 and r["accept_diff"] < 1e-6, r
+    # the IWLS row step with side features: each device proposes and accepts its own rows
+    r = out["ordinal_mh"]
+    assert r["devices"] == 2 and r["max_draw_diff"] < 1e-4 and r["accept_diff"] < 1e-6, r
+    assert 0.0 < r["accept"] <= 1.0, r
     # negatives re-paired every sweep: each device remaps its own blocks
     assert out["redraw"]["devices"] == 2 and out["redraw"]["max_draw_diff"] < 1e-4, out
     # side features: each device shifts its own rows' prior means

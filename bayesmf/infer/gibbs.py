@@ -326,7 +326,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     each user's and each item's number of them (:mod:`bayesmf.infer.negative_redraw`;
     ``BayesMF.fit(..., negatives="uniform:4@sweep")`` sets it; also with "sharded");
     ``row_mh`` ("auto": on for the likelihoods whose ``row_mh_default`` is set --
-    bernoulli-probit -- unless ``chain_method="sharded"`` or ``low_width > 0``; True /
+    bernoulli-probit -- unless ``low_width > 0``; True /
     False for any augmented likelihood: bernoulli-logit / -probit, ordinal)
     adds to every sweep a Metropolis-Hastings step on each row with the IWLS proposal
     (Gamerman 1997; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`), the augmentation
@@ -334,7 +334,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     the complete-data width only and mixes slowly (probit ESS 25 of 800 draws on planted
     data, ``benchmarks/results/augmented_mixing.md``); costs two more weighted Grams per
     side and sweep; ``sample_stats["row_mh_accept"]`` is the fraction of rows that moved;
-    needs ``low_width=0`` ("auto" becomes 0), not with "sharded" (True there is an error);
+    needs ``low_width=0`` ("auto" becomes 0); also with "sharded" (each device proposes
+    and accepts its own rows, :func:`~bayesmf.infer.sharded.sharded_mh_rows`);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -405,7 +406,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if isinstance(row_mh, str) and row_mh == "auto":  # the likelihood's default, where it runs
         # (a spec that is not a ModelSpec is refused by the kernel just below)
         lik_default = getattr(getattr(spec, "likelihood", None), "row_mh_default", False)
-        row_mh = bool(lik_default and not sharded
+        row_mh = bool(lik_default
                       and (opts["low_width"] == "auto" or opts["low_width"] == 0)
                       and not isinstance(opts["low_width"], bool))
     kern = BPMFGibbs(train, spec, dtype=opts["dtype"], max_width=opts["max_width"],
@@ -416,8 +417,6 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      row_priors=opts["row_priors"], low_width=opts["low_width"],
                      redraw_negatives=opts["redraw_negatives"], row_mh=row_mh)
     cfg, dt = kern.cfg, kern.dtype
-    if cfg.row_mh and sharded:
-        raise SpecError("row_mh=True is not supported with chain_method='sharded'")
     pairs = check_pairs(opts["predict_pairs"], cfg.n_users, cfg.n_items)
     names = _draw_names(cfg.spec.likelihood, opts["store_draws"], cfg.macau)
     names = names + ("train_rmse", "log_likelihood") + (("row_mh_accept",) if cfg.row_mh

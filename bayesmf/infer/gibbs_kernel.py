@@ -149,13 +149,16 @@ def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
         return _sweep(cfg, data, key, s)
 
 
-def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=None):
+def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=None,
+           mh_fn=None):
     """One sweep. Hooks of the sharded sampler (:mod:`bayesmf.infer.sharded`; None: the
     plain computation): ``rows_fn`` draws one side's rows, with the signature of
     :func:`~bayesmf.infer.gibbs_steps.rows_draw`; ``obs_fn(f)`` evaluates a
     per-observation function ``f(users, items) -> (n,)`` at all observations (default
-    ``f(data.user, data.item)``)."""
+    ``f(data.user, data.item)``); ``mh_fn`` is the row Metropolis-Hastings step, with the
+    signature of :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`."""
     rows_draw_ = rows_draw if rows_fn is None else rows_fn
+    mh_rows_ = iwls_mh_rows if mh_fn is None else mh_fn
     per_obs = (lambda f: f(data.user, data.item)) if obs_fn is None else obs_fn
     dt = s.U.dtype
     k = cfg.k
@@ -221,7 +224,7 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
             else:
                 args = (data.iblocks, U, bi, V, mu + bu[u], i, u, lam_bi, Lam_V, mu_V)
             blocks, other, b_, F_, o_, r_, c_, lam, Lam, mu_f = args
-            b_, F_, n_moved = iwls_mh_rows(
+            b_, F_, n_moved = mh_rows_(
                 kmh[j], lik, s.theta, blocks, k, on, other, b_, F_, y, o_, r_, c_,
                 *row_prior_terms(k, on, lam, Lam, mu_f, dt, off.get(side), rp.get(side)),
                 data.obs_mask)

@@ -129,7 +129,7 @@ def row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset=None, row_prior=N
 
 
 def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, rows, cols,
-                 P0, h0, mask=None, newton_steps: int = 1):
+                 P0, h0, mask=None, newton_steps: int = 1, local=None):
     r"""A Metropolis-Hastings step on every row of one side, with the iteratively
     weighted least squares proposal of Gamerman (1997), for a likelihood whose rows are
     drawn through an augmentation (Bernoulli logit / probit, ordinal).
@@ -169,19 +169,35 @@ def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, r
     ``benchmarks/results/augmented_mixing.md``). Rows without observations get an exact
     prior draw. ``mask`` (per observation, False = switched off) drops observations.
 
+    ``local = (rows_idx, gather)`` (the sharded chain, :mod:`bayesmf.infer.sharded`):
+    ``blocks`` hold only the rows ``rows_idx (R,)`` (global indices) of this device;
+    ``gather`` maps this device's ``(R, ...)`` values to the full ``(n_rows, ...)`` array
+    of every device's rows (an all-gather). The per-observation terms are evaluated at the
+    full (replicated) rows, each device builds and factors its own rows' Gaussians, and the
+    random numbers are the unsharded ones sliced, so the step is the unsharded one.
+
     Returns ``(b, F, accepted)``: the new rows (``b`` zeros without the bias column) and
     the number of rows that moved."""
     dt = y.dtype
-    n_rows = blocks.degree.shape[0]
     X = _design(k, with_bias, other_F, dt)
     A = jnp.concatenate(([b[:, None]] if with_bias else []) + ([F] if k else []), axis=1)
+    n_rows = A.shape[0]
     per_row = getattr(P0, "ndim", 2) == 3
+    if local is None:
+        sel, gather = (lambda x: x), (lambda x: x)
+    else:
+        idx, gather = local
+        sel = lambda x: x[idx]  # noqa: E731
+        if per_row:  # this device's rows' priors
+            P0 = P0[idx]
+        if getattr(h0, "ndim", 1) == 2:
+            h0 = h0[idx]
 
-    def log_prior(a):
+    def log_prior(a):  # a: this device's rows
         Pa = jnp.einsum("rde,re->rd", P0, a) if per_row else a @ P0.T
         return jnp.sum(a * (h0 - 0.5 * Pa), axis=1)
 
-    def newton(a):  # one IRLS step from a: (m, L) with P = L L^T; and log pi(a)
+    def newton(a):  # one IRLS step from a (all rows): (m, L) with P = L L^T; and log pi(a)
         eta = off + jnp.sum(X[cols] * a[rows], axis=1)
         zw, w = lik.working(y, eta, theta)
         lp = lik.log_prob(y, eta, theta)
@@ -193,12 +209,12 @@ def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, r
         L = jnp.linalg.cholesky(P)
         m = jax.scipy.linalg.cho_solve((L, True), h[..., None])[..., 0]
         ll = jax.ops.segment_sum(lp.astype(dt), rows, num_segments=n_rows)
-        return m, L, ll + log_prior(a)
+        return m, L, sel(ll) + log_prior(sel(a))
 
     def gaussian_at(a):  # the proposal from a: newton_steps IRLS steps, a deterministic map
         m, L, lt = newton(a)
         for _ in range(newton_steps - 1):
-            m = jnp.where(jnp.isfinite(m), m, a)
+            m = gather(jnp.where(jnp.isfinite(m), m, sel(a)))
             m, L, _ = newton(m)
         return m, L, lt
 
@@ -209,15 +225,17 @@ def iwls_mh_rows(key, lik, theta, blocks, k, with_bias, other_F, b, F, y, off, r
 
     k1, k2 = jax.random.split(key)
     m, L, lt = gaussian_at(A)
-    e = jax.random.normal(k1, A.shape, dt)
+    e = sel(jax.random.normal(k1, A.shape, dt))
     prop = m + jax.scipy.linalg.solve_triangular(L, e[..., None], lower=True,
                                                  trans="T")[..., 0]
-    m2, L2, lt2 = gaussian_at(prop)
-    log_r = lt2 - lt + log_q(A, m2, L2) - log_q(prop, m, L)
-    acc = jnp.log(jax.random.uniform(k2, (n_rows,), dt)) < log_r  # NaN: rejected
-    A = jnp.where(acc[:, None], prop, A)
+    prop_all = gather(prop)
+    m2, L2, lt2 = gaussian_at(prop_all)
+    A_own = sel(A)
+    log_r = lt2 - lt + log_q(A_own, m2, L2) - log_q(prop, m, L)
+    acc = jnp.log(sel(jax.random.uniform(k2, (n_rows,), dt))) < log_r  # NaN: rejected
+    A = gather(jnp.where(acc[:, None], prop, A_own))
     b_new = A[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
-    return b_new, A[:, int(with_bias):], jnp.sum(acc)
+    return b_new, A[:, int(with_bias):], jnp.sum(gather(acc))
 
 
 def offset_shift(offset, Lam, with_bias, h0):

@@ -90,6 +90,13 @@ with the chain the unsharded one:
   :math:`w_0 X^\top t_0`, :func:`~bayesmf.infer.gibbs_steps.background_terms`) are
   computed on every device from the replicated other side, :math:`O(n_{other} d^2)`, and
   each device adds them to its own rows' Grams;
+* the IWLS Metropolis-Hastings row step of the augmented likelihoods (``row_mh``, on by
+  default for probit; :func:`sharded_mh_rows`): each device builds, factors and proposes
+  its own rows' Gaussians and accepts or rejects them with the slices of the unsharded
+  uniforms; the per-observation terms (:math:`\eta`, the working response, the log
+  likelihood) are evaluated on every device at the all-gathered current and proposed
+  rows (:math:`O(nk)`, replicated like the augmentation), and the accepted rows are
+  all-gathered;
 * sampled negatives redrawn every sweep (``redraw_negatives=True``,
   ``negatives="uniform:4@sweep"``): every device draws the same re-pairing and remaps the
   blocks of its own rows (:mod:`bayesmf.infer.negative_redraw`).
@@ -135,7 +142,8 @@ from bayesmf.infer._rowblocks import partition_rows as _partition_rows
 from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_negatives
 
 __all__ = ["AXIS", "ShardBlocks", "partition_rows", "build_shard_blocks", "shard_mesh",
-           "sharded_rows_draw", "sharded_obs", "sharded_step", "sharded_data", "place"]
+           "sharded_rows_draw", "sharded_mh_rows", "sharded_obs", "sharded_step",
+           "sharded_data", "place"]
 
 #: the mesh axis name of the sharded sampler
 AXIS = "shard"
@@ -258,6 +266,24 @@ def sharded_rows_draw(axis: str = AXIS):
     return rows_fn
 
 
+def sharded_mh_rows(axis: str = AXIS):
+    """An ``mh_fn`` for :func:`~bayesmf.infer.gibbs_kernel._sweep` (the signature of
+    :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`, with a device's :class:`ShardBlocks`
+    as ``blocks``): the IWLS Metropolis-Hastings step of the device's rows (their Grams,
+    Cholesky factors, proposals and accept decisions), with the per-observation terms at
+    the all-gathered rows and the unsharded random numbers sliced (``local=`` of
+    :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`); returns the full ``(b, F)``."""
+    from bayesmf.infer.gibbs_steps import iwls_mh_rows
+
+    def mh_fn(key, lik, theta, sb, *args, **kw):
+        def gather(z):
+            return jax.lax.all_gather(z, axis, tiled=True)[sb.gather]
+
+        return iwls_mh_rows(key, lik, theta, sb.blocks, *args, local=(sb.rows, gather), **kw)
+
+    return mh_fn
+
+
 def sharded_obs(sb: ShardBlocks, users, items, axis: str = AXIS):
     """An ``obs_fn`` for :func:`~bayesmf.infer.gibbs_kernel._sweep`: ``f`` evaluated at
     the device's observations (``sb.obs``), all-gathered over ``axis`` and put back in
@@ -304,6 +330,7 @@ def sharded_step(cfg, mesh):
     from bayesmf.model.reduce import sharded
 
     rows_fn = sharded_rows_draw(AXIS)
+    mh_fn = sharded_mh_rows(AXIS)
     one = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)  # noqa: E731
 
     def body(data, key, state):
@@ -314,7 +341,8 @@ def sharded_step(cfg, mesh):
                                     remap=_remap_shard)
         obs_fn = sharded_obs(data.ublocks, data.user, data.item, AXIS)
         with sharded(None):  # statistics on the replicated arrays (module docs)
-            return _sweep(cfg, data, key, state, rows_fn=rows_fn, obs_fn=obs_fn)
+            return _sweep(cfg, data, key, state, rows_fn=rows_fn, obs_fn=obs_fn,
+                          mh_fn=mh_fn)
 
     sm = _shard_map()
 
