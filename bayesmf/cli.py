@@ -704,6 +704,8 @@ def cmd_fit(a) -> int:
     if feedback == "implicit" and str(likelihood).startswith("bernoulli") and not negatives:
         raise DataError(f"--likelihood {likelihood} on implicit data sees only positives: "
                         "add --negatives RULE (e.g. --negatives uniform:4)")
+    if getattr(a, "recalibrate_fraction", None) is not None and not recal:
+        raise DataError("--recalibrate-fraction applies with --recalibrate")
     if recal and not negatives:
         raise DataError("--recalibrate maps P(relevant) of a model fitted with sampled "
                         "negatives: add --feedback implicit --likelihood bernoulli-logit "
@@ -786,7 +788,8 @@ def cmd_fit(a) -> int:
                             f"(--likelihood {likelihood}): {exc}") from None
         raise
     if recal:
-        model.recalibrate(train, method=recal, fraction=a.recalibrate_fraction)
+        frac = 0.1 if a.recalibrate_fraction is None else a.recalibrate_fraction
+        model.recalibrate(train, method=recal, fraction=frac)
     if selection is not None:  # --confidence auto: the search, kept with the model
         model.posterior_.attrs["confidence_selection"] = selection.to_dict()
     model.save(a.out, mode=a.save_mode, draws=a.save_draws)
@@ -1344,7 +1347,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "+ fresh negatives (one more fit on the rest) and keep it in the "
                           "model, so that predict/recommend/evaluate use the recalibrated "
                           "probability (BayesMF.recalibrate)")
-    fit.add_argument("--recalibrate-fraction", type=float, default=0.1, metavar="F",
+    fit.add_argument("--recalibrate-fraction", type=float, default=None, metavar="F",
                      help="the share of each user's positives carved out by --recalibrate "
                           "(default 0.1)")
     fit.add_argument("--prior", default=None, choices=sorted(FACTOR_PRIORS),

@@ -132,6 +132,9 @@ def test_bad_implicit_fits_are_one_line_errors(events, capsys, tmp_path, args, m
     (["--feedback", "implicit", "--recalibrate", "beta"], "--negatives RULE"),
     (["--feedback", "implicit", "--likelihood", "bernoulli-probit", "--negatives",
       "uniform:2", "--recalibrate", "platt"], "--recalibrate maps the logit"),
+    # a carve fraction without the recalibration it sets was silently ignored
+    (["--feedback", "implicit", "--likelihood", "bernoulli-logit", "--negatives",
+      "uniform:2", "--recalibrate-fraction", "0.3"], "applies with --recalibrate"),
 ])
 def test_flag_combinations_are_checked_before_reading_the_data(capsys, tmp_path, args, msg):
     """A wrong --negatives / --recalibrate combination is refused without reading TRAIN
