@@ -919,6 +919,19 @@ def cmd_recommend(a) -> int:
 
     if a.master is not None and a.engine != "spark":
         raise DataError("--master applies to --engine spark only")
+    # a flag of another strategy would be silently ignored
+    qs = ("ucb", "lcb", "prob")
+    for flag, v, owners in (("--quantile", a.quantile, ("ucb", "lcb")),
+                            ("--threshold", a.threshold, ("prob",)),
+                            ("--seed", a.seed, ("thompson",)),
+                            ("--quantile-method", a.quantile_method, qs),
+                            ("--screen-size", a.screen_size, qs)):
+        if v is not None and a.strategy not in owners:
+            raise SpecError(f"{flag} applies to --strategy {', '.join(owners)}, not "
+                            f"{a.strategy}")
+    if a.screen_size is not None and a.quantile_method in ("exact", "gaussian"):
+        raise SpecError(f"--screen-size applies to --quantile-method approx or bounded, not "
+                        f"{a.quantile_method}")
     model = _load_model(a.model)
     post = _with_cold_start(a, model.posterior)
     if a.users and a.users.startswith("@"):
@@ -954,7 +967,8 @@ def cmd_recommend(a) -> int:
     else:
         recs = rec.recommend(post, users, n=a.n, strategy=a.strategy,
                              exclude_seen=not a.include_seen,
-                             quantile_method=a.quantile_method, clip=a.clip, **kw)
+                             quantile_method=a.quantile_method or "approx", clip=a.clip,
+                             **kw)
     if _feature_files(a):  # which users / items come from the features alone
         recs = recs.assign(**_cold_flags(post, recs["user"].to_numpy(),
                                          recs["item"].to_numpy()))
@@ -1002,7 +1016,7 @@ def _recommend_on_spark(a, post, users, kw) -> pd.DataFrame:
                                             else np.int64)}))
         recs = recommend_spark(post, users_df, spark=spark, n=a.n, strategy=a.strategy,
                                exclude_seen=not a.include_seen,
-                               quantile_method=a.quantile_method, clip=a.clip,
+                               quantile_method=a.quantile_method or "approx", clip=a.clip,
                                columns="all", **kw).toPandas()
     finally:
         if own:
@@ -1488,7 +1502,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "1) -- and 0.5 for the implicit preference)")
     rc.add_argument("--quantile", type=_open_fraction("quantile"),
                     help="quantile of ucb / lcb (default: 0.9 / 0.1)")
-    rc.add_argument("--quantile-method", default="approx",
+    rc.add_argument("--quantile-method", default=None,
                     choices=["bounded", "exact", "approx", "gaussian"],
                     help="top-n search of ucb / lcb / prob: approx (default; screen, then "
                          "solve the best few exactly; matched 'exact' on every user "

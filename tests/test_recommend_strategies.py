@@ -117,6 +117,14 @@ def test_strategy_validation():
         make_strategy("prob", threshold=float("nan"))
     # None: the likelihood's relevance threshold, resolved when a posterior scores it
     assert make_strategy("prob", threshold=None).threshold is None
+    # an option of another strategy is refused, not silently ignored
+    with pytest.raises(SpecError, match="quantile= applies to the 'upper' and 'lower'"):
+        make_strategy("mean", quantile=0.9)
+    with pytest.raises(SpecError, match="threshold= applies to the 'prob' strategy, not "
+                                        "'upper'"):
+        make_strategy("ucb", threshold=4.0)
+    with pytest.raises(SpecError, match="utility= applies"):
+        make_strategy("thompson", utility=lambda r: r)
     assert make_strategy("UCB").name == "upper" and make_strategy("lcb").quantile == 0.1
 
 

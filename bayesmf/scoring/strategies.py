@@ -140,6 +140,14 @@ def make_strategy(strategy="mean", *, quantile=None, threshold=None, utility=Non
     if name not in STRATEGIES:
         raise SpecError(f"unknown strategy {strategy!r}; choose from {STRATEGIES} "
                         f"(aliases {sorted(_ALIASES)})")
+    # an option of another strategy would be silently ignored: refused
+    for opt, val, owner in (("quantile", quantile, ("upper", "lower")),
+                            ("threshold", threshold, ("prob",)),
+                            ("utility", utility, ("utility",))):
+        if val is not None and name not in owner:
+            names = " and ".join(repr(o) for o in owner)
+            raise SpecError(f"{opt}= applies to the {names} strateg"
+                            f"{'ies' if len(owner) > 1 else 'y'}, not {name!r}")
     if name in ("upper", "lower"):
         if quantile is None:
             quantile = 0.9 if name == "upper" else 0.1

@@ -280,7 +280,7 @@ class ConformanceTests:
         thr = 4.0 if lik in ("ordinal", "gaussian") else 0.5
         for strategy in ("mean", "ucb", "thompson", "prob"):
             recs = recommend(post, users=train.users.ids[:5], n=3, strategy=strategy,
-                             threshold=thr, seed=1)
+                             seed=1, **({"threshold": thr} if strategy == "prob" else {}))
             assert len(recs) == 15 and recs["score"].notna().all(), strategy
 
     def test_ranking_evaluation_full_and_sampled(self, fitted):
