@@ -78,6 +78,11 @@ def test_thompson_reproducible_and_uses_one_draw_per_user():
     x = recommend(post, [999], n=3, strategy="thompson", seed=1)
     y = recommend(post, [999], n=3, strategy="thompson", seed=1)
     assert x.equals(y) and (~x["known_user"]).all()
+    # the text of an integer id is the same user and gets the same draw
+    t = recommend(post, ["3", str(u)], n=3, strategy="thompson", seed=11)
+    ref = a[a.user.isin([u, 3])].reset_index(drop=True)
+    assert t["item"].tolist() == ref["item"].tolist()
+    np.testing.assert_allclose(t["score"], ref["score"])
 
 
 def test_expected_utility_gauss_hermite_and_draws():

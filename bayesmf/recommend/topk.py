@@ -105,7 +105,15 @@ class _PosteriorUsers:
 
     def keys(self, rows):
         if self._keys is None:
-            self._keys = id_keys(self.raw)
+            # a known user is keyed by the model's own id: "12" and 12 are the same user
+            # of an integer vocabulary and get the same Thompson draw
+            keys = np.zeros(len(self.idx), np.uint64)
+            kn = self.known
+            if kn.any():
+                keys[kn] = id_keys(self.post.users.ids[self.idx[kn]])
+            if not kn.all():
+                keys[~kn] = id_keys(np.asarray(self.raw)[~kn])
+            self._keys = keys
         return self._keys[rows]
 
     def block(self, scorer: Scorer, rows):
