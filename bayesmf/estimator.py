@@ -190,10 +190,15 @@ class BayesMF:
         self.options = options
 
     # ------------------------------------------------------------------ configuration
-    def get_params(self) -> dict:
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments (scikit-learn style: ``BayesMF(**get_params())``
+        is an unfitted copy, so ``sklearn.base.clone`` works; ``deep`` is accepted for
+        that protocol, there are no nested estimators)."""
         p = {n: getattr(self, n) for n in ("method",) + _SPEC_FIELDS + ("seed", "progress",
                                                                         "implicit_terms")}
         p["priors"] = self.priors
+        p["user_features"] = self.user_features
+        p["item_features"] = self.item_features
         p.update(self.options)
         return p
 
@@ -201,8 +206,8 @@ class BayesMF:
         """Change settings (scikit-learn style); method options go to ``options``.
         Returns ``self``; the fitted posterior, if any, is kept until the next ``fit``."""
         for k, v in params.items():
-            if k in ("method", "seed", "progress", "priors",
-                     "implicit_terms") + _SPEC_FIELDS:
+            if k in ("method", "seed", "progress", "priors", "implicit_terms",
+                     "user_features", "item_features") + _SPEC_FIELDS:
                 setattr(self, k, v)
             else:
                 self.options[k] = v
@@ -481,13 +486,30 @@ class BayesMF:
 
     @classmethod
     def from_posterior(cls, posterior: Posterior) -> "BayesMF":
-        params = dict(posterior.attrs.get("estimator", {}))
-        params.pop("priors", None)
-        method = params.pop("method", posterior.method)
+        """The estimator of a fitted posterior (what :func:`load` returns), with the
+        settings it was constructed with: a later ``fit`` on new data resolves the
+        data-dependent defaults (``priors=None``: scaled to the new data; the ordinal
+        levels; the regularisation) again, as the original estimator would. A model file
+        without that record (or with a setting that cannot be rebuilt from it) takes the
+        fitted model's resolved settings."""
+        rec = dict(posterior.attrs.get("estimator", {}))
+        method = rec.pop("method", posterior.method)
+        for n in ("user_features", "item_features"):  # data, kept by the posterior
+            rec.pop(n, None)
+        rec.pop("_not_stored", None)
         spec = posterior.spec
-        for n in _SPEC_FIELDS:
-            params[n] = getattr(spec, n)
-        est = cls(method=method, priors=spec.priors, **params)
+        est = None
+        if all(n in rec for n in _SPEC_FIELDS + ("priors",)):
+            try:
+                est = cls(method=method, **rec)
+                est.make_spec()  # a setting the record holds only as text: refused
+            except (SpecError, TypeError, ValueError):
+                est = None
+        if est is None:
+            for n in _SPEC_FIELDS:
+                rec[n] = getattr(spec, n)
+            rec["priors"] = spec.priors
+            est = cls(method=method, **rec)
         est.posterior_ = posterior
         return est
 
@@ -574,6 +596,9 @@ def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
 
 
 def _jsonable_params(p: dict) -> dict:
+    """The JSON-able record of the estimator's settings kept with the model
+    (``attrs["estimator"]``, read back by :meth:`BayesMF.from_posterior`); a setting that
+    is data or an arbitrary object is listed under ``_not_stored``."""
     out = {}
     for k, v in p.items():
         if isinstance(v, BayesPriors):
@@ -588,6 +613,6 @@ def _jsonable_params(p: dict) -> dict:
             out[k] = v
         elif isinstance(v, tuple):
             out[k] = list(v)
-        else:
-            out[k] = repr(v)
+        else:  # data (features, arrays) or an object: named, not stored
+            out.setdefault("_not_stored", []).append(k)
     return out

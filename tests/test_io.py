@@ -8,6 +8,7 @@ import pytest
 
 from _synthetic_posterior import make_posterior, synthetic_data
 from bayesmf import io
+from bayesmf.data.ratings import Ratings
 from bayesmf.errors import ModelFileError, SpecError
 from bayesmf.estimator import BayesMF, load
 from bayesmf.recommend import recommend
@@ -75,6 +76,37 @@ def test_estimator_save_and_load(post, tmp_path):
     pd.testing.assert_frame_equal(est.predict(pairs), est2.predict(pairs))
     pd.testing.assert_frame_equal(est.recommend(post.users.ids[:3], n=4),
                                   est2.recommend(post.users.ids[:3], n=4))
+
+
+def test_loaded_estimator_keeps_its_settings_and_refits_like_the_original(tmp_path):
+    """``load`` returns the estimator as it was constructed (``priors=None``: scaled to
+    the data), so a refit on new data on another scale resolves its priors again, as a
+    fresh estimator does (it used to keep the first data's resolved priors); a model file
+    without that record (or with a setting not stored) takes the fitted spec's values."""
+    from bayesmf.testing.conformance import planted
+
+    df = planted("gaussian")
+    kw = dict(method="map", rank=2, max_iter=20)
+    BayesMF(**kw).fit(df).save(tmp_path / "m.nc")
+    est = load(tmp_path / "m.nc")
+    assert est.get_params()["priors"] is None and est.reg_factors is None
+    assert est.likelihood == "gaussian" and est.options["max_iter"] == 20
+    df20 = Ratings.from_indices(df.user, df.item, np.asarray(df.rating) * 20.0, df.users,
+                                df.items)
+    est.fit(df20)
+    fresh = BayesMF(**kw).fit(df20)
+    assert est.posterior_.spec.priors == fresh.posterior_.spec.priors
+    assert est.posterior_.spec.priors.w0 < 0.5 * load(tmp_path / "m.nc").posterior_.spec.priors.w0
+    # no record (an older file): the fitted spec's resolved settings
+    post = load(tmp_path / "m.nc").posterior_
+    post.attrs.pop("estimator")
+    old = BayesMF.from_posterior(post)
+    assert old.priors == post.spec.priors and old.reg_factors == post.spec.reg_factors
+    # data in the settings (features) is named in the record, not stored as text
+    from bayesmf.estimator import _jsonable_params
+
+    rec = _jsonable_params({"rank": 2, "user_features": pd.DataFrame({"a": [1]})})
+    assert rec == {"rank": 2, "_not_stored": ["user_features"]}
 
 
 def _rewrite(src, dst, fn):

@@ -106,3 +106,12 @@ def test_estimator_params_round_trip_with_likelihood_and_prior():
     est.fit(planted("bernoulli-logit"))
     assert est.posterior_.likelihood.name == "bernoulli-logit"
     assert est.posterior_.attrs["estimator"]["likelihood"] == "bernoulli-logit"
+    # scikit-learn's clone protocol: get_params(deep=...) and an unfitted copy
+    assert est.get_params(deep=False) == est.get_params(deep=True)
+    try:
+        from sklearn.base import clone
+    except ImportError:  # not a dependency: the protocol itself is checked above
+        clone = None
+    if clone is not None:
+        c = clone(est)
+        assert c.get_params() == est.get_params() and not hasattr(c, "posterior_")
