@@ -295,9 +295,12 @@ class Posterior:
         return lik.noise_var(self.theta_flat())
 
     def select(self, chains=None, draws=None) -> "Posterior":
-        """A posterior restricted to some chains / draws (slices or index arrays)."""
-        cs = slice(None) if chains is None else chains
-        ds = slice(None) if draws is None else draws
+        """A posterior restricted to some chains / draws: a slice, an integer or an array
+        of integer positions (negative ones count from the end) or a boolean mask, for
+        each. The result must keep at least one chain and one draw."""
+        cs = slice(None) if chains is None else self._selection(chains, self.n_chains,
+                                                                "chains")
+        ds = slice(None) if draws is None else self._selection(draws, self.n_draws, "draws")
         if not (isinstance(cs, slice) and isinstance(ds, slice)):  # fancy index -> copy
             nc = len(range(self.n_chains)[cs]) if isinstance(cs, slice) else np.size(cs)
             nd_ = len(range(self.n_draws)[ds]) if isinstance(ds, slice) else np.size(ds)
@@ -309,9 +312,38 @@ class Posterior:
         return Posterior(nd, self.spec, self.users, self.items, self.train, self.method,
                          ss, self.native, self.attrs, self.features)
 
+    @staticmethod
+    def _selection(sel, n: int, what: str):
+        """``sel`` checked as a selection of ``n`` chains / draws (:meth:`select`)."""
+        if isinstance(sel, slice):
+            if not len(range(n)[sel]):
+                raise SpecError(f"{what}={sel!r} selects none of the {n} {what}")
+            return sel
+        if isinstance(sel, (bool, np.bool_)):
+            raise SpecError(f"{what} must be a slice, integer positions or a boolean mask, "
+                            f"got {sel!r}")
+        arr = np.atleast_1d(np.asarray(sel))
+        if arr.size == 0:
+            raise SpecError(f"{what}={sel!r} selects none of the {n} {what}")
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise SpecError(f"a boolean mask of {what} needs {n} values, got "
+                                f"{arr.shape[0] if arr.ndim == 1 else arr.shape}")
+            arr = np.flatnonzero(arr)
+        elif arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise SpecError(f"{what} must be a slice, integer positions or a boolean mask, "
+                            f"got {sel!r}")
+        if arr.size == 0:
+            raise SpecError(f"{what}={sel!r} selects none of the {n} {what}")
+        if arr.min() < -n or arr.max() >= n:
+            raise SpecError(f"{what} positions must lie in [-{n}, {n - 1}] (the posterior "
+                            f"has {n} {what}), got {sel!r}")
+        return arr.astype(np.int64)
+
     def thin(self, every: int) -> "Posterior":
-        if every < 1:
-            raise SpecError("thin must be >= 1")
+        """Every ``every``-th draw of each chain (an integer >= 1)."""
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise SpecError(f"thin needs an integer >= 1, got {every!r}")
         return self.select(draws=slice(None, None, int(every)))
 
     def nbytes(self) -> int:
@@ -329,8 +361,11 @@ class Posterior:
         ``"fallback"`` (flag and use the population fallback) or ``"raise"``."""
         if unknown not in ("fallback", "raise"):
             raise SpecError(f"unknown= must be 'fallback' or 'raise', got {unknown!r}")
-        users = np.asarray(users) if not isinstance(users, (pd.Series, pd.Index)) else users
-        items = np.asarray(items) if not isinstance(items, (pd.Series, pd.Index)) else items
+        # one id (a scalar) is one pair
+        users = np.atleast_1d(users) if not isinstance(users, (pd.Series, pd.Index)) \
+            else users
+        items = np.atleast_1d(items) if not isinstance(items, (pd.Series, pd.Index)) \
+            else items
         if len(users) != len(items):
             raise DataError(f"users and items differ in length: {len(users)} vs {len(items)}")
         if unknown == "raise":
@@ -587,8 +622,8 @@ class Posterior:
         """
         if not 0 < interval < 1:
             raise SpecError(f"interval must be in (0, 1), got {interval}")
-        raw_u = np.asarray(users)
-        raw_i = np.asarray(items)
+        raw_u = np.atleast_1d(np.asarray(users))
+        raw_i = np.atleast_1d(np.asarray(items))
         u, i, ku, ki = self.encode_pairs(raw_u, raw_i, unknown)
         out = self.summarize_indices(u, i, ku, ki, interval=interval, method=method)
         mean, std, std_p, lo, hi = out
@@ -614,6 +649,11 @@ class Posterior:
         unclipped mixture (:meth:`predict` clips the reported values)."""
         if method not in ("mixture", "gaussian"):
             raise SpecError(f"method must be 'mixture' or 'gaussian', got {method!r}")
+        if method == "gaussian" and not self.likelihood.mean_is_linear:
+            raise SpecError(f"method='gaussian' (intervals of a Gaussian with the predictive "
+                            f"mean and std) applies to the Gaussian-noise likelihoods; the "
+                            f"{self.likelihood.name!r} predictive is discrete and its "
+                            f"intervals come from the mixture (method='mixture')")
         u = np.asarray(u)
         n = len(u)
         ku = (u >= 0) if known_user is None else np.asarray(known_user, bool)
@@ -649,6 +689,10 @@ class Posterior:
                          unknown: str = "fallback") -> np.ndarray:
         """Draws of future ratings ``(S', pairs)`` from the posterior predictive
         (one rating per posterior draw; ``n`` resamples draws with replacement)."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                              or n < 1):
+            raise SpecError(f"n (predictive draws) must be an integer >= 1 or None, got "
+                            f"{n!r}")
         u, i, ku, ki = self.encode_pairs(users, items, unknown)
         rows = self.n_samples if n is None else int(n)
         check_allocation(3 * 8 * max(rows, self.n_samples) * len(u),
@@ -669,7 +713,12 @@ class Posterior:
 
     def prob_at_least(self, users, items, threshold: float,
                       unknown: str = "fallback") -> np.ndarray:
-        """Posterior predictive probability ``P(r_ui >= threshold)`` (mixture, exact)."""
+        """Posterior predictive probability ``P(r_ui >= threshold)`` (mixture, exact);
+        ``threshold`` one number or one per pair."""
+        t = np.asarray(threshold)
+        if t.dtype.kind not in "iuf" or not np.all(np.isfinite(t)):
+            raise SpecError(f"threshold must be a finite number (or one per pair), got "
+                            f"{threshold!r}")
         u, i, ku, ki = self.encode_pairs(users, items, unknown)
         out = np.empty(len(u))
         for sl in self._chunks(len(u)):

@@ -184,6 +184,60 @@ def test_recommend_arguments(fitted):
         fitted.recommend([0], n=0)
     with pytest.raises(SpecError, match="unknown strategy 'bogus'"):
         fitted.recommend([0], strategy="bogus")
+    # a typo in a strategy option: named, with the options there are
+    with pytest.raises(SpecError, match=r"unknown argument\(s\) \['quantlie'\]; the strategy "
+                                        "options are quantile"):
+        fitted.recommend([0], strategy="ucb", quantlie=0.95)
+    with pytest.raises(SpecError, match="exclude_seen must be True or False, got 'no'"):
+        fitted.recommend([0], exclude_seen="no")
+
+
+def test_posterior_entry_points_check_their_arguments(fitted):
+    post = fitted.posterior_
+    # one id is one pair (it was "len() of unsized object")
+    one = post.predict(0, 1)
+    assert len(one.mean) == 1
+    np.testing.assert_allclose(one.mean, post.predict([0], [1]).mean)
+    assert post.quantiles(0, 1, 0.9).shape == (1, 1)
+    with pytest.raises(SpecError, match="threshold must be a finite number .or one per pair., got .4."):
+        post.prob_at_least([0], [1], "4")
+    for n in (-1, 0, 2.5):
+        with pytest.raises(SpecError, match="n .predictive draws. must be an integer >= 1"):
+            post.predictive_draws([0], [1], n=n)
+    with pytest.raises(SpecError, match="thin needs an integer >= 1, got 2.5"):
+        post.thin(2.5)
+
+
+def test_posterior_select_checks_the_selection():
+    from _uq_synth import make_posterior
+
+    post, _ = make_posterior(n_users=6, n_items=5, k=2, draws=8, seed=0)
+    assert post.select(chains=0).n_chains == 1
+    assert post.select(draws=[-1]).n_draws == 1
+    np.testing.assert_array_equal(post.select(draws=[-1]).draws["mu"],
+                                  np.asarray(post.draws["mu"])[:, -1:])
+    mask = np.zeros(post.n_draws, bool)
+    mask[[1, 3]] = True
+    assert post.select(draws=mask).n_draws == 2
+    with pytest.raises(SpecError, match="selects none of the 8 draws"):
+        post.select(draws=[])
+    with pytest.raises(SpecError, match="selects none"):
+        post.select(draws=slice(8, None))
+    with pytest.raises(SpecError, match=r"chains positions must lie in \[-1, 0\]"):
+        post.select(chains=[3])
+    with pytest.raises(SpecError, match="boolean mask of draws needs 8 values"):
+        post.select(draws=[True, False])
+    with pytest.raises(SpecError, match="integer positions or a boolean mask"):
+        post.select(draws=[0.5])
+
+
+def test_gaussian_intervals_of_a_discrete_family_are_refused():
+    from bayesmf.testing.conformance import planted
+
+    m = BayesMF("map", rank=2, likelihood="ordinal", max_iter=10).fit(planted("ordinal"))
+    u, i = m.posterior_.users.ids[:1], m.posterior_.items.ids[:1]
+    with pytest.raises(SpecError, match="method='gaussian' .* applies to the Gaussian-noise"):
+        m.posterior_.predict(u, i, method="gaussian")
 
 
 # ----------------------------------------------------------------------------- not fitted

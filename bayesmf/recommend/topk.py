@@ -70,6 +70,9 @@ from bayesmf.scoring.strategies import id_keys, make_strategy, thompson_draw_ind
 
 __all__ = ["recommend", "recommend_indices", "TopN", "approx_error", "Scorer", "topn_indices"]
 
+#: the keyword options of make_strategy that recommend passes through ``**strategy_kw``
+_STRATEGY_KW = ("utility_method", "n_nodes", "n_draws", "screen_size")
+
 #: elements of one work array (draws x users x items for per-draw strategies)
 _WORK_ELEMS = 1 << 22
 
@@ -181,6 +184,13 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
         raise SpecError(f"n must be an integer >= 1, got {n!r}")
     n = int(n)
+    if not isinstance(exclude_seen, (bool, np.bool_)):
+        raise SpecError(f"exclude_seen must be True or False, got {exclude_seen!r}")
+    bad = sorted(set(strategy_kw) - set(_STRATEGY_KW))
+    if bad:
+        raise SpecError(f"recommend() got unknown argument(s) {bad}; the strategy options "
+                        f"are quantile, threshold, utility, seed, noise, quantile_method, "
+                        f"{', '.join(_STRATEGY_KW)}")
     st = make_strategy(strategy, quantile=quantile, threshold=threshold, utility=utility,
                        seed=seed, noise=noise, quantile_method=quantile_method, **strategy_kw)
     if approx not in (None, "exact") and st.name != "mean":
@@ -309,7 +319,10 @@ def recommend(posterior, users=None, n=10, strategy="mean", *, exclude_seen=True
     candidates, exclude : array-like of raw item ids, optional
         Rank only ``candidates``; never recommend ``exclude``.
     seed : int, optional
-        Thompson sampling / Monte-Carlo utility seed (same seed, same output).
+        Thompson sampling / Monte-Carlo utility seed (same seed, same output). None is
+        seed 0: every call without a seed returns the same Thompson lists, so a service
+        that should explore across requests passes a fresh seed per request (e.g. a
+        request counter); each user's draw depends on ``(seed, user id)`` only.
     quantile, threshold, utility, noise
         Strategy options (``threshold`` of ``"prob"``: default the likelihood's
         ``relevance_threshold`` -- 4.0 on a star scale, 1 for Bernoulli and Poisson).

@@ -34,6 +34,13 @@ strategy                  score
                           ``w_j`` per mixture component; or Monte Carlo from predictive draws)
 ========================  ================================================================
 
+On the discrete families (Bernoulli, ordinal, Poisson) ``"upper"``/``"lower"`` are the
+posterior quantiles of the expected value :math:`g(\eta_s)` over the draws (P(y = 1), the
+expected star, the rate), not of the outcome (a 0/1 outcome's quantile is 0 or 1 for every
+item). They are credible bounds of that parameter, not shifted means: for a pair whose
+draws are strongly right-skewed (most near 0, a few high) the 0.9 quantile can lie below
+the posterior mean that ``"mean"`` reports, and the 0.1 quantile above it.
+
 ``quantile_method`` (``upper``, ``lower`` and the top-n search of ``prob``):
 
 * ``"approx"`` (default): screen with a moment-matched Gaussian, then the exact scores
