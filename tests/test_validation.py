@@ -199,7 +199,8 @@ def test_posterior_entry_points_check_their_arguments(fitted):
     assert len(one.mean) == 1
     np.testing.assert_allclose(one.mean, post.predict([0], [1]).mean)
     assert post.quantiles(0, 1, 0.9).shape == (1, 1)
-    with pytest.raises(SpecError, match="threshold must be a finite number .or one per pair., got .4."):
+    with pytest.raises(SpecError, match="threshold must be a finite number .or one per "
+                                        "pair., got .4."):
         post.prob_at_least([0], [1], "4")
     for n in (-1, 0, 2.5):
         with pytest.raises(SpecError, match="n .predictive draws. must be an integer >= 1"):
