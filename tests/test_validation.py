@@ -556,9 +556,13 @@ def test_gibbs_option_values_and_seed_are_checked():
     for kw, msg in ((dict(checkpoint=5), "checkpoint must be a file path"),
                     (dict(cg_tol="abc"), "cg_tol"), (dict(max_width=2.5), "max_width"),
                     (dict(dtype="abc"), "dtype"), (dict(cg_maxiter=-1), "cg_maxiter"),
-                    (dict(seed=-1), "seed must be an integer in")):
+                    (dict(seed=-1), "seed must be an integer in"),
+                    # an int32 overflow inside JAX before
+                    (dict(num_warmup=2**40), "sweeps is more than the sampler counts"),
+                    (dict(thin=2**40), "sweeps is more than the sampler counts")):
         with pytest.raises(SpecError, match=msg):
-            BayesMF(method="gibbs", rank=2, num_samples=3, num_warmup=2, **kw).fit(df)
+            BayesMF(method="gibbs", rank=2, **{"num_samples": 3, "num_warmup": 2, **kw}
+                    ).fit(df)
 
 
 def test_propagation_and_cavi_option_values_are_checked():

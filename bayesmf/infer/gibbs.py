@@ -394,6 +394,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      and opts["dtype"] in (np.float32, np.float64)):
         raise SpecError(f"dtype must be 'float32' or 'float64', got {opts['dtype']!r}")
     n_iter = W + (S - 1) * T + 1
+    if n_iter >= 2**31:  # the sweep counter of the compiled loop is a 32-bit integer
+        raise SpecError(f"num_warmup + (num_samples - 1) * thin + 1 = {n_iter:,} sweeps is "
+                        f"more than the sampler counts ({2**31 - 1:,})")
     ckpt_path = opts["checkpoint"]
     check_bool("resume", opts["resume"])
     if opts["resume"] and ckpt_path is None:
