@@ -74,12 +74,14 @@ def pit_histogram(pit, bins: int = 10) -> pd.DataFrame:
 def calibration(posterior, test, levels=DEFAULT_LEVELS, bins: int = 10,
                 randomized: bool = False, seed: int = 0) -> dict:
     """PIT values, coverage curve and histogram in one call (``dict`` of arrays/frames),
-    plus ``ece``: mean absolute gap between nominal and empirical coverage.
+    plus ``calibration_error``: mean absolute gap between nominal and empirical coverage
+    (the ``calibration_error`` of :func:`bayesmf.evaluate.evaluate`; not the ``ece`` it
+    reports for 0/1 data, the binned gap of predicted probabilities).
     ``randomized``/``seed``: see :func:`pit_values` (discrete predictives)."""
     pit = pit_values(posterior, test, randomized=randomized, seed=seed)
     curve = coverage_curve(pit, levels)
     return {"pit": pit, "coverage": curve, "histogram": pit_histogram(pit, bins),
-            "ece": float(np.abs(curve["gap"]).mean())}
+            "calibration_error": float(np.abs(curve["gap"]).mean())}
 
 
 def _ax(ax):
