@@ -108,6 +108,7 @@ def test_unknown_option_names_the_accepted_ones(df, method):
     ("nuts", dict(target_accept=1.0), r"target_accept must be in \(0, 1\), got 1.0"),
     ("nuts", dict(thin=10, num_samples=5), "thin=10 exceeds num_samples=5"),
     ("svi", dict(guide="full"), "guide"),
+    ("svi", dict(guide_rank=3), "guide_rank sets the rank of the low-rank guide"),
     ("svi", dict(num_steps=0), "num_steps"),
 ])
 def test_bad_option_values(df, method, opts, match):

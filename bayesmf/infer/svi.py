@@ -83,6 +83,9 @@ def _validate(o: dict, nnz: int) -> dict:
     for name in ("centered", "redraw_negatives"):
         check_bool(name, o[name])
     o["guide_rank"] = _pos_int("guide_rank", o["guide_rank"], allow_none=True)
+    if o["guide_rank"] is not None and o["guide"] == "normal":
+        raise SpecError("guide_rank sets the rank of the low-rank guide (guide='lowrank'); "
+                        "the mean-field guide='normal' has none")
     o["num_steps"] = _pos_int("num_steps", o["num_steps"])
     o["num_samples"] = _pos_int("num_samples", o["num_samples"])
     o["window"] = _pos_int("window", o["window"])
