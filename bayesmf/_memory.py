@@ -26,6 +26,8 @@ import math
 import os
 import re
 
+import numpy as np
+
 from bayesmf.errors import MemoryLimitError, SpecError
 
 __all__ = ["ENV_VAR", "DEFAULT_FRACTION", "parse_bytes", "format_bytes", "available_memory",
@@ -48,12 +50,13 @@ _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z%]*)
 def parse_bytes(value, *, what: str = "memory limit") -> int:
     """``"2GB"`` -> ``2_000_000_000``; ``"1.5GiB"``, ``"512M"``, ``1e9``, ``"50%"`` (of the
     available memory) are accepted. Raises :class:`SpecError` for anything else."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise SpecError(f"{what} must be a size such as 2GB, got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, np.integer, np.floating)):
         v = float(value)
-        if not math.isfinite(v) or v <= 0:
-            raise SpecError(f"{what} must be a positive size, got {value!r}")
+        if not math.isfinite(v) or v < 1:
+            raise SpecError(f"{what} must be a positive size of at least 1 byte, got "
+                            f"{value!r}")
         return int(v)
     if not isinstance(value, str):
         raise SpecError(f"{what} must be a number of bytes or a string such as '2GB', "
@@ -65,6 +68,8 @@ def parse_bytes(value, *, what: str = "memory limit") -> int:
     num = float(m.group(1))
     if num <= 0:
         raise SpecError(f"{what} must be positive, got {value!r}")
+    if unit != "%" and num * _UNITS[unit] < 1:
+        raise SpecError(f"{what} {value!r} is less than 1 byte")
     if unit == "%":
         if num > 100:
             raise SpecError(f"{what} {value!r}: a percentage must be at most 100%")
@@ -148,10 +153,14 @@ def check_allocation(nbytes, what: str, limit=None, *, hint: str | None = None) 
         advice = hint or ("thin the draws (thin=... or Posterior.thin), keep fewer samples "
                           "or chains, stream summaries instead of storing every draw, or "
                           "process fewer pairs/users per chunk")
+        how = (f"the memory_limit= option (e.g. memory_limit='16GB')"
+               if source == "limit= argument" else
+               f"the {ENV_VAR} environment variable (e.g. {ENV_VAR}=16GB; a fit also "
+               f"takes memory_limit=, which wins over it)")
         raise MemoryLimitError(
             f"{what} needs {format_bytes(nbytes)}, more than the memory limit of "
-            f"{format_bytes(lim)} ({source}); {advice}. Raise the limit with the "
-            f"{ENV_VAR} environment variable (e.g. {ENV_VAR}=16GB) if the machine has room.")
+            f"{format_bytes(lim)} ({source}); {advice}. Raise the limit with {how} if the "
+            f"machine has room.")
     return lim
 
 

@@ -592,7 +592,8 @@ def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
     nb = draws_bytes(C, S, train.n_users, train.n_items, spec.rank)
     check_allocation(nb, f"the {method} posterior draws ({C} chain(s) x {S} draws x "
                      f"({train.n_users:,} users + {train.n_items:,} items) x rank "
-                     f"{spec.rank}, {format_bytes(nb)} as float32)")
+                     f"{spec.rank}, {format_bytes(nb)} as float32)",
+                     limit=options.get("memory_limit"))
 
 
 def _jsonable_params(p: dict) -> dict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from bayesmf.data.interactions import Interactions
@@ -87,8 +88,8 @@ def select_confidence(interactions: Interactions, candidates=CONFIDENCE_CANDIDAT
         raise SpecError("select_confidence needs at least two ImplicitGaussian candidates, "
                         f"got {cands!r}")
     for n, v in (("num_warmup", num_warmup), ("num_samples", num_samples), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if n == "num_warmup"
-                                                                else 1):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) \
+                or v < (0 if n == "num_warmup" else 1):
             raise SpecError(f"select_confidence: {n} must be a "
                             f"{'non-negative' if n == 'num_warmup' else 'positive'} "
                             f"integer, got {v!r}")

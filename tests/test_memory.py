@@ -16,13 +16,15 @@ from bayesmf.posterior import Posterior, TrainInfo
     ("2GB", 2_000_000_000), ("2 gb", 2_000_000_000), ("1.5GiB", int(1.5 * 2**30)),
     ("512M", 512 * 2**20), ("512MiB", 512 * 2**20), ("1e9", 10**9), ("100", 100),
     ("10KB", 10_000), ("3K", 3072), (4096, 4096), (1e6, 10**6),
+    (np.int64(2 * 10**9), 2 * 10**9), (np.float32(1e6), 10**6),
 ])
 def test_parse_bytes(text, want):
     assert mem.parse_bytes(text) == want
 
 
 @pytest.mark.parametrize("bad", ["", "GB", "2 parsecs", "-1GB", "0", 0, -5, True,
-                                 float("nan"), "150%", [1]])
+                                 float("nan"), "150%", [1],
+                                 0.5, "0.4", np.bool_(True)])  # < 1 byte: a 0-byte limit
 def test_parse_bytes_rejects(bad):
     with pytest.raises(SpecError, match="memory limit"):
         mem.parse_bytes(bad)
@@ -82,8 +84,13 @@ def test_check_allocation_message(monkeypatch):
     msg = str(ei.value)
     assert "posterior draws (4 chains x 1000 draws) needs 5.0 GiB" in msg
     assert "memory limit of 953.7 MiB (limit= argument)" in msg
-    for word in ("thin", "fewer", "stream", "chunk", mem.ENV_VAR):
+    for word in ("thin", "fewer", "stream", "chunk", "memory_limit="):
         assert word in msg
+    # the argument wins over the environment: raising the variable would not help
+    assert mem.ENV_VAR not in msg
+    with pytest.raises(MemoryLimitError, match=f"{mem.ENV_VAR} environment variable"):
+        monkeypatch.setenv(mem.ENV_VAR, "1GB")
+        mem.check_allocation(5 * 2**30, "x")
     assert isinstance(ei.value, MemoryError)  # catchable as the builtin too
 
 
@@ -192,6 +199,13 @@ def test_estimator_refuses_oversized_draws_before_fitting(monkeypatch):
                                                r"2000 draws x .* x rank 3.*thin"):
         bayesmf.BayesMF("gibbs", rank=3, num_samples=2000, num_chains=4).fit(df)
     assert not calls
+    # memory_limit= of the estimator wins over the environment variable (it was ignored
+    # by this check): the fit goes on to the method
+    with pytest.raises(AssertionError):
+        bayesmf.BayesMF("gibbs", rank=3, num_samples=2000, num_chains=4,
+                        memory_limit="1GB").fit(df)
+    assert calls == [1]
+    calls.clear()
     # thinning (NUTS keeps num_samples // thin) and store_draws=False count
     monkeypatch.setattr("bayesmf.infer.nuts.fit_nuts",
                         lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(StopIteration))

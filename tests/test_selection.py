@@ -65,6 +65,9 @@ def test_default_candidates_are_log_slopes():
     (dict(k=2.5), SpecError, "k must be a positive integer"),
     (dict(method="map"), SpecError, "method= is not an option"),
     (dict(fraction=1.5), DataError, "fraction"),
+    # numpy integers pass the integer checks (they were refused) and reach the next one
+    (dict(num_warmup=np.int64(2), num_samples=np.int64(1), k=np.int64(3), fraction=1.5),
+     DataError, "fraction"),
 ])
 def test_bad_requests_are_clear_errors(events, kwargs, err, msg):
     with pytest.raises(err, match=msg):

@@ -573,7 +573,10 @@ def test_propagation_and_cavi_option_values_are_checked():
     df = pd.DataFrame({"user": rng.integers(0, 15, 120), "item": rng.integers(0, 10, 120),
                        "rating": rng.integers(1, 6, 120).astype(float)})
     df = df.drop_duplicates(["user", "item"])
-    for kw, msg in ((dict(num_samples="abc"), "num_samples"), (dict(align="no"), "align")):
+    for kw, msg in ((dict(num_samples="abc"), "num_samples"), (dict(align="no"), "align"),
+                    (dict(max_workers="x"), "max_workers must be an integer >= 1"),
+                    (dict(max_workers=0), "max_workers must be an integer >= 1"),
+                    (dict(max_workers=2.7), "max_workers must be an integer >= 1")):
         with pytest.raises(SpecError, match=msg):
             BayesMF(method="propagation", rank=2, **kw).fit(df)
     counts = df.assign(rating=df["rating"].astype(int))

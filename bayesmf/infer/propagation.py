@@ -398,6 +398,7 @@ def fit_propagated(train, spec, *, seed: int = 0, progress: bool = False, **opti
     from bayesmf.infer import check_bool, check_int
 
     S = check_int("num_samples", opts["num_samples"], 1)
+    opts["max_workers"] = check_int("max_workers", opts["max_workers"], 1, allow_none=True)
     check_bool("align", opts["align"])
     k = spec.rank
     du, di = int(spec.user_bias) + k, int(spec.item_bias) + k
