@@ -153,7 +153,7 @@ def check_allocation(nbytes, what: str, limit=None, *, hint: str | None = None) 
         advice = hint or ("thin the draws (thin=... or Posterior.thin), keep fewer samples "
                           "or chains, stream summaries instead of storing every draw, or "
                           "process fewer pairs/users per chunk")
-        how = (f"the memory_limit= option (e.g. memory_limit='16GB')"
+        how = ("the memory_limit= option (e.g. memory_limit='16GB')"
                if source == "limit= argument" else
                f"the {ENV_VAR} environment variable (e.g. {ENV_VAR}=16GB; a fit also "
                f"takes memory_limit=, which wins over it)")
