@@ -643,8 +643,21 @@ def cmd_fit(a) -> int:
                 raise DataError(f"--resume continues the run with its saved settings "
                                 f"({flag} {was}); drop {flag} {given} (a resumed run writes "
                                 "where the first one would have)")
+        # a flag given with --resume: the saved settings win, so a different sampling
+        # setting is refused (it was silently dropped); output settings apply
+        defaults = vars(build_parser().parse_args(["fit"]))
+        given = {k for k, v in vars(a).items()
+                 if k not in ("func", "resume", "train", "out") and k in defaults
+                 and v != defaults[k]}
+        output = {"save_draws", "save_mode", "progress"}
+        for k in sorted(given - output):
+            if k in saved and saved[k] != getattr(a, k):
+                flag = "--" + k.replace("_", "-")
+                raise DataError(f"--resume continues the run with its saved settings "
+                                f"({flag} {saved[k]!r}); drop {flag} {getattr(a, k)!r}")
         for k, v in saved.items():
-            setattr(a, k, v)
+            if k not in given & output:
+                setattr(a, k, v)
         a.resume = ckpt
         a.checkpoint = ckpt  # the file named on the command line (it may have moved)
         _check_outputs(a)  # the saved --out may no longer be writable
@@ -671,7 +684,9 @@ def cmd_fit(a) -> int:
             opts[name] = v
     _devices_for_parallel_chains(opts)
     if a.resume:
-        opts["resume"] = True
+        # killed before its first checkpoint: only the settings file exists; the run
+        # starts from the first sweep (reported below)
+        opts["resume"] = Path(str(a.resume)).exists()
         opts.setdefault("checkpoint", a.resume)
     if opts.get("checkpoint"):
         side = Path(str(opts["checkpoint"]) + ".cli.json")

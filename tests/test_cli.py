@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bayesmf.cli import main
+from bayesmf.estimator import load
 
 
 def _run(*args, check=True, env=None):
@@ -318,8 +320,6 @@ def test_fit_resume_reads_the_named_checkpoint_from_any_folder(small_csv, tmp_pa
                                                                monkeypatch):
     """--resume PATH resumes PATH (also when the checkpoint was moved) and the relative
     paths of the first run are stored absolute, so the resume works from another folder."""
-    import shutil
-
     run, moved, elsewhere = (tmp_path / n for n in ("run", "moved", "elsewhere"))
     for p in (run, moved, elsewhere):
         p.mkdir()
@@ -557,6 +557,39 @@ def test_option_for_a_model_setting_and_resume_with_other_paths_are_refused(smal
     rc = main(["fit", "--resume", str(ck), "--out", str(tmp_path / "other.nc")])
     err = capsys.readouterr().err
     assert rc == 2 and "drop --out" in err and not (tmp_path / "other.nc").exists(), err
+    # another sampling setting with --resume was silently dropped: refused
+    for extra, flag in ((["--seed", "99"], "--seed"), (["--rank", "4"], "--rank"),
+                        (["--samples", "50"], "--samples"),
+                        (["--option", "row_parts=2"], "--option")):
+        rc = main(["fit", "--resume", str(ck), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"drop {flag}" in err and err.count("\n") == 1, (extra, err)
+    # output settings apply to the resumed run's model file; the same value is no clash
+    assert main(["fit", "--resume", str(ck), "--save-draws", "2", "--rank", "2"]) == 0
+    capsys.readouterr()
+    assert load(tmp_path / "g.nc").posterior_.n_draws == 2
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(small_csv, tmp_path,
+                                                                      capsys):
+    """Only the settings file exists (the run died while compiling): --resume starts the
+    run from the first sweep and says so (it was 'no checkpoint to resume from')."""
+    d = small_csv
+    ck = tmp_path / "ck.npz"
+    assert main(["fit", str(d / "train.csv"), "--method", "gibbs", "--rank", "2",
+                 "--samples", "4", "--warmup", "2", "--checkpoint", str(ck),
+                 "--no-progress", "--out", str(tmp_path / "g.nc"), "--user-col", "uid",
+                 "--item-col", "movie", "--rating-col", "stars"]) == 0
+    capsys.readouterr()
+    ref = load(tmp_path / "g.nc").posterior_.draws["U"]
+    for f in tmp_path.iterdir():  # keep the settings file only
+        if f.name.startswith("ck.npz") and not f.name.endswith(".cli.json"):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    (tmp_path / "g.nc").unlink()
+    assert main(["fit", "--resume", str(ck)]) == 0
+    err = capsys.readouterr().err
+    assert "held no completed sweep; started from the first" in err, err
+    np.testing.assert_array_equal(load(tmp_path / "g.nc").posterior_.draws["U"], ref)
 
 
 def test_recommend_users_are_deduplicated_and_unknown_ones_warned(small_csv, tmp_path,
