@@ -682,6 +682,8 @@ def cmd_fit(a) -> int:
         v = getattr(a, flag)
         if v is not None:
             opts[name] = v
+    if "checkpoint_every" in opts and not opts.get("checkpoint") and not a.resume:
+        raise DataError("--checkpoint-every applies with --checkpoint PATH")
     _devices_for_parallel_chains(opts)
     if a.resume:
         # killed before its first checkpoint: only the settings file exists; the run

@@ -198,7 +198,8 @@ def test_corrupted_or_missing_checkpoints(tmp_path):
 def test_fresh_run_replaces_an_old_checkpoint(reference, tmp_path):
     path = tmp_path / "c.npz"
     _interrupted(path)
-    res = toy.run(path, every=15)
+    with pytest.warns(UserWarning, match="this run starts afresh and replaces it"):
+        res = toy.run(path, every=15)
     assert res.resumed_at is None
     _same(reference.draws, res.draws)
     assert ck.load_checkpoint(path).info["iteration"] == toy.N_ITER

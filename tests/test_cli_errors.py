@@ -59,6 +59,8 @@ def _cases(d):
         (["fit", "--resume", str(d / "no_checkpoint")], "cannot resume"),
         # fit: output paths, checked before the fit
         (["fit", tr, "--out", str(d / "nodir" / "m.nc")], "does not exist"),
+        (["fit", tr, "--method", "gibbs", "--checkpoint-every", "5", "--out", out],
+         "--checkpoint-every applies with --checkpoint PATH"),
         (["fit", tr, "--out", str(d)], "is a folder"),
         (["fit", tr, "--out", tr], "destroy the input"),
         (["fit", tr, "--method", "gibbs", "--checkpoint", str(d / "nodir" / "ck"),

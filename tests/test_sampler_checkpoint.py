@@ -227,3 +227,34 @@ def test_gibbs_refuses_draw_buffers_beyond_the_memory_limit(problem):
     train, spec, _ = problem
     with pytest.raises(MemoryLimitError, match="Gibbs draw buffers.*store_draws=False"):
         fit_gibbs(train, spec, seed=0, memory_limit="10KB", **SETTINGS)
+
+
+def test_memory_limit_is_checked_before_the_sampler_compiles(problem, monkeypatch):
+    """The kept draws are checked against the limit before the compile (it came after
+    it: seconds of compilation, then the refusal)."""
+    from bayesmf.errors import MemoryLimitError
+    from bayesmf.infer import driver
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled before the memory check")
+
+    monkeypatch.setattr(driver, "_compile", no_compile)
+    train, spec, _ = problem
+    with pytest.raises(MemoryLimitError, match="Gibbs draw buffers.*memory_limit="):
+        fit_gibbs(train, spec, seed=0, memory_limit="10KB", **SETTINGS)
+
+
+def test_checkpoint_path_mistakes_are_clear(problem, tmp_path):
+    """A folder as checkpoint path, checkpoint_every without a checkpoint (silently
+    ignored before) and a fresh run over an existing checkpoint (silently replaced)."""
+    train, spec, ref = problem
+    with pytest.raises(SpecError, match="is a folder; give a file path in it"):
+        fit_gibbs(train, spec, seed=5, checkpoint=tmp_path, **SETTINGS)
+    with pytest.raises(SpecError, match="checkpoint_every applies with checkpoint=PATH"):
+        fit_gibbs(train, spec, seed=5, checkpoint_every=4, **SETTINGS)
+    path = tmp_path / "c.npz"
+    fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=4, **SETTINGS)
+    with pytest.warns(UserWarning, match="exists and resume=False: this run starts afresh"):
+        again = fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=4,
+                          **SETTINGS)
+    _same_draws(ref, again)

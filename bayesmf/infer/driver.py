@@ -293,6 +293,9 @@ def run_loop(advance: Callable, carry, n_iter: int, *, warmup: int, thin: int,
         resumed_at = t
     elif path is not None:
         if path.exists():
+            warnings.warn(f"checkpoint {str(path)!r} exists and resume=False: this run starts "
+                          f"afresh and replaces it (resume=True continues that run)",
+                          stacklevel=3)
             path.unlink()
         pdir = ck._parts_dir(path)
         if pdir.exists():
@@ -450,6 +453,9 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
                                    or not isinstance(checkpoint, (str, os.PathLike))):
         raise SpecError(f"checkpoint must be a file path (a str or os.PathLike), got "
                         f"{checkpoint!r}")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise SpecError(f"checkpoint={str(checkpoint)!r} is a folder; give a file path in "
+                        f"it (e.g. {str(Path(checkpoint) / 'run.ckpt')!r})")
     import jax
     import jax.numpy as jnp
 
@@ -474,6 +480,12 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
     slots = slots_for(draw_bytes, C)
     out_spec = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct((C, S) + s.shape, s.dtype), out_shape)
+    # the kept draws against the memory limit before anything is compiled (run_loop
+    # checks the same buffers again)
+    check_allocation(sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+                         for s in jax.tree_util.tree_leaves(out_spec)),
+                     what or f"the {S} kept draws", memory_limit,
+                     hint=hint or "keep fewer draws (num_samples, thin) or fewer chains")
     dt = jax.tree_util.tree_leaves(out_shape)[0].dtype if out_shape else jnp.float32
     P = 0 if pairs is None else int(pairs[0].shape[0])
     acc = (jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),

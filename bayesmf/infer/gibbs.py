@@ -402,6 +402,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     if opts["resume"] and ckpt_path is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     ck_every = opts["checkpoint_every"]
+    if ck_every is not None and ckpt_path is None:
+        raise SpecError("checkpoint_every applies with checkpoint=PATH (the file the run "
+                        "writes)")
     if ck_every is None:
         ck_every = max(1, -(-n_iter // 10)) if ckpt_path is not None else n_iter
     ck_every = _pos_int("checkpoint_every", ck_every, 1)

@@ -427,6 +427,9 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
     T = _pos_int("thin", opts["thin"], 1)
     check_bool("resume", opts["resume"])
     store = check_bool("store_draws", opts["store_draws"])
+    if opts["checkpoint_every"] is not None and opts["checkpoint"] is None:
+        raise SpecError("checkpoint_every applies with checkpoint=PATH (the file the run "
+                        "writes)")
     if opts["resume"] and opts["checkpoint"] is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     pairs = check_pairs(opts["predict_pairs"], train.n_users, train.n_items)

@@ -116,6 +116,9 @@ def _validate(o: dict) -> dict:
     if o["resume"] and o["checkpoint"] is None:
         raise SpecError("resume=True needs checkpoint=PATH (the file the run wrote)")
     if o["checkpoint_every"] is not None:
+        if o["checkpoint"] is None:
+            raise SpecError("checkpoint_every applies with checkpoint=PATH (the file the run "
+                            "writes)")
         o["checkpoint_every"] = _pos_int("checkpoint_every", o["checkpoint_every"])
     ta = o["target_accept"]
     if isinstance(ta, bool) or not isinstance(ta, (int, float)) or not 0 < ta < 1:
