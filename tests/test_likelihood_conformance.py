@@ -71,3 +71,40 @@ def test_fold_in_works_for_the_augmented_families():
         pl = likes.predict([1000, 1007])["mean"].to_numpy()
         ph = hates.predict([1000, 1007])["mean"].to_numpy()
         assert np.all(pl > ph) and np.all((pl > 0) & (pl < 1))
+
+
+@pytest.mark.parametrize("lik", ["ordinal", "bernoulli-logit", "bernoulli-probit"])
+def test_pymc_advi_minibatches_of_the_discrete_families(lik):
+    """pymc-advi with batch_size for the discrete families (PyMC refused their int64
+    targets once pm.Minibatch had cast them: a raw TypeError)."""
+    post = get_method("pymc-advi")(planted(lik), ModelSpec(rank=2, likelihood=lik),
+                                   batch_size=64, num_steps=200, num_samples=10, seed=0)
+    assert post.n_samples == 10 and np.isfinite(post.draws["mu"]).all()
+
+
+def test_ordinal_with_two_levels_in_the_ppl_backends():
+    """Two levels and a global mean leave no free cut-point: the NumPyro (NUTS, SVI) and
+    PyMC models record the fixed one (they ran the whole fit, then said the draws missed
+    'cutpoints')."""
+    from numpyro import handlers
+
+    from bayesmf.infer.numpyro_model import build_model, model_data
+
+    tr = planted("ordinal")
+    y = np.asarray(tr.rating)
+    two = Ratings.from_indices(np.asarray(tr.user), np.asarray(tr.item),
+                               np.where(y >= 4, 5.0, 4.0), tr.users, tr.items)
+    data = model_data(two, ModelSpec(rank=2, likelihood="ordinal"))
+    model = build_model(data.spec, two.n_users, two.n_items, offset=data.offset,
+                        y_offset=data.y_offset)
+    from numpyro.infer import init_to_uniform
+
+    run = handlers.substitute(handlers.seed(model, 0), substitute_fn=init_to_uniform)
+    trace = handlers.trace(run).get_trace(data.users, data.items, data.y)
+    assert np.asarray(trace["cutpoints"]["value"]).tolist() == [0.0]
+    post = get_method("pymc-advi")(two, ModelSpec(rank=2, likelihood="ordinal"),
+                                   num_steps=200, num_samples=10, seed=0)
+    assert post.draws["cutpoints"].shape == (1, 10, 1)
+    assert np.all(post.draws["cutpoints"] == 0)
+    p = post.predict(two.users.decode(two.user[:5]), two.items.decode(two.item[:5]))
+    assert np.all((p.mean >= 4.0) & (p.mean <= 5.0))

@@ -50,6 +50,34 @@ def test_ordinal_log_prob_is_finite_far_in_the_tails():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
+def test_pymc_ordinal_term_equals_the_jax_one_with_finite_gradients():
+    """The PyMC observation term (a CustomDist over pt_log_interval_prob) is the JAX
+    log_prob, also far in the tails, and its gradient in eta is finite and equals finite
+    differences there (pm.OrderedProbit's was NaN once eta - c_1 > 8: every NUTS draw
+    divergent on real ratings)."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    from bayesmf.model.likelihoods.ordinal import pt_log_interval_prob
+
+    pad = np.concatenate([[-np.inf], CUT.astype(np.float64), [np.inf]])
+    eta = np.array([-45.0, -12.0, -8.5, -0.4, 0.0, 0.9, 8.4, 11.8, 20.0, 45.0])
+    e, y = pt.dvector("e"), pt.lvector("y")
+    lp = pt_log_interval_prob(pt.as_tensor_variable(pad)[y] - e,
+                              pt.as_tensor_variable(pad)[y + 1] - e)
+    f = pytensor.function([e, y], [lp, pt.grad(lp.sum(), e)])
+    for level in range(5):
+        yy = np.full(eta.size, level)
+        v, g = f(eta, yy)
+        want = np.asarray(ORD.log_prob(jnp.asarray(yy, jnp.float32), jnp.asarray(eta),
+                                       {"cutpoints": jnp.asarray(CUT)}))
+        np.testing.assert_allclose(v, want, rtol=2e-4, atol=1e-30)
+        assert np.all(np.isfinite(g)), (level, g)
+        h = 1e-5
+        fd = (f(eta + h, yy)[0] - f(eta - h, yy)[0]) / (2 * h)
+        np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("lik, theta", [
     (BernoulliProbit(), {}), (ORD, {"cutpoints": jnp.asarray(CUT)})])
 def test_truncated_normal_augmentation_marginalises_to_the_latent_gaussian(lik, theta):

@@ -82,7 +82,8 @@ def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
     spec, factor_prior = resolve_factor_prior(data.spec, factor_prior)
     lik = spec.likelihood
     eta_shift = data.offset - data.y_offset
-    y_all = data.y.astype(np.int64) if lik.discrete else data.y.astype(np.float64)
+    # int32: pm.Minibatch casts int64 data to int32, which PyMC then refuses as observed
+    y_all = data.y.astype(np.int32) if lik.discrete else data.y.astype(np.float64)
     pri = spec.priors
     k = spec.rank
     nu0 = effective_nu0(spec)

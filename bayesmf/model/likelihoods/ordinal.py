@@ -85,6 +85,43 @@ def log_interval_prob(a, b):
     return jnp.where(lo_inf, lh, res)
 
 
+def _pt_log_ndtr(x):
+    r""":math:`\log\Phi(x)` in PyTensor with finite values and gradients everywhere
+    (``x`` may be :math:`\pm\infty`): :math:`\log(\mathrm{erfcx}(-x/\sqrt2)/2) - x^2/2`
+    below -1, :math:`\log(1 - \mathrm{erfc}(x/\sqrt2)/2)` above; each branch sees its
+    argument clamped to its own side, so the branch that is not taken stays finite and so
+    does its gradient (a plain ``switch`` gives NaN gradients in the far tails)."""
+    import pytensor.tensor as pt
+
+    lo = pt.minimum(x, -1.0)
+    hi = pt.clip(x, -1.0, 40.0)
+    left = pt.log(pt.erfcx(-lo / np.sqrt(2.0)) / 2.0) - lo * lo / 2.0
+    right = pt.log1p(-pt.erfc(hi / np.sqrt(2.0)) / 2.0)
+    return pt.switch(x < -1.0, left, right)
+
+
+def pt_log_interval_prob(a, b):
+    r""":func:`log_interval_prob` in PyTensor (the ordinal observation term of the PyMC
+    model): :math:`\log(\Phi(b) - \Phi(a))` for :math:`a < b`, stable in both tails (the
+    upper side as :math:`\log(\Phi(-a) - \Phi(-b))`), finite gradients for any finite
+    :math:`\eta` (``pm.OrderedProbit`` gives NaN gradients once :math:`\eta - c_1 > 8`,
+    which NUTS reaches on real ratings: every draw divergent)."""
+    import pytensor.tensor as pt
+
+    upper = a > 0
+    hi = pt.switch(upper, -a, b)
+    lo = pt.switch(upper, -b, a)
+    lo_inf = pt.isinf(lo)
+    hi_f = pt.switch(pt.isinf(hi), 40.0, hi)
+    lo_s = pt.switch(lo_inf, hi_f - 1.0, lo)
+    lh = _pt_log_ndtr(hi_f)
+    ll = _pt_log_ndtr(lo_s)
+    d = pt.minimum(ll - lh, -1e-30)
+    res = lh + pt.switch(d > -0.6931, pt.log(-pt.expm1(pt.maximum(d, -0.6931))),
+                         pt.log1p(-pt.exp(pt.minimum(d, -0.6931))))
+    return pt.switch(lo_inf, lh, res)
+
+
 def interval_derivs(a, b):
     r""":math:`\ell = \log(\Phi(b) - \Phi(a))` and its first and second derivatives in the
     bounds, elementwise (jnp; infinite bounds allowed): with :math:`Z = \Phi(b)-\Phi(a)`,
@@ -504,8 +541,10 @@ class OrdinalProbit(Likelihood):
 
         fix = bool(spec.global_mean)
         d = self.n_free(self.K, fix)
-        if d == 0:
-            return {"cutpoints": jnp.zeros((1,), jnp.float32)}
+        if d == 0:  # two levels and a global mean: the one cut-point is 0 (a site all the
+            # same, so that every backend's draws carry it)
+            return {"cutpoints": numpyro.deterministic("cutpoints",
+                                                       jnp.zeros((1,), jnp.float32))}
         scale = np.full(d, _GAP_SD)
         if not fix:
             scale[0] = _C1_SD
@@ -516,8 +555,14 @@ class OrdinalProbit(Likelihood):
         import numpyro
         import numpyro.distributions as dist
 
-        if y is None:
-            numpyro.sample("r", dist.OrderedLogistic(eta, theta["cutpoints"]))  # pragma: no cover
+        if y is None:  # the ordered probit's category probabilities
+            import jax.numpy as jnp
+            from jax.scipy.special import ndtr
+
+            F = ndtr(theta["cutpoints"] - eta[..., None])
+            edge = jnp.ones(F.shape[:-1] + (1,), F.dtype)
+            probs = jnp.diff(jnp.concatenate([0.0 * edge, F, edge], axis=-1), axis=-1)
+            numpyro.sample("r", dist.Categorical(probs=jnp.clip(probs, 0.0, 1.0)))
         else:
             numpyro.factor("r", self.log_prob(y, eta, theta))
 
@@ -527,8 +572,8 @@ class OrdinalProbit(Likelihood):
 
         fix = bool(spec.global_mean)
         d = self.n_free(self.K, fix)
-        if d == 0:
-            return {"cutpoints": pt.zeros((1,))}
+        if d == 0:  # two levels and a global mean: the one cut-point is 0
+            return {"cutpoints": pm.Deterministic("cutpoints", pt.zeros((1,)))}
         scale = np.full(d, _GAP_SD)
         if not fix:
             scale[0] = _C1_SD
@@ -539,10 +584,25 @@ class OrdinalProbit(Likelihood):
         return {"cutpoints": pm.Deterministic("cutpoints", cut)}
 
     def pymc_obs(self, eta, theta, y, **kwargs):
+        r"""The ordered-probit observation of level index ``y`` with the stable
+        :func:`pt_log_interval_prob` (a ``pm.CustomDist``, so that a minibatch's
+        ``total_size`` scales it)."""
         import pymc as pm
+        import pytensor.tensor as pt
 
-        return pm.OrderedProbit("r", eta=eta, cutpoints=theta["cutpoints"], sigma=1.0,
-                                observed=y, **kwargs)
+        def logp(value, eta_, cut):  # cut (c,) or broadcast to (n, c)
+            edge = pt.ones_like(cut[..., :1]) * np.inf
+            pad = pt.concatenate([-edge, cut, edge], axis=-1)
+            idx = pt.cast(value, "int64")[..., None]
+            if pad.ndim == 1:
+                lo, hi = pad[idx[..., 0]], pad[idx[..., 0] + 1]
+            else:
+                lo = pt.take_along_axis(pad, idx, axis=-1)[..., 0]
+                hi = pt.take_along_axis(pad, idx + 1, axis=-1)[..., 0]
+            return pt_log_interval_prob(lo - eta_, hi - eta_)
+
+        return pm.CustomDist("r", eta, theta["cutpoints"], logp=logp, observed=y,
+                             signature="(),(c)->()", **kwargs)
 
     # ------------------------------------------------------------------ predictive
     def category_probs(self, m, v, cut):
