@@ -308,7 +308,11 @@ class BayesMF:
             train = as_ratings(data, user_col=user_col, item_col=item_col,
                                rating_col=rating_col, duplicates=duplicates, id_type=id_type)
         spec.check_data(train.n_users, train.n_items, train.nnz)
-        _check_draws_memory(self.method, fit_fn, spec, train, self.options)
+        from bayesmf.infer import likelihood_fitter
+
+        # the fitter that will run: the likelihood's own (e.g. Poisson's NUTS) or the method's
+        _check_draws_memory(self.method, likelihood_fitter(self.method, spec) or fit_fn, spec,
+                            train, self.options)
         t0 = time.perf_counter()
         uf, itf = self.user_features, self.item_features
         if parse_implicit_terms(self.implicit_terms):
@@ -568,15 +572,20 @@ def _negatives_setup(data, spec, negatives, seed: int):
 def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
     """Refuse, before any work, a fit whose kept draws would exceed the memory limit
     (:func:`bayesmf._memory.check_allocation`): ``chains x kept draws x ((N + M)(k + 1)
-    + hyperparameters)`` float32 values, from the options over the method's ``DEFAULTS``."""
+    + hyperparameters)`` float32 values, from the options over the fitter's defaults (its
+    ``defaults`` attribute -- the PyMC and HPF fitters, whose modules hold several -- or
+    its module's ``DEFAULTS``)."""
     import sys
 
     from bayesmf._memory import check_allocation, draws_bytes, format_bytes
 
     from bayesmf.infer import METHODS
 
-    module = METHODS[method].split(":")[0] if method in METHODS else fit_fn.__module__
-    defaults = getattr(sys.modules.get(module), "DEFAULTS", None)
+    defaults = getattr(fit_fn, "defaults", None)
+    for module in (getattr(fit_fn, "__module__", None),
+                   METHODS[method].split(":")[0] if method in METHODS else None):
+        if defaults is None and module is not None:
+            defaults = getattr(sys.modules.get(module), "DEFAULTS", None)
     if not isinstance(defaults, dict) or "num_samples" not in defaults:
         return  # point estimates (MAP): one draw
     o = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
@@ -588,7 +597,7 @@ def _check_draws_memory(method, fit_fn, spec, train, options) -> None:
         return  # invalid values are reported by the method's own validation
     if S < 1 or C < 1 or thin < 1 or o.get("store_draws", True) is False:
         return
-    S = -(-S // thin)
+    S = S // thin  # the NUTS fitters keep num_samples // thin draws
     nb = draws_bytes(C, S, train.n_users, train.n_items, spec.rank)
     check_allocation(nb, f"the {method} posterior draws ({C} chain(s) x {S} draws x "
                      f"({train.n_users:,} users + {train.n_items:,} items) x rank "

@@ -216,3 +216,24 @@ def test_estimator_refuses_oversized_draws_before_fitting(monkeypatch):
     monkeypatch.delenv(mem.ENV_VAR)
     with pytest.raises(StopIteration):  # normal sizes pass
         bayesmf.BayesMF("nuts", rank=3, num_samples=2000, num_chains=4).fit(df)
+
+
+def test_estimator_memory_check_uses_the_fitters_own_defaults(monkeypatch):
+    """The draws check sizes the fit the fitter will run: PyMC's fitters (whose module has
+    no DEFAULTS: the check was skipped) and the Poisson family's own NUTS (1 chain x 200
+    draws, not the Gaussian NUTS's 2 x 500)."""
+    import bayesmf
+
+    _, r = _posterior()
+    df = r.to_dataframe()
+    monkeypatch.setenv(mem.ENV_VAR, "2KB")
+    with pytest.raises(MemoryLimitError, match=r"pymc-nuts posterior draws \(2 chain\(s\) x "
+                                               r"500 draws"):
+        bayesmf.BayesMF("pymc-nuts", rank=3).fit(df)
+    with pytest.raises(MemoryLimitError, match=r"pymc-advi posterior draws \(1 chain\(s\) x "
+                                               r"1000 draws"):
+        bayesmf.BayesMF("pymc-advi", rank=3, num_samples=1000).fit(df)
+    counts = df.assign(rating=np.round(np.abs(df["rating"])).astype(int))
+    with pytest.raises(MemoryLimitError, match=r"nuts posterior draws \(1 chain\(s\) x "
+                                               r"200 draws"):
+        bayesmf.BayesMF("nuts", rank=3, likelihood="poisson").fit(counts)

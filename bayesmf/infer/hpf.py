@@ -795,3 +795,8 @@ def fit_cavi(train, spec, *, seed: int = 0, progress: bool = False, **options):
                          "total_s": time.perf_counter() - t0}}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "cavi", {}, p, attrs)
+
+
+# the options each fitter starts from (read by the estimator's memory check)
+fit_gibbs_hpf.defaults = GIBBS_DEFAULTS
+fit_cavi.defaults = CAVI_DEFAULTS

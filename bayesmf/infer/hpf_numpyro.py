@@ -455,3 +455,8 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
     native = {"model": model, "kernel": kernel}
     return _posterior({n: ex["z"][n] for n in _sites(cfg)}, cfg, sc, spec, train, "nuts",
                       stats, native, attrs)
+
+
+# the options each fitter starts from (read by the estimator's memory check)
+fit_svi_hpf.defaults = SVI_DEFAULTS
+fit_nuts_hpf.defaults = NUTS_DEFAULTS

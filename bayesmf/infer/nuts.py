@@ -12,7 +12,7 @@ Options (``fit_nuts(train, spec, **options)``):
 ``num_samples``    500          kept draws per chain (before thinning)
 ``num_warmup``     500          adaptation steps per chain (discarded)
 ``num_chains``     2
-``thin``           1            keep every ``thin``-th draw
+``thin``           1            keep every ``thin``-th draw (``num_samples // thin``)
 ``chain_method``   sequential   ``"sequential"`` or ``"vectorized"`` (one process;
                                 ``"parallel"`` needs one JAX device per chain)
 ``centered``       True         centred (True) or non-centred parametrisation

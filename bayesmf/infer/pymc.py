@@ -16,7 +16,8 @@ appear in the posterior group under the standard names.
 * :func:`fit_pymc_nuts` -- ``pm.sample(nuts_sampler="numpyro")``: the PyMC graph is
   compiled to JAX and run with NumPyro's NUTS (nutpie was not used: see the package
   report; NumPyro keeps the whole run inside JAX and needs no numba compilation).
-  Options: ``num_samples`` (500), ``num_warmup`` (500), ``num_chains`` (2), ``thin`` (1),
+  Options: ``num_samples`` (500), ``num_warmup`` (500), ``num_chains`` (2), ``thin`` (1:
+  keeps ``num_samples // thin`` draws, every ``thin``-th, as :mod:`bayesmf.infer.nuts`),
   ``chain_method`` ("sequential" | "vectorized"), ``target_accept`` (0.8),
   ``max_tree_depth`` (10), ``centered`` (False), ``factor_prior`` ("wishart").
 * :func:`fit_pymc_advi` -- ``pm.fit(method="advi" | "fullrank_advi")`` with Adam; with
@@ -257,9 +258,10 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     t1 = time.perf_counter()
     samples = _posterior_dict(idata, names)
     stats = _stats(idata)
-    if o["thin"] > 1:
-        samples = {n: a[:, ::o["thin"]] for n, a in samples.items()}
-        stats = {n: a[:, ::o["thin"]] for n, a in stats.items()}
+    if o["thin"] > 1:  # num_samples // thin draws, as NumPyro NUTS keeps
+        keep = o["num_samples"] // o["thin"]
+        samples = {n: a[:, ::o["thin"]][:, :keep] for n, a in samples.items()}
+        stats = {n: a[:, ::o["thin"]][:, :keep] for n, a in stats.items()}
     draws = draws_from_samples(samples, spec, train.n_users, train.n_items, offset)
     attrs = {"seed": int(seed), "settings": dict(o), "backend": "pymc+numpyro",
              "offset": offset, "timings": {"total_s": t1 - t0},
@@ -336,3 +338,8 @@ def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     native = {"model": model, "approx": approx, "idata": idata, "offset": offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "pymc-advi", {}, native, attrs)
+
+
+# the options each fitter starts from (read by the estimator's memory check)
+fit_pymc_nuts.defaults = NUTS_DEFAULTS
+fit_pymc_advi.defaults = ADVI_DEFAULTS
