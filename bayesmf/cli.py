@@ -675,9 +675,8 @@ def cmd_fit(a) -> int:
     if clash:
         raise DataError(f"--option {clash[0]}=... sets a setting of the model, not of the "
                         f"method: use {taken[clash[0]]}"
-                        + (" (the ADVI variant of pymc-advi, its own 'method' option, is "
-                           "set in Python: bayesmf.infer.get_method('pymc-advi')(train, "
-                           "spec, method=...))" if clash[0] == "method" else ""))
+                        + (" (the ADVI variant of pymc-advi is --option advi=fullrank)"
+                           if clash[0] == "method" else ""))
     for flag, name in _FIT_FLAGS.items():
         v = getattr(a, flag)
         if v is not None:

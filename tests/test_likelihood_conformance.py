@@ -108,3 +108,17 @@ def test_ordinal_with_two_levels_in_the_ppl_backends():
     assert np.all(post.draws["cutpoints"] == 0)
     p = post.predict(two.users.decode(two.user[:5]), two.items.decode(two.item[:5]))
     assert np.all((p.mean >= 4.0) & (p.mean <= 5.0))
+
+
+def test_pymc_advi_variant_is_reachable_from_the_estimator():
+    """The full-rank variant is the option advi='fullrank' (as 'method' it clashed with
+    BayesMF(method=...): a raw TypeError); a bad value and init_scale with it are named."""
+    from bayesmf import BayesMF
+
+    tr = planted("gaussian")
+    m = BayesMF("pymc-advi", rank=1, advi="fullrank", num_steps=100, num_samples=5).fit(tr)
+    assert m.posterior_.attrs["settings"]["advi"] == "fullrank"
+    with pytest.raises(SpecError, match="advi must be 'meanfield' or 'fullrank'"):
+        BayesMF("pymc-advi", rank=1, advi="full").fit(tr)
+    with pytest.raises(SpecError, match="advi='fullrank' does not take it"):
+        get_method("pymc-advi")(tr, ModelSpec(rank=1), advi="fullrank", init_scale=0.2)

@@ -20,12 +20,14 @@ appear in the posterior group under the standard names.
   keeps ``num_samples // thin`` draws, every ``thin``-th, as :mod:`bayesmf.infer.nuts`),
   ``chain_method`` ("sequential" | "vectorized"), ``target_accept`` (0.8),
   ``max_tree_depth`` (10), ``centered`` (False), ``factor_prior`` ("wishart").
-* :func:`fit_pymc_advi` -- ``pm.fit(method="advi" | "fullrank_advi")`` with Adam; with
+* :func:`fit_pymc_advi` -- ``pm.fit(method="advi" | "fullrank_advi")`` with Adam (option
+  ``advi``: ``"meanfield"`` or ``"fullrank"``; not called ``method``, which would clash
+  with ``BayesMF(method=...)`` and the CLI's ``--method``); with
   ``batch_size`` the observed entries are subsampled by ``pm.Minibatch`` and the
   likelihood is rescaled with ``total_size=nnz``. Convergence: relative change of the
   window-mean ELBO below ``tol`` for ``patience`` consecutive windows of ``window`` steps
   (same rule as ``svi``); draws (``num_samples``) from the fitted approximation.
-  Options: ``method`` ("advi"), ``num_steps`` (20000, maximum), ``learning_rate``
+  Options: ``advi`` ("meanfield"), ``num_steps`` (20000, maximum), ``learning_rate``
   (0.01), ``batch_size`` (None), ``num_samples`` (500), ``tol`` (1e-4), ``window``
   (100), ``patience`` (2), ``init_scale`` (0.1, initial sd of the mean-field ADVI
   factors in the unconstrained space), ``centered`` (False), ``factor_prior`` ("wishart").
@@ -57,7 +59,7 @@ __all__ = ["fit_pymc_nuts", "fit_pymc_advi", "build_pymc_model", "NUTS_DEFAULTS"
 NUTS_DEFAULTS = dict(num_samples=500, num_warmup=500, num_chains=2, thin=1,
                      chain_method="sequential", target_accept=0.8, max_tree_depth=10,
                      centered=False, factor_prior=None)
-ADVI_DEFAULTS = dict(method="advi", num_steps=20000, learning_rate=0.01, batch_size=None,
+ADVI_DEFAULTS = dict(advi="meanfield", num_steps=20000, learning_rate=0.01, batch_size=None,
                      num_samples=500, tol=1e-4, window=100, patience=2, init_scale=0.1,
                      centered=False, factor_prior=None)
 _SITES = ("mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi", "mu_U",
@@ -273,13 +275,18 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
 
 def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = False,
                   **options) -> Posterior:
-    """Mean-field (``method="advi"``) or full-rank ADVI with PyMC; draws from the fit."""
+    """Mean-field (``advi="meanfield"``) or full-rank (``advi="fullrank"``) ADVI with PyMC;
+    draws from the fit. ``init_scale`` applies to the mean-field variant."""
     spec = fitted_spec(train, spec, "pymc-advi")
     o = check_options("pymc-advi", options, ADVI_DEFAULTS)
     _common(o)
     spec, o["factor_prior"] = resolve_factor_prior(spec, o["factor_prior"])
-    if o["method"] not in ("advi", "fullrank_advi"):
-        raise SpecError(f"method must be 'advi' or 'fullrank_advi', got {o['method']!r}")
+    pm_method = {"meanfield": "advi", "fullrank": "fullrank_advi"}.get(o["advi"])
+    if pm_method is None:
+        raise SpecError(f"advi must be 'meanfield' or 'fullrank', got {o['advi']!r}")
+    if "init_scale" in options and pm_method != "advi":
+        raise SpecError("init_scale sets the initial sd of the mean-field ADVI factors; "
+                        "advi='fullrank' does not take it")
     o["num_steps"] = _pos_int("num_steps", o["num_steps"])
     o["window"] = _pos_int("window", o["window"])
     o["patience"] = _pos_int("patience", o["patience"])
@@ -315,8 +322,8 @@ def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
         # mean-field: start every unconstrained sd at init_scale (as the NumPyro guides);
         # PyMC's own default (softplus(0) = 0.69) makes early ELBO estimates very noisy
         extra = ({"start_sigma": {v.name: o["init_scale"] for v in model.value_vars}}
-                 if o["method"] == "advi" else {})
-        approx = pm.fit(n=o["num_steps"], method=o["method"], random_seed=int(seed), **extra,
+                 if pm_method == "advi" else {})
+        approx = pm.fit(n=o["num_steps"], method=pm_method, random_seed=int(seed), **extra,
                         progressbar=bool(progress), callbacks=[check],
                         obj_optimizer=pm.adam(learning_rate=o["learning_rate"]))
     t1 = time.perf_counter()
