@@ -122,3 +122,33 @@ def test_pymc_advi_variant_is_reachable_from_the_estimator():
         BayesMF("pymc-advi", rank=1, advi="full").fit(tr)
     with pytest.raises(SpecError, match="advi='fullrank' does not take it"):
         get_method("pymc-advi")(tr, ModelSpec(rank=1), advi="fullrank", init_scale=0.2)
+
+
+def test_pymc_logs_are_quiet_without_progress_and_divergences_warn(capfd):
+    """progress=False: PyMC's own log lines ("NUTS[numpyro]: [...]", "Only N samples")
+    stay out of stderr; divergent NUTS draws are a warning, not only attrs['n_divergent']."""
+    import warnings
+
+    tr = planted("gaussian")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        post = get_method("pymc-nuts")(tr, ModelSpec(rank=1), num_samples=10, num_warmup=10,
+                                       num_chains=1, target_accept=0.05, seed=0)
+    err = capfd.readouterr().err
+    assert "NUTS[numpyro]" not in err and "Only 10 samples" not in err, err
+    n = post.attrs["n_divergent"]
+    div = [x for x in w if "divergent transition" in str(x.message)]
+    assert (len(div) == 1) == (n > 0), (n, [str(x.message) for x in w])
+
+
+def test_warn_divergences_counts_the_divergent_draws():
+    import warnings
+
+    from bayesmf.infer import warn_divergences
+
+    with pytest.warns(UserWarning, match=r"nuts: 2 of 4 kept draws \(50.0%\) ended in a "
+                                         r"divergent transition"):
+        assert warn_divergences([[True, False], [True, False]], "nuts") == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_divergences(np.zeros(5, bool), "nuts") == 0

@@ -119,6 +119,25 @@ def check_int(name: str, v, minimum: int = 1, allow_none: bool = False):
     return int(v)
 
 
+def warn_divergences(diverging, sampler: str) -> int:
+    """Warn when NUTS draws ended in a divergent transition (the sampler could not follow
+    the posterior's curvature there, so the draws may be biased); returns their number.
+    ``diverging`` is the per-draw flag array (any shape)."""
+    import warnings
+
+    import numpy as np
+
+    d = np.asarray(diverging, bool)
+    n = int(d.sum())
+    if n:
+        warnings.warn(f"{sampler}: {n} of {d.size} kept draws ({n / d.size:.1%}) ended in a "
+                      "divergent transition; the posterior may be biased where the sampler "
+                      "could not go. Raise target_accept (e.g. 0.95), try centered=True/False, "
+                      "or use the Gibbs sampler (sample_stats['diverging'] marks the draws)",
+                      stacklevel=3)
+    return n
+
+
 def check_bool(name: str, v) -> bool:
     """``v`` if it is ``True`` or ``False`` (not 0 / 1 or a string), else a
     :class:`SpecError` naming the option."""

@@ -91,7 +91,7 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_int as _pos_int
-from bayesmf.infer import check_bool, check_options, fitted_spec
+from bayesmf.infer import check_bool, check_options, fitted_spec, warn_divergences
 from bayesmf.infer.hpf import _Cfg, _hyper_dict, _split_data
 from bayesmf.infer.nmf import check_poisson_spec, extended_factors, positive_start
 from bayesmf.infer.svi import run_windows
@@ -447,7 +447,7 @@ def fit_nuts_hpf(train, spec, *, seed: int = 0, progress: bool = False, **option
     o["max_params"] = limit
     attrs = {"seed": int(seed), "backend": "numpyro", "sampler": "hpf-nuts",
              "settings": dict(o), "n_params": n_par,
-             "n_divergent": int(stats["diverging"].sum()),
+             "n_divergent": warn_divergences(stats["diverging"], "nuts (poisson)"),
              "compile_seconds": run.compile_seconds,
              "timings": {"init_s": t_init, "warmup_s": run.warmup_seconds,
                          "sampling_s": run.sampling_seconds - run.warmup_seconds,

@@ -79,7 +79,8 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_bool, check_factor_prior, check_options, fitted_spec
+from bayesmf.infer import (check_bool, check_factor_prior, check_options, fitted_spec,
+                           warn_divergences)
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.driver import Program, compile_logger, run_chains
 from bayesmf.infer.numpyro_model import (INITS, _lambda_beta_prior, build_model,
@@ -231,7 +232,7 @@ def fit_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool =
         "compile_seconds": run.compile_seconds,
         "seconds_per_draw": (run.sampling_seconds - run.warmup_seconds)
         / max(1, run.n_iter - W),
-        "n_divergent": int(stats["diverging"].sum()),
+        "n_divergent": warn_divergences(stats["diverging"], "nuts"),
         "mean_tree_depth": float(stats["tree_depth"].mean()),
     }
     if ckpt is not None:

@@ -46,7 +46,8 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
-from bayesmf.infer import check_bool, check_factor_prior, check_options, fitted_spec
+from bayesmf.infer import (check_bool, check_factor_prior, check_options, fitted_spec,
+                           warn_divergences)
 from bayesmf.infer import check_int as _pos_int
 from bayesmf.infer.numpyro_model import (draws_from_samples, effective_nu0,
                                          model_data, resolve_factor_prior)
@@ -64,6 +65,23 @@ ADVI_DEFAULTS = dict(advi="meanfield", num_steps=20000, learning_rate=0.01, batc
                      centered=False, factor_prior=None)
 _SITES = ("mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi", "mu_U",
           "Lambda_U", "mu_V", "Lambda_V")
+
+
+@contextlib.contextmanager
+def _quiet(progress):
+    """Without ``progress``, PyMC's own log lines (the sampler's site list, "Finished",
+    the short-chain notice: bayesmf reports diagnostics itself) are held back; errors
+    still show."""
+    import logging
+
+    log = logging.getLogger("pymc")
+    level = log.level
+    if not progress:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def build_pymc_model(train: Ratings, spec: ModelSpec, *, centered: bool = False,
@@ -246,7 +264,7 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
                                      factor_prior=o["factor_prior"])
     names = [n for n in _SITES if n in model.named_vars]
     t0 = time.perf_counter()
-    with model, warnings.catch_warnings(), _pytensor_jax_precision():
+    with model, warnings.catch_warnings(), _pytensor_jax_precision(), _quiet(progress):
         # numpyro warns that "parallel" chains fall back to sequential on one device
         warnings.filterwarnings("ignore", message=".*There are not enough devices.*")
         idata = pm.sample(
@@ -267,7 +285,8 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     draws = draws_from_samples(samples, spec, train.n_users, train.n_items, offset)
     attrs = {"seed": int(seed), "settings": dict(o), "backend": "pymc+numpyro",
              "offset": offset, "timings": {"total_s": t1 - t0},
-             "n_divergent": int(stats["diverging"].sum()) if "diverging" in stats else None}
+             "n_divergent": (warn_divergences(stats["diverging"], "pymc-nuts")
+                             if "diverging" in stats else None)}
     native = {"model": model, "idata": idata, "offset": offset}
     return Posterior(draws, spec, train.users, train.items, TrainInfo.from_ratings(train),
                      "pymc-nuts", stats, native, attrs)
@@ -318,7 +337,7 @@ def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
             raise StopIteration
 
     t0 = time.perf_counter()
-    with model:
+    with model, _quiet(progress):
         # mean-field: start every unconstrained sd at init_scale (as the NumPyro guides);
         # PyMC's own default (softplus(0) = 0.69) makes early ELBO estimates very noisy
         extra = ({"start_sigma": {v.name: o["init_scale"] for v in model.value_vars}}
