@@ -553,12 +553,36 @@ def _read_delimited(path: Path, user_col: str, item_col: str, rating_col: str,
         except (OSError, EOFError, lzma.LZMAError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from exc
 
-    def frame(encoding, **kw):
+    def csv_(encoding, **kw):
         if raw is not None:
             return pd.read_csv(io.BytesIO(raw), sep="\t", quoting=csv.QUOTE_NONE,
-                               encoding=encoding, **kw)
+                               encoding=encoding, index_col=False, **kw)
         with _open_binary(path) as fh:
-            return pd.read_csv(fh, sep=sep, engine="c", encoding=encoding, **kw)
+            return pd.read_csv(fh, sep=sep, engine="c", encoding=encoding, index_col=False,
+                               **kw)
+
+    def frame(encoding, **kw):
+        # index_col=False: a row with more fields than the header must not turn its first
+        # field into the index (every column shifted by one); an empty trailing field is
+        # dropped, a non-empty one is refused
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            out = csv_(encoding, **kw)
+        for w in caught:
+            if issubclass(w.category, pd.errors.ParserWarning) \
+                    and "does not match length of data" in str(w.message):
+                every = csv_(encoding, header=None, skiprows=1, dtype=str,
+                             keep_default_na=False)
+                extra = every.iloc[:, out.shape[1]:]
+                if (extra != "").to_numpy().any():
+                    row = int(np.flatnonzero((extra != "").to_numpy().any(axis=1))[0]) + 2
+                    raise DataError(f"{path}: line {row} has more fields than the header "
+                                    f"{list(out.columns)}; name every column in the header")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out
 
     def read(encoding):
         if headerless:
@@ -580,6 +604,8 @@ def _read_delimited(path: Path, user_col: str, item_col: str, rating_col: str,
             return read("utf-8")
         except UnicodeDecodeError:
             return read("latin-1")
+    except DataError:
+        raise
     except (ValueError, pd.errors.ParserError, OSError, EOFError, lzma.LZMAError,
             zipfile.BadZipFile) as exc:
         raise DataError(f"cannot parse {path}: {exc}") from exc

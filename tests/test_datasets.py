@@ -554,3 +554,23 @@ def test_header_spaces_and_mixed_iso_timestamps_are_read(tmp_path):
                  "2020-01-02T00:00:01\n")
     r = load_ratings_source(p)
     assert r.nnz == 2 and r.timestamp.tolist() == [1577836800, 1577923201]
+
+
+def test_rows_with_more_fields_than_the_header(tmp_path):
+    """A row with an unnamed extra field made pandas use the first field as the index:
+    every column shifted (ratings read from the timestamps). A non-empty extra field is
+    refused with its line; an empty trailing one (a comma at the end of each row) is
+    dropped."""
+    p = tmp_path / "extra.csv"
+    p.write_text("user,item,rating\n1,10,4,978300760\n2,11,3,978300761\n")
+    with pytest.raises(DataError, match="line 2 has more fields than the header"):
+        load_ratings_source(p)
+    p.write_text("user,item,rating\n1,10,4\n2,11,3,978300761\n")  # pandas' own error
+    with pytest.raises(DataError, match="Expected 3 fields in line 3, saw 4"):
+        load_ratings_source(p)
+    q = tmp_path / "trail.csv"
+    q.write_text("user,item,rating\n1,10,4,\n2,11,3,\n")
+    r = load_ratings_source(q)
+    assert r.rating.tolist() == [4.0, 3.0]
+    assert r.users.decode(r.user).tolist() == ["1", "2"] or \
+        r.users.decode(r.user).tolist() == [1, 2]
