@@ -297,3 +297,36 @@ def test_no_dense_matrix_on_huge_vocabularies():
         assert s.train.shape == (big, big)
     assert r.describe()["users_with_ratings"] <= 2000
     assert r.to_csr().nnz == len(key)
+
+
+def test_sub_second_timestamps_keep_their_order():
+    """Times with sub-second parts were cut to whole seconds: two events of one second
+    tied and the later one could stay in train (a temporal leak); a cutoff of 100.5 put
+    t = 100.7 in train. They are kept (float64 seconds); whole seconds stay int64."""
+    from bayesmf.data.interactions import Interactions
+
+    r = Ratings.from_arrays(["u", "u", "u"], ["a", "b", "c"], [4.0, 3.0, 5.0],
+                            timestamps=[10.9, 10.1, 5.0])
+    assert r.timestamp.dtype == np.float64 and r.timestamp.tolist() == [10.9, 10.1, 5.0]
+    test = temporal_split(r, last_k=1).test
+    assert test.items.decode(test.item).tolist() == ["a"]
+    cut = temporal_split(r, cutoff=10.5).test
+    assert cut.items.decode(cut.item).tolist() == ["a"]
+    when = pd.to_datetime(["2020-01-01 10:00:00.900", "2020-01-01 10:00:00.100",
+                           "2020-01-01 09:00:00.000"])
+    d = Ratings.from_arrays(["u"] * 3, ["a", "b", "c"], [4.0, 3.0, 5.0],
+                            timestamps=when.to_numpy())
+    test = temporal_split(d, last_k=1).test
+    assert test.items.decode(test.item).tolist() == ["a"]
+    cut = temporal_split(d, cutoff="2020-01-01 10:00:00.500").test
+    assert cut.items.decode(cut.item).tolist() == ["a"]
+    whole = Ratings.from_arrays(["u", "u"], ["a", "b"], [4.0, 3.0], timestamps=[10.0, 11.0])
+    assert whole.timestamp.dtype == np.int64
+    ev = Interactions.from_dataframe(pd.DataFrame({"user": ["u"] * 3 + ["v"] * 2,
+                                                   "item": ["a", "b", "c", "a", "b"],
+                                                   "timestamp": [10.9, 10.1, 5.0, 1.0, 2.0]}))
+    for seed in range(4):
+        sp = ev.leave_one_out(by="time", seed=seed)
+        t = sp.test
+        held = dict(zip(t.users.decode(t.user), t.items.decode(t.item)))
+        assert held == {"u": "a", "v": "b"}, (seed, held)

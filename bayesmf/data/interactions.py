@@ -51,7 +51,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bayesmf.data.filters import kcore_mask
-from bayesmf.data.ratings import Ratings, _numeric_values, _PairMatrix
+from bayesmf.data.ratings import (Ratings, _numeric_values, _PairMatrix, datetime_seconds,
+                                  whole_or_float_seconds)
 from bayesmf.data.split import _check_fraction, _rank_within_user, _rng
 from bayesmf.data.vocab import Vocabulary, parse_ids
 from bayesmf.errors import DataError
@@ -84,12 +85,14 @@ def _nonneg_values(values, name: str, n: int) -> np.ndarray:
 
 
 def _timestamps(ts, n: int) -> np.ndarray:
-    """Timestamps as int64 unix seconds (datetimes, tz-aware or naive-UTC, or numbers)."""
+    """Timestamps as unix seconds (datetimes, tz-aware or naive-UTC, or numbers): int64,
+    or float64 when some have sub-second parts
+    (:func:`~bayesmf.data.ratings.datetime_seconds`)."""
     if isinstance(ts, pd.Series) and (pd.api.types.is_datetime64_any_dtype(ts.dtype)):
         if ts.isna().any():
             raise DataError(f"{int(ts.isna().sum())} timestamp(s) are missing (NaT)")
-        t = pd.to_datetime(ts, utc=True)
-        return ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+        t = pd.to_datetime(ts, utc=True).dt.tz_convert(None)
+        return datetime_seconds(t.to_numpy())
     arr = ts.to_numpy() if isinstance(ts, (pd.Series, pd.Index)) else np.asarray(ts)
     if arr.ndim != 1 or len(arr) != n:
         raise DataError(f"timestamp must be a 1-D array with one value per event ({n}), got "
@@ -97,7 +100,7 @@ def _timestamps(ts, n: int) -> np.ndarray:
     if arr.dtype.kind == "M":
         if np.isnat(arr).any():
             raise DataError(f"{int(np.isnat(arr).sum())} timestamp(s) are missing (NaT)")
-        return arr.astype("datetime64[s]").astype(np.int64)
+        return datetime_seconds(arr)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
         raise DataError(f"timestamps must be numbers (unix seconds) or datetimes, got dtype "
                         f"{arr.dtype}")
@@ -107,7 +110,7 @@ def _timestamps(ts, n: int) -> np.ndarray:
                                                  or arr.min() < -(2.0 ** 63)):
         raise DataError(f"timestamps must fit in int64 (unix seconds); got values up to "
                         f"{float(np.abs(arr).max()):.3g}")
-    return arr.astype(np.int64)
+    return whole_or_float_seconds(arr)
 
 
 class Interactions(_PairMatrix):
@@ -125,7 +128,7 @@ class Interactions(_PairMatrix):
         Events per pair (or summed ``count`` column).
     weight : float64 array or None
         Summed ``weight`` column.
-    timestamp : int64 array or None
+    timestamp : int64 (float64 with sub-second times) array or None
         Latest event time per pair (unix seconds).
     n_events : int64 array
         Raw event rows per pair.

@@ -125,6 +125,24 @@ class _PairMatrix:
         return (self.n_users, self.n_items)
 
 
+
+def datetime_seconds(t) -> np.ndarray:
+    """Unix seconds of a ``datetime64`` array: int64 when every time is a whole second,
+    else float64 (sub-second times keep their order: a temporal split or leave-last-out
+    must not see two events of one second as a tie)."""
+    ns = np.asarray(t).astype("datetime64[ns]").astype(np.int64)
+    if np.all(ns % 1_000_000_000 == 0):
+        return ns // 1_000_000_000
+    return ns / 1e9
+
+
+def whole_or_float_seconds(t) -> np.ndarray:
+    """Numeric unix seconds as int64 when they are whole, else float64 (a copy)."""
+    t = np.asarray(t)
+    if t.dtype.kind == "f" and not np.all(t == np.floor(t)):
+        return t.astype(np.float64, copy=True)
+    return t.astype(np.int64, copy=True)
+
 class Ratings(_PairMatrix):
     """Observed (user, item, rating[, timestamp]) entries with their vocabularies.
 
@@ -175,7 +193,7 @@ class Ratings(_PairMatrix):
             if timestamp.dtype.kind == "M":
                 if np.isnat(timestamp).any():
                     raise DataError(f"{int(np.isnat(timestamp).sum())} timestamp(s) are NaT")
-                timestamp = timestamp.astype("datetime64[s]").astype(np.int64)
+                timestamp = datetime_seconds(timestamp)
             if timestamp.ndim != 1 or len(timestamp) != n or timestamp.dtype.kind not in "iuf":
                 raise DataError("timestamp must be a numeric 1-D array with one value per rating")
             if timestamp.dtype.kind == "f" and not np.isfinite(timestamp).all():
@@ -185,7 +203,7 @@ class Ratings(_PairMatrix):
                     timestamp.max() >= 2.0 ** 63 or timestamp.min() < -(2.0 ** 63)):
                 raise DataError("timestamps must fit in int64 (unix seconds); got values "
                                 f"up to {float(np.abs(timestamp).max()):.3g}")
-            timestamp = timestamp.astype(np.int64)  # always a copy: never freeze caller data
+            timestamp = whole_or_float_seconds(timestamp)  # a copy: never freeze caller data
         # copies, so that freezing them (setflags) never touches the caller's arrays
         return (user.astype(np.int32), item.astype(np.int32),
                 np.array(rating, dtype=np.float64, copy=True), timestamp)

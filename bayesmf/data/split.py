@@ -229,7 +229,9 @@ def user_split(ratings: Ratings, test_fraction: float | None = None, *,
     return Split.from_mask(ratings, mask, "user", s)
 
 
-def _to_unix_seconds(cutoff) -> int:
+def _to_unix_seconds(cutoff):
+    """Unix seconds of a cutoff (an int, or a float with its sub-second part: timestamps
+    may carry one)."""
     if isinstance(cutoff, (bool, np.bool_)):
         raise DataError(f"cutoff must be a time, got {cutoff!r}")
     if isinstance(cutoff, (int, np.integer)):
@@ -237,7 +239,7 @@ def _to_unix_seconds(cutoff) -> int:
     if isinstance(cutoff, (float, np.floating)):
         if not np.isfinite(cutoff):
             raise DataError(f"cutoff must be finite, got {cutoff}")
-        return int(np.ceil(cutoff))
+        return int(cutoff) if float(cutoff).is_integer() else float(cutoff)
     try:
         ts = pd.Timestamp(cutoff)
     except (TypeError, ValueError) as exc:
@@ -246,12 +248,14 @@ def _to_unix_seconds(cutoff) -> int:
         raise DataError(f"cutoff {cutoff!r} is not a time")
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
-    return int(np.ceil(ts.timestamp()))
+    ns = int(ts.value)  # nanoseconds since the epoch
+    return ns // 10**9 if ns % 10**9 == 0 else ns / 1e9
 
 
 def temporal_split(ratings: Ratings, *, last_k: int | None = None, cutoff=None,
                    test_fraction: float | None = None, min_train: int = 1) -> Split:
-    """Split by time (needs ``ratings.timestamp``, unix seconds). Exactly one of:
+    """Split by time (needs ``ratings.timestamp``, unix seconds; sub-second times keep
+    their order). Exactly one of:
 
     ``last_k``
         Per user, its ``last_k`` latest rows go to test (ties in time broken by row
