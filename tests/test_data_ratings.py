@@ -374,3 +374,27 @@ def test_data_edge_cases_from_the_audit():
     assert Vocabulary([], "user").extend(["a", "b", "a"]).ids.tolist() == ["a", "b"]
     assert Vocabulary(["a\x1fb", "c"]) != Vocabulary(["a", "b\x1fc"])
     assert Vocabulary(["a", "b"]) == Vocabulary(["a", "b"])
+
+
+def test_subset_refuses_repeated_or_out_of_range_positions():
+    """A repeated position built a Ratings with a duplicated pair (which fit accepted); a
+    0/1 integer array was read as positions (rows 1, 0, 1, 0)."""
+    import numpy as np
+    import pytest
+
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.errors import DataError
+
+    r = Ratings.from_arrays(["a", "b", "c", "d"], ["x", "y", "x", "y"], [1.0, 2.0, 3.0, 4.0])
+    assert r.subset(np.array([2, 0])).rating.tolist() == [3.0, 1.0]
+    assert r.subset(np.array([-1])).rating.tolist() == [4.0]
+    with pytest.raises(DataError, match="repeat.*pass it as .astype.bool."):
+        r.subset(np.array([1, 0, 1, 0]))
+    with pytest.raises(DataError, match="row positions repeat"):
+        r.subset([0, 0])
+    with pytest.raises(DataError, match=r"row positions must lie in \[-4, 3\]"):
+        r.subset([7])
+    with pytest.raises(DataError, match="boolean mask or integer row positions"):
+        r.subset([0.5])
+    with pytest.raises(DataError, match="the selection is empty"):
+        r.subset([])

@@ -364,10 +364,27 @@ class Ratings(_PairMatrix):
         return pd.DataFrame(d)
 
     def subset(self, mask_or_index) -> "Ratings":
-        """Rows selected by a boolean mask or index array; vocabularies are kept."""
+        """Rows selected by a boolean mask or an array of distinct row positions (negative
+        ones count from the end); vocabularies are kept. A position given twice would be
+        a duplicated (user, item) pair, which no Ratings holds: refused."""
         sel = np.asarray(mask_or_index)
-        if sel.dtype == bool and len(sel) != self.nnz:
-            raise DataError("boolean mask length differs from the number of ratings")
+        if sel.dtype == bool:
+            if sel.shape != (self.nnz,):
+                raise DataError("boolean mask length differs from the number of ratings")
+        else:
+            if sel.dtype.kind not in "iu" or sel.ndim != 1:
+                if sel.size == 0:
+                    raise DataError("the selection is empty")
+                raise DataError(f"subset takes a boolean mask or integer row positions, got "
+                                f"dtype {sel.dtype} shape {sel.shape}")
+            if sel.size and (sel.min() < -self.nnz or sel.max() >= self.nnz):
+                raise DataError(f"row positions must lie in [-{self.nnz}, {self.nnz - 1}]")
+            pos = np.where(sel < 0, sel + self.nnz, sel)
+            if np.unique(pos).size != pos.size:
+                hint = (" (a 0/1 mask? pass it as .astype(bool))"
+                        if pos.size == self.nnz and np.isin(sel, (0, 1)).all() else "")
+                raise DataError(f"row positions repeat: the subset would hold a (user, item) "
+                                f"pair twice{hint}")
         ts = None if self.timestamp is None else self.timestamp[sel]
         out = Ratings(self.user[sel].copy(), self.item[sel].copy(), self.rating[sel].copy(),
                       self.users, self.items, None if ts is None else ts.copy(),
