@@ -899,7 +899,7 @@ def cmd_evaluate(a) -> int:
                           a.item_col: _coerce_ids(df[a.item_col].to_numpy(), post.items,
                                                   a.id_type)})
         test = Ratings.from_dataframe(df, a.user_col, a.item_col, a.rating_col,
-                                      timestamp_col=None)
+                                      timestamp_col=None, duplicates=a.duplicates)
     res = ev.evaluate(post, test, k=a.k, ranking=not a.no_ranking, protocol=a.protocol,
                       relevance_threshold=a.relevance_threshold)
     # test pairs that are training pairs: their rating metrics are in-sample (optimistic)
@@ -1092,6 +1092,10 @@ def _split_settings(a) -> dict:
     def refuse(flag, why):
         raise DataError(f"{flag} does not apply to --strategy {s} ({why})")
 
+    if s == "temporal" and a.seed is not None:
+        refuse("--seed", "the temporal split has no random choice")
+    seed = 0 if a.seed is None else a.seed
+
     if s != "temporal":
         for flag in ("--last-k", "--cutoff"):
             if given[flag] is not None:
@@ -1100,15 +1104,15 @@ def _split_settings(a) -> dict:
         if a.min_train is not None:
             refuse("--min-train", "a random split does not keep rows per user; use "
                    "--strategy per-user")
-        return {"test_fraction": a.test_fraction or _SPLIT_FRACTION, "seed": a.seed}
+        return {"test_fraction": a.test_fraction or _SPLIT_FRACTION, "seed": seed}
     if s == "per-user":
         return {"test_fraction": a.test_fraction or _SPLIT_FRACTION,
-                "min_train": 1 if a.min_train is None else a.min_train, "seed": a.seed}
+                "min_train": 1 if a.min_train is None else a.min_train, "seed": seed}
     if s == "leave-one-out":
         if a.test_fraction is not None:
             refuse("--test-fraction", "one rating per user goes to test")
         return {"n_test": 1, "min_train": 1 if a.min_train is None else a.min_train,
-                "seed": a.seed}
+                "seed": seed}
     # temporal: exactly one of --last-k, --cutoff, --test-fraction (default the latter)
     modes = [f for f in ("--last-k", "--cutoff", "--test-fraction") if given[f] is not None]
     if len(modes) > 1:
@@ -1155,7 +1159,7 @@ def cmd_split(a) -> int:
     _write_table(split.train.to_dataframe(), a.out_train)
     _write_table(split.test.to_dataframe(), a.out_test)
     i = split.info
-    seed = "" if a.strategy == "temporal" else f", seed {a.seed}"
+    seed = "" if a.strategy == "temporal" else f", seed {0 if a.seed is None else a.seed}"
     print(f"split {a.ratings} ({a.strategy}{seed}): {i.n_train:,} train / "
           f"{i.n_test:,} test ratings -> "
           f"{a.out_train}, {a.out_test}; test rows whose user is not in train: "
@@ -1238,11 +1242,16 @@ def _add_columns(p):
                         "timestamp when there is one")
 
 
-def _add_reading(p):
-    """--duplicates and --id-type: how a ratings file becomes Ratings (fit, data info)."""
+def _add_duplicates(p):
     p.add_argument("--duplicates", default="raise", choices=["raise", "last", "first", "mean"],
                    help="repeated (user, item) pairs: raise an error, keep the last or first "
                         "row in file order, or average them (default: raise)")
+
+
+def _add_reading(p):
+    """--duplicates and --id-type: how a ratings file becomes Ratings (fit, data info,
+    split)."""
+    _add_duplicates(p)
     p.add_argument("--id-type", default="auto", choices=["auto", "str", "int"],
                    help="auto: ids are integers only when every id is written as a plain "
                         "integer (no leading zeros or '+'), else text exactly as written "
@@ -1491,6 +1500,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "inflated and can order models differently (Krichene & Rendle "
                          "2020): report full ranking")
     _add_columns(ev)
+    _add_duplicates(ev)
     _add_model_id_type(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -1576,8 +1586,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--test-fraction", type=_open_fraction("test_fraction"), metavar="F",
                     help="fraction of ratings (per user for per-user) that goes to test; "
                          "random, per-user, temporal (default: 0.2)")
-    sp.add_argument("--seed", type=nonneg("seed"), default=0,
-                    help="seed of the random choices (random, per-user, leave-one-out)")
+    sp.add_argument("--seed", type=nonneg("seed"), default=None,
+                    help="seed of the random choices (random, per-user, leave-one-out; "
+                         "default: 0)")
     sp.add_argument("--min-train", type=nonneg("min_train"), metavar="K",
                     help="per-user, leave-one-out, temporal --last-k: training ratings "
                          "every user keeps (default: 1, so every test user is in train)")
@@ -1592,6 +1603,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-test", required=True, metavar="FILE",
                     help="test ratings file to write; required")
     _add_columns(sp)
+    _add_reading(sp)
     sp.set_defaults(func=cmd_split)
     return ap
 

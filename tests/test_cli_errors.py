@@ -114,6 +114,9 @@ def _cases(d):
         (["split", tr, "--strategy", "leave-one-out", "--test-fraction", "0.3", *split_out],
          "does not apply"),
         (["split", tr, "--last-k", "1", *split_out], "does not apply"),
+        # a seed the temporal split ignored
+        (["split", tr, "--strategy", "temporal", "--seed", "5", *split_out],
+         "--seed does not apply to --strategy temporal"),
         (["split", tr, "--test-fraction", "1.5", *split_out], "--test-fraction"),
         (["split", tr, "--out-train", str(d / "same.csv"), "--out-test",
           str(d / "same.csv")], "same file"),

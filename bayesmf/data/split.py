@@ -274,7 +274,8 @@ def temporal_split(ratings: Ratings, *, last_k: int | None = None, cutoff=None,
     _check_ratings(ratings)
     if ratings.timestamp is None:
         raise DataError("temporal_split needs timestamps, but these ratings have none; "
-                        "build them with a timestamp column (timestamp_col=...)")
+                        "read them with their timestamp column (timestamp_col= in Python, "
+                        "--timestamp-col in the CLI)")
     given = [x is not None for x in (last_k, cutoff, test_fraction)]
     if sum(given) != 1:
         raise DataError("temporal_split needs exactly one of last_k=, cutoff= or "
