@@ -240,10 +240,14 @@ def test_sampler_roundtrip_and_errors():
     d = json.loads(json.dumps(s.to_dict()))
     assert NegativeSampler.from_dict(d) == s
     for bad in (dict(kind="hard"), dict(beta=-1), dict(beta=np.inf), dict(per_positive=0),
-                dict(per_positive=1, per_user=1), dict(per_positive=None),
+                dict(per_positive=1, per_user=1), dict(per_user=0),
                 dict(seed=-1), dict(per_positive=1.5)):
         with pytest.raises(SpecError):
             NegativeSampler(**bad)
+    # per_user alone (it needed per_positive=None too); neither: one per positive
+    assert NegativeSampler(per_user=50).per_positive is None
+    assert NegativeSampler(per_positive=None).per_positive == 1
+    assert NegativeSampler().to_string() == NegativeSampler(per_positive=1).to_string()
     with pytest.raises(SpecError, match="unknown NegativeSampler field"):
         NegativeSampler.from_dict({**d, "bogus": 1})
     with pytest.raises(SpecError, match="schema"):

@@ -243,6 +243,13 @@ def test_heldout_negatives_follow_the_rule_and_never_hit_a_positive():
     pd.testing.assert_frame_equal(neg, heldout_negatives(x, k, "uniform:4", seed=3))
     with pytest.raises(DataError, match="no positive"):
         heldout_negatives(x, pd.Series([1], index=["nobody"]), "uniform:4")
+    # fractional counts were truncated (1.7 -> 1, 0.4 -> 0); a repeated user kept its last
+    u0, u1 = users[0], users[1]
+    for bad in (pd.Series([1.7], index=[u0]), pd.Series(["2"], index=[u0])):
+        with pytest.raises(DataError, match="non-negative whole numbers"):
+            heldout_negatives(x, bad, "uniform:4")
+    twice = heldout_negatives(x, pd.Series([2, 3, 1], index=[u0, u0, u1]), "uniform:1")
+    assert twice.groupby("user").size().to_dict() == {u0: 5, u1: 1}
 
 
 def test_recalibration_carve_holds_out_training_positives_with_fresh_negatives():

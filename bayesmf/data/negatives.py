@@ -123,8 +123,9 @@ class NegativeSampler:
     kind : {"uniform", "popularity"}
     beta : float, default 1.0
         Exponent of the popularity weights ``d_i ** beta`` (ignored by ``"uniform"``).
-    per_positive : int or None, default 1
-        Negatives per positive pair (``m_u = per_positive * n_u``).
+    per_positive : int or None
+        Negatives per positive pair (``m_u = per_positive * n_u``); 1 when neither this
+        nor ``per_user`` is given.
     per_user : int or None
         Negatives per user instead (``m_u = per_user``); give exactly one of the two.
     seed : int, default 0
@@ -137,7 +138,7 @@ class NegativeSampler:
 
     kind: str = "uniform"
     beta: float = 1.0
-    per_positive: int | None = 1
+    per_positive: int | None = None
     per_user: int | None = None
     seed: int = 0
     redraw: str = "fit"
@@ -150,9 +151,10 @@ class NegativeSampler:
                 or self.beta < 0:
             raise SpecError(f"beta must be a finite number >= 0, got {self.beta!r}")
         object.__setattr__(self, "beta", float(self.beta))
-        if (self.per_positive is None) == (self.per_user is None):
-            raise SpecError("give exactly one of per_positive= or per_user= (set the other "
-                            "to None)")
+        if self.per_positive is None and self.per_user is None:  # neither: 1 per positive
+            object.__setattr__(self, "per_positive", 1)
+        if self.per_positive is not None and self.per_user is not None:
+            raise SpecError("give one of per_positive= or per_user=, not both")
         for name in ("per_positive", "per_user"):
             v = getattr(self, name)
             if v is not None:

@@ -646,9 +646,13 @@ def heldout_negatives(positives, counts, negatives="uniform:4", seed: int = 0) -
         raise DataError(f"positives must be an Interactions, got {type(positives).__name__}")
     rule = as_sampler(negatives, seed=seed)
     counts = pd.Series(counts)
-    if counts.empty or not np.all(np.isfinite(counts.to_numpy(np.float64))) \
-            or (counts.to_numpy(np.float64) < 0).any():
-        raise DataError("counts must be a non-empty Series of non-negative numbers per user")
+    c = counts.to_numpy(np.float64) if pd.api.types.is_numeric_dtype(counts) else None
+    if counts.empty or c is None or not np.all(np.isfinite(c)) or (c < 0).any() \
+            or not np.all(c == np.round(c)):
+        raise DataError("counts must be a non-empty Series of non-negative whole numbers "
+                        "per user")
+    if counts.index.has_duplicates:  # one count per user: a repeated user is summed
+        counts = counts.groupby(level=0, sort=False).sum()
     uidx, known = positives.users.encode(counts.index.to_numpy(), unknown="mask")
     if not known.all():
         raise DataError(f"{int((~known).sum())} user(s) of counts have no positive in "
