@@ -69,20 +69,28 @@ def log_interval_prob(a, b):
     import jax.numpy as jnp
     from jax.scipy.special import log_ndtr
 
+    return _log_interval(a, b, jnp, log_ndtr)
+
+
+def _log_interval(a, b, xp, log_ndtr):
+    """The computation of :func:`log_interval_prob` in the array namespace ``xp``
+    (``jax.numpy`` or ``pytensor.tensor``) with its ``log_ndtr``."""
     upper = a > 0
-    hi = jnp.where(upper, -a, b)
-    lo = jnp.where(upper, -b, a)
-    # an infinite lower end means log Phi(hi); keep -inf out of log_ndtr so that the
-    # gradient stays finite (jnp.where differentiates both branches)
-    lo_inf = jnp.isinf(lo)
-    lo_s = jnp.where(lo_inf, hi - 1.0, lo)
+    hi = xp.where(upper, -a, b)
+    lo = xp.where(upper, -b, a)
+    # an infinite lower end means log Phi(hi); keep -inf out of log_ndtr (and +inf out of
+    # hi: log Phi(40) is 0) so that the gradient stays finite (where differentiates both
+    # branches)
+    lo_inf = xp.isinf(lo)
+    hi = xp.where(xp.isinf(hi), 40.0, hi)
+    lo_s = xp.where(lo_inf, hi - 1.0, lo)
     lh = log_ndtr(hi)
     ll = log_ndtr(lo_s)
-    d = jnp.minimum(ll - lh, -1e-30)
+    d = xp.minimum(ll - lh, -1e-30)
     # log(1 - exp(d)), d < 0
-    res = lh + jnp.where(d > -0.6931, jnp.log(-jnp.expm1(jnp.maximum(d, -0.6931))),
-                         jnp.log1p(-jnp.exp(jnp.minimum(d, -0.6931))))
-    return jnp.where(lo_inf, lh, res)
+    res = lh + xp.where(d > -0.6931, xp.log(-xp.expm1(xp.maximum(d, -0.6931))),
+                        xp.log1p(-xp.exp(xp.minimum(d, -0.6931))))
+    return xp.where(lo_inf, lh, res)
 
 
 def _pt_log_ndtr(x):
@@ -108,18 +116,7 @@ def pt_log_interval_prob(a, b):
     which NUTS reaches on real ratings: every draw divergent)."""
     import pytensor.tensor as pt
 
-    upper = a > 0
-    hi = pt.switch(upper, -a, b)
-    lo = pt.switch(upper, -b, a)
-    lo_inf = pt.isinf(lo)
-    hi_f = pt.switch(pt.isinf(hi), 40.0, hi)
-    lo_s = pt.switch(lo_inf, hi_f - 1.0, lo)
-    lh = _pt_log_ndtr(hi_f)
-    ll = _pt_log_ndtr(lo_s)
-    d = pt.minimum(ll - lh, -1e-30)
-    res = lh + pt.switch(d > -0.6931, pt.log(-pt.expm1(pt.maximum(d, -0.6931))),
-                         pt.log1p(-pt.exp(pt.minimum(d, -0.6931))))
-    return pt.switch(lo_inf, lh, res)
+    return _log_interval(a, b, pt, _pt_log_ndtr)
 
 
 def interval_derivs(a, b):
