@@ -566,17 +566,19 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
         bar.update(t - bar.n)
 
     t_s = time.perf_counter()
-    (state, acc), draws, resumed_at, _ = run_loop(
-        advance, (state, acc), n_iter, warmup=W, thin=T, n_kept=S, out_spec=out_spec,
-        kept_axis=1, every=every, max_kept=slots, checkpoint_path=checkpoint,
-        checkpoint_every=ck_every, resume=resume, fingerprint=fingerprint, ckpt_key=keys,
-        meta=meta, on_call=on_call, memory_limit=memory_limit, what=what, hint=hint,
-        cut_at_warmup=True)
-    jax.block_until_ready(state)
+    try:
+        (state, acc), draws, resumed_at, _ = run_loop(
+            advance, (state, acc), n_iter, warmup=W, thin=T, n_kept=S, out_spec=out_spec,
+            kept_axis=1, every=every, max_kept=slots, checkpoint_path=checkpoint,
+            checkpoint_every=ck_every, resume=resume, fingerprint=fingerprint, ckpt_key=keys,
+            meta=meta, on_call=on_call, memory_limit=memory_limit, what=what, hint=hint,
+            cut_at_warmup=True)
+        jax.block_until_ready(state)
+    finally:  # a refused or interrupted run leaves no open bar behind
+        if bar is not None:
+            bar.close()
     sample_s = time.perf_counter() - t_s
     warm_s = 0.0 if W == 0 or t_warm[0] is None else t_warm[0] - t_s
-    if bar is not None:
-        bar.close()
     stream = None
     if pairs is not None:
         stream = tuple(np.asarray(a) for a in acc)
