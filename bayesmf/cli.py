@@ -720,7 +720,8 @@ def cmd_fit(a) -> int:
     if feedback == "implicit" and str(likelihood).startswith("bernoulli") and not negatives:
         raise DataError(f"--likelihood {likelihood} on implicit data sees only positives: "
                         "add --negatives RULE (e.g. --negatives uniform:4)")
-    if getattr(a, "recalibrate_fraction", None) is not None and not recal:
+    # (a settings file of an older version holds the old default 0.1: not a user's flag)
+    if getattr(a, "recalibrate_fraction", None) is not None and not recal and not a.resume:
         raise DataError("--recalibrate-fraction applies with --recalibrate")
     if recal and not negatives:
         raise DataError("--recalibrate maps P(relevant) of a model fitted with sampled "
