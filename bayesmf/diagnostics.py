@@ -130,7 +130,7 @@ def _pointwise_loglik(posterior: Posterior, users, items, y, memory_limit=None):
     out = np.empty((S, n), np.float32)
     half_log_2pi = 0.5 * np.log(2 * np.pi)
     lik = posterior.likelihood
-    gaussian = lik.mean_is_linear
+    gaussian = lik.gaussian_noise
     for sl in _pair_chunks(n, S, posterior.spec.rank):
         if gaussian:
             # the family's own term: N(t | m, v + 1/(tau c)); (t, c) = (y, 1) for the
@@ -159,7 +159,7 @@ def _predictive_draws(posterior: Posterior, users, items, seed, memory_limit=Non
     rng = np.random.default_rng(seed)
     out = np.empty((S, n), np.float32)
     for sl in _pair_chunks(n, S, posterior.spec.rank):
-        if posterior.likelihood.mean_is_linear:
+        if posterior.likelihood.gaussian_noise:
             if y is None:
                 m, sd = posterior.predictive_components(u[sl], i[sl], ku[sl], ki[sl])
             else:  # N(m, v + 1/(tau c)) of each listed pair

@@ -289,7 +289,7 @@ class Posterior:
         """Per-draw observation-noise variance ``1/tau_s`` (shape ``(S,)``); Gaussian
         likelihood only."""
         lik = self.likelihood
-        if not hasattr(lik, "noise_var"):
+        if not lik.gaussian_noise:
             raise SpecError(f"likelihood {lik.name!r} has no Gaussian observation noise; "
                             "use Posterior.predictive(...) for its predictive distribution")
         return lik.noise_var(self.theta_flat())
@@ -649,7 +649,7 @@ class Posterior:
         unclipped mixture (:meth:`predict` clips the reported values)."""
         if method not in ("mixture", "gaussian"):
             raise SpecError(f"method must be 'mixture' or 'gaussian', got {method!r}")
-        if method == "gaussian" and not self.likelihood.mean_is_linear:
+        if method == "gaussian" and not self.likelihood.gaussian_noise:
             raise SpecError(f"method='gaussian' (intervals of a Gaussian with the predictive "
                             f"mean and std) applies to the Gaussian-noise likelihoods; the "
                             f"{self.likelihood.name!r} predictive is discrete and its "
@@ -664,7 +664,7 @@ class Posterior:
         lo = np.empty(n)
         hi = np.empty(n)
         a = (1 - interval) / 2
-        gaussian = self.likelihood.mean_is_linear
+        gaussian = self.likelihood.gaussian_noise
         for sl in self._chunks(n):
             mix = self.predictive_mixture(u[sl], np.asarray(i)[sl], ku[sl], ki[sl])
             mm, tv, pv = mix.mean(), mix.var(), mix.param_var()
@@ -700,7 +700,7 @@ class Posterior:
                          hint="ask for fewer draws (n=...), thin the posterior or pass "
                               "fewer pairs per call")
         rng = np.random.default_rng(seed)
-        if self.likelihood.mean_is_linear:  # Gaussian: one rating per draw, as before
+        if self.likelihood.gaussian_noise:  # Gaussian: one rating per draw, as before
             m, sd = self.predictive_components(u, i, ku, ki)
             if n is not None:
                 pick = rng.integers(0, self.n_samples, size=n)

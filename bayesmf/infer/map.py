@@ -248,7 +248,7 @@ def map_objective(p: Params, users, items, ratings, reg_factors, reg_bias, lik=N
     internal coding."""
     MU, MV = prior_means if prior_means is not None else (None, None)
     pen = _penalty(p, reg_factors, reg_bias, MU, MV)
-    if lik is None or lik.mean_is_linear:
+    if lik is None or lik.gaussian_noise:
         return sse(p, users, items, ratings) + pen
     lp = lik.log_prob(ratings, predict_mean(p, users, items), theta)
     return -2.0 * lp.sum() + pen
@@ -920,7 +920,14 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
                             f"likelihood {spec.likelihood.name!r} (its own fitter)")
         return own(train, spec, seed=seed, progress=progress, **options)
     feature_args = (user_features, item_features)
-    if not spec.likelihood.mean_is_linear:
+    lik = spec.likelihood
+    if not lik.gaussian_noise:  # the deviance of the family's log_prob
+        other = [n for n in lik.theta_names if n != "cutpoints"]
+        if other:
+            raise SpecError(f"the MAP fit learns a likelihood's cut-points only; likelihood "
+                            f"{lik.name!r} has the parameters {other}: fit it with "
+                            f"method='gibbs', 'nuts' or 'svi', or give it a MAP fitter of "
+                            f"its own (its fitters['map'])")
         return _fit_map_glm(train, spec, seed, progress, options, t_start, feature_args)
     opts = _check(check_options("map", options, DEFAULTS))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -262,7 +262,8 @@ def fit_pymc_nuts(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
 
     model, offset = build_pymc_model(train, spec, centered=o["centered"],
                                      factor_prior=o["factor_prior"])
-    names = [n for n in _SITES if n in model.named_vars]
+    names = [n for n in _SITES + tuple(spec.likelihood.theta_names)
+             if n in model.named_vars]
     t0 = time.perf_counter()
     with model, warnings.catch_warnings(), _pytensor_jax_precision(), _quiet(progress):
         # numpyro warns that "parallel" chains fall back to sequential on one device
@@ -320,7 +321,8 @@ def fit_pymc_advi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: b
     model, offset = build_pymc_model(train, spec, centered=o["centered"],
                                      factor_prior=o["factor_prior"],
                                      batch_size=o["batch_size"])
-    names = [n for n in _SITES if n in model.named_vars]
+    names = [n for n in _SITES + tuple(spec.likelihood.theta_names)
+             if n in model.named_vars]
     W, tol, patience = o["window"], o["tol"], o["patience"]
     state = {"converged": False, "streak": 0}
 

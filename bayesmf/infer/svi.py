@@ -212,6 +212,7 @@ def fit_svi(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
     sites = ["mu", "bu", "bi", "U", "V", "tau", "cutpoints", "lambda_bu", "lambda_bi",
              "mu_U", "Lambda_U", "mu_V", "Lambda_V"]
     sites += [n for S in X for n in (f"beta_{S}", f"lambda_beta_{S}")]
+    sites += [n for n in spec.likelihood.theta_names if n not in sites]  # a family's own
     pred = Predictive(model, guide=guide, params=params, num_samples=o["num_samples"],
                       return_sites=sites, parallel=False)
     samples = pred(k_draw, *args, **kwargs)

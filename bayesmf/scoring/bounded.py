@@ -110,7 +110,7 @@ def supports_bounded(scorer) -> bool:
     st = scorer.st
     return (st.name in ("upper", "lower", "prob") and st.noise
             and st.quantile_method in ("bounded", "approx")
-            and scorer.lik.mean_is_linear and scorer.S > 1 and scorer.k > 0)
+            and scorer.lik.gaussian_noise and scorer.S > 1 and scorer.k > 0)
 
 
 def screen_size(strategy, n: int, J: int) -> int:

@@ -75,7 +75,7 @@ class Scorer:
         self.mu = posterior.flat("mu").astype(np.float64)
         self.lik = posterior.likelihood
         # Gaussian observation noise per draw (other families: their predictive mixture)
-        self.nv = posterior.noise_var() if self.lik.mean_is_linear else np.zeros(self.S)
+        self.nv = posterior.noise_var() if self.lik.gaussian_noise else np.zeros(self.S)
         self.theta = posterior.theta_flat()
         self.work_elems = int(work_elems)
         self._q = None
@@ -189,7 +189,7 @@ class Scorer:
         ``S x c x n x k`` gather). For a non-Gaussian likelihood: those of its predictive
         mixture on the data scale (``var`` by total variance, e.g. Poisson
         :math:`\mathrm{Var}_s\lambda_s + \bar\lambda`)."""
-        if not self.lik.mean_is_linear:
+        if not self.lik.gaussian_noise:
             mix = self.pair_mixture(block, cols)
             return mix.mean(), mix.param_var(), mix.var()
         cols = np.asarray(cols, np.int64)
@@ -291,7 +291,7 @@ class Scorer:
             block = self.thompson_block(block, draw, keys)
             return self.thompson_scores(block, draw)
         rng = np.random.default_rng(self.st.seed) if self.st.name == "utility" else None
-        if self.lik.mean_is_linear:
+        if self.lik.gaussian_noise:
             m, sd = self.components(block)
             return scores_from_components(m, sd, self.st, draw_index=draw, rng=rng)
         m, sd = self.components(block, noise=False)
@@ -331,7 +331,7 @@ class Scorer:
         (fallback) variance ``v`` (same shapes, leading draw axis): through the
         likelihood's predictive mixture (ranking by E[P(y=1)] or the expected rating is
         not ranking by mean eta); the Gaussian adds its noise when the strategy wants it."""
-        if self.lik.mean_is_linear:
+        if self.lik.gaussian_noise:
             nv = self.nv.reshape((-1,) + (1,) * (m.ndim - 1)) if self.st.noise else 0.0
             return scores_from_components(m, np.sqrt(v + nv), self.st, draw_index=draw_index,
                                           rng=rng)

@@ -137,7 +137,7 @@ def simulate(spec: ModelSpec, users, items, n_users: int, n_items: int, rng,
         t[f"Lambda_{side}"] = Lam
         t[f"mu_{side}"] = mu_f
         t[side] = mu_f + np.linalg.solve(Lc.T, rng.standard_normal((k, n))).T
-    if not spec.likelihood.mean_is_linear:  # the prior of the family's own parameters
+    if not spec.likelihood.gaussian_noise:  # the prior of the family's own parameters
         del t["tau"]
         t.update(spec.likelihood.theta_prior_draw(rng, spec))
     y = simulate_observations(rng, spec, t, users, items)
@@ -160,6 +160,15 @@ def quantities(p: dict, spec: ModelSpec, pairs, n_bias: int) -> dict:
         c = np.asarray(p["cutpoints"], float)
         for j in range(1 if spec.global_mean else 0, c.shape[-1]):
             out[f"cut[{j}]"] = c[..., j]
+    for name in lik.theta_names:  # a family's own parameters, scalar or per entry
+        if name in ("tau", "cutpoints") or name not in p:
+            continue
+        a = np.asarray(p[name], float)
+        if a.ndim == np.ndim(mu):  # one value per parameter set / per draw
+            out[name] = a
+        else:
+            for j in range(a.shape[-1]):
+                out[f"{name}[{j}]"] = a[..., j]
     for b, on in (("bu", spec.user_bias), ("bi", spec.item_bias)):
         if on:
             arr = np.asarray(p[b], float)
@@ -519,7 +528,7 @@ def simulate_observations(rng, spec: ModelSpec, t: dict, users, items) -> np.nda
     mean = (t["mu"] + t["bu"][users] + t["bi"][items]
             + np.sum(t["U"][users] * t["V"][items], axis=-1))
     lik = spec.likelihood
-    if lik.mean_is_linear:
+    if lik.gaussian_noise:
         return mean + rng.standard_normal(len(users)) / np.sqrt(t["tau"])
     return lik.prior_simulate(rng, mean, t)
 

@@ -28,7 +28,7 @@ from bayesmf.model.likelihoods.poisson import Poisson
 
 __all__ = ["Likelihood", "Gaussian", "OrdinalProbit", "BernoulliProbit", "BernoulliLogit",
            "ImplicitGaussian", "Poisson", "LIKELIHOODS", "SUPPORTED", "get_likelihood",
-           "likelihood_from_dict"]
+           "likelihood_from_dict", "register_likelihood"]
 
 #: registry: name -> class
 LIKELIHOODS = {c.name: c for c in (Gaussian, OrdinalProbit, BernoulliProbit, BernoulliLogit,
@@ -39,6 +39,28 @@ _ALIASES = {"normal": "gaussian", "ordered-probit": "ordinal", "probit": "bernou
             "hkv": "implicit", "hpf": "poisson"}
 #: likelihood name -> inference methods that run it
 SUPPORTED = {n: tuple(c.methods) for n, c in LIKELIHOODS.items()}
+
+
+def register_likelihood(cls, *, replace: bool = False):
+    """Register a :class:`Likelihood` subclass under its ``name`` (usable as a decorator):
+    ``get_likelihood(name)``, ``--likelihood name``, :data:`SUPPORTED` and the model files
+    (:func:`bayesmf.load` rebuilds the family from its ``to_dict``) then know it. Register
+    it before loading a model file that uses it (e.g. at the import of the module that
+    defines it). A name already taken is refused unless ``replace=True``."""
+    if not (isinstance(cls, type) and issubclass(cls, Likelihood)):
+        raise SpecError(f"register_likelihood takes a Likelihood subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == Likelihood.name:
+        raise SpecError(f"{cls.__name__} needs a class attribute name = '...' (its registry "
+                        "name)")
+    name = name.lower()
+    if (name in LIKELIHOODS or name in _ALIASES) and not replace \
+            and LIKELIHOODS.get(name) is not cls:
+        raise SpecError(f"likelihood name {name!r} is taken (by {LIKELIHOODS.get(name)}); "
+                        "pass replace=True to override it")
+    LIKELIHOODS[name] = cls
+    SUPPORTED[name] = tuple(cls.methods)
+    return cls
 
 
 def get_likelihood(lik) -> Likelihood:
@@ -60,7 +82,9 @@ def likelihood_from_dict(d: dict) -> Likelihood:
     d = dict(d)
     name = d.pop("name", None)
     if name not in LIKELIHOODS:
-        raise SpecError(f"unknown likelihood {name!r} in the model description")
+        raise SpecError(f"unknown likelihood {name!r} in the model description; a family of "
+                        f"your own is registered with bayesmf.model.likelihoods."
+                        f"register_likelihood(cls) before the model is loaded")
     if "levels" in d and d["levels"] is not None:
         d["levels"] = tuple(d["levels"])
     if isinstance(d.get("recalibration"), list):

@@ -58,8 +58,15 @@ class Likelihood:
     name = "base"
     #: draw names of the likelihood parameters in the Posterior (e.g. ``("tau",)``)
     theta_names: ClassVar[tuple] = ()
-    #: ranking by the predictive mean equals ranking by the mean of eta
+    #: ranking by the predictive mean equals ranking by the mean of eta (E[y] = eta: the
+    #: mean strategy is one GEMM of the posterior-mean factors)
     mean_is_linear = False
+    #: the predictive of one draw is Gaussian, ``N(eta, noise_var(theta))`` (the Gaussian
+    #: and implicit families): scores, intervals of a point fit, the least-squares MAP and
+    #: ArviZ's pointwise log-likelihood then take their closed forms. Every other family
+    #: -- also one with ``mean_is_linear`` but other noise (e.g. Student-t) -- goes through
+    #: :meth:`log_prob` and :meth:`predictive`
+    gaussian_noise: ClassVar[bool] = False
     #: observations take values in a finite set
     discrete = False
     #: Gibbs needs eta to build the pseudo-observations (False: z = y, w = tau)
@@ -107,6 +114,13 @@ class Likelihood:
     #: method name -> ``"module:function"`` of a family-specific fit function that the
     #: method's ``fit_<method>`` hands over to (:func:`bayesmf.infer.likelihood_fitter`)
     fitters: ClassVar[dict] = {}
+
+    def noise_var(self, theta):
+        """Per-draw variance of the Gaussian observation noise (``gaussian_noise``
+        families only; ``theta`` as in the Posterior's draws, each ``(S, ...)``)."""
+        raise SpecError(f"likelihood {self.name!r} has no Gaussian observation noise "
+                        "(gaussian_noise=False): use Posterior.predictive(...) for its "
+                        "predictive distribution")
 
     # ------------------------------------------------------------------ data
     def fit_data(self, y: np.ndarray) -> "Likelihood":

@@ -39,6 +39,7 @@ class Gaussian(Likelihood):
     #: :func:`bayesmf.infer.nmf.fit_nmf`) -- another model on the same likelihood
     methods = METHODS_ALL + ("propagation", "nmf")
     mean_is_linear = True
+    gaussian_noise = True
     discrete = False
     augmented = False
     sse_sufficient = True
