@@ -322,6 +322,10 @@ def test_sub_second_timestamps_keep_their_order():
     assert cut.items.decode(cut.item).tolist() == ["a"]
     whole = Ratings.from_arrays(["u", "u"], ["a", "b"], [4.0, 3.0], timestamps=[10.0, 11.0])
     assert whole.timestamp.dtype == np.int64
+    # beyond the nanosecond range (year 2262): whole seconds, not a wrapped value
+    far = Ratings.from_arrays(["u", "u"], ["a", "b"], [4.0, 3.0], timestamps=np.array(
+        ["3000-01-01", "2020-01-01"], dtype="datetime64[s]"))
+    assert far.timestamp.tolist() == [32503680000, 1577836800]
     ev = Interactions.from_dataframe(pd.DataFrame({"user": ["u"] * 3 + ["v"] * 2,
                                                    "item": ["a", "b", "c", "a", "b"],
                                                    "timestamp": [10.9, 10.1, 5.0, 1.0, 2.0]}))

@@ -130,7 +130,11 @@ def datetime_seconds(t) -> np.ndarray:
     """Unix seconds of a ``datetime64`` array: int64 when every time is a whole second,
     else float64 (sub-second times keep their order: a temporal split or leave-last-out
     must not see two events of one second as a tie)."""
-    ns = np.asarray(t).astype("datetime64[ns]").astype(np.int64)
+    t = np.asarray(t)
+    sec = t.astype("datetime64[s]").astype(np.int64)
+    if len(sec) and np.abs(sec).max() >= 9_000_000_000:  # beyond datetime64[ns] (2262)
+        return sec
+    ns = t.astype("datetime64[ns]").astype(np.int64)
     if np.all(ns % 1_000_000_000 == 0):
         return ns // 1_000_000_000
     return ns / 1e9
