@@ -58,6 +58,8 @@ as large as any element elsewhere), and only those ``n*w`` values are partitione
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 
@@ -70,8 +72,9 @@ from bayesmf.scoring.strategies import id_keys, make_strategy, thompson_draw_ind
 
 __all__ = ["recommend", "recommend_indices", "TopN", "approx_error", "Scorer", "topn_indices"]
 
-#: the keyword options of make_strategy that recommend passes through ``**strategy_kw``
-_STRATEGY_KW = ("utility_method", "n_nodes", "n_draws", "screen_size")
+#: the strategy options (make_strategy's keywords, read from its signature)
+_STRATEGY_OPTIONS = tuple(p for p in inspect.signature(make_strategy).parameters
+                          if p != "strategy")
 
 #: elements of one work array (draws x users x items for per-draw strategies)
 _WORK_ELEMS = 1 << 22
@@ -186,11 +189,10 @@ def recommend_indices(posterior, users=None, n=10, strategy="mean", *, exclude_s
     n = int(n)
     if not isinstance(exclude_seen, (bool, np.bool_)):
         raise SpecError(f"exclude_seen must be True or False, got {exclude_seen!r}")
-    bad = sorted(set(strategy_kw) - set(_STRATEGY_KW))
+    bad = sorted(set(strategy_kw) - set(_STRATEGY_OPTIONS))
     if bad:
         raise SpecError(f"recommend() got unknown argument(s) {bad}; the strategy options "
-                        f"are quantile, threshold, utility, seed, noise, quantile_method, "
-                        f"{', '.join(_STRATEGY_KW)}")
+                        f"are {', '.join(_STRATEGY_OPTIONS)}")
     st = make_strategy(strategy, quantile=quantile, threshold=threshold, utility=utility,
                        seed=seed, noise=noise, quantile_method=quantile_method, **strategy_kw)
     if approx not in (None, "exact") and st.name != "mean":
