@@ -209,6 +209,20 @@ def slots_for(draw_bytes: int, n_chains: int = 1, budget: int = 256 << 20,
 
 
 # ----------------------------------------------------------------------------- host loop
+def _spec_bytes(tree) -> int:
+    """Bytes of the arrays a pytree of ``jax.ShapeDtypeStruct`` describes."""
+    import jax
+
+    return sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+               for s in jax.tree_util.tree_leaves(tree))
+
+
+def _check_kept(out_spec, n_kept: int, memory_limit, what=None, hint=None) -> None:
+    """The kept-draw buffers ``out_spec`` against the memory limit."""
+    check_allocation(_spec_bytes(out_spec), what or f"the {n_kept} kept draws", memory_limit,
+                     hint=hint or "keep fewer draws (num_samples, thin) or fewer chains")
+
+
 def run_loop(advance: Callable, carry, n_iter: int, *, warmup: int, thin: int,
              n_kept: int | None = None, out_spec, kept_axis: int = 0,
              every: int | None = None, max_kept: int | None = None,
@@ -251,10 +265,7 @@ def run_loop(advance: Callable, carry, n_iter: int, *, warmup: int, thin: int,
     ck_every = n_iter if checkpoint_every is None else _check_int("checkpoint_every",
                                                                   checkpoint_every, 1)
     leaves_spec, out_def = jax.tree_util.tree_flatten(out_spec)
-    nbytes = sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
-                 for s in leaves_spec)
-    check_allocation(nbytes, what or f"the {len(kept)} kept draws", memory_limit,
-                     hint=hint or "keep fewer draws (num_samples, thin) or fewer chains")
+    _check_kept(out_spec, len(kept), memory_limit, what, hint)
     bufs = [np.zeros(s.shape, s.dtype) for s in leaves_spec]
 
     def put(j0, outs, nk, axis=kept_axis):
@@ -475,17 +486,13 @@ def run_chains(program: Program, data, state, keys, *, num_samples: int, num_war
     info_shape = jax.eval_shape(lambda d, k, s: program.step(d, k, s)[1], data, keys[0],
                                 one(state))
     out_shape = jax.eval_shape(program.extract, data, one(state), info_shape)
-    draw_bytes = sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
-                     for s in jax.tree_util.tree_leaves(out_shape))
+    draw_bytes = _spec_bytes(out_shape)
     slots = slots_for(draw_bytes, C)
     out_spec = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct((C, S) + s.shape, s.dtype), out_shape)
     # the kept draws against the memory limit before anything is compiled (run_loop
     # checks the same buffers again)
-    check_allocation(sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
-                         for s in jax.tree_util.tree_leaves(out_spec)),
-                     what or f"the {S} kept draws", memory_limit,
-                     hint=hint or "keep fewer draws (num_samples, thin) or fewer chains")
+    _check_kept(out_spec, S, memory_limit, what, hint)
     dt = jax.tree_util.tree_leaves(out_shape)[0].dtype if out_shape else jnp.float32
     P = 0 if pairs is None else int(pairs[0].shape[0])
     acc = (jnp.zeros((C,), dt), jnp.zeros((C, P), dt), jnp.zeros((C, P), dt),
