@@ -104,15 +104,23 @@ def test_resume_refuses_other_data_seed_or_settings(problem, tmp_path):
         fit_gibbs(train, spec, seed=5, checkpoint=path, resume=True, **SETTINGS)
 
 
-def test_woodbury_rows_resume_bit_identical_and_refuse_another_layout(problem, tmp_path):
-    """Rows drawn through the Woodbury identity (``low_width=16``: most rows here, the
-    others by their Cholesky factor in the same sweep) keep the resume guarantee, and a
-    resume with the other layout (other random numbers) is refused by the fingerprint."""
-    train, spec, ref_chol = problem
-    kw = dict(SETTINGS, low_width=16)
+@pytest.mark.parametrize("option,value,recorded", [
+    ("low_width", 16, {"user": 16, "item": 16}),
+    ("row_block", 1, 1),
+])
+def test_other_row_draws_resume_bit_identical_and_refuse_the_default(problem, tmp_path,
+                                                                      option, value,
+                                                                      recorded):
+    """Rows drawn another way keep the resume guarantee: through the Woodbury identity
+    (``low_width=16``: most rows here, the others by their Cholesky factor in the same
+    sweep) or by subspace Gibbs (``row_block=1``: bias and the two factors one after
+    another). A resume with the default row draws (other random numbers) is refused by
+    the fingerprint."""
+    train, spec, ref_default = problem
+    kw = dict(SETTINGS, **{option: value})
     ref = fit_gibbs(train, spec, seed=5, **kw)
-    assert ref.attrs["settings"]["low_width"] == {"user": 16, "item": 16}
-    assert not np.array_equal(np.asarray(ref.draws["U"]), np.asarray(ref_chol.draws["U"]))
+    assert ref.attrs["settings"][option] == recorded
+    assert not np.array_equal(np.asarray(ref.draws["U"]), np.asarray(ref_default.draws["U"]))
     path = tmp_path / "w.npz"
     with killed_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
         fit_gibbs(train, spec, seed=5, checkpoint=path, checkpoint_every=5, **kw)

@@ -247,6 +247,22 @@ def test_sbc_gibbs_augmented_likelihoods_fast(likelihood):
 
 
 @pytest.mark.skipif(not _has("bayesmf.infer.gibbs"), reason="Gibbs sampler not present")
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli-logit"])
+def test_sbc_gibbs_row_block_fast(likelihood):
+    """SBC of subspace Gibbs row draws (``row_block=1``: the bias and each factor
+    coordinate of a row drawn one after another from their conditionals) at rank 2, the
+    Gaussian model (residual sums from the final predictions) and the Polya-Gamma one.
+    A wrong conditional shift (e.g. the block's own coordinates left in the cross term)
+    pulls the rows off the posterior, which the ranks see."""
+    spec = (ModelSpec(rank=2, priors=PRIORS) if likelihood == "gaussian"
+            else ModelSpec(rank=2, priors=AUG_PRIORS, likelihood=likelihood))
+    res = sbc.run_sbc(sbc.GibbsBatch(num_samples=100, num_warmup=100, row_block=1), spec,
+                      n_rep=150, n_users=8, n_items=6, density=0.6, L=19, seed=5)
+    assert res.passes(0.001), "\n" + res.table().to_string() + "\n" + res.histograms()
+    assert not res.transformed(sbc.narrowed(0.5)).passes(0.001)
+
+
+@pytest.mark.skipif(not _has("bayesmf.infer.gibbs"), reason="Gibbs sampler not present")
 @pytest.mark.parametrize("likelihood", ["ordinal", "bernoulli-probit", "bernoulli-logit"])
 def test_sbc_gibbs_row_mh_fast(likelihood):
     """SBC of the Gibbs sampler with the IWLS Metropolis-Hastings row step

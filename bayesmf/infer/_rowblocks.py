@@ -51,6 +51,15 @@ layout above, parts included); the Gibbs sampler chooses ``W`` per side
 (every family's are: precisions, Pólya-Gamma draws, confidence excesses
 :math:`\tau(c - 1)` with :math:`c \ge 1`). Measured in ``benchmarks/results/low_rows.md``.
 
+**Subspace draws** (:func:`solve_rows_subspace`, the Gibbs option ``row_block``). A
+row's coordinates are cut into blocks of width ``w`` and each block is drawn from its
+exact conditional given the others, with a running prediction per observation; the
+Gram work falls from :math:`\mathrm{nnz}\,d^2` to :math:`\mathrm{nnz}\,d\,w` and the
+Cholesky factors from one :math:`d\times d` to :math:`d/w` of :math:`w\times w` per
+row, at the price of a few extra memory-bound passes over the observations (gather,
+running prediction) and slower mixing per sweep where a row's coordinates are
+correlated. It pays at high rank (measured in ``benchmarks/results/row_block.md``).
+
 **Conditioning.** In float32 the Cholesky of an ill-conditioned :math:`P_r` can fail
 (NaN). Rows whose factor is not finite are refactored with a diagonal jitter of
 ``1e-4 * mean(diag P_r)``; the retry is computed only when some row failed
@@ -78,7 +87,8 @@ from bayesmf.errors import SpecError
 
 __all__ = ["RowBlocks", "LowRows", "build_row_blocks", "remap_blocks", "partition_rows",
            "resolve_row_parts", "resolve_low_width", "low_width_for",
-           "solve_rows", "row_precisions", "gaussian_from_precision"]
+           "solve_rows", "solve_rows_subspace", "dim_blocks", "check_row_block", "row_precisions",
+           "gaussian_from_precision"]
 
 
 class RowBlocks(NamedTuple):
@@ -183,6 +193,20 @@ def resolve_low_width(low_width, d: int, max_width: int = 128, degree=None) -> i
         raise SpecError(f"low_width must be 'auto' or an integer in [0, max_width="
                         f"{max_width}], got {low_width!r}")
     return int(low_width)
+
+
+def check_row_block(row_block) -> int:
+    """The ``row_block`` option of the Gibbs sampler as an int (``None`` -> 0: each row
+    drawn at once; otherwise the widest block of a row's coordinates drawn together,
+    :func:`solve_rows_subspace`)."""
+    if row_block is None:
+        return 0
+    if isinstance(row_block, bool) or not isinstance(row_block, (int, np.integer)) \
+            or row_block < 0:
+        raise SpecError("row_block must be None or a non-negative int (the number of a "
+                        "row's coordinates drawn together; 0 or None: all at once), got "
+                        f"{row_block!r}")
+    return int(row_block)
 
 
 def partition_rows(degree, n_parts: int, row_cost: float = 0.0) -> np.ndarray:
@@ -835,3 +859,126 @@ def gaussian_from_precision(P, h, key=None, noise=None):
         w = w + jax.random.normal(key, w.shape, w.dtype)
     z = lax.linalg.triangular_solve(L, w, left_side=True, lower=True, transpose_a=True)
     return z[..., 0]
+
+
+def dim_blocks(d: int, size: int) -> tuple:
+    """``((start, stop), ...)``: the ``d`` coordinates of a row cut into contiguous
+    blocks of one width ``w = ceil(d / ceil(d / size)) <= size`` (the last one possibly
+    narrower): the blocks of :func:`solve_rows_subspace`."""
+    d, size = int(d), int(size)
+    w = -(-d // -(-d // size))
+    return tuple((s, min(s + w, d)) for s in range(0, d, w))
+
+
+def solve_rows_subspace(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, Z, key, *,
+                        size: int, dense_gram=None, rhs=None, fit_stats=False):
+    r"""One **subspace Gibbs** pass over every row: the coordinates of each row are cut
+    into blocks of at most ``size`` (:func:`dim_blocks`), and each block is drawn from
+    its exact conditional given the row's other coordinates (current values ``Z (n_rows,
+    d)``) -- the Bayesian counterpart of iALS++'s subspace updates (Rendle et al. 2021).
+
+    With the full row Gaussian :math:`(P_r, h_r)` of :func:`solve_rows` and a block
+    :math:`B` (complement :math:`\bar B`), the conditional of :math:`z_{rB}` is
+
+    .. math::
+
+        z_{rB}\mid z_{r\bar B} \sim \mathcal N\!\left(P_{BB}^{-1}
+        (h_B - P_{B\bar B}\, z_{\bar B}),\; P_{BB}^{-1}\right),\qquad
+        P_{BB} = \Lambda_{0,BB} + G_{BB} + \sum_{j\in O_r} w_j x_{jB} x_{jB}^\top ,
+
+    .. math::
+
+        P_{B\bar B}\, z_{\bar B} = (\Lambda_0 + G)_{B\bar B}\, z_{\bar B}
+        + \sum_{j\in O_r} w_j\, x_{jB}\, (x_{j\bar B}^\top z_{\bar B}) ,
+
+    (:math:`G` the ``dense_gram``). The products :math:`x_{j\bar B}^\top z_{\bar B}` come
+    from a running prediction per observation, updated after each block. Each block
+    step leaves the row's conditional (and so the posterior) invariant, so a pass over
+    the blocks is a valid Gibbs update of the row; with one block (``size >= d``) it is
+    the exact draw of :func:`solve_rows` (other float rounding). Cost: a Gram of
+    ``nnz x size^2`` and ``d / size`` Cholesky factors of ``size x size`` per row,
+    instead of ``nnz x d^2`` and one of ``d x d`` -- at the price of slower mixing when
+    a row's coordinates are strongly correlated under :math:`P_r`.
+
+    Draws only (``key`` required), JAX only, a layout without rows of few observations
+    (``low_width=0``); parts are drawn one after another, with the normals of all rows
+    drawn at once as in :func:`solve_rows`. ``fit_stats`` as in :func:`solve_rows`
+    (from the final predictions). Returns the new ``Z`` (and the statistics)."""
+    if blocks.low:
+        raise ValueError("solve_rows_subspace: needs a layout without rows of few "
+                         "observations (low_width=0)")
+    if key is None:
+        raise ValueError("solve_rows_subspace: draws only (key=None given)")
+    if fit_stats and (dense_gram is not None or rhs is not None):
+        raise ValueError("solve_rows_subspace: fit_stats=True takes no dense_gram or rhs")
+    X = jnp.asarray(X)
+    Z = jnp.asarray(Z, X.dtype)
+    eps = jax.random.normal(key, (blocks.n_rows, X.shape[1]), X.dtype)
+    if not blocks.parts:
+        return _subspace_part(blocks, X, y, tau, prior_prec, prior_shift, Z, eps, size,
+                              dense_gram, rhs, fit_stats)
+    out = []
+    for b, (s, e) in zip(blocks.parts, blocks.part_ranges()):
+        out.append(_subspace_part(b, X, y, tau, *_prior_slice(prior_prec, prior_shift, s, e),
+                                  Z[s:e], eps[s:e], size, dense_gram, rhs, fit_stats))
+    if not fit_stats:
+        return jnp.concatenate(out, axis=0)
+    return (jnp.concatenate([z for z, _ in out], axis=0),
+            tuple(sum(st[j] for _, st in out) for j in range(2)))
+
+
+def _subspace_part(b: RowBlocks, X, y, tau, P0, h0, Z, eps, size, dense_gram, rhs,
+                   fit_stats):
+    """:func:`solve_rows_subspace` on one layout without parts. The blocks are unrolled
+    with static slices: a ``lax.scan`` over them compiles in about half the time but ran
+    1.3-1.5x slower per sweep (rank 128 on ML-1M implicit, one thread: 1.15-1.30 against
+    0.87 s)."""
+    dt = X.dtype
+    n, d = b.n_rows, X.shape[1]
+    Xp = jnp.concatenate([X, jnp.zeros((1, d), dt)], axis=0)   # + the all-zero padding row
+    yw, w = _targets(y, tau, rhs, dt, jnp)
+    t = jnp.asarray(tau, dt) if w is None else None
+    A = jnp.asarray(P0, dt)
+    if dense_gram is not None:
+        A = A + jnp.asarray(dense_gram, dt)
+    h0 = jnp.asarray(h0, dt)
+    buckets = list(zip(b.seg_row, b.seg_cols, b.seg_obs))
+    # per slot: weight, weighted target (padding slots have an all-zero design row)
+    ws = [None if w is None else w[o] for _, _, o in buckets]
+    ys = [yw[o] for _, _, o in buckets]
+    pred = [jnp.einsum("swd,sd->sw", Xp[c], Z[r]) for r, c, _ in buckets]
+    for s, e in dim_blocks(d, size):
+        XB, zB = Xp[:, s:e], Z[:, s:e]
+        G = jnp.zeros((n, e - s, e - s), dt)
+        hB = jnp.zeros((n, e - s), dt)           # sum_j x_jB (w_j y_j - w_j rest_j)
+        rests, XBs = [], []
+        for j, (r, c, _) in enumerate(buckets):
+            Xg = XB[c]                                        # (S, W, e - s)
+            rest = pred[j] - jnp.einsum("swi,si->sw", Xg, zB[r])   # x_j,notB . z_notB
+            rests.append(rest)
+            XBs.append(Xg)
+            Xw = Xg if ws[j] is None else Xg * ws[j][..., None]
+            G = _scatter_add(G, r, jnp.einsum("swi,swk->sik", Xw, Xg))
+            wr = rest if ws[j] is None else ws[j] * rest
+            hB = _scatter_add(hB, r, jnp.einsum("sw,swi->si", ys[j] - wr, Xg))
+        if t is not None:
+            G, hB = t * G, t * hB
+        Zr = Z.at[:, s:e].set(0)                      # z with the block's coordinates 0
+        AZ = Zr @ A[s:e, :].T if A.ndim == 2 else jnp.einsum("nij,nj->ni", A[:, s:e, :], Zr)
+        h = (h0[s:e] if h0.ndim == 1 else h0[:, s:e]) + hB - AZ
+        z_new = gaussian_from_precision(A[..., s:e, s:e] + G, h, noise=eps[:, s:e, None])
+        Z = Z.at[:, s:e].set(z_new)
+        pred = [rests[j] + jnp.einsum("swi,si->sw", XBs[j], z_new[r])
+                for j, (r, _, _) in enumerate(buckets)]
+    if not fit_stats:
+        return Z
+    # q = sum_j w_j pred_j^2 - 2 sum_j w_j y_j pred_j, g = sum_j w_j pred_j x_j0
+    # (solve_rows' data-fit statistics, here from the final predictions)
+    q = g = jnp.zeros((), dt)
+    for j, (r, c, _) in enumerate(buckets):
+        wp = pred[j] if ws[j] is None else ws[j] * pred[j]
+        q = q + jnp.sum(wp * pred[j]) - 2.0 * jnp.sum(ys[j] * pred[j])
+        g = g + jnp.sum(wp * Xp[c][..., 0])
+    if t is not None:
+        q, g = t * q, t * g
+    return Z, (q, g)

@@ -238,7 +238,7 @@ DEFAULTS = dict(num_samples=200, num_warmup=100, num_chains=1, thin=1, store_dra
                 resume=False, memory_limit=None, user_features=None, item_features=None,
                 beta_solver="auto", lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6,
                 cg_maxiter=200, shard_devices=None, row_parts="auto", row_priors=None,
-                low_width="auto", redraw_negatives=False, row_mh="auto")
+                low_width="auto", redraw_negatives=False, row_mh="auto", row_block=None)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -336,6 +336,15 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     side and sweep; ``sample_stats["row_mh_accept"]`` is the fraction of rows that moved;
     needs ``low_width=0`` ("auto" becomes 0); also with "sharded" (each device proposes
     and accepts its own rows, :func:`~bayesmf.infer.sharded.sharded_mh_rows`);
+    ``row_block`` (None: each row drawn at once) draws every row by **subspace Gibbs**:
+    blocks of at most ``row_block`` of its coordinates (bias column included) one after
+    another, each from its exact conditional given the rest
+    (:func:`~bayesmf.infer._rowblocks.solve_rows_subspace`; the Bayesian counterpart of
+    iALS++). A valid Gibbs sweep at a fraction of the cost at high rank (Gram ``nnz x b
+    x d`` and ``d / b`` Cholesky factors of ``b x b`` per row, instead of ``nnz x d^2``
+    and one of ``d x d``), mixing more slowly per sweep where a row's coordinates are
+    correlated (``benchmarks/results/row_block.md``); needs ``low_width=0`` ("auto"
+    becomes 0); not with "sharded";
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -379,6 +388,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         raise SpecError("chain_method must be 'vectorized', 'sequential', 'parallel' or "
                         f"'sharded', got {opts['chain_method']!r}")
     sharded = opts["chain_method"] == "sharded"
+    if sharded and opts["row_block"]:
+        raise SpecError("row_block (subspace row draws) is not supported with "
+                        "chain_method='sharded'; use 'vectorized' or row_block=None")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")
@@ -421,7 +433,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      lambda_beta_prior=opts["lambda_beta_prior"], cg_tol=opts["cg_tol"],
                      cg_maxiter=opts["cg_maxiter"], row_parts=opts["row_parts"],
                      row_priors=opts["row_priors"], low_width=opts["low_width"],
-                     redraw_negatives=opts["redraw_negatives"], row_mh=row_mh)
+                     redraw_negatives=opts["redraw_negatives"], row_mh=row_mh,
+                     row_block=opts["row_block"])
     cfg, dt = kern.cfg, kern.dtype
     pairs = check_pairs(opts["predict_pairs"], cfg.n_users, cfg.n_items)
     names = _draw_names(cfg.spec.likelihood, opts["store_draws"], cfg.macau)
@@ -441,7 +454,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                              *((("low_width", tuple(kern.low_width.values())),)
                                if any(kern.low_width.values()) else ()),
                              *((("redraw_negatives", True),) if cfg.redraw_steps else ()),
-                             *((("row_mh", True),) if cfg.row_mh else ()))
+                             *((("row_mh", True),) if cfg.row_mh else ()),
+                             *((("row_block", cfg.row_block),) if cfg.row_block else ()))
         if cfg.macau or cfg.row_prior_sides:  # never resume a run with other priors
             import hashlib
 
@@ -490,7 +504,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                      "chain_method": opts["chain_method"], "max_width": int(opts["max_width"]),
                      "row_parts": kern.row_parts, "low_width": dict(kern.low_width),
                      "redraw_negatives": bool(cfg.redraw_steps), "row_mh": cfg.row_mh,
-                     "n_sweeps": n_iter},
+                     "row_block": cfg.row_block, "n_sweeps": n_iter},
         **({"row_priors": list(cfg.row_prior_sides)} if cfg.row_prior_sides else {}),
         **({"macau": {"sides": [list(m) for m in cfg.macau],
                       "lambda_beta_prior": [cfg.lambda_beta_a, cfg.lambda_beta_b]}}

@@ -13,7 +13,8 @@ import numpy as np
 from bayesmf.data.ratings import Ratings
 from bayesmf.errors import SpecError
 from bayesmf.infer import check_bool, fitted_spec
-from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, resolve_low_width,
+from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, check_row_block,
+                                      resolve_low_width,
                                       resolve_row_parts)
 from bayesmf.infer.gibbs_steps import (feature_matmul, iwls_mh_rows, latent_scale_move,
                                        row_prior_terms,
@@ -129,6 +130,10 @@ class _Cfg(NamedTuple):
     #: the row-wise IWLS Metropolis-Hastings step before the augmentation (augmented
     #: likelihoods; :func:`~bayesmf.infer.gibbs_steps.iwls_mh_rows`)
     row_mh: bool = False
+    #: subspace Gibbs row draws: blocks of at most this many coordinates of a row drawn one
+    #: after another (0: each row drawn at once; :func:`~bayesmf.infer._rowblocks.
+    #: solve_rows_subspace`)
+    row_block: int = 0
 
 
 def _step(cfg: _Cfg, data: GibbsData, key, s: GibbsState):
@@ -257,10 +262,13 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     def row_prior(side):
         return {"row_prior": data.row_priors[side]} if side in fixed else {}
 
+    def sub(b_, F_):  # subspace row draws start from the side's current rows
+        return {"current": (b_, F_), "row_block": cfg.row_block} if cfg.row_block else {}
+
     if cfg.user_bias or k:
         bu, U_new = rows_draw_(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
                                lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"),
-                               **row_prior("user"))
+                               **row_prior("user"), **sub(bu, U))
         U = U_new if k else U
     # the residual sums of the item step's rows stand in for every observation's
     # prediction: the moves below leave eta unchanged ("Residual sums" in the module docs of
@@ -270,7 +278,8 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     if cfg.item_bias or k:
         drawn = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
                            lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
-                           **row_prior("item"), **({"fit_stats": True} if fit_stats else {}))
+                           **row_prior("item"), **({"fit_stats": True} if fit_stats else {}),
+                           **sub(bi, V))
         bi, V_new = drawn[:2]
         V = V_new if k else V
     if k and not fixed:
@@ -402,11 +411,18 @@ class BPMFGibbs:
                  user_features=None, item_features=None, beta_solver="auto",
                  lambda_beta_prior=(1.0, 1.0), cg_tol=1e-6, cg_maxiter=200,
                  row_parts="auto", row_priors=None, low_width="auto",
-                 redraw_negatives=False, row_mh=False):
+                 redraw_negatives=False, row_mh=False, row_block=None):
         spec = fitted_spec(train, spec)
         lik = spec.likelihood
         check_bool("redraw_negatives", redraw_negatives)
         check_bool("row_mh", row_mh)
+        row_block = check_row_block(row_block)
+        if row_block:
+            if low_width == "auto":
+                low_width = 0  # each block's conditional needs the row's own Gram
+            elif low_width != 0:
+                raise SpecError("row_block needs low_width=0 (rows of few observations "
+                                f"drawn through the Woodbury identity), got {low_width!r}")
         if row_mh and not lik.augmented:
             raise SpecError("row_mh (the IWLS Metropolis-Hastings row step) applies to the "
                             "augmented likelihoods (bernoulli-logit, bernoulli-probit, "
@@ -480,6 +496,8 @@ class BPMFGibbs:
             feats or None, rp or None)
         if row_mh:
             self.cfg = self.cfg._replace(row_mh=True)
+        if row_block:
+            self.cfg = self.cfg._replace(row_block=row_block)
         if redraw_negatives:
             rd, steps = redraw_layout(u, i, y_data)
             self.cfg = self.cfg._replace(redraw_steps=steps)

@@ -15,7 +15,8 @@ import jax.scipy.sparse.linalg  # noqa: F401 (macau_beta_draw, solver="cg")
 from jax import lax
 
 from bayesmf.infer._features import feature_matmul, feature_tmatmul
-from bayesmf.infer._rowblocks import gaussian_from_precision, row_precisions, solve_rows
+from bayesmf.infer._rowblocks import (gaussian_from_precision, row_precisions, solve_rows,
+                                      solve_rows_subspace)
 from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
 from bayesmf.model.reduce import count, reduce, total
 from bayesmf.model.random import standard_gamma
@@ -56,7 +57,7 @@ def bias_precision_draw(key, b, a0, b0):
 
 
 def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-              offset=None, row_prior=None, fit_stats=False):
+              offset=None, row_prior=None, fit_stats=False, current=None, row_block=0):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
@@ -86,13 +87,27 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     residual sums of the new rows, :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})^2` and
     (with the bias column) :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})`, from the Grams
     of the draw (:func:`~bayesmf.infer._rowblocks.solve_rows`), not from per-observation
-    predictions. ``res_w`` is None without the bias column."""
+    predictions. ``res_w`` is None without the bias column.
+
+    ``row_block > 0`` (with ``current = (b, F)``, the side's current rows) draws each row
+    by subspace Gibbs, blocks of at most ``row_block`` of its coordinates one after
+    another given the others (:func:`~bayesmf.infer._rowblocks.solve_rows_subspace`)
+    instead of all at once (a row of at most ``row_block`` coordinates is drawn at once)."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     X = _design(k, with_bias, other_F, dt)
     P0, h0 = row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset, row_prior)
+    if row_block and row_block < X.shape[1]:
+        b0, F0 = current
+        Z0 = jnp.concatenate(([b0[:, None]] if with_bias else []) + ([F0] if k else []), 1)
+
+        def solve(blocks, X, y, tau, P0, h0, key, **kw):
+            return solve_rows_subspace(blocks, X, y, tau, P0, h0, Z0, key, size=row_block,
+                                       **kw)
+    else:
+        solve = solve_rows
     if background is None and fit_stats:
-        Z, (q, g) = solve_rows(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
+        Z, (q, g) = solve(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
         q, g = reduce((q, g))
         w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
         stats = (total(w * y * y, long=True) + q,
@@ -102,10 +117,10 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     if fit_stats:
         raise ValueError("rows_draw: fit_stats=True takes no background")
     if background is None:
-        Z = solve_rows(blocks, X, y, tau, P0, h0, key=key)
+        Z = solve(blocks, X, y, tau, P0, h0, key=key)
     else:
         wb, h0, dense, rhs = background_terms(background, X, y, tau, h0)
-        Z = solve_rows(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs)
+        Z = solve(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs)
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
     return b, Z[:, int(with_bias):]
 

@@ -355,19 +355,22 @@ class GibbsBatch:
     __name__ = "gibbs"
 
     def __init__(self, num_samples: int = 100, num_warmup: int = 50, thin: int = 1,
-                 low_width="auto", row_mh: bool = False):
+                 low_width="auto", row_mh: bool = False, row_block=None):
         self.num_samples, self.num_warmup, self.thin = num_samples, num_warmup, thin
         #: the kernel's ``low_width`` (rows drawn through the Woodbury identity)
         self.low_width = low_width
         #: the kernel's ``row_mh`` (the IWLS Metropolis-Hastings row step)
         self.row_mh = row_mh
+        #: the kernel's ``row_block`` (subspace Gibbs row draws)
+        self.row_block = row_block
 
     def __call__(self, datasets, spec, seeds) -> list:
         import jax
 
         from bayesmf.infer.gibbs import BPMFGibbs
 
-        kern = BPMFGibbs(datasets[0], spec, low_width=self.low_width, row_mh=self.row_mh)
+        kern = BPMFGibbs(datasets[0], spec, low_width=self.low_width, row_mh=self.row_mh,
+                         row_block=self.row_block)
         args = gibbs_batch_args(kern, datasets, seeds)
         keep_names = ("mu", "bu", "bi", "U", "V") + tuple(kern.cfg.spec.likelihood.theta_names)
         chains = gibbs_batch_chains(kern, spec, keep_names, self.num_warmup,
