@@ -655,6 +655,11 @@ def cmd_fit(a) -> int:
                 flag = "--" + k.replace("_", "-")
                 raise DataError(f"--resume continues the run with its saved settings "
                                 f"({flag} {saved[k]!r}); drop {flag} {getattr(a, k)!r}")
+        for k in sorted(given & output - {"progress"}):
+            if saved.get(k) != getattr(a, k):   # said, so that a changed model file is no
+                flag = "--" + k.replace("_", "-")   # surprise
+                print(f"bayesmf fit: {flag} {getattr(a, k)} applies to the resumed run's "
+                      f"model file (the first run had {saved.get(k)})", file=sys.stderr)
         for k, v in saved.items():
             if k not in given & output:
                 setattr(a, k, v)

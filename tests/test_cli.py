@@ -586,8 +586,11 @@ def test_option_for_a_model_setting_and_resume_with_other_paths_are_refused(smal
         assert rc == 2 and f"drop {flag}" in err and err.count("\n") == 1, (extra, err)
     # output settings apply to the resumed run's model file; the same value is no clash
     assert main(["fit", "--resume", str(ck), "--save-draws", "2", "--rank", "2"]) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err
     assert load(tmp_path / "g.nc").posterior_.n_draws == 2
+    # and the override is said (it was silent)
+    assert "--save-draws 2 applies to the resumed run's model file (the first run had auto)" \
+        in err, err
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(small_csv, tmp_path,
