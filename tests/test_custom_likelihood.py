@@ -96,3 +96,21 @@ def test_sbc_simulates_from_the_family():
     y = simulate_observations(rng, spec, t, np.zeros(n, int), np.zeros(n, int))
     # a t_2.5 has heavy tails (the Gaussian simulator gave excess kurtosis 0)
     assert np.mean(np.abs(y) > 4.0) > 10 * 2 * (1 - 0.99997)
+
+
+def test_conformance_planted_data_come_from_the_family_itself():
+    """``bayesmf.testing.conformance.planted`` simulates a family of one's own through its
+    own ``prior_simulate`` (it gave every unknown family the Gaussian stars ``3 + 0.5 z``):
+    Student-t data sit around ``eta`` (mean near 0, not 3) with heavy tails."""
+    from bayesmf.testing.conformance import planted
+
+    tr = planted(StudentT(nu=3.0), n_users=60, n_items=50, seed=1)
+    g = planted("gaussian", n_users=60, n_items=50, seed=1)
+    y, yg = np.asarray(tr.rating), np.asarray(g.rating)
+    assert abs(np.mean(y)) < 1.0 and abs(np.mean(yg) - 3.0) < 0.5
+    # excess kurtosis: t_3 noise is heavy-tailed, the Gaussian branch's is not
+    def kurt(x):
+        x = x - x.mean()
+        return np.mean(x ** 4) / np.mean(x ** 2) ** 2 - 3.0
+    assert kurt(y) > 5.0 > kurt(yg)
+    assert tr.nnz == g.nnz  # the same observed pattern

@@ -53,7 +53,7 @@ import numpy as np
 
 from bayesmf.data.ratings import Ratings
 from bayesmf.infer import get_method
-from bayesmf.model.spec import ModelSpec
+from bayesmf.model.spec import BayesPriors, ModelSpec
 
 __all__ = ["FAST", "COUNT_LIKELIHOODS", "planted", "fit_fast", "full_matrix_targets",
            "ConformanceTests"]
@@ -76,12 +76,15 @@ FAST = {
 COUNT_LIKELIHOODS = ("implicit", "poisson")
 
 
-def planted(likelihood: str, n_users: int = 40, n_items: int = 30, rank: int = 2,
+def planted(likelihood, n_users: int = 40, n_items: int = 30, rank: int = 2,
             density: float = 0.6, seed: int = 0) -> Ratings:
-    r"""Planted data for a likelihood: a rank-``rank`` latent ``z = b_i + U_u.V_i + N(0,1)``
-    observed as stars 1-5 (``"ordinal"``, cut at -1.5, -0.5, 0.5, 1.5), as ``z > 0``
-    (Bernoulli) or as ``3 + 0.5 z`` (Gaussian); string user ids, integer item ids; every
-    user and item observed at least once.
+    r"""Planted data for a likelihood (a name or a :class:`~bayesmf.model.likelihoods.
+    base.Likelihood`): a rank-``rank`` latent ``z = b_i + U_u.V_i + N(0,1)`` observed as
+    stars 1-5 (``"ordinal"``, cut at -1.5, -0.5, 0.5, 1.5), as ``z > 0`` (Bernoulli) or as
+    ``3 + 0.5 z`` (Gaussian); any other family (one of your own) observes ``eta = b_i +
+    U_u.V_i`` through its own ``prior_simulate`` with its parameters drawn by
+    ``theta_prior_draw`` (default priors at unit scale). String user ids, integer item ids; every user
+    and item observed at least once.
 
     For the full-matrix count families (``"implicit"``, ``"poisson"``:
     :data:`COUNT_LIKELIHOODS`) the data are HPF counts over the whole matrix,
@@ -91,8 +94,12 @@ def planted(likelihood: str, n_users: int = 40, n_items: int = 30, rank: int = 2
     a fraction ``density`` of non-zeros; the Gamma factors make it sparser). Only the
     pairs with :math:`y_{ui} > 0` are listed; one extra count on a random pair per user
     and per item keeps everyone observed."""
+    from bayesmf.model.likelihoods import get_likelihood
+
+    lik = get_likelihood(likelihood)
+    name = lik.name
     rng = np.random.default_rng(seed)
-    if likelihood in COUNT_LIKELIHOODS:
+    if name in COUNT_LIKELIHOODS:
         th = rng.gamma(0.5, 1.0, (n_users, rank))
         be = rng.gamma(0.5, 1.0, (n_items, rank))
         R = th @ be.T
@@ -110,13 +117,18 @@ def planted(likelihood: str, n_users: int = 40, n_items: int = 30, rank: int = 2
     mask[np.arange(n_users), rng.integers(0, n_items, n_users)] = True
     mask[rng.integers(0, n_users, n_items), np.arange(n_items)] = True
     u, i = np.nonzero(mask)
-    z = bi[i] + np.sum(U[u] * V[i], 1) + rng.normal(size=len(u))
-    if likelihood == "ordinal":
+    eta = bi[i] + np.sum(U[u] * V[i], 1)
+    z = eta + rng.normal(size=len(u))
+    if name == "ordinal":
         y = np.searchsorted([-1.5, -0.5, 0.5, 1.5], z) + 1.0
-    elif likelihood.startswith("bernoulli"):
+    elif name.startswith("bernoulli"):
         y = (z > 0).astype(float)
-    else:
+    elif name == "gaussian":
         y = 3.0 + 0.5 * z
+    else:  # a family of one's own: its own observation model
+        spec = ModelSpec(rank=rank, likelihood=lik, priors=BayesPriors().resolved(1.0))
+        theta = lik.theta_prior_draw(rng, spec)
+        y = np.asarray(lik.prior_simulate(rng, eta, theta), float)
     users = np.array([f"user-{j:03d}" for j in range(n_users)], dtype=object)
     return Ratings.from_arrays(users[u], 1000 + 7 * i, y)
 
