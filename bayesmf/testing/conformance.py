@@ -83,8 +83,8 @@ def planted(likelihood, n_users: int = 40, n_items: int = 30, rank: int = 2,
     stars 1-5 (``"ordinal"``, cut at -1.5, -0.5, 0.5, 1.5), as ``z > 0`` (Bernoulli) or as
     ``3 + 0.5 z`` (Gaussian); any other family (one of your own) observes ``eta = b_i +
     U_u.V_i`` through its own ``prior_simulate`` with its parameters drawn by
-    ``theta_prior_draw`` (default priors at unit scale). String user ids, integer item ids; every user
-    and item observed at least once.
+    ``theta_prior_draw`` (default priors at unit scale). String user ids, integer item
+    ids; every user and item observed at least once.
 
     For the full-matrix count families (``"implicit"``, ``"poisson"``:
     :data:`COUNT_LIKELIHOODS`) the data are HPF counts over the whole matrix,
