@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(threads: int, split_name: str, repeats: int, iters: int) -> dict:
+def child(threads: int, split_name: str, repeats: int, iters: int, row_block=None) -> dict:
     sys.path.insert(0, "/work/shared/bench")
     import implicit_peers as ip  # noqa: F401  (pins BLAS to 1 thread; re-set below)
     import numpy as np
@@ -75,6 +75,17 @@ def child(threads: int, split_name: str, repeats: int, iters: int) -> dict:
                                num_warmup=0, seed=r, store_draws=False).fit(tr).posterior
         t_g.append(post.attrs["seconds_per_sweep"])
     out["gibbs_s_per_sweep"] = float(np.median(t_g))
+    if row_block:  # subspace row draws (fit_gibbs row_block), same data, same process
+        t_b = []
+        for r in range(repeats):
+            post = bayesmf.BayesMF(method="gibbs", rank=64, likelihood=lik, num_samples=iters,
+                                   num_warmup=0, seed=r, store_draws=False,
+                                   row_block=row_block).fit(tr).posterior
+            t_b.append(post.attrs["seconds_per_sweep"])
+        out["row_block"] = row_block
+        out["gibbs_row_block_s_per_sweep"] = float(np.median(t_b))
+        out["ratio_row_block_vs_implicit"] = (out["gibbs_row_block_s_per_sweep"]
+                                              / out["implicit_als_s_per_iter"])
     out["ratio_gibbs_vs_implicit"] = out["gibbs_s_per_sweep"] / out["implicit_als_s_per_iter"]
     out["load_end"] = os.getloadavg()
     return out
@@ -87,10 +98,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--row-block", type=int, default=None,
+                    help="also time the Gibbs sweep with subspace row draws of this width")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "implicit_speed.md")
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(child(int(a.threads), a.splits, a.repeats, a.iterations)))
+        print(json.dumps(child(int(a.threads), a.splits, a.repeats, a.iterations,
+                               a.row_block)))
         return 0
     rows = []
     for split in a.splits.split(","):
@@ -103,7 +117,8 @@ def main(argv=None) -> int:
                                     "=false intra_op_parallelism_threads=1").strip()
             res = subprocess.run([sys.executable, __file__, "--child", "--splits", split,
                                   "--threads", str(t), "--repeats", str(a.repeats),
-                                  "--iterations", str(a.iterations)],
+                                  "--iterations", str(a.iterations),
+                                  *(["--row-block", str(a.row_block)] if a.row_block else [])],
                                  capture_output=True, text=True, env=env, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
@@ -122,6 +137,15 @@ def main(argv=None) -> int:
                      f"**{r['ratio_gibbs_vs_implicit']:.2f}x** | "
                      f"{r['bayesmf_implicit_als_cg_s_per_iter']:.3f} | "
                      f"{r['load_start'][0]:.1f} -> {r['load_end'][0]:.1f} |")
+    if a.row_block:
+        lines += ["", f"With `row_block={a.row_block}` (subspace row draws, "
+                  "`results/row_block.md`), same processes:", "",
+                  "| split | threads | implicit ALS s/iter | Gibbs row_block s/sweep | ratio |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['split']} | {r['threads']} | {r['implicit_als_s_per_iter']:.3f} | "
+                  f"{r['gibbs_row_block_s_per_sweep']:.3f} | "
+                  f"**{r['ratio_row_block_vs_implicit']:.2f}x** |" for r in rows]
+        lines.append("")
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
