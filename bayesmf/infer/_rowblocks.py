@@ -975,10 +975,11 @@ def _subspace_part(b: RowBlocks, X, y, tau, P0, h0, Z, eps, size, dense_gram, rh
     # q = sum_j w_j pred_j^2 - 2 sum_j w_j y_j pred_j, g = sum_j w_j pred_j x_j0
     # (solve_rows' data-fit statistics, here from the final predictions)
     q = g = jnp.zeros((), dt)
+    x0 = Xp[:, 0]                    # only the first design column: no (S, W, d) gather
     for j, (r, c, _) in enumerate(buckets):
         wp = pred[j] if ws[j] is None else ws[j] * pred[j]
         q = q + jnp.sum(wp * pred[j]) - 2.0 * jnp.sum(ys[j] * pred[j])
-        g = g + jnp.sum(wp * Xp[c][..., 0])
+        g = g + jnp.sum(wp * x0[c])
     if t is not None:
         q, g = t * q, t * g
     return Z, (q, g)
