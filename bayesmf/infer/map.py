@@ -131,6 +131,41 @@ cold-start ids at :math:`\mu_U + \beta_U^\top x` with the prior's extra variance
 :class:`~bayesmf.errors.SpecError`; so are features with ``rank=0`` and with a likelihood
 whose MAP is its own fitter (implicit ALS).
 
+Other likelihoods: the GLM MAP
+------------------------------
+A family without Gaussian noise (``gaussian_noise=False``: Bernoulli, ordinal, a family of
+one's own such as a Student-t) and without a MAP fitter of its own is fitted by L-BFGS
+(default) or Adam on the deviance of its :meth:`~bayesmf.model.likelihoods.base.Likelihood.log_prob`
+plus the same ridge (the factor prior at :math:`\tau = 1`) and its parameters' priors,
+
+.. math::
+
+    J(\eta, \theta) = -2\sum_{(u,i)\in\Omega}\log p(y_{ui}\mid\eta_{ui}, \theta)
+      + \text{ridge} - 2\log p(\theta),
+
+jointly over the active parameters and :math:`\theta` (``solver="als"`` is an error).
+The ordinal cut-points enter through their unconstrained gaps ``cut_u`` with the prior
+of :mod:`bayesmf.model.likelihoods.ordinal`. Every other parameter in ``theta_names`` is
+taken from the family's ``numpyro_theta(spec)`` (the prior that NUTS and SVI use): a
+``numpyro.sample`` site of its name is learned through an unconstrained copy
+:math:`u = T^{-1}(\theta)`, :math:`T` = ``biject_to(site.support)`` (``exp`` for a
+positive parameter), started at ``init_theta``, with
+
+.. math::
+
+    -2\log p(\theta) = -2\sum_{\text{sites } s}\log p_s\bigl(T_s(u_s)\bigr),
+
+the site's log density in the constrained parameter *without* the Jacobian
+:math:`\log|T'(u)|`: :math:`u` only parametrises the search, the optimum is the
+posterior mode in :math:`\theta` (for a precision :math:`\tau\sim\mathrm{Gamma}(a, b)`
+the penalty :math:`-2(a-1)\log\tau + 2b\tau`, as for the Gaussian noise above). A
+parameter that ``numpyro_theta`` returns as a fixed value or a ``numpyro.deterministic``
+site keeps that value (a deterministic one follows the learned sites). The fitted values
+are the Posterior's draws of those names, so its predictions use them. A parameter that
+``numpyro_theta`` does not declare, or a sample site there that ``theta_names`` does not
+list, is a :class:`~bayesmf.errors.SpecError` (declare it, or fit with ``method="gibbs"``
+or ``"svi"``).
+
 Defaults: ALS ``max_iter=50, tol=1e-3`` (about 10 sweeps on MovieLens-100K; like
 Spark's ``maxIter=10`` this stops well before machine precision, where held-out error no
 longer changes -- pass a smaller ``tol`` for the exact minimiser); L-BFGS
@@ -301,6 +336,9 @@ class _Layout(NamedTuple):
     beta0: float = 0.0
     cg_tol: float = 1e-6
     cg_maxiter: int = 200
+    #: a family's own likelihood parameters besides the ordinal cut-points
+    #: (:class:`_ThetaSites`, GLM MAP; None: none)
+    theta: Any = None
 
 
 class _Obs(NamedTuple):
@@ -669,10 +707,15 @@ def _grad_init(x: dict, lr, *, solver: str):
 
 def _theta_of(x: dict, lay: _Layout) -> dict:
     """Likelihood parameters from the active-parameter dict (ordinal: cutpoints from the
-    unconstrained ``cut_u``)."""
+    unconstrained ``cut_u``; a family's own parameters from their unconstrained copies,
+    :func:`_site_theta`)."""
     if lay.lik is None or "cut_u" not in x:
-        return {"cutpoints": jnp.zeros((1,), _DTYPE)} if lay.lik is not None else {}
-    return {"cutpoints": lay.lik.cut_from_u(x["cut_u"], lay.lik.K, lay.fix_first)}
+        th = {"cutpoints": jnp.zeros((1,), _DTYPE)} if lay.lik is not None else {}
+    else:
+        th = {"cutpoints": lay.lik.cut_from_u(x["cut_u"], lay.lik.K, lay.fix_first)}
+    if lay.theta is not None:
+        th = {**th, **_site_theta(x, lay)[0]}
+    return th
 
 
 def _mac_of(z: dict, lay: _Layout) -> dict:
@@ -684,6 +727,8 @@ def _x_objective(z: dict, obs: _Obs, reg_f, reg_b, link=None, *, lay: _Layout):
                         lay.lik, _theta_of(z, lay))
     if "cut_u" in z:  # the cutpoints' prior (module docs of the ordinal likelihood)
         J = J - 2.0 * lay.lik.log_prior_u(z["cut_u"], lay.fix_first)
+    if lay.theta is not None:  # a family's own parameters: their numpyro_theta priors
+        J = J - 2.0 * _site_theta(z, lay)[1]
     return J
 
 
@@ -921,13 +966,7 @@ def fit_map(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool = 
         return own(train, spec, seed=seed, progress=progress, **options)
     feature_args = (user_features, item_features)
     lik = spec.likelihood
-    if not lik.gaussian_noise:  # the deviance of the family's log_prob
-        other = [n for n in lik.theta_names if n != "cutpoints"]
-        if other:
-            raise SpecError(f"the MAP fit learns a likelihood's cut-points only; likelihood "
-                            f"{lik.name!r} has the parameters {other}: fit it with "
-                            f"method='gibbs', 'nuts' or 'svi', or give it a MAP fitter of "
-                            f"its own (its fitters['map'])")
+    if not lik.gaussian_noise:  # the deviance of the family's log_prob (module docs)
         return _fit_map_glm(train, spec, seed, progress, options, t_start, feature_args)
     opts = _check(check_options("map", options, DEFAULTS))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -1079,13 +1118,139 @@ def _macau_attrs(macau: tuple, opts: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- GLM MAP
+class _ThetaSites(NamedTuple):
+    """Static (hashable) description of a family's own likelihood parameters (all of
+    ``theta_names`` but the ordinal ``cutpoints``): the fitted spec that its
+    ``numpyro_theta`` is called with, their names, and those of them that are learned
+    (``numpyro.sample`` sites of ``numpyro_theta``; the others are fixed values or
+    ``numpyro.deterministic`` sites of it)."""
+
+    spec: Any
+    names: tuple
+    learned: tuple
+
+
+#: key prefix of the unconstrained copy of a learned likelihood parameter in ``x``
+_THETA_U = "theta_u:"
+
+
+def _biject_to(support):
+    """numpyro's ``biject_to(support)``. The numpyro package is imported before its
+    submodule: ``import arviz`` registers numpyro as a lazy module, and importing
+    ``numpyro.distributions.transforms`` first would leave ``numpyro.distributions``
+    without its ``distribution`` attribute (``numpyro.factor`` then fails in SVI)."""
+    import numpyro  # noqa: F401
+    from numpyro.distributions.transforms import biject_to
+
+    return biject_to(support)
+
+
+def _run_numpyro_theta(lik, spec, sub=None):
+    """``(trace, returned dict)`` of ``lik.numpyro_theta(spec)``, seeded (key 0), with
+    the sample sites' values set by ``sub(site)`` where it returns a value."""
+    from numpyro import handlers
+
+    with handlers.trace() as tr, handlers.substitute(substitute_fn=sub or (lambda m: None)), \
+            handlers.seed(rng_seed=0):
+        ret = lik.numpyro_theta(spec)
+    return tr, dict(ret or {})
+
+
+def _site_value(n: str, tr, ret):
+    """A likelihood parameter's value: its site (sample or deterministic) in the trace of
+    ``numpyro_theta``, else the value it returns under that name."""
+    return tr[n]["value"] if n in tr else ret[n]
+
+
+def _site_theta(z: dict, lay: _Layout):
+    r"""``(theta, log_prior)`` of a family's own likelihood parameters at the unconstrained
+    copies ``z["theta_u:<name>"]``: ``numpyro_theta(spec)`` run with each learned sample
+    site set to :math:`\theta = T(u)`, :math:`T` = ``biject_to(site.support)`` (evaluated
+    in site order, so a prior or support that depends on an earlier parameter sees its
+    current value); ``log_prior`` is :math:`\sum\log p(\theta)` of those sites in the
+    constrained parameter, without the Jacobian of :math:`T` (module docs)."""
+    ts = lay.theta
+
+    def sub(site):
+        key = _THETA_U + str(site.get("name"))
+        if site["type"] == "sample" and key in z:
+            return _biject_to(site["fn"].support)(z[key])
+        return None
+
+    tr, ret = _run_numpyro_theta(lay.lik, ts.spec, sub)
+    theta = {n: jnp.asarray(_site_value(n, tr, ret), _DTYPE) for n in ts.names}
+    lp = jnp.zeros((), _DTYPE)
+    for n in ts.learned:
+        site = tr[n]
+        term = site["fn"].log_prob(site["value"])
+        if site.get("scale") is not None:
+            term = term * site["scale"]
+        lp = lp + jnp.sum(term)
+    return theta, lp
+
+
+def _theta_setup(lik, spec: ModelSpec, theta0: dict):
+    """``(_ThetaSites or None, {"theta_u:<name>": u0})`` for the likelihood parameters of
+    ``lik`` other than the ordinal cut-points, from one seeded trace of its
+    ``numpyro_theta(spec)``; :class:`~bayesmf.errors.SpecError` for a parameter that it
+    does not declare, or for a sample site that is no parameter. The learned ones start
+    at ``init_theta`` (else at the trace's prior draw), mapped to the unconstrained
+    space by the inverse of ``biject_to(support)``."""
+    names = tuple(n for n in lik.theta_names if n != "cutpoints")
+    if not names:
+        return None, {}
+    how = ("the MAP fit learns a likelihood's parameters as the numpyro.sample sites of "
+           "its numpyro_theta(spec) (under their theta_names, with their priors)")
+    try:
+        tr, ret = _run_numpyro_theta(lik, spec)
+    except Exception as e:  # noqa: BLE001 -- any failure of the family's own code
+        raise SpecError(f"{how}; likelihood {lik.name!r}: numpyro_theta(spec) failed "
+                        f"({type(e).__name__}: {e}); fix it, or fit with method='gibbs' "
+                        f"or 'svi'") from e
+    latent = [k for k, m in tr.items() if m["type"] == "sample" and not m["is_observed"]]
+    missing = [n for n in names if n not in tr and n not in ret]
+    if missing:
+        raise SpecError(
+            f"{how}; likelihood {lik.name!r} has the parameter(s) {missing} but its "
+            f"numpyro_theta(spec) declares no sample site of that name: declare each in "
+            f"numpyro_theta, e.g. numpyro.sample({missing[0]!r}, <prior>), or fit with "
+            f"method='gibbs' or 'svi'")
+    extra = [k for k in latent if k not in names
+             and not (k == "cut_u" and "cutpoints" in lik.theta_names)]
+    if extra:
+        raise SpecError(
+            f"{how}; likelihood {lik.name!r}: numpyro_theta(spec) has the sample site(s) "
+            f"{extra}, which are not among its theta_names {list(lik.theta_names)}: name "
+            f"every sampled parameter in theta_names (a transformed one as a "
+            f"numpyro.deterministic site of a listed parameter), or fit with "
+            f"method='gibbs' or 'svi'")
+    learned = tuple(n for n in names if n in latent)
+    u0 = {}
+    for n in learned:
+        site = tr[n]
+        shape = np.shape(site["value"])
+        start = theta0[n] if n in theta0 else site["value"]
+        c = jnp.broadcast_to(jnp.asarray(np.asarray(start, np.float32), _DTYPE), shape)
+        u = jnp.asarray(_biject_to(site["fn"].support).inv(c), _DTYPE)
+        if not bool(jnp.all(jnp.isfinite(u))):
+            raise SpecError(f"likelihood {lik.name!r}: the start of its parameter {n!r} "
+                            f"(init_theta: {np.asarray(start).tolist()}) is outside the "
+                            f"support of its prior {site['fn']!r}")
+        u0[_THETA_U + n] = u
+    return _ThetaSites(spec, names, learned), u0
+
+
 def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_start,
                  feature_args=(None, None)):
-    r"""MAP for a non-Gaussian likelihood (Bernoulli, ordinal): L-BFGS (or Adam) on
-    :math:`-2\sum\log p(y\mid\eta,\theta) + \text{ridge} - 2\log p(\theta)` over the
-    active parameters and, for the ordinal family, the unconstrained cutpoints. The
-    least-squares ALS solver does not apply (``solver="als"`` is an error; the default
-    becomes ``"lbfgs"``)."""
+    r"""MAP for a non-Gaussian likelihood (Bernoulli, ordinal, a family of one's own):
+    L-BFGS (or Adam) on :math:`-2\sum\log p(y\mid\eta,\theta) + \text{ridge} -
+    2\log p(\theta)` over the active parameters, for the ordinal family the
+    unconstrained cutpoints, and for a family's other parameters their unconstrained
+    copies :math:`u = T^{-1}(\theta)` (:math:`T` = ``biject_to`` of the support of their
+    ``numpyro_theta`` sample site; :math:`\log p(\theta)` is that site's prior at
+    :math:`\theta = T(u)`, without the Jacobian of :math:`T`: the mode in
+    :math:`\theta`; module docs). The least-squares ALS solver does not apply
+    (``solver="als"`` is an error; the default becomes ``"lbfgs"``)."""
     lik = spec.likelihood
     if options.get("solver", "lbfgs") == "als":
         raise SpecError(f"solver='als' is the least-squares solver of the Gaussian "
@@ -1098,11 +1263,14 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     solver = opts["solver"]
     y_raw = np.asarray(train.rating, np.float64)
+    theta0 = lik.init_theta(y_raw, spec)
+    theta_sites, theta_u0 = _theta_setup(lik, spec, theta0)
     aligned, feats, macau = _feature_setup(train, spec, *feature_args, opts, False)
     lay = _Layout(spec.global_mean, spec.user_bias, spec.item_bias, spec.rank,
                   train.n_users, train.n_items, lik, bool(spec.global_mean), macau=macau,
                   beta0=float(spec.priors.beta0) if macau else 0.0,
-                  cg_tol=float(opts["cg_tol"]), cg_maxiter=int(opts["cg_maxiter"]))
+                  cg_tol=float(opts["cg_tol"]), cg_maxiter=int(opts["cg_maxiter"]),
+                  theta=theta_sites)
     user, item, y = train.user, train.item, lik.encode(y_raw)
     val = None
     if opts["validation_fraction"] > 0:
@@ -1117,8 +1285,7 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
     link = _Link(feats["U"], feats["V"], jnp.asarray(opts["reg_beta"], _DTYPE)) \
         if macau else None
     p = _init_params(int(seed), lay, lik.eta_offset(y_raw), spec.init_scale)
-    x = {**_active(p, lay), **_init_mac(lay)}
-    theta0 = lik.init_theta(y_raw, spec)
+    x = {**_active(p, lay), **_init_mac(lay), **theta_u0}
     if "cutpoints" in theta0 and lik.n_free(lik.K, lay.fix_first) > 0:
         x["cut_u"] = jnp.asarray(lik.u_from_cut(np.asarray(theta0["cutpoints"], np.float64),
                                                 lay.fix_first), _DTYPE)
@@ -1150,7 +1317,8 @@ def _fit_map_glm(train: Ratings, spec: ModelSpec, seed, progress, options, t_sta
              for n in ("mu", "bu", "bi", "U", "V")}
     for n, v in _theta_of(x, lay).items():
         if n in lik.theta_names:
-            draws[n] = np.asarray(v if "cut_u" in x else theta0[n], np.float32)[None, None]
+            fitted = "cut_u" in x or (theta_sites is not None and n in theta_sites.names)
+            draws[n] = np.asarray(v if fitted else theta0[n], np.float32)[None, None]
     for n, v in _macau_draws(_mac_of(x, lay), lay, 1.0, float(spec.reg_factors),
                              float(spec.reg_bias), float(opts["reg_beta"])).items():
         draws[n] = np.asarray(v)[None, None]
