@@ -32,7 +32,61 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(threads: int, split_name: str, repeats: int, iters: int, row_block=None) -> dict:
+def tr_of(X):
+    """The training pairs of a scipy sparse matrix as bayesmf ``Ratings``."""
+    import numpy as np
+
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.data.vocab import Vocabulary
+    coo = X.tocoo()
+    return Ratings.from_indices(coo.row, coo.col, coo.data.astype(float),
+                                Vocabulary(np.arange(X.shape[0])),
+                                Vocabulary(np.arange(X.shape[1])))
+
+
+def _interleaved(C, tr, lik, threads, rounds, iters, row_block) -> dict:
+    """``rounds`` rounds, each timing ``iters`` implicit ALS iterations and, right after,
+    ``iters`` Gibbs sweeps (exact, and with ``row_block`` when given) in this process:
+    the ratio of each round compares the two under the same machine load, so the VM's
+    drift between rounds (implicit's iteration has ranged 0.16-0.34 s here) cancels.
+    The first Gibbs fit of each kind is a warm-up (compile) and is not counted."""
+    import implicit
+    import numpy as np
+
+    import bayesmf
+
+    kinds = [("exact", None)] + ([(f"row_block {row_block}", row_block)] if row_block else [])
+
+    def gibbs(rb, seed):
+        post = bayesmf.BayesMF(method="gibbs", rank=64, likelihood=lik, num_samples=iters,
+                               num_warmup=0, seed=seed, store_draws=False,
+                               **({"row_block": rb} if rb else {})).fit(tr).posterior
+        return post.attrs["seconds_per_sweep"]
+
+    for _, rb in kinds:
+        gibbs(rb, 99)                                   # compile, not counted
+    rec = {"implicit": [], **{k: [] for k, _ in kinds}}
+    for r in range(rounds):
+        m = implicit.cpu.als.AlternatingLeastSquares(
+            factors=64, regularization=1.0, iterations=iters, num_threads=threads,
+            calculate_training_loss=False, random_state=r)
+        t0 = time.perf_counter()
+        m.fit(C, show_progress=False)
+        rec["implicit"].append((time.perf_counter() - t0) / iters)
+        for k, rb in kinds:
+            rec[k].append(gibbs(rb, r))
+    imp = np.asarray(rec["implicit"])
+    out = {"rounds": rounds, "per_round": rec, "implicit_als_s_per_iter": float(np.median(imp))}
+    for k, _ in kinds:
+        ratio = np.asarray(rec[k]) / imp
+        out[k] = {"s_per_sweep": float(np.median(rec[k])), "ratio_median": float(np.median(ratio)),
+                  "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max())}
+    out["load_end"] = os.getloadavg()
+    return out
+
+
+def child(threads: int, split_name: str, repeats: int, iters: int, row_block=None,
+          interleave=False) -> dict:
     sys.path.insert(0, "/work/shared/bench")
     import implicit_peers as ip  # noqa: F401  (pins BLAS to 1 thread; re-set below)
     import numpy as np
@@ -42,8 +96,6 @@ def child(threads: int, split_name: str, repeats: int, iters: int, row_block=Non
     import implicit
 
     import bayesmf
-    from bayesmf.data.ratings import Ratings
-    from bayesmf.data.vocab import Vocabulary
     from bayesmf.infer.implicit_als import implicit_als
     from bayesmf.model.likelihoods import ImplicitGaussian
 
@@ -53,6 +105,9 @@ def child(threads: int, split_name: str, repeats: int, iters: int, row_block=Non
     C = ip.reweight(X, kind, alpha).tocsr()
     out = {"split": split_name, "threads": threads, "nnz": int(X.nnz), "shape": X.shape,
            "load_start": os.getloadavg()}
+    if interleave:
+        return out | _interleaved(C, tr_of(X), ImplicitGaussian(alpha=alpha, transform=kind),
+                                  threads, repeats, iters, row_block)
     t_imp = []
     for r in range(repeats):
         m = implicit.cpu.als.AlternatingLeastSquares(
@@ -64,10 +119,7 @@ def child(threads: int, split_name: str, repeats: int, iters: int, row_block=Non
     out["implicit_als_s_per_iter"] = float(np.median(t_imp))
     _, _, info = implicit_als(C, 64, reg=1.0, iterations=iters, solver="cg", seed=0)
     out["bayesmf_implicit_als_cg_s_per_iter"] = float(np.median(info["seconds"]))
-    coo = X.tocoo()
-    tr = Ratings.from_indices(coo.row, coo.col, coo.data.astype(float),
-                              Vocabulary(np.arange(X.shape[0])),
-                              Vocabulary(np.arange(X.shape[1])))
+    tr = tr_of(X)
     lik = ImplicitGaussian(alpha=alpha, transform=kind)
     t_g = []
     for r in range(repeats):
@@ -100,11 +152,14 @@ def main(argv=None) -> int:
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--row-block", type=int, default=None,
                     help="also time the Gibbs sweep with subspace row draws of this width")
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate implicit's fit and the Gibbs fits in rounds (--repeats "
+                         "of them) in one process, and report the median per-round ratio")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "implicit_speed.md")
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(int(a.threads), a.splits, a.repeats, a.iterations,
-                               a.row_block)))
+                               a.row_block, a.interleave)))
         return 0
     rows = []
     for split in a.splits.split(","):
@@ -118,10 +173,13 @@ def main(argv=None) -> int:
             res = subprocess.run([sys.executable, __file__, "--child", "--splits", split,
                                   "--threads", str(t), "--repeats", str(a.repeats),
                                   "--iterations", str(a.iterations),
-                                  *(["--row-block", str(a.row_block)] if a.row_block else [])],
+                                  *(["--row-block", str(a.row_block)] if a.row_block else []),
+                                  *(["--interleave"] if a.interleave else [])],
                                  capture_output=True, text=True, env=env, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
+    if a.interleave:
+        return _write_interleaved(a, rows)
     lines = ["# Bayesian implicit ALS: seconds per Gibbs sweep vs implicit's ALS per iteration",
              "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} on this project's 2-core "
              "machine; command: `python benchmarks/bench_implicit_speed.py`. Rank 64, "
@@ -147,6 +205,43 @@ def main(argv=None) -> int:
                   f"**{r['ratio_row_block_vs_implicit']:.2f}x** |" for r in rows]
         lines.append("")
     a.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _write_interleaved(a, rows) -> int:
+    cmd = "python benchmarks/bench_implicit_speed.py " + " ".join(sys.argv[1:])
+    lines = ["# Bayesian implicit ALS: seconds per Gibbs sweep vs implicit's ALS per iteration "
+             "(interleaved rounds)", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} on this project's 2-core "
+             f"machine; command: `{cmd}`. Rank 64. Each of {a.repeats} rounds times "
+             f"{a.iterations} implicit ALS iterations (conjugate gradient, its default) and "
+             f"right after {a.iterations} Gibbs sweeps of each kind, in one process; the "
+             "ratio is taken per round, so the machine's drift between rounds cancels. "
+             "Compile excluded (a warm-up fit of each kind first).", "",
+             "| split | threads | rounds | implicit ALS s/iter (median) | Gibbs kind | "
+             "s/sweep (median) | ratio per round: median (min-max) | load start -> end |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for k in [k for k in r if k == "exact" or k.startswith("row_block ")]:
+            v = r[k]
+            lines.append(f"| {r['split']} ({r['nnz']:,} pairs) | {r['threads']} | "
+                         f"{r['rounds']} | {r['implicit_als_s_per_iter']:.3f} | {k} | "
+                         f"{v['s_per_sweep']:.3f} | **{v['ratio_median']:.2f}x** "
+                         f"({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) | "
+                         f"{r['load_start'][0]:.1f} -> {r['load_end'][0]:.1f} |")
+    lines += ["", "Per round (s per implicit iteration; s per sweep of each kind):", ""]
+    for r in rows:
+        pr = r["per_round"]
+        lines.append(f"- {r['split']}, {r['threads']} thread(s): " + "; ".join(
+            f"{k} " + ", ".join(f"{x:.3f}" for x in v) for k, v in pr.items()))
+    lines += ["", "<!-- readings: written by hand -->", ""]
+    keep = ""
+    if a.out.exists():
+        old = a.out.read_text()
+        if "<!-- readings: written by hand -->" in old:
+            keep = old.split("<!-- readings: written by hand -->", 1)[1].lstrip("\n")
+    a.out.write_text("\n".join(lines) + keep)
     print("\n".join(lines))
     return 0
 
