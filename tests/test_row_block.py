@@ -171,9 +171,6 @@ def test_sampler_option_checks_and_records():
             fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=bad)
     with pytest.raises(SpecError, match="low_width=0"):
         fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=3, low_width=4)
-    with pytest.raises(SpecError, match="sharded"):
-        fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=3,
-                  chain_method="sharded")
     post = fit_gibbs(tr, spec, num_samples=20, num_warmup=20, row_block=3, seed=0)
     assert post.attrs["settings"]["row_block"] == 3
     full = fit_gibbs(tr, spec, num_samples=20, num_warmup=20, seed=0)

@@ -275,6 +275,24 @@ def test_one_device_sharded_chain_with_redrawn_negatives_equals_the_unsharded_ch
     assert np.abs(np.asarray(sh.draws["V"]) - np.asarray(fixed.draws["V"])).max() > 1e-2
 
 
+def test_one_device_sharded_chain_with_subspace_row_draws_equals_the_unsharded_chain():
+    """Subspace row draws (``row_block``): the device draws its rows' coordinate blocks
+    from their current values with its slice of the unsharded normals, so on one device
+    the chain is the unsharded subspace chain (rank 4 in blocks of 2, so d = 5 is cut into
+    three blocks, on the implicit likelihood with its dense terms); a sharded sweep that
+    drew whole rows would not match it."""
+    from bayesmf.model.likelihoods import ImplicitGaussian
+
+    tr = _implicit_data()
+    spec = ModelSpec(rank=4, likelihood=ImplicitGaussian(alpha=2.0), noise="learned")
+    sh = G.fit_gibbs(tr, spec, chain_method="sharded", shard_devices=1, row_block=2, **_KW)
+    seq = G.fit_gibbs(tr, spec, chain_method="sequential", row_block=2, **_KW)
+    assert sh.attrs["settings"]["row_block"] == 2
+    for n in ("U", "V", "Lambda_U", "tau"):
+        np.testing.assert_allclose(sh.draws[n], seq.draws[n], rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+
+
 _SCRIPT = """
 import json, sys
 import numpy as np
@@ -332,6 +350,11 @@ sh = G.fit_gibbs(tr, spec, chain_method="sharded", **_KW)
 seq = G.fit_gibbs(tr, spec, chain_method="sequential", low_width=0, **_KW)
 out["implicit"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
     np.abs(sh.draws[n] - seq.draws[n]).max() for n in ("U", "V", "tau")))}}
+tr = _data(5)
+sh = G.fit_gibbs(tr, ModelSpec(rank=4), chain_method="sharded", row_block=2, **_KW)
+seq = G.fit_gibbs(tr, ModelSpec(rank=4), chain_method="sequential", row_block=2, **_KW)
+out["row_block"] = {{"devices": sh.attrs["devices"], "max_draw_diff": float(max(
+    np.abs(sh.draws[n] - seq.draws[n]).max() for n in _NAMES))}}
 tr = _redraw_data()
 spec = ModelSpec(rank=2, likelihood="bernoulli-logit")
 sh = G.fit_gibbs(tr, spec, chain_method="sharded", redraw_negatives=True, **_KW)
@@ -376,6 +399,8 @@ def test_two_device_sharded_chain_equals_the_unsharded_chain(tmp_path):
     assert out["macau"]["devices"] == 2 and out["macau"]["max_draw_diff"] < 1e-4, out
     # a full-matrix likelihood: each device adds the shared dense terms to its own rows
     assert out["implicit"]["devices"] == 2 and out["implicit"]["max_draw_diff"] < 1e-4, out
+    # subspace row draws: each device draws its own rows' blocks
+    assert out["row_block"]["devices"] == 2 and out["row_block"]["max_draw_diff"] < 1e-4, out
 
 
 _MP_SCRIPT = """

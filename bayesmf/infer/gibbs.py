@@ -344,7 +344,8 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     x d`` and ``d / b`` Cholesky factors of ``b x b`` per row, instead of ``nnz x d^2``
     and one of ``d x d``), mixing more slowly per sweep where a row's coordinates are
     correlated (``benchmarks/results/row_block.md``); needs ``low_width=0`` ("auto"
-    becomes 0); not with "sharded";
+    becomes 0); also with "sharded" (each device draws its own rows' blocks from its
+    slice of the unsharded noise, so the chain does not depend on the device count);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 
     Macau (module docs): ``user_features``, ``item_features`` (None) a
@@ -388,9 +389,6 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
         raise SpecError("chain_method must be 'vectorized', 'sequential', 'parallel' or "
                         f"'sharded', got {opts['chain_method']!r}")
     sharded = opts["chain_method"] == "sharded"
-    if sharded and opts["row_block"]:
-        raise SpecError("row_block (subspace row draws) is not supported with "
-                        "chain_method='sharded'; use 'vectorized' or row_block=None")
     if opts["shard_devices"] is not None and not sharded:
         raise SpecError("shard_devices applies to chain_method='sharded', got chain_method="
                         f"{opts['chain_method']!r}")

@@ -99,7 +99,11 @@ with the chain the unsharded one:
   all-gathered;
 * sampled negatives redrawn every sweep (``redraw_negatives=True``,
   ``negatives="uniform:4@sweep"``): every device draws the same re-pairing and remaps the
-  blocks of its own rows (:mod:`bayesmf.infer.negative_redraw`).
+  blocks of its own rows (:mod:`bayesmf.infer.negative_redraw`);
+* subspace row draws (``row_block``, :func:`~bayesmf.infer._rowblocks.subspace_part`):
+  each device draws the coordinate blocks of its own rows, starting from their current
+  values in the replicated state, with its slice of the unsharded ``(rows, d)`` normals,
+  and the new rows are all-gathered.
 
 **Multi-host** (tested with two processes on localhost, ``tests/test_sharded.py``, slow
 mark): start one process per host and, before any other JAX call,
@@ -137,7 +141,7 @@ import numpy as np
 
 from bayesmf.errors import SpecError
 from bayesmf.infer._rowblocks import (RowBlocks, build_row_blocks, remap_blocks,
-                                      solve_part)
+                                      solve_part, subspace_part)
 from bayesmf.infer._rowblocks import partition_rows as _partition_rows
 from bayesmf.infer.negative_redraw import REDRAW_STREAM, redraw_negatives
 
@@ -240,7 +244,7 @@ def sharded_rows_draw(axis: str = AXIS):
     from bayesmf.infer.gibbs_steps import _side_prior, background_terms, offset_shift
 
     def rows_fn(key, k, sb, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-                offset=None, row_prior=None):
+                offset=None, row_prior=None, current=None, row_block=0):
         dt = y.dtype
         n_rows = sb.gather.shape[0]
         cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + (
@@ -257,8 +261,16 @@ def sharded_rows_draw(axis: str = AXIS):
         if background is not None:  # full-matrix likelihood: its dense terms, replicated
             tau, h0, dense, rhs = background_terms(background, X, y, tau, h0)
         # the unsharded noise of all rows, this device's slice (device-count independent)
-        eps = jax.random.normal(key, (n_rows, d, 1), dt)[sb.rows]
-        Z = solve_part(sb.blocks, X, y, tau, P0, h0, eps, dense_gram=dense, rhs=rhs)
+        if row_block and row_block < d:  # subspace row draws from the device's current rows
+            b0, F0 = current
+            Z0 = jnp.concatenate(([b0[:, None]] if with_bias else []) + ([F0] if k else []),
+                                 axis=1)[sb.rows]
+            eps = jax.random.normal(key, (n_rows, d), dt)[sb.rows]
+            Z = subspace_part(sb.blocks, X, y, tau, P0, h0, Z0, eps, row_block, dense, rhs,
+                              False)
+        else:
+            eps = jax.random.normal(key, (n_rows, d, 1), dt)[sb.rows]
+            Z = solve_part(sb.blocks, X, y, tau, P0, h0, eps, dense_gram=dense, rhs=rhs)
         Z = jax.lax.all_gather(Z, axis, tiled=True)[sb.gather]
         b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
         return b, Z[:, int(with_bias):]
