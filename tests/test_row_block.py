@@ -128,6 +128,44 @@ def test_one_block_is_the_exact_draw_and_fit_stats_match(x64):
     np.testing.assert_allclose(float(g3), 0.8 * np.sum(pred * X[cols, 0]), rtol=1e-9)
 
 
+def test_rows_of_few_observations_stay_whole_draws_the_others_go_by_blocks(x64):
+    """A layout with rows of few observations (``low_width=4``): those rows get exactly
+    solve_rows' Woodbury draws (same key), the others the block sequence from their
+    current values (the float64 reference on the high-row layout, with its key), and the
+    residual statistics add up over both kinds of rows."""
+    import jax.random as jr
+
+    rows, cols, X, y, P0, s0, Z0, w = _problem(seed=6, nnz=300)
+    n, d = Z0.shape
+    dense = X.T @ X * 0.2
+    b = build_row_blocks(rows, cols, n, n_other=25, max_width=16, low_width=4)
+    assert b.low and 0 < len(b.low.high_rows) < n - 3
+    key = jr.PRNGKey(7)
+    args = (b, jnp.asarray(X), jnp.asarray(y), jnp.asarray(w), jnp.asarray(P0),
+            jnp.asarray(s0))
+    got = np.asarray(solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3,
+                                         dense_gram=jnp.asarray(dense)))
+    whole = np.asarray(solve_rows(*args, key=key, dense_gram=jnp.asarray(dense)))
+    high = np.asarray(b.low.high_rows)
+    low = np.setdiff1d(np.arange(n), high)
+    np.testing.assert_allclose(got[low], whole[low], rtol=1e-12, atol=1e-12)
+    # the high rows: the block conditionals of those rows, with the key of the high part
+    k_high = jr.split(key)[0]
+    eps = np.asarray(jr.normal(k_high, (len(high), d), jnp.float64))
+    sel = np.isin(rows, high)
+    remap = np.full(n, -1)
+    remap[high] = np.arange(len(high))
+    ref = _reference(remap[rows[sel]], cols[sel], X, y[sel], w[sel], P0, s0, Z0[high], eps,
+                     3, dense=dense)
+    np.testing.assert_allclose(got[high], ref, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(got[high], whole[high])
+    # fit statistics (no dense Gram): those of the final rows, low and high together
+    Zs, (q, g) = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3, fit_stats=True)
+    pred = np.sum(X[cols] * np.asarray(Zs)[rows], axis=1)
+    np.testing.assert_allclose(float(q), np.sum(w * pred ** 2 - 2 * w * y * pred), rtol=1e-9)
+    np.testing.assert_allclose(float(g), np.sum(w * pred * X[cols, 0]), rtol=1e-9)
+
+
 def test_repeated_block_passes_reach_the_exact_conditional_law(x64):
     """Many subspace passes on one row (fixed everything else) is a Gibbs chain on the
     row's Gaussian: its draws have the exact mean P^-1 h and covariance P^-1."""
@@ -169,8 +207,10 @@ def test_sampler_option_checks_and_records():
     for bad in (True, -1, 2.5, "4"):
         with pytest.raises(SpecError, match="row_block"):
             fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=bad)
-    with pytest.raises(SpecError, match="low_width=0"):
-        fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=3, low_width=4)
+    # rows of few observations drawn whole (Woodbury), the others by blocks
+    low = fit_gibbs(tr, spec, num_samples=2, num_warmup=1, row_block=3, low_width=16)
+    assert low.attrs["settings"]["row_block"] == 3
+    assert any(low.attrs["settings"]["low_width"].values())
     post = fit_gibbs(tr, spec, num_samples=20, num_warmup=20, row_block=3, seed=0)
     assert post.attrs["settings"]["row_block"] == 3
     full = fit_gibbs(tr, spec, num_samples=20, num_warmup=20, seed=0)

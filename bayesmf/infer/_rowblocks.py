@@ -59,6 +59,8 @@ Cholesky factors from one :math:`d\times d` to :math:`d/w` of :math:`w\times w` 
 row, at the price of a few extra memory-bound passes over the observations (gather,
 running prediction) and slower mixing per sweep where a row's coordinates are
 correlated. It pays at high rank (measured in ``benchmarks/results/row_block.md``).
+With rows of few observations (``low_width``) those are drawn whole by the Woodbury
+path and the others by blocks.
 
 **Conditioning.** In float32 the Cholesky of an ill-conditioned :math:`P_r` can fail
 (NaN). Rows whose factor is not finite are refactored with a diagonal jitter of
@@ -732,10 +734,13 @@ def solve_part(b: RowBlocks, X, y, tau, P0, h0, noise, *, dense_gram=None, rhs=N
 
 
 def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,
-                 dense_gram=None, rhs=None, fit_stats=False):
+                 dense_gram=None, rhs=None, fit_stats=False, subspace=None):
     r""":func:`solve_rows` of the :class:`LowRows` layout: the high rows by the Cholesky
     path, each bucket of low rows by :func:`_woodbury_rows` (module docs, **Rows of few
-    observations**)."""
+    observations**). ``subspace=(Z, size)`` draws the high rows by subspace Gibbs from
+    their current values ``Z[high_rows]`` (:func:`solve_rows_subspace`) and the low rows
+    whole, as above: each row's update leaves its conditional invariant, so mixing the two
+    kinds across rows is a valid Gibbs sweep."""
     lr = blocks.low
     X = jnp.asarray(X)
     dt = X.dtype
@@ -748,8 +753,15 @@ def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,
     k_high = k_low = None
     if key is not None:
         k_high, k_low = jax.random.split(key)
-    out = solve_rows(lr.high, X, y, tau, P0, h0[lr.high_rows] if h0.ndim == 2 else h0,
-                     k_high, dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats)
+    h0_high = h0[lr.high_rows] if h0.ndim == 2 else h0
+    if subspace is None:
+        out = solve_rows(lr.high, X, y, tau, P0, h0_high, k_high, dense_gram=dense_gram,
+                         rhs=rhs, fit_stats=fit_stats)
+    else:
+        Zc, size = subspace
+        out = solve_rows_subspace(lr.high, X, y, tau, P0, h0_high,
+                                  jnp.asarray(Zc, dt)[lr.high_rows], k_high, size=size,
+                                  dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats)
     Z_high, st = out if fit_stats else (out, None)
     B = P0 if dense_gram is None else P0 + jnp.asarray(dense_gram, dt)
     L = _safe_cholesky(B)
@@ -900,17 +912,20 @@ def solve_rows_subspace(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, Z
     instead of ``nnz x d^2`` and one of ``d x d`` -- at the price of slower mixing when
     a row's coordinates are strongly correlated under :math:`P_r`.
 
-    Draws only (``key`` required), JAX only, a layout without rows of few observations
-    (``low_width=0``); parts are drawn one after another, with the normals of all rows
-    drawn at once as in :func:`solve_rows`. ``fit_stats`` as in :func:`solve_rows`
-    (from the final predictions). Returns the new ``Z`` (and the statistics)."""
-    if blocks.low:
-        raise ValueError("solve_rows_subspace: needs a layout without rows of few "
-                         "observations (low_width=0)")
+    Draws only (``key`` required), JAX only; parts are drawn one after another, with the
+    normals of all rows drawn at once as in :func:`solve_rows`. On a layout with rows of
+    few observations (``low_width``, :class:`LowRows`) those rows are drawn whole through
+    the Woodbury identity, as in :func:`solve_rows` with the same key, and the others by
+    blocks (:func:`_solve_split`). ``fit_stats`` as in :func:`solve_rows` (from the final
+    predictions). Returns the new ``Z`` (and the statistics)."""
     if key is None:
         raise ValueError("solve_rows_subspace: draws only (key=None given)")
     if fit_stats and (dense_gram is not None or rhs is not None):
         raise ValueError("solve_rows_subspace: fit_stats=True takes no dense_gram or rhs")
+    if blocks.low:
+        return _solve_split(blocks, X, y, tau, prior_prec, prior_shift, key,
+                            dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats,
+                            subspace=(Z, size))
     X = jnp.asarray(X)
     Z = jnp.asarray(Z, X.dtype)
     eps = jax.random.normal(key, (blocks.n_rows, X.shape[1]), X.dtype)

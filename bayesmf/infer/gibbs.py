@@ -343,8 +343,9 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
     iALS++). A valid Gibbs sweep at a fraction of the cost at high rank (Gram ``nnz x b
     x d`` and ``d / b`` Cholesky factors of ``b x b`` per row, instead of ``nnz x d^2``
     and one of ``d x d``), mixing more slowly per sweep where a row's coordinates are
-    correlated (``benchmarks/results/row_block.md``); needs ``low_width=0`` ("auto"
-    becomes 0); also with "sharded" (each device draws its own rows' blocks from its
+    correlated (``benchmarks/results/row_block.md``); the rows of few observations of a
+    ``low_width`` layout are still drawn whole through the Woodbury identity; also with
+    "sharded" (each device draws its own rows' blocks from its
     slice of the unsharded noise, so the chain does not depend on the device count);
     ``memory_limit`` (None: the default of :mod:`bayesmf._memory`) for the draw buffers.
 

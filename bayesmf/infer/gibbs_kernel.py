@@ -416,13 +416,7 @@ class BPMFGibbs:
         lik = spec.likelihood
         check_bool("redraw_negatives", redraw_negatives)
         check_bool("row_mh", row_mh)
-        row_block = check_row_block(row_block)
-        if row_block:
-            if low_width == "auto":
-                low_width = 0  # each block's conditional needs the row's own Gram
-            elif low_width != 0:
-                raise SpecError("row_block needs low_width=0 (rows of few observations "
-                                f"drawn through the Woodbury identity), got {low_width!r}")
+        row_block = check_row_block(row_block)  # rows of few observations stay whole
         if row_mh and not lik.augmented:
             raise SpecError("row_mh (the IWLS Metropolis-Hastings row step) applies to the "
                             "augmented likelihoods (bernoulli-logit, bernoulli-probit, "
