@@ -931,11 +931,11 @@ def solve_rows_subspace(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, Z
     eps = jax.random.normal(key, (blocks.n_rows, X.shape[1]), X.dtype)
     if not blocks.parts:
         return subspace_part(blocks, X, y, tau, prior_prec, prior_shift, Z, eps, size,
-                              dense_gram, rhs, fit_stats)
+                             dense_gram, rhs, fit_stats)
     out = []
     for b, (s, e) in zip(blocks.parts, blocks.part_ranges()):
         out.append(subspace_part(b, X, y, tau, *_prior_slice(prior_prec, prior_shift, s, e),
-                                  Z[s:e], eps[s:e], size, dense_gram, rhs, fit_stats))
+                                 Z[s:e], eps[s:e], size, dense_gram, rhs, fit_stats))
     if not fit_stats:
         return jnp.concatenate(out, axis=0)
     return (jnp.concatenate([z for z, _ in out], axis=0),
