@@ -44,13 +44,25 @@ def tr_of(X):
                                 Vocabulary(np.arange(X.shape[1])))
 
 
+def implicit_s_per_iter(C, threads: int, iters: int, seed: int) -> float:
+    """Wall seconds per iteration of implicit's ALS (64 factors, conjugate gradient, its
+    default; training loss off) fitted for ``iters`` iterations on the confidences ``C``."""
+    import implicit
+
+    m = implicit.cpu.als.AlternatingLeastSquares(
+        factors=64, regularization=1.0, iterations=iters, num_threads=threads,
+        calculate_training_loss=False, random_state=seed)
+    t0 = time.perf_counter()
+    m.fit(C, show_progress=False)
+    return (time.perf_counter() - t0) / iters
+
+
 def _interleaved(C, tr, lik, threads, rounds, iters, row_block) -> dict:
     """``rounds`` rounds, each timing ``iters`` implicit ALS iterations and, right after,
     ``iters`` Gibbs sweeps (exact, and with ``row_block`` when given) in this process:
     the ratio of each round compares the two under the same machine load, so the VM's
     drift between rounds (implicit's iteration has ranged 0.16-0.34 s here) cancels.
     The first Gibbs fit of each kind is a warm-up (compile) and is not counted."""
-    import implicit
     import numpy as np
 
     import bayesmf
@@ -67,12 +79,7 @@ def _interleaved(C, tr, lik, threads, rounds, iters, row_block) -> dict:
         gibbs(rb, 99)                                   # compile, not counted
     rec = {"implicit": [], **{k: [] for k, _ in kinds}}
     for r in range(rounds):
-        m = implicit.cpu.als.AlternatingLeastSquares(
-            factors=64, regularization=1.0, iterations=iters, num_threads=threads,
-            calculate_training_loss=False, random_state=r)
-        t0 = time.perf_counter()
-        m.fit(C, show_progress=False)
-        rec["implicit"].append((time.perf_counter() - t0) / iters)
+        rec["implicit"].append(implicit_s_per_iter(C, threads, iters, r))
         for k, rb in kinds:
             rec[k].append(gibbs(rb, r))
     imp = np.asarray(rec["implicit"])
@@ -93,7 +100,7 @@ def child(threads: int, split_name: str, repeats: int, iters: int, row_block=Non
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
-    import implicit
+    import implicit  # noqa: F401  (loaded after the thread limits are set)
 
     import bayesmf
     from bayesmf.infer.implicit_als import implicit_als
@@ -110,12 +117,7 @@ def child(threads: int, split_name: str, repeats: int, iters: int, row_block=Non
                                   threads, repeats, iters, row_block)
     t_imp = []
     for r in range(repeats):
-        m = implicit.cpu.als.AlternatingLeastSquares(
-            factors=64, regularization=1.0, iterations=iters, num_threads=threads,
-            calculate_training_loss=False, random_state=r)
-        t0 = time.perf_counter()
-        m.fit(C, show_progress=False)
-        t_imp.append((time.perf_counter() - t0) / iters)
+        t_imp.append(implicit_s_per_iter(C, threads, iters, r))
     out["implicit_als_s_per_iter"] = float(np.median(t_imp))
     _, _, info = implicit_als(C, 64, reg=1.0, iterations=iters, solver="cg", seed=0)
     out["bayesmf_implicit_als_cg_s_per_iter"] = float(np.median(info["seconds"]))
