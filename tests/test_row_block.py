@@ -10,21 +10,15 @@ import numpy as np
 import pytest
 
 from bayesmf.errors import SpecError
+from test_rowblocks import _problem as _base_problem
 from bayesmf.infer._rowblocks import (build_row_blocks, dim_blocks, solve_rows,
                                       solve_rows_subspace)
 
 
 def _problem(seed=0, n=30, m=25, d=7, nnz=500, empty=3):
-    rng = np.random.default_rng(seed)
-    p = rng.gamma(0.5, size=n - empty)
-    p /= p.sum()
-    rows = rng.choice(n - empty, size=nnz, p=p)
-    cols = rng.integers(0, m, nnz)
-    X = rng.normal(size=(m, d))
-    y = rng.normal(size=nnz)
-    A = rng.normal(size=(d, d))
-    P0 = A @ A.T / d + np.eye(d)
-    s0 = rng.normal(size=d)
+    """test_rowblocks' problem in float64, plus current rows and per-observation weights."""
+    rows, cols, X, y, P0, s0, rng = _base_problem(seed, n, m, d, nnz, empty,
+                                                  dtype=np.float64, with_rng=True)
     Z0 = rng.normal(size=(n, d))
     w = rng.gamma(2.0, size=nnz)
     return rows, cols, X, y, P0, s0, Z0, w

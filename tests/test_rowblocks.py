@@ -10,19 +10,22 @@ import pytest
 from bayesmf.infer._rowblocks import build_row_blocks, row_precisions, solve_rows
 
 
-def _problem(seed=0, n=30, m=25, d=4, nnz=500, empty=3):
+def _problem(seed=0, n=30, m=25, d=4, nnz=500, empty=3, dtype=np.float32, with_rng=False):
+    """Skewed-degree rows (the last ``empty`` rows without observations), random design,
+    targets and prior, in ``dtype``; ``with_rng`` also returns the generator for further
+    draws (``tests/test_row_block.py``)."""
     rng = np.random.default_rng(seed)
     # skewed degrees: some rows far above max_width so they are split into segments
     p = rng.gamma(0.5, size=n - empty)
     p /= p.sum()
     rows = rng.choice(n - empty, size=nnz, p=p)
     cols = rng.integers(0, m, nnz)
-    X = rng.normal(size=(m, d)).astype(np.float32)
-    y = rng.normal(size=nnz).astype(np.float32)
+    X = rng.normal(size=(m, d)).astype(dtype)
+    y = rng.normal(size=nnz).astype(dtype)
     A = rng.normal(size=(d, d))
-    P0 = (A @ A.T / d + np.eye(d)).astype(np.float32)
-    s0 = rng.normal(size=d).astype(np.float32)
-    return rows, cols, X, y, P0, s0
+    P0 = (A @ A.T / d + np.eye(d)).astype(dtype)
+    s0 = rng.normal(size=d).astype(dtype)
+    return (rows, cols, X, y, P0, s0) + ((rng,) if with_rng else ())
 
 
 def _dense_reference(rows, cols, X, y, tau, P0, s0, n):
