@@ -98,8 +98,7 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     X = _design(k, with_bias, other_F, dt)
     P0, h0 = row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset, row_prior)
     if row_block and row_block < X.shape[1]:
-        b0, F0 = current
-        Z0 = jnp.concatenate(([b0[:, None]] if with_bias else []) + ([F0] if k else []), 1)
+        Z0 = _joint_rows(k, with_bias, current)
 
         def solve(blocks, X, y, tau, P0, h0, key, **kw):
             return solve_rows_subspace(blocks, X, y, tau, P0, h0, Z0, key, size=row_block,
@@ -129,6 +128,13 @@ def _design(k, with_bias, other_F, dt):
     """The design ``[1, F_other]`` of one side's rows (the ones column with the bias)."""
     cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + ([other_F] if k else [])
     return jnp.concatenate(cols, axis=1)
+
+
+def _joint_rows(k, with_bias, current):
+    """A side's current rows as the joint ``[b, F]`` of the row draws (``current = (b,
+    F)``; the bias column only with the bias, ``F`` only for ``k > 0``)."""
+    b0, F0 = current
+    return jnp.concatenate(([b0[:, None]] if with_bias else []) + ([F0] if k else []), 1)
 
 
 def row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset=None, row_prior=None):

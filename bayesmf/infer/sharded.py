@@ -241,15 +241,14 @@ def sharded_rows_draw(axis: str = AXIS):
     :func:`~bayesmf.infer.gibbs_steps.rows_draw`, with a device's :class:`ShardBlocks`
     as ``blocks``): solve the device's rows, add the slice of the all-rows noise, and
     all-gather the rows of every device over ``axis``; returns the full ``(b, F)``."""
-    from bayesmf.infer.gibbs_steps import _side_prior, background_terms, offset_shift
+    from bayesmf.infer.gibbs_steps import (_design, _joint_rows, _side_prior,
+                                           background_terms, offset_shift)
 
     def rows_fn(key, k, sb, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
                 offset=None, row_prior=None, current=None, row_block=0):
         dt = y.dtype
         n_rows = sb.gather.shape[0]
-        cols = ([jnp.ones((other_F.shape[0], 1), dt)] if with_bias else []) + (
-            [other_F] if k else [])
-        X = jnp.concatenate(cols, axis=1)
+        X = _design(k, with_bias, other_F, dt)
         d = X.shape[1]
         if row_prior is not None:  # propagated per-row priors: this device's rows'
             P0, h0 = (a[sb.rows] for a in row_prior)
@@ -262,9 +261,7 @@ def sharded_rows_draw(axis: str = AXIS):
             tau, h0, dense, rhs = background_terms(background, X, y, tau, h0)
         # the unsharded noise of all rows, this device's slice (device-count independent)
         if row_block and row_block < d:  # subspace row draws from the device's current rows
-            b0, F0 = current
-            Z0 = jnp.concatenate(([b0[:, None]] if with_bias else []) + ([F0] if k else []),
-                                 axis=1)[sb.rows]
+            Z0 = _joint_rows(k, with_bias, current)[sb.rows]
             eps = jax.random.normal(key, (n_rows, d), dt)[sb.rows]
             Z = subspace_part(sb.blocks, X, y, tau, P0, h0, Z0, eps, row_block, dense, rhs,
                               False)
