@@ -92,6 +92,81 @@ def test_sweep_equals_the_explicit_full_matrix_sweep(biases):
         assert abs(float(s_imp.mu)) > 1e-4
 
 
+@pytest.mark.parametrize("options", [
+    dict(noise="learned"),
+    dict(noise="fixed", noise_precision=4.0, user_bias=True, item_bias=True),
+    dict(noise="learned", row_block=2),
+])
+def test_tau_from_the_row_statistics_equals_the_per_observation_sweep(options):
+    """Without a global mean the implicit sweep takes S = sum_all c (p - eta)^2 from the
+    item draw's statistics plus the closed-form background sums (no prediction at the
+    observed pairs); forcing the per-observation route (an obs_fn hook) must give the
+    same sweep up to float rounding: tau, train_rmse, log-likelihood over 10 sweeps."""
+    from bayesmf.infer.gibbs_kernel import _sweep
+
+    P, u, i, counts = _problem(4, N=40, M=30, density=0.2)
+    opts = dict(options)
+    row_block = opts.pop("row_block", 0)
+    model = BPMFGibbs(Ratings.from_arrays(u, i, counts),
+                      ModelSpec(rank=4, likelihood=ImplicitGaussian(alpha=3.0), **opts),
+                      row_block=row_block)
+    state = model.init(jax.random.key(0), init_scale=0.5)
+    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
+    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s,
+                                       obs_fn=lambda f: f(model.data.user, model.data.item)))
+    a = b = state
+    for t in range(10):
+        key = jax.random.fold_in(jax.random.key(1), t)
+        (a, ia), (b, ib) = fast(key, a), slow(key, b)
+        np.testing.assert_allclose(float(ia["train_rmse"]), float(ib["train_rmse"]),
+                                   rtol=1e-4)
+        np.testing.assert_allclose(float(ia["log_likelihood"]), float(ib["log_likelihood"]),
+                                   rtol=1e-4)
+    for name in ("bu", "bi", "U", "V"):
+        np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
+                                   rtol=2e-3, atol=2e-3, err_msg=name)
+    np.testing.assert_allclose(float(a.theta["tau"]), float(b.theta["tau"]), rtol=1e-3)
+    if opts["noise"] == "learned":
+        assert abs(float(a.theta["tau"]) - float(state.theta["tau"])) > 1e-3
+
+
+@pytest.mark.parametrize("row_block", [0, 2])
+def test_row_draw_statistics_are_the_observed_corrections_of_the_background(row_block):
+    """rows_draw(background=..., fit_stats=True): the observed pairs' weighted squared
+    and plain residuals minus the background's at the same pairs, brute-forced in float64
+    from the drawn rows (with the bias column)."""
+    import jax.numpy as jnp
+
+    from bayesmf.infer.gibbs_steps import rows_draw
+
+    P, u, i, counts = _problem(5, N=40, M=30, density=0.2)
+    model = BPMFGibbs(Ratings.from_arrays(u, i, counts),
+                      ModelSpec(rank=4, likelihood=ImplicitGaussian(alpha=3.0),
+                                user_bias=True, item_bias=True))
+    s = model.init(jax.random.key(0), init_scale=0.5)
+    d = model.data
+    rng = np.random.default_rng(6)
+    w = jnp.asarray(4.0 * (1 + rng.random(len(u))), jnp.float32)   # tau * c
+    y = jnp.asarray(1.0 - s.bu[d.user])                               # targets z - mu - b_u
+    w0, t0_other = 4.0, -s.bu                                          # background (0, tau)
+    bg = (w0, t0_other[d.user], t0_other)
+    kw = dict(current=(s.bi, s.V), row_block=row_block) if row_block else {}
+    bi, V, (sq, lin) = rows_draw(jax.random.key(2), 4, d.iblocks, True, s.U, y, w,
+                                 s.lambda_bi, s.Lambda_V, s.mu_V, bg, fit_stats=True, **kw)
+    b2, V2 = rows_draw(jax.random.key(2), 4, d.iblocks, True, s.U, y, w, s.lambda_bi,
+                       s.Lambda_V, s.mu_V, bg, **kw)
+    np.testing.assert_array_equal(np.asarray(V), np.asarray(V2))
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    uu, ii = np.asarray(d.user), np.asarray(d.item)
+    p = f64(bi)[ii] + np.sum(f64(s.U)[uu] * f64(V)[ii], axis=1)
+    yy, ww, t0 = f64(y), f64(w), f64(bg[1])
+    want_sq = np.sum(ww * (yy - p) ** 2 - w0 * (t0 - p) ** 2)
+    want_lin = np.sum(ww * (yy - p) - w0 * (t0 - p))
+    scale = np.sum(ww * yy * yy)
+    np.testing.assert_allclose(float(sq), want_sq, atol=1e-5 * scale)
+    np.testing.assert_allclose(float(lin), want_lin, atol=1e-5 * scale)
+
+
 def test_full_moments_equal_the_dense_sums():
     rng = np.random.default_rng(1)
     N, M, k = 7, 5, 3

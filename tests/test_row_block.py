@@ -158,6 +158,17 @@ def test_rows_of_few_observations_stay_whole_draws_the_others_go_by_blocks(x64):
     pred = np.sum(X[cols] * np.asarray(Zs)[rows], axis=1)
     np.testing.assert_allclose(float(q), np.sum(w * pred ** 2 - 2 * w * y * pred), rtol=1e-9)
     np.testing.assert_allclose(float(g), np.sum(w * pred * X[cols, 0]), rtol=1e-9)
+    # with a dense Gram and a right-hand side (a full-matrix likelihood): the observations'
+    # terms only, q = sum w p^2 - 2 sum rhs p -- the draw is the one without statistics
+    rhs = np.random.default_rng(8).normal(size=y.shape)
+    kw = dict(dense_gram=jnp.asarray(dense), rhs=jnp.asarray(rhs))
+    Zs, (q, g) = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3, fit_stats=True,
+                                     **kw)
+    np.testing.assert_array_equal(np.asarray(Zs), np.asarray(
+        solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3, **kw)))
+    pred = np.sum(X[cols] * np.asarray(Zs)[rows], axis=1)
+    np.testing.assert_allclose(float(q), np.sum(w * pred ** 2 - 2 * rhs * pred), rtol=1e-9)
+    np.testing.assert_allclose(float(g), np.sum(w * pred * X[cols, 0]), rtol=1e-9)
 
 
 def test_repeated_block_passes_reach_the_exact_conditional_law(x64):

@@ -367,9 +367,20 @@ def test_fit_stats_are_the_residual_sums_of_the_draw(d, parts, weighted):
     np.testing.assert_allclose(yy + float(q), sse, rtol=1e-4)
     np.testing.assert_allclose(np.sum(ww * y) - float(g), np.sum(ww * e), rtol=1e-4,
                                atol=1e-3 * np.sqrt(sse))
-    with pytest.raises(ValueError, match="fit_stats"):
-        solve_rows(blocks, X, y, ww.astype(np.float32), P0, s0, key=key, fit_stats=True,
-                   rhs=y)
+    # a dense Gram and a right-hand side of their own (a full-matrix likelihood): the
+    # statistics are the observations' only, q = sum w p^2 - 2 sum rhs p, g = sum w p x_1
+    rhs = rng.normal(size=y.shape).astype(np.float32)
+    dense = (X.T @ X / X.shape[0]).astype(np.float32)
+    wv = ww.astype(np.float32)
+    Z, (q, g) = solve_rows(blocks, X, y, wv, P0, s0, key=key, fit_stats=True, rhs=rhs,
+                           dense_gram=dense)
+    np.testing.assert_array_equal(np.asarray(Z), np.asarray(solve_rows(
+        blocks, X, y, wv, P0, s0, key=key, rhs=rhs, dense_gram=dense)))
+    p = np.sum(X[cols].astype(np.float64) * np.asarray(Z, np.float64)[rows], axis=1)
+    scale = np.sum(ww * p * p) + np.abs(np.sum(rhs * p))
+    np.testing.assert_allclose(float(q), np.sum(ww * p * p) - 2 * np.sum(rhs * p),
+                               atol=1e-4 * scale)
+    np.testing.assert_allclose(float(g), np.sum(ww * p), atol=1e-4 * scale)
 
 
 # ----------------------------------------------------------------- rows of few observations

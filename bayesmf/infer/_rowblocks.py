@@ -662,9 +662,9 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     a traced argument or a closed-over constant); dtype follows ``X``. ``xp=numpy``
     computes the mean in numpy (no compile); draws need ``xp=jax.numpy``.
 
-    ``fit_stats=True`` (JAX, no ``dense_gram``/``rhs``) also returns the data-fit
-    statistics of the solution, ``(Z, (q, g))``, with :math:`D_r = P_r - \Lambda_{0r}`
-    (the data part of the precision) and :math:`d_r = h_r - \eta_{0r}`:
+    ``fit_stats=True`` (JAX) also returns the data-fit statistics of the solution,
+    ``(Z, (q, g))``, with :math:`D_r = P_r - \Lambda_{0r} - G_{dense}` (the observations'
+    part of the precision) and :math:`d_r = h_r - \eta_{0r}`:
 
     .. math::
 
@@ -675,7 +675,10 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
     and, when the first design column is all ones (the bias column),
     :math:`\sum_j \tau (y_j - x_{c(j)}^\top z_{r(j)}) = \tau\sum_j y_j - g`: the
     residual sums of the new rows from the Grams already built, without evaluating any
-    observation's prediction (:func:`bayesmf.infer.gibbs_steps.rows_draw`).
+    observation's prediction (:func:`bayesmf.infer.gibbs_steps.rows_draw`). With
+    per-observation weights and ``rhs`` the same reads :math:`q = \sum_j w_j p_j^2 -
+    2\sum_j \mathrm{rhs}_j\, p_j` and :math:`g = \sum_j w_j p_j x_{c(j),1}`
+    (:math:`p_j = x_{c(j)}^\top z_{r(j)}`; the ``dense_gram`` is not an observation's).
     """
     if blocks.low:
         if xp is np:
@@ -691,8 +694,6 @@ def solve_rows(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key=None, 
         return np.linalg.solve(P, h[..., None])[..., 0]
     d = X.shape[1]
     split = _split_pays(d)
-    if fit_stats and (dense_gram is not None or rhs is not None):
-        raise ValueError("solve_rows: fit_stats=True takes no dense_gram or rhs")
 
     def chain(b, P0, h0, noise):
         return solve_part(b, X, y, tau, P0, h0, noise, dense_gram=dense_gram, rhs=rhs,
@@ -724,13 +725,16 @@ def solve_part(b: RowBlocks, X, y, tau, P0, h0, noise, *, dense_gram=None, rhs=N
     :func:`solve_rows`."""
     if split is None:
         split = _split_pays(X.shape[1])
+    # the statistics take the prior's and the dense Gram's terms out of the quadratic forms
+    Pd = P0 if dense_gram is None else jnp.asarray(P0, X.dtype) + jnp.asarray(dense_gram,
+                                                                              X.dtype)
     if split:
         terms = _split_terms(b, X, y, tau, P0, h0, dense_gram, rhs)
         Z = _gaussian_from_split(*terms, noise)
-        return (Z, _fit_stats_split(Z, *terms, P0, h0)) if fit_stats else Z
+        return (Z, _fit_stats_split(Z, *terms, Pd, h0)) if fit_stats else Z
     P, h = row_precisions(b, X, y, tau, P0, h0, dense_gram=dense_gram, rhs=rhs)
     Z = gaussian_from_precision(P, h, noise=noise)
-    return (Z, _fit_stats(Z, P, h, P0, h0)) if fit_stats else Z
+    return (Z, _fit_stats(Z, P, h, Pd, h0)) if fit_stats else Z
 
 
 def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,
@@ -920,8 +924,6 @@ def solve_rows_subspace(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, Z
     predictions). Returns the new ``Z`` (and the statistics)."""
     if key is None:
         raise ValueError("solve_rows_subspace: draws only (key=None given)")
-    if fit_stats and (dense_gram is not None or rhs is not None):
-        raise ValueError("solve_rows_subspace: fit_stats=True takes no dense_gram or rhs")
     if blocks.low:
         return _solve_split(blocks, X, y, tau, prior_prec, prior_shift, key,
                             dense_gram=dense_gram, rhs=rhs, fit_stats=fit_stats,
@@ -989,14 +991,19 @@ def subspace_part(b: RowBlocks, X, y, tau, P0, h0, Z, eps, size, dense_gram, rhs
                 for j, (r, _, _) in enumerate(buckets)]
     if not fit_stats:
         return Z
-    # q = sum_j w_j pred_j^2 - 2 sum_j w_j y_j pred_j, g = sum_j w_j pred_j x_j0
-    # (solve_rows' data-fit statistics, here from the final predictions)
-    q = g = jnp.zeros((), dt)
+    # solve_rows' data-fit statistics of the final rows, q = sum_j w_j p_j^2 - 2 sum_j
+    # ytilde_j p_j (ytilde = w y or rhs), g = sum_j w_j p_j x_j0. With p = rest + a,
+    # a_j = x_jB . z_B of the last block B, q = sum_j (w rest^2 - 2 ytilde rest)
+    # + sum_r (z_B^T G_B z_B - 2 z_B^T hB_r): the last block's Gram and shift, no
+    # further product over the observations (g, only with a bias column, takes one)
+    q_obs = g = jnp.zeros((), dt)
     x0 = Xp[:, 0]                    # only the first design column: no (S, W, d) gather
     for j, (r, c, _) in enumerate(buckets):
+        wr = rests[j] if ws[j] is None else ws[j] * rests[j]
+        q_obs = q_obs + jnp.sum(wr * rests[j]) - 2.0 * jnp.sum(ys[j] * rests[j])
         wp = pred[j] if ws[j] is None else ws[j] * pred[j]
-        q = q + jnp.sum(wp * pred[j]) - 2.0 * jnp.sum(ys[j] * pred[j])
         g = g + jnp.sum(wp * x0[c])
+    q = jnp.sum(jnp.einsum("ni,nik->nk", z_new, G) * z_new) - 2.0 * jnp.sum(z_new * hB)
     if t is not None:
-        q, g = t * q, t * g
-    return Z, (q, g)
+        q_obs, g = t * q_obs, t * g
+    return Z, (q + q_obs, g)

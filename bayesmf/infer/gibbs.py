@@ -107,7 +107,15 @@ observation's prediction is evaluated (two ``nnz x k`` gathers saved per sweep);
 draws are those of the per-observation sums up to float rounding. This path serves the
 likelihoods whose :math:`\theta` update needs only the SSE
 (:attr:`~bayesmf.model.likelihoods.Likelihood.sse_sufficient`: the Gaussian) with item
-biases on; the augmented likelihoods, the full-matrix ones and the sharded sweep evaluate
+biases on. A full-matrix likelihood (implicit feedback, background :math:`(y_0, w_0)`)
+without a global mean takes it the same way: the item step returns the observed pairs'
+corrections :math:`\sum_O [w (t - p)^2 - w_0 (t_0 - p)^2]`
+(:func:`~bayesmf.infer.gibbs_steps.rows_draw` ``fit_stats``, its :math:`q` from the
+last block's Gram under ``row_block``) and the
+unobserved pairs add :math:`w_0\sum_{all}(y_0 - \eta)^2` from
+:func:`~bayesmf.model.linear.full_moments`; measured 3-6% off the ``row_block=16``
+sweep on ML-1M implicit, rank 64 (interleaved in one process). The augmented
+likelihoods, the full-matrix ones with a global mean and the sharded sweep evaluate
 :math:`\eta` at every observation.
 
 Side features: the Macau prior (Simm et al. 2015)

@@ -273,8 +273,13 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     # the residual sums of the item step's rows stand in for every observation's
     # prediction: the moves below leave eta unchanged ("Residual sums" in the module docs of
     # bayesmf.infer.gibbs)
-    fit_stats = (lik.sse_sufficient and bg is None and rows_fn is None and obs_fn is None
-                 and jnp.ndim(w) == 0 and (cfg.item_bias or (k and not cfg.global_mean)))
+    # (a full-matrix likelihood: from the row draws' corrections plus the closed-form
+    # background sums, without the observations' predictions; not with mu, whose draw needs
+    # the residual sum that only the bias column gives, nor with masked observations)
+    fit_stats = lik.sse_sufficient and rows_fn is None and obs_fn is None and (
+        (bg is None and jnp.ndim(w) == 0 and (cfg.item_bias or (k and not cfg.global_mean)))
+        or (bg is not None and bool(cfg.item_bias or k) and not cfg.global_mean
+            and data.obs_mask is None and not lik.latent_scale_fixed))
     if cfg.item_bias or k:
         drawn = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
                            lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
@@ -306,6 +311,13 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         if cfg.item_bias and "item" not in fixed:
             mu, bi = translation_move(kci, mu, bi, lam_bi, cfg.lambda_mu, cfg.mu_mean)
 
+    if fit_stats and bg is not None:  # step 7 from sum_all w (z - eta)^2, in units of w0
+        s1, s2 = linear.full_moments(mu, bu, bi, U, V)
+        sse_w = w0 * (n_all * y0 * y0 - 2.0 * y0 * s1 + s2) + drawn[2][0]
+        theta, info = lik.update_theta_sse(ktheta, n_all, sse_w / w0, s.theta, cfg.spec, dt,
+                                           y=y)
+        return _new_state(mu, bu, bi, U, V, theta, mu_U, Lam_U, mu_V, Lam_V, lam_bu, lam_bi,
+                          macau, info, dt)
     if fit_stats:  # steps 6-7 from (n, sum w e, sum w e^2) at the item step's eta
         sse_w, res_w = drawn[2]
         n = count(y.shape[0])

@@ -83,11 +83,19 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     so :math:`P_r = P_{0r} + \tau\sum_{j\in O_r} x_j x_j^\top`,
     :math:`h_r = h_{0r} + \tau\sum_{j\in O_r} y_j x_j`.
 
-    ``fit_stats=True`` (no ``background``) returns ``(b, F, (sse_w, res_w))``: the weighted
-    residual sums of the new rows, :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})^2` and
-    (with the bias column) :math:`\sum_j \tau_j (y_j - x_j^\top z_{r(j)})`, from the Grams
+    ``fit_stats=True`` returns ``(b, F, (sse_w, res_w))``: the weighted residual sums of
+    the new rows, :math:`\sum_j \tau_j (y_j - p_j)^2` and (with the bias column)
+    :math:`\sum_j \tau_j (y_j - p_j)`, :math:`p_j = x_j^\top z_{r(j)}`, from the Grams
     of the draw (:func:`~bayesmf.infer._rowblocks.solve_rows`), not from per-observation
-    predictions. ``res_w`` is None without the bias column.
+    predictions. ``res_w`` is None without the bias column. With a ``background`` the
+    sums are the observed pairs' corrections of the background's terms,
+    :math:`\sum_j [\tau_j (y_j - p_j)^2 - w_0 (t_{0j} - p_j)^2]` and
+    :math:`\sum_j [\tau_j (y_j - p_j) - w_0 (t_{0j} - p_j)]`: expanded,
+    :math:`\sum_j (\tau_j y_j^2 - w_0 t_{0j}^2) + q` and
+    :math:`\sum_j (\tau_j y_j - w_0 t_{0j}) - g` with the solver's
+    :math:`q = \sum_j (\tau_j - w_0) p_j^2 - 2\sum_j (\tau_j y_j - w_0 t_{0j}) p_j`,
+    :math:`g = \sum_j (\tau_j - w_0) p_j`; the sums over the unobserved pairs follow in
+    closed form (:func:`bayesmf.model.linear.full_moments`).
 
     ``row_block > 0`` (with ``current = (b, F)``, the side's current rows) draws each row
     by subspace Gibbs, blocks of at most ``row_block`` of its coordinates one after
@@ -105,23 +113,24 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
                                        **kw)
     else:
         solve = solve_rows
-    if background is None and fit_stats:
-        Z, (q, g) = solve(blocks, X, y, tau, P0, h0, key=key, fit_stats=True)
-        q, g = reduce((q, g))
-        w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
-        stats = (total(w * y * y, long=True) + q,
-                 total(w * y, long=True) - g if with_bias else None)
-        return (Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt),
-                Z[:, int(with_bias):], stats)
-    if fit_stats:
-        raise ValueError("rows_draw: fit_stats=True takes no background")
+    kw = {"fit_stats": True} if fit_stats else {}
     if background is None:
-        Z = solve(blocks, X, y, tau, P0, h0, key=key)
+        out = solve(blocks, X, y, tau, P0, h0, key=key, **kw)
     else:
         wb, h0, dense, rhs = background_terms(background, X, y, tau, h0)
-        Z = solve(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs)
+        out = solve(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs, **kw)
+    Z = out[0] if fit_stats else out
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
-    return b, Z[:, int(with_bias):]
+    if not fit_stats:
+        return b, Z[:, int(with_bias):]
+    q, g = reduce(out[1])
+    w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
+    sq, lin = w * y * y, w * y
+    if background is not None:  # the observed pairs as corrections of the background
+        w0, t0 = background[0], background[1]
+        sq, lin = sq - w0 * t0 * t0, lin - w0 * t0
+    stats = (total(sq, long=True) + q, total(lin, long=True) - g if with_bias else None)
+    return b, Z[:, int(with_bias):], stats
 
 
 def _design(k, with_bias, other_F, dt):

@@ -196,9 +196,11 @@ class Likelihood:
         lp = self.log_prob(y, eta, theta)
         return theta, self._info(y, eta, theta, lp)
 
-    def update_theta_sse(self, key, n, sse, theta: dict, spec, dtype):
+    def update_theta_sse(self, key, n, sse, theta: dict, spec, dtype, y=None):
         """:meth:`update_theta` from ``n`` residuals and their sum of squares (families with
-        ``sse_sufficient``)."""
+        ``sse_sufficient``); ``y`` the observed values, for a family whose likelihood has a
+        constant that depends on them (a :attr:`full_matrix` family: ``n`` counts all
+        pairs and ``sse`` is weighted in units of the background weight)."""
         raise NotImplementedError(f"{type(self).__name__} needs the residuals themselves")
 
     def _info(self, y, eta, theta, lp):

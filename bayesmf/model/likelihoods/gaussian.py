@@ -74,7 +74,7 @@ class Gaussian(Likelihood):
         return self.update_theta_sse(key, count(y.shape[0]), total(e * e, long=True), theta,
                                      spec, y.dtype)
 
-    def update_theta_sse(self, key, n, sse, theta, spec, dtype):
+    def update_theta_sse(self, key, n, sse, theta, spec, dtype, y=None):
         r""":meth:`update_theta` from ``n`` and :math:`\mathrm{SSE}=\sum(y-\eta)^2`."""
         import jax.numpy as jnp
 

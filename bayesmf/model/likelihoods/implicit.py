@@ -190,23 +190,30 @@ class ImplicitGaussian(Gaussian):
     def update_theta(self, key, y, eta, theta, spec, full=None):
         """:math:`\\tau` from all pairs (module docs); ``full = (n_all, sum_eta,
         sum_eta2)`` are the closed-form sums over the whole matrix."""
-        import jax.numpy as jnp
-
-        from bayesmf.model.random import gamma_draw
         from bayesmf.model.reduce import total
 
         if full is None:
             raise SpecError("the implicit likelihood needs the full-matrix sums (full=)")
         n_all, _, sum_eta2 = full
         sse = sum_eta2 + total(y * (1.0 - eta) ** 2 - eta * eta, long=True)
-        tau = theta["tau"]
-        if spec.noise == "learned":
-            pri = spec.priors
-            tau = gamma_draw(key, pri.noise_a + n_all / 2, pri.noise_b + 0.5 * sse, y.dtype)
-        info = {"train_rmse": jnp.sqrt(sse / n_all),
-                "log_likelihood": 0.5 * (n_all * jnp.log(tau) + total(jnp.log(y), long=True)
-                                         - n_all * math.log(2 * math.pi)) - 0.5 * tau * sse}
-        return {"tau": tau}, info
+        return self.update_theta_sse(key, n_all, sse, theta, spec, y.dtype, y=y)
+
+    def update_theta_sse(self, key, n, sse, theta, spec, dtype, y=None):
+        """:meth:`update_theta` from :math:`n = NM` and :math:`S` (module docs), as the
+        Gibbs sweep gets them from its row draws' statistics
+        (:func:`bayesmf.infer.gibbs_steps.rows_draw`, ``fit_stats``); ``y`` the observed
+        confidences, for the log-likelihood's constant :math:`\\tfrac12\\sum_O\\log c`."""
+        import jax.numpy as jnp
+
+        from bayesmf.model.reduce import total
+
+        if y is None:
+            raise SpecError("the implicit likelihood's update_theta_sse needs the observed "
+                            "confidences (y=)")
+        theta, info = super().update_theta_sse(key, n, sse, theta, spec, dtype)
+        info["log_likelihood"] = info["log_likelihood"] + 0.5 * total(
+            jnp.log(jnp.asarray(y, dtype)), long=True)
+        return theta, info
 
     def init_theta(self, y, spec):
         return {"tau": np.asarray(spec.noise_precision, np.float32)}
