@@ -198,6 +198,76 @@ def test_repeated_block_passes_reach_the_exact_conditional_law(x64):
     np.testing.assert_allclose(np.cov(draws[:, 0].T), cov, atol=0.1 * np.abs(cov).max())
 
 
+@pytest.mark.parametrize("layout", [dict(parts=1), dict(parts=3), dict(low_width=4)])
+def test_predictions_in_and_out_of_a_pass(x64, layout):
+    """return_pred=True gives the new rows' prediction at every observation (brute force,
+    padding dropped); starting from given predictions (pred0) is the pass that computes
+    them -- on plain, partitioned and Woodbury (rows of few observations) layouts."""
+    rows, cols, X, y, P0, s0, Z0, w = _problem(seed=9, nnz=400)
+    n, d = Z0.shape
+    b = build_row_blocks(rows, cols, n, n_other=25, max_width=8, **layout)
+    if "low_width" in layout:
+        assert b.low
+    key = jax.random.PRNGKey(3)
+    args = (b, jnp.asarray(X), jnp.asarray(y), jnp.asarray(w), jnp.asarray(P0),
+            jnp.asarray(s0))
+    kw = dict(dense_gram=jnp.asarray(X.T @ X * 0.1), fit_stats=True)
+    ref = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3, **kw)
+    got, p = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3, return_pred=True, **kw)
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(ref[0]))
+    np.testing.assert_allclose(np.asarray(p), np.sum(X[cols] * np.asarray(got[0])[rows], 1),
+                               rtol=1e-9, atol=1e-9)
+    p0 = np.sum(X[cols] * Z0[rows], axis=1)
+    (Z2, st2) = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3,
+                                    pred0=jnp.asarray(p0), **kw)
+    np.testing.assert_allclose(np.asarray(Z2), np.asarray(ref[0]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose([float(x) for x in st2], [float(x) for x in ref[1]],
+                               rtol=1e-8)
+    # a wrong start changes the draw: the given predictions are used
+    bad = solve_rows_subspace(*args, jnp.asarray(Z0), key, size=3,
+                              pred0=jnp.asarray(p0 + 1.0), **kw)
+    assert not np.allclose(np.asarray(bad[0]), np.asarray(ref[0]))
+
+
+@pytest.mark.parametrize("case", ["gaussian-biases", "implicit", "implicit-low-rows"])
+def test_sweep_hands_the_user_steps_predictions_to_the_item_step(case):
+    """With subspace draws on both sides the plain sweep starts the item step from the
+    user step's predictions (b_u + U.V -> b_i + U.V); the same sweep without the hand-off
+    (the rows_fn hook, the sharded sampler's) draws the same chain up to float rounding."""
+    from bayesmf.data.ratings import Ratings
+    from bayesmf.infer.gibbs_kernel import BPMFGibbs, _sweep
+    from bayesmf.infer.gibbs_steps import rows_draw
+    from bayesmf.model.likelihoods import ImplicitGaussian
+    from bayesmf.model.spec import ModelSpec
+
+    rng = np.random.default_rng(1)
+    u = rng.integers(0, 40, 700)
+    i = rng.integers(0, 30, 700)
+    keep = np.unique(u * 100 + i, return_index=True)[1]
+    if case == "gaussian-biases":
+        tr = Ratings.from_arrays(u[keep], i[keep], rng.normal(3, 1, keep.size))
+        spec, kw = ModelSpec(rank=5), {}
+    else:
+        tr = Ratings.from_arrays(u[keep], i[keep], rng.integers(1, 9, keep.size) * 1.0)
+        spec = ModelSpec(rank=5, likelihood=ImplicitGaussian(alpha=2.0), user_bias=True,
+                         item_bias=True, global_mean=False)
+        kw = {"low_width": 16} if case == "implicit-low-rows" else {}
+    model = BPMFGibbs(tr, spec, row_block=2, **kw)
+    if kw:
+        assert model.data.iblocks.low
+    s = model.init(jax.random.key(0), init_scale=0.5)
+    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
+    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s, rows_fn=rows_draw))
+    a = b = s
+    for t in range(8):
+        key = jax.random.fold_in(jax.random.key(1), t)
+        (a, _), (b, _) = fast(key, a), slow(key, b)
+    for name in ("bu", "bi", "U", "V"):
+        np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
+                                   rtol=2e-3, atol=2e-3, err_msg=name)
+    assert np.ptp(np.asarray(a.bi)) > 0.01
+
+
 def test_sampler_option_checks_and_records():
     from bayesmf.data.ratings import Ratings
     from bayesmf.infer.gibbs import fit_gibbs

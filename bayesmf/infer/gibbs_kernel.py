@@ -20,7 +20,7 @@ from bayesmf.infer.gibbs_steps import (feature_matmul, iwls_mh_rows, latent_scal
                                        row_prior_terms,
                                        macau_beta_draw, macau_data, macau_lambda_draw,
                                        mu_draw, mu_draw_sums, rows_draw, scale_move,
-                                       shift_move, translation_move)
+                                       shift_move, subspace_rows, translation_move)
 from bayesmf.infer.negative_redraw import (REDRAW_STREAM, check_redraw_likelihood,
                                           redraw_layout, redraw_negatives)
 from bayesmf.model import linear
@@ -265,11 +265,23 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
     def sub(b_, F_):  # subspace row draws start from the side's current rows
         return {"current": (b_, F_), "row_block": cfg.row_block} if cfg.row_block else {}
 
+    # both sides by subspace draws (plain sweep): the user step's final predictions
+    # b_u + U_u.V_i start the item step's running predictions, as b_i + U_u.V_i (saves
+    # one nnz x d gather; "Running predictions" in solve_rows_subspace's docs)
+    pass_pred = (rows_fn is None and subspace_rows(k, cfg.user_bias, cfg.row_block)
+                 and subspace_rows(k, cfg.item_bias, cfg.row_block))
+    item_pred = {}
     if cfg.user_bias or k:
-        bu, U_new = rows_draw_(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
-                               lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"),
-                               **row_prior("user"), **sub(bu, U))
+        drawn_u = rows_draw_(kU, k, data.ublocks, cfg.user_bias, V, z - mu - bi[i], w,
+                             lam_bu, Lam_U, mu_U, side_bg(bi, i), off.get("user"),
+                             **row_prior("user"), **sub(bu, U),
+                             **({"return_pred": True} if pass_pred else {}))
+        bu, U_new = drawn_u[:2]
         U = U_new if k else U
+        if pass_pred:
+            p = drawn_u[2]
+            p = p - bu[u] if cfg.user_bias else p
+            item_pred["pred0"] = p + bi[i] if cfg.item_bias else p
     # the residual sums of the item step's rows stand in for every observation's
     # prediction: the moves below leave eta unchanged ("Residual sums" in the module docs of
     # bayesmf.infer.gibbs)
@@ -284,7 +296,7 @@ def _sweep(cfg: _Cfg, data: GibbsData, key, s: GibbsState, rows_fn=None, obs_fn=
         drawn = rows_draw_(kV, k, data.iblocks, cfg.item_bias, U, z - mu - bu[u], w,
                            lam_bi, Lam_V, mu_V, side_bg(bu, u), off.get("item"),
                            **row_prior("item"), **({"fit_stats": True} if fit_stats else {}),
-                           **sub(bi, V))
+                           **sub(bi, V), **item_pred)
         bi, V_new = drawn[:2]
         V = V_new if k else V
     if k and not fixed:

@@ -21,7 +21,8 @@ from bayesmf.model.priors import sample_normal_wishart  # noqa: F401 (re-export)
 from bayesmf.model.reduce import count, reduce, total
 from bayesmf.model.random import standard_gamma
 
-__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "row_prior_terms",
+__all__ = ["sample_normal_wishart", "bias_precision_draw", "rows_draw", "subspace_rows",
+           "row_prior_terms",
            "iwls_mh_rows", "mu_draw", "mu_draw_sums",
            "tau_draw", "translation_move", "shift_move", "scale_move", "latent_scale_move",
            "standard_gamma", "MacauData", "macau_data", "feature_matmul", "feature_tmatmul",
@@ -57,7 +58,8 @@ def bias_precision_draw(key, b, a0, b0):
 
 
 def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, background=None,
-              offset=None, row_prior=None, fit_stats=False, current=None, row_block=0):
+              offset=None, row_prior=None, fit_stats=False, current=None, row_block=0,
+              pred0=None, return_pred=False):
     r"""Steps 3/4: joint draw of ``(b, F)`` for every row of one side given the other side's
     factors ``other_F`` and targets ``y = r - mu - b_other`` (design :math:`[1, F_{other}]`,
     prior ``blockdiag(lam_b, Lam)``, shift ``[0, Lam mu_f]``). Returns ``(b, F)``;
@@ -100,17 +102,23 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     ``row_block > 0`` (with ``current = (b, F)``, the side's current rows) draws each row
     by subspace Gibbs, blocks of at most ``row_block`` of its coordinates one after
     another given the others (:func:`~bayesmf.infer._rowblocks.solve_rows_subspace`)
-    instead of all at once (a row of at most ``row_block`` coordinates is drawn at once)."""
+    instead of all at once (a row of at most ``row_block`` coordinates is drawn at once).
+    Subspace draws only (:func:`subspace_rows`): ``pred0 (nnz,)`` the observations'
+    current predictions :math:`x_j^\top z_{r(j)}` and ``return_pred=True`` (the new
+    rows' predictions appended to the result) as in
+    :func:`~bayesmf.infer._rowblocks.solve_rows_subspace`."""
     dt = y.dtype
     n_rows = blocks.degree.shape[0]
     X = _design(k, with_bias, other_F, dt)
     P0, h0 = row_prior_terms(k, with_bias, lam_b, Lam, mu_f, dt, offset, row_prior)
-    if row_block and row_block < X.shape[1]:
+    if subspace_rows(k, with_bias, row_block):
         Z0 = _joint_rows(k, with_bias, current)
 
         def solve(blocks, X, y, tau, P0, h0, key, **kw):
             return solve_rows_subspace(blocks, X, y, tau, P0, h0, Z0, key, size=row_block,
-                                       **kw)
+                                       pred0=pred0, return_pred=return_pred, **kw)
+    elif pred0 is not None or return_pred:
+        raise ValueError("rows_draw: pred0/return_pred need subspace row draws")
     else:
         solve = solve_rows
     kw = {"fit_stats": True} if fit_stats else {}
@@ -119,10 +127,13 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
     else:
         wb, h0, dense, rhs = background_terms(background, X, y, tau, h0)
         out = solve(blocks, X, y, wb, P0, h0, key=key, dense_gram=dense, rhs=rhs, **kw)
+    if return_pred:
+        out, p_obs = out
     Z = out[0] if fit_stats else out
     b = Z[:, 0] if with_bias else jnp.zeros((n_rows,), dt)
+    tail = (p_obs,) if return_pred else ()
     if not fit_stats:
-        return b, Z[:, int(with_bias):]
+        return (b, Z[:, int(with_bias):]) + tail
     q, g = reduce(out[1])
     w = jnp.broadcast_to(jnp.asarray(tau, dt), y.shape)
     sq, lin = w * y * y, w * y
@@ -130,7 +141,13 @@ def rows_draw(key, k, blocks, with_bias, other_F, y, tau, lam_b, Lam, mu_f, back
         w0, t0 = background[0], background[1]
         sq, lin = sq - w0 * t0 * t0, lin - w0 * t0
     stats = (total(sq, long=True) + q, total(lin, long=True) - g if with_bias else None)
-    return b, Z[:, int(with_bias):], stats
+    return (b, Z[:, int(with_bias):], stats) + tail
+
+
+def subspace_rows(k, with_bias, row_block) -> bool:
+    """Whether :func:`rows_draw` draws a side's rows by subspace Gibbs: ``row_block`` set
+    and narrower than the joint row ``[b, F]``."""
+    return bool(row_block) and row_block < k + int(bool(with_bias))
 
 
 def _design(k, with_bias, other_F, dt):
