@@ -527,6 +527,30 @@ def test_standard_gamma_moments_including_huge_shapes():
     assert np.all(np.abs(g.std(0) / np.sqrt(shapes) - 1) < 0.05)
 
 
+def twin_sweeps(model, n, each=None, init_scale=None, **hook):
+    """``n`` plain sweeps of a ``BPMFGibbs`` model and ``n`` with a hook of the sweep
+    (``obs_fn=`` / ``rows_fn=``, which turn its shortcuts off), from the same state and
+    keys (``model.init``'s ``init_scale``); ``each(info_plain, info_hooked)`` after every
+    sweep. Returns the final states and infos ``(a, ia, b, ib)``."""
+    from bayesmf.infer.gibbs_kernel import _sweep
+
+    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
+    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s, **hook))
+    a = b = model.init(jax.random.key(0), init_scale=init_scale)
+    for t in range(n):
+        key = jax.random.fold_in(jax.random.key(1), t)
+        (a, ia), (b, ib) = fast(key, a), slow(key, b)
+        if each is not None:
+            each(ia, ib)
+    return a, ia, b, ib
+
+
+def per_observation(model):
+    """The ``obs_fn`` hook that evaluates every observation's prediction (the sweep's
+    default computation, but it disables the residual sums from the Grams)."""
+    return lambda f: f(model.data.user, model.data.item)
+
+
 @pytest.mark.parametrize("options", [dict(), dict(global_mean=False),
                                      dict(noise="fixed", noise_precision=4.0)])
 def test_residual_sums_from_the_item_grams_equal_the_per_observation_sweep(data, options):
@@ -534,18 +558,11 @@ def test_residual_sums_from_the_item_grams_equal_the_per_observation_sweep(data,
     step's Grams (module docs, "Residual sums") instead of evaluating every prediction;
     forcing the per-observation route (an obs_fn hook) must give the same sweep up to
     float rounding, over 20 sweeps from the same state and keys."""
-    from bayesmf.infer.gibbs_kernel import BPMFGibbs, _sweep
+    from bayesmf.infer.gibbs_kernel import BPMFGibbs
 
     train, _ = data
     model = BPMFGibbs(train, ModelSpec(rank=3, **options))
-    state = model.init(jax.random.key(0))
-    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
-    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s,
-                                       obs_fn=lambda f: f(model.data.user, model.data.item)))
-    a = b = state
-    for t in range(20):
-        key = jax.random.fold_in(jax.random.key(1), t)
-        (a, ia), (b, ib) = fast(key, a), slow(key, b)
+    a, ia, b, ib = twin_sweeps(model, 20, obs_fn=per_observation(model))
     for name in ("mu", "bu", "bi", "U", "V"):
         np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
                                    rtol=2e-3, atol=2e-3, err_msg=name)

@@ -102,7 +102,7 @@ def test_tau_from_the_row_statistics_equals_the_per_observation_sweep(options):
     item draw's statistics plus the closed-form background sums (no prediction at the
     observed pairs); forcing the per-observation route (an obs_fn hook) must give the
     same sweep up to float rounding: tau, train_rmse, log-likelihood over 10 sweeps."""
-    from bayesmf.infer.gibbs_kernel import _sweep
+    from test_gibbs import per_observation, twin_sweeps
 
     P, u, i, counts = _problem(4, N=40, M=30, density=0.2)
     opts = dict(options)
@@ -110,18 +110,13 @@ def test_tau_from_the_row_statistics_equals_the_per_observation_sweep(options):
     model = BPMFGibbs(Ratings.from_arrays(u, i, counts),
                       ModelSpec(rank=4, likelihood=ImplicitGaussian(alpha=3.0), **opts),
                       row_block=row_block)
+
+    def same_info(ia, ib):
+        for n in ("train_rmse", "log_likelihood"):
+            np.testing.assert_allclose(float(ia[n]), float(ib[n]), rtol=1e-4, err_msg=n)
+
+    a, _, b, _ = twin_sweeps(model, 10, same_info, 0.5, obs_fn=per_observation(model))
     state = model.init(jax.random.key(0), init_scale=0.5)
-    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
-    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s,
-                                       obs_fn=lambda f: f(model.data.user, model.data.item)))
-    a = b = state
-    for t in range(10):
-        key = jax.random.fold_in(jax.random.key(1), t)
-        (a, ia), (b, ib) = fast(key, a), slow(key, b)
-        np.testing.assert_allclose(float(ia["train_rmse"]), float(ib["train_rmse"]),
-                                   rtol=1e-4)
-        np.testing.assert_allclose(float(ia["log_likelihood"]), float(ib["log_likelihood"]),
-                                   rtol=1e-4)
     for name in ("bu", "bi", "U", "V"):
         np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
                                    rtol=2e-3, atol=2e-3, err_msg=name)

@@ -235,8 +235,9 @@ def test_sweep_hands_the_user_steps_predictions_to_the_item_step(case):
     user step's predictions (b_u + U.V -> b_i + U.V); the same sweep without the hand-off
     (the rows_fn hook, the sharded sampler's) draws the same chain up to float rounding."""
     from bayesmf.data.ratings import Ratings
-    from bayesmf.infer.gibbs_kernel import BPMFGibbs, _sweep
+    from bayesmf.infer.gibbs_kernel import BPMFGibbs
     from bayesmf.infer.gibbs_steps import rows_draw
+    from test_gibbs import twin_sweeps
     from bayesmf.model.likelihoods import ImplicitGaussian
     from bayesmf.model.spec import ModelSpec
 
@@ -255,13 +256,7 @@ def test_sweep_hands_the_user_steps_predictions_to_the_item_step(case):
     model = BPMFGibbs(tr, spec, row_block=2, **kw)
     if kw:
         assert model.data.iblocks.low
-    s = model.init(jax.random.key(0), init_scale=0.5)
-    fast = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s))
-    slow = jax.jit(lambda k, s: _sweep(model.cfg, model.data, k, s, rows_fn=rows_draw))
-    a = b = s
-    for t in range(8):
-        key = jax.random.fold_in(jax.random.key(1), t)
-        (a, _), (b, _) = fast(key, a), slow(key, b)
+    a, _, b, _ = twin_sweeps(model, 8, init_scale=0.5, rows_fn=rows_draw)
     for name in ("bu", "bi", "U", "V"):
         np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
                                    rtol=2e-3, atol=2e-3, err_msg=name)
