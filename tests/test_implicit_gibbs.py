@@ -93,7 +93,7 @@ def test_sweep_equals_the_explicit_full_matrix_sweep(biases):
 
 
 @pytest.mark.parametrize("options", [
-    dict(noise="learned"),
+    pytest.param(dict(noise="learned"), marks=pytest.mark.slow),  # the row_block case's
     dict(noise="fixed", noise_precision=4.0, user_bias=True, item_bias=True),
     dict(noise="learned", row_block=2),
 ])

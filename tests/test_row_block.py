@@ -229,7 +229,11 @@ def test_predictions_in_and_out_of_a_pass(x64, layout):
     assert not np.allclose(np.asarray(bad[0]), np.asarray(ref[0]))
 
 
-@pytest.mark.parametrize("case", ["gaussian-biases", "implicit", "implicit-low-rows"])
+# one case in make test (the Woodbury rows and biases: every branch of the hand-off), the
+# others in make test-all (each compiles two sweeps)
+@pytest.mark.parametrize("case", [pytest.param("gaussian-biases", marks=pytest.mark.slow),
+                                  pytest.param("implicit", marks=pytest.mark.slow),
+                                  "implicit-low-rows"])
 def test_sweep_hands_the_user_steps_predictions_to_the_item_step(case):
     """With subspace draws on both sides the plain sweep starts the item step from the
     user step's predictions (b_u + U.V -> b_i + U.V); the same sweep without the hand-off
