@@ -797,8 +797,7 @@ def _solve_split(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, key, *,
             q_low = q_low + jnp.sum(wg * pred * pred) - 2.0 * jnp.sum(rg * pred)
             g_low = g_low + jnp.sum(wg * pred * Xg[..., 0])
         if return_pred:
-            p_obs = p_obs.at[jnp.where(c == X.shape[0], p_obs.shape[0], o)].set(
-                pred, mode="drop")
+            p_obs = _obs_predictions(p_obs, [(c, o, pred)], X.shape[0])
     out = (Z, (st[0] + q_low, st[1] + g_low)) if fit_stats else Z
     return (out, p_obs) if return_pred else out
 
@@ -969,16 +968,17 @@ def solve_rows_subspace(blocks: RowBlocks, X, y, tau, prior_prec, prior_shift, Z
                tuple(sum(st[j] for _, st in res) for j in range(2)))
     if not return_pred:
         return out
-    return out, _obs_predictions(preds, jnp.shape(y)[0], X.shape[0], X.dtype)
+    slots = [t for b, pb in preds for t in zip(b.seg_cols, b.seg_obs, pb)]
+    return out, _obs_predictions(jnp.zeros((jnp.shape(y)[0],), X.dtype), slots, X.shape[0])
 
 
-def _obs_predictions(preds, nnz: int, n_other: int, dt):
-    """``(nnz,)``: the per-slot predictions of layouts ``[(RowBlocks, [per bucket (S,
-    W)]), ...]`` in observation order (padding slots, ``seg_cols == n_other``, dropped)."""
-    p = jnp.zeros((nnz,), dt)
-    for b, pb in preds:
-        for c, o, v in zip(b.seg_cols, b.seg_obs, pb):
-            p = p.at[jnp.where(c == n_other, nnz, o)].set(v, mode="drop")
+def _obs_predictions(p, slots, n_other: int):
+    """``p (nnz,)`` with the predictions of bucket slots ``[(seg_cols, seg_obs, values (S,
+    W)), ...]`` written in observation order (padding slots, ``seg_cols == n_other``,
+    dropped)."""
+    nnz = p.shape[0]
+    for c, o, v in slots:
+        p = p.at[jnp.where(c == n_other, nnz, o)].set(v, mode="drop")
     return p
 
 
