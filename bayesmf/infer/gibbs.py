@@ -449,7 +449,7 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                                                          else ())
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
-    state = jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
+    state = jax.jit(jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1))))(keys)
     fp = ""
     if ckpt_path is not None:
         from bayesmf.infer import checkpoint as _ck

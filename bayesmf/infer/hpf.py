@@ -454,7 +454,7 @@ def fit_gibbs_hpf(train, spec, *, seed: int = 0, progress: bool = False, **optio
                         * jax.random.uniform(k4, (M,), jnp.float32, 0.5, 1.5))
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
-    state = jax.vmap(lambda kk: init(jax.random.fold_in(kk, 2**31 - 1)))(keys)
+    state = jax.jit(jax.vmap(lambda kk: init(jax.random.fold_in(kk, 2**31 - 1))))(keys)
     fp = ""
     if opts["checkpoint"] is not None:
         from bayesmf.infer import checkpoint as _ck
