@@ -204,6 +204,7 @@ def test_map_of_an_undeclared_parameter_is_a_clear_spec_error():
         BayesMF("map", rank=2, likelihood=_Unlisted()).fit(tr)
 
 
+@pytest.mark.slow  # 20 s warm
 def test_svi_keeps_its_parameters():
     from bayesmf.infer import get_method
     from bayesmf.model.spec import ModelSpec

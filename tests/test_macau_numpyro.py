@@ -138,6 +138,7 @@ def gibbs(planted):
                      item_features=planted["itf"], num_samples=100, num_warmup=100, seed=2)
 
 
+@pytest.mark.slow  # 29 s warm; the model is checked by test_nuts_runs_and_agrees_with_gibbs
 def test_svi_recovers_feature_structure(planted):
     from bayesmf.infer.svi import fit_svi
 

@@ -67,8 +67,10 @@ def test_dim_blocks_cover_the_coordinates_once():
             assert len(bl) == -(-d // size)
 
 
-@pytest.mark.parametrize("parts", [1, 3])
-@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("size,parts", [
+    (2, 1), (3, 1), (3, 3),
+    pytest.param(2, 3, marks=pytest.mark.slow),  # 21 s warm; the other three cover both
+])
 def test_subspace_pass_is_the_sequence_of_block_conditionals(x64, parts, size):
     rows, cols, X, y, P0, s0, Z0, w = _problem()
     b = build_row_blocks(rows, cols, 30, n_other=25, max_width=16, parts=parts)

@@ -146,6 +146,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # 27 s warm; in-process resume: test_interrupted_run_resumes_bit_identical
 def test_cli_run_killed_mid_way_resumes_to_the_same_model(tmp_path):
     """A real SIGKILL of ``bayesmf fit --checkpoint`` (slowed down so the kill lands
     mid-run), then ``bayesmf fit --resume``: the model equals an uninterrupted fit's."""

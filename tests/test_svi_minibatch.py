@@ -117,6 +117,7 @@ def test_bad_batch_size_is_refused(planted, bad):
         fit_svi(planted[0], SPEC, batch_size=bad, num_steps=10)
 
 
+@pytest.mark.slow  # 17 s warm
 def test_num_steps_below_the_window_runs_num_steps():
     """num_steps=30 with the default window of 100 ran 100 steps: the window is capped at
     num_steps."""
