@@ -449,7 +449,10 @@ def fit_gibbs(train: Ratings, spec: ModelSpec, *, seed: int = 0, progress: bool 
                                                          else ())
 
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), C)
-    state = jax.jit(jax.vmap(lambda kk: kern.init(jax.random.fold_in(kk, 2**31 - 1))))(keys)
+    # one compiled start; the per-row prior means are its arguments, not constants
+    state = jax.jit(lambda ks, means: jax.vmap(lambda kk: kern.init(
+        jax.random.fold_in(kk, 2**31 - 1), row_prior_means=means))(ks))(
+            keys, kern.row_prior_means)
     fp = ""
     if ckpt_path is not None:
         from bayesmf.infer import checkpoint as _ck

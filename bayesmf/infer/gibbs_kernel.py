@@ -521,12 +521,16 @@ class BPMFGibbs:
             self.cfg = self.cfg._replace(redraw_steps=steps)
             self.data = self.data._replace(redraw=rd)
 
-    def init(self, key, *, init_scale=None, mu=None, tau=None) -> GibbsState:
+    def init(self, key, *, init_scale=None, mu=None, tau=None,
+             row_prior_means=None) -> GibbsState:
         s = _init(self.cfg, key, self.dtype, self.theta0, init_scale, mu, tau)
         # rows with fixed per-row priors start at their prior means: a random start lets
         # the first sweeps (the free side random, the likelihood strong) pull them into
         # another rotation or sign of the factor space, where the chain then stays
-        for side, m in self.row_prior_means.items():
+        # (``row_prior_means``: those means as arguments of a jitted start, so that they
+        # are not compiled in as constants; default ``self.row_prior_means``)
+        means = self.row_prior_means if row_prior_means is None else row_prior_means
+        for side, m in means.items():
             on = self.cfg.user_bias if side == "user" else self.cfg.item_bias
             b = m[:, 0] if on else jnp.zeros((m.shape[0],), m.dtype)
             F = m[:, int(on):]
